@@ -19,7 +19,10 @@ check:
 	@rm -rf $(TEST_LOGS)
 	@$(MAKE) --no-print-directory -k check-all; status=$$?; tests/tally $(TEST_LOGS) || exit 1; exit $$status
 
-check-all: check-c check-san check-valgrind check-fuzz check-lua check-rockspec check-integration
+check-all: check-lint check-c check-san check-valgrind check-fuzz check-lua check-rockspec check-integration
+
+check-lint:
+	@$(RUN_SUITE) lint -- tests/lint
 
 check-c: $(C_TESTS)
 	@for t in $(C_TESTS); do $(RUN_SUITE) c-$$(basename $$t) -- $$t || fail=1; done; exit $${fail:-0}
