@@ -140,6 +140,12 @@ local function is_integer(n)
   return type(n) == 'number' and n == math.floor(n) and n == n
 end
 
+local function is_callable(f)
+  if type(f) == 'function' then return true end
+  local mt = getmetatable(f)
+  return type(mt) == 'table' and mt.__call ~= nil
+end
+
 local function check_auth(where, t)
   if type(t) ~= 'table' then return nil, where .. ': expected an object' end
   if type(t.result) ~= 'string' then return nil, where .. '.result: required string' end
@@ -234,7 +240,7 @@ function M.check_input(input)
   end
 
   if input.resolve ~= nil then
-    if type(input.resolve) ~= 'function' then
+    if not is_callable(input.resolve) then
       return input_error('resolve: expected a function')
     end
     spec.resolve = input.resolve
