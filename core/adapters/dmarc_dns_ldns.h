@@ -1,0 +1,45 @@
+/*
+** A DNS-server backend for the DNS layer, on libldns: a recursive server
+** named explicitly (`HOST[:PORT]`, as `--dns-server` gives it, so tests
+** can use a real server on loopback) or, when none is named, the
+** nameservers of resolv.conf. Timeouts and retries are explicit; the rcode,
+** the answer section (CNAME chains followed inside the packet), TTLs and
+** the SOA minimum of negative answers are all kept.
+*/
+#ifndef DMARC_DNS_LDNS_H
+#define DMARC_DNS_LDNS_H
+
+#include "dmarc_dns.h"
+
+/* Nameservers used at most (resolv.conf's MAXNS). */
+#define DMARC_DNS_MAX_SERVERS 3
+/* EDNS0 payload advertised: fits one unfragmented packet on any path
+** (DNS flag day 2020); larger answers come over TCP on truncation. */
+#define DMARC_DNS_EDNS_SIZE 1232
+/* Bounds on the per-try timeout (ms) and the retries accepted. */
+#define DMARC_DNS_MAX_TIMEOUT_MS 60000u
+#define DMARC_DNS_MAX_RETRIES 10u
+
+typedef struct dmarc_dns_server_options {
+    const char *servers;     /* "HOST[:PORT]", comma-separated (IPv6 as [ADDR]:PORT);
+                                NULL or "": the nameservers of resolv_conf */
+    const char *resolv_conf; /* NULL: /etc/resolv.conf */
+    unsigned timeout_ms;     /* per try; default 2000 */
+    unsigned retries;        /* tries after the first; default 1 */
+    bool tcp;                /* TCP only (default: UDP, TCP on truncation) */
+} dmarc_dns_server_options;
+
+DMARC_API void dmarc_dns_server_options_init(dmarc_dns_server_options *o);
+
+/*
+** dmarc_dns_server_backend: a backend for dmarc_dns_new. On DMARC_OK *out
+** is set. On error *out is untouched and @errbuf (optional, @errlen bytes)
+** says why: DMARC_ERR_SYNTAX (a server string that does not parse),
+** DMARC_ERR_INVAL (no usable nameserver, unreadable resolv.conf),
+** DMARC_ERR_NOMEM.
+*/
+DMARC_API dmarc_status dmarc_dns_server_backend(const dmarc_dns_server_options *o,
+                                                dmarc_dns_backend *out, char *errbuf,
+                                                size_t errlen);
+
+#endif /* DMARC_DNS_LDNS_H */
