@@ -1,0 +1,207 @@
+-- `dmarc eval`: the line contract, run as a separate process (bin/dmarc)
+-- with this runtime and this build. Output is read back with cjson; the
+-- encodings of null and [] are checked on the raw text.
+local env = require 'test_env'
+local cjson = require 'cjson'
+
+local ZONE = { ['_dmarc.example.com'] = { 'v=DMARC1; p=reject' } }
+
+local function line(t)
+  return cjson.encode(t)
+end
+
+-- Runs `dmarc eval` over @input_text; returns output lines, status.
+local function run_eval(input_text, args)
+  local tmp = env.tmpname()
+  env.write_file(tmp, input_text)
+  local out, status = env.run(env.dmarc_cmd('eval ' .. (args or '')) .. ' < ' .. env.shell_quote(tmp)
+    .. ' 2>/dev/null')
+  os.remove(tmp)
+  return env.lines(out), status, out
+end
+
+local function field_is_null(raw, key)
+  return raw:find('"' .. key .. '":null', 1, true) ~= nil
+end
+
+describe('dmarc eval', function()
+  it('answers one line per input line, in order', function()
+    local input = {}
+    for i = 1, 12 do
+      input[#input + 1] = line({
+        id = i, from = 'a@example.com', roll = 0, dns = ZONE,
+        dkim = (i % 3 == 0) and { { result = 'pass', domain = 'example.com', selector = 's' } } or nil,
+      })
+    end
+    local lines, status = run_eval(table.concat(input, '\n') .. '\n')
+    assert.equal(0, status)
+    assert.equal(12, #lines)
+    for i, l in ipairs(lines) do
+      local out = cjson.decode(l)
+      assert.equal(i, out.id)
+      assert.equal(i % 3 == 0 and 'pass' or 'fail', out.result)
+    end
+  end)
+
+  it('writes every contract field, null and [] where empty', function()
+    local lines, status = run_eval(line({ id = 'n', from = { }, dns = {} }) .. '\n')
+    assert.equal(0, status)
+    assert.equal(1, #lines)
+    local raw = lines[1]
+    local out = cjson.decode(raw)
+    for _, key in ipairs({ 'id', 'result', 'author_domain', 'policy_domain', 'org_domain', 'policy',
+      'applied', 'reason', 'spf_aligned', 'dkim_aligned', 'flags', 'queries' }) do
+      assert.is_not_nil(out[key], key)
+    end
+    assert.equal('none', out.result)
+    for _, key in ipairs({ 'author_domain', 'policy_domain', 'org_domain', 'policy', 'applied',
+      'reason' }) do
+      assert.is_true(field_is_null(raw, key), key)
+    end
+    assert.is_truthy(raw:find('"queries":[]', 1, true))
+    assert.is_truthy(raw:find('"flags":["no_from"]', 1, true))
+    assert.is_false(out.spf_aligned)
+  end)
+
+  it('writes flags as [] when there are none', function()
+    local lines = run_eval(line({ id = 1, from = 'a@example.com', roll = 0, dns = ZONE }) .. '\n')
+    assert.is_truthy(lines[1]:find('"flags":[]', 1, true))
+    local out = cjson.decode(lines[1])
+    assert.equal('reject', out.policy)
+    assert.equal('reject', out.applied)
+    assert.is_true(field_is_null(lines[1], 'reason'))
+    assert.equal('_dmarc.example.com/TXT', out.queries[1])
+  end)
+
+  it('skips empty lines and answers bad lines with an error object', function()
+    local text = table.concat({
+      line({ id = 'a', from = 'a@example.com', dns = ZONE, roll = 0 }),
+      '',
+      '   ',
+      '{"id": "b", "from": ',
+      '[1, 2]',
+      '"just a string"',
+      line({ id = 'c', dns = ZONE }), -- from is required
+      line({ id = 'd', from = 'a@example.com', roll = 500 }),
+      line({ id = 'e', from = 'a@example.com', dns = { x = 42 } }),
+      line({ id = 'f', from = 'a@example.com', dns = ZONE, roll = 0 }),
+    }, '\n') .. '\n'
+    local lines, status = run_eval(text)
+    assert.equal(0, status)
+    assert.equal(8, #lines)
+    local outs = {}
+    for i, l in ipairs(lines) do outs[i] = cjson.decode(l) end
+    assert.equal('a', outs[1].id)
+    assert.equal('fail', outs[1].result)
+    for i = 2, 4 do
+      assert.equal(cjson.null, outs[i].id, i)
+      assert.equal('string', type(outs[i].error), i)
+      assert.is_nil(outs[i].result, i)
+    end
+    assert.equal('c', outs[5].id)
+    assert.equal('string', type(outs[5].error))
+    assert.equal('d', outs[6].id)
+    assert.equal('string', type(outs[6].error))
+    assert.equal('e', outs[7].id)
+    assert.equal('string', type(outs[7].error))
+    assert.equal('f', outs[8].id)
+    assert.equal('fail', outs[8].result)
+  end)
+
+  it('echoes ids of every JSON type, and null for none', function()
+    local text = table.concat({
+      '{"id": 17, "from": []}',
+      '{"id": "x-1", "from": []}',
+      '{"id": null, "from": []}',
+      '{"from": []}',
+      '{"id": 2.5, "from": []}',
+      '{"id": true, "from": []}',
+    }, '\n') .. '\n'
+    local lines = run_eval(text)
+    assert.equal(6, #lines)
+    assert.matches('^{"id":17,', lines[1])
+    assert.matches('^{"id":"x%-1",', lines[2])
+    assert.matches('^{"id":null,', lines[3])
+    assert.matches('^{"id":null,', lines[4])
+    assert.equal(2.5, cjson.decode(lines[5]).id)
+    assert.is_true(cjson.decode(lines[6]).id)
+  end)
+
+  it('reads CRLF lines and a last line without a newline', function()
+    local text = line({ id = 1, from = {} }) .. '\r\n' .. line({ id = 2, from = {} })
+    local lines = run_eval(text)
+    assert.equal(2, #lines)
+    assert.equal(2, cjson.decode(lines[2]).id)
+  end)
+
+  it('treats null fields as absent, but from stays required', function()
+    local lines = run_eval('{"id": 1, "from": "a@example.com", "spf": null, "dkim": null, '
+      .. '"roll": null, "mode": null, "dns": null}\n{"id": 2, "from": null}\n')
+    local first = cjson.decode(lines[1])
+    assert.equal('none', first.result)
+    assert.equal('_dmarc.example.com/TXT', first.queries[1])
+    assert.equal('string', type(cjson.decode(lines[2]).error))
+  end)
+
+  it('flushes each answer before reading the next line', function()
+    local fifo = env.tmpname()
+    os.remove(fifo)
+    local outfile = env.tmpname()
+    assert.equal(0, select(2, env.run('mkfifo ' .. env.shell_quote(fifo))))
+    os.execute(env.dmarc_cmd('eval') .. ' < ' .. env.shell_quote(fifo) .. ' > '
+      .. env.shell_quote(outfile) .. ' 2>/dev/null &')
+    local w = assert(io.open(fifo, 'w'))
+    w:write(line({ id = 1, from = {} }), '\n')
+    w:flush()
+    -- The first answer must appear while the input is still open.
+    local text = ''
+    for _ = 1, 200 do
+      text = env.read_file(outfile)
+      if text:find('\n') then break end
+      env.nap()
+    end
+    assert.equal(1, #env.lines(text))
+    w:write(line({ id = 2, from = {} }), '\n')
+    w:close()
+    for _ = 1, 200 do
+      text = env.read_file(outfile)
+      if #env.lines(text) == 2 then break end
+      env.nap()
+    end
+    assert.equal(2, #env.lines(text))
+    os.remove(fifo)
+    os.remove(outfile)
+  end)
+
+  it('exits non-zero when standard output fails', function()
+    local tmp = env.tmpname()
+    env.write_file(tmp, line({ id = 1, from = {} }) .. '\n')
+    local _, status = env.run(env.dmarc_cmd('eval') .. ' < ' .. env.shell_quote(tmp)
+      .. ' > /dev/full 2>/dev/null')
+    os.remove(tmp)
+    assert.is_not.equal(0, status)
+  end)
+
+  it('prints usage with --help and exits 0; exits 2 on an unknown argument', function()
+    local out, status = env.run(env.dmarc_cmd('eval --help') .. ' </dev/null')
+    assert.equal(0, status)
+    assert.matches('usage: dmarc eval', out)
+    local _, bad = env.run(env.dmarc_cmd('eval --bogus') .. ' </dev/null 2>/dev/null')
+    assert.equal(2, bad)
+  end)
+
+  it('runs the bundled examples', function()
+    local lines, status = run_eval(env.read_file(env.root .. '/examples/eval.jsonl'))
+    assert.equal(0, status)
+    assert.is_true(#lines >= 5)
+    local results = {}
+    for _, l in ipairs(lines) do
+      local out = cjson.decode(l)
+      assert.is_nil(out.error)
+      results[out.result] = true
+    end
+    assert.is_true(results.pass)
+    assert.is_true(results.fail)
+    assert.is_true(results.temperror)
+  end)
+end)
