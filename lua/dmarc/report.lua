@@ -303,6 +303,12 @@ function M.keys(prefix, policy_domain, day)
   return { rows = base, meta = base .. ':meta' }
 end
 
+--- The delivery-state hash of one policy domain and period (written by
+-- `dmarc report send`, read by `generate` to skip periods already done).
+function M.state_key(prefix, policy_domain, begin, finish)
+  return prefix .. 'rpt:{' .. policy_domain .. '}:sent:' .. begin .. '-' .. finish
+end
+
 --- The SCAN MATCH pattern that finds every rows key of a day.
 function M.scan_pattern(prefix, day)
   return prefix .. 'rpt:{*}:' .. day

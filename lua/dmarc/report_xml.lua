@@ -644,9 +644,20 @@ function M.generate(opts)
   end
 
   for di, domain in ipairs(domains) do
-    local agg, meta, keys = collect_domain(conn, prefix, domain, days,
-                                           opts.max_rows or report.defaults.max_rows)
-    if not agg then return nil, meta, keys end
+    -- A period whose reports were all delivered is not generated again:
+    -- rows that arrived after that are not reported twice (or differently).
+    local done = nil
+    if not opts.force then
+      done = conn:command('HGET', report.state_key(prefix, domain, begin, last), 'complete')
+    end
+    local agg, meta, keys = {}, nil, nil
+    if done == '1' then
+      summary.already_sent = (summary.already_sent or 0) + 1
+    else
+      agg, meta, keys = collect_domain(conn, prefix, domain, days,
+                                       opts.max_rows or report.defaults.max_rows)
+      if not agg then return nil, meta, keys end
+    end
     -- Group rows by policy configuration [AGG-1].
     local groups, group_keys = {}, {}
     for field, n in pairs(agg) do

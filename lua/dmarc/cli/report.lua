@@ -1,0 +1,381 @@
+--- `dmarc report <subcommand>`: aggregate reports from the rows in Redis.
+--
+--   dmarc report generate [--date D | --from T --to T] [--format rfc9990|rfc7489] --out DIR
+--   dmarc report send --out DIR [--smtp HOST:PORT | --sendmail CMD] ...
+--
+-- Subcommands are looked up in a table; one that is not built in is loaded
+-- from lua/dmarc/cli/report_<name>.lua (which exports run(args) → status),
+-- so other subcommands can be added without touching this file.
+local M = {}
+
+local USAGE = [[
+usage: dmarc report <subcommand> [options]
+
+subcommands:
+  generate   write one report per policy domain and period (XML, gzip, one
+             RFC 5322 message per rua destination, a manifest for `send`)
+  send       verify destinations, deliver, retry, delete delivered data
+  (others are loaded from dmarc.cli.report_<name> when installed)
+
+common options:
+  --config FILE          Lua file returning a table of options (see
+                         docs/report-keys.md, "Configuration")
+  --redis HOST:PORT      Redis server (default $DMARC_REDIS or 127.0.0.1:6379)
+  --cluster H:P[,H:P]    Redis Cluster seed nodes (instead of --redis)
+  --prefix P             key prefix (default dmarc:)
+  --out DIR              output directory (created if missing)
+  --quiet                no progress lines on stderr
+
+generate:
+  --date YYYY-MM-DD      one UTC day (default: yesterday)
+  --from T --to T        a period of whole UTC days: YYYY-MM-DD or epoch
+                         seconds at 00:00 UTC; --to is exclusive
+  --format F             rfc9990 (default) or rfc7489
+  --org-name NAME --email ADDR --submitter DOMAIN [--extra-contact TEXT]
+                         reporter identity (or org_name, email, submitter,
+                         extra_contact_info in the config file)
+  --max-rows N           rows read per policy domain (default 100000)
+  --force                also periods that are not over yet, or already sent
+
+send:
+  --date D | --from T --to T   generate this period first (as above)
+  --smtp HOST:PORT       relay (default 127.0.0.1:25), or
+  --sendmail CMD         a sendmail-compatible command
+  --helo NAME            EHLO name (default: the submitter domain)
+  --starttls MODE        never | try (default) | require
+  --smtp-user USER       AUTH user; password from $DMARC_SMTP_PASSWORD or
+  --smtp-password-file F
+  --envelope-from ADDR   MAIL FROM (default: the reporter email)
+  --dns-json FILE        answers for `_report._dmarc` checks from a JSON map
+  --zone FILE | --dns-server HOST[:PORT]   resolvers of dmarc.auth
+  --size-limits          honour RFC 7489 !size limits (default: with rfc7489)
+  --retry-base SEC       first retry delay (default 300), doubling
+  --max-attempts N       then the destination is given up (default 8)
+
+exit status: 0 done (deliveries may be deferred), 1 error, 2 usage,
+75 another sender holds the lock.
+]]
+
+local function die(msg, status)
+  io.stderr:write('dmarc report: ', msg, '\n')
+  return status or 1
+end
+
+-- ---------------------------------------------------------------------------
+-- Options
+
+local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true }
+
+local function parse_args(args)
+  local o, rest = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == '-h' then a = '--help' end
+    local name, value = a:match('^%-%-([%w%-]+)=(.*)$')
+    if not name then name = a:match('^%-%-([%w%-]+)$') end
+    if name then
+      if FLAGS[name] then
+        o[name] = true
+      else
+        if value == nil then
+          i = i + 1
+          value = args[i]
+          if value == nil then return nil, 'option --' .. name .. ' needs a value' end
+        end
+        o[name] = value
+      end
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
+  end
+  return o, rest
+end
+M.parse_args = parse_args
+
+-- A config file: a Lua chunk run with no globals at all, returning a table.
+local function load_config(path)
+  local f, err = io.open(path, 'r')
+  if not f then return nil, err end
+  local text = f:read('*a')
+  f:close()
+  local env = {}
+  local chunk, perr
+  if setfenv then
+    chunk, perr = loadstring(text, '@' .. path) -- luacheck: ignore (LuaJIT)
+    if chunk then setfenv(chunk, env) end
+  else
+    chunk, perr = load(text, '@' .. path, 't', env)
+  end
+  if not chunk then return nil, perr end
+  local ok, conf = pcall(chunk)
+  if not ok then return nil, tostring(conf) end
+  if type(conf) ~= 'table' then return nil, path .. ': must return a table' end
+  return conf
+end
+M.load_config = load_config
+
+-- Option value: command line first, then config file (key with _), then default.
+local function get(o, conf, name, default)
+  local v = o[name]
+  if v ~= nil then return v end
+  v = conf[(name:gsub('%-', '_'))]
+  if v ~= nil then return v end
+  return default
+end
+
+local function parse_time(s)
+  if s == nil then return nil end
+  if tostring(s):match('^%d+$') then return tonumber(s) end
+  local report = require 'dmarc.report'
+  local y, m, d = tostring(s):match('^(%d%d%d%d)%-(%d%d)%-(%d%d)$')
+  if not y then return nil end
+  return report.day_start(y .. m .. d)
+end
+M.parse_time = parse_time
+
+local function period(o, conf, now)
+  if o.date and (o.from or o.to) then return nil, '--date and --from/--to exclude each other' end
+  local begin, finish
+  if o.from or o.to then
+    begin, finish = parse_time(o.from), parse_time(o.to)
+    if not begin or not finish then return nil, '--from and --to need YYYY-MM-DD or epoch' end
+  else
+    local date = o.date or conf.date
+    if date then
+      begin = parse_time(date)
+      if not begin then return nil, '--date needs YYYY-MM-DD' end
+    else
+      begin = now - now % 86400 - 86400 -- yesterday, UTC
+    end
+    finish = begin + 86400
+  end
+  if begin % 86400 ~= 0 or finish % 86400 ~= 0 or finish <= begin then
+    return nil, 'the period must be whole UTC days (00:00 to 00:00)'
+  end
+  if finish > now and not o.force then
+    return nil, 'the period is not over yet (use --force to report on it anyway)'
+  end
+  return begin, finish
+end
+
+local function connect(o, conf)
+  local cluster_nodes = get(o, conf, 'cluster')
+  local timeout = tonumber(get(o, conf, 'redis-timeout', 5))
+  if cluster_nodes then
+    local cluster = require 'dmarc.cluster'
+    local nodes = {}
+    if type(cluster_nodes) == 'table' then
+      nodes = cluster_nodes
+    else
+      for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
+    end
+    return cluster.new { nodes = nodes, timeout = timeout }
+  end
+  local addr = get(o, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379')
+  local host, port = tostring(addr):match('^%[?([^%]]+)%]?:(%d+)$')
+  if not host then host, port = addr, 6379 end
+  local ok, redis = pcall(require, 'dmarc.redis')
+  if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
+  return redis.connect { host = host, port = tonumber(port), timeout = timeout }
+end
+
+local function reporter(o, conf)
+  return {
+    org_name = get(o, conf, 'org-name'),
+    email = get(o, conf, 'email'),
+    submitter = get(o, conf, 'submitter'),
+    extra_contact_info = get(o, conf, 'extra-contact', conf.extra_contact_info),
+  }
+end
+
+local function progress_printer(o, what)
+  if o.quiet then return nil end
+  local last = 0
+  return function(done, total)
+    local now = os.time()
+    if done == total or now - last >= 2 or done % 1000 == 0 then
+      last = now
+      io.stderr:write(string.format('%s: %d/%d policy domains\n', what, done, total))
+    end
+  end
+end
+
+local function ensure_dir(dir)
+  local report_xml = require 'dmarc.report_xml'
+  os.execute('mkdir -p ' .. report_xml.shell_quote(dir))
+  local probe = dir .. '/.probe'
+  local f = io.open(probe, 'w')
+  if not f then return false end
+  f:close()
+  os.remove(probe)
+  return true
+end
+
+-- ---------------------------------------------------------------------------
+-- Subcommands
+
+local function do_generate(o, conf, conn)
+  local report_xml = require 'dmarc.report_xml'
+  local now = tonumber(o.now) or os.time()
+  local begin, finish = period(o, conf, now)
+  if not begin then return nil, finish, 2 end
+  local format = get(o, conf, 'format', 'rfc9990')
+  if not report_xml.FORMATS[format] then return nil, 'unknown --format ' .. tostring(format), 2 end
+  local ok_core, core = pcall(require, 'dmarc.core')
+  local summary, err, code = report_xml.generate {
+    redis = conn, prefix = get(o, conf, 'prefix'), begin = begin, ['end'] = finish,
+    format = format, out = o.out, reporter = reporter(o, conf),
+    max_rows = tonumber(get(o, conf, 'max-rows')), force = o.force,
+    version = ok_core and core._VERSION or nil,
+    progress = progress_printer(o, 'generate'),
+  }
+  if not summary then return nil, err, code == 'usage' and 2 or 1 end
+  if not o.quiet then
+    io.stderr:write(string.format('generate: %d reports for %d policy domains, %d records, '
+                                  .. '%d messages in %s\n', summary.reports, summary.domains,
+                                  summary.records, summary.messages, o.out))
+  end
+  return summary
+end
+
+local function make_resolver(o, conf)
+  local json_file = get(o, conf, 'dns-json')
+  if json_file then
+    local cjson = require 'cjson'
+    local report_xml = require 'dmarc.report_xml'
+    local text, err = report_xml.read_file(json_file)
+    if not text then return nil, err end
+    local ok, map = pcall(cjson.decode, text)
+    if not ok or type(map) ~= 'table' then return nil, json_file .. ': not a JSON object' end
+    local json_dns = require 'dmarc.json_dns'
+    return json_dns.resolver(map)
+  end
+  local zone, server = get(o, conf, 'zone'), get(o, conf, 'dns-server')
+  local ok, auth = pcall(require, 'dmarc.auth')
+  if ok and type(auth) == 'table' and type(auth.resolver) == 'function' then
+    local r, err = auth.resolver { zone = zone, server = server }
+    if not r then return nil, err end
+    if type(r) == 'table' and r.resolve then
+      return function(name, qtype) return r:resolve(name, qtype) end
+    end
+    return r
+  end
+  if zone or server then return nil, '--zone/--dns-server need the dmarc.auth module' end
+  return nil, 'no resolver for destination checks: give --dns-json, --zone or --dns-server'
+end
+
+local function do_send(o, conf, conn)
+  local report_send = require 'dmarc.report_send'
+  local report_xml = require 'dmarc.report_xml'
+  if o.date or o.from or o.to then
+    local s, err, st = do_generate(o, conf, conn)
+    if not s then return nil, err, st end
+  end
+  local rep = reporter(o, conf)
+  local from = get(o, conf, 'envelope-from', rep.email)
+  if type(from) ~= 'string' or not from:match('^[^%s<>@]+@[%w%.%-_]+$') then
+    return nil, 'an envelope sender is needed (--envelope-from or the reporter --email)', 2
+  end
+  local transport
+  local sendmail = get(o, conf, 'sendmail')
+  if sendmail then
+    transport = report_send.sendmail_transport { command = sendmail }
+  else
+    local smtp = get(o, conf, 'smtp', '127.0.0.1:25')
+    local host, port
+    if type(smtp) == 'table' then
+      host, port = smtp.host, smtp.port
+    else
+      host, port = tostring(smtp):match('^%[?([^%]]+)%]?:(%d+)$')
+      if not host then host, port = smtp, 25 end
+    end
+    local password = os.getenv('DMARC_SMTP_PASSWORD')
+    local pfile = get(o, conf, 'smtp-password-file')
+    if pfile then
+      password = (report_xml.read_file(pfile) or ''):gsub('[\r\n]+$', '')
+    end
+    local user = get(o, conf, 'smtp-user')
+    if user and not password then return nil, 'AUTH needs a password', 2 end
+    local starttls = get(o, conf, 'starttls', 'try')
+    if starttls ~= 'never' and starttls ~= 'try' and starttls ~= 'require' then
+      return nil, '--starttls must be never, try or require', 2
+    end
+    transport = report_send.smtp_transport {
+      host = host, port = tonumber(port), helo = get(o, conf, 'helo', rep.submitter),
+      starttls = starttls, user = user, password = password,
+      timeout = tonumber(get(o, conf, 'smtp-timeout', 30)),
+    }
+  end
+  local resolve, rerr = make_resolver(o, conf)
+  if not resolve then return nil, rerr, 2 end
+  local now = tonumber(o.now)
+  local clock = now and function() return now end or os.time
+  local format = get(o, conf, 'format', 'rfc9990')
+  local size_limits = o['size-limits'] or conf.size_limits or format == 'rfc7489'
+  local summary, err, code = report_send.send {
+    redis = conn, out = o.out, prefix = get(o, conf, 'prefix'), transport = transport,
+    envelope_from = from, size_limits = size_limits, clock = clock,
+    verify = report_send.verifier { resolve = resolve, clock = clock },
+    retry_base = tonumber(get(o, conf, 'retry-base')),
+    max_attempts = tonumber(get(o, conf, 'max-attempts')),
+    log = function(level, msg)
+      if not o.quiet or level ~= 'info' then io.stderr:write('send: ', level, ': ', msg, '\n') end
+    end,
+  }
+  if not summary then return nil, err, code == 'locked' and 75 or 1 end
+  if not o.quiet then
+    io.stderr:write(string.format('send: %d accepted, %d deferred, %d failed, %d skipped, '
+                                  .. '%d report sets complete\n', summary.accepted,
+                                  summary.deferred, summary.failed, summary.skipped,
+                                  summary.completed))
+  end
+  return summary
+end
+
+local BUILTIN = { generate = do_generate, send = do_send }
+
+--- Entry point: run(args) → exit status.
+function M.run(args)
+  local sub = args[1]
+  if sub == nil or sub == '-h' or sub == '--help' or sub == 'help' then
+    io.stdout:write(USAGE)
+    return sub == nil and 2 or 0
+  end
+  local rest = {}
+  for i = 2, #args do rest[#rest + 1] = args[i] end
+  local fn = BUILTIN[sub]
+  if not fn then
+    if not sub:match('^[a-z][a-z0-9_]*$') then return die('unknown subcommand ' .. sub, 2) end
+    local ok, mod = pcall(require, 'dmarc.cli.report_' .. sub)
+    if not ok or type(mod) ~= 'table' or type(mod.run) ~= 'function' then
+      return die('unknown subcommand "' .. sub .. '" (see dmarc report --help)', 2)
+    end
+    return mod.run(rest)
+  end
+  local o, perr = parse_args(rest)
+  if not o then return die(perr, 2) end
+  if o.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  local conf = {}
+  if o.config then
+    local c, cerr = load_config(o.config)
+    if not c then return die('config: ' .. tostring(cerr), 2) end
+    conf = c
+  end
+  o.out = o.out or conf.out
+  if not o.out then return die('--out DIR is required', 2) end
+  if not ensure_dir(o.out) then return die('cannot write to ' .. o.out, 1) end
+  local conn, cerr = connect(o, conf)
+  if not conn then return die('Redis: ' .. tostring(cerr), 1) end
+  local ok, res, err, status = pcall(fn, o, conf, conn)
+  if conn.close then pcall(conn.close, conn) end
+  if not ok then error(res, 0) end
+  if not res then return die(tostring(err), status or 1) end
+  return 0
+end
+
+return M

@@ -1,0 +1,502 @@
+--- Report delivery: external-destination verification [RUA-3..5], the RFC
+-- 7489 size limits [RUA-6], SMTP (STARTTLS, AUTH) or sendmail transports,
+-- retry with backoff, a Redis lock so one sender runs across many scanner
+-- hosts, and deletion of a report's data only once every destination has
+-- accepted it or failed for good.
+--
+-- Delivery state lives in Redis (docs/report-keys.md, "Delivery state"), not
+-- in the local output directory, so two hosts that generated the same
+-- (byte-identical) reports never both send them.
+local report = require 'dmarc.report'
+local report_xml = require 'dmarc.report_xml'
+
+local M = {}
+
+M.defaults = {
+  retry_base = 300,          -- seconds before the first retry
+  retry_max_delay = 6 * 3600,
+  max_attempts = 8,          -- then the destination is given up
+  lock_ttl = 600,            -- seconds; refreshed between manifests
+  state_ttl = 30 * 86400,    -- delivery state outlives the data it guards
+  verify_ttl = 3600,         -- seconds a verification result is cached
+  verify_cache_max = 10000,  -- entries in the verification cache
+  smtp_timeout = 30,
+}
+M.MAX_MANIFESTS = 100000     -- manifests read per run
+M.MAX_REPLY_LINES = 100      -- lines of one SMTP reply
+
+-- ---------------------------------------------------------------------------
+-- Org Domains, for deciding whether a destination is external [RUA-3]
+
+local function default_org_domain(d)
+  local ok, core = pcall(require, 'dmarc.core')
+  if ok and core.has_psl then
+    local org, is_suffix = core.psl_org_domain(d)
+    if org and not is_suffix then return org end
+    if org then return d end
+  end
+  -- Without a PSL: the last two labels (documented fallback).
+  return d:match('([^.]+%.[^.]+)$') or d
+end
+M.org_domain = default_org_domain
+
+local function is_dmarc_txt(txt)
+  local ok, core = pcall(require, 'dmarc.core')
+  if ok and core.is_record then return core.is_record(txt) end
+  return txt:match('^v%s*=%s*DMARC1%s*;') ~= nil or txt:match('^v%s*=%s*DMARC1%s*$') ~= nil
+end
+
+-- rua URIs of an authorizing record, as mailto addresses.
+local function consent_rua(txt)
+  local ok, core = pcall(require, 'dmarc.core')
+  local list = {}
+  if ok and core.record_parse then
+    local rec = core.record_parse(txt)
+    if rec and type(rec.rua) == 'table' then
+      for i, u in ipairs(rec.rua) do
+        if i > report.limits.max_rua then break end
+        list[#list + 1] = u.uri
+      end
+    end
+    return list, rec and rec.has_rua
+  end
+  local v = txt:match('[;%s]rua%s*=%s*([^;]*)')
+  if not v then return list, false end
+  for u in v:gmatch('[^,]+') do
+    if #list >= report.limits.max_rua then break end
+    list[#list + 1] = (u:gsub('^%s+', ''):gsub('%s+$', ''):gsub('!.*$', ''))
+  end
+  return list, true
+end
+
+--- A verifier with a bounded TTL cache.
+-- @param opts {table} resolve (function(name, qtype) → rcode, txts, ttl),
+--   org_domain (function(d) → org), clock, ttl, max_entries
+function M.verifier(opts)
+  opts = opts or {}
+  local resolve = opts.resolve
+  local org_of = opts.org_domain or default_org_domain
+  local clock = opts.clock or os.time
+  local ttl = opts.ttl or M.defaults.verify_ttl
+  local max_entries = opts.max_entries or M.defaults.verify_cache_max
+  local cache, size = {}, 0
+
+  --- Is `address` allowed to receive reports about `policy_domain`?
+  -- @return 'ok', address (possibly replaced [RUA-3] step 6) |
+  --   'unauthorized' | 'temperror'
+  return function(policy_domain, address)
+    local host = report.domain_of(address)
+    if not host or not report.valid_domain(host) then return 'unauthorized' end
+    if host == policy_domain or org_of(host) == org_of(policy_domain) then
+      return 'ok', address
+    end
+    local name = policy_domain .. '._report._dmarc.' .. host
+    -- [RUA-3] step 2: a name beyond DNS limits cannot be verified.
+    if #name > 253 then return 'unauthorized' end
+    local now = clock()
+    local c = cache[name]
+    if not c or c.expires <= now then
+      if not resolve then return 'temperror' end
+      local ok, rcode, txts, answer_ttl = pcall(resolve, name, 'TXT')
+      if not ok then rcode = 'servfail' end
+      local result, rua = 'unauthorized', nil
+      if rcode == 'servfail' or rcode == 'timeout' or rcode == nil then
+        result = 'temperror'
+      elseif rcode == 'noerror' then
+        for i, txt in ipairs(type(txts) == 'table' and txts or {}) do
+          if i > 32 then break end
+          if type(txt) == 'string' and is_dmarc_txt(txt) then
+            local list, has = consent_rua(txt)
+            result = 'ok'
+            if has then rua = list end
+            break
+          end
+        end
+      end
+      c = { result = result, rua = rua,
+            expires = now + math.min(ttl, tonumber(answer_ttl) or ttl) }
+      if result == 'temperror' then c.expires = now end -- never cached
+      if size >= max_entries then cache, size = {}, 0 end
+      if not cache[name] then size = size + 1 end
+      cache[name] = c
+    end
+    if c.result ~= 'ok' then return c.result end
+    if c.rua then
+      -- [RUA-3] step 6: the record's own rua replaces the URI only when it
+      -- names the same host; otherwise the report goes to neither.
+      for _, uri in ipairs(c.rua) do
+        local addr, dom = report_xml.mailto_address(uri)
+        if addr and dom == host then return 'ok', addr end
+      end
+      if #c.rua > 0 then return 'unauthorized' end
+    end
+    return 'ok', address
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Transports. Each is function(envelope_from, rcpt, message) → status,
+-- code, text with status 'accepted' | 'temp' | 'perm'.
+
+local function smtp_read(sock)
+  local lines = {}
+  for _ = 1, M.MAX_REPLY_LINES do
+    local line, err = sock:receive('*l')
+    if not line then return nil, err end
+    lines[#lines + 1] = line
+    local code, sep = line:match('^(%d%d%d)([ -]?)')
+    if not code then return nil, 'malformed SMTP reply' end
+    if sep ~= '-' then return tonumber(code), table.concat(lines, '\n') end
+  end
+  return nil, 'SMTP reply too long'
+end
+
+local function smtp_cmd(sock, line)
+  local ok, err = sock:send(line .. '\r\n')
+  if not ok then return nil, err end
+  return smtp_read(sock)
+end
+
+local function b64(s)
+  return (report_xml.base64(s):gsub('\r\n', ''))
+end
+
+--- The message with CRLF line ends and leading dots doubled (RFC 5321
+-- §4.5.2), ended by the lone dot.
+function M.dot_stuff(message)
+  local m = message:gsub('\r?\n', '\r\n')
+  m = m:gsub('^%.', '..'):gsub('\r\n%.', '\r\n..')
+  if m:sub(-2) ~= '\r\n' then m = m .. '\r\n' end
+  return m .. '.\r\n'
+end
+
+--- An SMTP transport to one relay.
+-- @param opts {table} host, port (25), helo (default 'localhost'),
+--   starttls ('never' | 'try' (default) | 'require'), tls (LuaSec params
+--   table merged over {mode='client', protocol='any', verify='none'}),
+--   user, password (AUTH PLAIN, or LOGIN when only that is offered; only
+--   over TLS unless allow_plain_auth), timeout
+function M.smtp_transport(opts)
+  local socket = require 'socket'
+  return function(from, rcpt, message)
+    local sock = socket.tcp()
+    sock:settimeout(opts.timeout or M.defaults.smtp_timeout)
+    local ok, err = sock:connect(opts.host or '127.0.0.1', opts.port or 25)
+    if not ok then return 'temp', nil, 'connect: ' .. tostring(err) end
+    local function fail(code, text)
+      pcall(smtp_cmd, sock, 'QUIT')
+      sock:close()
+      if code == nil then return 'temp', nil, text end
+      if code >= 500 then return 'perm', code, text end
+      return 'temp', code, text
+    end
+    local code, text = smtp_read(sock)
+    if code ~= 220 then return fail(code, text) end
+    local helo = opts.helo or 'localhost'
+    code, text = smtp_cmd(sock, 'EHLO ' .. helo)
+    if code ~= 250 then return fail(code, text) end
+    local caps = text
+    local tls = false
+    local mode = opts.starttls or 'try'
+    if mode ~= 'never' and caps:upper():find('STARTTLS', 1, true) then
+      code, text = smtp_cmd(sock, 'STARTTLS')
+      if code ~= 220 then
+        if mode == 'require' then return fail(code, text) end
+      else
+        local ssl = require 'ssl'
+        local params = { mode = 'client', protocol = 'any', verify = 'none',
+                         options = { 'all', 'no_sslv2', 'no_sslv3' } }
+        for k, v in pairs(opts.tls or {}) do params[k] = v end
+        local wrapped, werr = ssl.wrap(sock, params)
+        if not wrapped then return fail(nil, 'tls: ' .. tostring(werr)) end
+        if wrapped.sni then wrapped:sni(opts.host) end
+        local hs, herr = wrapped:dohandshake()
+        if not hs then return fail(nil, 'tls handshake: ' .. tostring(herr)) end
+        sock = wrapped
+        tls = true
+        code, text = smtp_cmd(sock, 'EHLO ' .. helo)
+        if code ~= 250 then return fail(code, text) end
+        caps = text
+      end
+    elseif mode == 'require' then
+      return fail(nil, 'STARTTLS required but not offered')
+    end
+    if opts.user then
+      if not tls and not opts.allow_plain_auth then
+        return fail(nil, 'AUTH refused without TLS')
+      end
+      local upper = caps:upper()
+      if upper:find('AUTH[ =][^\n]*PLAIN') then
+        code, text = smtp_cmd(sock, 'AUTH PLAIN ' .. b64('\0' .. opts.user .. '\0' .. opts.password))
+      elseif upper:find('AUTH[ =][^\n]*LOGIN') then
+        code, text = smtp_cmd(sock, 'AUTH LOGIN')
+        if code == 334 then code, text = smtp_cmd(sock, b64(opts.user)) end
+        if code == 334 then code, text = smtp_cmd(sock, b64(opts.password)) end
+      else
+        return fail(nil, 'no supported AUTH mechanism')
+      end
+      if code ~= 235 then return fail(code, text) end
+    end
+    code, text = smtp_cmd(sock, 'MAIL FROM:<' .. from .. '>')
+    if code ~= 250 then return fail(code, text) end
+    code, text = smtp_cmd(sock, 'RCPT TO:<' .. rcpt .. '>')
+    if code ~= 250 and code ~= 251 then return fail(code, text) end
+    code, text = smtp_cmd(sock, 'DATA')
+    if code ~= 354 then return fail(code, text) end
+    local sent, serr = sock:send(M.dot_stuff(message))
+    if not sent then return fail(nil, 'send: ' .. tostring(serr)) end
+    code, text = smtp_read(sock)
+    if code ~= 250 then return fail(code, text) end
+    pcall(smtp_cmd, sock, 'QUIT')
+    sock:close()
+    return 'accepted', code, text
+  end
+end
+
+-- Exit status of os.execute on Lua 5.4 (true|nil, 'exit'|'signal', n) and
+-- LuaJIT (the raw wait status).
+local function exit_status(a, b, c)
+  if type(a) == 'number' then
+    if a >= 256 then return math.floor(a / 256) end
+    return a
+  end
+  if a == true then return 0 end
+  if b == 'exit' then return c end
+  return 128 + (tonumber(c) or 0)
+end
+M.exit_status = exit_status
+
+--- A sendmail-compatible transport: `<command> -oi -f <from> -- <rcpt>`
+-- with the message on standard input. Exit 0 is accepted, EX_TEMPFAIL
+-- (75) and failures to run the command are temporary, other sysexits
+-- codes (64..78) permanent.
+function M.sendmail_transport(opts)
+  local command = opts.command or '/usr/sbin/sendmail'
+  return function(from, rcpt, message)
+    local tmp = os.tmpname()
+    local f = io.open(tmp, 'wb')
+    if not f then return 'temp', nil, 'cannot write a temporary file' end
+    f:write(message)
+    f:close()
+    local q = report_xml.shell_quote
+    local st = exit_status(os.execute(command .. ' -oi -f ' .. q(from) .. ' -- ' .. q(rcpt)
+                                      .. ' < ' .. q(tmp)))
+    os.remove(tmp)
+    if st == 0 then return 'accepted', 0, 'sendmail exit 0' end
+    if st >= 64 and st <= 78 and st ~= 75 then return 'perm', st, 'sendmail exit ' .. st end
+    return 'temp', st, 'sendmail exit ' .. st
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Lock: one sender across scanner hosts.
+
+local UNLOCK = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+]]
+local EXTEND = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+]]
+
+function M.lock_key(prefix)
+  return prefix .. 'lock:report-send'
+end
+
+local function token()
+  local f = io.open('/dev/urandom', 'rb')
+  local raw = f and f:read(16) or tostring(os.time()) .. tostring(os.clock())
+  if f then f:close() end
+  return (raw:gsub('.', function(c) return string.format('%02x', c:byte()) end))
+end
+
+--- Take the sender lock: token, or nil, msg, 'locked' | code.
+function M.lock(conn, prefix, ttl)
+  local t = token()
+  local r, err, code = conn:command('SET', M.lock_key(prefix), t, 'NX', 'PX',
+                                    tostring(math.floor((ttl or M.defaults.lock_ttl) * 1000)))
+  if type(r) == 'table' and r.ok then return t end
+  if r == nil and err == nil then return nil, 'another sender holds the lock', 'locked' end
+  return nil, err or 'lock failed', code or 'redis'
+end
+
+function M.extend_lock(conn, prefix, t, ttl)
+  local r = conn:command('EVAL', EXTEND, '1', M.lock_key(prefix), t,
+                         tostring(math.floor((ttl or M.defaults.lock_ttl) * 1000)))
+  return r == 1
+end
+
+function M.unlock(conn, prefix, t)
+  local r = conn:command('EVAL', UNLOCK, '1', M.lock_key(prefix), t)
+  return r == 1
+end
+
+-- ---------------------------------------------------------------------------
+-- Sending manifests
+
+--- The delivery-state key of one policy domain and period.
+M.state_key = report.state_key
+
+local function list_manifests(dir)
+  local p = io.popen('ls -1 ' .. report_xml.shell_quote(dir) .. ' 2>/dev/null')
+  if not p then return {} end
+  local out = {}
+  for name in p:lines() do
+    if name:match('%.json$') then out[#out + 1] = name end
+    if #out >= M.MAX_MANIFESTS then break end
+  end
+  p:close()
+  table.sort(out)
+  return out
+end
+
+local function flat_map(reply)
+  local m = {}
+  if type(reply) == 'table' then
+    for i = 1, #reply - 1, 2 do m[reply[i]] = reply[i + 1] end
+  end
+  return m
+end
+
+local function is_final(state)
+  return state ~= nil and not state:match('^retry:')
+end
+
+--- Deliver every report of the manifests in a directory.
+-- @param opts {table}
+--   redis        connection or cluster router (state, lock, deletion)
+--   out          the directory `generate` wrote
+--   transport    function(from, rcpt, message) → status, code, text
+--   envelope_from  the reporter's address (MAIL FROM)
+--   verify       function(policy_domain, address) → 'ok', address |
+--                'unauthorized' | 'temperror' (M.verifier)
+--   size_limits  true: honour RFC 7489 !size limits [RUA-6]
+--   clock, retry_base, retry_max_delay, max_attempts, lock_ttl, state_ttl
+--   log          function(level, msg)
+-- @return summary {accepted, deferred, failed, skipped, completed,
+--   pending}, or nil, msg, code ('locked' when another sender runs)
+function M.send(opts)
+  local o = {}
+  for k, v in pairs(M.defaults) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
+  local conn = o.redis
+  local clock = o.clock or os.time
+  local log = o.log or function() end
+  local cjson = require 'cjson'
+  local prefix = o.prefix or report.defaults.prefix
+  local t, err, code = M.lock(conn, prefix, o.lock_ttl)
+  if not t then return nil, err, code end
+  local summary = { accepted = 0, deferred = 0, failed = 0, skipped = 0, completed = 0,
+                    pending = 0 }
+  local function run()
+    for _, name in ipairs(list_manifests(o.out)) do
+      local path = o.out .. '/' .. name
+      local text = report_xml.read_file(path)
+      local okj, man = pcall(cjson.decode, text or '')
+      if not okj or type(man) ~= 'table' or type(man.reports) ~= 'table'
+          or not report.valid_domain(man.policy_domain) then
+        log('warning', 'skipping unreadable manifest ' .. path)
+      else
+        local mprefix = man.prefix or prefix
+        local skey = M.state_key(mprefix, man.policy_domain, man.begin, man['end'])
+        local state = flat_map(conn:command('HGETALL', skey))
+        local all_final = true
+        local now = clock()
+        for _, r in ipairs(man.reports) do
+          for k, d in ipairs(r.destinations or {}) do
+            local fid = r.report_id .. '|' .. k
+            local st = state[fid]
+            local new
+            if is_final(st) then
+              new = nil
+            else
+              local attempts, next_at = 0, 0
+              if st then
+                local a, n = st:match('^retry:(%d+):(%d+)')
+                attempts, next_at = tonumber(a) or 0, tonumber(n) or 0
+              end
+              if next_at > now then
+                all_final = false
+                summary.pending = summary.pending + 1
+              elseif d.skipped or not d.address or not d.message then
+                new = 'skipped:' .. tostring(d.skipped or 'bad_uri')
+                summary.skipped = summary.skipped + 1
+              elseif o.size_limits and (tonumber(d.max_size) or 0) > 0
+                  and (tonumber(d.message_size) or 0) > tonumber(d.max_size) then
+                -- [RUA-6]: a report larger than the URI's limit is not sent there.
+                new = 'skipped:too_big'
+                summary.skipped = summary.skipped + 1
+              else
+                local vres, addr = 'ok', d.address
+                if o.verify then vres, addr = o.verify(man.policy_domain, d.address) end
+                local status, scode, stext
+                if vres == 'unauthorized' then
+                  new = 'skipped:unauthorized'
+                  summary.skipped = summary.skipped + 1
+                else
+                  if vres == 'temperror' then
+                    status, stext = 'temp', 'destination verification: DNS temporary error'
+                  else
+                    local msg = report_xml.read_file(o.out .. '/' .. d.message)
+                    if not msg then
+                      status, stext = 'perm', 'message file missing'
+                    else
+                      status, scode, stext = o.transport(o.envelope_from, addr, msg)
+                    end
+                  end
+                  if status == 'accepted' then
+                    new = 'accepted'
+                    summary.accepted = summary.accepted + 1
+                    log('info', string.format('report %s sent to %s', r.report_id, addr))
+                  elseif status == 'perm' or attempts + 1 >= o.max_attempts then
+                    new = 'failed:' .. tostring(scode or 'gave_up')
+                    summary.failed = summary.failed + 1
+                    log('warning', string.format('report %s to %s failed: %s', r.report_id,
+                                                 tostring(addr), tostring(stext)))
+                  else
+                    local delay = math.min(o.retry_base * 2 ^ attempts, o.retry_max_delay)
+                    new = string.format('retry:%d:%d', attempts + 1, math.floor(now + delay))
+                    all_final = false
+                    summary.deferred = summary.deferred + 1
+                    log('info', string.format('report %s to %s deferred: %s', r.report_id,
+                                              tostring(addr), tostring(stext)))
+                  end
+                end
+              end
+            end
+            if new then
+              state[fid] = new
+              local ok2, e2, c2 = conn:pipeline({ { 'HSET', skey, fid, new },
+                                                  { 'EXPIRE', skey, tostring(o.state_ttl) } })
+              if not ok2 then return nil, e2, c2 end
+            end
+          end
+        end
+        if all_final then
+          -- Every destination accepted or gave up: the data goes, the state
+          -- stays (marked complete) so no stale copy is sent again.
+          local cmds = {}
+          for _, key in ipairs(man.keys or {}) do
+            if key:find('{' .. man.policy_domain .. '}', 1, true) then cmds[#cmds + 1] = { 'DEL', key } end
+          end
+          cmds[#cmds + 1] = { 'HSET', skey, 'complete', '1' }
+          cmds[#cmds + 1] = { 'EXPIRE', skey, tostring(o.state_ttl) }
+          local ok3, e3, c3 = conn:pipeline(cmds)
+          if not ok3 then return nil, e3, c3 end
+          os.rename(path, path .. '.done')
+          summary.completed = summary.completed + 1
+        end
+        M.extend_lock(conn, prefix, t, o.lock_ttl)
+      end
+    end
+    return summary
+  end
+  local ok, res, e, c = pcall(run)
+  M.unlock(conn, prefix, t)
+  if not ok then error(res, 0) end
+  if not res then return nil, e, c end
+  return res
+end
+
+return M
