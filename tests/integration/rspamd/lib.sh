@@ -154,7 +154,7 @@ rspamd_it_conf() {
         "$RSPAMD_IT_SRC/rspamd.conf.in" >"$d/rspamd.conf"
     if [ -n "$extra" ]; then
         sed -e "s|@ROOT@|$RSPAMD_IT_ROOT|g" -e "s|@DIR@|$d|g" -e "s|@SRC@|$RSPAMD_IT_SRC|g" \
-            -e "s|@REDIS@|$RSPAMD_IT_REDIS|g" "$extra" >>"$d/rspamd.conf"
+            -e "s|@REDIS@|$RSPAMD_IT_REDIS|g" -e "s|@NAME@|$name|g" "$extra" >>"$d/rspamd.conf"
     fi
     chown -R _rspamd:_rspamd "$d/db" "$d/run" "$d/log"
 }

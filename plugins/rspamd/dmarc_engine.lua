@@ -1,0 +1,840 @@
+--[[
+dmarc_engine: the lua-dmarc engine as rspamd's DMARC module (rspamd 3.4, LuaJIT).
+
+A thin adapter (style.md, "Rspamd plugin"): it gathers the From fields, SPF, DKIM and ARC
+results and the envelope from the task, drives the engine's query loop with rspamd's
+asynchronous resolver (callbacks only: the coroutine-style calls crash 3.4 workers under
+load, rspamd issue #4902), asks the site policy script what to do, and maps the outcome to
+rspamd: the symbols of rspamd's own dmarc module (same names, same option formats, so
+composites and rules keep working), an action, headers, an Authentication-Results entry,
+Redis report rows. All DMARC logic lives in the engine (lua/dmarc*.lua, core/).
+
+Install and configuration: plugins/rspamd/README.md. rspamd's built-in `dmarc` module must
+be disabled (`local.d/dmarc.conf: enabled = false;`): both register DMARC_CHECK.
+]]
+
+if confighelp then
+  return
+end
+
+local N = 'dmarc_engine'
+
+local rspamd_logger = require 'rspamd_logger'
+local lua_util = require 'lua_util'
+local lua_redis = require 'lua_redis'
+local lua_mime = require 'lua_mime'
+
+-- Bounds on what one message can make the plugin do (everything else is bounded by the
+-- engine's own limits, dmarc.core.limits).
+local MAX_FROM_FIELDS = 16       -- From fields passed on (the engine reads 8 and flags more)
+local MAX_DKIM_RESULTS = 64      -- DKIM results passed on (the engine reads 32)
+local MAX_RCPT = 100             -- envelope recipients passed to the site policy
+local MAX_ARC_SETS = 50          -- RFC 8617 §4.2.1: instance values are 1..50
+local MAX_OPTION_LEN = 256       -- bytes of one symbol option taken from a message
+
+local settings = {
+  -- Where the engine is, when not on rspamd's default paths (rspamd 3.4 ignores
+  -- options { lua_path; lua_cpath; }). Prepended to package.path / package.cpath.
+  lua_path = nil,
+  lua_cpath = nil,
+  mode = 'rfc9989',               -- or 'rfc7489' (PSL discovery, pct honoured) [MODE-1]
+  psl_file = nil,                 -- rfc7489 mode: a public suffix list file (default: libpsl's)
+  pct_as_testing = false,         -- [OPEN-3]
+  cache_size = 10000,             -- DNS answers kept per worker [DISC-11]
+  -- rspamd's resolver does not tell a record's TTL to Lua: answers are kept this long.
+  dns_cache_ttl = 300,
+  dns_negative_ttl = 60,
+  site_script = nil,              -- the site policy script (lua/dmarc/policy.lua); nil: defaults
+  authserv_id = nil,              -- Authentication-Results authserv-id; nil: the host name
+  auth_results = true,            -- add `Authentication-Results: <id>; dmarc=...`
+  auth_results_header = 'Authentication-Results',
+  folder_header = 'X-DMARC-Folder', -- a `folder` decision: the delivery agent files by it
+  score_symbol = 'DMARC_SITE_SCORE', -- a `score` decision: this symbol, weight score_weight
+  score_weight = 1.0,
+  check_local = false,
+  check_authed = false,
+  -- Actions for the site's `reject` and `defer` decisions.
+  actions = {
+    reject = 'reject',
+    defer = 'soft reject',
+  },
+  -- rspamd's symbol names (rspamd's dmarc module and lua_auth_results use the same).
+  symbols = {
+    allow = 'DMARC_POLICY_ALLOW',
+    reject = 'DMARC_POLICY_REJECT',
+    quarantine = 'DMARC_POLICY_QUARANTINE',
+    softfail = 'DMARC_POLICY_SOFTFAIL',
+    dnsfail = 'DMARC_DNSFAIL',
+    badpolicy = 'DMARC_BAD_POLICY',
+    na = 'DMARC_NA',
+    spf_allow = 'R_SPF_ALLOW',
+    spf_fail = 'R_SPF_FAIL',
+    spf_softfail = 'R_SPF_SOFTFAIL',
+    spf_neutral = 'R_SPF_NEUTRAL',
+    spf_tempfail = 'R_SPF_DNSFAIL',
+    spf_permfail = 'R_SPF_PERMFAIL',
+    spf_na = 'R_SPF_NA',
+    dkim_allow = 'R_DKIM_ALLOW',
+    arc_allow = 'ARC_ALLOW',
+    arc_reject = 'ARC_REJECT',
+    arc_invalid = 'ARC_INVALID',
+    arc_dnsfail = 'ARC_DNSFAIL',
+  },
+  -- Overrides (recipient sets, domains, IPs ...) read from Redis with the CLI's key schema
+  -- (docs/redis-keys.md). Servers: `servers` here, else this module's, else `redis {}`.
+  overrides = {
+    enabled = true,
+    prefix = 'dmarc:',
+    tag = 'ovr',
+    timeout = 0.5,
+  },
+  -- Aggregate report rows in the reporting schema (docs/report-keys.md), so that
+  -- `dmarc report generate` reports on what rspamd collected.
+  reporting = {
+    enabled = false,
+    prefix = 'dmarc:',
+    ttl = nil,                    -- default of lua/dmarc/report.lua
+    max_rows = nil,
+    timeout = 1.0,
+    skip_rspamc = true,           -- as rspamd's module: not for rspamc/controller scans
+    reporter_address = nil,       -- our own report sender: its mail is never reported on
+  },
+  -- Seconds Redis is left alone after a failure, so a dead Redis costs no time per message.
+  redis_backoff = 10,
+}
+
+local E = {}
+
+-- ---------------------------------------------------------------------------
+-- Pure helpers (no rspamd objects): exported at the end for the unit tests.
+
+local exports = {}
+
+--- RFC 8601 result words for rspamd's DKIM results (task:get_dkim_results()).
+local DKIM_WORDS = {
+  allow = 'pass',
+  reject = 'fail',
+  tempfail = 'temperror',
+  ['not found'] = 'permerror',    -- no key record: RFC 6376 §6.1.2 PERMFAIL
+  ['bad record'] = 'permerror',
+  ['permanent error'] = 'permerror',
+  permerror = 'permerror',
+  unknown = 'neutral',
+}
+exports.DKIM_WORDS = DKIM_WORDS
+
+--- The SPF symbol keys in the order they are looked for, with their RFC 8601 words.
+local SPF_WORDS = {
+  { 'spf_allow', 'pass' }, { 'spf_fail', 'fail' }, { 'spf_softfail', 'softfail' },
+  { 'spf_neutral', 'neutral' }, { 'spf_tempfail', 'temperror' },
+  { 'spf_permfail', 'permerror' }, { 'spf_na', 'none' },
+}
+exports.SPF_WORDS = SPF_WORDS
+
+--- rspamd resolver error strings (librdns) to the engine's rcodes [DISC-4].
+-- NXDOMAIN and NODATA stay distinct: the np existence test needs NXDOMAIN [DISC-12].
+local function rcode_of(err, results)
+  if not err then
+    if type(results) == 'table' and #results > 0 then return 'noerror' end
+    return 'nodata'
+  end
+  if err == 'no records with this name' then return 'nxdomain' end
+  if err == 'requested record is not found' then return 'nodata' end
+  if err == 'query timed out' then return 'timeout' end
+  -- 'server fail', 'query refused', 'network error' ...: transient [DISC-10].
+  return 'servfail'
+end
+exports.rcode_of = rcode_of
+
+local function clip(s, n)
+  s = tostring(s)
+  if #s > n then return s:sub(1, n) end
+  return s
+end
+
+--- The list identifier of a List-Id value (RFC 2919 §2: `phrase <id>`), lowercased.
+local function list_id_of(value)
+  if type(value) ~= 'string' then return nil end
+  local id = value:match('<([^<>]+)>') or value
+  id = id:match('^%s*(.-)%s*$')
+  if id == '' or #id > 255 or id:find('[%s%c]') then return nil end
+  return id:lower()
+end
+exports.list_id_of = list_id_of
+
+--- ARC sealers, newest first, from ARC-Seal header values (RFC 8617 §4.1.3: i=, d=, s=).
+local function arc_sealers(seal_values)
+  local sealers = {}
+  for n, value in ipairs(seal_values) do
+    if n > MAX_ARC_SETS then break end
+    local tags = {}
+    for k, v in tostring(value):gmatch('([%a]+)%s*=%s*([^;]*)') do
+      tags[k:lower()] = v:gsub('%s+', '')
+    end
+    local i = tonumber(tags.i)
+    if i and i >= 1 and i <= MAX_ARC_SETS and tags.d and tags.s then
+      sealers[#sealers + 1] = { i = i, d = tags.d:lower(), s = tags.s }
+    end
+  end
+  table.sort(sealers, function(a, b) return a.i > b.i end)
+  return sealers
+end
+exports.arc_sealers = arc_sealers
+
+--- The client IP that ARC set @i recorded (smtp.remote-ip of its ARC-Authentication-Results),
+-- for the [ARC-3] comment.
+local function arc_remote_ip(aar_values, i)
+  for n, value in ipairs(aar_values) do
+    if n > MAX_ARC_SETS then break end
+    local inst = tonumber(tostring(value):match('^%s*i%s*=%s*(%d+)'))
+    if inst == i then
+      return tostring(value):match('smtp%.remote%-ip%s*=%s*([%x%.:]+)')
+    end
+  end
+  return nil
+end
+exports.arc_remote_ip = arc_remote_ip
+
+--- rspamd's explanation of a DMARC failure, in its words ("No valid SPF, No valid DKIM",
+-- "SPF not aligned (relaxed)"), so rules matching the built-in module's options still match.
+local function failure_text(out, record, input)
+  local parts = {}
+  local spf = input.spf
+  if spf and spf.result == 'pass' then
+    if not out.spf_aligned then
+      parts[#parts + 1] = string.format('SPF not aligned (%s)',
+        (record and record.aspf == 'strict') and 'strict' or 'relaxed')
+    end
+  else
+    parts[#parts + 1] = 'No valid SPF'
+  end
+  local dkim_pass = false
+  for _, d in ipairs(input.dkim or E) do
+    if d.result == 'pass' then dkim_pass = true end
+  end
+  if dkim_pass then
+    if not out.dkim_aligned then
+      parts[#parts + 1] = string.format('DKIM not aligned (%s)',
+        (record and record.adkim == 'strict') and 'strict' or 'relaxed')
+    end
+  else
+    parts[#parts + 1] = 'No valid DKIM'
+  end
+  return table.concat(parts, ', ')
+end
+exports.failure_text = failure_text
+
+--- The symbol and options of a verdict, in the formats of rspamd's dmarc module:
+--   DMARC_POLICY_ALLOW       [<policy domain>, <policy>]
+--   DMARC_POLICY_REJECT/_QUARANTINE/_SOFTFAIL (by the policy applied after t=/pct)
+--                            [<policy domain> : <why>, <policy>(, <reason>)...]
+--   DMARC_NA                 [<author domain>] | [No From header] | [No domain in From header]
+--   DMARC_DNSFAIL            [<domain> : <resolver error>, <policy>?]
+--   DMARC_BAD_POLICY         [<domain> : <why>]
+-- Extra options (after rspamd's) name the engine's reason (policy_test_mode, sampled_out)
+-- and flags (multiple_from ...).
+-- @param out the engine's output object; @param details its details (verdict with record)
+-- @param input the evaluation input; @param dns_error the first resolver error, or nil
+-- @return symbol key (allow, reject ...), options array
+local function compat_result(out, details, input, dns_error)
+  local verdict = details and details.verdict or E
+  local record = verdict.record
+  local domain = out.policy_domain or out.author_domain or 'unknown'
+  local opts
+  local key
+  if out.result == 'pass' then
+    key = 'allow'
+    opts = { domain, out.policy or 'none' }
+  elseif out.result == 'fail' then
+    local applied = out.applied or out.policy or 'none'
+    key = (applied == 'reject' and 'reject') or (applied == 'quarantine' and 'quarantine')
+      or 'softfail'
+    opts = { domain .. ' : ' .. failure_text(out, record, input), out.policy or 'none' }
+    if out.reason then opts[#opts + 1] = out.reason end
+  elseif out.result == 'temperror' then
+    key = 'dnsfail'
+    opts = { domain .. ' : ' .. (dns_error or 'SPF/DKIM temp error') }
+    if out.policy then opts[#opts + 1] = out.policy end
+  elseif out.result == 'permerror' then
+    key = 'badpolicy'
+    opts = { domain .. ' : ' .. (verdict.error or 'invalid DMARC record') }
+  else
+    key = 'na'
+    local flags = {}
+    for _, f in ipairs(out.flags or E) do flags[f] = true end
+    if flags.no_from then
+      opts = { 'No From header' }
+    elseif flags.no_author_domain or not out.author_domain then
+      opts = { 'No domain in From header' }
+    else
+      opts = { out.author_domain }
+    end
+  end
+  for _, f in ipairs(out.flags or E) do opts[#opts + 1] = f end
+  for i = 1, #opts do opts[i] = clip(opts[i], MAX_OPTION_LEN) end
+  return key, opts
+end
+exports.compat_result = compat_result
+
+-- RFC 8601 §2.2: a value that is not a token goes in quotes.
+local function ar_value(s)
+  s = tostring(s)
+  if s:find('^[%w%.%-_]+$') then return s end
+  return '"' .. s:gsub('[\\"]', '\\%0') .. '"'
+end
+
+--- The dmarc= entry of an Authentication-Results header [AR-2]: the real From (author)
+-- domain as header.from, policy.dmarc = the policy actually applied after t=, pct and site
+-- overrides, and an OpenDMARC-style comment with the published and applied dispositions.
+local function ar_entry(out, decision)
+  local parts = { 'dmarc=' .. out.result }
+  local decided = out.result == 'pass' or out.result == 'fail'
+  local applied
+  if decided and out.policy then
+    local dis = decision and decision.disposition or out.applied or 'none'
+    if dis == 'pass' then dis = 'none' end
+    applied = dis
+    parts[#parts + 1] = string.format('(p=%s dis=%s)', out.policy, dis)
+  elseif out.result == 'temperror' or out.result == 'permerror' then
+    parts[#parts + 1] = '(' .. out.result .. ')'
+  end
+  if out.author_domain then parts[#parts + 1] = 'header.from=' .. ar_value(out.author_domain) end
+  if applied then parts[#parts + 1] = 'policy.dmarc=' .. applied end
+  return table.concat(parts, ' ')
+end
+exports.ar_entry = ar_entry
+
+-- ---------------------------------------------------------------------------
+-- Gathering the inputs from the task
+
+--- Raw values of every From field, in order, as received.
+local function from_values(task)
+  local out = {}
+  for i, hdr in ipairs(task:get_header_full('From') or E) do
+    if i > MAX_FROM_FIELDS then break end
+    out[#out + 1] = hdr.value or hdr.decoded or ''
+  end
+  return out
+end
+
+--- SPF as rspamd's spf module found it: the result from its symbols, the domain it checked
+-- (MAIL FROM, or HELO for a null reverse-path, RFC 7208 §2.4) [ALN-1].
+local function spf_of(task)
+  local result
+  for _, pair in ipairs(SPF_WORDS) do
+    if task:has_symbol(settings.symbols[pair[1]]) then
+      result = pair[2]
+      break
+    end
+  end
+  if not result then return nil end
+  local env = ((task:get_from('smtp') or E)[1] or E)
+  if env.domain and env.domain ~= '' then
+    return { result = result, domain = env.domain:lower(), scope = 'mfrom' }
+  end
+  local helo = task:get_helo()
+  if helo and helo ~= '' then
+    return { result = result, domain = helo:lower(), scope = 'helo' }
+  end
+  return nil
+end
+
+--- Every DKIM signature rspamd checked.
+local function dkim_of(task)
+  local out = {}
+  for i, r in ipairs(task:get_dkim_results() or E) do
+    if i > MAX_DKIM_RESULTS then break end
+    if r.domain then
+      out[#out + 1] = {
+        result = DKIM_WORDS[r.result] or 'neutral',
+        domain = r.domain:lower(),
+        selector = r.selector,
+        human_result = r.fail_reason,
+      }
+    end
+  end
+  return out
+end
+
+--- rspamd's ARC verdict (its arc module) and the sealers of the chain [ARC-1].
+local function arc_of(task)
+  local s = settings.symbols
+  local result = 'none'
+  if task:has_symbol(s.arc_allow) then
+    result = 'pass'
+  elseif task:has_symbol(s.arc_reject) or task:has_symbol(s.arc_invalid) then
+    result = 'fail'
+  elseif task:has_symbol(s.arc_dnsfail) then
+    result = 'temperror'
+  end
+  local arc = { result = result, sealers = {} }
+  if result == 'none' then return arc end
+  local seals = {}
+  for _, hdr in ipairs(task:get_header_full('ARC-Seal') or E) do
+    seals[#seals + 1] = hdr.value or ''
+  end
+  arc.sealers = arc_sealers(seals)
+  local aars = {}
+  for _, hdr in ipairs(task:get_header_full('ARC-Authentication-Results') or E) do
+    aars[#aars + 1] = hdr.value or ''
+  end
+  arc.remote_ip = arc_remote_ip(aars, 1)
+  return arc
+end
+
+--- The site policy's view of the message (lua/dmarc/policy.lua ctx).
+local function ctx_of(task, arc)
+  local ip = task:get_from_ip()
+  local env = ((task:get_from('smtp') or E)[1] or E)
+  local rcpt = {}
+  for i, r in ipairs(task:get_recipients('smtp') or E) do
+    if i > MAX_RCPT then break end
+    if r.addr and r.addr ~= '' then rcpt[#rcpt + 1] = r.addr:lower() end
+  end
+  return {
+    ip = (ip and ip:is_valid()) and ip:to_string() or nil,
+    helo = task:get_helo(),
+    mail_from = env.addr,
+    rcpt = rcpt,
+    list_id = list_id_of(task:get_header('List-Id')),
+    arc = arc,
+    user = task:get_user(),
+    queue_id = task:get_queue_id(),
+  }
+end
+
+-- ---------------------------------------------------------------------------
+-- Runtime state, set up by the configuration code at the end
+
+local dmarc            -- require 'dmarc'
+local report           -- require 'dmarc.report', when reporting is enabled
+local store_mod        -- require 'dmarc.store', when overrides are enabled
+local engine           -- dmarc.new{...}: one per worker, with the shared answer cache
+local site             -- the loaded site policy
+local overrides_redis  -- lua_redis params, or nil
+local reporting_redis
+local row_script_id    -- lua_redis script id of report.ROW_SCRIPT
+local auth_local_conf
+local redis_down_until = 0
+
+local function redis_healthy()
+  return os.time() >= redis_down_until
+end
+
+local function redis_failed(task, what, err)
+  redis_down_until = os.time() + settings.redis_backoff
+  rspamd_logger.warnx(task, '%s: redis %s failed (%s); redis is skipped for %s s',
+    N, what, err, settings.redis_backoff)
+end
+
+--- One asynchronous Redis request that never raises and calls @cb exactly once:
+-- cb(err, data). Redis down or backing off -> cb('unavailable') at once.
+local function redis_request(task, params, key, is_write, cmd, args, cb)
+  if not redis_healthy() then return cb('unavailable (backing off)') end
+  local called = false
+  local function done(err, data)
+    if called then return end
+    called = true
+    if err then redis_failed(task, cmd, err) end
+    cb(err, data)
+  end
+  local ok, ret = pcall(lua_redis.redis_make_request, task, params, key, is_write,
+    function(err, data) done(err, data) end, cmd, args)
+  if not ok or not ret then done(ok and 'cannot connect' or tostring(ret)) end
+end
+
+-- The resolver adapter: the engine's resolve_async(name, qtype, cb) over rspamd's
+-- callback resolver. `forced`: DMARC lookups are never dropped by rspamd's per-task DNS
+-- limit, as its own module does.
+local RESOLVE_METHODS = { TXT = 'resolve_txt', A = 'resolve_a', MX = 'resolve_mx' }
+
+local function make_resolver(task, dns_errors)
+  local resolver = task:get_resolver()
+  return function(name, qtype, cb)
+    local function on_answer(_, _, results, err)
+      local rcode = rcode_of(err, results)
+      if rcode == 'servfail' or rcode == 'timeout' then
+        dns_errors[#dns_errors + 1] = name .. ': ' .. tostring(err)
+      end
+      local txts
+      if rcode == 'noerror' and qtype == 'TXT' then
+        txts = {}
+        for i, rr in ipairs(results) do txts[i] = tostring(rr) end
+      end
+      local ttl = (rcode == 'noerror') and settings.dns_cache_ttl or settings.dns_negative_ttl
+      cb(rcode, txts, ttl)
+    end
+    local args = { task = task, name = name, forced = true, callback = on_answer }
+    local ok, started
+    local method = RESOLVE_METHODS[qtype]
+    if method then
+      ok, started = pcall(resolver[method], resolver, args)
+    else
+      -- AAAA (the RFC 9091 existence test of rfc7489 mode) has no dedicated method.
+      ok, started = pcall(resolver.resolve, resolver, qtype:lower(), args)
+    end
+    if not ok or not started then
+      -- Not even sent: transient, so the message is temperror, never a pass or a fail.
+      dns_errors[#dns_errors + 1] = name .. ': ' .. (ok and 'not sent' or tostring(started))
+      cb('servfail', nil, 0)
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Acting on the outcome
+
+local function header_changes(task, out, decision)
+  local add, remove = {}, {}
+  local order = {}
+  if settings.auth_results then
+    local id = settings.authserv_id
+    add[settings.auth_results_header] = { order = 1, value = id .. '; ' .. ar_entry(out, decision) }
+    order[#order + 1] = settings.auth_results_header
+  end
+  -- A header the delivery agent acts on must not come from outside.
+  remove[settings.folder_header] = 0
+  if decision then
+    if decision.action == 'folder' and decision.folder then
+      add[settings.folder_header] = { order = 1, value = tostring(decision.folder) }
+      order[#order + 1] = settings.folder_header
+    elseif decision.action == 'tag' and type(decision.tag) == 'table' then
+      local tag = decision.tag
+      if tag.header and tag.value then
+        add[tag.header] = { order = 1, value = tostring(tag.value) }
+        order[#order + 1] = tag.header
+        remove[tag.header] = 0
+      elseif tag.subject then
+        local subject = task:get_header('Subject') or ''
+        add.Subject = { order = 1, value = tostring(tag.subject) .. ' ' .. subject }
+        order[#order + 1] = 'Subject'
+        remove.Subject = 0
+      end
+    end
+  end
+  lua_mime.modify_headers(task, { add = add, remove = remove, order = order })
+end
+
+local function apply_decision(task, out, decision, symbol_key, options)
+  local s = settings.symbols
+  -- The DMARC symbol says what DMARC found. When the site let a failing message through
+  -- (an override: trusted forwarder, local policy ...), it stays, with no weight, and
+  -- names the override, as rspamd's module does with "local_policy".
+  local weight = 1.0
+  if decision and out.result == 'fail' and decision.action == 'accept'
+      and decision.source ~= 'default' then
+    weight = 0.0
+    for _, r in ipairs(decision.reasons or E) do
+      if r.type and #options < 16 then options[#options + 1] = r.type end
+    end
+  end
+  task:insert_result(s[symbol_key], weight, options)
+  if not decision then return end
+
+  local action = decision.action
+  if action == 'reject' or action == 'defer' then
+    local message = decision.smtp_message
+      or (action == 'reject' and 'Rejected by DMARC policy' or 'DMARC policy could not be evaluated')
+    task:set_pre_result(settings.actions[action], message, N, nil, nil, 'least')
+  elseif action == 'score' then
+    local score = tonumber(decision.score) or 0
+    if score ~= 0 then
+      task:insert_result(settings.score_symbol, score, out.author_domain or 'unknown')
+    end
+  end
+end
+
+-- Report rows (lua/dmarc/report.lua) through rspamd's redis client: the same commands
+-- `report.commands` gives the CLI, the row script run with EVALSHA.
+local function store_report_rows(task, verdict, input, ctx, decision)
+  if not reporting_redis or not redis_healthy() then return end
+  if settings.reporting.skip_rspamc and lua_util.is_rspamc_or_controller(task) then return end
+  local rows, err = report.build_rows(verdict, input, ctx, decision, {
+    time = math.floor(task:get_date({ format = 'connect', gmt = true }) or os.time()),
+    reporter_address = settings.reporting.reporter_address,
+  })
+  if not rows then
+    rspamd_logger.infox(task, '%s: no report row: %s', N, err)
+    return
+  end
+  local opts = {
+    prefix = settings.reporting.prefix,
+    ttl = settings.reporting.ttl,
+    max_rows = settings.reporting.max_rows,
+  }
+  for _, row in ipairs(rows) do
+    local cmds, cerr = report.commands(row, opts)
+    if not cmds then
+      rspamd_logger.infox(task, '%s: report row for %s not stored: %s', N, row.policy_domain, cerr)
+    else
+      for _, cmd in ipairs(cmds) do
+        local function done(rerr)
+          if rerr then redis_failed(task, 'report row', rerr) end
+        end
+        if cmd[1] == 'EVAL' and cmd[2] == report.ROW_SCRIPT and row_script_id then
+          local nkeys = tonumber(cmd[3])
+          local keys, args = {}, {}
+          for i = 4, 3 + nkeys do keys[#keys + 1] = cmd[i] end
+          for i = 4 + nkeys, #cmd do args[#args + 1] = cmd[i] end
+          local ok, perr = pcall(lua_redis.exec_redis_script, row_script_id,
+            { task = task, is_write = true, key = keys[1] }, done, keys, args)
+          if not ok then done(tostring(perr)) end
+        else
+          local args = {}
+          for i = 2, #cmd do args[#args + 1] = cmd[i] end
+          redis_request(task, reporting_redis, cmd[2], true, cmd[1], args, done)
+        end
+      end
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- The check
+
+local function finish(task, out, details, input, ctx, dns_errors, decision)
+  local symbol_key, options = compat_result(out, details, input, dns_errors[1] and
+    dns_errors[1]:match(': (.*)$'))
+  apply_decision(task, out, decision, symbol_key, options)
+  header_changes(task, out, decision)
+  local pool = task:get_mempool()
+  pool:set_variable('dmarc_result', out.result)
+  if decision and decision.disposition then
+    pool:set_variable('dmarc_disposition', decision.disposition)
+  end
+  if settings.reporting.enabled then
+    local verdict = {}
+    for k, v in pairs(details and details.verdict or E) do verdict[k] = v end
+    verdict.domains = details and details.domains
+    verdict.mode = input.mode
+    store_report_rows(task, verdict, input, ctx, decision)
+  end
+end
+
+local function decide(task, out, details, input, ctx, dns_errors)
+  if not site then return finish(task, out, details, input, ctx, dns_errors, nil) end
+  local verdict = {}
+  for k, v in pairs(out) do verdict[k] = v end
+  verdict.record = details and details.verdict and details.verdict.record
+  local okk, keys = pcall(site.lookups, site, verdict, ctx)
+  if not okk then
+    rspamd_logger.errx(task, '%s: site policy lookups failed: %s', N, keys)
+    keys = {}
+  end
+  local function with_found(found, err)
+    if err then
+      rspamd_logger.warnx(task, '%s: overrides not read (%s): site defaults apply', N, err)
+    end
+    local ok, decision = pcall(site.decide, site, verdict, ctx, found or {})
+    if not ok or type(decision) ~= 'table' then
+      rspamd_logger.errx(task, '%s: site policy failed: %s', N, decision)
+      decision = nil
+    end
+    for _, w in ipairs(decision and decision.warnings or E) do
+      rspamd_logger.warnx(task, '%s: site policy: %s', N, w)
+    end
+    finish(task, out, details, input, ctx, dns_errors, decision)
+  end
+  if type(keys) ~= 'table' or #keys == 0 or not overrides_redis then
+    return with_found({})
+  end
+  if not redis_healthy() then return with_found(nil, 'redis unavailable (backing off)') end
+  local st = store_mod.callback{
+    prefix = settings.overrides.prefix,
+    tag = settings.overrides.tag,
+    mget = function(redis_keys, done)
+      redis_request(task, overrides_redis, redis_keys[1], false, 'MGET', redis_keys,
+        function(err, data) done(err, data) end)
+    end,
+  }
+  st:get_many_async(keys, function(found, err) with_found(found, err) end)
+end
+
+local function dmarc_check(task)
+  if lua_util.is_skip_local_or_authed(task, auth_local_conf) then
+    rspamd_logger.infox(task, '%s: skip DMARC checks for local networks and authorized users', N)
+    return
+  end
+  local arc = arc_of(task)
+  local ctx = ctx_of(task, arc)
+  local input = {
+    mode = settings.mode,
+    from = from_values(task),
+    spf = spf_of(task),
+    dkim = dkim_of(task),
+  }
+  local dns_errors = {}
+  engine:evaluate_async(input, make_resolver(task, dns_errors), function(out, details, code)
+    if not out then
+      -- An engine failure is never a reason to reject: log it, add nothing.
+      rspamd_logger.errx(task, '%s: evaluation failed (%s): %s', N, code, details)
+      return
+    end
+    local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
+    if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
+  end, { details = true })
+end
+exports.dmarc_check = dmarc_check
+
+-- ---------------------------------------------------------------------------
+-- Configuration. Any problem disables the module with one clear log line.
+
+local function disable(why, ...)
+  rspamd_logger.errx(rspamd_config, '%s: module disabled: ' .. why, N, ...)
+  lua_util.disable_module(N, 'config')
+  exports.disabled = string.format(why, ...)
+  return exports
+end
+
+local function prepend_path(field, value)
+  if type(value) == 'string' and value ~= '' and not package[field]:find(value, 1, true) then
+    package[field] = value .. ';' .. package[field]
+  end
+end
+
+local opts = rspamd_config:get_all_opt(N)
+if not opts then
+  -- No section: not configured (rspamd logs that the module is not enabled).
+  return exports
+end
+settings = lua_util.override_defaults(settings, opts)
+
+-- rspamd's own dmarc module registers the same symbols: both cannot run.
+local builtin = rspamd_config:get_all_opt('dmarc')
+if builtin and builtin.enabled ~= false then
+  return disable('the built-in dmarc module is enabled; set `enabled = false;` in local.d/dmarc.conf')
+end
+
+prepend_path('path', settings.lua_path)
+prepend_path('cpath', settings.lua_cpath)
+
+local ok_dmarc, dmarc_or_err = pcall(require, 'dmarc')
+if not ok_dmarc then
+  return disable('cannot load the engine (require "dmarc"): %s; check lua_path and lua_cpath ' ..
+    '(a module built for LuaJIT is needed)', dmarc_or_err)
+end
+dmarc = dmarc_or_err
+
+if settings.mode ~= 'rfc9989' and settings.mode ~= 'rfc7489' then
+  return disable('mode must be "rfc9989" or "rfc7489", not "%s"', settings.mode)
+end
+for _, k in ipairs({ 'cache_size', 'dns_cache_ttl', 'dns_negative_ttl', 'redis_backoff' }) do
+  if type(settings[k]) ~= 'number' or settings[k] < 0 then
+    return disable('%s must be a number >= 0', k)
+  end
+end
+-- set_pre_result raises on an unknown action: refuse it here instead, on every message.
+local known_actions = {
+  reject = true, ['soft reject'] = true, ['rewrite subject'] = true, ['add header'] = true,
+  greylist = true, ['no action'] = true, accept = true,
+}
+for name in pairs(rspamd_config:get_all_actions() or E) do known_actions[name] = true end
+for _, k in ipairs({ 'reject', 'defer' }) do
+  if not known_actions[settings.actions[k]] then
+    return disable('actions.%s: unknown action "%s"', k, tostring(settings.actions[k]))
+  end
+end
+
+local ok_engine, engine_or_err = pcall(dmarc.new, {
+  mode = settings.mode,
+  cache_size = math.floor(settings.cache_size),
+  pct_as_testing = settings.pct_as_testing and true or false,
+  psl_file = settings.psl_file,
+})
+if not ok_engine then
+  return disable('engine options: %s', engine_or_err)
+end
+engine = engine_or_err
+
+if settings.site_script then
+  local ok_pol, policy = pcall(require, 'dmarc.policy')
+  if not ok_pol then
+    return disable('site_script is set but dmarc.policy cannot be loaded: %s', policy)
+  end
+  local loaded, err = policy.load(settings.site_script)
+  if not loaded then
+    return disable('site script %s: %s', settings.site_script, err)
+  end
+  site = loaded
+else
+  local ok_pol, policy = pcall(require, 'dmarc.policy')
+  if ok_pol and policy.default then site = policy.default() end
+end
+
+if not settings.authserv_id then
+  local ok_util, rspamd_util = pcall(require, 'rspamd_util')
+  settings.authserv_id = ok_util and rspamd_util.get_hostname() or 'localhost'
+end
+if not settings.authserv_id:find('^[%w%.%-_]+$') then
+  return disable('authserv_id "%s" is not a token (RFC 8601 §2.2)', settings.authserv_id)
+end
+
+if site and settings.overrides.enabled then
+  local ok_store, st = pcall(require, 'dmarc.store')
+  if not ok_store then return disable('cannot load dmarc.store: %s', st) end
+  store_mod = st
+  local ok_key, kerr = pcall(store_mod.redis_key, 'domain:x', settings.overrides.prefix,
+    settings.overrides.tag)
+  if not ok_key then return disable('overrides: %s', kerr) end
+  overrides_redis = lua_redis.parse_redis_server(N, settings.overrides)
+  if not overrides_redis then
+    rspamd_logger.infox(rspamd_config, '%s: no redis servers: overrides come from the site ' ..
+      'script only', N)
+  else
+    overrides_redis.timeout = settings.overrides.timeout
+  end
+end
+
+if settings.reporting.enabled then
+  local ok_rep, rep = pcall(require, 'dmarc.report')
+  if not ok_rep then return disable('reporting: cannot load dmarc.report: %s', rep) end
+  report = rep
+  if not report.valid_prefix(settings.reporting.prefix) then
+    return disable('reporting: invalid prefix "%s"', tostring(settings.reporting.prefix))
+  end
+  reporting_redis = lua_redis.parse_redis_server(N, settings.reporting)
+  if not reporting_redis then
+    return disable('reporting is enabled but no redis servers are configured')
+  end
+  reporting_redis.timeout = settings.reporting.timeout
+  row_script_id = lua_redis.add_redis_script(report.ROW_SCRIPT, reporting_redis)
+end
+
+auth_local_conf = { settings.check_local, settings.check_authed }
+
+-- Register like rspamd's dmarc module: DMARC_CHECK (other modules depend on that name),
+-- virtual children for the results, after SPF, DKIM and ARC.
+local id = rspamd_config:register_symbol({
+  name = 'DMARC_CHECK',
+  type = 'callback',
+  callback = dmarc_check,
+})
+rspamd_config:register_symbol({ name = 'DMARC_CALLBACK', type = 'virtual,skip', parent = id })
+for _, key in ipairs({ 'allow', 'reject', 'quarantine', 'softfail', 'dnsfail', 'badpolicy', 'na' }) do
+  rspamd_config:register_symbol({
+    name = settings.symbols[key],
+    parent = id,
+    type = 'virtual',
+    group = 'policies',
+    groups = { 'dmarc' },
+  })
+end
+rspamd_config:register_symbol({
+  name = settings.score_symbol,
+  parent = id,
+  type = 'virtual',
+  score = settings.score_weight,
+  group = 'policies',
+  groups = { 'dmarc' },
+  description = 'DMARC site policy: score treatment',
+})
+rspamd_config:register_dependency('DMARC_CHECK', settings.symbols.spf_allow)
+rspamd_config:register_dependency('DMARC_CHECK', settings.symbols.dkim_allow)
+rspamd_config:register_dependency('DMARC_CHECK', 'ARC_CHECK')
+
+rspamd_logger.infox(rspamd_config, '%s: enabled, mode %s, site %s, overrides %s, reporting %s',
+  N, settings.mode, settings.site_script or 'defaults', overrides_redis and 'redis' or 'none',
+  reporting_redis and 'redis' or 'off')
+
+exports.settings = settings
+return exports
