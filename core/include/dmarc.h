@@ -353,7 +353,10 @@ typedef struct dmarc_record {
 ** @alloc: NULL for libc.
 ** @txt, @len: borrowed for the call.
 ** @out: on DMARC_OK, a new record; free with dmarc_record_free.
-** @diag: optional; on DMARC_ERR_SYNTAX says why the text is not a record.
+** @diag: optional; on DMARC_ERR_SYNTAX says why the text is not a record
+**        (NOT_DMARC, TOO_LONG); on DMARC_OK it is DMARC_DIAG_NONE for a usable
+**        record, else why the record is not usable (DUPLICATE_TAG,
+**        INVALID_POLICY, MISSING_P). Untouched on other errors.
 ** Returns DMARC_OK (the record may still be !usable: check it),
 ** DMARC_ERR_SYNTAX (not a DMARC record [REC-2]; *out untouched),
 ** DMARC_ERR_NOMEM, DMARC_ERR_INVAL (NULL out, or txt NULL with len > 0).
