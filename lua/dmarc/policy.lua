@@ -1,0 +1,1075 @@
+--- Site policy: what a DMARC verdict *does* at this site.
+--
+-- A site script (a Lua file returning a table; docs/site-policy.md) says how each outcome is
+-- treated, which overrides apply, and may hook every decision. The same script runs in the
+-- CLI and in the rspamd plugin. Deciding is split from fetching so that both a blocking store
+-- and a callback-style one (rspamd's lua_redis) work without coroutines:
+--
+--   local site = assert(policy.load('site.lua', { log = logger }))
+--   local keys = site:lookups(verdict, ctx)          -- store keys the decision may need
+--   local found, err = st:get_many(keys)             -- one round trip (or get_many_async)
+--   local decision = site:decide(verdict, ctx, found, { store_error = err })
+--   -- or, in one call: site:evaluate(verdict, ctx, st) / site:evaluate_async(..., cb)
+--
+-- verdict: the table of dmarc.evaluate (result, author_domain, org_domain, policy, applied,
+-- reason, ...). ctx, from the scanner: ip, helo, mail_from, rcpt (array), list_id, evidence
+-- (other grounds to reject, [POL-3]), arc = {result=, sealers={{i=, d=, s=}, ...} newest
+-- first, oldest_pass=, remote_ip=}, and anything else (handed to the hook untouched).
+--
+-- A decision: action (reject|defer|folder|score|tag|accept), smtp_code and smtp_message
+-- (reject, defer), folder, score, tag ({header=, value=} or {subject=}), disposition (for
+-- reports, [OVR-2]: none|pass|quarantine|reject, what was actually done), reasons (array of
+-- {type=, comment=}), source ('default'|'site'|'override'|'hook'), outcome (the outcome whose
+-- treatment was used), warnings (array of strings), per_rcpt (address -> decision, only when
+-- recipients are treated differently).
+-- @module dmarc.policy
+local store = require 'dmarc.store'
+local dlog = require 'dmarc.log'
+
+local M = {}
+
+-- {==================================================================
+-- Vocabulary and limits
+-- ===================================================================
+
+M.ACTIONS = { reject = true, defer = true, folder = true, score = true, tag = true, accept = true }
+-- "Strictest" when recipients disagree: reject > defer > folder > score > tag > accept.
+local ACTION_RANK = { accept = 1, tag = 2, score = 3, folder = 4, defer = 5, reject = 6 }
+
+--- Outcomes a site script treats. pass: DMARC pass; reject / quarantine / none: DMARC fail
+-- with that applied policy (after t= and pct); temperror, permerror; no_policy: result none.
+M.OUTCOMES = {
+  pass = true, reject = true, quarantine = true, none = true,
+  temperror = true, permerror = true, no_policy = true,
+}
+
+--- RFC 9990 reason types an override may carry [OVR-2].
+M.OVERRIDE_REASONS = { local_policy = true, trusted_forwarder = true, mailing_list = true, other = true }
+-- A hook may also pass on the verdict's own reasons.
+local REPORT_REASONS = {
+  local_policy = true, trusted_forwarder = true, mailing_list = true, other = true,
+  policy_test_mode = true, sampled_out = true,
+}
+M.DISPOSITIONS = { none = true, pass = true, quarantine = true, reject = true }
+local LEVEL = { none = 0, quarantine = 1, reject = 2 }
+
+M.MAX_RCPT = 100            -- recipients looked at per message; the rest get the message decision
+M.MAX_ARC_SEALERS = 50      -- ARC instances run 1..50 [ARC-1]
+M.MAX_REASONS = 8
+M.MAX_COMMENT_LEN = 256
+M.MAX_TEXT_LEN = 200        -- SMTP reply text; RFC 5321 §4.5.3.1.5 allows 512 per line
+M.MAX_FOLDER_LEN = 255
+M.MAX_HEADER_NAME_LEN = 64
+M.MAX_HEADER_VALUE_LEN = 255
+M.MAX_SUBJECT_TAG_LEN = 64
+M.MAX_SCORE = 1000
+M.MAX_OVERRIDES = 10000     -- entries in one site script
+M.MAX_SETS = 32             -- recipient sets in one site script
+M.MAX_SCRIPT_BYTES = 1024 * 1024
+M.MAX_COPY_DEPTH = 6
+M.DEFAULT_HOOK_BUDGET = 100000     -- VM instructions per decide() hook call
+M.DEFAULT_LOAD_BUDGET = 10000000   -- VM instructions to run the script itself
+
+local POL3_COMMENT = 'p=reject without other evidence handled as quarantine (RFC 9989 7.4)'
+
+-- }==================================================================
+
+-- {==================================================================
+-- Treatments
+-- ===================================================================
+
+local function is_text(s, max)
+  return type(s) == 'string' and s ~= '' and #s <= max and not s:find('[%c\128-\255]')
+end
+
+local function bad(msg)
+  return nil, msg, 'invalid'
+end
+
+local TREATMENT_FIELDS = {
+  action = true, folder = true, score = true, header = true, value = true, subject = true,
+  code = true, message = true,
+}
+
+local DSL_BARE -- filled below: DSL functions usable without a call (`accept`)
+
+--- Validates a treatment and returns a clean copy, or nil, msg, 'invalid'.
+-- Forms: 'accept' | 'reject' | 'defer' | 'folder:NAME' | 'score:N' | a table
+-- {action=, folder=, score=, header=, value=, subject=, code=, message=} | a DSL value
+-- (accept, reject(msg), defer(msg), folder(name), score(n), tag(header, value),
+-- tag{subject=}).
+function M.treatment(spec)
+  if type(spec) == 'function' and DSL_BARE[spec] then spec = DSL_BARE[spec]() end
+  if type(spec) == 'string' then
+    local action, arg = spec:match('^(%a+):(.*)$')
+    if action == 'folder' then
+      spec = { action = 'folder', folder = arg }
+    elseif action == 'score' then
+      spec = { action = 'score', score = tonumber(arg) }
+    elseif action == nil then
+      spec = { action = spec }
+    else
+      return bad('unknown treatment "' .. spec .. '"')
+    end
+  end
+  if type(spec) ~= 'table' then return bad('a treatment must be a string or a table') end
+  for k in pairs(spec) do
+    if not TREATMENT_FIELDS[k] then return bad('unknown treatment field "' .. tostring(k) .. '"') end
+  end
+  local action = spec.action
+  if not M.ACTIONS[action] then
+    return bad('treatment action must be reject, defer, folder, score, tag or accept, not "' ..
+      tostring(action) .. '"')
+  end
+  local t = { action = action }
+  if action == 'folder' then
+    if not is_text(spec.folder, M.MAX_FOLDER_LEN) then return bad('folder needs a folder name') end
+    t.folder = spec.folder
+  elseif action == 'score' then
+    local n = spec.score
+    if type(n) ~= 'number' or n ~= n or n < -M.MAX_SCORE or n > M.MAX_SCORE then
+      return bad('score needs a number between -' .. M.MAX_SCORE .. ' and ' .. M.MAX_SCORE)
+    end
+    t.score = n
+  elseif action == 'tag' then
+    if spec.subject ~= nil then
+      if spec.header ~= nil then return bad('tag takes a header or a subject, not both') end
+      if not is_text(spec.subject, M.MAX_SUBJECT_TAG_LEN) then
+        return bad('tag subject must be short text')
+      end
+      t.subject = spec.subject
+    else
+      if type(spec.header) ~= 'string' or #spec.header > M.MAX_HEADER_NAME_LEN
+          or not spec.header:find('^[%w][%w-]*$') then
+        return bad('tag needs a header name (letters, digits, "-") or a subject')
+      end
+      if not is_text(spec.value, M.MAX_HEADER_VALUE_LEN) then return bad('tag header needs a value') end
+      t.header, t.value = spec.header, spec.value
+    end
+  elseif action == 'reject' or action == 'defer' then
+    local class = action == 'reject' and 5 or 4
+    if spec.code ~= nil then
+      if type(spec.code) ~= 'number' or spec.code % 1 ~= 0 or math.floor(spec.code / 100) ~= class then
+        return bad(action .. ' code must be ' .. class .. 'xx')
+      end
+      t.code = spec.code
+    end
+    if spec.message ~= nil then
+      if not is_text(spec.message, M.MAX_TEXT_LEN) then
+        return bad(action .. ' message must be one line of text')
+      end
+      -- [POL-3]: a reject done because of DMARC SHOULD say so in its text.
+      if action == 'reject' and not spec.message:find('DMARC', 1, true) then
+        return bad('reject message must contain "DMARC" (RFC 9989 7.4)')
+      end
+      t.message = spec.message
+    end
+  end
+  return t
+end
+
+-- DSL helpers: what a site script writes instead of tables. Module-level functions, so
+-- M.treatment recognises the bare ones.
+local DSL = {}
+function DSL.accept() return { action = 'accept' } end
+function DSL.reject(spec)
+  if type(spec) == 'table' then
+    return { action = 'reject', code = spec.code, message = spec.message }
+  end
+  return { action = 'reject', message = spec }
+end
+function DSL.defer(spec)
+  if type(spec) == 'table' then
+    return { action = 'defer', code = spec.code, message = spec.message }
+  end
+  return { action = 'defer', message = spec }
+end
+function DSL.folder(name) return { action = 'folder', folder = name } end
+function DSL.score(n) return { action = 'score', score = n } end
+function DSL.tag(header, value)
+  if type(header) == 'table' then
+    return { action = 'tag', header = header.header, value = header.value, subject = header.subject }
+  end
+  return { action = 'tag', header = header, value = value }
+end
+DSL_BARE = { [DSL.accept] = DSL.accept, [DSL.reject] = DSL.reject, [DSL.defer] = DSL.defer }
+
+--- Built-in treatments (docs/site-policy.md, "Defaults").
+M.DEFAULTS = {
+  pass = { action = 'accept' },
+  none = { action = 'accept' },                        -- [POL-1]: p=none changes nothing
+  quarantine = { action = 'folder', folder = 'Junk' },
+  reject = { action = 'reject' },                      -- only when reject is allowed [POL-3]
+  -- RFC 9989 §7.2 leaves it to us: accept, tagged, rather than delay every message of a
+  -- domain whose DNS (or ours) is having trouble. `treat = { temperror = defer }` switches.
+  temperror = { action = 'tag', header = 'X-DMARC-Status', value = 'temperror' },
+  permerror = { action = 'accept' },                   -- no usable policy [OPEN-4]
+  no_policy = { action = 'accept' },                   -- [DISC-9]
+}
+
+-- }==================================================================
+
+-- {==================================================================
+-- Overrides
+-- ===================================================================
+
+local OVERRIDE_KINDS = { 'domain', 'org', 'rcpt', 'rcpt_domain', 'ip', 'list', 'arc' }
+local DEFAULT_REASON = { list = 'mailing_list' }   -- others: local_policy ([ARC-3] for arc)
+
+--- Validates an override entry (script or store): {at_most=, treat=, reason=, comment=}.
+-- at_most ('none' | 'quarantine') caps the outcome; treat replaces the treatment; with
+-- neither, at_most = 'none'. strict: refuse unknown fields (site scripts; store entries may
+-- carry bookkeeping such as `added`).
+function M.override(spec, kind, strict)
+  if type(spec) ~= 'table' then return bad('an override must be a table') end
+  if strict then
+    for k in pairs(spec) do
+      if k ~= 'at_most' and k ~= 'treat' and k ~= 'reason' and k ~= 'comment' and k ~= kind then
+        return bad('unknown override field "' .. tostring(k) .. '"')
+      end
+    end
+  end
+  local o = {}
+  if spec.treat ~= nil then
+    if spec.at_most ~= nil then return bad('an override takes at_most or treat, not both') end
+    local t, err = M.treatment(spec.treat)
+    if not t then return bad(err) end
+    o.treat = t
+  else
+    local cap = spec.at_most == nil and 'none' or spec.at_most
+    if cap ~= 'none' and cap ~= 'quarantine' then return bad('at_most must be none or quarantine') end
+    o.at_most = cap
+  end
+  o.reason = spec.reason == nil and (DEFAULT_REASON[kind] or 'local_policy') or spec.reason
+  if not M.OVERRIDE_REASONS[o.reason] then
+    return bad('reason must be local_policy, trusted_forwarder, mailing_list or other')
+  end
+  if spec.comment ~= nil then
+    if not is_text(spec.comment, M.MAX_COMMENT_LEN) then return bad('comment must be one line of text') end
+    o.comment = spec.comment
+  end
+  if o.reason == 'other' and not o.comment then return bad('reason "other" needs a comment (RFC 9990)') end
+  return o
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- Running site code: restricted environment, instruction budget
+-- ===================================================================
+
+-- Raised by the count hook. A table, so no script can produce it, and the pcall of the
+-- environment re-raises it: a script cannot catch its way past its budget.
+local BUDGET = setmetatable({}, { __tostring = function() return 'instruction budget exceeded' end })
+
+local pack = table.pack or function(...) return { n = select('#', ...), ... } end
+local unpack = table.unpack or unpack
+
+local function safe_pcall(f, ...)
+  local r = pack(pcall(f, ...))
+  if not r[1] and r[2] == BUDGET then error(BUDGET, 0) end
+  return unpack(r, 1, r.n)
+end
+
+local function copy_lib(lib, drop)
+  local t = {}
+  for k, v in pairs(lib) do
+    if not (drop and drop[k]) then t[k] = v end
+  end
+  return t
+end
+
+local function script_name(chunkname)
+  if type(chunkname) == 'string' and chunkname:sub(1, 1) == '@' then return chunkname:sub(2) end
+  return chunkname or 'site'
+end
+
+-- The environment of a site script: no io, os, require, load, debug, package, setmetatable,
+-- coroutine; fresh copies of string, table and math, so a script cannot alter the host's.
+local function make_env(logger, name)
+  local env = {
+    pairs = pairs, ipairs = ipairs, next = next, tostring = tostring, tonumber = tonumber,
+    type = type, select = select, error = error, assert = assert, rawequal = rawequal,
+    pcall = safe_pcall, unpack = unpack,
+    string = copy_lib(string, { dump = true }), table = copy_lib(table), math = copy_lib(math),
+    log = function(msg) logger:info('%s: %s', name, tostring(msg)) end,
+  }
+  for k, f in pairs(DSL) do env[k] = f end
+  return env
+end
+
+local function where_of(info, fallback)
+  if not info then return fallback end
+  local src = info.source or ''
+  src = src:sub(1, 1) == '@' and src:sub(2) or (info.short_src or fallback)
+  return src .. ':' .. tostring(info.currentline or 0)
+end
+
+-- Calls fn(...) in a coroutine under a count hook: true, results... or false, msg, code
+-- ('runtime' | 'budget'). The hook raises after `budget` VM instructions; the message names
+-- the file and line that was running. LuaJIT counts instructions only in interpreted code:
+-- site script chunks are loaded with jit.off(chunk, true), so none of their functions is
+-- compiled; LuaJIT's hook is also global rather than per coroutine, so the previous hook is
+-- put back afterwards.
+local function guarded_call(budget, name, fn, ...)
+  local args = pack(...)
+  local co = coroutine.create(function() return fn(unpack(args, 1, args.n)) end)
+  local where
+  local function on_count()
+    if not where then where = where_of(debug.getinfo(2, 'Sl'), name) end
+    error(BUDGET, 0)
+  end
+  local global_hook = type(jit) == 'table'
+  local old
+  if global_hook then old = pack(debug.gethook()) end
+  debug.sethook(co, on_count, '', budget)
+  local res = pack(coroutine.resume(co))
+  if global_hook then
+    if old[1] then debug.sethook(old[1], old[2], old[3]) else debug.sethook() end
+  else
+    debug.sethook(co)
+  end
+  if res[1] then return true, unpack(res, 2, res.n) end
+  local err = res[2]
+  if err == BUDGET then
+    return false, string.format('%s: instruction budget of %d exceeded', where or name, budget), 'budget'
+  end
+  if type(err) ~= 'string' then
+    return false, name .. ': raised a ' .. type(err) .. ' value, not an error message', 'runtime'
+  end
+  return false, err, 'runtime'
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- Site construction
+-- ===================================================================
+
+local Site = {}
+Site.__index = Site
+
+local SITE_FIELDS = {
+  unconditional_reject = true, treat = true, recipient_sets = true, overrides = true,
+  trusted_arc_sealers = true, decide = true, hook_budget = true,
+}
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+local function check_treat_table(t, what, allow)
+  local out = {}
+  if type(t) ~= 'table' then return bad(what .. ' must be a table of outcome = treatment') end
+  for _, outcome in ipairs(sorted_keys(t)) do
+    if not (allow and allow[outcome]) then
+      if not M.OUTCOMES[outcome] then
+        return bad(what .. ': unknown outcome "' .. tostring(outcome) ..
+          '" (pass, reject, quarantine, none, temperror, permerror, no_policy)')
+      end
+      local tr, err = M.treatment(t[outcome])
+      if not tr then return bad(what .. '.' .. outcome .. ': ' .. err) end
+      out[outcome] = tr
+    end
+  end
+  return out
+end
+
+local function add_static(static, key, entry, what)
+  if static[key] ~= nil then return bad(what .. ': a second entry for ' .. key) end
+  static[key] = entry
+  return true
+end
+
+-- Turns a site table into a Site; nil, msg, 'invalid' on anything unexpected (typos too).
+local function build_site(config, opts, name, logger)
+  for k in pairs(config) do
+    if not SITE_FIELDS[k] then
+      return bad('unknown field "' .. tostring(k) .. '" in the site table')
+    end
+  end
+  local site = setmetatable({
+    name = name,
+    log = logger,
+    unconditional_reject = false,
+    treat = {},
+    sets = {},
+    set_names = {},
+    static = {},
+    hook = nil,
+    budget = opts.hook_budget or M.DEFAULT_HOOK_BUDGET,
+  }, Site)
+
+  -- [OPEN-6]: the one-line switch from the [POL-3] default to unconditional reject.
+  if config.unconditional_reject ~= nil then
+    if type(config.unconditional_reject) ~= 'boolean' then
+      return bad('unconditional_reject must be true or false')
+    end
+    site.unconditional_reject = config.unconditional_reject
+  end
+  if config.treat ~= nil then
+    local t, err = check_treat_table(config.treat, 'treat')
+    if not t then return bad(err) end
+    site.treat = t
+  end
+
+  if config.recipient_sets ~= nil then
+    if type(config.recipient_sets) ~= 'table' then return bad('recipient_sets must be a table') end
+    local names = sorted_keys(config.recipient_sets)
+    if #names > M.MAX_SETS then return bad('more than ' .. M.MAX_SETS .. ' recipient sets') end
+    for _, raw_name in ipairs(names) do
+      local set_name, err = store.normalize_set_name(raw_name)
+      if not set_name then return bad('recipient_sets: ' .. err) end
+      local spec = config.recipient_sets[raw_name]
+      local t
+      t, err = check_treat_table(spec, 'recipient_sets.' .. set_name, { members = true })
+      if not t then return bad(err) end
+      if next(t) == nil then return bad('recipient_sets.' .. set_name .. ' treats no outcome') end
+      site.sets[set_name] = { treat = t }
+      site.set_names[#site.set_names + 1] = set_name
+      -- Members written in the script; Redis adds more (`dmarc override add rcpt X --set NAME`).
+      local members = spec.members or {}
+      if type(members) ~= 'table' or #members > M.MAX_OVERRIDES then
+        return bad('recipient_sets.' .. set_name .. '.members must be an array')
+      end
+      for _, m in ipairs(members) do
+        local kind = (type(m) == 'string' and m:find('@', 1, true)) and 'rcpt' or 'rcpt_domain'
+        local key, kerr = store.key(kind, m, set_name)
+        if not key then return bad('recipient_sets.' .. set_name .. '.members: ' .. kerr) end
+        local ok, aerr = add_static(site.static, key, {}, 'recipient_sets')
+        if not ok then return bad(aerr) end
+      end
+    end
+    table.sort(site.set_names)
+  end
+
+  if config.overrides ~= nil then
+    if type(config.overrides) ~= 'table' or #config.overrides > M.MAX_OVERRIDES then
+      return bad('overrides must be an array of at most ' .. M.MAX_OVERRIDES .. ' entries')
+    end
+    for i, spec in ipairs(config.overrides) do
+      local what = 'overrides[' .. i .. ']'
+      if type(spec) ~= 'table' then return bad(what .. ' must be a table') end
+      local kind
+      for _, k in ipairs(OVERRIDE_KINDS) do
+        if spec[k] ~= nil then
+          if kind then return bad(what .. ' names both ' .. kind .. ' and ' .. k) end
+          kind = k
+        end
+      end
+      if not kind then return bad(what .. ' needs one of domain, org, rcpt, rcpt_domain, ip, list, arc') end
+      local key, err = store.key(kind, spec[kind])
+      if not key then return bad(what .. ': ' .. err) end
+      local entry
+      entry, err = M.override(spec, kind, true)
+      if not entry then return bad(what .. ': ' .. err) end
+      local ok, aerr = add_static(site.static, key, entry, what)
+      if not ok then return bad(aerr) end
+    end
+  end
+
+  if config.trusted_arc_sealers ~= nil then
+    if type(config.trusted_arc_sealers) ~= 'table' or #config.trusted_arc_sealers > M.MAX_OVERRIDES then
+      return bad('trusted_arc_sealers must be an array of domains')
+    end
+    for _, d in ipairs(config.trusted_arc_sealers) do
+      local key, err = store.key('arc', d)
+      if not key then return bad('trusted_arc_sealers: ' .. err) end
+      -- [ARC-3]: an ARC-based override is reported as local_policy.
+      local ok, aerr = add_static(site.static, key, { at_most = 'none', reason = 'local_policy' },
+        'trusted_arc_sealers')
+      if not ok then return bad(aerr) end
+    end
+  end
+
+  if config.decide ~= nil then
+    if type(config.decide) ~= 'function' then return bad('decide must be a function') end
+    -- LuaJIT only counts instructions of interpreted code (see guarded_call).
+    if type(jit) == 'table' and jit.off then jit.off(config.decide, true) end
+    site.hook = config.decide
+  end
+  if config.hook_budget ~= nil then
+    local b = config.hook_budget
+    if type(b) ~= 'number' or b < 1000 or b > 1e9 or b % 1 ~= 0 then
+      return bad('hook_budget must be a whole number of instructions between 1000 and 1e9')
+    end
+    site.budget = b
+  end
+  return site
+end
+
+local function check_opts(opts)
+  opts = opts or {}
+  if type(opts) ~= 'table' then error('dmarc.policy: opts must be a table', 3) end
+  if opts.log ~= nil and not dlog.is_logger(opts.log) then
+    error('dmarc.policy: opts.log must be a dmarc.log logger', 3)
+  end
+  return opts, opts.log or dlog.new()
+end
+
+--- Site from a Lua table (tests, or a host that builds its configuration itself). Hooks
+-- given this way run under the budget too, but on LuaJIT their loops may be compiled and
+-- escape it: prefer policy.load for untrusted code.
+-- @return site, or nil, msg, 'invalid'
+function M.new(config, opts)
+  local logger
+  opts, logger = check_opts(opts)
+  if type(config) ~= 'table' then return bad('a site configuration must be a table') end
+  local name = opts.name or 'site'
+  local site, err = build_site(config, opts, name, logger)
+  if not site then return bad(name .. ': ' .. err) end
+  return site
+end
+
+--- Site from script text. chunkname as for load ('@path' names a file in messages).
+-- @return site, or nil, msg, code ('syntax' | 'runtime' | 'budget' | 'invalid')
+function M.load_string(source, chunkname, opts)
+  local logger
+  opts, logger = check_opts(opts)
+  if type(source) ~= 'string' then error('dmarc.policy.load_string: source must be a string', 2) end
+  local name = script_name(chunkname)
+  local env = make_env(logger, name)
+  -- Text only: a precompiled chunk could do what the environment forbids.
+  local chunk, err = load(source, chunkname or '=site', 't', env)
+  if not chunk then return nil, err, 'syntax' end
+  if type(jit) == 'table' and jit.off then jit.off(chunk, true) end
+  local res = pack(guarded_call(opts.load_budget or M.DEFAULT_LOAD_BUDGET, name, chunk))
+  if not res[1] then return nil, res[2], res[3] end
+  if type(res[2]) ~= 'table' then return bad(name .. ': the site script must return a table') end
+  local site
+  site, err = build_site(res[2], opts, name, logger)
+  if not site then return bad(name .. ': ' .. err) end
+  site.from_script = true
+  return site
+end
+
+--- Site from a script file (docs/site-policy.md). A syntax error, an error while the script
+-- runs, or a table that does not validate gives nil, 'file:line: ...', code: the CLI and
+-- the plugin refuse to start.
+-- @param path file name
+-- @param opts {log=, hook_budget=, load_budget=}
+-- @return site, or nil, msg, code ('io' | 'limit' | 'syntax' | 'runtime' | 'budget' | 'invalid')
+function M.load(path, opts)
+  if type(path) ~= 'string' then error('dmarc.policy.load: path must be a string', 2) end
+  local f, err = io.open(path, 'rb')
+  if not f then return nil, 'cannot open site script: ' .. tostring(err), 'io' end
+  local source = f:read(M.MAX_SCRIPT_BYTES + 1)
+  f:close()
+  if source and #source > M.MAX_SCRIPT_BYTES then
+    return nil, path .. ': larger than ' .. M.MAX_SCRIPT_BYTES .. ' bytes', 'limit'
+  end
+  return M.load_string(source or '', '@' .. path, opts)
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- Deciding
+-- ===================================================================
+
+local function outcome_of(verdict)
+  local r = verdict.result
+  if r == 'pass' then return 'pass' end
+  if r == 'fail' then
+    local a = verdict.applied
+    if a == 'reject' or a == 'quarantine' then return a end
+    return 'none'
+  end
+  if r == 'temperror' or r == 'permerror' then return r end
+  return 'no_policy'
+end
+
+local function has_evidence(ctx)
+  local e = ctx.evidence
+  if e == nil or e == false or e == '' then return false end
+  if type(e) == 'table' then return next(e) ~= nil end
+  return true
+end
+
+local function rcpt_list(ctx)
+  local raw = ctx.rcpt
+  if type(raw) == 'string' then raw = { raw } end
+  if type(raw) ~= 'table' then return {}, false end
+  local out, seen = {}, {}
+  local truncated = #raw > M.MAX_RCPT
+  for i = 1, math.min(#raw, M.MAX_RCPT) do
+    local a = raw[i]
+    if type(a) == 'string' then
+      a = a:match('^%s*<?(.-)>?%s*$')
+      local addr = store.normalize_address(a)
+      if addr and not seen[addr] then
+        seen[addr] = true
+        out[#out + 1] = { addr = addr, domain = addr:match('@(.+)$') }
+      end
+    end
+  end
+  return out, truncated
+end
+
+-- [ARC-3] comment: arc=pass as[2].d=d2.example as[2].s=s2 as[1].d=... remote-ip[1]=192.0.2.1
+local function arc_comment(arc, sealers)
+  local parts = { 'arc=pass' }
+  for _, s in ipairs(sealers) do
+    parts[#parts + 1] = string.format('as[%d].d=%s as[%d].s=%s', s.i, s.d, s.i, s.s)
+  end
+  if arc.remote_ip and store.parse_ip(arc.remote_ip) then
+    parts[#parts + 1] = string.format('remote-ip[%d]=%s', sealers[#sealers].i, arc.remote_ip)
+  end
+  return table.concat(parts, ' ')
+end
+
+-- The ARC sealers when the chain passes, validated, newest first; nil otherwise.
+local function arc_sealers(arc)
+  if type(arc) ~= 'table' or arc.result ~= 'pass' or type(arc.sealers) ~= 'table' then return nil end
+  local out = {}
+  for i = 1, math.min(#arc.sealers, M.MAX_ARC_SEALERS) do
+    local s = arc.sealers[i]
+    if type(s) ~= 'table' then return nil end
+    local d = store.normalize_domain(s.d)
+    local inst = tonumber(s.i)
+    if not d or not inst or inst < 1 or inst > M.MAX_ARC_SEALERS or inst % 1 ~= 0
+        or type(s.s) ~= 'string' or not s.s:find('^[%w._-]+$') or #s.s > 63 then
+      return nil
+    end
+    out[#out + 1] = { i = inst, d = d, s = s.s }
+  end
+  if #out == 0 then return nil end
+  return out
+end
+
+-- Everything about a message the per-recipient decisions share.
+local function prepare(site, verdict, ctx)
+  if type(verdict) ~= 'table' then error('dmarc.policy: verdict must be a table', 3) end
+  if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.policy: ctx must be a table', 3) end
+  ctx = ctx or {}
+  local st = { verdict = verdict, ctx = ctx, outcome = outcome_of(verdict), base_reasons = {} }
+  -- t=y and pct sampling are the verdict's own reasons [POL-4] [POL-6].
+  if verdict.reason == 'policy_test_mode' or verdict.reason == 'sampled_out' then
+    st.base_reasons[1] = { type = verdict.reason }
+  end
+  st.reject_allowed = site.unconditional_reject or has_evidence(ctx)
+  st.rcpts, st.rcpt_truncated = rcpt_list(ctx)
+  st.author = verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
+  st.org = verdict.org_domain and store.normalize_domain(verdict.org_domain) or nil
+  st.ip_keys = ctx.ip and store.ip_keys(ctx.ip) or nil
+  st.list = ctx.list_id and store.normalize_list_id(ctx.list_id) or nil
+  -- [ARC-2]: only a passing chain, and only its newest sealer: that is the hop that handed us
+  -- the message and vouches for the chain before it. Some ARC being present is not enough.
+  st.sealers = arc_sealers(ctx.arc)
+  if st.sealers then
+    st.arc_key = 'arc:' .. st.sealers[1].d
+    st.arc_comment = arc_comment(ctx.arc, st.sealers)
+  end
+  -- Overrides only lower a failure's enforced disposition.
+  st.overridable = st.outcome == 'reject' or st.outcome == 'quarantine'
+  return st
+end
+
+-- Outcomes a decision can end in, for deciding which lookups are worth a round trip.
+local function reachable_outcomes(st)
+  local r = { [st.outcome] = true }
+  if st.outcome == 'reject' then r.quarantine = true end
+  if st.overridable then r.quarantine, r.none = true, true end
+  return r
+end
+
+--- The store keys a decision for this message may need. Empty (no round trip at all) for
+-- most mail: a pass, p=none or an error is not overridden, and recipient sets only matter
+-- for outcomes they treat.
+function Site:lookups(verdict, ctx)
+  local st = prepare(self, verdict, ctx)
+  local keys, seen = {}, {}
+  local function add(k)
+    if k and not seen[k] and #keys < store.MAX_KEYS then
+      seen[k] = true
+      keys[#keys + 1] = k
+    end
+  end
+  if st.overridable then
+    for _, r in ipairs(st.rcpts) do
+      add('rcpt:' .. r.addr)
+      add('rcpt_domain:' .. r.domain)
+    end
+    if st.author then add('domain:' .. st.author) end
+    if st.org then add('org:' .. st.org) end
+    for _, k in ipairs(st.ip_keys or {}) do add(k) end
+    if st.list then add('list:' .. st.list) end
+    add(st.arc_key)
+  end
+  local reach = reachable_outcomes(st)
+  for _, name in ipairs(self.set_names) do
+    local wanted = false
+    for outcome in pairs(self.sets[name].treat) do
+      if reach[outcome] then wanted = true end
+    end
+    if wanted then
+      for _, r in ipairs(st.rcpts) do
+        add('set:' .. name .. ':' .. r.addr)
+        add('set:' .. name .. ':' .. r.domain)
+      end
+    end
+  end
+  return keys
+end
+
+local function add_warning(warnings, msg)
+  for _, w in ipairs(warnings) do
+    if w == msg then return end
+  end
+  warnings[#warnings + 1] = msg
+end
+
+-- An override for key: the store's entry first (it is the newer word), then the script's.
+function Site:_override_at(key, kind, found, warnings)
+  local e = found[key]
+  if e ~= nil then
+    local o, err = M.override(e, kind, false)
+    if o then return o end
+    add_warning(warnings, 'override ' .. key .. ' ignored: ' .. tostring(err))
+  end
+  return self.static[key]
+end
+
+-- First matching override, most specific first: recipient, recipient domain, author domain,
+-- org domain, IP (longest prefix first), List-Id, trusted ARC sealer.
+function Site:_find_override(st, found, r, warnings)
+  local function try(key, kind)
+    if not key then return nil end
+    return self:_override_at(key, kind, found, warnings)
+  end
+  local o
+  if r then
+    o = try('rcpt:' .. r.addr, 'rcpt') or try('rcpt_domain:' .. r.domain, 'rcpt_domain')
+    if o then return o end
+  end
+  o = (st.author and try('domain:' .. st.author, 'domain')) or (st.org and try('org:' .. st.org, 'org'))
+  if o then return o end
+  for _, k in ipairs(st.ip_keys or {}) do
+    o = try(k, 'ip')
+    if o then return o end
+  end
+  o = st.list and try('list:' .. st.list, 'list')
+  if o then return o end
+  if st.arc_key then
+    o = try(st.arc_key, 'arc')
+    if o then return o, st.arc_comment end
+  end
+  return nil
+end
+
+local function is_member(self, found, name, r)
+  for _, m in ipairs{ r.addr, r.domain } do
+    local key = 'set:' .. name .. ':' .. m
+    if found[key] ~= nil or self.static[key] ~= nil then return true end
+  end
+  return false
+end
+
+function Site:_treatment_for(outcome, found, r)
+  if r then
+    for _, name in ipairs(self.set_names) do
+      local t = self.sets[name].treat[outcome]
+      if t and is_member(self, found, name, r) then return t, 'site' end
+    end
+  end
+  if self.treat[outcome] then return self.treat[outcome], 'site' end
+  return M.DEFAULTS[outcome], 'default'
+end
+
+-- RFC 9990 disposition before the treatment: what the outcome means by itself.
+local function natural_disposition(outcome, verdict)
+  if outcome == 'pass' then
+    -- 'pass': DMARC passed under an enforcing policy (RFC 9990 Appendix A).
+    return (verdict.policy == 'quarantine' or verdict.policy == 'reject') and 'pass' or 'none'
+  end
+  if outcome == 'reject' or outcome == 'quarantine' then return outcome end
+  return 'none'
+end
+
+-- [OVR-2]: the disposition is what was actually done.
+local function disposition_of(action, natural)
+  if action == 'reject' then return 'reject' end
+  if action == 'folder' or action == 'score' or action == 'tag' then
+    return (natural == 'reject' or natural == 'quarantine') and 'quarantine' or natural
+  end
+  -- accept, defer: nothing was enforced (a deferred message is judged again on retry).
+  return (natural == 'none' or natural == 'pass') and natural or 'none'
+end
+
+local function smtp_domain(verdict)
+  return verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
+end
+
+local function default_smtp(action, outcome, verdict)
+  local d = smtp_domain(verdict)
+  if action == 'reject' then
+    return 550, '5.7.1 Rejected by DMARC policy' .. (d and (' for ' .. d) or '')
+  end
+  if outcome == 'temperror' then
+    return 451, '4.7.1 DMARC policy' .. (d and (' for ' .. d) or '') ..
+      ' could not be evaluated, try again later'
+  end
+  return 451, '4.7.1 Deferred by local DMARC policy'
+end
+
+local function build_decision(t, outcome, verdict, reasons, source)
+  local d = { action = t.action, outcome = outcome, source = source, reasons = reasons }
+  if t.action == 'folder' then
+    d.folder = t.folder
+  elseif t.action == 'score' then
+    d.score = t.score
+  elseif t.action == 'tag' then
+    d.tag = t.subject and { subject = t.subject } or { header = t.header, value = t.value }
+  elseif t.action == 'reject' or t.action == 'defer' then
+    local code, msg = default_smtp(t.action, outcome, verdict)
+    d.smtp_code, d.smtp_message = t.code or code, t.message or msg
+  end
+  d.disposition = disposition_of(t.action, natural_disposition(outcome, verdict))
+  return d
+end
+
+local function copy_reasons(reasons)
+  local out = {}
+  for i, r in ipairs(reasons) do out[i] = { type = r.type, comment = r.comment } end
+  return out
+end
+
+-- One decision for one recipient (or for the whole message when r is nil).
+function Site:_decide_one(st, found, r, warnings)
+  local verdict = st.verdict
+  local outcome = st.outcome
+  local reasons = copy_reasons(st.base_reasons)
+  local downgraded = false
+  -- [POL-3] [OPEN-6]: MUST NOT reject solely because of p=reject; with no other evidence
+  -- the failure is treated as quarantine.
+  if outcome == 'reject' and not st.reject_allowed then
+    outcome, downgraded = 'quarantine', true
+  end
+  local o, comment
+  if st.overridable then o, comment = self:_find_override(st, found, r, warnings) end
+  local treatment, source
+  if o then
+    source = 'override'
+    if o.treat then
+      treatment = o.treat
+    elseif LEVEL[outcome] > LEVEL[o.at_most] then
+      outcome = o.at_most
+    end
+    reasons[#reasons + 1] = { type = o.reason, comment = comment or o.comment }
+  elseif downgraded then
+    reasons[#reasons + 1] = { type = 'local_policy', comment = POL3_COMMENT }
+  end
+  if not treatment then
+    local src
+    treatment, src = self:_treatment_for(outcome, found, r)
+    source = source or src
+  end
+  local d = build_decision(treatment, outcome, verdict, reasons, source)
+  -- RFC 9990 wants a reason whenever a failing message's disposition differs from the
+  -- policy that was applied; a site treatment (quarantine accepted, say) is local policy.
+  if verdict.result == 'fail' and #d.reasons == 0 and LEVEL[d.disposition]
+      and d.disposition ~= (verdict.applied or 'none') then
+    d.reasons[1] = { type = 'local_policy', comment = 'site treatment' }
+  end
+  if r then d.rcpt = r.addr end
+  return d
+end
+
+local function same_decision(a, b)
+  local ta, tb = a.tag or {}, b.tag or {}
+  return a.action == b.action and a.folder == b.folder and a.score == b.score
+    and ta.header == tb.header and ta.value == tb.value and ta.subject == tb.subject
+    and a.smtp_code == b.smtp_code and a.smtp_message == b.smtp_message
+    and a.disposition == b.disposition
+end
+
+local function shallow_copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+-- Several recipients: the strictest decision is the message's (a reject or defer at SMTP
+-- time refuses the message for every recipient); when they differ, per_rcpt carries each
+-- recipient's own so a delivery agent can file or score per recipient.
+local function combine(per, rcpts)
+  local top, all_same = per[rcpts[1].addr], true
+  for i = 2, #rcpts do
+    local d = per[rcpts[i].addr]
+    if not same_decision(d, top) then all_same = false end
+    if ACTION_RANK[d.action] > ACTION_RANK[top.action] then top = d end
+  end
+  top = shallow_copy(top)
+  top.rcpt = nil
+  if not all_same then top.per_rcpt = per end
+  return top
+end
+
+local function deep_copy(v, depth)
+  if type(v) ~= 'table' then return v end
+  if depth > M.MAX_COPY_DEPTH then return {} end
+  local out = {}
+  for k, x in pairs(v) do out[k] = deep_copy(x, depth + 1) end
+  return out
+end
+
+-- A hook's return value as a decision, or nil, why.
+local function hook_decision(result, proposed, verdict)
+  if type(result) == 'function' and DSL_BARE[result] then result = DSL_BARE[result]() end
+  if type(result) == 'string' then
+    local t, err = M.treatment(result)
+    if not t then return nil, err end
+    result = t
+  end
+  if type(result) ~= 'table' then return nil, 'a ' .. type(result) .. ' instead of a decision table' end
+  local tag = result.tag
+  if tag ~= nil and type(tag) ~= 'table' then return nil, 'tag must be a table' end
+  tag = tag or {}
+  local t, err = M.treatment{
+    action = result.action, folder = result.folder, score = result.score,
+    header = tag.header or result.header, value = tag.value or result.value,
+    subject = tag.subject or result.subject,
+    code = result.smtp_code or result.code, message = result.smtp_message or result.message,
+  }
+  if not t then return nil, err end
+  local outcome = M.OUTCOMES[result.outcome] and result.outcome or proposed.outcome
+  local reasons = copy_reasons(proposed.reasons)
+  if result.reasons ~= nil then
+    if type(result.reasons) ~= 'table' or #result.reasons > M.MAX_REASONS then
+      return nil, 'reasons must be an array of at most ' .. M.MAX_REASONS
+    end
+    reasons = {}
+    for i, r in ipairs(result.reasons) do
+      if type(r) ~= 'table' or not REPORT_REASONS[r.type] then
+        return nil, 'reasons[' .. i .. '].type is not an RFC 9990 reason'
+      end
+      if r.comment ~= nil and not is_text(r.comment, M.MAX_COMMENT_LEN) then
+        return nil, 'reasons[' .. i .. '].comment must be one line of text'
+      end
+      reasons[i] = { type = r.type, comment = r.comment }
+    end
+  end
+  local d = build_decision(t, outcome, verdict, reasons, 'hook')
+  if result.disposition ~= nil then
+    if not M.DISPOSITIONS[result.disposition] then
+      return nil, 'disposition must be none, pass, quarantine or reject'
+    end
+    d.disposition = result.disposition
+  end
+  return d
+end
+
+function Site:_run_hook(verdict, ctx, proposed)
+  local copy = deep_copy(proposed, 0)
+  local ok, result, code = guarded_call(self.budget, self.name, self.hook, verdict, ctx, copy)
+  local msg
+  if not ok then
+    msg = result .. (code == 'budget' and '' or ' (in decide)')
+  elseif result == nil then
+    return proposed
+  else
+    local d, err = hook_decision(result, proposed, verdict)
+    if d then
+      if result == copy and same_decision(d, proposed) then return proposed end
+      -- A hook's decision is the message's, for every recipient: no per_rcpt.
+      d.warnings = proposed.warnings
+      return d
+    end
+    local info = debug.getinfo(self.hook, 'S')
+    local where = info and where_of({ source = info.source, short_src = info.short_src,
+      currentline = info.linedefined }, self.name) or self.name
+    msg = where .. ': decide returned ' .. err
+  end
+  -- Contained: the decision without the hook applies, and the failure is logged.
+  msg = msg .. '; the site decision applies'
+  self.log:warn('%s', msg)
+  add_warning(proposed.warnings, msg)
+  return proposed
+end
+
+--- The decision for a message.
+-- @param verdict the dmarc.evaluate result table
+-- @param ctx scanner context (see the module comment); may be nil
+-- @param found logical key -> entry from the store (st:get_many(site:lookups(...))); nil
+--   when the store failed: the site's own rules and defaults apply, with a warning
+-- @param opts {store_error = message} to say why found is nil
+-- @return decision
+function Site:decide(verdict, ctx, found, opts)
+  opts = opts or {}
+  local st = prepare(self, verdict, ctx)
+  local warnings = {}
+  if found == nil then
+    add_warning(warnings, 'override store unavailable (' .. tostring(opts.store_error or 'no answer') ..
+      '); site defaults apply')
+    found = {}
+  elseif type(found) ~= 'table' then
+    error('dmarc.policy: found must be a table', 2)
+  end
+  if st.outcome == 'no_policy' and verdict.result ~= 'none' then
+    add_warning(warnings, 'unknown verdict result "' .. tostring(verdict.result) .. '" handled as none')
+  end
+  if st.rcpt_truncated then
+    add_warning(warnings, 'more than ' .. M.MAX_RCPT .. ' recipients; the rest get the message decision')
+  end
+  local decision
+  if #st.rcpts <= 1 then
+    decision = self:_decide_one(st, found, st.rcpts[1], warnings)
+    decision.rcpt = nil
+  else
+    local per = {}
+    for _, r in ipairs(st.rcpts) do per[r.addr] = self:_decide_one(st, found, r, warnings) end
+    decision = combine(per, st.rcpts)
+  end
+  decision.warnings = warnings
+  if self.hook then decision = self:_run_hook(verdict, st.ctx, decision) end
+  return decision
+end
+
+--- lookups + store:get_many + decide, for a blocking store (nil: no store). A store that
+-- fails gives the site defaults and a logged warning, never an error.
+function Site:evaluate(verdict, ctx, st)
+  local keys = self:lookups(verdict, ctx)
+  if #keys == 0 or st == nil then return self:decide(verdict, ctx, {}) end
+  local found, err = st:get_many(keys)
+  if not found then self.log:warn('override store: %s; site defaults apply', tostring(err)) end
+  return self:decide(verdict, ctx, found, { store_error = err })
+end
+
+--- The same with store:get_many_async; cb(decision) is called exactly once.
+function Site:evaluate_async(verdict, ctx, st, cb)
+  if type(cb) ~= 'function' then error('dmarc.policy: evaluate_async needs a callback', 2) end
+  local keys = self:lookups(verdict, ctx)
+  if #keys == 0 or st == nil then return cb(self:decide(verdict, ctx, {})) end
+  local done = false
+  st:get_many_async(keys, function(found, err)
+    if done then return end
+    done = true
+    if not found then self.log:warn('override store: %s; site defaults apply', tostring(err)) end
+    cb(self:decide(verdict, ctx, found, { store_error = err }))
+  end)
+end
+
+-- }==================================================================
+
+--- Override entry for the store from the `dmarc override add` options:
+-- action 'accept' (default) | 'quarantine' | a treatment string ('folder:Junk', 'score:6',
+-- 'reject', 'defer'), reason, comment. Returns entry or nil, msg, 'invalid'.
+function M.entry_from_action(kind, action, reason, comment)
+  local spec = { reason = reason, comment = comment }
+  if action == nil or action == 'accept' or action == 'none' then
+    spec.at_most = 'none'
+  elseif action == 'quarantine' then
+    spec.at_most = 'quarantine'
+  else
+    spec.treat = action
+  end
+  local o, err = M.override(spec, kind, true)
+  if not o then return nil, err, 'invalid' end
+  return o
+end
+
+M.DSL = DSL
+return M
