@@ -1,0 +1,149 @@
+-- An in-memory stand-in for a dmarc.redis connection, for the report specs:
+-- the commands the report modules send (hashes, strings, SCAN/HSCAN, SET NX,
+-- and the EVAL scripts of dmarc.report / dmarc.report_send, emulated).
+-- Replies follow dmarc.redis: status {ok=}, false for nil inside tables,
+-- {err=} for error replies in a pipeline. `down = true` makes every call an
+-- I/O failure; `calls` counts round trips.
+local report = require 'dmarc.report'
+
+local Fake = {}
+Fake.__index = Fake
+
+local function new()
+  return setmetatable({ data = {}, ttl = {}, down = false, calls = 0, commands = 0 }, Fake)
+end
+
+local function glob_to_pattern(g)
+  return '^' .. g:gsub('[%^%$%(%)%%%.%[%]%+%-]', '%%%0'):gsub('%*', '.*'):gsub('%?', '.') .. '$'
+end
+
+local function hash(self, key)
+  local h = self.data[key]
+  if h == nil then
+    h = {}
+    self.data[key] = h
+  end
+  return h
+end
+
+local function hlen(h)
+  local n = 0
+  for _ in pairs(h) do n = n + 1 end
+  return n
+end
+
+function Fake:exec(cmd)
+  self.commands = self.commands + 1
+  local name = cmd[1]:upper()
+  if name == 'HINCRBY' then
+    local h = hash(self, cmd[2])
+    h[cmd[3]] = tostring((tonumber(h[cmd[3]]) or 0) + tonumber(cmd[4]))
+    return tonumber(h[cmd[3]])
+  elseif name == 'HSET' then
+    local h = hash(self, cmd[2])
+    local added = h[cmd[3]] == nil and 1 or 0
+    h[cmd[3]] = cmd[4]
+    return added
+  elseif name == 'HGET' then
+    local h = self.data[cmd[2]]
+    return h and h[cmd[3]] or false
+  elseif name == 'HEXISTS' then
+    local h = self.data[cmd[2]]
+    return (h and h[cmd[3]]) and 1 or 0
+  elseif name == 'HLEN' then
+    return self.data[cmd[2]] and hlen(self.data[cmd[2]]) or 0
+  elseif name == 'HGETALL' then
+    local out = {}
+    local h = self.data[cmd[2]] or {}
+    local keys = {}
+    for k in pairs(h) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      out[#out + 1] = k
+      out[#out + 1] = h[k]
+    end
+    return out
+  elseif name == 'HSCAN' then
+    local all = self:exec({ 'HGETALL', cmd[2] })
+    return { '0', all }
+  elseif name == 'EXPIRE' or name == 'PEXPIRE' then
+    if self.data[cmd[2]] == nil then return 0 end
+    self.ttl[cmd[2]] = tonumber(cmd[3])
+    return 1
+  elseif name == 'DEL' then
+    local n = 0
+    for i = 2, #cmd do
+      if self.data[cmd[i]] ~= nil then n = n + 1 end
+      self.data[cmd[i]] = nil
+    end
+    return n
+  elseif name == 'GET' then
+    local v = self.data[cmd[2]]
+    if type(v) == 'string' then return v end
+    return false
+  elseif name == 'SET' then
+    local nx = false
+    for i = 4, #cmd do if cmd[i]:upper() == 'NX' then nx = true end end
+    if nx and self.data[cmd[2]] ~= nil then return false end
+    self.data[cmd[2]] = cmd[3]
+    return { ok = 'OK' }
+  elseif name == 'SCAN' then
+    local pat = '.*'
+    for i = 3, #cmd - 1 do if cmd[i]:upper() == 'MATCH' then pat = glob_to_pattern(cmd[i + 1]) end end
+    local keys = {}
+    for k in pairs(self.data) do if k:match(pat) then keys[#keys + 1] = k end end
+    table.sort(keys)
+    return { '0', keys }
+  elseif name == 'EVAL' then
+    local script = cmd[2]
+    if script == report.ROW_SCRIPT then
+      local rows, meta = cmd[4], cmd[5]
+      local field, n, cap = cmd[6], tonumber(cmd[7]), tonumber(cmd[8])
+      local h = hash(self, rows)
+      if h[field] ~= nil or hlen(h) < cap then
+        h[field] = tostring((tonumber(h[field]) or 0) + n)
+      else
+        local m = hash(self, meta)
+        m.dropped_rows = tostring((tonumber(m.dropped_rows) or 0) + 1)
+        m.dropped_messages = tostring((tonumber(m.dropped_messages) or 0) + n)
+      end
+      if hlen(h) == 0 then self.data[rows] = nil end
+      local m = hash(self, meta)
+      if cmd[10] ~= '' then m.rua = cmd[10] end
+      if cmd[11] ~= '' then m.lost_messages = tostring((tonumber(m.lost_messages) or 0) + cmd[11]) end
+      if cmd[12] ~= '' then m.policy = cmd[12] end
+      return 1
+    elseif script:find('PEXPIRE', 1, true) then
+      return self.data[cmd[4]] == cmd[5] and 1 or 0
+    elseif script:find("redis.call('DEL'", 1, true) then
+      if self.data[cmd[4]] == cmd[5] then
+        self.data[cmd[4]] = nil
+        return 1
+      end
+      return 0
+    end
+    return { err = 'ERR unknown script' }
+  end
+  return { err = 'ERR unknown command ' .. name }
+end
+
+function Fake:pipeline(cmds)
+  self.calls = self.calls + 1
+  if self.down then return nil, 'Connection refused', 'io' end
+  local out = {}
+  for i, c in ipairs(cmds) do out[i] = self:exec(c) end
+  return out
+end
+
+function Fake:command(...)
+  local r, err, code = self:pipeline({ { ... } })
+  if not r then return nil, err, code end
+  r = r[1]
+  if type(r) == 'table' and r.err then return nil, r.err, 'redis' end
+  if r == false then return nil end
+  return r
+end
+
+function Fake.close() end
+
+return { new = new }

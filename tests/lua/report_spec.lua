@@ -1,0 +1,324 @@
+-- dmarc.report: rows, their Redis encoding and commands, the collector.
+local report = require 'dmarc.report'
+local fake_redis = dofile('tests/lua/report_fake_redis.lua')
+
+local DAY = 1763683200 -- 2025-11-21 00:00:00 UTC
+
+local function record(over)
+  local r = { mode = 'rfc9989', p = 'reject', sp = 'quarantine', np = 'reject',
+              adkim = 'relaxed', aspf = 'strict', testing = false, fo_text = '1', pct = 100,
+              psd = 'u', rua = { { uri = 'mailto:agg@example.com', max_size = 0 } } }
+  for k, v in pairs(over or {}) do r[k] = v end
+  return r
+end
+
+local function verdict(over)
+  local v = { result = 'fail', author_domain = 'news.example.com', policy_domain = 'example.com',
+              org_domain = 'example.com', policy = 'reject', applied = 'reject',
+              spf_aligned = false, dkim_aligned = false, record = record() }
+  for k, x in pairs(over or {}) do v[k] = x end
+  return v
+end
+
+local INPUT = {
+  spf = { result = 'softfail', domain = 'bounce.other.example', scope = 'mfrom' },
+  dkim = {
+    { result = 'fail', domain = 'example.com', selector = 's0' },
+    { result = 'pass', domain = 'other.example', selector = 'o1' },
+    { result = 'pass', domain = 'example.com', selector = 'relaxed1' },
+    { result = 'pass', domain = 'news.example.com', selector = 'strict1' },
+  },
+}
+local CTX = { ip = '192.0.2.10', mail_from = 'x@bounce.other.example', rcpt = { 'a@rcpt.example' } }
+
+describe('report rows', function()
+  it('report__row_fields_follow_the_evaluation [AGG-2] [AGG-7] [AGG-8]', function()
+    local rows = assert(report.build_rows(verdict(), INPUT, CTX, nil, { time = DAY + 10 }))
+    assert.equal(1, #rows)
+    local r = rows[1]
+    assert.equal('example.com', r.policy_domain)
+    assert.equal('news.example.com', r.header_from)
+    assert.equal('bounce.other.example', r.envelope_from)
+    assert.equal('rcpt.example', r.envelope_to)
+    assert.equal('reject', r.disposition)
+    assert.equal('fail', r.dkim)
+    assert.equal('fail', r.spf)
+    assert.same({ p = 'reject', sp = 'quarantine', np = 'reject', adkim = 'r', aspf = 's',
+                  testing = 'n', discovery_method = 'treewalk', fo = '1', pct = 100, psd = 'u' },
+                r.policy)
+    assert.same({ domain = 'bounce.other.example', scope = 'mfrom', result = 'softfail' },
+                r.spf_result)
+  end)
+
+  it('report__dkim_results_in_agg6_order [AGG-6]', function()
+    local rows = assert(report.build_rows(verdict(), INPUT, CTX, nil, { time = DAY }))
+    local sels = {}
+    for i, d in ipairs(rows[1].dkim_results) do sels[i] = d.selector end
+    -- pass+strict, pass+relaxed, other pass, then the failure
+    assert.same({ 'strict1', 'relaxed1', 'o1', 's0' }, sels)
+  end)
+
+  it('report__dkim_results_bounded_to_100 [AGG-6]', function()
+    local many = {}
+    for i = 1, 150 do many[i] = { result = 'pass', domain = 'd' .. i .. '.example', selector = 's' } end
+    local list = report.order_dkim(many, 'example.com', 'example.com')
+    assert.equal(report.limits.max_dkim, #list)
+  end)
+
+  it('report__no_rua_no_row [RUA-1]', function()
+    local v = verdict({ record = record({ rua = {} }) })
+    assert.same({}, assert(report.build_rows(v, INPUT, CTX)))
+    assert.same({}, assert(report.build_rows(verdict({ record = false }), INPUT, CTX)))
+  end)
+
+  it('report__disposition_pass_and_none [AGG-7]', function()
+    local v = verdict({ result = 'pass', dkim_aligned = true })
+    assert.equal('pass', report.build_rows(v, INPUT, CTX)[1].disposition)
+    v = verdict({ result = 'pass', policy = 'none', applied = 'none' })
+    assert.equal('none', report.build_rows(v, INPUT, CTX)[1].disposition)
+  end)
+
+  it('report__override_reason_is_kept_and_required [OVR-1] [OVR-2]', function()
+    local decision = { disposition = 'none', reasons = { { type = 'trusted_forwarder',
+                                                           comment = 'arc=pass as[1].d=l.example' } } }
+    local r = report.build_rows(verdict(), INPUT, CTX, decision)[1]
+    assert.equal('none', r.disposition)
+    assert.same({ { type = 'trusted_forwarder', comment = 'arc=pass as[1].d=l.example' } }, r.reasons)
+    -- A differing disposition without a reason gets one.
+    r = report.build_rows(verdict(), INPUT, CTX, { disposition = 'quarantine' })[1]
+    assert.equal(1, #r.reasons)
+    assert.equal('local_policy', r.reasons[1].type)
+  end)
+
+  it('report__test_mode_reason_from_the_verdict [POL-4]', function()
+    local v = verdict({ applied = 'quarantine', reason = 'policy_test_mode',
+                        record = record({ testing = true }) })
+    local r = report.build_rows(v, INPUT, CTX)[1]
+    assert.equal('quarantine', r.disposition)
+    assert.equal('policy_test_mode', r.reasons[1].type)
+    assert.equal('y', r.policy.testing)
+  end)
+
+  it('report__one_row_per_author_domain [AGG-2]', function()
+    local v = verdict()
+    v.domains = { verdict({ author_domain = 'a.example', policy_domain = 'a.example' }),
+                  verdict({ author_domain = 'b.example', policy_domain = 'b.example' }) }
+    local rows = assert(report.build_rows(v, INPUT, CTX))
+    assert.equal(2, #rows)
+    assert.equal('a.example', rows[1].policy_domain)
+    assert.equal('b.example', rows[2].policy_domain)
+  end)
+
+  it('report__details_from_evaluate_are_used', function()
+    local out = { result = 'fail', author_domain = 'news.example.com', policy_domain = 'example.com',
+                  policy = 'reject', applied = 'reject' }
+    local details = { verdict = verdict(), domains = { verdict() },
+                      dkim_alignment = { 'none', 'none', 'relaxed', 'strict' } }
+    local rows = assert(report.build_rows(out, INPUT, CTX, nil, { details = details }))
+    assert.equal('example.com', rows[1].policy_domain)
+    assert.equal('strict1', rows[1].dkim_results[1].selector)
+  end)
+
+  it('report__rows_for_own_reports_are_not_collected (loop guard)', function()
+    local ctx = { ip = '192.0.2.1', mail_from = '<dmarc@receiver.example>' }
+    assert.same({}, report.build_rows(verdict(), INPUT, ctx, nil,
+                                      { reporter_address = 'dmarc@receiver.example' }))
+  end)
+
+  it('report__bad_ip_and_bad_domain_are_refused', function()
+    local _, _, code = report.build_rows(verdict(), INPUT, { ip = '1.2.3.4\r\nX' })
+    assert.equal('bad_ip', code)
+    _, _, code = report.build_rows(verdict({ policy_domain = 'ex{a}mple.com' }), INPUT, CTX)
+    assert.equal('bad_domain', code)
+  end)
+end)
+
+describe('report encoding', function()
+  it('report__encode_decode_round_trip', function()
+    local r = report.build_rows(verdict(), INPUT, CTX,
+                                { disposition = 'quarantine',
+                                  reasons = { { type = 'other', comment = 'a|b;c:d,e%f\r\n<x>' } } })[1]
+    local field = report.encode_row(r)
+    assert.is_nil(field:find('[\r\n]'))
+    local back = assert(report.decode_row(field))
+    assert.equal(r.header_from, back.header_from)
+    assert.equal(r.envelope_to, back.envelope_to)
+    assert.equal(r.disposition, back.disposition)
+    assert.same(r.policy, back.policy)
+    assert.same(r.reasons, back.reasons)
+    assert.same(r.spf_result, back.spf_result)
+    assert.equal(#r.dkim_results, #back.dkim_results)
+    assert.equal(r.dkim_results[1].selector, back.dkim_results[1].selector)
+  end)
+
+  it('report__ipv6_survives_encoding', function()
+    local r = report.build_rows(verdict(), INPUT, { ip = '2001:db8::1' })[1]
+    assert.equal('2001:db8::1', report.decode_row(report.encode_row(r)).source_ip)
+  end)
+
+  it('report__decode_refuses_unknown_encodings', function()
+    local _, _, code = report.decode_row('9|x')
+    assert.equal('bad_row', code)
+    _, _, code = report.decode_row(('x'):rep(report.limits.max_field + 1))
+    assert.equal('bad_row', code)
+  end)
+
+  it('report__rua_list_bounded_and_round_trips [RUA-2]', function()
+    local list = {}
+    for i = 1, 300 do
+      list[i] = { uri = 'mailto:r' .. i .. '@example.com', max_size = i == 1 and 10485760 or 0 }
+    end
+    local enc = report.encode_rua(list)
+    local back = report.decode_rua(enc)
+    assert.equal(report.limits.max_rua, #back)
+    assert.equal('mailto:r1@example.com', back[1].uri)
+    assert.equal(10485760, back[1].max_size)
+  end)
+
+  it('report__key_names_are_hash_tagged_per_domain', function()
+    local k = report.keys('dmarc:', 'example.com', '20251121')
+    assert.equal('dmarc:rpt:{example.com}:20251121', k.rows)
+    assert.equal('dmarc:rpt:{example.com}:20251121:meta', k.meta)
+    assert.equal('example.com', report.domain_of_key('dmarc:', k.rows))
+    assert.is_nil(report.domain_of_key('dmarc:', k.meta))
+  end)
+
+  it('report__injection_into_keys_is_refused', function()
+    for _, bad in ipairs({ 'a b.example', 'a}b.example', 'a{b', 'x*.example', 'a\r\nb', '', ('a'):rep(254),
+                           'A.EXAMPLE', '.example', 'a..b' }) do
+      assert.is_false(report.valid_domain(bad), bad)
+    end
+    assert.is_true(report.valid_domain('_x.sub-1.example'))
+    assert.is_false(report.valid_prefix('dmarc*:'))
+    local _, _, code = report.commands({ policy_domain = 'a}b' })
+    assert.equal('bad_domain', code)
+    _, _, code = report.commands({ policy_domain = 'example.com' }, { prefix = 'x y' })
+    assert.equal('bad_prefix', code)
+  end)
+
+  it('report__commands_are_one_eval_in_one_slot', function()
+    local r = report.build_rows(verdict(), INPUT, CTX, nil, { time = DAY + 5 })[1]
+    local cmds = assert(report.commands(r, { ttl = 100, max_rows = 7 }))
+    assert.equal(1, #cmds)
+    local c = cmds[1]
+    assert.equal('EVAL', c[1])
+    assert.equal('2', c[3])
+    assert.equal('dmarc:rpt:{example.com}:20251121', c[4])
+    assert.equal('dmarc:rpt:{example.com}:20251121:meta', c[5])
+    assert.equal(report.encode_row(r), c[6])
+    assert.equal('1', c[7])
+    assert.equal('7', c[8])
+    assert.equal('100', c[9])
+  end)
+
+  it('report__day_start_is_utc', function()
+    assert.equal(DAY, report.day_start('20251121'))
+    assert.equal('20251121', report.day_of(DAY + 86399))
+    assert.equal(0, report.day_start('19700101'))
+    assert.equal(951782400, report.day_start('20000229'))
+    assert.is_nil(report.day_start('2025-11-21'))
+  end)
+end)
+
+describe('report collector', function()
+  local function rows_for(i)
+    return report.build_rows(verdict(), INPUT, { ip = '192.0.2.' .. (i % 4), rcpt = { 'u@r.example' } },
+                             nil, { time = DAY + i })
+  end
+
+  it('report__identical_rows_aggregate_counts', function()
+    local conn = fake_redis.new()
+    local c = report.collector { redis = conn }
+    for i = 1, 40 do assert.is_true(c:add(rows_for(i))) end
+    local h = conn.data['dmarc:rpt:{example.com}:20251121']
+    local total, n = 0, 0
+    for _, v in pairs(h) do
+      total = total + tonumber(v)
+      n = n + 1
+    end
+    assert.equal(4, n)
+    assert.equal(40, total)
+    assert.equal(40, conn.calls) -- one round trip per message
+  end)
+
+  it('report__batch_mode_uses_fewer_round_trips', function()
+    local conn = fake_redis.new()
+    local c = report.collector { redis = conn, batch = 10 }
+    for i = 1, 40 do c:add(rows_for(i)) end
+    assert.is_true(c:flush())
+    assert.equal(4, conn.calls)
+  end)
+
+  it('report__row_cap_counts_instead_of_trimming', function()
+    local conn = fake_redis.new()
+    local c = report.collector { redis = conn, max_rows = 2 }
+    for i = 1, 12 do c:add(rows_for(i)) end
+    local n, total = 0, 0
+    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do
+      n = n + 1
+      total = total + tonumber(v)
+    end
+    assert.equal(2, n)
+    local meta = conn.data['dmarc:rpt:{example.com}:20251121:meta']
+    assert.equal(12, total + tonumber(meta.dropped_messages))
+    assert.equal('6', meta.dropped_messages)
+  end)
+
+  it('report__redis_down_buffers_then_flushes_everything', function()
+    local conn = fake_redis.new()
+    local now = 1000
+    local c = report.collector { redis = conn, clock = function() return now end, retry_interval = 5 }
+    c:add(rows_for(1))
+    conn.down = true
+    for i = 2, 30 do
+      local ok = c:add(rows_for(i))
+      assert.is_false(ok)
+    end
+    assert.is_true(c:counters().in_buffer > 0)
+    conn.down = false
+    now = now + 10
+    assert.is_true(c:add(rows_for(31)))
+    local total = 0
+    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
+    assert.equal(31, total)
+    assert.equal(0, c:counters().in_buffer)
+  end)
+
+  it('report__buffer_is_bounded_and_losses_are_reported', function()
+    local conn = fake_redis.new()
+    local now = 1000
+    local c = report.collector { redis = conn, clock = function() return now end, buffer_max = 2 }
+    conn.down = true
+    for i = 1, 20 do c:add(rows_for(i)) end
+    assert.equal(2, c:counters().in_buffer)
+    local dropped = c:counters().buffer_dropped
+    assert.is_true(dropped > 0)
+    conn.down = false
+    now = now + 60
+    assert.is_true(c:flush())
+    local meta = conn.data['dmarc:rpt:{example.com}:20251121:meta']
+    assert.equal(tostring(dropped), meta.lost_messages)
+    local total = 0
+    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
+    assert.equal(20, total + dropped)
+  end)
+
+  it('report__reconnects_through_connect_function', function()
+    local conn = fake_redis.new()
+    local attempts, now = 0, 0
+    local c = report.collector {
+      connect = function()
+        attempts = attempts + 1
+        if attempts == 1 then return nil, 'refused', 'io' end
+        return conn
+      end,
+      clock = function() return now end,
+    }
+    assert.is_false(c:add(rows_for(1)))
+    now = 100
+    assert.is_true(c:add(rows_for(2)))
+    local total = 0
+    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
+    assert.equal(2, total)
+  end)
+end)
