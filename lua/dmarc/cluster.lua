@@ -71,7 +71,7 @@ local function command_key(cmd)
     return nil
   end
   if name == 'PING' or name == 'INFO' or name == 'SCRIPT' or name == 'CLUSTER'
-      or name == 'ASKING' or name == 'DBSIZE' then
+      or name == 'ASKING' or name == 'DBSIZE' or name == 'SCAN' or name == 'FLUSHALL' then
     return nil
   end
   return cmd[2]
