@@ -337,7 +337,9 @@ static void ldmarc_push_diag_message(lua_State *L, const char *what, const dmarc
  * @function core.record_parse
  * @param {string} txt
  * @param {string} mode 'rfc9989' (default) or 'rfc7489'
- * @return {table} every dmarc_record field, or nil, message, code
+ * @return {table} every dmarc_record field plus diag (why the record is
+ *   not usable: 'duplicate_tag', 'invalid_policy', 'missing_p'; 'none' when
+ *   it is usable), or nil, message, code
  */
 static int ldmarc_record_parse(lua_State *L)
 {
@@ -365,6 +367,8 @@ static int ldmarc_record_parse(lua_State *L)
     if (st != DMARC_OK)
         return ldmarc_push_status_fail(L, "record_parse", st);
     ldmarc_push_record(L, box->rec);
+    /* On DMARC_OK the diag says why a record is not usable (none when it is). */
+    ldmarc_set_cstring(L, "diag", dmarc_diag_name(diag.code));
     dmarc_record_free(box->rec);
     box->rec = NULL;
     return 1;
