@@ -135,6 +135,7 @@ static dmarc_diag_code normalize_idn(const char *in, size_t len, char *buf, size
     bool has_alabel = false;
     dmarc_diag_code code;
     size_t n;
+    int rc;
 
     if (len > DMARC__DOMAIN_MAX_INPUT)
         return DMARC_DIAG_TOO_LONG;
@@ -142,7 +143,10 @@ static dmarc_diag_code normalize_idn(const char *in, size_t len, char *buf, size
     src[len] = '\0';
     /* UTS #46 maps the ideographic and fullwidth full stops to '.', so the
     ** trailing dot is stripped from the result, where every dot is ASCII. */
-    if (idna_to_ascii(src, &res) != IDN2_OK)
+    rc = idna_to_ascii(src, &res);
+    if (rc == IDN2_TOO_BIG_DOMAIN || rc == IDN2_TOO_BIG_LABEL)
+        return DMARC_DIAG_TOO_LONG;
+    if (rc != IDN2_OK)
         return DMARC_DIAG_BAD_IDN;
     n = strlen((const char *)res);
     if (n > 0 && res[n - 1] == '.')
