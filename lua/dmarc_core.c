@@ -674,6 +674,28 @@ static int ldmarc_opt_field(lua_State *L, int arg, const char *key, int type)
     return t != LUA_TNIL;
 }
 
+static const char *const ldmarc_ctx_option_names[] = {"mode", "pct_as_testing",
+                                                      "max_author_domains", "psl_file", NULL};
+
+/* A misspelt option must not be silently ignored: raises naming it. */
+static void ldmarc_check_option_names(lua_State *L, int arg)
+{
+    lua_pushnil(L);
+    while (lua_next(L, arg) != 0) {
+        int i, known = 0;
+        lua_pop(L, 1); /* the value; the key stays for lua_next */
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *key = lua_tostring(L, -1);
+            for (i = 0; ldmarc_ctx_option_names[i] != NULL; i++)
+                known |= strcmp(key, ldmarc_ctx_option_names[i]) == 0;
+            if (!known)
+                luaL_error(L, "unknown option '%s'", key);
+        } else {
+            luaL_error(L, "option names must be strings");
+        }
+    }
+}
+
 /***
  * A context: immutable configuration.
  * @function core.new
@@ -692,6 +714,7 @@ static int ldmarc_new(lua_State *L)
     dmarc_options_init(&o);
     if (!lua_isnoneornil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
+        ldmarc_check_option_names(L, 1);
         if (ldmarc_opt_field(L, 1, "mode", LUA_TSTRING)) {
             int i;
             const char *m = lua_tostring(L, -1);

@@ -258,6 +258,8 @@ describe('core.new', function()
     assert.has_error(function() core.new({ max_author_domains = 1.5 }) end)
     assert.has_error(function() core.new({ pct_as_testing = 'yes' }) end)
     assert.has_error(function() core.new('rfc9989') end)
+    assert.has_error(function() core.new({ mod = 'rfc9989' }) end)
+    assert.has_error(function() core.new({ 'rfc9989' }) end)
   end)
 
   it('falls back to another list when a PSL file cannot be loaded', function()
