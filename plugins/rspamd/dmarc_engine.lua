@@ -53,6 +53,9 @@ local settings = {
   score_weight = 1.0,
   check_local = false,
   check_authed = false,
+  -- RFC 9989 §7.4 [POL-3]: p=reject is enforced only with other evidence. Any of these
+  -- symbols on the message is such evidence (they are checked before DMARC_CHECK).
+  evidence_symbols = {},
   -- Actions for the site's `reject` and `defer` decisions.
   actions = {
     reject = 'reject',
@@ -286,7 +289,8 @@ end
 --- The dmarc= entry of an Authentication-Results header [AR-2]: the real From (author)
 -- domain as header.from, policy.dmarc = the policy actually applied after t=, pct and site
 -- overrides, and an OpenDMARC-style comment with the published and applied dispositions.
-local function ar_entry(out, decision)
+-- A temperror or permerror says why in reason= (RFC 8601 §2.2).
+local function ar_entry(out, decision, why)
   local parts = { 'dmarc=' .. out.result }
   local decided = out.result == 'pass' or out.result == 'fail'
   local applied
@@ -295,8 +299,8 @@ local function ar_entry(out, decision)
     if dis == 'pass' then dis = 'none' end
     applied = dis
     parts[#parts + 1] = string.format('(p=%s dis=%s)', out.policy, dis)
-  elseif out.result == 'temperror' or out.result == 'permerror' then
-    parts[#parts + 1] = '(' .. out.result .. ')'
+  elseif (out.result == 'temperror' or out.result == 'permerror') and why then
+    parts[#parts + 1] = 'reason=' .. ar_value(clip(why, MAX_OPTION_LEN))
   end
   if out.author_domain then parts[#parts + 1] = 'header.from=' .. ar_value(out.author_domain) end
   if applied then parts[#parts + 1] = 'policy.dmarc=' .. applied end
@@ -391,7 +395,12 @@ local function ctx_of(task, arc)
     if i > MAX_RCPT then break end
     if r.addr and r.addr ~= '' then rcpt[#rcpt + 1] = r.addr:lower() end
   end
+  local evidence = {}
+  for _, sym in ipairs(settings.evidence_symbols) do
+    if task:has_symbol(sym) then evidence[#evidence + 1] = sym end
+  end
   return {
+    evidence = evidence,
     ip = (ip and ip:is_valid()) and ip:to_string() or nil,
     helo = task:get_helo(),
     mail_from = env.addr,
@@ -484,12 +493,12 @@ end
 -- ---------------------------------------------------------------------------
 -- Acting on the outcome
 
-local function header_changes(task, out, decision)
+local function header_changes(task, out, decision, why)
   local add, remove = {}, {}
   local order = {}
   if settings.auth_results then
     local id = settings.authserv_id
-    add[settings.auth_results_header] = { order = 1, value = id .. '; ' .. ar_entry(out, decision) }
+    add[settings.auth_results_header] = { order = 1, value = id .. '; ' .. ar_entry(out, decision, why) }
     order[#order + 1] = settings.auth_results_header
   end
   -- A header the delivery agent acts on must not come from outside.
@@ -533,9 +542,13 @@ local function apply_decision(task, out, decision, symbol_key, options)
 
   local action = decision.action
   if action == 'reject' or action == 'defer' then
-    local message = decision.smtp_message
-      or (action == 'reject' and 'Rejected by DMARC policy' or 'DMARC policy could not be evaluated')
+    -- The MTA integration puts its own codes in front (rspamd's milter: 554 5.7.1 and
+    -- 451 4.7.1): the message is the text, which names DMARC [POL-3].
+    local message = tostring(decision.smtp_message or 'DMARC policy'):gsub('^%d%.%d+%.%d+%s+', '')
     task:set_pre_result(settings.actions[action], message, N, nil, nil, 'least')
+    -- rspamd 3.4 can lose a `least` pre-result's message by the time it writes the reply
+    -- (its score is raised to the action's threshold first): set the SMTP text explicitly.
+    task:append_message(message, 'smtp_message')
   elseif action == 'score' then
     local score = tonumber(decision.score) or 0
     if score ~= 0 then
@@ -596,7 +609,7 @@ local function finish(task, out, details, input, ctx, dns_errors, decision)
   local symbol_key, options = compat_result(out, details, input, dns_errors[1] and
     dns_errors[1]:match(': (.*)$'))
   apply_decision(task, out, decision, symbol_key, options)
-  header_changes(task, out, decision)
+  header_changes(task, out, decision, details and details.verdict and details.verdict.error)
   local pool = task:get_mempool()
   pool:set_variable('dmarc_result', out.result)
   if decision and decision.disposition then
@@ -612,7 +625,6 @@ local function finish(task, out, details, input, ctx, dns_errors, decision)
 end
 
 local function decide(task, out, details, input, ctx, dns_errors)
-  if not site then return finish(task, out, details, input, ctx, dns_errors, nil) end
   local verdict = {}
   for k, v in pairs(out) do verdict[k] = v end
   verdict.record = details and details.verdict and details.verdict.record
@@ -622,10 +634,9 @@ local function decide(task, out, details, input, ctx, dns_errors)
     keys = {}
   end
   local function with_found(found, err)
-    if err then
-      rspamd_logger.warnx(task, '%s: overrides not read (%s): site defaults apply', N, err)
-    end
-    local ok, decision = pcall(site.decide, site, verdict, ctx, found or {})
+    -- found = nil: the store failed; decide() applies the site's own rules and defaults
+    -- and says so in decision.warnings (logged below).
+    local ok, decision = pcall(site.decide, site, verdict, ctx, found, { store_error = err })
     if not ok or type(decision) ~= 'table' then
       rspamd_logger.errx(task, '%s: site policy failed: %s', N, decision)
       decision = nil
@@ -638,7 +649,7 @@ local function decide(task, out, details, input, ctx, dns_errors)
   if type(keys) ~= 'table' or #keys == 0 or not overrides_redis then
     return with_found({})
   end
-  if not redis_healthy() then return with_found(nil, 'redis unavailable (backing off)') end
+  if not redis_healthy() then return with_found(nil, 'redis unavailable, backing off') end
   local st = store_mod.callback{
     prefix = settings.overrides.prefix,
     tag = settings.overrides.tag,
@@ -718,6 +729,15 @@ dmarc = dmarc_or_err
 if settings.mode ~= 'rfc9989' and settings.mode ~= 'rfc7489' then
   return disable('mode must be "rfc9989" or "rfc7489", not "%s"', settings.mode)
 end
+if type(settings.evidence_symbols) == 'string' then
+  settings.evidence_symbols = { settings.evidence_symbols }
+end
+if type(settings.evidence_symbols) ~= 'table' then
+  return disable('evidence_symbols must be a list of symbol names')
+end
+for _, sym in ipairs(settings.evidence_symbols) do
+  if type(sym) ~= 'string' then return disable('evidence_symbols must be a list of symbol names') end
+end
 for _, k in ipairs({ 'cache_size', 'dns_cache_ttl', 'dns_negative_ttl', 'redis_backoff' }) do
   if type(settings[k]) ~= 'number' or settings[k] < 0 then
     return disable('%s must be a number >= 0', k)
@@ -746,19 +766,32 @@ if not ok_engine then
 end
 engine = engine_or_err
 
+-- The site policy (lua/dmarc/policy.lua): the script, or the documented defaults.
+-- Its messages go to rspamd's log.
+local ok_log, dlog = pcall(require, 'dmarc.log')
+local ok_pol, policy = pcall(require, 'dmarc.policy')
+if not ok_pol or not ok_log then
+  return disable('cannot load dmarc.policy: %s', ok_pol and dlog or policy)
+end
+local LOG_FUNCS = { debug = 'debugm', info = 'infox', warn = 'warnx', error = 'errx' }
+local site_log = dlog.new{
+  level = 'info',
+  sink = function(level, msg)
+    if level == 'debug' then
+      lua_util.debugm(N, rspamd_config, '%s', msg)
+    else
+      rspamd_logger[LOG_FUNCS[level] or 'errx'](rspamd_config, '%s: %s', N, msg)
+    end
+  end,
+}
+local site_err
 if settings.site_script then
-  local ok_pol, policy = pcall(require, 'dmarc.policy')
-  if not ok_pol then
-    return disable('site_script is set but dmarc.policy cannot be loaded: %s', policy)
-  end
-  local loaded, err = policy.load(settings.site_script)
-  if not loaded then
-    return disable('site script %s: %s', settings.site_script, err)
-  end
-  site = loaded
+  site, site_err = policy.load(settings.site_script, { log = site_log })
 else
-  local ok_pol, policy = pcall(require, 'dmarc.policy')
-  if ok_pol and policy.default then site = policy.default() end
+  site, site_err = policy.new({}, { log = site_log })
+end
+if not site then
+  return disable('site script %s: %s', settings.site_script or '(defaults)', site_err)
 end
 
 if not settings.authserv_id then
@@ -769,7 +802,7 @@ if not settings.authserv_id:find('^[%w%.%-_]+$') then
   return disable('authserv_id "%s" is not a token (RFC 8601 §2.2)', settings.authserv_id)
 end
 
-if site and settings.overrides.enabled then
+if settings.overrides.enabled then
   local ok_store, st = pcall(require, 'dmarc.store')
   if not ok_store then return disable('cannot load dmarc.store: %s', st) end
   store_mod = st
@@ -831,6 +864,9 @@ rspamd_config:register_symbol({
 rspamd_config:register_dependency('DMARC_CHECK', settings.symbols.spf_allow)
 rspamd_config:register_dependency('DMARC_CHECK', settings.symbols.dkim_allow)
 rspamd_config:register_dependency('DMARC_CHECK', 'ARC_CHECK')
+for _, sym in ipairs(settings.evidence_symbols) do
+  rspamd_config:register_dependency('DMARC_CHECK', sym)
+end
 
 rspamd_logger.infox(rspamd_config, '%s: enabled, mode %s, site %s, overrides %s, reporting %s',
   N, settings.mode, settings.site_script or 'defaults', overrides_redis and 'redis' or 'none',

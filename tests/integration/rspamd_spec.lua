@@ -6,7 +6,7 @@
 -- our plugin with the default site script and with the strict one. Each case scans one
 -- message with rspamc --json (with --ip, --from, --helo, --rcpt) and checks symbols,
 -- actions, added headers and the Redis report rows.
-package.path = './tests/integration/rspamd/?.lua;' .. package.path
+package.path = './tests/integration/rspamd/?.lua;./lua/?.lua;' .. package.path
 local h = require 'helpers'
 
 -- Senders: the documentation ranges of zone.conf.in.
@@ -76,5 +76,266 @@ describe('built-in dmarc module (reference)', function()
                              from = 'team-bounces@forwarder.test' })
     assert.same({ 'forwarder.test:s=arc1:i=1' }, h.options(r, 'ARC_ALLOW'))
     assert.same({ 'reject.test:s=sel1' }, h.options(r, 'R_DKIM_REJECT'))
+  end)
+end)
+
+-- Our plugin. The `engine` instance runs the default site script (site-default.lua): the
+-- RFC 9989 §7.4 treatment, quarantine to a folder, a Redis recipient set scored instead,
+-- a trusted ARC forwarder. The `strict` instance adds the one-line reject switch and has a
+-- Redis that is down.
+local ROOT = h.run('pwd'):gsub('%s+$', '')
+local DMARC = ROOT .. '/bin/dmarc'
+local DAY = os.date('!%Y%m%d')
+
+local function dmarc_cli(args)
+  local out, ok = h.run(DMARC .. ' ' .. args .. ' 2>&1')
+  assert(ok, out)
+  return out
+end
+
+local function has(list, value)
+  for _, v in ipairs(list or {}) do
+    if v == value then return true end
+  end
+  return false
+end
+
+-- The report rows the instance wrote for @domain today, decoded (lua/dmarc/report.lua).
+local function report_rows(prefix, domain)
+  local report = require 'dmarc.report'
+  local lines = h.redis_cli(0, 'HGETALL', report.keys(prefix, domain, DAY).rows)
+  local rows = {}
+  for i = 1, #lines - 1, 2 do
+    local row = assert(report.decode_row(lines[i]))
+    row.count = tonumber(lines[i + 1])
+    rows[#rows + 1] = row
+  end
+  return rows
+end
+
+local function find_row(rows, pred)
+  for _, r in ipairs(rows) do
+    if pred(r) then return r end
+  end
+  return nil
+end
+
+describe('dmarc_engine plugin (default site script)', function()
+  local addr = h.instances.engine
+
+  setup(function()
+    -- The CLI's override store, the same keys the plugin reads (docs/redis-keys.md).
+    local redis = ' --redis ' .. h.q(h.redis) .. ' --prefix it-engine:'
+    dmarc_cli('override add rcpt carol@rcpt.test --set score-only' .. redis)
+    dmarc_cli('override add domain override.test --reason local_policy --comment ' ..
+      h.q('partner, never rejected') .. redis)
+  end)
+
+  it('aligned SPF pass (relaxed: bounce.pass.test) gives DMARC_POLICY_ALLOW [ALN-4]', function()
+    local r = h.scan(addr, { file = 'spf-pass.eml', ip = '192.0.2.10',
+                             from = 'bounce@bounce.pass.test' })
+    assert.same({ 'pass.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    assert.equal('no action', r.action)
+    local hdrs = h.added_headers(r)
+    assert.equal('mx.rcpt.test; dmarc=pass (p=reject dis=none) header.from=pass.test ' ..
+      'policy.dmarc=none', hdrs['Authentication-Results'])
+    assert.is_nil(hdrs['X-DMARC-Folder'])
+  end)
+
+  it('aligned DKIM pass gives DMARC_POLICY_ALLOW', function()
+    local r = h.scan(addr, { file = 'dkim-pass.eml', ip = '198.51.100.7', from = 'b@esp.test' })
+    assert.same({ 'pass.test:s=sel1' }, h.options(r, 'R_DKIM_ALLOW'))
+    assert.same({ 'pass.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+  end)
+
+  it('p=reject without other evidence is handled as quarantine: folder Junk [POL-3]', function()
+    local r = h.scan(addr, { file = 'reject-spoof.eml', ip = SPOOFER, from = 'ceo@reject.test' })
+    -- The same symbol and options as rspamd's module: DMARC asked for reject.
+    assert.same({ 'reject.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    assert.are_not.equal('reject', r.action)
+    local hdrs = h.added_headers(r)
+    assert.equal('Junk', hdrs['X-DMARC-Folder'])
+    assert.equal('mx.rcpt.test; dmarc=fail (p=reject dis=quarantine) header.from=reject.test ' ..
+      'policy.dmarc=quarantine', hdrs['Authentication-Results'])
+    local row = find_row(report_rows('it-engine:', 'reject.test'), function(x)
+      return x.source_ip == SPOOFER
+    end)
+    assert.is_table(row)
+    assert.equal('quarantine', row.disposition)
+    assert.equal('local_policy', row.reasons[1].type)
+  end)
+
+  it('p=quarantine: folder for one recipient, score for a recipient in a Redis set', function()
+    local r = h.scan(addr, { file = 'quarantine.eml', ip = SPOOFER, from = 'info@quar.test',
+                             rcpt = 'bob@rcpt.test' })
+    assert.same({ 'quar.test : No valid SPF, No valid DKIM', 'quarantine' },
+      h.options(r, 'DMARC_POLICY_QUARANTINE'))
+    assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+    assert.is_nil(r.symbols.DMARC_SITE_SCORE)
+
+    r = h.scan(addr, { file = 'quarantine.eml', ip = SPOOFER, from = 'info@quar.test',
+                       rcpt = 'carol@rcpt.test' })
+    assert.equal(6, r.symbols.DMARC_SITE_SCORE.score)
+    assert.is_nil(h.added_headers(r)['X-DMARC-Folder'])
+  end)
+
+  it('np applies to a non-existent subdomain, sp to an existing one [DISC-12]', function()
+    local r = h.scan(addr, { file = 'np-ghost.eml', ip = SPOOFER, from = 'x@ghost.np.test' })
+    assert.same({ 'np.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    assert.matches('header.from=ghost.np.test', h.added_headers(r)['Authentication-Results'], 1, true)
+    r = h.scan(addr, { file = 'np-exists.eml', ip = SPOOFER, from = 'x@exists.np.test' })
+    assert.same({ 'np.test : No valid SPF, No valid DKIM', 'quarantine' },
+      h.options(r, 'DMARC_POLICY_QUARANTINE'))
+  end)
+
+  it('t=y applies the policy one level lower, reason policy_test_mode [POL-4]', function()
+    local r = h.scan(addr, { file = 'testing.eml', ip = SPOOFER, from = 'x@testing.test' })
+    local opts = h.options(r, 'DMARC_POLICY_QUARANTINE')
+    assert.is_table(opts)
+    assert.is_true(has(opts, 'reject'))
+    assert.is_true(has(opts, 'policy_test_mode'))
+    assert.is_nil(r.symbols.DMARC_POLICY_REJECT)
+    assert.matches('policy.dmarc=quarantine$', h.added_headers(r)['Authentication-Results'])
+  end)
+
+  it('SERVFAIL and REFUSED give DMARC_DNSFAIL and temperror, never a reject [DISC-10]', function()
+    local r = h.scan(addr, { file = 'servfail.eml', ip = SPOOFER, from = 'x@servfail.test' })
+    assert.same({ 'servfail.test : server fail' }, h.options(r, 'DMARC_DNSFAIL'))
+    assert.matches('^mx.rcpt.test; dmarc=temperror ', h.added_headers(r)['Authentication-Results'])
+    assert.equal('no action', r.action)
+    r = h.scan(addr, { file = 'refused.eml', ip = SPOOFER, from = 'x@refused.test' })
+    assert.same({ 'refused.test : query refused' }, h.options(r, 'DMARC_DNSFAIL'))
+  end)
+
+  it('an override from Redis (dmarc override add) lets a p=reject failure through', function()
+    local r = h.scan(addr, { file = 'override.eml', ip = SPOOFER, from = 'orders@override.test' })
+    local opts = h.options(r, 'DMARC_POLICY_REJECT')
+    assert.is_true(has(opts, 'local_policy'))
+    -- DMARC still failed; the symbol stays, without weight, as rspamd's module does.
+    assert.equal(0, r.symbols.DMARC_POLICY_REJECT.score)
+    assert.is_nil(h.added_headers(r)['X-DMARC-Folder'])
+    assert.matches('dis=none', h.added_headers(r)['Authentication-Results'], 1, true)
+    local row = find_row(report_rows('it-engine:', 'override.test'), function() return true end)
+    assert.equal('none', row.disposition)
+    assert.same({ type = 'local_policy', comment = 'partner, never rejected' }, row.reasons[1])
+  end)
+
+  it('a passing ARC chain sealed by a trusted forwarder saves the forwarded message [ARC-2]', function()
+    local r = h.scan(addr, { file = 'arc-forwarded.eml', ip = '198.51.100.50',
+                             from = 'team-bounces@forwarder.test' })
+    assert.same({ 'forwarder.test:s=arc1:i=1' }, h.options(r, 'ARC_ALLOW'))
+    assert.is_true(has(h.options(r, 'DMARC_POLICY_REJECT'), 'local_policy'))
+    assert.is_nil(h.added_headers(r)['X-DMARC-Folder'])
+    local row = find_row(report_rows('it-engine:', 'reject.test'), function(x)
+      return x.source_ip == '198.51.100.50' and x.disposition == 'none'
+    end)
+    assert.is_table(row)
+    -- [ARC-3] comment format.
+    assert.matches('^arc=pass as%[1%]%.d=forwarder%.test as%[1%]%.s=arc1', row.reasons[1].comment)
+
+    -- The same message without its ARC set is not saved.
+    r = h.scan(addr, { file = 'arc-broken.eml', ip = '198.51.100.50',
+                       from = 'team-bounces@forwarder.test' })
+    assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+  end)
+
+  it('two From fields never pass [FROM-5] [OPEN-5]', function()
+    local r = h.scan(addr, { file = 'multi-from.eml', ip = '192.0.2.10', from = 'alice@pass.test' })
+    assert.is_nil(r.symbols.DMARC_POLICY_ALLOW)
+    local opts = h.options(r, 'DMARC_POLICY_REJECT')
+    assert.is_true(has(opts, 'multiple_from'))
+  end)
+
+  it('no record gives DMARC_NA, an unusable one DMARC_BAD_POLICY', function()
+    local r = h.scan(addr, { file = 'none.eml', ip = SPOOFER, from = 'x@none.test' })
+    assert.same({ 'none.test' }, h.options(r, 'DMARC_NA'))
+    r = h.scan(addr, { file = 'bad.eml', ip = SPOOFER, from = 'x@bad.test' })
+    assert.is_table(h.options(r, 'DMARC_BAD_POLICY'))
+  end)
+
+  it('stores report rows that `dmarc report generate` turns into RFC 9990 reports', function()
+    h.scan(addr, { file = 'spf-pass.eml', ip = '192.0.2.10', from = 'bounce@bounce.pass.test' })
+    local row = find_row(report_rows('it-engine:', 'pass.test'), function(x)
+      return x.spf == 'pass'
+    end)
+    assert.equal('pass', row.disposition)
+    assert.equal('bounce.pass.test', row.envelope_from)
+    assert.equal('rcpt.test', row.envelope_to)
+    assert.equal('treewalk', row.policy.discovery_method)
+
+    local out = os.tmpname()
+    os.remove(out)
+    dmarc_cli('report generate --quiet --force --redis ' .. h.q(h.redis) .. ' --prefix it-engine: ' ..
+      '--date ' .. os.date('!%Y-%m-%d') .. ' --out ' .. h.q(out) .. ' --org-name Test ' ..
+      '--email dmarc@rcpt.test --submitter rcpt.test')
+    local files = h.run('ls ' .. h.q(out))
+    local xml_gz = files:match('(rcpt%.test!reject%.test![^\n]*%.xml%.gz)')
+    assert.is_string(xml_gz)
+    local xml = h.run('gzip -dc ' .. h.q(out .. '/' .. xml_gz))
+    assert.matches('<header_from>reject.test</header_from>', xml, 1, true)
+    assert.matches('<disposition>quarantine</disposition>', xml, 1, true)
+    local xsd = ROOT .. '/../shared/schemas/dmarc-2.0.xsd'
+    if io.open(xsd, 'r') then
+      local _, valid = h.run('gzip -dc ' .. h.q(out .. '/' .. xml_gz) .. ' | xmllint --noout --schema ' ..
+        h.q(xsd) .. ' - 2>&1')
+      assert.is_true(valid)
+    end
+    h.run('rm -rf ' .. h.q(out))
+  end)
+
+  it('keeps every worker alive under concurrent scans (rspamc -n 8)', function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    h.run('mkdir -p ' .. h.q(dir))
+    for i = 1, 20 do
+      h.run(string.format('cp %s %s/%02d-ok.eml && cp %s %s/%02d-spoof.eml',
+        h.q(h.corpus .. '/bench.eml'), h.q(dir), i, h.q(h.corpus .. '/bench-spoof.eml'), h.q(dir), i))
+    end
+    local out = h.run('rspamc -h ' .. h.q(addr) .. ' -n 8 -t 20 --ip 192.0.2.60 ' ..
+      '--from news@bench.test symbols ' .. h.q(dir) .. ' 2>&1')
+    h.run('rm -rf ' .. h.q(dir))
+    local results = select(2, out:gsub('Results for file', ''))
+    local allow = select(2, out:gsub('Symbol: DMARC_POLICY_ALLOW', ''))
+    local quarantine = select(2, out:gsub('Symbol: DMARC_POLICY_QUARANTINE', ''))
+    assert.equal(40, results)
+    assert.equal(20, allow)
+    assert.equal(20, quarantine)
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/engine/log/rspamd.log'))
+    assert.is_nil(log:find('caught fatal signal', 1, true))
+  end)
+end)
+
+describe('dmarc_engine plugin (strict site script, Redis down)', function()
+  local addr = h.instances.strict
+
+  it('rejects p=reject failures with the one-line switch, SMTP text naming DMARC [OPEN-6]', function()
+    local r = h.scan(addr, { file = 'reject-spoof.eml', ip = SPOOFER, from = 'ceo@reject.test' })
+    assert.equal('reject', r.action)
+    assert.matches('DMARC', r.messages.smtp_message, 1, true)
+    assert.matches('policy.dmarc=reject$', h.added_headers(r)['Authentication-Results'])
+  end)
+
+  it('a DNS timeout gives DMARC_DNSFAIL, never a reject', function()
+    local r = h.scan(addr, { file = 'timeout.eml', ip = SPOOFER, from = 'x@timeout.test' })
+    assert.same({ 'timeout.test : query timed out' }, h.options(r, 'DMARC_DNSFAIL'))
+    assert.are_not.equal('reject', r.action)
+    r = h.scan(addr, { file = 'servfail.eml', ip = SPOOFER, from = 'x@servfail.test' })
+    assert.is_table(h.options(r, 'DMARC_DNSFAIL'))
+    assert.are_not.equal('reject', r.action)
+  end)
+
+  it('with Redis down a scan neither blocks nor fails: the site rules apply', function()
+    local t0 = os.time()
+    for _ = 1, 3 do
+      local r = h.scan(addr, { file = 'quarantine.eml', ip = SPOOFER, from = 'info@quar.test',
+                               rcpt = 'carol@rcpt.test' })
+      assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+      assert.is_table(h.options(r, 'DMARC_POLICY_QUARANTINE'))
+    end
+    assert.is_true(os.time() - t0 <= 2)
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/strict/log/rspamd.log'))
+    assert.is_truthy(log:find('override store unavailable', 1, true))
   end)
 end)

@@ -46,7 +46,7 @@ rspamd_it_setup() {
         DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin did not start"
         return 0
     fi
-    if rspamd_it_conf strict 11453 engine "$RSPAMD_IT_SRC/engine.conf.in" &&
+    if rspamd_it_conf strict 11453 engine "$RSPAMD_IT_SRC/strict.conf.in" &&
         cp "$RSPAMD_IT_SRC/site-strict.lua" "$RSPAMD_IT_DIR/strict/site.lua" &&
         rspamd_it_start strict 11453; then
         export DMARC_TEST_RSPAMD_STRICT=127.0.0.1:11453
