@@ -1,0 +1,593 @@
+/*
+** SPF through libspf2 over the project's DNS layer.
+**
+** libspf2 is used for what it does well (compiling records, expanding
+** macros, matching mechanisms). Around it, a custom SPF_dns_server_t layer
+** owns every DNS question:
+** - record retrieval (the layer's get_spf hook): TXT only (the SPF RR type
+**   is obsolete, RFC 7208 §3.1), exactly one "v=spf1" record (§4.5), the
+**   RFC 8601 result for a missing or duplicate record;
+** - the §4.6.4 limits, counted over the whole evaluation (libspf2 counts
+**   per include level and only after the fact): the 11th DNS-querying term
+**   or the 3rd void lookup aborts the evaluation with permerror;
+** - the exp= explanation is not fetched (the get_exp hook): no DNS query
+**   is spent on text nobody here shows.
+** The evaluation driver replaces SPF_request_query_mailfrom so that no
+** client address gets a free pass (libspf2 passes loopback addresses
+** without looking), and so that the top-level record outcome is known.
+*/
+#define _DEFAULT_SOURCE /* netdb.h h_errno codes and arpa/nameser.h types */
+
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <spf2/spf.h>
+#include <spf2/spf_dns.h>
+
+#include "dmarc_spf.h"
+
+/* Why an evaluation was stopped from the DNS layer. */
+typedef enum abort_reason { ABORT_NONE, ABORT_TERMS, ABORT_VOIDS } abort_reason;
+
+/* Outcome of fetching the record of the identity domain itself. */
+typedef enum top_status { TOP_FOUND, TOP_NONE, TOP_TEMPERROR, TOP_PERMERROR } top_status;
+
+struct dmarc_spf {
+    dmarc_dns *dns;
+    SPF_server_t *server;
+    SPF_dns_server_t *layer;
+    /* Per evaluation. */
+    unsigned terms, voids, fetches;
+    abort_reason aborted;
+    top_status top;
+    char top_reason[256];
+    /* Names an mx or ptr term just returned: their address lookups belong
+    ** to that term and are not terms themselves (§4.6.4). */
+    char secondary[DMARC_SPF_MAX_MX_NAMES][DMARC_DOMAIN_MAX_LEN + 1];
+    bool secondary_used[DMARC_SPF_MAX_MX_NAMES];
+    size_t nsecondary;
+};
+
+/* libspf2 logs through process-wide handlers; an engine embedded in a
+** scanner must not print, so the informational ones are silenced. */
+static void quiet_handler(const char *file, int line, const char *msg)
+{
+    (void)file;
+    (void)line;
+    (void)msg;
+}
+
+static SPF_dns_rr_t *rr_status(SPF_dns_server_t *layer, const char *domain, ns_type type,
+                               SPF_dns_stat_t herrno)
+{
+    return SPF_dns_rr_new_init(layer, domain, type, 0, herrno);
+}
+
+static bool is_secondary(dmarc_spf *s, const char *name)
+{
+    char norm[DMARC_DOMAIN_MAX_LEN + 1];
+    size_t len, i;
+    if (dmarc_dns_name_normalize(name, strlen(name), norm, &len) != DMARC_OK)
+        return false;
+    for (i = 0; i < s->nsecondary; i++) {
+        if (!s->secondary_used[i] && strcmp(s->secondary[i], norm) == 0) {
+            /* Consumed once: a later a:name term for the same host counts. */
+            s->secondary_used[i] = true;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void remember_secondary(dmarc_spf *s, const dmarc_dns_answer *a)
+{
+    size_t i;
+    s->nsecondary = 0;
+    for (i = 0; i < a->count && s->nsecondary < DMARC_SPF_MAX_MX_NAMES; i++) {
+        size_t len = a->rrs[i].len;
+        if (len > DMARC_DOMAIN_MAX_LEN)
+            continue;
+        memcpy(s->secondary[s->nsecondary], a->rrs[i].data, len);
+        s->secondary[s->nsecondary][len] = '\0';
+        s->secondary_used[s->nsecondary] = false;
+        s->nsecondary++;
+    }
+}
+
+/* Count a DNS-querying term; false when it is one too many (§4.6.4). */
+static bool count_term(dmarc_spf *s)
+{
+    if (++s->terms > DMARC_SPF_MAX_DNS_TERMS) {
+        s->aborted = ABORT_TERMS;
+        return false;
+    }
+    return true;
+}
+
+/* Count a void answer to a term; false on the one past the limit. */
+static bool count_void(dmarc_spf *s, dmarc_rcode rc)
+{
+    if (rc != DMARC_RCODE_NXDOMAIN && rc != DMARC_RCODE_NODATA)
+        return true;
+    if (++s->voids > DMARC_SPF_MAX_VOID_LOOKUPS) {
+        s->aborted = ABORT_VOIDS;
+        return false;
+    }
+    return true;
+}
+
+static SPF_dns_rr_t *layer_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type,
+                                  int should_cache)
+{
+    dmarc_spf *s = layer->hook;
+    dmarc_dns_answer *a = NULL;
+    SPF_dns_rr_t *rr;
+    bool term;
+    size_t i;
+    int n = 0;
+    (void)should_cache; /* the DNS layer caches by TTL, always */
+
+    /* RFC 7208 §3.1/§14.1: the SPF RR type is obsolete and never asked. */
+    if (type == ns_t_spf)
+        return rr_status(layer, domain, type, NO_DATA);
+    /* Once aborted, every further question fails fast so that libspf2
+    ** unwinds; the result is rewritten afterwards. */
+    if (s->aborted != ABORT_NONE)
+        return rr_status(layer, domain, type, TRY_AGAIN);
+    term = !((type == ns_t_a || type == ns_t_aaaa) && is_secondary(s, domain));
+    if (term && !count_term(s))
+        return rr_status(layer, domain, type, TRY_AGAIN);
+    if (dmarc_dns_query(s->dns, domain, strlen(domain), (unsigned)type, &a) != DMARC_OK)
+        return rr_status(layer, domain, type, TRY_AGAIN);
+    if (term && !count_void(s, a->rcode)) {
+        dmarc_dns_answer_free(a);
+        return rr_status(layer, domain, type, TRY_AGAIN);
+    }
+    switch (a->rcode) {
+    case DMARC_RCODE_NOERROR:
+        break;
+    case DMARC_RCODE_NODATA:
+        dmarc_dns_answer_free(a);
+        return rr_status(layer, domain, type, NO_DATA);
+    case DMARC_RCODE_NXDOMAIN:
+        dmarc_dns_answer_free(a);
+        return rr_status(layer, domain, type, HOST_NOT_FOUND);
+    default: /* SERVFAIL, TIMEOUT: temperror (§4.4, §5) */
+        dmarc_dns_answer_free(a);
+        return rr_status(layer, domain, type, TRY_AGAIN);
+    }
+    if (type == ns_t_mx || type == ns_t_ptr)
+        remember_secondary(s, a);
+    rr = SPF_dns_rr_new_init(layer, domain, type, (int)a->ttl, NETDB_SUCCESS);
+    if (rr == NULL) {
+        dmarc_dns_answer_free(a);
+        return NULL;
+    }
+    for (i = 0; i < a->count; i++) {
+        const dmarc_dns_rr *r = &a->rrs[i];
+        if (r->type != (unsigned)type)
+            continue;
+        if (type == ns_t_a || type == ns_t_aaaa) {
+            size_t want = type == ns_t_a ? sizeof(struct in_addr) : sizeof(struct in6_addr);
+            if (r->len != want || SPF_dns_rr_buf_realloc(rr, n, want) != SPF_E_SUCCESS)
+                continue;
+            memcpy(type == ns_t_a ? (void *)&rr->rr[n]->a : (void *)&rr->rr[n]->aaaa, r->data,
+                   want);
+        } else {
+            /* TXT (strings concatenated [REC-1]), MX and PTR names, as C
+            ** strings; a NUL inside TXT data ends it, as in libspf2's own
+            ** resolver. */
+            if (SPF_dns_rr_buf_realloc(rr, n, r->len + 1) != SPF_E_SUCCESS)
+                continue;
+            memcpy(rr->rr[n]->txt, r->data, r->len);
+            rr->rr[n]->txt[r->len] = '\0';
+        }
+        n++;
+    }
+    rr->num_rr = n;
+    if (n == 0)
+        rr->herrno = NO_DATA;
+    dmarc_dns_answer_free(a);
+    return rr;
+}
+
+/* RFC 7208 §4.5: a record starts "v=spf1" followed by a space or the end
+** (case-insensitive). */
+static bool is_spf_record(const char *txt, size_t len)
+{
+    static const char tag[] = "v=spf1";
+    size_t i;
+    if (len < sizeof tag - 1)
+        return false;
+    for (i = 0; i < sizeof tag - 1; i++) {
+        char c = txt[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != tag[i])
+            return false;
+    }
+    return len == sizeof tag - 1 || txt[sizeof tag - 1] == ' ';
+}
+
+static SPF_errcode_t layer_get_spf(SPF_server_t *server, SPF_request_t *req, SPF_response_t *resp,
+                                   SPF_record_t **recordp)
+{
+    dmarc_spf *s = server->resolver->hook;
+    const char *domain = req->cur_dom;
+    bool first = s->fetches++ == 0;
+    dmarc_dns_answer *a = NULL;
+    size_t i, found = 0, idx = 0;
+    SPF_errcode_t err;
+    char *text;
+
+    *recordp = NULL;
+    if (domain == NULL)
+        return SPF_response_add_error(resp, SPF_E_NOT_CONFIG, "no domain to check");
+    if (s->aborted != ABORT_NONE)
+        return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "evaluation stopped");
+    /* The identity's own record is not a term; include and redirect are. */
+    if (!first && !count_term(s))
+        return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "too many DNS-querying terms");
+    if (dmarc_dns_query(s->dns, domain, strlen(domain), DMARC_DNS_T_TXT, &a) != DMARC_OK) {
+        if (first) {
+            s->top = TOP_TEMPERROR;
+            snprintf(s->top_reason, sizeof s->top_reason, "out of memory");
+        }
+        return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "lookup failed");
+    }
+    if (!first && !count_void(s, a->rcode)) {
+        dmarc_dns_answer_free(a);
+        return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "too many void lookups");
+    }
+    if (a->rcode == DMARC_RCODE_SERVFAIL || a->rcode == DMARC_RCODE_TIMEOUT) {
+        if (first) {
+            s->top = TOP_TEMPERROR;
+            snprintf(s->top_reason, sizeof s->top_reason, "DNS %s for %.120s",
+                     dmarc_rcode_name(a->rcode), domain);
+        }
+        dmarc_dns_answer_free(a);
+        /* SPF_E_DNS_ERROR: libspf2 makes an include of it a temperror. */
+        return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "temporary DNS failure");
+    }
+    for (i = 0; i < a->count; i++) {
+        if (is_spf_record(a->rrs[i].data, a->rrs[i].len)) {
+            found++;
+            idx = i;
+        }
+    }
+    if (found != 1) {
+        if (first) {
+            s->top = found == 0 ? TOP_NONE : TOP_PERMERROR;
+            if (found == 0)
+                snprintf(s->top_reason, sizeof s->top_reason, "no SPF record at %.120s%s", domain,
+                         a->rcode == DMARC_RCODE_NXDOMAIN ? " (no such domain)" : "");
+            else
+                snprintf(s->top_reason, sizeof s->top_reason,
+                         "%zu SPF records at %.120s (RFC 7208 §4.5)", found, domain);
+        }
+        dmarc_dns_answer_free(a);
+        /* For include and redirect both are permerror (§5.2, §6.1). */
+        return SPF_response_add_error(resp, found == 0 ? SPF_E_NOT_SPF : SPF_E_MULTIPLE_RECORDS,
+                                      "no single SPF record");
+    }
+    text = malloc(a->rrs[idx].len + 1);
+    if (text == NULL) {
+        dmarc_dns_answer_free(a);
+        return SPF_response_add_error(resp, SPF_E_NO_MEMORY, "out of memory");
+    }
+    memcpy(text, a->rrs[idx].data, a->rrs[idx].len);
+    text[a->rrs[idx].len] = '\0';
+    dmarc_dns_answer_free(a);
+    err = SPF_record_compile(server, resp, recordp, text);
+    free(text);
+    if (err != SPF_E_SUCCESS) {
+        if (first) {
+            s->top = TOP_PERMERROR;
+            snprintf(s->top_reason, sizeof s->top_reason, "SPF record of %.100s: %s", domain,
+                     SPF_strerror(err));
+        }
+        if (*recordp != NULL) {
+            SPF_record_free(*recordp);
+            *recordp = NULL;
+        }
+        /* Not SPF_E_DNS_ERROR, so an include of a broken record is a
+        ** permerror (§5.2). */
+        return err == SPF_E_DNS_ERROR ? SPF_E_SYNTAX : err;
+    }
+    if (first)
+        s->top = TOP_FOUND;
+    return SPF_E_SUCCESS;
+}
+
+static SPF_errcode_t layer_get_exp(SPF_server_t *server, const char *domain, char **buf,
+                                   size_t *buflen)
+{
+    static const char text[] = "SPF check failed";
+    (void)server;
+    (void)domain;
+    if (*buflen < sizeof text) {
+        char *n = realloc(*buf, sizeof text);
+        if (n == NULL)
+            return SPF_E_NO_MEMORY;
+        *buf = n;
+        *buflen = sizeof text;
+    }
+    memcpy(*buf, text, sizeof text);
+    return SPF_E_SUCCESS;
+}
+
+static void layer_destroy(SPF_dns_server_t *layer)
+{
+    free(layer);
+}
+
+dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
+{
+    dmarc_spf *s;
+    dmarc_status dummy;
+    if (st == NULL)
+        st = &dummy;
+    if (dns == NULL) {
+        *st = DMARC_ERR_INVAL;
+        return NULL;
+    }
+    s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        *st = DMARC_ERR_NOMEM;
+        return NULL;
+    }
+    s->dns = dns;
+    s->layer = calloc(1, sizeof *s->layer);
+    if (s->layer == NULL) {
+        free(s);
+        *st = DMARC_ERR_NOMEM;
+        return NULL;
+    }
+    s->layer->destroy = layer_destroy;
+    s->layer->lookup = layer_lookup;
+    s->layer->get_spf = layer_get_spf;
+    s->layer->get_exp = layer_get_exp;
+    s->layer->add_cache = NULL;
+    s->layer->layer_below = NULL;
+    s->layer->name = "dmarc";
+    s->layer->debug = 0;
+    s->layer->hook = s;
+    SPF_info_handler = quiet_handler;
+    SPF_warning_handler = quiet_handler;
+    SPF_debug_handler = quiet_handler;
+    s->server = SPF_server_new_dns(s->layer, 0);
+    if (s->server == NULL) {
+        free(s->layer);
+        free(s);
+        *st = DMARC_ERR_NOMEM;
+        return NULL;
+    }
+    /* libspf2's own per-level checks, set to the RFC values explicitly
+    ** (§4.6.4); the layer enforces the global count before they trigger. */
+    SPF_server_set_max_dns_mech(s->server, DMARC_SPF_MAX_DNS_TERMS);
+    SPF_server_set_max_dns_mx(s->server, DMARC_SPF_MAX_MX_NAMES);
+    SPF_server_set_max_dns_ptr(s->server, DMARC_SPF_MAX_PTR_NAMES);
+    if (SPF_server_set_rec_dom(s->server, receiver != NULL ? receiver : "unknown") !=
+        SPF_E_SUCCESS) {
+        dmarc_spf_free(s);
+        *st = DMARC_ERR_NOMEM;
+        return NULL;
+    }
+    *st = DMARC_OK;
+    return s;
+}
+
+void dmarc_spf_free(dmarc_spf *s)
+{
+    if (s == NULL)
+        return;
+    /* Frees the layer too, through its destroy hook. */
+    if (s->server != NULL)
+        SPF_server_free(s->server);
+    free(s);
+}
+
+static dmarc_auth map_result(SPF_result_t r)
+{
+    switch (r) {
+    case SPF_RESULT_PASS:
+        return DMARC_AUTH_PASS;
+    case SPF_RESULT_FAIL:
+        return DMARC_AUTH_FAIL;
+    case SPF_RESULT_SOFTFAIL:
+        return DMARC_AUTH_SOFTFAIL;
+    case SPF_RESULT_NEUTRAL:
+        return DMARC_AUTH_NEUTRAL;
+    case SPF_RESULT_NONE:
+        return DMARC_AUTH_NONE;
+    case SPF_RESULT_TEMPERROR:
+        return DMARC_AUTH_TEMPERROR;
+    case SPF_RESULT_PERMERROR:
+    case SPF_RESULT_INVALID:
+    default:
+        return DMARC_AUTH_PERMERROR;
+    }
+}
+
+/* The domain part of a MAIL FROM address; "" for the null reverse-path. */
+static void mailfrom_domain(const char *mf, char *out, size_t outsz)
+{
+    const char *at, *end;
+    size_t len;
+    out[0] = '\0';
+    if (mf == NULL)
+        return;
+    while (*mf == ' ' || *mf == '<')
+        mf++;
+    end = mf + strlen(mf);
+    while (end > mf && (end[-1] == ' ' || end[-1] == '>'))
+        end--;
+    if (end == mf)
+        return;
+    at = NULL;
+    {
+        const char *p;
+        for (p = mf; p < end; p++)
+            if (*p == '@')
+                at = p;
+    }
+    if (at != NULL)
+        mf = at + 1;
+    len = (size_t)(end - mf);
+    if (len >= outsz)
+        len = outsz - 1;
+    memcpy(out, mf, len);
+    out[len] = '\0';
+}
+
+/* RFC 7208 §4.3: a malformed or single-label domain gives "none". */
+static bool usable_domain(const char *in, char *out)
+{
+    size_t len;
+    if (dmarc_dns_name_normalize(in, strlen(in), out, &len) != DMARC_OK)
+        return false;
+    return memchr(out, '.', len) != NULL;
+}
+
+dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, const char *mail_from,
+                             bool helo_identity, dmarc_spf_result *out)
+{
+    SPF_request_t *req;
+    SPF_response_t *resp = NULL;
+    SPF_record_t *rec = NULL;
+    SPF_errcode_t err;
+    struct in_addr v4;
+    struct in6_addr v6;
+    char mfdom[DMARC_DOMAIN_MAX_LEN + 2];
+    char domain[DMARC_DOMAIN_MAX_LEN + 1];
+    const char *identity;
+    bool use_helo;
+
+    if (s == NULL || ip == NULL || out == NULL)
+        return DMARC_ERR_INVAL;
+    memset(out, 0, sizeof *out);
+    mailfrom_domain(helo_identity ? NULL : mail_from, mfdom, sizeof mfdom);
+    /* [ALN-1], RFC 7208 §2.4: a null reverse-path checks postmaster@HELO. */
+    use_helo = helo_identity || mfdom[0] == '\0';
+    identity = use_helo ? (helo != NULL ? helo : "") : mfdom;
+    out->is_helo = use_helo;
+    if (!usable_domain(identity, domain)) {
+        out->result = DMARC_AUTH_NONE;
+        snprintf(out->reason, sizeof out->reason, "no usable %s domain (RFC 7208 §4.3)",
+                 use_helo ? "HELO" : "MAIL FROM");
+        {
+            size_t l = strlen(identity);
+            if (l > DMARC_DOMAIN_MAX_LEN)
+                l = DMARC_DOMAIN_MAX_LEN;
+            memcpy(out->domain, identity, l);
+            out->domain[l] = '\0';
+        }
+        return DMARC_OK;
+    }
+    memcpy(out->domain, domain, strlen(domain) + 1);
+
+    req = SPF_request_new(s->server);
+    if (req == NULL)
+        return DMARC_ERR_NOMEM;
+    if (inet_pton(AF_INET, ip, &v4) == 1) {
+        err = SPF_request_set_ipv4(req, v4);
+    } else if (inet_pton(AF_INET6, ip, &v6) == 1) {
+        if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+            /* RFC 7208 §5: an IPv4-mapped address is checked as IPv4. */
+            memcpy(&v4, &v6.s6_addr[12], 4);
+            err = SPF_request_set_ipv4(req, v4);
+        } else {
+            err = SPF_request_set_ipv6(req, v6);
+        }
+    } else {
+        SPF_request_free(req);
+        return DMARC_ERR_INVAL;
+    }
+    if (err == SPF_E_SUCCESS && helo != NULL && helo[0] != '\0')
+        err = SPF_request_set_helo_dom(req, helo);
+    if (err == SPF_E_SUCCESS) {
+        if (use_helo) {
+            /* %{s} is postmaster@<HELO> (RFC 7208 §2.3, §2.4). */
+            char sender[DMARC_DOMAIN_MAX_LEN + 16];
+            snprintf(sender, sizeof sender, "postmaster@%s", domain);
+            err = SPF_request_set_env_from(req, sender);
+        } else {
+            err = SPF_request_set_env_from(req, mail_from);
+        }
+    }
+    if (err != SPF_E_SUCCESS) {
+        SPF_request_free(req);
+        return DMARC_ERR_NOMEM;
+    }
+    req->use_helo = use_helo;
+    req->cur_dom = use_helo ? req->helo_dom : req->env_from_dp;
+    if (req->cur_dom == NULL) {
+        SPF_request_free(req);
+        return DMARC_ERR_INVAL;
+    }
+
+    s->terms = s->voids = s->fetches = 0;
+    s->aborted = ABORT_NONE;
+    s->top = TOP_FOUND;
+    s->top_reason[0] = '\0';
+    s->nsecondary = 0;
+
+    resp = SPF_response_new(req);
+    if (resp == NULL) {
+        SPF_request_free(req);
+        return DMARC_ERR_NOMEM;
+    }
+    err = SPF_server_get_record(s->server, req, resp, &rec);
+    if (err == SPF_E_SUCCESS && rec != NULL) {
+        resp->spf_record_exp = rec;
+        SPF_record_interpret(rec, req, resp, 0);
+        SPF_record_free(rec);
+        out->result = map_result(SPF_response_result(resp));
+        if (out->result == DMARC_AUTH_PERMERROR || out->result == DMARC_AUTH_TEMPERROR)
+            snprintf(out->reason, sizeof out->reason, "%s",
+                     SPF_strerror(SPF_response_errcode(resp)));
+        else if (SPF_response_get_header_comment(resp) != NULL) {
+            /* libspf2 starts its comment with "<receiver>: ". */
+            const char *c = SPF_response_get_header_comment(resp);
+            const char *sep = strstr(c, ": ");
+            snprintf(out->reason, sizeof out->reason, "%s", sep != NULL ? sep + 2 : c);
+        }
+    } else {
+        if (rec != NULL)
+            SPF_record_free(rec);
+        switch (s->top) {
+        case TOP_NONE:
+            out->result = DMARC_AUTH_NONE;
+            break;
+        case TOP_TEMPERROR:
+            out->result = DMARC_AUTH_TEMPERROR;
+            break;
+        default:
+            out->result = DMARC_AUTH_PERMERROR;
+            break;
+        }
+        snprintf(out->reason, sizeof out->reason, "%s",
+                 s->top_reason[0] != '\0' ? s->top_reason : SPF_strerror(err));
+    }
+    /* §4.6.4: going over a limit is permerror, whatever libspf2 made of
+    ** the aborted evaluation. */
+    if (s->aborted == ABORT_TERMS) {
+        out->result = DMARC_AUTH_PERMERROR;
+        snprintf(out->reason, sizeof out->reason,
+                 "more than %d DNS-querying terms (RFC 7208 §4.6.4)", DMARC_SPF_MAX_DNS_TERMS);
+    } else if (s->aborted == ABORT_VOIDS) {
+        out->result = DMARC_AUTH_PERMERROR;
+        snprintf(out->reason, sizeof out->reason, "more than %d void lookups (RFC 7208 §4.6.4)",
+                 DMARC_SPF_MAX_VOID_LOOKUPS);
+    }
+    out->dns_terms = s->terms > DMARC_SPF_MAX_DNS_TERMS ? DMARC_SPF_MAX_DNS_TERMS + 1 : s->terms;
+    out->void_lookups = s->voids;
+    SPF_response_free(resp);
+    SPF_request_free(req);
+    return DMARC_OK;
+}

@@ -1,0 +1,626 @@
+/*
+** dmarc.io: the Lua binding of the I/O adapters beside the core: the DNS
+** layer (zone file or DNS server, TTL-aware cache), SPF through libspf2 and
+** DKIM through libopendkim, all asking through the same resolver.
+**
+**   local dio = require 'dmarc.io'
+**   local r = assert(dio.resolver{ zone = 'examples/example.zone' })
+**   r:resolve(name, 'TXT')        --> rcode, txts, ttl   (dmarc.evaluate's resolve)
+**   r:spf{ ip =, helo =, mail_from = }
+**   r:dkim(message_text)
+**
+** Error convention (as dmarc.core): contract misuse raises; bad data
+** (a zone that does not parse, a bad DNS server string, a message that is
+** not one) returns nil, message, code with a stable code ('syntax', 'io',
+** 'limit', 'invalid'); out of memory raises.
+**
+** Memory rule: C objects are put in their userdata box before the next Lua
+** call that can raise; large results are built in userdata buffers.
+** Lookups block: this module is for the command line and tests; a scanner
+** with its own event loop (Rspamd) resolves through its own resolver.
+*/
+#define _DEFAULT_SOURCE /* inet_ntop */
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "compat.h"
+#include "dmarc.h"
+#include "dmarc_dkim.h"
+#include "dmarc_dns.h"
+#include "dmarc_dns_ldns.h"
+#include "dmarc_spf.h"
+#include "dmarc_zone.h"
+
+#define LDMARC_IO_RESOLVER "dmarc.io.resolver"
+#define LDMARC_IO_BUFFER "dmarc.io.buffer"
+/* Default cache size of a resolver (answers). */
+#define LDMARC_IO_DEFAULT_CACHE 10000
+/* Longest message dkim() accepts (bytes): far above any SMTP size limit. */
+#define LDMARC_IO_MAX_MESSAGE (256u * 1024u * 1024u)
+
+typedef struct lio_resolver {
+    dmarc_dns *dns; /* NULL once closed */
+    dmarc_spf *spf; /* made on first use */
+    dmarc_dkim *dkim;
+    char receiver[DMARC_DOMAIN_MAX_LEN + 1];
+} lio_resolver;
+
+static const char *const lio_qtype_names[] = {"TXT",   "A",  "AAAA", "MX", "PTR",
+                                              "CNAME", "NS", "SOA",  NULL};
+static const unsigned lio_qtype_values[] = {DMARC_DNS_T_TXT, DMARC_DNS_T_A,   DMARC_DNS_T_AAAA,
+                                            DMARC_DNS_T_MX,  DMARC_DNS_T_PTR, DMARC_DNS_T_CNAME,
+                                            DMARC_DNS_T_NS,  DMARC_DNS_T_SOA};
+
+#define LIO_NAME_ENTRY(U, l) #l,
+static const char *const lio_rcode_names[] = {DMARC_RCODE_MAP(LIO_NAME_ENTRY) NULL};
+#undef LIO_NAME_ENTRY
+
+/* ** {====================================================================
+** Helpers
+** ===================================================================== */
+
+static int lio_fail(lua_State *L, const char *message, const char *code)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, message);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+static const char *lio_status_code(dmarc_status st)
+{
+    switch (st) {
+    case DMARC_ERR_SYNTAX:
+        return "syntax";
+    case DMARC_ERR_LIMIT:
+        return "limit";
+    case DMARC_ERR_INVAL:
+        return "invalid";
+    default:
+        return "error";
+    }
+}
+
+static lio_resolver *lio_check(lua_State *L, int idx)
+{
+    lio_resolver *r = luaL_checkudata(L, idx, LDMARC_IO_RESOLVER);
+    if (r->dns == NULL)
+        luaL_error(L, "attempt to use a closed %s", LDMARC_IO_RESOLVER);
+    return r;
+}
+
+static void lio_release(lio_resolver *r)
+{
+    dmarc_spf_free(r->spf);
+    r->spf = NULL;
+    dmarc_dkim_free(r->dkim);
+    r->dkim = NULL;
+    dmarc_dns_free(r->dns);
+    r->dns = NULL;
+}
+
+/* A field of the options table, of an expected type or nil. Raises on a
+** wrong type (contract misuse). */
+static int lio_opt(lua_State *L, int opts, const char *name, int type)
+{
+    int t;
+    lua_getfield(L, opts, name); /* returns void on 5.1/LuaJIT */
+    t = lua_type(L, -1);
+    if (t != LUA_TNIL && t != type)
+        return luaL_error(L, "dmarc.io.resolver: option '%s': %s expected, got %s", name,
+                          lua_typename(L, type), lua_typename(L, t));
+    return t;
+}
+
+/* }==================================================================== */
+
+/* ** {====================================================================
+** dmarc.io.resolver{...}
+** ===================================================================== */
+
+static const char *const lio_option_names[] = {"zone",        "zone_text", "origin",  "server",
+                                               "resolv_conf", "timeout",   "retries", "tcp",
+                                               "cache",       "receiver",  "faults",  NULL};
+
+/***
+** @function dmarc.io.resolver
+** @param {table} opts zone (file) | zone_text | server ("HOST[:PORT]", comma-separated)
+**   | neither (the nameservers of resolv_conf, default /etc/resolv.conf); origin (zone
+**   origin), timeout (seconds per try, default 2), retries (default 1), tcp, cache
+**   (entries, default 10000; 0: none), receiver (SPF %{r}), faults ({name = rcode}: every
+**   name below answers that rcode, for offline tests)
+** @return {resolver} or nil, message, code ('syntax' | 'io' | 'limit' | 'invalid')
+*/
+static int lio_resolver_new(lua_State *L)
+{
+    lio_resolver *r;
+    const char *zone = NULL, *zone_text = NULL, *origin = NULL, *server = NULL;
+    const char *resolv_conf = NULL, *receiver = NULL;
+    size_t zone_text_len = 0;
+    double timeout = 2.0;
+    lua_Integer retries = 1, cache = LDMARC_IO_DEFAULT_CACHE;
+    int tcp = 0, has_faults = 0;
+    dmarc_dns_options dopts;
+    dmarc_dns_backend be;
+    dmarc_status st;
+    char errbuf[200];
+
+    if (lua_isnoneornil(L, 1))
+        lua_newtable(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    /* Unknown options are a contract error. */
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) {
+        const char *k;
+        size_t i;
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return luaL_error(L, "dmarc.io.resolver: option names must be strings");
+        k = lua_tostring(L, -2);
+        for (i = 0; lio_option_names[i] != NULL; i++)
+            if (strcmp(k, lio_option_names[i]) == 0)
+                break;
+        if (lio_option_names[i] == NULL)
+            return luaL_error(L, "dmarc.io.resolver: unknown option '%s'", k);
+        lua_pop(L, 1);
+    }
+    /* The option strings stay on the stack (slots 2..) while used. */
+    if (lio_opt(L, 1, "zone", LUA_TSTRING) != LUA_TNIL)
+        zone = lua_tostring(L, -1);
+    if (lio_opt(L, 1, "zone_text", LUA_TSTRING) != LUA_TNIL)
+        zone_text = lua_tolstring(L, -1, &zone_text_len);
+    if (lio_opt(L, 1, "origin", LUA_TSTRING) != LUA_TNIL)
+        origin = lua_tostring(L, -1);
+    if (lio_opt(L, 1, "server", LUA_TSTRING) != LUA_TNIL)
+        server = lua_tostring(L, -1);
+    if (lio_opt(L, 1, "resolv_conf", LUA_TSTRING) != LUA_TNIL)
+        resolv_conf = lua_tostring(L, -1);
+    if (lio_opt(L, 1, "receiver", LUA_TSTRING) != LUA_TNIL)
+        receiver = lua_tostring(L, -1);
+    if (lio_opt(L, 1, "timeout", LUA_TNUMBER) != LUA_TNIL)
+        timeout = lua_tonumber(L, -1);
+    if (lio_opt(L, 1, "retries", LUA_TNUMBER) != LUA_TNIL)
+        retries = lua_tointeger(L, -1);
+    if (lio_opt(L, 1, "cache", LUA_TNUMBER) != LUA_TNIL)
+        cache = lua_tointeger(L, -1);
+    if (lio_opt(L, 1, "tcp", LUA_TBOOLEAN) != LUA_TNIL)
+        tcp = lua_toboolean(L, -1);
+    has_faults = lio_opt(L, 1, "faults", LUA_TTABLE) != LUA_TNIL;
+    if ((zone != NULL) + (zone_text != NULL) + (server != NULL) > 1)
+        return luaL_error(L, "dmarc.io.resolver: give one of zone, zone_text and server");
+    if (!(timeout > 0 && timeout <= DMARC_DNS_MAX_TIMEOUT_MS / 1000.0))
+        return luaL_error(L, "dmarc.io.resolver: option 'timeout': out of range");
+    if (retries < 0 || retries > (lua_Integer)DMARC_DNS_MAX_RETRIES)
+        return luaL_error(L, "dmarc.io.resolver: option 'retries': out of range");
+    if (cache < 0 || cache > 10000000)
+        return luaL_error(L, "dmarc.io.resolver: option 'cache': out of range");
+    if (receiver != NULL && strlen(receiver) > DMARC_DOMAIN_MAX_LEN)
+        return luaL_error(L, "dmarc.io.resolver: option 'receiver': too long");
+
+    /* The box first, empty, so that __gc frees whatever goes in it. */
+    r = lua_newuserdatauv(L, sizeof *r, 0);
+    memset(r, 0, sizeof *r);
+    luaL_setmetatable(L, LDMARC_IO_RESOLVER);
+    snprintf(r->receiver, sizeof r->receiver, "%s", receiver != NULL ? receiver : "unknown");
+
+    if (zone != NULL || zone_text != NULL) {
+        dmarc_zone *z = NULL;
+        dmarc_zone_error zerr;
+        if (zone != NULL)
+            st = dmarc_zone_load(NULL, zone, origin, &z, &zerr);
+        else
+            st = dmarc_zone_parse(NULL, zone_text, zone_text_len, origin, &z, &zerr);
+        if (st == DMARC_ERR_NOMEM)
+            return luaL_error(L, "dmarc.io.resolver: out of memory");
+        if (st != DMARC_OK) {
+            if (zerr.line > 0)
+                lua_pushfstring(L, "%s:%d: %s", zone != NULL ? zone : "zone", (int)zerr.line,
+                                zerr.message);
+            else
+                lua_pushstring(L, zerr.message);
+            lua_pushnil(L);
+            lua_insert(L, -2);
+            lua_pushstring(L, zerr.code);
+            return 3;
+        }
+        be = dmarc_zone_backend(z);
+    } else {
+        dmarc_dns_server_options sopts;
+        dmarc_dns_server_options_init(&sopts);
+        sopts.servers = server;
+        sopts.resolv_conf = resolv_conf;
+        sopts.timeout_ms = (unsigned)(timeout * 1000.0 + 0.5);
+        sopts.retries = (unsigned)retries;
+        sopts.tcp = tcp != 0;
+        errbuf[0] = '\0';
+        st = dmarc_dns_server_backend(&sopts, &be, errbuf, sizeof errbuf);
+        if (st == DMARC_ERR_NOMEM)
+            return luaL_error(L, "dmarc.io.resolver: out of memory");
+        if (st != DMARC_OK)
+            return lio_fail(L, errbuf[0] != '\0' ? errbuf : dmarc_strerror(st),
+                            st == DMARC_ERR_SYNTAX ? "syntax" : "io");
+    }
+    dmarc_dns_options_init(&dopts);
+    dopts.cache_entries = (size_t)cache;
+    r->dns = dmarc_dns_new(&dopts, be, &st); /* owns the backend, also on failure */
+    if (r->dns == NULL)
+        return luaL_error(L, "dmarc.io.resolver: %s", dmarc_strerror(st));
+
+    if (has_faults) {
+        int faults;
+        lua_getfield(L, 1, "faults");
+        faults = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, faults) != 0) {
+            size_t len;
+            const char *name;
+            int rc;
+            if (lua_type(L, -2) != LUA_TSTRING)
+                return luaL_error(L, "dmarc.io.resolver: faults: names must be strings");
+            name = lua_tolstring(L, -2, &len);
+            rc = luaL_checkoption(L, -1, NULL, lio_rcode_names);
+            st = dmarc_dns_add_fault(r->dns, name, len, (dmarc_rcode)rc);
+            if (st != DMARC_OK)
+                return luaL_error(L, "dmarc.io.resolver: faults: %s: %s", name, dmarc_strerror(st));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/* }==================================================================== */
+
+/* ** {====================================================================
+** Questions
+** ===================================================================== */
+
+/* Pushes the presentation form of one RR's data. */
+static void lio_push_rdata(lua_State *L, const dmarc_dns_rr *rr)
+{
+    char buf[INET6_ADDRSTRLEN + 1];
+    switch (rr->type) {
+    case DMARC_DNS_T_A:
+    case DMARC_DNS_T_AAAA:
+        if (inet_ntop(rr->type == DMARC_DNS_T_A ? AF_INET : AF_INET6, rr->data, buf, sizeof buf) !=
+            NULL) {
+            lua_pushstring(L, buf);
+            return;
+        }
+        lua_pushliteral(L, "");
+        return;
+    case DMARC_DNS_T_MX:
+        lua_pushfstring(L, "%d %s", (int)rr->pref, rr->data);
+        return;
+    default:
+        lua_pushlstring(L, rr->data, rr->len);
+        return;
+    }
+}
+
+/* Ask, with the answer owned by a userdata buffer while Lua values are
+** made from it. Returns the answer; raises on out of memory. */
+static const dmarc_dns_answer *lio_ask(lua_State *L, lio_resolver *r, int name_idx, int type_idx)
+{
+    size_t len;
+    const char *name = luaL_checklstring(L, name_idx, &len);
+    int t = luaL_checkoption(L, type_idx, "TXT", lio_qtype_names);
+    dmarc_dns_answer *a = NULL, **slot;
+    dmarc_status st;
+    slot = lua_newuserdatauv(L, sizeof *slot, 0);
+    *slot = NULL;
+    luaL_setmetatable(L, LDMARC_IO_BUFFER);
+    st = dmarc_dns_query(r->dns, name, len, lio_qtype_values[t], &a);
+    if (st == DMARC_ERR_NOMEM)
+        luaL_error(L, "dmarc.io: out of memory");
+    else if (st != DMARC_OK)
+        luaL_error(L, "dmarc.io: %s", dmarc_strerror(st));
+    *slot = a;
+    return a;
+}
+
+static int lio_buffer_gc(lua_State *L)
+{
+    dmarc_dns_answer **slot = luaL_checkudata(L, 1, LDMARC_IO_BUFFER);
+    dmarc_dns_answer_free(*slot);
+    *slot = NULL;
+    return 0;
+}
+
+/***
+** @method resolver:query(name, qtype)
+** @param {string} name
+** @param {string} qtype 'TXT' (default), 'A', 'AAAA', 'MX', 'PTR', 'CNAME', 'NS', 'SOA'
+** @return {table} {rcode=, ttl=, records={...}, name=, cname_hops=, from_cache=}: records
+**   are TXT text (strings joined [REC-1]), addresses, "PREF NAME" for MX, or names
+*/
+static int lio_query(lua_State *L)
+{
+    lio_resolver *r = lio_check(L, 1);
+    const dmarc_dns_answer *a = lio_ask(L, r, 2, 3);
+    size_t i;
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, dmarc_rcode_name(a->rcode));
+    lua_setfield(L, -2, "rcode");
+    lua_pushinteger(L, (lua_Integer)a->ttl);
+    lua_setfield(L, -2, "ttl");
+    lua_pushstring(L, a->name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, (lua_Integer)a->cname_hops);
+    lua_setfield(L, -2, "cname_hops");
+    lua_pushboolean(L, a->from_cache);
+    lua_setfield(L, -2, "from_cache");
+    lua_createtable(L, (int)a->count, 0);
+    for (i = 0; i < a->count; i++) {
+        lio_push_rdata(L, &a->rrs[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "records");
+    return 1;
+}
+
+/***
+** @method resolver:resolve(name, qtype)
+** The resolver shape dmarc.evaluate takes (input.resolve): TXT RRs as
+** strings; for other types one placeholder per RR, so that NOERROR with
+** data (the name exists) stays apart from NODATA [DISC-12].
+** @return {string} rcode, {table} txts, {number} ttl
+*/
+static int lio_resolve(lua_State *L)
+{
+    lio_resolver *r = lio_check(L, 1);
+    const dmarc_dns_answer *a = lio_ask(L, r, 2, 3);
+    size_t i;
+    lua_pushstring(L, dmarc_rcode_name(a->rcode));
+    lua_createtable(L, (int)a->count, 0);
+    for (i = 0; i < a->count; i++) {
+        if (a->rrs[i].type == DMARC_DNS_T_TXT)
+            lua_pushlstring(L, a->rrs[i].data, a->rrs[i].len);
+        else
+            lua_pushliteral(L, "");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_pushinteger(L, (lua_Integer)a->ttl);
+    return 3;
+}
+
+/* }==================================================================== */
+
+/* ** {====================================================================
+** SPF and DKIM
+** ===================================================================== */
+
+static const char *lio_field_string(lua_State *L, int t, const char *name)
+{
+    int type;
+    lua_getfield(L, t, name);
+    type = lua_type(L, -1);
+    if (type == LUA_TNIL)
+        return NULL;
+    if (type != LUA_TSTRING)
+        luaL_error(L, "spf: field '%s': string expected, got %s", name, lua_typename(L, type));
+    return lua_tostring(L, -1);
+}
+
+/***
+** @method resolver:spf(opts)
+** check_host() of RFC 7208 for one identity.
+** @param {table} opts ip (required), helo, mail_from ("" or nil: the null
+**   reverse-path, checked as postmaster@HELO [ALN-1]), identity ('mfrom'
+**   default, or 'helo' for the HELO identity)
+** @return {table} {result=, domain=, scope='mfrom'|'helo', reason=, dns_terms=,
+**   void_lookups=}; or nil, message, 'invalid' for an unusable ip
+*/
+static int lio_spf(lua_State *L)
+{
+    static const char *const identities[] = {"mfrom", "helo", NULL};
+    lio_resolver *r = lio_check(L, 1);
+    const char *ip, *helo, *mail_from;
+    int identity = 0;
+    dmarc_spf_result res;
+    dmarc_status st;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ip = lio_field_string(L, 2, "ip");
+    helo = lio_field_string(L, 2, "helo");
+    mail_from = lio_field_string(L, 2, "mail_from");
+    lua_getfield(L, 2, "identity");
+    if (!lua_isnil(L, -1))
+        identity = luaL_checkoption(L, -1, NULL, identities);
+    if (ip == NULL)
+        return lio_fail(L, "spf: an ip is required", "invalid");
+    if (r->spf == NULL) {
+        r->spf = dmarc_spf_new(r->dns, r->receiver, &st);
+        if (r->spf == NULL)
+            return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
+    }
+    st = dmarc_spf_check(r->spf, ip, helo, mail_from, identity == 1, &res);
+    if (st == DMARC_ERR_INVAL)
+        return lio_fail(L, "spf: not an IP address", "invalid");
+    if (st != DMARC_OK)
+        return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, dmarc_auth_name(res.result));
+    lua_setfield(L, -2, "result");
+    lua_pushstring(L, res.domain);
+    lua_setfield(L, -2, "domain");
+    lua_pushstring(L, res.is_helo ? "helo" : "mfrom");
+    lua_setfield(L, -2, "scope");
+    lua_pushstring(L, res.reason);
+    lua_setfield(L, -2, "reason");
+    lua_pushinteger(L, (lua_Integer)res.dns_terms);
+    lua_setfield(L, -2, "dns_terms");
+    lua_pushinteger(L, (lua_Integer)res.void_lookups);
+    lua_setfield(L, -2, "void_lookups");
+    return 1;
+}
+
+/***
+** @method resolver:dkim(message)
+** Verify every DKIM signature of a message (up to the verify cap).
+** @param {string} message the whole message, CRLF or LF line ends
+** @return {table} {total=, signatures={{domain=, selector=, result=, reason=,
+**   algorithm=, b=, key_bits=, verified=, body_truncated=, unsigned_from=}, ...}};
+**   or nil, message, code ('syntax': not a message, 'limit')
+*/
+static int lio_dkim(lua_State *L)
+{
+    lio_resolver *r = lio_check(L, 1);
+    size_t len, i;
+    const char *msg = luaL_checklstring(L, 2, &len);
+    dmarc_dkim_result *res;
+    dmarc_status st;
+    if (len > LDMARC_IO_MAX_MESSAGE)
+        return lio_fail(L, "dkim: message too large", "limit");
+    if (r->dkim == NULL) {
+        r->dkim = dmarc_dkim_new(r->dns, &st);
+        if (r->dkim == NULL)
+            return luaL_error(L, "dmarc.io: dkim: %s", dmarc_strerror(st));
+    }
+    /* Results live in a userdata: nothing to free if a push raises. */
+    res = lua_newuserdatauv(L, sizeof *res, 0);
+    st = dmarc_dkim_verify(r->dkim, msg, len, res);
+    if (st == DMARC_ERR_NOMEM)
+        return luaL_error(L, "dmarc.io: dkim: out of memory");
+    if (st == DMARC_ERR_SYNTAX)
+        return lio_fail(L, "not a message: a header line without a field name", "syntax");
+    if (st != DMARC_OK)
+        return lio_fail(L, dmarc_strerror(st), lio_status_code(st));
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)res->total);
+    lua_setfield(L, -2, "total");
+    lua_createtable(L, (int)res->count, 0);
+    for (i = 0; i < res->count; i++) {
+        const dmarc_dkim_sig *s = &res->sigs[i];
+        lua_createtable(L, 0, 10);
+        lua_pushstring(L, s->domain);
+        lua_setfield(L, -2, "domain");
+        lua_pushstring(L, s->selector);
+        lua_setfield(L, -2, "selector");
+        lua_pushstring(L, dmarc_auth_name(s->result));
+        lua_setfield(L, -2, "result");
+        lua_pushstring(L, s->reason);
+        lua_setfield(L, -2, "reason");
+        lua_pushstring(L, s->algorithm);
+        lua_setfield(L, -2, "algorithm");
+        lua_pushstring(L, s->b);
+        lua_setfield(L, -2, "b");
+        lua_pushinteger(L, (lua_Integer)s->key_bits);
+        lua_setfield(L, -2, "key_bits");
+        lua_pushboolean(L, s->verified);
+        lua_setfield(L, -2, "verified");
+        lua_pushboolean(L, s->body_truncated);
+        lua_setfield(L, -2, "body_truncated");
+        lua_pushboolean(L, s->unsigned_from);
+        lua_setfield(L, -2, "unsigned_from");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "signatures");
+    return 1;
+}
+
+/* }==================================================================== */
+
+/* ** {====================================================================
+** Housekeeping
+** ===================================================================== */
+
+/***
+** @method resolver:stats()
+** @return {table} {hits=, misses=, upstream=, entries=}
+*/
+static int lio_stats(lua_State *L)
+{
+    lio_resolver *r = lio_check(L, 1);
+    dmarc_dns_stats s;
+    dmarc_dns_get_stats(r->dns, &s);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, (lua_Integer)s.hits);
+    lua_setfield(L, -2, "hits");
+    lua_pushinteger(L, (lua_Integer)s.misses);
+    lua_setfield(L, -2, "misses");
+    lua_pushinteger(L, (lua_Integer)s.upstream);
+    lua_setfield(L, -2, "upstream");
+    lua_pushinteger(L, (lua_Integer)s.entries);
+    lua_setfield(L, -2, "entries");
+    return 1;
+}
+
+static int lio_clear_cache(lua_State *L)
+{
+    dmarc_dns_cache_clear(lio_check(L, 1)->dns);
+    return 0;
+}
+
+/* __gc, __close and :close(): idempotent. */
+static int lio_close(lua_State *L)
+{
+    lio_resolver *r = luaL_checkudata(L, 1, LDMARC_IO_RESOLVER);
+    lio_release(r);
+    return 0;
+}
+
+static int lio_tostring(lua_State *L)
+{
+    lio_resolver *r = luaL_checkudata(L, 1, LDMARC_IO_RESOLVER);
+    if (r->dns == NULL)
+        lua_pushfstring(L, "%s: closed", LDMARC_IO_RESOLVER);
+    else
+        lua_pushfstring(L, "%s: %p", LDMARC_IO_RESOLVER, (void *)r);
+    return 1;
+}
+
+static const luaL_Reg lio_methods[] = {{"query", lio_query}, {"resolve", lio_resolve},
+                                       {"spf", lio_spf},     {"dkim", lio_dkim},
+                                       {"stats", lio_stats}, {"clear_cache", lio_clear_cache},
+                                       {"close", lio_close}, {NULL, NULL}};
+
+static const luaL_Reg lio_meta[] = {{"__gc", lio_close},
+#if LUA_VERSION_NUM >= 504
+                                    {"__close", lio_close},
+#endif
+                                    {"__tostring", lio_tostring},
+                                    {NULL, NULL}};
+
+static const luaL_Reg lio_buffer_meta[] = {{"__gc", lio_buffer_gc}, {NULL, NULL}};
+
+static const luaL_Reg lio_functions[] = {{"resolver", lio_resolver_new}, {NULL, NULL}};
+
+DMARC_API int luaopen_dmarc_io(lua_State *L);
+
+DMARC_API int luaopen_dmarc_io(lua_State *L)
+{
+    luaL_newmetatable(L, LDMARC_IO_RESOLVER);
+    luaL_setfuncs(L, lio_meta, 0);
+    luaL_newlib(L, lio_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_IO_BUFFER);
+    luaL_setfuncs(L, lio_buffer_meta, 0);
+    lua_pop(L, 1);
+
+    luaL_newlib(L, lio_functions);
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, DMARC_SPF_MAX_DNS_TERMS);
+    lua_setfield(L, -2, "spf_max_dns_terms");
+    lua_pushinteger(L, DMARC_SPF_MAX_VOID_LOOKUPS);
+    lua_setfield(L, -2, "spf_max_void_lookups");
+    lua_pushinteger(L, DMARC_DKIM_MAX_VERIFY);
+    lua_setfield(L, -2, "dkim_max_verify");
+    lua_pushinteger(L, DMARC_DKIM_MAX_REPORTED);
+    lua_setfield(L, -2, "dkim_max_reported");
+    lua_pushinteger(L, DMARC_DNS_MAX_CNAME);
+    lua_setfield(L, -2, "dns_max_cname");
+    lua_pushinteger(L, LDMARC_IO_MAX_MESSAGE);
+    lua_setfield(L, -2, "max_message");
+    lua_setfield(L, -2, "limits");
+    lua_pushliteral(L, "dmarc.io");
+    lua_setfield(L, -2, "_NAME");
+    lua_pushliteral(L, DMARC_VERSION_STRING);
+    lua_setfield(L, -2, "_VERSION");
+    return 1;
+}
+
+/* }==================================================================== */
