@@ -1,0 +1,134 @@
+-- Collection, generation and sending against a real 3-master Redis Cluster on
+-- loopback: every key of a policy domain shares its {domain} hash tag, so the
+-- per-message EVAL and the report's reads and deletes never cross slots; the
+-- router follows MOVED and spreads the domains over the masters.
+local h = dofile('tests/integration/report_helpers.lua')
+local cluster = require 'dmarc.cluster'
+local report = require 'dmarc.report'
+local xml = require 'dmarc.report_xml'
+
+local PORTS = { 17001, 17002, 17003 }
+local DAY = 1763683200
+local DOMAINS = 120
+
+local function row(d, i)
+  local v = { result = (i % 2 == 0) and 'pass' or 'fail', author_domain = d, policy_domain = d,
+              policy = 'quarantine', applied = 'quarantine', dkim_aligned = i % 2 == 0,
+              record = { p = 'quarantine', rua = { { uri = 'mailto:agg@' .. d } } } }
+  return report.build_rows(v, { spf = { result = 'pass', domain = d, scope = 'mfrom' } },
+                           { ip = '192.0.2.' .. (i % 5) }, nil, { time = DAY + i })
+end
+
+describe('report rows on a Redis Cluster', function()
+  local dir
+  local pids = {}
+  local router
+
+  setup(function()
+    dir = h.tmpdir()
+    for _, p in ipairs(PORTS) do
+      pids[#pids + 1] = h.start_redis(p, dir .. '/' .. p, '--cluster-enabled yes --cluster-config-file nodes-'
+                                      .. p .. '.conf --appendonly no')
+    end
+    local addrs = {}
+    for _, p in ipairs(PORTS) do addrs[#addrs + 1] = '127.0.0.1:' .. p end
+    local status, out = h.run('redis-cli --cluster create ' .. table.concat(addrs, ' ')
+                              .. ' --cluster-yes 2>&1')
+    assert(status == 0, out)
+    -- Ready when every node says so (the others learn of the slots a
+    -- little after the node that was asked).
+    local ok = false
+    for _ = 1, 200 do
+      ok = true
+      for _, p in ipairs(PORTS) do
+        local _, info = h.run('redis-cli -p ' .. p .. ' cluster info')
+        if not info:find('cluster_state:ok', 1, true) then ok = false end
+        local _, slots = h.run('redis-cli -p ' .. p .. ' cluster slots')
+        if select(2, slots:gsub('127%.0%.0%.1', '')) < 3 then ok = false end
+      end
+      if ok then break end
+      require('socket').sleep(0.1)
+    end
+    assert(ok, 'cluster did not become ready')
+    router = assert(cluster.new { nodes = { '127.0.0.1:' .. PORTS[2] } })
+  end)
+
+  teardown(function()
+    if router then router:close() end
+    for _, pid in ipairs(pids) do h.stop(pid) end
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('cluster__collection_is_slot_safe_and_spread', function()
+    assert.equal(3, #router:nodes())
+    local c = report.collector { redis = router, batch = 64 }
+    for n = 1, DOMAINS do
+      local d = 'dom' .. n .. '.example'
+      for i = 1, 5 do c:add(row(d, i)) end
+    end
+    assert.is_true(c:flush())
+    assert.equal(0, c:counters().errors)
+    -- every domain's count is right, read back through the router
+    for n = 1, DOMAINS do
+      local all = router:command('HGETALL', report.keys('dmarc:', 'dom' .. n .. '.example', '20251121').rows)
+      local sum = 0
+      for i = 2, #all, 2 do sum = sum + tonumber(all[i]) end
+      assert.equal(5, sum)
+    end
+    -- the data is spread over every master
+    for _, p in ipairs(PORTS) do
+      local _, size = h.run('redis-cli -p ' .. p .. ' dbsize')
+      assert.is_true(tonumber(size:match('%d+')) > 0)
+    end
+  end)
+
+  it('cluster__router_follows_moved_from_a_stale_map', function()
+    local key = report.keys('dmarc:', 'dom1.example', '20251121').rows
+    local slot = cluster.key_slot(key)
+    local right = router.slots[slot]
+    for _, a in ipairs(router:nodes()) do
+      if a ~= right then router.slots[slot] = a break end
+    end
+    local all = router:command('HGETALL', key)
+    assert.is_table(all)
+    assert.is_true(#all > 0)
+    assert.equal(right, router.slots[slot])
+  end)
+
+  it('cluster__generate_and_send_through_the_cluster', function()
+    local out = dir .. '/out'
+    local status, text = h.run(h.BIN .. ' report generate --quiet --cluster 127.0.0.1:' .. PORTS[1]
+                               .. ' --date 2025-11-21 --org-name R --email dmarc@receiver.example'
+                               .. ' --submitter receiver.example --out ' .. out .. ' 2>&1')
+    assert.equal(0, status, text)
+    local files = h.ls(out, '%.xml%.gz$')
+    assert.equal(DOMAINS, #files)
+    local total = 0
+    for _, f in ipairs(files) do
+      for n in h.gunzip(out .. '/' .. f):gmatch('<count>(%d+)</count>') do total = total + tonumber(n) end
+    end
+    assert.equal(DOMAINS * 5, total)
+    local one = out .. '/check.xml'
+    assert(xml.write_file(one, h.gunzip(out .. '/' .. files[1])))
+    assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', one))
+
+    -- Deliver through a sendmail-compatible command that keeps the messages.
+    local box = dir .. '/box'
+    os.execute('mkdir -p ' .. box)
+    local fake = dir .. '/sendmail'
+    assert(xml.write_file(fake, '#!/bin/sh\ncat > "' .. box .. '/$$.eml"\n'))
+    os.execute('chmod +x ' .. fake)
+    local dns = dir .. '/dns.json'
+    assert(xml.write_file(dns, '{}'))
+    status, text = h.run(h.BIN .. ' report send --quiet --cluster 127.0.0.1:' .. PORTS[3]
+                         .. ' --email dmarc@receiver.example --sendmail ' .. fake
+                         .. ' --dns-json ' .. dns .. ' --out ' .. out .. ' 2>&1')
+    assert.equal(0, status, text)
+    assert.equal(DOMAINS, #h.ls(box, '%.eml$'))
+    -- every report's data is gone from every master; the state stays
+    local keys = assert(cluster.scan(router, 'dmarc:rpt:{*}:20251121'))
+    assert.equal(0, #keys)
+    keys = assert(cluster.scan(router, 'dmarc:rpt:{*}:sent:*'))
+    assert.equal(DOMAINS, #keys)
+  end)
+end)
