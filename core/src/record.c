@@ -94,12 +94,17 @@ static void diag_set(dmarc_diag *d, dmarc_diag_code code, size_t offset, const c
     d->tag[tag_len] = '\0';
 }
 
-/* Record a warning; past DMARC_RECORD_MAX_WARNINGS only count it. */
+/* Record a warning; past DMARC_RECORD_MAX_WARNINGS only count it. The
+** one warning that ends the parse, TOO_MANY_TAGS, is always kept (in the
+** last slot if need be): every tag past the known ones warns, so it would
+** otherwise never be seen, and nothing else in the record tells of the cut. */
 static void warn(struct parse_state *st, dmarc_diag_code code, size_t offset, const char *tag,
                  size_t tag_len)
 {
     if (st->warn_count == DMARC_RECORD_MAX_WARNINGS) {
         st->warn_dropped++;
+        if (code == DMARC_DIAG_TOO_MANY_TAGS)
+            diag_set(&st->warn[DMARC_RECORD_MAX_WARNINGS - 1], code, offset, tag, tag_len);
         return;
     }
     diag_set(&st->warn[st->warn_count++], code, offset, tag, tag_len);
