@@ -306,7 +306,8 @@ end
 --- The delivery-state hash of one policy domain and period (written by
 -- `dmarc report send`, read by `generate` to skip periods already done).
 function M.state_key(prefix, policy_domain, begin, finish)
-  return prefix .. 'rpt:{' .. policy_domain .. '}:sent:' .. begin .. '-' .. finish
+  -- %d: numbers read back from a JSON manifest are floats on Lua 5.4.
+  return string.format('%srpt:{%s}:sent:%d-%d', prefix, policy_domain, begin, finish)
 end
 
 --- The SCAN MATCH pattern that finds every rows key of a day.

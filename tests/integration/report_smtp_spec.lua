@@ -1,0 +1,172 @@
+-- `dmarc report send` against a real SMTP server on loopback (aiosmtpd, see
+-- report_smtpd.py): delivery, a temporary failure followed by success (data
+-- kept, then deleted), a permanent failure, external-destination consent
+-- [RUA-3], STARTTLS, and the sender lock.
+local h = dofile('tests/integration/report_helpers.lua')
+local redis = require 'dmarc.redis'
+local report = require 'dmarc.report'
+local xml = require 'dmarc.report_xml'
+local send = require 'dmarc.report_send'
+
+local REDIS_PORT = 16392
+local SMTP_PORT = 16525
+local TLS_PORT = 16526
+local DAY = 1763683200
+local ROWS = 'dmarc:rpt:{example.com}:20251121'
+
+describe('report delivery over SMTP', function()
+  local dir, redis_pid, smtp_pid, tls_pid, conn
+
+  local function maildir(name) return dir .. '/mail-' .. name end
+
+  setup(function()
+    dir = h.tmpdir()
+    redis_pid = h.start_redis(REDIS_PORT, dir .. '/redis')
+    smtp_pid = h.start_smtpd(SMTP_PORT, maildir('plain'))
+    local status = h.run('openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost'
+                         .. ' -keyout ' .. dir .. '/key.pem -out ' .. dir .. '/cert.pem 2>/dev/null')
+    assert(status == 0, 'openssl could not make a test certificate')
+    tls_pid = h.start_smtpd(TLS_PORT, maildir('tls'), dir .. '/cert.pem', dir .. '/key.pem')
+    conn = assert(redis.connect { host = '127.0.0.1', port = REDIS_PORT })
+  end)
+
+  teardown(function()
+    if conn then conn:close() end
+    h.stop(smtp_pid)
+    h.stop(tls_pid)
+    h.stop(redis_pid)
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  -- Rows for example.com with the given rua list, then `generate`.
+  local function prepare(name, rua)
+    conn:command('FLUSHALL')
+    local c = report.collector { redis = conn }
+    local list = {}
+    for i, u in ipairs(rua) do list[i] = { uri = u } end
+    for i = 1, 6 do
+      local v = { result = 'fail', author_domain = 'example.com', policy_domain = 'example.com',
+                  policy = 'reject', applied = 'reject', record = { p = 'reject', rua = list } }
+      assert.is_true(c:add(report.build_rows(v, {}, { ip = '192.0.2.' .. (i % 2) }, nil,
+                                             { time = DAY + i })))
+    end
+    local out = dir .. '/out-' .. name
+    local dns = dir .. '/dns-' .. name .. '.json'
+    assert(xml.write_file(dns, [[{
+      "example.com._report._dmarc.reports.example.net": ["v=DMARC1"],
+      "example.com._report._dmarc.noconsent.example": ["v=spf1 -all"],
+      "example.com._report._dmarc.broken.example": "SERVFAIL"
+    }]]))
+    local status, text = h.run(h.BIN .. ' report generate --quiet --redis 127.0.0.1:' .. REDIS_PORT
+                               .. ' --date 2025-11-21 --org-name "Example Receiver"'
+                               .. ' --email dmarc@receiver.example --submitter receiver.example'
+                               .. ' --out ' .. out .. ' 2>&1')
+    assert.equal(0, status, text)
+    return out, dns
+  end
+
+  local function send_cmd(out, dns, port, extra)
+    return h.run(h.BIN .. ' report send --quiet --redis 127.0.0.1:' .. REDIS_PORT
+                 .. ' --email dmarc@receiver.example --submitter receiver.example'
+                 .. ' --smtp 127.0.0.1:' .. (port or SMTP_PORT) .. ' --dns-json ' .. dns
+                 .. ' --out ' .. out .. ' ' .. (extra or '') .. ' 2>&1')
+  end
+
+  local function received(name)
+    local out = {}
+    for _, f in ipairs(h.ls(maildir(name), '%.env$')) do
+      local env = xml.read_file(maildir(name) .. '/' .. f)
+      local mail_from, rcpt, tls = env:match('^(.-)\n(.-)\nTLS (%a+)')
+      out[#out + 1] = { mail_from = mail_from, rcpt = rcpt, tls = tls,
+                        message = xml.read_file(maildir(name) .. '/' .. f:gsub('%.env$', '.eml')) }
+    end
+    return out
+  end
+
+  local function find(list, rcpt)
+    for _, m in ipairs(list) do if m.rcpt == rcpt then return m end end
+  end
+
+  it('report_send__delivers_a_valid_report [MAIL-1..3]', function()
+    local out, dns = prepare('ok', { 'mailto:dmarc-ok@example.com' })
+    local status, text = send_cmd(out, dns)
+    assert.equal(0, status, text)
+    local m = find(received('plain'), 'dmarc-ok@example.com')
+    assert.is_table(m)
+    assert.equal('dmarc@receiver.example', m.mail_from)
+    assert.truthy(m.message:find('Subject: Report Domain: example.com Submitter: receiver.example', 1, true))
+    -- The attachment decodes and validates.
+    local b64 = m.message:match('Content%-Transfer%-Encoding: base64\r?\n\r?\n(.-)\r?\n%-%-')
+    assert.is_string(b64)
+    local gz = dir .. '/got.xml.gz'
+    assert(xml.write_file(dir .. '/got.b64', (b64:gsub('\r', ''))))
+    assert.equal(0, (h.run('base64 -d ' .. dir .. '/got.b64 > ' .. gz)))
+    assert(xml.write_file(dir .. '/got.xml', h.gunzip(gz)))
+    assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', dir .. '/got.xml'))
+    assert.is_nil(conn:command('EXISTS', ROWS) == 1 or nil)
+  end)
+
+  it('report_send__temporary_failure_then_success_keeps_data_until_delivered [MAIL-5]', function()
+    local out, dns = prepare('temp', { 'mailto:tempfail-once@example.com' })
+    local status, text = send_cmd(out, dns, nil, '--retry-base 0')
+    assert.equal(0, status, text)
+    assert.is_nil(find(received('plain'), 'tempfail-once@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS)) -- kept
+    status, text = send_cmd(out, dns, nil, '--retry-base 0')
+    assert.equal(0, status, text)
+    assert.is_table(find(received('plain'), 'tempfail-once@example.com'))
+    assert.equal(0, conn:command('EXISTS', ROWS)) -- deleted once delivered
+  end)
+
+  it('report_send__permanent_failure_gives_up_and_deletes', function()
+    local out, dns = prepare('perm', { 'mailto:perm@example.com' })
+    local status, text = send_cmd(out, dns)
+    assert.equal(0, status, text)
+    assert.equal(0, conn:command('EXISTS', ROWS))
+    local state = conn:command('HGETALL', report.state_key('dmarc:', 'example.com', DAY, DAY + 86399))
+    local flat = table.concat(state, ' ')
+    assert.truthy(flat:find('failed:550', 1, true), flat)
+  end)
+
+  it('report_send__external_destinations_need_consent [RUA-3] [RUA-5]', function()
+    local out, dns = prepare('ext', { 'mailto:agg@reports.example.net', 'mailto:agg@noconsent.example',
+                                      'mailto:agg@broken.example' })
+    local status, text = send_cmd(out, dns, nil, '--retry-base 3600')
+    assert.equal(0, status, text)
+    local got = received('plain')
+    assert.is_table(find(got, 'agg@reports.example.net'))
+    assert.is_nil(find(got, 'agg@noconsent.example'))
+    assert.is_nil(find(got, 'agg@broken.example'))
+    -- the DNS temporary error keeps the report (and its data) for a retry
+    assert.equal(1, conn:command('EXISTS', ROWS))
+  end)
+
+  it('report_send__starttls_when_offered [MAIL-4]', function()
+    local out, dns = prepare('tls', { 'mailto:dmarc-tls@example.com' })
+    local status, text = send_cmd(out, dns, TLS_PORT, '--starttls require')
+    assert.equal(0, status, text)
+    local m = find(received('tls'), 'dmarc-tls@example.com')
+    assert.is_table(m)
+    assert.equal('yes', m.tls)
+  end)
+
+  it('report_send__starttls_required_but_missing_defers', function()
+    local out, dns = prepare('notls', { 'mailto:dmarc-notls@example.com' })
+    local status = send_cmd(out, dns, SMTP_PORT, '--starttls require')
+    assert.equal(0, status)
+    assert.is_nil(find(received('plain'), 'dmarc-notls@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS))
+  end)
+
+  it('report_send__one_sender_at_a_time', function()
+    local out, dns = prepare('lock', { 'mailto:dmarc-lock@example.com' })
+    local t = assert(send.lock(conn, 'dmarc:', 60))
+    local status = send_cmd(out, dns)
+    assert.equal(75, status)
+    assert.is_nil(find(received('plain'), 'dmarc-lock@example.com'))
+    send.unlock(conn, 'dmarc:', t)
+    status = send_cmd(out, dns)
+    assert.equal(0, status)
+    assert.is_table(find(received('plain'), 'dmarc-lock@example.com'))
+  end)
+end)
