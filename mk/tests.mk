@@ -10,10 +10,14 @@ TEST_LOGS     := build/test-logs
 RUN_SUITE     := tests/run-suite $(TEST_LOGS)
 BUSTED_RUNTIMES := $(foreach r,lua5.4 luajit,$(if $(shell command -v $(r)),$(r)))
 
+# Per-test extras: TEST_CFLAGS_<name> / TEST_LIBS_<name> (e.g. jansson for the shared vectors).
+TEST_CFLAGS_test_vectors := $(shell $(PKG_CONFIG) --cflags jansson)
+TEST_LIBS_test_vectors   := $(shell $(PKG_CONFIG) --libs jansson)
+
 $(BUILD)/tests/%: tests/c/%.c $(LIB_A) $(wildcard tests/c/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(CMOCKA_CFLAGS) -Itests/c $(CFLAGS) -o $@ $< $(LIB_A) \
-	    $(CORE_LIBS) $(CMOCKA_LIBS) $(DMARC_LDFLAGS) $(LDFLAGS)
+	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(CMOCKA_CFLAGS) $(TEST_CFLAGS_$*) -Itests/c $(CFLAGS) -o $@ $< \
+	    $(LIB_A) $(CORE_LIBS) $(CMOCKA_LIBS) $(TEST_LIBS_$*) $(DMARC_LDFLAGS) $(LDFLAGS)
 
 check:
 	@rm -rf $(TEST_LOGS)
