@@ -1,0 +1,427 @@
+--- Message authentication around the DMARC engine: SPF, DKIM, the ARC verdict of a trusted
+-- host, DMARC itself, and the Authentication-Results header that reports them (RFC 8601).
+--
+--   local auth = require 'dmarc.auth'
+--   local dio = require 'dmarc.io'
+--   local r = dio.resolver{ zone = 'examples/example.zone' }
+--   local res, err, code = auth.check(r, message_text, {
+--     ip = '192.0.2.1', helo = 'mail.example.com', mail_from = 'a@example.com',
+--     authserv_id = 'mx.example.org', trusted_authserv_ids = { 'border.example.org' },
+--     mode = 'rfc9989' })
+--   print(auth.format_ar(res, 'mx.example.org'))
+--
+-- SPF and DKIM run through dmarc.io (libspf2, libopendkim) over one resolver; DMARC runs
+-- through dmarc.evaluate with the same resolver. No ARC library is packaged, so the ARC
+-- verdict is taken from an Authentication-Results field whose authserv-id is configured as
+-- trusted, never from any other one [AR-5] [ARC-2].
+-- @module dmarc.auth
+
+local dmarc = require 'dmarc'
+local message = require 'dmarc.message'
+
+local M = {}
+
+--- Bounds on the authentication headers read from a message (all untrusted).
+M.MAX_AR_FIELDS = 32        -- Authentication-Results fields looked at
+M.MAX_RESULTS = 64          -- resinfo items in one field
+M.MAX_PROPS = 32            -- properties of one resinfo
+M.MAX_ARC_SETS = 50         -- RFC 8617 §4.2.1: instances 1..50 [ARC-1]
+
+local AUTH_WORDS = {
+  none = true, pass = true, fail = true, softfail = true, neutral = true, policy = true,
+  temperror = true, permerror = true,
+}
+
+local function fail(msg, code)
+  return nil, msg, code
+end
+
+-- {==================================================================
+-- Authentication-Results (RFC 8601 §2.2)
+-- ===================================================================
+
+-- One `value` (RFC 2045 token or quoted-string) or pvalue at s[i..]: returns value, next i.
+local function read_value(s, i)
+  if s:sub(i, i) == '"' then
+    local j = i + 1
+    while j <= #s do
+      local c = s:sub(j, j)
+      if c == '\\' then
+        j = j + 2
+      elseif c == '"' then
+        return message.unquote(s:sub(i, j)), j + 1
+      else
+        j = j + 1
+      end
+    end
+    return nil, i
+  end
+  local v = s:match('^[^%s;"]+', i)
+  if not v then return nil, i end
+  return v, i + #v
+end
+
+local function skip_ws(s, i)
+  local _, e = s:find('^[%s]*', i)
+  return e + 1
+end
+
+-- key [CFWS] "=" [CFWS] value at s[i..]; returns key, value, next i (or nil).
+local function read_pair(s, i)
+  local key = s:match('^[%w%._/-]+', i)
+  if not key then return nil end
+  i = skip_ws(s, i + #key)
+  if s:sub(i, i) ~= '=' then return nil end
+  i = skip_ws(s, i + 1)
+  local value, j = read_value(s, i)
+  if value == nil then return nil end
+  return key, value, j
+end
+
+--- Parse the value of one Authentication-Results (or, with @arc, ARC-Authentication-Results)
+-- field.
+-- @param value {string} the raw field value
+-- @param arc {boolean} the value starts with the ARC instance tag `i=N;` (RFC 8617 §4.1.1)
+-- @return {table} {authserv_id=, version=, instance= (ARC), results={{method=, result=,
+--   reason=, props={['header.d']=...}}, ...}}, or nil, msg, 'syntax'
+function M.parse_ar(value, arc)
+  if type(value) ~= 'string' then error('dmarc.auth.parse_ar: value must be a string', 2) end
+  local s, err = message.strip_comments(message.unfold(value))
+  if not s then return fail(err, 'syntax') end
+  local out = { results = {} }
+  local i = skip_ws(s, 1)
+  if arc then
+    local n, j = s:match('^i[%s]*=[%s]*(%d+)[%s]*;()', i)
+    if not n then return fail('no ARC instance tag', 'syntax') end
+    out.instance = tonumber(n)
+    i = skip_ws(s, j)
+  end
+  local id, j = read_value(s, i)
+  if not id or id == '' then return fail('no authserv-id', 'syntax') end
+  out.authserv_id = id:lower()
+  i = skip_ws(s, j)
+  local version = s:match('^%d+', i)
+  if version then
+    out.version = tonumber(version)
+    i = skip_ws(s, i + #version)
+  end
+  while i <= #s do
+    if s:sub(i, i) ~= ';' then return fail('expected ";" after ' .. s:sub(1, i - 1), 'syntax') end
+    i = skip_ws(s, i + 1)
+    if i > #s then break end -- a trailing ";" is tolerated
+    if #out.results >= M.MAX_RESULTS then return fail('too many results', 'syntax') end
+    local word = s:match('^none', i)
+    if word and (i + 4 > #s or s:sub(i + 4, i + 4):find('[%s;]')) and #out.results == 0 then
+      -- no-result: "none" (RFC 8601 §2.2)
+      i = skip_ws(s, i + 4)
+    else
+      local method, result, k = read_pair(s, i)
+      if not method then return fail('bad resinfo at "' .. s:sub(i, i + 30) .. '"', 'syntax') end
+      local res = { method = method:lower():gsub('/.*$', ''), result = result:lower(), props = {} }
+      i = skip_ws(s, k)
+      local nprops = 0
+      while i <= #s and s:sub(i, i) ~= ';' do
+        local key, v, n = read_pair(s, i)
+        if not key then return fail('bad property at "' .. s:sub(i, i + 30) .. '"', 'syntax') end
+        key = key:lower()
+        if key == 'reason' then
+          res.reason = v
+        else
+          nprops = nprops + 1
+          if nprops > M.MAX_PROPS then return fail('too many properties', 'syntax') end
+          if res.props[key] == nil then res.props[key] = v end
+        end
+        i = skip_ws(s, n)
+      end
+      out.results[#out.results + 1] = res
+    end
+  end
+  return out
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- ARC: the verdict of a trusted host [ARC-2], the sealers of the message [ARC-3]
+-- ===================================================================
+
+local function id_set(list)
+  local set = {}
+  for _, id in ipairs(list or {}) do set[id:lower()] = true end
+  return set
+end
+
+--- The ARC sealers of a message from its ARC-Seal fields (RFC 8617 §4.1.3): {i=, d=, s=, cv=},
+-- newest instance first; malformed seals and duplicate instances are skipped.
+function M.arc_sealers(msg)
+  local out, seen = {}, {}
+  local seals = msg:get('arc-seal')
+  for k = 1, math.min(#seals, M.MAX_ARC_SETS) do
+    local tags = message.parse_tags(seals[k])
+    local i = tags and tonumber(tags.i)
+    if i and i >= 1 and i <= M.MAX_ARC_SETS and i % 1 == 0 and not seen[i]
+        and tags.d and tags.d ~= '' and tags.s and tags.s ~= '' then
+      seen[i] = true
+      out[#out + 1] = { i = i, d = tags.d:lower(), s = tags.s, cv = tags.cv and tags.cv:lower() }
+    end
+  end
+  table.sort(out, function(a, b) return a.i > b.i end)
+  return out
+end
+
+-- The ARC-Authentication-Results of the message, by instance.
+local function arc_aars(msg)
+  local out = {}
+  local fields = msg:get('arc-authentication-results')
+  for k = 1, math.min(#fields, M.MAX_ARC_SETS) do
+    local ar = M.parse_ar(fields[k], true)
+    if ar and ar.instance and ar.instance >= 1 and ar.instance <= M.MAX_ARC_SETS
+        and not out[ar.instance] then
+      out[ar.instance] = ar
+    end
+  end
+  return out
+end
+
+local function prop_ip(res)
+  if not res then return nil end
+  return res.props['smtp.remote-ip'] or res.props['smtp.client-ip'] or res.props['policy.iprev']
+end
+
+--- Read the Authentication-Results fields of a message: the ARC verdict of the topmost trusted
+-- one, and the fields that were ignored and why [AR-5].
+-- @param msg {Message}
+-- @param opts {table} authserv_id (ours: a field claiming it came from outside and is
+--   ignored), trusted_authserv_ids (array)
+-- @return arc (nil when no trusted field carries an arc result), ignored (array of
+--   {authserv_id=, why=})
+function M.arc_verdict(msg, opts)
+  opts = opts or {}
+  local own = opts.authserv_id and opts.authserv_id:lower() or nil
+  local trusted = id_set(opts.trusted_authserv_ids)
+  local ignored = {}
+  local verdict
+  local fields = msg:get('authentication-results')
+  for k = 1, math.min(#fields, M.MAX_AR_FIELDS) do
+    local ar, err = M.parse_ar(fields[k])
+    if not ar then
+      ignored[#ignored + 1] = { why = 'malformed: ' .. err }
+    elseif own and ar.authserv_id == own then
+      -- [AR-5]: our own id on an incoming field is a forgery (or stale); never used.
+      ignored[#ignored + 1] = { authserv_id = ar.authserv_id, why = 'claims our authserv-id' }
+    elseif not trusted[ar.authserv_id] then
+      ignored[#ignored + 1] = { authserv_id = ar.authserv_id, why = 'authserv-id not trusted' }
+    elseif not verdict then
+      for _, res in ipairs(ar.results) do
+        if res.method == 'arc' then
+          verdict = { ar = ar, res = res }
+          break
+        end
+      end
+    end
+  end
+  if #fields > M.MAX_AR_FIELDS then
+    ignored[#ignored + 1] = { why = 'more than ' .. M.MAX_AR_FIELDS .. ' fields; the rest unread' }
+  end
+  if not verdict then return nil, ignored end
+  local res = verdict.res
+  local sealers = M.arc_sealers(msg)
+  local aars = arc_aars(msg)
+  local oldest_pass = tonumber(res.props['header.oldest-pass'])
+  -- remote-ip of the oldest instance ([ARC-3] `remote-ip[1]=`), else what the trusted host saw.
+  local oldest = sealers[#sealers]
+  local remote_ip = prop_ip(oldest and aars[oldest.i] and aars[oldest.i].results[1])
+  if oldest and aars[oldest.i] then
+    for _, r in ipairs(aars[oldest.i].results) do
+      remote_ip = remote_ip or prop_ip(r)
+    end
+  end
+  remote_ip = remote_ip or prop_ip(res)
+  local aar = {}
+  for i, a in pairs(aars) do
+    aar[#aar + 1] = { i = i, authserv_id = a.authserv_id, results = a.results }
+  end
+  table.sort(aar, function(a, b) return a.i > b.i end)
+  local sealer_list = {}
+  for _, s in ipairs(sealers) do sealer_list[#sealer_list + 1] = { i = s.i, d = s.d, s = s.s } end
+  return {
+    result = res.result,
+    sealers = sealer_list,
+    oldest_pass = oldest_pass,
+    remote_ip = remote_ip,
+    authserv_id = verdict.ar.authserv_id,
+    aar = aar,
+  }, ignored
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- The whole check
+-- ===================================================================
+
+local MODES = { rfc9989 = true, rfc7489 = true }
+
+--- Authenticate a message and evaluate DMARC.
+-- @param resolver {dmarc.io.resolver}
+-- @param text {string} the message
+-- @param opts {table} ip, helo, mail_from (nil: not known; '' or '<>': null reverse-path),
+--   authserv_id, trusted_authserv_ids, mode ('rfc9989' | 'rfc7489'), roll (0..99)
+-- @return {table} {message=, spf=, helo=, dkim=, arc=, ignored_ar=, from=, dmarc=, details=},
+--   or nil, msg, code ('syntax' | 'limit': the message; 'input': an option)
+function M.check(resolver, text, opts)
+  opts = opts or {}
+  if opts.mode ~= nil and not MODES[opts.mode] then
+    return fail('mode must be rfc9989 or rfc7489', 'input')
+  end
+  local msg, err, code = message.parse(text)
+  if not msg then return nil, err, code end
+  local out = { message = msg, from = msg:get('from') }
+
+  -- SPF [ALN-1]: the MAIL FROM identity, or HELO for the null reverse-path; the HELO identity
+  -- too when both are known (RFC 7208 §2.3), for the record.
+  if opts.ip then
+    local spf, serr, scode = resolver:spf{ ip = opts.ip, helo = opts.helo, mail_from = opts.mail_from }
+    if not spf then return nil, serr, scode == 'invalid' and 'input' or scode end
+    out.spf = spf
+    if opts.helo and spf.scope == 'mfrom' then
+      out.helo = resolver:spf{ ip = opts.ip, helo = opts.helo, identity = 'helo' }
+    end
+  end
+
+  -- DKIM: every signature [EVAL-5].
+  local dkim
+  dkim, err, code = resolver:dkim(text)
+  if not dkim then return nil, err, code end
+  out.dkim = dkim
+
+  out.arc, out.ignored_ar = M.arc_verdict(msg, opts)
+
+  local input = {
+    mode = opts.mode,
+    from = out.from,
+    roll = opts.roll,
+    resolve = function(name, qtype) return resolver:resolve(name, qtype) end,
+    dkim = {},
+  }
+  if out.spf and out.spf.domain ~= '' then
+    input.spf = { result = out.spf.result, domain = out.spf.domain, scope = out.spf.scope }
+  end
+  for i, s in ipairs(dkim.signatures) do
+    if i > dmarc.limits.max_dkim then break end
+    if s.domain ~= '' then
+      input.dkim[#input.dkim + 1] = { result = s.result, domain = s.domain, selector = s.selector }
+    end
+  end
+  local result, details
+  result, details = dmarc.evaluate(input, { details = true })
+  if not result then return nil, details, 'input' end
+  out.dmarc, out.details = result, details
+  return out
+end
+
+--- The ctx a site policy (dmarc.policy) decides with, from a check and the SMTP facts.
+function M.policy_ctx(res, opts)
+  opts = opts or {}
+  local list_id = res.message:first('list-id')
+  return {
+    ip = opts.ip,
+    helo = opts.helo,
+    mail_from = opts.mail_from,
+    rcpt = opts.rcpt,
+    list_id = list_id and message.unfold(list_id) or nil,
+    arc = res.arc,
+  }
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- Authentication-Results output (RFC 8601)
+-- ===================================================================
+
+-- A value as an RFC 2045 token when it is one, else a quoted-string.
+local function value(v)
+  v = tostring(v)
+  if v ~= '' and not v:find('[%c%s%(%)<>@,;:\\"/%[%]%?=]') then return v end
+  return '"' .. v:gsub('[\\"]', '\\%0'):gsub('[%c]', ' ') .. '"'
+end
+
+-- A comment: parentheses and backslashes inside escaped (RFC 5322 §3.2.2).
+local function comment(text)
+  return '(' .. tostring(text):gsub('[\\()]', '\\%0'):gsub('[%c]', ' ') .. ')'
+end
+
+local function word(w)
+  return AUTH_WORDS[w] and w or 'permerror'
+end
+
+--- The Authentication-Results field for a check [AR-1]..[AR-4] [AR-6].
+-- @param res {table} from M.check
+-- @param authserv_id {string}
+-- @param decision {table} optional: the site decision (dmarc.policy), whose disposition is
+--   what policy.dmarc reports, with the evaluated one and the override reasons as a comment
+-- @return {string} the whole field, folded, without the final CRLF
+function M.format_ar(res, authserv_id, decision)
+  local items = {}
+  local spf = res.spf
+  if spf then
+    local ptype = spf.scope == 'helo' and 'smtp.helo' or 'smtp.mailfrom'
+    local item = 'spf=' .. word(spf.result)
+    if spf.result ~= 'pass' and spf.reason and spf.reason ~= '' then
+      item = item .. ' ' .. comment(spf.reason)
+    end
+    if spf.domain ~= '' then item = item .. ' ' .. ptype .. '=' .. value(spf.domain) end
+    items[#items + 1] = item
+  else
+    items[#items + 1] = 'spf=none ' .. comment('no client address given')
+  end
+  if res.helo and res.helo.domain ~= '' then
+    items[#items + 1] = 'spf=' .. word(res.helo.result) .. ' smtp.helo=' .. value(res.helo.domain)
+  end
+  local sigs = res.dkim and res.dkim.signatures or {}
+  if #sigs == 0 then
+    items[#items + 1] = 'dkim=none'
+  end
+  for _, s in ipairs(sigs) do
+    local item = 'dkim=' .. word(s.result)
+    if s.result ~= 'pass' or s.body_truncated or s.unsigned_from then
+      item = item .. ' ' .. comment(s.reason)
+    end
+    if s.domain ~= '' then item = item .. ' header.d=' .. value(s.domain) end
+    if s.selector ~= '' then item = item .. ' header.s=' .. value(s.selector) end
+    if s.algorithm ~= '' then item = item .. ' header.a=' .. value(s.algorithm) end
+    if s.b ~= '' then item = item .. ' header.b=' .. value(s.b) end
+    items[#items + 1] = item
+  end
+  local d = res.dmarc
+  if d then
+    local item = 'dmarc=' .. (d.result or 'none')
+    local notes = {}
+    if d.policy then notes[#notes + 1] = 'p=' .. d.policy end
+    if d.applied then notes[#notes + 1] = 'dis=' .. d.applied end
+    if d.reason then notes[#notes + 1] = 'reason=' .. d.reason end
+    local final = d.applied
+    if decision and decision.disposition and d.applied then
+      final = decision.disposition == 'pass' and 'none' or decision.disposition
+      if final ~= d.applied then
+        notes[#notes + 1] = 'applied=' .. final
+        for _, r in ipairs(decision.reasons or {}) do
+          if r.type ~= d.reason then
+            notes[#notes + 1] = 'override=' .. r.type .. (r.comment and (': ' .. r.comment) or '')
+          end
+        end
+      end
+    end
+    for _, f in ipairs(d.flags or {}) do notes[#notes + 1] = f end
+    if #notes > 0 then item = item .. ' ' .. comment(table.concat(notes, ' ')) end
+    if d.author_domain then item = item .. ' header.from=' .. value(d.author_domain) end
+    if final then item = item .. ' policy.dmarc=' .. final end
+    items[#items + 1] = item
+  end
+  return 'Authentication-Results: ' .. authserv_id .. ';\r\n\t' .. table.concat(items, ';\r\n\t')
+end
+
+-- }==================================================================
+
+return M
