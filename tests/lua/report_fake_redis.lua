@@ -77,6 +77,10 @@ function Fake:exec(cmd)
       self.data[cmd[i]] = nil
     end
     return n
+  elseif name == 'INCR' then
+    local v = (tonumber(self.data[cmd[2]]) or 0) + 1
+    self.data[cmd[2]] = tostring(v)
+    return v
   elseif name == 'GET' then
     local v = self.data[cmd[2]]
     if type(v) == 'string' then return v end

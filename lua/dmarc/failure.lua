@@ -1,0 +1,344 @@
+--- Failure reports (RFC 9991; RFC 6591 and RFC 5965 AFRF with the DMARC
+-- profile) [FAIL-1..7].
+--
+-- Off by default: `failure.new{ enabled = true, ... }` (or
+-- `failure_reports = true` in the report config) turns them on. When on, a
+-- message that fails per the record's `fo` [FAIL-2] gives one
+-- multipart/report per verified `ruf` destination [RUA-5], rate-limited per
+-- policy domain [FAIL-7], with the local parts of addresses redacted and
+-- only the headers of the original message (text/rfc822-headers).
+--
+-- Loops: no failure report is made about a message that is itself a report
+-- (multipart/report, a DMARC report Subject, Auto-Submitted other than
+-- "no", or our own reporter address as sender).
+local report = require 'dmarc.report'
+local report_xml = require 'dmarc.report_xml'
+
+local M = {}
+
+M.defaults = {
+  enabled = false,
+  rate_limit = 10,        -- reports per policy domain per window [FAIL-7]
+  rate_window = 3600,     -- seconds
+  redact = true,          -- RFC 6590 redaction of local parts
+  max_ruf = 4,            -- ruf destinations served per message
+  max_header_bytes = 65536, -- of the original header block copied
+  prefix = 'dmarc:',
+}
+
+M.MAX_HEADER_LINES = 1000
+
+-- ---------------------------------------------------------------------------
+-- When [FAIL-2]
+
+local function fo_set(record)
+  local set = {}
+  local fo = record.fo
+  if type(fo) == 'table' then
+    for _, v in ipairs(fo) do set[tostring(v)] = true end
+  else
+    for v in tostring(record.fo_text or '0'):gmatch('[^:%s]+') do set[v] = true end
+  end
+  if next(set) == nil then set['0'] = true end
+  return set
+end
+
+--- Does this evaluation call for a failure report under the record's fo?
+-- @return true, identity_alignment_list | false, reason
+function M.should_report(record, verdict, input)
+  if type(record) ~= 'table' or type(record.ruf) ~= 'table' or #record.ruf == 0 then
+    return false, 'no_ruf' -- [FAIL-2]: fo is ignored without ruf
+  end
+  -- [RUA-7]: no failure reports on the ruf of a PSD record.
+  if record.psd == 'y' then return false, 'psd' end
+  if verdict.result ~= 'pass' and verdict.result ~= 'fail' then return false, 'not_evaluated' end
+  local fo = fo_set(record)
+  local failed = {}
+  if not verdict.dkim_aligned then failed[#failed + 1] = 'dkim' end
+  if not verdict.spf_aligned then failed[#failed + 1] = 'spf' end
+  local trigger = false
+  if fo['0'] and #failed == 2 then trigger = true end          -- every mechanism failed
+  if fo['1'] and #failed >= 1 then trigger = true end          -- any mechanism failed
+  if fo.d then
+    for _, d in ipairs(input and input.dkim or {}) do
+      if d.result and d.result ~= 'pass' and d.result ~= 'none' then trigger = true end
+    end
+  end
+  if fo.s and input and input.spf and input.spf.result
+      and input.spf.result ~= 'pass' and input.spf.result ~= 'none' then
+    trigger = true
+  end
+  if not trigger then return false, 'fo' end
+  return true, failed
+end
+
+--- Is the message itself a report (or otherwise automatic)? Those never get
+-- failure reports: that is how report loops start.
+-- @param headers {table} array of {name, value} or a raw header block
+function M.is_loop_risk(headers, ctx, opts)
+  ctx = ctx or {}
+  if ctx.is_report then return true end
+  local own = opts and opts.reporter_address
+  if own and type(ctx.mail_from) == 'string'
+      and ctx.mail_from:lower():gsub('[<>]', '') == own:lower() then
+    return true
+  end
+  for _, hd in ipairs(headers or {}) do
+    local name, value = hd[1]:lower(), hd[2] or ''
+    if name == 'content-type' and value:lower():find('multipart/report', 1, true) then return true end
+    if name == 'subject' and value:find('^%s*Report Domain:') then return true end
+    if name == 'auto-submitted' and not value:lower():match('^%s*no%s*$') then return true end
+  end
+  return false
+end
+
+-- ---------------------------------------------------------------------------
+-- Building the report
+
+--- Split a raw header block into {name, value} pairs (unfolded), bounded.
+function M.parse_headers(raw)
+  local out = {}
+  if type(raw) ~= 'string' then return out end
+  raw = raw:sub(1, M.defaults.max_header_bytes)
+  local cur
+  local n = 0
+  for line in (raw:gsub('\r\n', '\n') .. '\n'):gmatch('([^\n]*)\n') do
+    if line == '' then break end
+    n = n + 1
+    if n > M.MAX_HEADER_LINES then break end
+    if line:match('^[ \t]') and cur then
+      cur[2] = cur[2] .. '\n' .. line
+      cur.raw = cur.raw .. '\r\n' .. line
+    else
+      local name, value = line:match('^([!-9;-~]+):[ \t]*(.*)$')
+      if name then
+        cur = { name, value, raw = line }
+        out[#out + 1] = cur
+      end
+    end
+  end
+  return out
+end
+
+local ADDRESS_HEADERS = { from = true, to = true, cc = true, sender = true, ['reply-to'] = true,
+                          ['return-path'] = true, ['delivered-to'] = true, bcc = true }
+
+--- Redact local parts [FAIL-7] (RFC 6590): with a key, each becomes a keyed
+-- hash (still lets the domain owner correlate), otherwise "redacted".
+function M.redact_address(addr, key)
+  return (addr:gsub('([%w%.!#%$%%&\'%*%+/=%?%^_`{|}~%-]+)@([%w%.%-]+)', function(lp, dom)
+    local r = key and ('r' .. report_xml.hash64(key .. '\0' .. lp):sub(1, 12)) or 'redacted'
+    return r .. '@' .. dom
+  end))
+end
+
+local function header_safe(s)
+  return (tostring(s or ''):gsub('[%c]', ' '))
+end
+
+--- The AFRF message [FAIL-3..6].
+-- @param r {table} reporter {org_name, email, submitter}, to, policy_domain,
+--   verdict, input, ctx, decision, headers (parsed), identity_alignment,
+--   redact, redact_key, now, incidents, version, spf_dns
+function M.build(r)
+  local v, input, ctx = r.verdict, r.input or {}, r.ctx or {}
+  local rep = r.reporter
+  local now = r.now or os.time()
+  local author = v.author_domain or ''
+  local id = report_xml.hash64(table.concat({ author, tostring(ctx.ip), tostring(now),
+                                              tostring(r.to), tostring(ctx.queue_id) }, '|'))
+  local boundary = '=_afrf' .. id
+  local function redact(s)
+    if r.redact == false then return header_safe(s) end
+    return M.redact_address(header_safe(s), r.redact_key)
+  end
+  local fields = {
+    'Feedback-Type: auth-failure',
+    'User-Agent: lua-dmarc/' .. (r.version or '0'),
+    'Version: 1',
+  }
+  local function add(name, value) fields[#fields + 1] = name .. ': ' .. header_safe(value) end
+  if ctx.mail_from then add('Original-Mail-From', '<' .. redact(ctx.mail_from) .. '>') end
+  for i, rcpt in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or {}) do
+    if i > 10 then break end
+    add('Original-Rcpt-To', '<' .. redact(rcpt) .. '>')
+  end
+  add('Arrival-Date', report_xml.rfc5322_date(ctx.arrival or now))
+  if ctx.ip then add('Source-IP', ctx.ip) end
+  add('Reporting-MTA', 'dns; ' .. rep.submitter)
+  add('Incidents', string.format('%d', r.incidents or 1))
+  add('Reported-Domain', author)
+  add('Authentication-Results', string.format('%s; dmarc=%s header.from=%s', rep.submitter,
+                                              v.result or 'fail', author))
+  -- [FAIL-6] the DMARC profile
+  add('Auth-Failure', 'dmarc')
+  local ia = r.identity_alignment or {}
+  add('Identity-Alignment', #ia > 0 and table.concat(ia, ', ') or 'none')
+  local action = r.decision and r.decision.action
+  local delivery = ({ reject = 'reject', defer = 'other', folder = 'spam', score = 'spam',
+                      tag = 'delivered', accept = 'delivered' })[action or '']
+  if delivery then add('Delivery-Result', delivery) end
+  -- DKIM-* when an aligned DKIM identifier failed; SPF-DNS when an aligned
+  -- SPF identifier failed [FAIL-6].
+  local org = v.org_domain or author
+  local function aligned(dom)
+    dom = (dom or ''):lower()
+    return dom == author or dom == org or dom:sub(-(#org + 1)) == '.' .. org
+  end
+  for _, d in ipairs(input.dkim or {}) do
+    if d.result ~= 'pass' and aligned(d.domain) then
+      add('DKIM-Domain', d.domain)
+      add('DKIM-Identity', '@' .. d.domain)
+      add('DKIM-Selector', d.selector or '')
+      break
+    end
+  end
+  if input.spf and input.spf.result ~= 'pass' and aligned(input.spf.domain) then
+    add('SPF-DNS', 'txt : ' .. (input.spf.domain or '') .. ' : ' .. (r.spf_dns or 'v=spf1'))
+  end
+
+  local hdrs = {}
+  for i, hd in ipairs(r.headers or {}) do
+    if i > M.MAX_HEADER_LINES then break end
+    local line = hd.raw or (hd[1] .. ': ' .. hd[2])
+    if ADDRESS_HEADERS[hd[1]:lower()] and r.redact ~= false then
+      line = M.redact_address(line, r.redact_key)
+    end
+    hdrs[#hdrs + 1] = line
+  end
+
+  local subject = 'DMARC failure report for ' .. author .. ' from ' .. tostring(ctx.ip or '?')
+  local lines = {
+    'From: "' .. header_safe(rep.org_name):gsub('["\\]', '') .. '" <' .. header_safe(rep.email) .. '>',
+    'To: <' .. header_safe(r.to) .. '>',
+    'Date: ' .. report_xml.rfc5322_date(now),
+    'Subject: ' .. header_safe(subject),
+    'Message-ID: <' .. id .. '.afrf@' .. rep.submitter .. '>',
+    'MIME-Version: 1.0',
+    'Auto-Submitted: auto-generated',
+    'Content-Type: multipart/report; report-type=feedback-report; boundary="' .. boundary .. '"',
+    '',
+    '--' .. boundary,
+    'Content-Type: text/plain; charset=us-ascii',
+    'Content-Transfer-Encoding: 7bit',
+    '',
+    'This is a DMARC authentication failure report (RFC 9991) for a message',
+    'claiming to be from ' .. header_safe(author) .. ', received from ' .. header_safe(ctx.ip or '?')
+      .. '.',
+    '',
+    '--' .. boundary,
+    'Content-Type: message/feedback-report',
+    '',
+    table.concat(fields, '\r\n'),
+    '',
+    '--' .. boundary,
+    'Content-Type: text/rfc822-headers',
+    '',
+    table.concat(hdrs, '\r\n'),
+    '',
+    '--' .. boundary .. '--',
+    '',
+  }
+  return table.concat(lines, '\r\n')
+end
+
+-- ---------------------------------------------------------------------------
+-- The reporter: decision, rate limit, verification, delivery
+
+local Reporter = {}
+Reporter.__index = Reporter
+
+--- @param opts {table} enabled (default false), reporter {org_name, email,
+--   submitter}, redis (connection or router; absent: an in-memory counter),
+--   prefix, rate_limit, rate_window, verify (report_send.verifier), transport
+--   (report_send transports), redact, redact_key, clock, version
+function M.new(opts)
+  local o = {}
+  for k, v in pairs(M.defaults) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  if o.enabled then
+    local rep = o.reporter
+    if type(rep) ~= 'table' or not rep.email or not rep.submitter then
+      error('failure.new: reporter {org_name, email, submitter} is required when enabled', 2)
+    end
+    if not report.valid_prefix(o.prefix) then error('failure.new: invalid prefix', 2) end
+  end
+  return setmetatable({ o = o, clock = o.clock or os.time, counters = {} }, Reporter)
+end
+
+--- Count one report against the domain's window; true when allowed.
+function Reporter:_allow(domain)
+  local o = self.o
+  local window = math.floor(self.clock() / o.rate_window)
+  if o.redis then
+    local key = string.format('%sruf:{%s}:%d', o.prefix, domain, window)
+    local replies = o.redis:pipeline({ { 'INCR', key }, { 'EXPIRE', key, tostring(o.rate_window * 2) } })
+    local n = replies and tonumber(replies[1])
+    -- Redis unreachable: no report (the limit is a MUST, so failing closed).
+    if not n then return false end
+    return n <= o.rate_limit
+  end
+  local key = domain .. '\0' .. window
+  if self.window ~= window then
+    self.counters, self.window = {}, window
+  end
+  local n = (self.counters[key] or 0) + 1
+  self.counters[key] = n
+  return n <= o.rate_limit
+end
+
+--- The failure reports one message calls for.
+-- @param verdict {table} with record (details.verdict of dmarc.evaluate)
+-- @param input {table} the evaluation input (spf, dkim)
+-- @param ctx {table} ip, mail_from, rcpt, arrival
+-- @param decision {table|nil} site decision (for Delivery-Result)
+-- @param headers {table|string} parsed or raw original headers
+-- @return array of {to=, message=} (possibly empty), and a reason code when
+--   empty ('disabled', 'no_ruf', 'fo', 'loop', 'rate_limited',
+--   'unverified', ...)
+function Reporter:prepare(verdict, input, ctx, decision, headers)
+  local o = self.o
+  if not o.enabled then return {}, 'disabled' end
+  if type(headers) == 'string' then headers = M.parse_headers(headers) end
+  if M.is_loop_risk(headers, ctx, { reporter_address = o.reporter.email }) then return {}, 'loop' end
+  local record = verdict.record
+  local ok, ia = M.should_report(record, verdict, input)
+  if not ok then return {}, ia end
+  local domain = verdict.policy_domain and verdict.policy_domain:lower()
+  if not report.valid_domain(domain) then return {}, 'bad_domain' end
+  if not self:_allow(domain) then return {}, 'rate_limited' end
+  local out, why = {}, 'unverified'
+  for i, u in ipairs(record.ruf) do
+    if i > o.max_ruf then break end
+    local addr = report_xml.mailto_address(u.uri or u)
+    if addr then
+      local st, final = 'ok', addr
+      -- [RUA-5]: the same external-destination check as for rua.
+      if o.verify then st, final = o.verify(domain, addr) end
+      if st == 'ok' then
+        out[#out + 1] = { to = final, message = M.build {
+          reporter = o.reporter, to = final, policy_domain = domain, verdict = verdict,
+          input = input, ctx = ctx, decision = decision, headers = headers,
+          identity_alignment = ia, redact = o.redact, redact_key = o.redact_key,
+          now = self.clock(), version = o.version,
+        } }
+      elseif st == 'temperror' then
+        why = 'temperror'
+      end
+    end
+  end
+  if #out == 0 then return out, why end
+  return out
+end
+
+--- Deliver prepared reports through the transport; counts by status.
+function Reporter:send(list)
+  local counts = { accepted = 0, temp = 0, perm = 0 }
+  for _, item in ipairs(list) do
+    local st = self.o.transport(self.o.envelope_from or self.o.reporter.email, item.to, item.message)
+    counts[st] = (counts[st] or 0) + 1
+  end
+  return counts
+end
+
+return M
