@@ -141,6 +141,21 @@ describe('report delivery over SMTP', function()
     assert.equal(1, conn:command('EXISTS', ROWS))
   end)
 
+  it('report_send__consent_through_a_zone_file_resolver [RUA-3]', function()
+    local out = prepare('zone', { 'mailto:zone@reports.example.net', 'mailto:zone@noconsent.example' })
+    local zone = dir .. '/consent.zone'
+    assert(xml.write_file(zone, '$ORIGIN example.net.\n$TTL 300\n'
+                          .. 'example.com._report._dmarc.reports IN TXT "v=DMARC1"\n'))
+    local status, text = h.run(h.BIN .. ' report send --quiet --redis 127.0.0.1:' .. REDIS_PORT
+                               .. ' --email dmarc@receiver.example --submitter receiver.example'
+                               .. ' --smtp 127.0.0.1:' .. SMTP_PORT .. ' --zone ' .. zone
+                               .. ' --out ' .. out .. ' 2>&1')
+    assert.equal(0, status, text)
+    local got = received('plain')
+    assert.is_table(find(got, 'zone@reports.example.net'))
+    assert.is_nil(find(got, 'zone@noconsent.example'))
+  end)
+
   it('report_send__starttls_when_offered [MAIL-4]', function()
     local out, dns = prepare('tls', { 'mailto:dmarc-tls@example.com' })
     local status, text = send_cmd(out, dns, TLS_PORT, '--starttls require')

@@ -47,7 +47,8 @@ send:
   --smtp-password-file F
   --envelope-from ADDR   MAIL FROM (default: the reporter email)
   --dns-json FILE        answers for `_report._dmarc` checks from a JSON map
-  --zone FILE | --dns-server HOST[:PORT]   resolvers of dmarc.auth
+  --zone FILE | --dns-server HOST[:PORT]   resolver for those checks (dmarc.io;
+                         default: the system's nameservers)
   --size-limits          honour RFC 7489 !size limits (default: with rfc7489)
   --retry-base SEC       first retry delay (default 300), doubling
   --max-attempts N       then the destination is given up (default 8)
@@ -252,18 +253,17 @@ local function make_resolver(o, conf)
     local json_dns = require 'dmarc.json_dns'
     return json_dns.resolver(map)
   end
+  -- The resolvers of dmarc.io (the DNS layer `dmarc check` uses): a zone
+  -- file, a server, or the system's nameservers.
   local zone, server = get(o, conf, 'zone'), get(o, conf, 'dns-server')
-  local ok, auth = pcall(require, 'dmarc.auth')
-  if ok and type(auth) == 'table' and type(auth.resolver) == 'function' then
-    local r, err = auth.resolver { zone = zone, server = server }
-    if not r then return nil, err end
-    if type(r) == 'table' and r.resolve then
-      return function(name, qtype) return r:resolve(name, qtype) end
-    end
-    return r
+  local ok, dio = pcall(require, 'dmarc.io')
+  if not ok or type(dio) ~= 'table' or type(dio.resolver) ~= 'function' then
+    return nil, 'no resolver for destination checks: give --dns-json (dmarc.io is not built)'
   end
-  if zone or server then return nil, '--zone/--dns-server need the dmarc.auth module' end
-  return nil, 'no resolver for destination checks: give --dns-json, --zone or --dns-server'
+  local r, err = dio.resolver { zone = zone, server = server,
+                                timeout = tonumber(get(o, conf, 'dns-timeout')) }
+  if not r then return nil, err end
+  return function(name, qtype) return r:resolve(name, qtype) end
 end
 
 local function do_send(o, conf, conn)
