@@ -219,6 +219,34 @@ describe('tests/vectors/eval.jsonl', function()
     assert.is_true(#rows > 0)
   end)
 
+  -- The same vectors through the command line, in one run: the CLI must
+  -- print what dmarc.evaluate returns, nulls as JSON null.
+  it('gives the same answers through dmarc eval', function()
+    local lines, expects = {}, {}
+    for _, row in ipairs(rows) do
+      local obj = cjson.decode(row.text)
+      lines[#lines + 1] = cjson.encode(obj.input)
+      expects[#expects + 1] = obj.expect
+    end
+    local tmp = env.tmpname()
+    env.write_file(tmp, table.concat(lines, '\n') .. '\n')
+    local out, status = env.run(env.dmarc_cmd('eval') .. ' < ' .. env.shell_quote(tmp))
+    os.remove(tmp)
+    assert.equal(0, status)
+    local got = env.lines(out)
+    assert.equal(#expects, #got)
+    for i, expect in ipairs(expects) do
+      local o = cjson.decode(got[i])
+      for key, want in pairs(expect) do
+        if type(want) == 'table' then
+          assert.same(want, o[key], rows[i].line .. ': ' .. key)
+        else
+          assert.equal(want, o[key], rows[i].line .. ': ' .. key)
+        end
+      end
+    end
+  end)
+
   for _, row in ipairs(rows) do
     local ok, obj = pcall(cjson.decode, row.text)
     local name = string.format('line %d: %s', row.line,
