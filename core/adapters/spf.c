@@ -470,6 +470,9 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
 
     if (s == NULL || ip == NULL || out == NULL)
         return DMARC_ERR_INVAL;
+    /* A bad address is the caller's error, whatever the identity is. */
+    if (inet_pton(AF_INET, ip, &v4) != 1 && inet_pton(AF_INET6, ip, &v6) != 1)
+        return DMARC_ERR_INVAL;
     memset(out, 0, sizeof *out);
     mailfrom_domain(helo_identity ? NULL : mail_from, mfdom, sizeof mfdom);
     /* [ALN-1], RFC 7208 §2.4: a null reverse-path checks postmaster@HELO. */
