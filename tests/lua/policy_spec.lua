@@ -684,6 +684,20 @@ describe('examples/site.lua', function()
     assert.equal('reject', site:evaluate(verdict(), ctx, st).action)
   end)
 
+  it('is exactly the script docs/site-policy.md (and the README, once it shows one) shows', function()
+    local f = assert(io.open('examples/site.lua', 'rb'))
+    local text = f:read('*a')
+    f:close()
+    for _, doc in ipairs{ 'docs/site-policy.md', 'README.md' } do
+      local d = io.open(doc, 'rb')
+      local body = d and d:read('*a') or ''
+      if d then d:close() end
+      if doc == 'docs/site-policy.md' or body:find('trusted_arc_sealers', 1, true) then
+        assert.is_truthy(body:find('```lua\n' .. text .. '```', 1, true), doc)
+      end
+    end
+  end)
+
   it('leaves passing mail alone', function()
     local d = site:evaluate(verdict{ result = 'pass' }, { rcpt = { 'alice@example.com' } }, st)
     assert.equal('accept', d.action)
