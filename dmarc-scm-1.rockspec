@@ -56,8 +56,36 @@ build = {
       defines = { 'DMARC_WITH_LIBPSL=1', '_POSIX_C_SOURCE=200809L' },
     },
 
-    -- Further C modules (dmarc.redis, dmarc.io) go here, one entry each,
-    -- with the sources `make print-sources` lists for them.
+    -- Further C modules go here, one entry each, with the sources
+    -- `make print-sources` lists for them.
+    -- dmarc.io: resolvers (zone file, DNS server), libspf2 and libopendkim
+    -- adapters, with its own copy of the core.
+    ['dmarc.io'] = {
+      sources = {
+        'core/adapters/dkim.c',
+        'core/adapters/dns.c',
+        'core/adapters/dns_ldns.c',
+        'core/adapters/psl.c',
+        'core/adapters/spf.c',
+        'core/adapters/zone.c',
+        'core/src/align.c',
+        'core/src/cache.c',
+        'core/src/ctx.c',
+        'core/src/domain.c',
+        'core/src/eval.c',
+        'core/src/from.c',
+        'core/src/record.c',
+        'core/src/util.c',
+        'core/src/walk.c',
+        'lua/dmarc_io.c',
+      },
+      incdirs = { 'core/include', 'core/src', 'core/adapters', 'lua',
+        '$(LIBIDN2_INCDIR)', '$(LIBPSL_INCDIR)' },
+      libdirs = { '$(LIBIDN2_LIBDIR)', '$(LIBPSL_LIBDIR)' },
+      libraries = { 'spf2', 'opendkim', 'ldns', 'idn2', 'psl' },
+      defines = { 'DMARC_WITH_LIBPSL=1', '_POSIX_C_SOURCE=200809L' },
+    },
+    -- dmarc.redis: the hiredis client (override store, report rows).
     ['dmarc.redis'] = {
       sources = { 'lua/dmarc_redis.c' },
       incdirs = { 'core/include', 'lua' },
@@ -67,12 +95,17 @@ build = {
 
     -- Pure Lua: the front module and every lua/dmarc/*.lua, lua/dmarc/cli/*.lua.
     ['dmarc'] = 'lua/dmarc.lua',
+    ['dmarc.auth'] = 'lua/dmarc/auth.lua',
+    ['dmarc.cli.check'] = 'lua/dmarc/cli/check.lua',
     ['dmarc.cli.eval'] = 'lua/dmarc/cli/eval.lua',
+    ['dmarc.cli.inspect'] = 'lua/dmarc/cli/inspect.lua',
     ['dmarc.cli.override'] = 'lua/dmarc/cli/override.lua',
     ['dmarc.cli.report'] = 'lua/dmarc/cli/report.lua',
     ['dmarc.cluster'] = 'lua/dmarc/cluster.lua',
+    ['dmarc.failure'] = 'lua/dmarc/failure.lua',
     ['dmarc.json_dns'] = 'lua/dmarc/json_dns.lua',
     ['dmarc.log'] = 'lua/dmarc/log.lua',
+    ['dmarc.message'] = 'lua/dmarc/message.lua',
     ['dmarc.policy'] = 'lua/dmarc/policy.lua',
     ['dmarc.report'] = 'lua/dmarc/report.lua',
     ['dmarc.report_send'] = 'lua/dmarc/report_send.lua',
