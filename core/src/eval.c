@@ -9,6 +9,7 @@
 */
 #include <string.h>
 
+#include "domain.h"
 #include "eval.h"
 
 /* ** {======================================================
@@ -31,15 +32,16 @@ dmarc_eval *dmarc_eval_new(const dmarc_ctx *c, dmarc_cache *cache, dmarc_status 
         *st = DMARC_ERR_NOMEM;
         return NULL;
     }
-    memset(e, 0, sizeof *e);
+    /* No memset of the whole object (a few KB, mostly arrays filled as they
+    ** are used): a scanner may create one evaluation per message. */
     e->ctx = c;
     e->cache = cache;
     e->alloc = c->opt.alloc;
     e->mode = c->opt.mode;
-    e->state = DMARC__EVAL_INPUT;
     e->arena = e->arena_inline;
     e->arena_cap = sizeof e->arena_inline;
-    e->decider = 0;
+    e->nmemo = 0;
+    dmarc_eval_reset(e);
     *st = DMARC_OK;
     return e;
 }
@@ -69,7 +71,10 @@ void dmarc_eval_reset(dmarc_eval *e)
     e->ndkim = 0;
     e->has_spf[DMARC__SPF_MFROM] = e->has_spf[DMARC__SPF_HELO] = false;
     e->qlen = 0;
+    e->qtype = DMARC_QTYPE_TXT;
+    e->qhash = 0;
     e->decider = 0;
+    memset(&e->final, 0, sizeof e->final);
 }
 
 void dmarc_eval_free(dmarc_eval *e)
@@ -150,6 +155,46 @@ static dmarc_status add_domain(dmarc_eval *e, const char *dom, size_t len)
     return DMARC_OK;
 }
 
+/* True when @s is already what dmarc_domain_normalize makes of it: lowercase
+** letters, digits, hyphen and underscore, labels of 1..63 characters that do
+** not start or end with a hyphen, no xn-- label (those need libidn2's round
+** trip), no trailing dot, at most DMARC_DOMAIN_MAX_LEN. Such a name is taken
+** as is (the common case: SPF and DKIM domains arrive normalized), anything
+** else goes through dmarc_domain_normalize, which owns the rules. */
+static bool already_normal(const char *s, size_t len)
+{
+    size_t i, start = 0;
+    if (len == 0 || len > DMARC_DOMAIN_MAX_LEN)
+        return false;
+    for (i = 0; i <= len; i++) {
+        unsigned char c = i < len ? (unsigned char)s[i] : '.';
+        size_t n;
+        if (c != '.') {
+            if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                return false;
+            continue;
+        }
+        n = i - start;
+        if (n == 0 || n > DMARC__LABEL_MAX_LEN || s[start] == '-' || s[i - 1] == '-')
+            return false;
+        if (n > 4 && memcmp(s + start, "xn--", 4) == 0)
+            return false;
+        start = i + 1;
+    }
+    return true;
+}
+
+static dmarc_status normalize(const char *in, size_t len, char *buf, size_t *n)
+{
+    if (in != NULL && already_normal(in, len)) {
+        memcpy(buf, in, len);
+        buf[len] = '\0';
+        *n = len;
+        return DMARC_OK;
+    }
+    return dmarc_domain_normalize(in != NULL ? in : "", len, buf, DMARC_DOMAIN_MAX_LEN + 1, n);
+}
+
 static dmarc_status check_input(const dmarc_eval *e)
 {
     if (e == NULL)
@@ -224,7 +269,7 @@ dmarc_status dmarc_eval_add_author_domain(dmarc_eval *e, const char *dom, size_t
         return st;
     if (dom == NULL && len > 0)
         return DMARC_ERR_INVAL;
-    st = dmarc_domain_normalize(dom != NULL ? dom : "", len, buf, sizeof buf, &n);
+    st = normalize(dom, len, buf, &n);
     if (st != DMARC_OK)
         return st == DMARC_ERR_INVAL ? DMARC_ERR_SYNTAX : st;
     return add_domain(e, buf, n);
@@ -240,7 +285,7 @@ static dmarc_status put_ident(dmarc_eval *e, dmarc__ident *id, const char *dom, 
     uint32_t off = 0;
     dmarc_status st;
 
-    if (dom != NULL && dmarc_domain_normalize(dom, len, buf, sizeof buf, &n) == DMARC_OK) {
+    if (dom != NULL && normalize(dom, len, buf, &n) == DMARC_OK) {
         st = arena_put(e, buf, n, &off);
         if (st != DMARC_OK)
             return st;
