@@ -111,14 +111,23 @@ M.valid_ip = valid_ip
 -- become %XX, so the separators `|`, `,`, `;` and `:` never occur inside an
 -- atom and the field can hold nothing that breaks the encoding.
 
+local ESC, UNESC = {}, {}
+for b = 0, 255 do
+  local c, hex = string.char(b), string.format('%%%02X', b)
+  ESC[c] = hex
+  UNESC[hex:sub(2)] = c
+  UNESC[hex:sub(2):lower()] = c
+end
+
 local function esc(s)
   if s == nil then return '' end
   s = tostring(s)
-  return (s:gsub('[^%w%._@%+= %-]', function(c) return string.format('%%%02X', c:byte()) end))
+  return (s:gsub('[^%w%._@%+= %-]', ESC))
 end
 
 local function unesc(s)
-  return (s:gsub('%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
+  if not s:find('%', 1, true) then return s end
+  return (s:gsub('%%(%x%x)', UNESC))
 end
 
 local function clip(s, n)
@@ -200,6 +209,18 @@ local function opt(v)
   return v
 end
 
+-- Rows of one report share their policy part: decode each one once.
+local policy_cache, policy_cached = {}, 0
+local function decoded_policy(key)
+  local p = policy_cache[key]
+  if p then return p end
+  if policy_cached >= 256 then policy_cache, policy_cached = {}, 0 end
+  p = M.decode_policy(key)
+  policy_cache[key] = p
+  policy_cached = policy_cached + 1
+  return p
+end
+
 --- Decode a hash field back to a row table; nil, msg, code on a field this
 -- version does not understand (the generator counts and skips those).
 function M.decode_row(field)
@@ -213,7 +234,7 @@ function M.decode_row(field)
   local row = {
     header_from = unesc(f[2]), envelope_from = unesc(f[3]), envelope_to = opt(unesc(f[4])),
     source_ip = unesc(f[5]), disposition = unesc(f[6]), dkim = unesc(f[7]), spf = unesc(f[8]),
-    policy_key = f[9], policy = M.decode_policy(f[9]),
+    policy_key = f[9], policy = decoded_policy(f[9]),
     reasons = {}, dkim_results = {},
   }
   for i, r in ipairs(split(f[10], ';')) do

@@ -71,7 +71,9 @@ local ENT = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&quot;',
 
 --- Escape text for element content or attribute values.
 function M.escape(s)
-  s = sanitize(tostring(s))
+  s = tostring(s)
+  if not s:find('[&<>"\'%z\1-\31\127-\255]') then return s end
+  s = sanitize(s)
   return (s:gsub('[&<>"\']', ENT))
 end
 local escape = M.escape
