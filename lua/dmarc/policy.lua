@@ -652,6 +652,10 @@ local function prepare(site, verdict, ctx)
   end
   st.reject_allowed = site.unconditional_reject or has_evidence(ctx)
   st.rcpts, st.rcpt_truncated = rcpt_list(ctx)
+  -- Overrides only lower a failure's enforced disposition; for everything else (most mail)
+  -- the matchers are not even computed.
+  st.overridable = st.outcome == 'reject' or st.outcome == 'quarantine'
+  if not st.overridable then return st end
   st.author = verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
   st.org = verdict.org_domain and store.normalize_domain(verdict.org_domain) or nil
   st.ip_keys = ctx.ip and store.ip_keys(ctx.ip) or nil
@@ -663,8 +667,6 @@ local function prepare(site, verdict, ctx)
     st.arc_key = 'arc:' .. st.sealers[1].d
     st.arc_comment = arc_comment(ctx.arc, st.sealers)
   end
-  -- Overrides only lower a failure's enforced disposition.
-  st.overridable = st.outcome == 'reject' or st.outcome == 'quarantine'
   return st
 end
 
@@ -680,7 +682,10 @@ end
 -- most mail: a pass, p=none or an error is not overridden, and recipient sets only matter
 -- for outcomes they treat.
 function Site:lookups(verdict, ctx)
-  local st = prepare(self, verdict, ctx)
+  return self:_lookups(prepare(self, verdict, ctx))
+end
+
+function Site:_lookups(st)
   local keys, seen = {}, {}
   local function add(k)
     if k and not seen[k] and #keys < store.MAX_KEYS then
@@ -998,15 +1003,19 @@ end
 -- @param opts {store_error = message} to say why found is nil
 -- @return decision
 function Site:decide(verdict, ctx, found, opts)
+  return self:_decide(prepare(self, verdict, ctx), found, opts)
+end
+
+function Site:_decide(st, found, opts)
   opts = opts or {}
-  local st = prepare(self, verdict, ctx)
+  local verdict = st.verdict
   local warnings = {}
   if found == nil then
     add_warning(warnings, 'override store unavailable (' .. tostring(opts.store_error or 'no answer') ..
       '); site defaults apply')
     found = {}
   elseif type(found) ~= 'table' then
-    error('dmarc.policy: found must be a table', 2)
+    error('dmarc.policy: found must be a table', 3)
   end
   if st.outcome == 'no_policy' and verdict.result ~= 'none' then
     add_warning(warnings, 'unknown verdict result "' .. tostring(verdict.result) .. '" handled as none')
@@ -1031,24 +1040,26 @@ end
 --- lookups + store:get_many + decide, for a blocking store (nil: no store). A store that
 -- fails gives the site defaults and a logged warning, never an error.
 function Site:evaluate(verdict, ctx, st)
-  local keys = self:lookups(verdict, ctx)
-  if #keys == 0 or st == nil then return self:decide(verdict, ctx, {}) end
+  local state = prepare(self, verdict, ctx)
+  local keys = self:_lookups(state)
+  if #keys == 0 or st == nil then return self:_decide(state, {}) end
   local found, err = st:get_many(keys)
   if not found then self.log:warn('override store: %s; site defaults apply', tostring(err)) end
-  return self:decide(verdict, ctx, found, { store_error = err })
+  return self:_decide(state, found, { store_error = err })
 end
 
 --- The same with store:get_many_async; cb(decision) is called exactly once.
 function Site:evaluate_async(verdict, ctx, st, cb)
   if type(cb) ~= 'function' then error('dmarc.policy: evaluate_async needs a callback', 2) end
-  local keys = self:lookups(verdict, ctx)
-  if #keys == 0 or st == nil then return cb(self:decide(verdict, ctx, {})) end
+  local state = prepare(self, verdict, ctx)
+  local keys = self:_lookups(state)
+  if #keys == 0 or st == nil then return cb(self:_decide(state, {})) end
   local done = false
   st:get_many_async(keys, function(found, err)
     if done then return end
     done = true
     if not found then self.log:warn('override store: %s; site defaults apply', tostring(err)) end
-    cb(self:decide(verdict, ctx, found, { store_error = err }))
+    cb(self:_decide(state, found, { store_error = err }))
   end)
 end
 

@@ -316,8 +316,14 @@ function M.ip_keys(ip)
   if not family then return nil, 'not an IP address', 'invalid' end
   local keys = {}
   if family == 4 then
+    -- As one 32-bit number: clearing host bits is a subtraction (doubles hold it exactly).
+    local n = ((groups[1] * 256 + groups[2]) * 256 + groups[3]) * 256 + groups[4]
+    local step = 1
     for len = 32, M.IPV4_MIN_PREFIX, -1 do
-      keys[#keys + 1] = 'ip:' .. format_ipv4(mask(groups, 8, len)) .. '/' .. len
+      local net = n - n % step
+      keys[#keys + 1] = string.format('ip:%d.%d.%d.%d/%d', math.floor(net / 16777216),
+        math.floor(net / 65536) % 256, math.floor(net / 256) % 256, net % 256, len)
+      step = step * 2
     end
   else
     for len = 128, M.IPV6_MIN_PREFIX, -M.IPV6_PREFIX_STEP do
