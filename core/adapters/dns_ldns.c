@@ -342,6 +342,14 @@ static dmarc_status server_query(void *impl, const char *name, unsigned type,
         *out = dmarc_dns_builder_finish(&b, DMARC_RCODE_NXDOMAIN);
         return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
     }
+    /* ldns marks a nameserver unreachable after one timeout and then skips
+    ** it for good; every question deserves a fresh try of each server (a
+    ** dead zone somewhere must not make every later answer a timeout). */
+    {
+        size_t i, n = ldns_resolver_nameserver_count(sb->res);
+        for (i = 0; i < n; i++)
+            ldns_resolver_set_nameserver_rtt(sb->res, i, LDNS_RESOLV_RTT_MIN);
+    }
     s = ldns_resolver_send(&pkt, sb->res, dname, (ldns_rr_type)type, LDNS_RR_CLASS_IN, LDNS_RD);
     if (s != LDNS_STATUS_OK || pkt == NULL) {
         dmarc_dns_builder b;
