@@ -314,13 +314,10 @@ static bool testing_of(const dmarc_eval *e, const dmarc_record *rec, bool *mappe
     *mapped = false;
     if (e->mode != DMARC_MODE_RFC9989)
         return false;
-    if (e->ctx->opt.pct_as_testing && !rec->has_t && rec->has_pct) {
-        if (rec->pct == 0) {
-            *mapped = true;
-            return true;
-        }
-        if (rec->pct == 100)
-            return false;
+    if (e->ctx->opt.pct_as_testing && !rec->has_t && rec->has_pct &&
+        (rec->pct == 0 || rec->pct == 100)) {
+        *mapped = true;
+        return rec->pct == 0;
     }
     return rec->testing;
 }
@@ -460,6 +457,15 @@ dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
         st = choose_policy(e, d);
         if (st != DMARC_OK)
             return st;
+    }
+    /* DMARC_EVAL_MAX_QUERIES: once the limit was hit while this domain was
+    ** evaluated it cannot pass, even on answers the memo already held. */
+    if ((e->flags & DMARC_FLAG_QUERY_LIMIT) && e->limit_domain == (size_t)(d - e->dom) &&
+        d->result == DMARC_RESULT_PASS) {
+        d->result = DMARC_RESULT_TEMPERROR;
+        d->error = "query limit reached";
+        d->applied = DMARC_POLICY_NONE;
+        d->reason = DMARC_REASON_NONE;
     }
     report_org(e, d);
     return DMARC_OK;

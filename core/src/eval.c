@@ -68,6 +68,7 @@ void dmarc_eval_reset(dmarc_eval *e)
     e->roll = 0;
     e->now = 0;
     e->ndom = e->ndone = 0;
+    e->limit_domain = 0;
     e->ndkim = 0;
     e->has_spf[DMARC__SPF_MFROM] = e->has_spf[DMARC__SPF_HELO] = false;
     e->qlen = 0;

@@ -100,8 +100,8 @@ struct dmarc_eval {
 
     dmarc__domain dom[DMARC_MAX_AUTHOR_DOMAINS];
     size_t ndom;
-    size_t ndone;     /* author domains fully evaluated */
-    size_t ndistinct; /* distinct author domains met, including those over the cap */
+    size_t ndone;        /* author domains fully evaluated */
+    size_t limit_domain; /* the one being evaluated when the query limit was hit */
 
     dmarc__ident dkim[DMARC_MAX_DKIM];
     size_t ndkim;

@@ -56,6 +56,8 @@ dmarc_status dmarc__lookup(dmarc_eval *e, dmarc_qtype type, const char *name, si
         ** verdict never depends on what the cache happened to hold. The
         ** failed lookup counts as a DNS error: never a pass [DISC-10]. */
         if (e->nmemo >= DMARC_EVAL_MAX_QUERIES) {
+            if (!(e->flags & DMARC_FLAG_QUERY_LIMIT))
+                e->limit_domain = e->ndone;
             e->flags |= DMARC_FLAG_QUERY_LIMIT;
             *out = DMARC__DNS_ERROR;
             return DMARC_OK;

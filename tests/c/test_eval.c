@@ -1581,6 +1581,51 @@ static void eval__query_limit(void **state)
     assert_int_equal(dmarc_eval_query_count(t->e), DMARC_EVAL_MAX_QUERIES);
 }
 
+/* DMARC_EVAL_MAX_QUERIES: "never a pass". The limit is hit on the 31st
+** identifier; the 32nd (a.example) aligns from answers the memo already
+** holds, yet the domain where the limit was hit gives temperror. */
+static void eval__query_limit_never_passes(void **state)
+{
+    T *t = *state;
+    static char names[DMARC_MAX_DKIM][2][48];
+    static fake_rr zone[DMARC_MAX_DKIM + 3];
+    size_t i, n = DMARC_MAX_DKIM - 1;
+
+    zone[0].name = "_dmarc.m.a.example";
+    zone[0].type = TXT;
+    zone[0].txt[0] = "v=DMARC1; p=reject";
+    zone[1].name = "_dmarc.a.example";
+    zone[1].type = TXT;
+    zone[1].txt[0] = "v=DMARC1; p=quarantine";
+    from(t, "user@m.a.example");
+    for (i = 0; i < n; i++) {
+        snprintf(names[i][0], sizeof names[i][0], "_dmarc.d%zu.a.example", i);
+        snprintf(names[i][1], sizeof names[i][1], "x.d%zu.a.example", i);
+        zone[i + 2].name = names[i][0];
+        zone[i + 2].type = TXT;
+        zone[i + 2].txt[0] = "v=DMARC1; p=none; psd=n";
+        dkim(t, names[i][1], DMARC_AUTH_PASS);
+    }
+    zone[n + 2].name = NULL;
+    dkim(t, "a.example", DMARC_AUTH_PASS);
+    run(t, zone);
+    assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_QUERY_LIMIT, 0);
+    assert_int_equal(t->v.result, DMARC_RESULT_TEMPERROR);
+    assert_int_equal(t->v.applied, DMARC_POLICY_NONE);
+    assert_non_null(t->v.error);
+
+    /* The same message with one identifier less stays under the limit
+    ** and passes. */
+    dmarc_eval_reset(t->e);
+    from(t, "user@m.a.example");
+    for (i = 1; i < n; i++)
+        dkim(t, names[i][1], DMARC_AUTH_PASS);
+    dkim(t, "a.example", DMARC_AUTH_PASS);
+    run(t, zone);
+    assert_int_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_QUERY_LIMIT, 0);
+    assert_int_equal(t->v.result, DMARC_RESULT_PASS);
+}
+
 /* Names too long for the DNS are not asked: `_dmarc.` + 250 characters. */
 static void eval__overlong_query_name_not_asked(void **state)
 {
@@ -2029,6 +2074,7 @@ int main(void)
         T_(eval__answer_rr_limit),
         T_(eval__answer_is_copied),
         T_(eval__query_limit),
+        T_(eval__query_limit_never_passes),
         T_(eval__overlong_query_name_not_asked),
         T_(eval__reset_reuses),
         T_(eval__cache_hit_no_questions),
