@@ -321,11 +321,6 @@ static SPF_errcode_t layer_get_exp(SPF_server_t *server, const char *domain, cha
     return SPF_E_SUCCESS;
 }
 
-static void layer_destroy(SPF_dns_server_t *layer)
-{
-    free(layer);
-}
-
 dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
 {
     dmarc_spf *s;
@@ -348,7 +343,9 @@ dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
         *st = DMARC_ERR_NOMEM;
         return NULL;
     }
-    s->layer->destroy = layer_destroy;
+    /* No destructor: the layer belongs to this checker, which frees it after
+    ** the server (libspf2 versions differ on whether the server frees it). */
+    s->layer->destroy = NULL;
     s->layer->lookup = layer_lookup;
     s->layer->get_spf = layer_get_spf;
     s->layer->get_exp = layer_get_exp;
@@ -386,9 +383,9 @@ void dmarc_spf_free(dmarc_spf *s)
 {
     if (s == NULL)
         return;
-    /* Frees the layer too, through its destroy hook. */
     if (s->server != NULL)
         SPF_server_free(s->server);
+    free(s->layer);
     free(s);
 }
 
