@@ -74,7 +74,9 @@ extern "C" {
 #define DMARC_MAX_DKIM 32
 #define DMARC_MAX_SPF 2
 /* DNS questions one evaluation may ask in all (discovery, alignment walks,
-** existence checks); hitting it gives temperror, never a pass. */
+** existence checks); hitting it gives temperror, never a pass. Every
+** distinct lookup counts, cache hits included, so the verdict never
+** depends on what the cache happened to hold. */
 #define DMARC_EVAL_MAX_QUERIES 64
 /* RFC 1035 §2.3.4: a domain name has at most 253 characters in text form. */
 #define DMARC_DOMAIN_MAX_LEN 253
@@ -437,7 +439,13 @@ typedef struct dmarc_cache dmarc_cache;
 ** SERVFAIL and TIMEOUT are never cached), bounded to @max_entries with LRU
 ** eviction. Share it across any number of evaluations of one thread: a busy
 ** scanner then asks each name once per TTL. Parsed records are kept with
-** their TXT answers, so a cached policy is not parsed again.
+** their TXT answers (per mode), so a cached policy is not parsed again.
+** An entry is live while now < (now when stored) + ttl, `now` being what
+** each evaluation was given (dmarc_eval_set_now); TTL 0 is not stored.
+** Answers meant for the cache are allocated with @alloc (NULL: libc), so
+** they may outlive the evaluation (and context) that asked; an entry an
+** evaluation still reads survives its eviction until that evaluation is
+** reset or freed. The cache must outlive every evaluation using it.
 ** Returns NULL with *st = DMARC_ERR_NOMEM or DMARC_ERR_INVAL (max_entries 0).
 */
 DMARC_API dmarc_cache *dmarc_cache_new(const dmarc_allocator *alloc, size_t max_entries,
@@ -447,7 +455,7 @@ DMARC_API void dmarc_cache_free(dmarc_cache *c);
 DMARC_API size_t dmarc_cache_size(const dmarc_cache *c);
 /* Drop every entry. */
 DMARC_API void dmarc_cache_clear(dmarc_cache *c);
-/* Hits and misses since creation, for monitoring. */
+/* Hits and misses since creation, for monitoring (NULL out-params allowed). */
 DMARC_API void dmarc_cache_stats(const dmarc_cache *c, uint64_t *hits, uint64_t *misses);
 
 /* }==================================================================== */
@@ -492,14 +500,18 @@ DMARC_API dmarc_mode dmarc_ctx_mode(const dmarc_ctx *c);
 /*
 ** dmarc_eval_new: one message's evaluation. @c must outlive it. @cache is
 ** optional (NULL: answers are remembered for this evaluation only) and
-** must outlive it too. NULL with *st on failure.
+** must outlive it too. NULL with *st on failure (DMARC_ERR_INVAL for a
+** NULL @c, DMARC_ERR_NOMEM). Memory comes from the context's allocator;
+** a typical message needs no allocation beyond the answers it stores.
 */
 DMARC_API dmarc_eval *dmarc_eval_new(const dmarc_ctx *c, dmarc_cache *cache, dmarc_status *st);
 DMARC_API void dmarc_eval_free(dmarc_eval *e);
-/* Back to the freshly created state, keeping allocations for reuse. */
+/* Back to the freshly created state (roll and now back to 0), keeping
+** allocations for reuse. Outputs of the previous message become invalid. */
 DMARC_API void dmarc_eval_reset(dmarc_eval *e);
 
-/* --- Inputs: allowed before the first dmarc_eval_run, else DMARC_ERR_STATE. */
+/* --- Inputs: allowed before the first dmarc_eval_run, else DMARC_ERR_STATE.
+** On DMARC_ERR_NOMEM an input call changes nothing and may be repeated. */
 
 /* One From header field's raw value; call once per From field present.
 ** Parse problems are flagged, not fatal: DMARC_OK unless NOMEM/INVAL/LIMIT
@@ -510,16 +522,23 @@ DMARC_API dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_
 DMARC_API dmarc_status dmarc_eval_add_author_domain(dmarc_eval *e, const char *dom, size_t len);
 /* SPF result for @dom (MAIL FROM domain, or HELO for a null reverse-path
 ** with @is_helo true) [ALN-1]. Only a MAIL FROM result, or a HELO one when
-** no MAIL FROM result was given, is used for alignment. */
+** no MAIL FROM result was given, is used for alignment. One result per
+** scope (DMARC_MAX_SPF): a second gives DMARC_ERR_LIMIT. A domain that
+** does not normalize is kept and never aligns. DMARC_ERR_INVAL for a bad
+** @result or NULL @dom with @len > 0. */
 DMARC_API dmarc_status dmarc_eval_add_spf(dmarc_eval *e, const char *dom, size_t len,
                                           dmarc_auth result, bool is_helo);
-/* One DKIM signature's result (d= and s=); every one, up to DMARC_MAX_DKIM. */
+/* One DKIM signature's result (d= and s=); every one, up to DMARC_MAX_DKIM
+** (then DMARC_ERR_LIMIT, ignored). A d= that does not normalize is kept (so
+** indexes stay those of the input) and never aligns. The selector plays no
+** part in the verdict. */
 DMARC_API dmarc_status dmarc_eval_add_dkim(dmarc_eval *e, const char *dom, size_t len,
                                            const char *selector, size_t sel_len,
                                            dmarc_auth result);
 /* pct sampling roll 0..99 [POL-6]: the policy applies iff roll < pct. The
 ** core has no random source: callers wanting sampling must supply a random
-** roll. Default 0 (every failing message sampled unless pct=0). */
+** roll. Default 0 (every failing message sampled unless pct=0).
+** DMARC_ERR_INVAL for roll > 99. */
 DMARC_API dmarc_status dmarc_eval_set_roll(dmarc_eval *e, unsigned roll);
 /* Current time (seconds, any epoch, monotonic enough) for cache expiry.
 ** Default 0. Without a cache it does nothing. */
@@ -528,11 +547,15 @@ DMARC_API dmarc_status dmarc_eval_set_now(dmarc_eval *e, uint64_t now);
 /* --- The query loop (hiredis's reader turned around). */
 
 /*
-** dmarc_eval_run: advance. DMARC_OK: the verdict is ready. DMARC_NEED_DNS:
-** read the question with dmarc_eval_query, answer it with dmarc_eval_answer,
-** call run again. Negative: NOMEM (retry possible after memory frees up) or
-** STATE (e.g. run again without answering). Within one evaluation no
-** question is asked twice; answers in the cache are used without asking.
+** dmarc_eval_run: advance. DMARC_OK: the verdict is ready (and stays so:
+** run again returns DMARC_OK). DMARC_NEED_DNS: read the question with
+** dmarc_eval_query, answer it with dmarc_eval_answer, call run again.
+** Negative: NOMEM (the evaluation is as before the call; run may simply be
+** called again once memory frees up) or STATE (run again without
+** answering). Within one evaluation no question is asked twice; answers in
+** the cache (not expired at `now`) are used without asking. Discovery,
+** alignment and the existence test ask in a fixed order, so the sequence of
+** questions depends only on the inputs and the answers.
 */
 DMARC_API dmarc_status dmarc_eval_run(dmarc_eval *e);
 /* The pending question: name (borrowed until the answer) and type.
@@ -543,46 +566,72 @@ DMARC_API const char *dmarc_eval_query(const dmarc_eval *e, size_t *len, dmarc_q
 ** @n TXT RRs (for a non-TXT question only the rcode matters: NOERROR with
 ** any data means the name exists). NOERROR with n == 0 is NODATA. @ttl is
 ** the cache lifetime in seconds (the record TTL, or the SOA minimum for a
-** negative answer [DISC-11]); ignored without a cache. Data is copied.
+** negative answer [DISC-11]); ignored without a cache. Data is copied; RRs
+** beyond DMARC_ANSWER_MAX_RRS are ignored. DMARC_ERR_STATE when nothing is
+** pending; DMARC_ERR_INVAL for a bad @rc, @txt NULL with @n > 0, or an RR
+** with NULL data and len > 0; DMARC_ERR_NOMEM leaves the question pending
+** (answer it again).
 */
 DMARC_API dmarc_status dmarc_eval_answer(dmarc_eval *e, dmarc_rcode rc, const dmarc_txt *txt,
                                          size_t n, uint32_t ttl);
 
 /* --- Outputs: valid after dmarc_eval_run returned DMARC_OK, until
-** dmarc_eval_reset or dmarc_eval_free. Strings are borrowed from @e. */
+** dmarc_eval_reset or dmarc_eval_free (else DMARC_ERR_STATE). Strings are
+** borrowed from @e.
+**
+** Results: pass, fail, none (no record, several records in rfc7489 mode,
+** no From or no author domain), temperror (a needed query failed, the PSL
+** callback failed, the query limit, or an SPF/DKIM temperror that could
+** have aligned [EVAL-3]), permerror (the record that applies is unusable
+** [EVAL-7] [OPEN-4]). Policy is applied only to a failure: for any other
+** result `applied` is DMARC_POLICY_NONE, meaning "not applied". */
 
 typedef struct dmarc_verdict {
     dmarc_result result;
     const char *author_domain;    /* A-label, or NULL */
-    const char *policy_domain;    /* where the applied record was found, or NULL */
-    const char *org_domain;       /* of the author domain, NULL if not determined */
-    bool has_policy;              /* a record applies: policy/applied are meaningful */
-    dmarc_policy policy;          /* requested (p, sp or np) */
+    const char *policy_domain;    /* where the applied record was found (for permerror:
+                                     the unusable one), or NULL */
+    const char *org_domain;       /* of the author domain: what a tree walk (rfc9989) or
+                                     the PSL (rfc7489) found; in rfc9989 mode the author
+                                     domain itself when it has its own record and no walk
+                                     was needed [ALN-5]; NULL if not determined */
+    bool has_policy;              /* a usable record applies: policy is meaningful */
+    dmarc_policy policy;          /* requested: p for the author's own record; else sp,
+                                     or np when a failure's existence test found the
+                                     author domain non-existent [EVAL-6] */
     dmarc_policy_tag policy_tag;  /* which tag gave it */
-    dmarc_policy applied;         /* after t= or pct [POL-4] [POL-6] */
+    dmarc_policy applied;         /* after t= or pct [POL-4] [POL-6]; NONE unless fail */
     dmarc_reason reason;          /* why applied differs */
-    bool spf_aligned;             /* an SPF pass aligned [EVAL-1] */
-    bool dkim_aligned;            /* a DKIM pass aligned */
+    bool spf_aligned;             /* an SPF pass was shown aligned [EVAL-1] */
+    bool dkim_aligned;            /* a DKIM pass was shown aligned. Exact matches are
+                                     always checked; relaxed ones (which need DNS) stop
+                                     at the first aligned pass [DISC-10], so false may
+                                     also mean "not checked" */
     bool testing;                 /* t=y was in force */
     bool author_exists;           /* false only when the existence test said NXDOMAIN */
     const dmarc_record *record;   /* the applied record, or NULL */
-    const char *error;            /* why temperror/permerror, static text, or NULL */
+    const char *error;            /* why temperror/permerror, static text, or NULL;
+                                     for logs, not to be compared */
 } dmarc_verdict;
 
 /* Overall verdict (for several author domains: the deciding one [OPEN-5]). */
 DMARC_API dmarc_status dmarc_eval_verdict(const dmarc_eval *e, dmarc_verdict *out);
-/* DMARC_FLAG_* bits. */
+/* DMARC_FLAG_* bits (before the verdict: those the inputs raised). */
 DMARC_API unsigned dmarc_eval_flags(const dmarc_eval *e);
-/* Per author domain verdicts, in the order the domains were met. */
+/* Per author domain verdicts, in the order the domains were met (at most
+** options.max_author_domains; a pass stays a pass here even when the
+** message verdict was turned into a failure [OPEN-5]). */
 DMARC_API size_t dmarc_eval_domain_count(const dmarc_eval *e);
 DMARC_API dmarc_status dmarc_eval_domain_verdict(const dmarc_eval *e, size_t i,
                                                  dmarc_verdict *out);
 /* Alignment the i-th DKIM result (in input order) achieved against the
 ** deciding author domain: NONE, RELAXED (org domains match) or STRICT
-** (exact). Only a pass counts as aligned; for reports [AGG-6]. */
+** (exact). Only a pass counts as aligned; for reports [AGG-6]. NONE also
+** for a relaxed candidate left unchecked after an aligned pass. */
 DMARC_API dmarc_align dmarc_eval_dkim_alignment(const dmarc_eval *e, size_t i);
 DMARC_API dmarc_align dmarc_eval_spf_alignment(const dmarc_eval *e);
-/* Every question handed to the caller, in order (cache hits excluded). */
+/* Every question handed to the caller and answered, in order (cache hits
+** excluded). Names are borrowed from @e; NULL when @i is out of range. */
 DMARC_API size_t dmarc_eval_query_count(const dmarc_eval *e);
 DMARC_API const char *dmarc_eval_query_at(const dmarc_eval *e, size_t i, size_t *len,
                                           dmarc_qtype *type);
