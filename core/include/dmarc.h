@@ -398,7 +398,12 @@ typedef struct dmarc_from dmarc_from;
 ** @out: on DMARC_OK a new object, free with dmarc_from_free. An empty
 **       mailbox list (group syntax only) is DMARC_OK with count 0.
 ** @diag: optional; first problem met (also on DMARC_OK, e.g. a bad IDN).
-** Returns DMARC_OK, DMARC_ERR_SYNTAX (nothing usable could be read),
+**       On DMARC_OK, SYNTAX or TOO_DEEP means an element that could hold
+**       no address was dropped; TOO_MANY_MAILBOXES (reported ahead of any
+**       other problem) means mailboxes past the limit went unread. On
+**       DMARC_ERR_SYNTAX it is what made the field unusable.
+** Returns DMARC_OK, DMARC_ERR_SYNTAX (nothing usable could be read, or an
+** unreadable part holds an '@' and might hide an address),
 ** DMARC_ERR_NOMEM, DMARC_ERR_INVAL.
 */
 DMARC_API dmarc_status dmarc_from_parse(const dmarc_allocator *alloc, const char *raw, size_t len,
