@@ -22,7 +22,7 @@ local N = 'dmarc_engine'
 local rspamd_logger = require 'rspamd_logger'
 local lua_util = require 'lua_util'
 local lua_redis = require 'lua_redis'
-local lua_mime = require 'lua_mime'
+local rspamd_util = require 'rspamd_util'
 
 -- Bounds on what one message can make the plugin do (everything else is bounded by the
 -- engine's own limits, dmarc.core.limits).
@@ -85,11 +85,14 @@ local settings = {
   },
   -- Overrides (recipient sets, domains, IPs ...) read from Redis with the CLI's key schema
   -- (docs/redis-keys.md). Servers: `servers` here, else this module's, else `redis {}`.
+  -- Off unless enabled: without it, the site script's own overrides and members apply.
   overrides = {
-    enabled = true,
+    enabled = false,
     prefix = 'dmarc:',
     tag = 'ovr',
     timeout = 0.5,
+    cache_ttl = 10,               -- seconds an entry (or its absence) is reused; 0: never
+    cache_size = 10000,           -- keys kept per worker
   },
   -- Aggregate report rows in the reporting schema (docs/report-keys.md), so that
   -- `dmarc report generate` reports on what rspamd collected.
@@ -107,6 +110,7 @@ local settings = {
 }
 
 local E = {}
+local mime_header_encode = rspamd_util.mime_header_encode
 
 -- ---------------------------------------------------------------------------
 -- Pure helpers (no rspamd objects): exported at the end for the unit tests.
@@ -313,6 +317,10 @@ exports.ar_entry = ar_entry
 
 --- Raw values of every From field, in order, as received.
 local function from_values(task)
+  local n = task:get_header_count('From') or 0
+  if n == 0 then return {} end
+  -- The common case without building every header's table.
+  if n == 1 then return { task:get_header_raw('From') or '' } end
   local out = {}
   for i, hdr in ipairs(task:get_header_full('From') or E) do
     if i > MAX_FROM_FIELDS then break end
@@ -323,7 +331,7 @@ end
 
 --- SPF as rspamd's spf module found it: the result from its symbols, the domain it checked
 -- (MAIL FROM, or HELO for a null reverse-path, RFC 7208 §2.4) [ALN-1].
-local function spf_of(task)
+local function spf_of(task, env)
   local result
   for _, pair in ipairs(SPF_WORDS) do
     if task:has_symbol(settings.symbols[pair[1]]) then
@@ -332,7 +340,6 @@ local function spf_of(task)
     end
   end
   if not result then return nil end
-  local env = ((task:get_from('smtp') or E)[1] or E)
   if env.domain and env.domain ~= '' then
     return { result = result, domain = env.domain:lower(), scope = 'mfrom' }
   end
@@ -387,9 +394,8 @@ local function arc_of(task)
 end
 
 --- The site policy's view of the message (lua/dmarc/policy.lua ctx).
-local function ctx_of(task, arc)
+local function ctx_of(task, arc, env)
   local ip = task:get_from_ip()
-  local env = ((task:get_from('smtp') or E)[1] or E)
   local rcpt = {}
   for i, r in ipairs(task:get_recipients('smtp') or E) do
     if i > MAX_RCPT then break end
@@ -407,8 +413,6 @@ local function ctx_of(task, arc)
     rcpt = rcpt,
     list_id = list_id_of(task:get_header('List-Id')),
     arc = arc,
-    user = task:get_user(),
-    queue_id = task:get_queue_id(),
   }
 end
 
@@ -416,6 +420,10 @@ end
 -- Runtime state, set up by the configuration code at the end
 
 local dmarc            -- require 'dmarc'
+local resolve          -- require 'dmarc.resolve'
+local engine_ctx       -- the engine's dmarc.ctx for settings.mode
+local engine_cache     -- its shared answer cache (per worker), or nil
+local engine_limits    -- dmarc.core.limits
 local report           -- require 'dmarc.report', when reporting is enabled
 local store_mod        -- require 'dmarc.store', when overrides are enabled
 local engine           -- dmarc.new{...}: one per worker, with the shared answer cache
@@ -425,6 +433,38 @@ local reporting_redis
 local row_script_id    -- lua_redis script id of report.ROW_SCRIPT
 local auth_local_conf
 local redis_down_until = 0
+
+-- The override cache: logical store key -> { entry or false (absent), expiry }. Override
+-- changes (`dmarc override add|del`) take effect within overrides.cache_ttl seconds; in
+-- exchange most messages need no Redis round trip at all. Bounded: emptied when full.
+local override_cache, override_cache_n = {}, 0
+
+local function override_cache_get(keys)
+  local found, missing = {}, {}
+  local now = os.time()
+  for _, k in ipairs(keys) do
+    local c = override_cache[k]
+    if c and c[2] > now then
+      if c[1] then found[k] = c[1] end
+    else
+      missing[#missing + 1] = k
+    end
+  end
+  return found, missing
+end
+
+local function override_cache_put(keys, fetched)
+  local ttl = settings.overrides.cache_ttl
+  if ttl <= 0 then return end
+  if override_cache_n + #keys > settings.overrides.cache_size then
+    override_cache, override_cache_n = {}, 0
+  end
+  local expiry = os.time() + ttl
+  for _, k in ipairs(keys) do
+    if not override_cache[k] then override_cache_n = override_cache_n + 1 end
+    override_cache[k] = { fetched[k] or false, expiry }
+  end
+end
 
 local function redis_healthy()
   return os.time() >= redis_down_until
@@ -493,35 +533,38 @@ end
 -- ---------------------------------------------------------------------------
 -- Acting on the outcome
 
+-- Header changes go to the MTA in the reply's milter block (rspamd_proxy in milter mode,
+-- or the MTA's rspamd integration applies them); set_milter_reply merges them with other
+-- modules' changes. Order 0: on top, where RFC 8601 §5 puts Authentication-Results.
 local function header_changes(task, out, decision, why)
   local add, remove = {}, {}
-  local order = {}
   if settings.auth_results then
-    local id = settings.authserv_id
-    add[settings.auth_results_header] = { order = 1, value = id .. '; ' .. ar_entry(out, decision, why) }
-    order[#order + 1] = settings.auth_results_header
+    add[settings.auth_results_header] = {
+      order = 0, value = settings.authserv_id .. '; ' .. ar_entry(out, decision, why),
+    }
   end
   -- A header the delivery agent acts on must not come from outside.
   remove[settings.folder_header] = 0
   if decision then
     if decision.action == 'folder' and decision.folder then
-      add[settings.folder_header] = { order = 1, value = tostring(decision.folder) }
-      order[#order + 1] = settings.folder_header
+      add[settings.folder_header] = { order = 0, value = tostring(decision.folder) }
     elseif decision.action == 'tag' and type(decision.tag) == 'table' then
       local tag = decision.tag
       if tag.header and tag.value then
-        add[tag.header] = { order = 1, value = tostring(tag.value) }
-        order[#order + 1] = tag.header
+        add[tag.header] = { order = 0, value = tostring(tag.value) }
         remove[tag.header] = 0
       elseif tag.subject then
-        local subject = task:get_header('Subject') or ''
-        add.Subject = { order = 1, value = tostring(tag.subject) .. ' ' .. subject }
-        order[#order + 1] = 'Subject'
+        -- The decoded Subject with the tag in front, encoded again (RFC 2047) when needed.
+        local subject = tostring(tag.subject) .. ' ' .. (task:get_header('Subject') or '')
+        if subject:find('[\128-\255]') and mime_header_encode then
+          subject = mime_header_encode(subject)
+        end
+        add.Subject = { order = 0, value = subject }
         remove.Subject = 0
       end
     end
   end
-  lua_mime.modify_headers(task, { add = add, remove = remove, order = order })
+  task:set_milter_reply({ add_headers = next(add) and add or nil, remove_headers = remove })
 end
 
 local function apply_decision(task, out, decision, symbol_key, options)
@@ -628,10 +671,16 @@ local function decide(task, out, details, input, ctx, dns_errors)
   local verdict = {}
   for k, v in pairs(out) do verdict[k] = v end
   verdict.record = details and details.verdict and details.verdict.record
-  local okk, keys = pcall(site.lookups, site, verdict, ctx)
-  if not okk then
-    rspamd_logger.errx(task, '%s: site policy lookups failed: %s', N, keys)
-    keys = {}
+  -- Without an override store there is nothing to look up: the site's own overrides and
+  -- recipient set members are in the script.
+  local keys = E
+  if overrides_redis then
+    local okk, lk = pcall(site.lookups, site, verdict, ctx)
+    if okk then
+      keys = lk
+    else
+      rspamd_logger.errx(task, '%s: site policy lookups failed: %s', N, lk)
+    end
   end
   local function with_found(found, err)
     -- found = nil: the store failed; decide() applies the site's own rules and defaults
@@ -646,9 +695,10 @@ local function decide(task, out, details, input, ctx, dns_errors)
     end
     finish(task, out, details, input, ctx, dns_errors, decision)
   end
-  if type(keys) ~= 'table' or #keys == 0 or not overrides_redis then
-    return with_found({})
-  end
+  if type(keys) ~= 'table' or #keys == 0 then return with_found({}) end
+  -- Entries (and their absence) seen within cache_ttl need no round trip.
+  local found, missing = override_cache_get(keys)
+  if #missing == 0 then return with_found(found) end
   if not redis_healthy() then return with_found(nil, 'redis unavailable, backing off') end
   local st = store_mod.callback{
     prefix = settings.overrides.prefix,
@@ -658,7 +708,61 @@ local function decide(task, out, details, input, ctx, dns_errors)
         function(err, data) done(err, data) end)
     end,
   }
-  st:get_many_async(keys, function(found, err) with_found(found, err) end)
+  st:get_many_async(missing, function(fetched, err)
+    if not fetched then return with_found(nil, err) end
+    override_cache_put(missing, fetched)
+    for k, v in pairs(fetched) do found[k] = v end
+    with_found(found)
+  end)
+end
+
+-- The evaluation's outcome in the shape of a `dmarc eval` output object (lua/dmarc.lua),
+-- plus the details the plugin uses: the verdict (applied record, error) and, for report
+-- rows, the per-author-domain verdicts.
+local function outcome_of(ev, want_domains)
+  local v = ev:verdict()
+  local decided = v.result == 'pass' or v.result == 'fail'
+  local out = {
+    result = v.result,
+    author_domain = v.author_domain,
+    policy_domain = v.policy_domain,
+    org_domain = v.org_domain,
+    policy = v.has_policy and v.policy or nil,
+    applied = (v.has_policy and decided) and v.applied or nil,
+    reason = (v.reason ~= nil and v.reason ~= 'none') and v.reason or nil,
+    spf_aligned = v.spf_aligned,
+    dkim_aligned = v.dkim_aligned,
+    flags = ev:flags(),
+  }
+  return out, { verdict = v, domains = want_domains and ev:domains() or nil }
+end
+
+--- Run one evaluation: the core's query loop (lua/dmarc/resolve.lua) with rspamd's
+-- resolver. on_done(out, details) or on_done(nil, message), exactly once.
+local function evaluate(input, resolver, on_done)
+  local ev = engine_ctx:eval(engine_cache)
+  -- Bad values (a From field that does not parse, an SPF domain that is no domain) come
+  -- back as nil, msg, code and are flagged by the core or left out: nothing to do here.
+  for i = 1, math.min(#input.from, engine_limits.from_max_fields + 1) do
+    ev:add_from(input.from[i])
+  end
+  if input.spf then ev:add_spf(input.spf.domain, input.spf.result, input.spf.scope == 'helo') end
+  for i = 1, math.min(#input.dkim, engine_limits.max_dkim) do
+    local d = input.dkim[i]
+    ev:add_dkim(d.domain, d.selector, d.result)
+  end
+  ev:set_roll(dmarc.random_roll())   -- RFC 7489 pct sampling [POL-6]
+  ev:set_now(os.time())              -- expiry in the shared answer cache [DISC-11]
+  resolve.run_async(ev, resolver, function(ok, err)
+    local out, details
+    if ok then
+      ok, out, details = pcall(outcome_of, ev, settings.reporting.enabled)
+      if not ok then err = out end
+    end
+    ev:close()
+    if not ok then return on_done(nil, err) end
+    return on_done(out, details)
+  end)
 end
 
 local function dmarc_check(task)
@@ -666,24 +770,26 @@ local function dmarc_check(task)
     rspamd_logger.infox(task, '%s: skip DMARC checks for local networks and authorized users', N)
     return
   end
+  local env = ((task:get_from('smtp') or E)[1] or E)
   local arc = arc_of(task)
-  local ctx = ctx_of(task, arc)
+  local ctx = ctx_of(task, arc, env)
   local input = {
     mode = settings.mode,
     from = from_values(task),
-    spf = spf_of(task),
+    spf = spf_of(task, env),
     dkim = dkim_of(task),
   }
   local dns_errors = {}
-  engine:evaluate_async(input, make_resolver(task, dns_errors), function(out, details, code)
+  local started, serr = pcall(evaluate, input, make_resolver(task, dns_errors), function(out, details)
     if not out then
       -- An engine failure is never a reason to reject: log it, add nothing.
-      rspamd_logger.errx(task, '%s: evaluation failed (%s): %s', N, code, details)
+      rspamd_logger.errx(task, '%s: evaluation failed: %s', N, details)
       return
     end
     local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
     if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
-  end, { details = true })
+  end)
+  if not started then rspamd_logger.errx(task, '%s: evaluation failed: %s', N, serr) end
 end
 exports.dmarc_check = dmarc_check
 
@@ -743,6 +849,11 @@ for _, k in ipairs({ 'cache_size', 'dns_cache_ttl', 'dns_negative_ttl', 'redis_b
     return disable('%s must be a number >= 0', k)
   end
 end
+for _, k in ipairs({ 'cache_ttl', 'cache_size', 'timeout' }) do
+  if type(settings.overrides[k]) ~= 'number' or settings.overrides[k] < 0 then
+    return disable('overrides.%s must be a number >= 0', k)
+  end
+end
 -- set_pre_result raises on an unknown action: refuse it here instead, on every message.
 local known_actions = {
   reject = true, ['soft reject'] = true, ['rewrite subject'] = true, ['add header'] = true,
@@ -765,6 +876,10 @@ if not ok_engine then
   return disable('engine options: %s', engine_or_err)
 end
 engine = engine_or_err
+engine_ctx = engine:ctx(settings.mode)
+engine_cache = engine:get_cache()
+engine_limits = dmarc.limits
+resolve = dmarc.resolve
 
 -- The site policy (lua/dmarc/policy.lua): the script, or the documented defaults.
 -- Its messages go to rspamd's log.
@@ -795,8 +910,7 @@ if not site then
 end
 
 if not settings.authserv_id then
-  local ok_util, rspamd_util = pcall(require, 'rspamd_util')
-  settings.authserv_id = ok_util and rspamd_util.get_hostname() or 'localhost'
+  settings.authserv_id = rspamd_util.get_hostname() or 'localhost'
 end
 if not settings.authserv_id:find('^[%w%.%-_]+$') then
   return disable('authserv_id "%s" is not a token (RFC 8601 §2.2)', settings.authserv_id)
