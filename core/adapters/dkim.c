@@ -524,13 +524,17 @@ dmarc_status dmarc_dkim_verify(dmarc_dkim *k, const char *msg, size_t len, dmarc
     dmarc_status st;
     if (k == NULL || out == NULL || (msg == NULL && len > 0))
         return DMARC_ERR_INVAL;
+    if (msg == NULL) {
+        msg = "";
+        len = 0;
+    }
     k->total = 0;
     k->nnotes = 0;
     d = dkim_verify(k->lib, (const u_char *)"dmarc", NULL, &ds);
     if (d == NULL)
         return DMARC_ERR_NOMEM;
     dkim_set_user_context(d, k);
-    st = feed_headers(d, msg != NULL ? msg : "", len, &body_off, &froms);
+    st = feed_headers(d, msg, len, &body_off, &froms);
     if (st != DMARC_OK) {
         dkim_free(d);
         return st;
