@@ -390,23 +390,21 @@ static dmarc_status choose_policy(dmarc_eval *e, dmarc__domain *d)
 /* }====================================================== */
 
 /* The Org Domain reported for the author domain: what a walk (or the PSL)
-** established; in rfc9989 mode with the author's own record and every
+** established on the way (none is computed for the report alone); in
+** rfc9989 mode with the author's own record and every
 ** authenticated identifier equal to it, the author domain itself [ALN-5];
 ** otherwise not determined. */
 static void report_org(dmarc_eval *e, dmarc__domain *d)
 {
     size_t i;
     d->has_org_out = false;
-    if (d->org.state == DMARC__ORG_UNKNOWN && e->mode == DMARC_MODE_RFC7489) {
-        /* The PSL needs no DNS; ask it for the report's sake. */
-        (void)dmarc__org_domain(e, dmarc__str(e, d->off), d->len, &d->org);
-    }
     if (d->org.state == DMARC__ORG_KNOWN || d->org.state == DMARC__ORG_SUFFIX) {
         d->has_org_out = true;
         d->org_out_off = d->org.off;
         return;
     }
-    if (d->org.state != DMARC__ORG_UNKNOWN || !d->own_record || !d->has_policy)
+    if (e->mode != DMARC_MODE_RFC9989 || d->org.state != DMARC__ORG_UNKNOWN || !d->own_record ||
+        !d->has_policy)
         return;
     for (i = 0; i < e->ndkim; i++) {
         if (e->dkim[i].result == DMARC_AUTH_PASS && e->dkim[i].len > 0 && !exact(e, d, &e->dkim[i]))

@@ -330,6 +330,60 @@ void dmarc__cache_put(dmarc_cache *c, dmarc__answer *ans, uint64_t now, uint32_t
     c->count++;
 }
 
+/* The key of a PSL answer: the callback and its user data (their bytes),
+** then the name. Two lists never share an entry. */
+static size_t psl_key(const dmarc_options *o, const char *name, size_t len, char *key)
+{
+    size_t n = 0;
+    memcpy(key + n, &o->psl, sizeof o->psl);
+    n += sizeof o->psl;
+    memcpy(key + n, &o->psl_ud, sizeof o->psl_ud);
+    n += sizeof o->psl_ud;
+    memcpy(key + n, name, len);
+    return n + len;
+}
+
+#define PSL_KEY_MAX (sizeof(dmarc_orgdomain_fn) + sizeof(void *) + DMARC_DOMAIN_MAX_LEN)
+
+bool dmarc__cache_psl_get(dmarc_cache *c, const dmarc_options *o, const char *name, size_t len,
+                          uint64_t now, size_t *off, bool *is_suffix)
+{
+    char key[PSL_KEY_MAX];
+    size_t n;
+    dmarc__answer *ans;
+
+    if (c == NULL || len > DMARC_DOMAIN_MAX_LEN)
+        return false;
+    n = psl_key(o, name, len, key);
+    ans =
+        dmarc__cache_get(c, DMARC__QTYPE_PSL, key, n, dmarc__qhash(DMARC__QTYPE_PSL, key, n), now);
+    if (ans == NULL)
+        return false;
+    *off = ans->org_off;
+    *is_suffix = ans->org_suffix;
+    return true;
+}
+
+void dmarc__cache_psl_put(dmarc_cache *c, const dmarc_options *o, const char *name, size_t len,
+                          uint64_t now, size_t off, bool is_suffix)
+{
+    char key[PSL_KEY_MAX];
+    size_t n;
+    dmarc__answer *ans;
+
+    if (c == NULL || len > DMARC_DOMAIN_MAX_LEN)
+        return;
+    n = psl_key(o, name, len, key);
+    ans = dmarc__answer_new(&c->alloc, DMARC__QTYPE_PSL, key, n,
+                            dmarc__qhash(DMARC__QTYPE_PSL, key, n), DMARC_RCODE_NOERROR, NULL, 0);
+    if (ans == NULL)
+        return; /* only a cache: the next evaluation asks the PSL again */
+    ans->org_off = (uint16_t)off;
+    ans->org_suffix = is_suffix;
+    dmarc__cache_put(c, ans, now, DMARC__PSL_TTL);
+    dmarc__answer_release(ans);
+}
+
 const dmarc_allocator *dmarc__cache_allocator(const dmarc_cache *c)
 {
     return &c->alloc;

@@ -20,6 +20,14 @@
 /* RFC 1035 §2.3.4: a name longer than this cannot be in the DNS at all. */
 #define DMARC__DNS_NAME_MAX 253
 
+/* PSL answers (rfc7489 Org Domains) share the cache under this pseudo type,
+** which no DNS question uses, keyed by the callback, its user data and the
+** name. They live this long (seconds of `now`): a list reloaded under the
+** same callback and user data takes effect within that time, or at once
+** after dmarc_cache_clear. [PSL-6]: lists are refreshed about daily. */
+#define DMARC__QTYPE_PSL 0
+#define DMARC__PSL_TTL 3600
+
 /* What discovery needs from one TXT answer under one mode [WALK-1]. */
 typedef struct dmarc__txtview {
     bool done;            /* classified for this mode */
@@ -45,6 +53,9 @@ struct dmarc__answer {
     dmarc__answer *lru_prev, *lru_next;
     uint64_t expires;
     bool cached;
+    /* DMARC__QTYPE_PSL entries: what the callback said. */
+    uint16_t org_off;
+    bool org_suffix;
 };
 
 /* Hash of a question; the same function keys the cache and the memo. */
@@ -71,6 +82,13 @@ DMARC__HIDDEN dmarc__answer *dmarc__cache_get(dmarc_cache *c, dmarc_qtype type, 
 ** full. SERVFAIL, TIMEOUT and ttl 0 are not stored. Never fails: when the
 ** hash table cannot grow it stays as it is. */
 DMARC__HIDDEN void dmarc__cache_put(dmarc_cache *c, dmarc__answer *ans, uint64_t now, uint32_t ttl);
+/* PSL answers: a live entry for @name under the callback of @o (*off and
+** *is_suffix set, true), or false. Storing never fails (NOMEM: not stored). */
+DMARC__HIDDEN bool dmarc__cache_psl_get(dmarc_cache *c, const dmarc_options *o, const char *name,
+                                        size_t len, uint64_t now, size_t *off, bool *is_suffix);
+DMARC__HIDDEN void dmarc__cache_psl_put(dmarc_cache *c, const dmarc_options *o, const char *name,
+                                        size_t len, uint64_t now, size_t off, bool is_suffix);
+
 /* The allocator answers meant for the cache must be made with. */
 DMARC__HIDDEN const dmarc_allocator *dmarc__cache_allocator(const dmarc_cache *c);
 

@@ -236,7 +236,16 @@ dmarc_status dmarc__org_domain(dmarc_eval *e, const char *name, size_t len, dmar
         const dmarc_options *o = &e->ctx->opt;
         size_t off = 0;
         bool is_suffix = false;
-        dmarc_status st = o->psl(o->psl_ud, name, len, &off, &is_suffix);
+        dmarc_status st = DMARC_OK;
+        /* The shared cache keeps PSL answers too: a lookup costs a hash
+        ** where the list itself costs a walk over its rules. */
+        if (!dmarc__cache_psl_get(e->cache, o, name, len, e->now, &off, &is_suffix)) {
+            st = o->psl(o->psl_ud, name, len, &off, &is_suffix);
+            if (is_suffix)
+                off = 0;
+            if (st >= 0 && off < len && (off == 0 || name[off - 1] == '.'))
+                dmarc__cache_psl_put(e->cache, o, name, len, e->now, off, is_suffix);
+        }
         /* A callback answer that is not a label boundary of the name is a
         ** failure like any other: the evaluation gives temperror. */
         if (st < 0 || off >= len || (off > 0 && name[off - 1] != '.')) {

@@ -28,10 +28,14 @@
 ** unlisted TLD is a suffix) [PSL-1]. */
 static const char *const stub_suffixes[] = {"com", "net", "org", "example", "uk", "co.uk", "test"};
 
+/* Calls of stub_psl, for the PSL caching test. */
+static int psl_calls;
+
 static dmarc_status stub_psl(void *ud, const char *d, size_t len, size_t *off, bool *is_suffix)
 {
     const int *fail = ud;
     size_t best = 0, i, j;
+    psl_calls++;
     if (fail != NULL && *fail)
         return DMARC_ERR_LIMIT;
     for (i = 0; i < sizeof stub_suffixes / sizeof stub_suffixes[0]; i++) {
@@ -1812,6 +1816,51 @@ static void eval__cache_shared_across_modes(void **state)
 
 /* }====================================================== */
 
+/* rfc7489: PSL answers are kept in the shared cache, per callback and user
+** data; failures are not kept. */
+static void eval__cache_keeps_psl_answers(void **state)
+{
+    T *t = *state;
+    int other_ud = 0;
+    use_cache(t, 100);
+    t_mode(t, DMARC_MODE_RFC7489);
+    psl_calls = 0;
+    from(t, "user@mail.example.com");
+    dkim(t, "bounce.example.com", DMARC_AUTH_PASS);
+    run(t, zone_v17);
+    assert_int_equal(t->v.result, DMARC_RESULT_PASS);
+    assert_int_equal(psl_calls, 2);
+
+    dmarc_eval_reset(t->e);
+    from(t, "user@mail.example.com");
+    dkim(t, "bounce.example.com", DMARC_AUTH_PASS);
+    run(t, zone_v17);
+    assert_int_equal(t->v.result, DMARC_RESULT_PASS);
+    assert_int_equal(psl_calls, 2);
+    assert_int_equal(dmarc_eval_query_count(t->e), 0);
+
+    /* Another list (user data): asked afresh. */
+    t->opt.psl_ud = &other_ud;
+    t_mode(t, DMARC_MODE_RFC7489);
+    from(t, "user@mail.example.com");
+    run(t, zone_v17);
+    assert_int_equal(psl_calls, 3);
+
+    /* A failing list is asked every time. */
+    t->opt.psl_ud = &t->psl_fail;
+    t_mode(t, DMARC_MODE_RFC7489);
+    dmarc_cache_clear(t->cache);
+    t->psl_fail = 1;
+    from(t, "user@mail.example.com");
+    run(t, zone_v17);
+    assert_int_equal(t->v.result, DMARC_RESULT_TEMPERROR);
+    dmarc_eval_reset(t->e);
+    from(t, "user@mail.example.com");
+    run(t, zone_v17);
+    assert_int_equal(t->v.result, DMARC_RESULT_TEMPERROR);
+    assert_int_equal(psl_calls, 5);
+}
+
 /* ** {======================================================
 ** Failing allocations
 ** ======================================================= */
@@ -2082,6 +2131,7 @@ int main(void)
         T_(eval__cache_lru_eviction),
         T_(eval__cache_entry_outlives_eviction),
         T_(eval__cache_shared_across_modes),
+        T_(eval__cache_keeps_psl_answers),
         T_(eval__nomem_loop_without_cache),
         T_(eval__nomem_loop_with_cache),
         T_(eval__nomem_retry_completes),
