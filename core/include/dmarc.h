@@ -451,6 +451,9 @@ typedef struct dmarc_cache dmarc_cache;
 ** they may outlive the evaluation (and context) that asked; an entry an
 ** evaluation still reads survives its eviction until that evaluation is
 ** reset or freed. The cache must outlive every evaluation using it.
+** In RFC 7489 mode the cache also keeps the PSL callback's answers, keyed by
+** (callback, user data, name), for an hour of `now`; after replacing a list
+** under the same callback and user data, dmarc_cache_clear applies it at once.
 ** Returns NULL with *st = DMARC_ERR_NOMEM or DMARC_ERR_INVAL (max_entries 0).
 */
 DMARC_API dmarc_cache *dmarc_cache_new(const dmarc_allocator *alloc, size_t max_entries,
@@ -596,8 +599,9 @@ typedef struct dmarc_verdict {
     const char *author_domain;    /* A-label, or NULL */
     const char *policy_domain;    /* where the applied record was found (for permerror:
                                      the unusable one), or NULL */
-    const char *org_domain;       /* of the author domain: what a tree walk (rfc9989) or
-                                     the PSL (rfc7489) found; in rfc9989 mode the author
+    const char *org_domain;       /* of the author domain, as far as the evaluation needed
+                                     it: what a tree walk (rfc9989) or the PSL (rfc7489)
+                                     found; in rfc9989 mode the author
                                      domain itself when it has its own record and no walk
                                      was needed [ALN-5]; NULL if not determined */
     bool has_policy;              /* a usable record applies: policy is meaningful */
