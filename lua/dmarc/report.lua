@@ -221,6 +221,17 @@ local function decoded_policy(key)
   return p
 end
 
+--- The 12 raw (still escaped) parts of an encoded row, or nil. Part 9 is
+-- the policy configuration (report grouping [AGG-1]).
+function M.split_field(field)
+  if type(field) ~= 'string' or #field > M.limits.max_field then return nil end
+  local f = split(field, '|')
+  if f[1] ~= tostring(M.VERSION) or #f ~= 12 then return nil end
+  return f
+end
+
+M.unescape = unesc
+
 --- Decode a hash field back to a row table; nil, msg, code on a field this
 -- version does not understand (the generator counts and skips those).
 function M.decode_row(field)
@@ -687,7 +698,16 @@ function Collector:_send(rows)
   local conn, err, code = self:_get_conn()
   if not conn then return rows, err, code end
   local cmds = {}
-  for i, row in ipairs(rows) do cmds[i] = M.commands(row, self.o)[1] end
+  local o = self.o
+  -- The same command as M.commands(), without re-validating options and
+  -- re-encoding rows the collector prepared already.
+  local max_rows, ttl = tostring(math.floor(o.max_rows)), tostring(math.floor(o.ttl))
+  for i, row in ipairs(rows) do
+    local k = M.keys(o.prefix, row.policy_domain, row.day)
+    cmds[i] = { 'EVAL', M.ROW_SCRIPT, '2', k.rows, k.meta, row.field,
+                tostring(math.floor(row.count)), max_rows, ttl, row.rua_enc,
+                row.lost and tostring(row.lost) or '', row.policy_enc or '' }
+  end
   local replies, perr, pcode = conn:pipeline(cmds)
   if not replies then
     -- An I/O failure: the connection is dropped and reopened later.

@@ -192,17 +192,11 @@ function Writer:begin(meta, domain, pol)
   self.write(table.concat(b))
 end
 
---- Write one record: a row of the report with its message count.
--- @param row {table} a decoded row (report.decode_row)
--- @param count {number}
-function Writer:record(row, count)
-  local f = self.format
-  local b = { '  <record>\n    <row>\n' }
-  local ip = row.source_ip
-  if f == 'rfc7489' then ip = M.expand_ipv6(ip) end
-  el(b, '      ', 'source_ip', ip)
-  el(b, '      ', 'count', string.format('%d', count))
-  b[#b + 1] = '      <policy_evaluated>\n'
+-- The three parts of a record other than source_ip and count. Rows of one
+-- report share most of them, so record_encoded() caches each part's XML.
+
+local function eval_xml(f, row)
+  local b = { '      <policy_evaluated>\n' }
   local disp = row.disposition
   -- RFC 7489 has no "pass" disposition: no action was taken, i.e. none.
   if f == 'rfc7489' and disp == 'pass' then disp = 'none' end
@@ -220,7 +214,12 @@ function Writer:record(row, count)
     if c then el(b, '          ', 'comment', c) end
     b[#b + 1] = '        </reason>\n'
   end
-  b[#b + 1] = '      </policy_evaluated>\n    </row>\n    <identifiers>\n'
+  b[#b + 1] = '      </policy_evaluated>\n    </row>\n'
+  return table.concat(b)
+end
+
+local function ident_xml(f, row)
+  local b = { '    <identifiers>\n' }
   if f == 'rfc9990' then
     el(b, '      ', 'header_from', row.header_from)
     -- Optional in 9990 and empty for a null reverse-path: omitted then.
@@ -233,7 +232,12 @@ function Writer:record(row, count)
     el(b, '      ', 'envelope_from', row.envelope_from or '')
     el(b, '      ', 'header_from', row.header_from)
   end
-  b[#b + 1] = '    </identifiers>\n    <auth_results>\n'
+  b[#b + 1] = '    </identifiers>\n'
+  return table.concat(b)
+end
+
+local function auth_xml(f, row)
+  local b = { '    <auth_results>\n' }
   for _, d in ipairs(row.dkim_results or {}) do
     b[#b + 1] = '      <dkim>\n'
     el(b, '        ', 'domain', d.domain)
@@ -258,7 +262,7 @@ function Writer:record(row, count)
     end
   else
     -- 7489 requires at least one spf element with a scope.
-    s = s or { domain = row.envelope_from ~= '' and row.envelope_from or row.header_from,
+    s = s or { domain = (row.envelope_from or '') ~= '' and row.envelope_from or row.header_from,
                scope = 'mfrom', result = 'none' }
     b[#b + 1] = '      <spf>\n'
     el(b, '        ', 'domain', s.domain)
@@ -269,8 +273,84 @@ function Writer:record(row, count)
     b[#b + 1] = '      </spf>\n'
   end
   b[#b + 1] = '    </auth_results>\n  </record>\n'
-  self.write(table.concat(b))
+  return table.concat(b)
+end
+
+local function row_xml(f, ip, count, ev, id, au)
+  if f == 'rfc7489' then ip = M.expand_ipv6(ip) end
+  return '  <record>\n    <row>\n      <source_ip>' .. escape(ip) .. '</source_ip>\n      <count>'
+    .. string.format('%d', count) .. '</count>\n' .. ev .. id .. au
+end
+
+--- Write one record: a row of the report with its message count.
+-- @param row {table} a decoded row (report.decode_row)
+-- @param count {number}
+function Writer:record(row, count)
+  local f = self.format
+  self.write(row_xml(f, row.source_ip, count, eval_xml(f, row), ident_xml(f, row), auth_xml(f, row)))
   self.records = self.records + 1
+end
+
+M.CACHE_MAX = 4096 -- fragments cached per writer
+
+local function cached(self, cache, key, build)
+  local c = self[cache]
+  local v = c[key]
+  if v then return v end
+  v = build()
+  if self[cache .. '_n'] >= M.CACHE_MAX then
+    c = {}
+    self[cache] = c
+    self[cache .. '_n'] = 0
+  end
+  c[key] = v
+  self[cache .. '_n'] = self[cache .. '_n'] + 1
+  return v
+end
+
+--- Write one record straight from its encoded hash field (report.encode_row):
+-- the same XML as record(decode_row(field), count), with the parts rows
+-- share built once.
+-- @return true, or nil when the field is not a valid row
+function Writer:record_encoded(field, count, parts)
+  local report = require 'dmarc.report'
+  parts = parts or report.split_field(field)
+  if not parts then return nil end
+  if not self.ev_cache then
+    self.ev_cache, self.id_cache, self.au_cache = {}, {}, {}
+    self.ev_cache_n, self.id_cache_n, self.au_cache_n = 0, 0, 0
+  end
+  local f = self.format
+  local row
+  local function decoded()
+    row = row or report.decode_row(field)
+    return row
+  end
+  local ok = true
+  local ev = cached(self, 'ev_cache', parts[6] .. '|' .. parts[7] .. '|' .. parts[8] .. '|' .. parts[10],
+                    function()
+                      local r = decoded()
+                      if not r then ok = false return '' end
+                      return eval_xml(f, r)
+                    end)
+  if not ok then return nil end
+  local id = cached(self, 'id_cache', parts[2] .. '|' .. parts[3] .. '|' .. parts[4], function()
+    local r = decoded()
+    if not r then ok = false return '' end
+    return ident_xml(f, r)
+  end)
+  if not ok then return nil end
+  local au = cached(self, 'au_cache', parts[11] .. '|' .. parts[12] .. '|' .. parts[2] .. '|' .. parts[3],
+                    function()
+                      local r = decoded()
+                      if not r then ok = false return '' end
+                      return auth_xml(f, r)
+                    end)
+  if not ok then return nil end
+  local ip = row and row.source_ip or report.unescape(parts[5])
+  self.write(row_xml(f, ip, count, ev, id, au))
+  self.records = self.records + 1
+  return true
 end
 
 function Writer:finish()
@@ -605,16 +685,13 @@ function M.generate(opts)
   local pending = {} -- manifests whose XML waits for gzip
   local gzip = opts.gzip or 'gzip -n -f -6 --'
 
-  local function flush_pending()
-    if #pending == 0 then return true end
-    local args = {}
-    for _, man in ipairs(pending) do
-      for _, r in ipairs(man.reports) do args[#args + 1] = shell_quote(out .. '/' .. r.xml) end
-    end
-    local cmd = gzip .. ' ' .. table.concat(args, ' ')
-    local ok = os.execute(cmd)
-    if ok ~= true and ok ~= 0 then return nil, 'gzip failed: ' .. cmd, 'io' end
-    for _, man in ipairs(pending) do
+  -- Compression runs in a gzip process per batch of reports, started
+  -- without waiting (io.popen), so it overlaps with writing the next batch;
+  -- a batch's messages and manifests are written once its gzip is done.
+  local in_flight -- { handle, batch }
+
+  local function finish_batch(batch)
+    for _, man in ipairs(batch) do
       for _, r in ipairs(man.reports) do
         local gz, err = read_file(out .. '/' .. r.file)
         if not gz then return nil, err, 'io' end
@@ -641,6 +718,30 @@ function M.generate(opts)
       if not okw then return nil, werr, 'io' end
       summary.manifests[#summary.manifests + 1] = path
     end
+    return true
+  end
+
+  local function wait_in_flight()
+    if not in_flight then return true end
+    local h, batch = in_flight[1], in_flight[2]
+    in_flight = nil
+    local status = tonumber((h:read('*a') or ''):match('gzip=(%d+)'))
+    h:close()
+    if status ~= 0 then return nil, 'gzip failed with status ' .. tostring(status), 'io' end
+    return finish_batch(batch)
+  end
+
+  local function flush_pending()
+    if #pending == 0 then return true end
+    local ok, err, code = wait_in_flight()
+    if not ok then return nil, err, code end
+    local args = {}
+    for _, man in ipairs(pending) do
+      for _, r in ipairs(man.reports) do args[#args + 1] = shell_quote(out .. '/' .. r.xml) end
+    end
+    local h = io.popen(gzip .. ' ' .. table.concat(args, ' ') .. ' </dev/null; echo "gzip=$?"')
+    if not h then return nil, 'cannot run gzip', 'io' end
+    in_flight = { h, pending }
     pending = {}
     return true
   end
@@ -663,17 +764,18 @@ function M.generate(opts)
     -- Group rows by policy configuration [AGG-1].
     local groups, group_keys = {}, {}
     for field, n in pairs(agg) do
-      local row = report.decode_row(field)
-      if row and n > 0 then
-        local g = groups[row.policy_key]
+      local parts = report.split_field(field)
+      if parts and n > 0 then
+        local pk = parts[9]
+        local g = groups[pk]
         if not g then
-          g = { fields = {}, rows = {}, policy = row.policy }
-          groups[row.policy_key] = g
-          group_keys[#group_keys + 1] = row.policy_key
+          g = { fields = {}, parts = {}, policy = report.decode_policy(pk) }
+          groups[pk] = g
+          group_keys[#group_keys + 1] = pk
         end
         g.fields[#g.fields + 1] = field
-        g.rows[field] = row
-      elseif not row then
+        g.parts[field] = parts
+      elseif not parts then
         summary.skipped_rows = summary.skipped_rows + 1
       end
     end
@@ -709,17 +811,33 @@ function M.generate(opts)
         local xml_name = file:sub(1, -4)
         local f, err = io.open(out .. '/' .. xml_name, 'wb')
         if not f then return nil, err, 'io' end
-        local w = M.writer { format = format, write = function(s) f:write(s) end }
+        local chunks = {}
+        local function put(text)
+          chunks[#chunks + 1] = text
+          if #chunks >= 256 then
+            f:write(table.concat(chunks))
+            chunks = {}
+          end
+        end
+        local w = M.writer { format = format, write = put }
         w:begin({ org_name = rep.org_name, email = rep.email,
                   extra_contact_info = rep.extra_contact_info, report_id = rid, begin = begin,
                   ['end'] = last, errors = pk == final and errors or nil,
                   generator = opts.version and (M.GENERATOR .. ' ' .. opts.version)
                     or M.GENERATOR },
                 domain, g.policy)
-        for _, field in ipairs(g.fields) do w:record(g.rows[field], agg[field]) end
+        local written = 0
+        for _, field in ipairs(g.fields) do
+          if w:record_encoded(field, agg[field], g.parts[field]) then
+            written = written + 1
+          else
+            summary.skipped_rows = summary.skipped_rows + 1
+          end
+        end
         w:finish()
+        f:write(table.concat(chunks))
         f:close()
-        summary.records = summary.records + #g.fields
+        summary.records = summary.records + written
         summary.reports = summary.reports + 1
         local dests = {}
         for i, d in ipairs(destinations) do
@@ -741,6 +859,7 @@ function M.generate(opts)
     if opts.progress then opts.progress(di, #domains) end
   end
   local ok, err, code = flush_pending()
+  if ok then ok, err, code = wait_in_flight() end
   if not ok then return nil, err, code end
   return summary
 end

@@ -103,6 +103,23 @@ describe('report_xml writer', function()
     assert.truthy(xml.read_file(path):find('\n<feedback>\n', 1, true))
   end)
 
+  it('report_xml__record_encoded_matches_record', function()
+    for _, format in ipairs({ 'rfc9990', 'rfc7489' }) do
+      local a, b = {}, {}
+      local wa = xml.writer { format = format, write = function(s) a[#a + 1] = s end }
+      local wb = xml.writer { format = format, write = function(s) b[#b + 1] = s end }
+      for _, r in ipairs(sample_rows()) do
+        local field = report.encode_row(r)
+        wa:record(report.decode_row(field), 2)
+        assert.is_true(wb:record_encoded(field, 2))
+        assert.is_true(wb:record_encoded(field, 5)) -- from the caches
+        wa:record(report.decode_row(field), 5)
+      end
+      assert.equal(table.concat(a), table.concat(b))
+      assert.is_nil(wb:record_encoded('1|broken', 1))
+    end
+  end)
+
   it('report_xml__escape_and_sanitize_keep_xml_well_formed', function()
     assert.equal('a&amp;b&lt;c&gt;&quot;&apos;', xml.escape('a&b<c>"\''))
     assert.equal('a?b', xml.escape('a\1b'))
