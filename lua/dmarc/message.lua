@@ -50,7 +50,6 @@ function M.parse(text)
   end
   local headers = {}
   local current -- {name, parts}
-  local body_offset = #text + 1
   local lineno = 0
   local function flush()
     if not current then return true end
@@ -63,22 +62,33 @@ function M.parse(text)
     current = nil
     return true
   end
-  while pos <= #text do
+  -- RFC 5322 §2.1: the first empty line ends the header section. Find it once, then walk the
+  -- lines of the header section only.
+  local block_end, body_offset
+  if text:sub(pos, pos) == '\n' then
+    block_end, body_offset = pos - 1, pos + 1
+  elseif text:sub(pos, pos + 1) == '\r\n' then
+    block_end, body_offset = pos - 1, pos + 2
+  else
+    -- Plain searches (memchr speed), the earlier of LF LF and LF CR LF.
+    local a = text:find('\n\n', pos, true)
+    local b = text:find('\n\r\n', pos, true)
+    if a and (not b or a < b) then
+      block_end, body_offset = a, a + 2
+    elseif b then
+      block_end, body_offset = b, b + 3
+    else
+      block_end, body_offset = #text, #text + 1
+    end
+  end
+  local block = text:sub(pos, block_end)
+  if block:find('\0', 1, true) then return fail('NUL byte in the header section', 'syntax') end
+  if block:sub(-1) ~= '\n' then block = block .. '\n' end
+  for line in block:gmatch('([^\n]*)\n') do
     lineno = lineno + 1
-    local nl = text:find('\n', pos, true)
-    local line = text:sub(pos, (nl or #text + 1) - 1)
-    local next_pos = nl and nl + 1 or #text + 1
-    if line:sub(-1) == '\r' then line = line:sub(1, -2) end
-    if line == '' then
-      -- RFC 5322 §2.1: the first empty line ends the header section.
-      body_offset = next_pos
-      break
-    end
-    if line:find('%z') then
-      return fail(string.format('line %d: NUL byte in the header section', lineno), 'syntax')
-    end
-    local first = line:sub(1, 1)
-    if first == ' ' or first == '\t' then
+    if line:byte(-1) == 13 then line = line:sub(1, -2) end
+    local first = line:byte(1)
+    if first == 32 or first == 9 then
       if not current then
         return fail(string.format('line %d: continuation line without a header field', lineno),
           'syntax')
@@ -102,7 +112,6 @@ function M.parse(text)
       end
       current = { name = name, parts = { value }, bytes = #value }
     end
-    pos = next_pos
   end
   local ok, err, code = flush()
   if not ok then return nil, err, code end
