@@ -31,6 +31,8 @@ local MAX_DKIM_RESULTS = 64      -- DKIM results passed on (the engine reads 32)
 local MAX_RCPT = 100             -- envelope recipients passed to the site policy
 local MAX_ARC_SETS = 50          -- RFC 8617 §4.2.1: instance values are 1..50
 local MAX_OPTION_LEN = 256       -- bytes of one symbol option taken from a message
+local MAX_FALLBACK_SIGS = 8      -- DKIM signatures the fallback verifies (keys fetched)
+local MAX_TXT_STRING = 255       -- RFC 1035 §3.3: one character-string
 
 local settings = {
   -- Where the engine is, when not on rspamd's default paths (rspamd 3.4 ignores
@@ -105,11 +107,16 @@ local settings = {
     skip_rspamc = true,           -- as rspamd's module: not for rspamc/controller scans
     reporter_address = nil,       -- our own report sender: its mail is never reported on
   },
+  -- When rspamd's DKIM check did not run (its dkim filter is not loaded), verify DKIM with
+  -- the engine's libopendkim (dmarc.io). Keys are fetched with rspamd's asynchronous
+  -- resolver first, so the verification itself never waits for DNS.
+  fallback_dkim = false,
   -- Seconds Redis is left alone after a failure, so a dead Redis costs no time per message.
   redis_backoff = 10,
 }
 
 local E = {}
+local dio              -- require 'dmarc.io', when fallback_dkim is on (set up at the end)
 local mime_header_encode = rspamd_util.mime_header_encode
 
 -- ---------------------------------------------------------------------------
@@ -350,9 +357,24 @@ local function spf_of(task, env)
   return nil
 end
 
---- Every DKIM signature rspamd checked.
+--- Did rspamd's DKIM check run? Its dkim filter and the spf module each count themselves
+-- in the mempool variable dmarc_checks (the variable rspamd's dmarc module reads).
+local function rspamd_checked_dkim(task)
+  local checks = task:get_mempool():get_variable('dmarc_checks', 'double') or 0
+  local spf_ran = false
+  for _, pair in ipairs(SPF_WORDS) do
+    if task:has_symbol(settings.symbols[pair[1]]) then
+      spf_ran = true
+      break
+    end
+  end
+  return checks - (spf_ran and 1 or 0) >= 1
+end
+
+--- Every DKIM signature rspamd checked (nil: rspamd did not check, and the fallback will).
 local function dkim_of(task)
   local out = {}
+  if dio and not rspamd_checked_dkim(task) then return nil end
   for i, r in ipairs(task:get_dkim_results() or E) do
     if i > MAX_DKIM_RESULTS then break end
     if r.domain then
@@ -366,6 +388,100 @@ local function dkim_of(task)
   end
   return out
 end
+
+-- {==================================================================
+-- The DKIM fallback: libopendkim through dmarc.io, over keys fetched asynchronously.
+-- ===================================================================
+
+--- d= and s= of the message's DKIM-Signature fields (RFC 6376 §3.5), at most
+-- MAX_FALLBACK_SIGS; only names that can be looked up.
+local function dkim_key_names(values)
+  local names, seen = {}, {}
+  for _, value in ipairs(values) do
+    if #names >= MAX_FALLBACK_SIGS then break end
+    local tags = {}
+    for k, v in tostring(value):gmatch('([%a]+)%s*=%s*([^;]*)') do
+      tags[k:lower()] = v:gsub('%s+', '')
+    end
+    local d, sel = tags.d and tags.d:lower(), tags.s and tags.s:lower()
+    if d and sel and (sel .. d):find('^[%w%.%-_]+$') and #d + #sel < 240 then
+      local name = sel .. '._domainkey.' .. d:gsub('%.$', '')
+      if not seen[name] then
+        seen[name] = true
+        names[#names + 1] = name
+      end
+    end
+  end
+  return names
+end
+exports.dkim_key_names = dkim_key_names
+
+--- A master-file TXT record (RFC 1035 §5.1) holding @txt, split into character-strings.
+local function zone_txt_record(name, txt)
+  local parts = {}
+  for i = 1, math.max(#txt, 1), MAX_TXT_STRING do
+    local chunk = txt:sub(i, i + MAX_TXT_STRING - 1)
+    chunk = chunk:gsub('[\\"]', '\\%0'):gsub('[%c\128-\255]', function(c)
+      return string.format('\\%03d', c:byte())
+    end)
+    parts[#parts + 1] = '"' .. chunk .. '"'
+  end
+  return name .. '. 60 IN TXT ' .. table.concat(parts, ' ')
+end
+exports.zone_txt_record = zone_txt_record
+
+--- Verify every DKIM signature of the task; cb(results) with results in the plugin's
+-- input shape ({result=, domain=, selector=, human_result=}), exactly once.
+local function dkim_fallback(task, cb)
+  local values = {}
+  for _, hdr in ipairs(task:get_header_full('DKIM-Signature') or E) do
+    values[#values + 1] = hdr.value or ''
+    if #values > MAX_FALLBACK_SIGS then break end
+  end
+  local names = dkim_key_names(values)
+  if #names == 0 then return cb({}) end
+  local records, faults, pending = {}, nil, #names
+  local function verify()
+    local out = {}
+    local ok, err = pcall(function()
+      local r, rerr = dio.resolver{ zone_text = table.concat(records, '\n') .. '\n', faults = faults,
+                                     cache = 0 }
+      if not r then error(rerr, 0) end
+      local res, verr = r:dkim(tostring(task:get_content()))
+      r:close()
+      if not res then error(verr, 0) end
+      for i, sig in ipairs(res.signatures or E) do
+        if i > MAX_DKIM_RESULTS then break end
+        if sig.domain and sig.domain ~= '' then
+          out[#out + 1] = { result = sig.result, domain = sig.domain:lower(), selector = sig.selector,
+                            human_result = sig.reason }
+        end
+      end
+    end)
+    if not ok then rspamd_logger.warnx(task, '%s: DKIM fallback failed: %s', N, err) end
+    cb(out)
+  end
+  local resolver = task:get_resolver()
+  for _, name in ipairs(names) do
+    local function on_answer(_, _, results, err)
+      local rcode = rcode_of(err, results)
+      if rcode == 'noerror' then
+        for _, rr in ipairs(results) do records[#records + 1] = zone_txt_record(name, tostring(rr)) end
+      elseif rcode == 'servfail' or rcode == 'timeout' then
+        -- A key that could not be fetched is a temperror for its signature, not a fail.
+        faults = faults or {}
+        faults[name] = rcode
+      end
+      pending = pending - 1
+      if pending == 0 then verify() end
+    end
+    local ok, sent = pcall(resolver.resolve_txt, resolver,
+      { task = task, name = name, forced = true, callback = on_answer })
+    if not ok or not sent then on_answer(nil, nil, nil, 'server fail') end
+  end
+end
+
+-- }==================================================================
 
 --- rspamd's ARC verdict (its arc module) and the sealers of the chain [ARC-1].
 local function arc_of(task)
@@ -779,17 +895,24 @@ local function dmarc_check(task)
     spf = spf_of(task, env),
     dkim = dkim_of(task),
   }
-  local dns_errors = {}
-  local started, serr = pcall(evaluate, input, make_resolver(task, dns_errors), function(out, details)
-    if not out then
-      -- An engine failure is never a reason to reject: log it, add nothing.
-      rspamd_logger.errx(task, '%s: evaluation failed: %s', N, details)
-      return
-    end
-    local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
-    if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
+  local function run()
+    local dns_errors = {}
+    local started, serr = pcall(evaluate, input, make_resolver(task, dns_errors), function(out, details)
+      if not out then
+        -- An engine failure is never a reason to reject: log it, add nothing.
+        rspamd_logger.errx(task, '%s: evaluation failed: %s', N, details)
+        return
+      end
+      local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
+      if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
+    end)
+    if not started then rspamd_logger.errx(task, '%s: evaluation failed: %s', N, serr) end
+  end
+  if input.dkim then return run() end
+  dkim_fallback(task, function(results)
+    input.dkim = results
+    run()
   end)
-  if not started then rspamd_logger.errx(task, '%s: evaluation failed: %s', N, serr) end
 end
 exports.dmarc_check = dmarc_check
 
@@ -945,6 +1068,14 @@ if settings.reporting.enabled then
   end
   reporting_redis.timeout = settings.reporting.timeout
   row_script_id = lua_redis.add_redis_script(report.ROW_SCRIPT, reporting_redis)
+end
+
+if settings.fallback_dkim then
+  local ok_io, io_or_err = pcall(require, 'dmarc.io')
+  if not ok_io then
+    return disable('fallback_dkim needs dmarc.io (libopendkim), which cannot be loaded: %s', io_or_err)
+  end
+  dio = io_or_err
 end
 
 auth_local_conf = { settings.check_local, settings.check_authed }

@@ -22,6 +22,7 @@ describe('rspamd harness', function()
     assert.equal('', h.setup_error)
     assert.is_string(h.instances.engine)
     assert.is_string(h.instances.strict)
+    assert.is_string(h.instances.legacy)
   end)
 end)
 
@@ -337,5 +338,29 @@ describe('dmarc_engine plugin (strict site script, Redis down)', function()
     assert.is_true(os.time() - t0 <= 2)
     local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/strict/log/rspamd.log'))
     assert.is_truthy(log:find('override store unavailable', 1, true))
+  end)
+end)
+
+describe('dmarc_engine plugin (rfc7489 mode, DKIM checked by the engine)', function()
+  local addr = h.instances.legacy
+
+  it('verifies DKIM with libopendkim when rspamd checked none (fallback_dkim)', function()
+    local r = h.scan(addr, { file = 'dkim-pass.eml', ip = '198.51.100.7', from = 'b@esp.test' })
+    assert.is_nil(r.symbols.R_DKIM_ALLOW)
+    assert.same({ 'pass.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    -- A body changed after signing fails.
+    r = h.scan(addr, { file = 'arc-broken.eml', ip = '198.51.100.50',
+                       from = 'team-bounces@forwarder.test' })
+    assert.is_table(h.options(r, 'DMARC_POLICY_REJECT'))
+  end)
+
+  it('a name without A, AAAA or MX does not exist for RFC 9091: np applies', function()
+    local r = h.scan(addr, { file = 'np-txtonly.eml', ip = SPOOFER, from = 'x@txtonly.np.test' })
+    assert.same({ 'np.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    -- RFC 9989 (the default mode): NODATA means the name exists, so sp applies [DISC-12].
+    r = h.scan(h.instances.engine, { file = 'np-txtonly.eml', ip = SPOOFER, from = 'x@txtonly.np.test' })
+    assert.same({ 'np.test : No valid SPF, No valid DKIM', 'quarantine' },
+      h.options(r, 'DMARC_POLICY_QUARANTINE'))
   end)
 end)

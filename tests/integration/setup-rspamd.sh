@@ -5,7 +5,10 @@
 #   builtin  127.0.0.1:11433  rspamd's own dmarc module (the reference the harness is
 #                             proven with, and what the plugin must stay compatible with)
 #   engine   127.0.0.1:11443  our plugin, the default site script (RFC 9989 §7.4 treatment)
-#   strict   127.0.0.1:11453  our plugin, the site script with the one-line reject switch
+#   strict   127.0.0.1:11453  our plugin, the site script with the one-line reject switch,
+#                             a Redis that is down
+#   legacy   127.0.0.1:11463  our plugin in rfc7489 mode, DKIM checked by the engine
+#                             (rspamd's dkim filter not loaded)
 #
 # A failure here does not stop the other suites: it is recorded in DMARC_TEST_RSPAMD_ERROR
 # and rspamd_spec.lua reports it as a failed test. Every daemon's PID is in SERVER_PIDS.
@@ -52,6 +55,13 @@ rspamd_it_setup() {
         export DMARC_TEST_RSPAMD_STRICT=127.0.0.1:11453
     else
         DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin (strict site) did not start"
+        return 0
+    fi
+    if RSPAMD_IT_FILTERS="" rspamd_it_conf legacy 11463 engine "$RSPAMD_IT_SRC/legacy.conf.in" &&
+        rspamd_it_start legacy 11463; then
+        export DMARC_TEST_RSPAMD_LEGACY=127.0.0.1:11463
+    else
+        DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin (rfc7489 mode) did not start"
     fi
     return 0
 }

@@ -11,6 +11,7 @@ M.instances = {
   builtin = os.getenv('DMARC_TEST_RSPAMD_BUILTIN'),
   engine = os.getenv('DMARC_TEST_RSPAMD_ENGINE'),
   strict = os.getenv('DMARC_TEST_RSPAMD_STRICT'),
+  legacy = os.getenv('DMARC_TEST_RSPAMD_LEGACY'),
 }
 M.setup_error = os.getenv('DMARC_TEST_RSPAMD_ERROR') or ''
 

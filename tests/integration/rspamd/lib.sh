@@ -125,13 +125,14 @@ rspamd_it_corpus() {
 # rspamd_it_conf NAME PORT DMARC_MODULE [EXTRA_FILE]: render an rspamd config for one
 # instance into $RSPAMD_IT_DIR/NAME/. DMARC_MODULE is `builtin` (rspamd's own dmarc
 # module), `engine` (ours) or `none`. EXTRA_FILE, when given, is appended (plugin options).
+# RSPAMD_IT_FILTERS: rspamd's C filters (default "dkim"; empty: rspamd checks no DKIM).
 rspamd_it_conf() {
     name=$1 port=$2 dmarc=$3 extra=${4:-}
     d=$RSPAMD_IT_DIR/$name
     mkdir -p "$d/plugins" "$d/db" "$d/run" "$d/log"
     # Only the Lua plugins under test are visible: SPF, ARC and one DMARC module.
     for p in spf arc; do ln -sf "/usr/share/rspamd/plugins/$p.lua" "$d/plugins/$p.lua"; done
-    builtin=false engine=false
+    builtin=false
     case $dmarc in
     builtin)
         ln -sf /usr/share/rspamd/plugins/dmarc.lua "$d/plugins/dmarc.lua"
@@ -139,7 +140,6 @@ rspamd_it_conf() {
         ;;
     engine)
         ln -sf "$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine.lua" "$d/plugins/dmarc_engine.lua"
-        engine=true
         ;;
     none) ;;
     *)
@@ -150,7 +150,7 @@ rspamd_it_conf() {
     sed -e "s|@DIR@|$d|g" -e "s|@CACHE@|$RSPAMD_IT_CACHE|g" -e "s|@PORT@|$port|g" \
         -e "s|@DNS_PORT@|$RSPAMD_IT_DNS_PORT|g" -e "s|@REDIS@|$RSPAMD_IT_REDIS|g" \
         -e "s|@WORKERS@|${RSPAMD_IT_WORKERS:-1}|g" -e "s|@LOGLEVEL@|${RSPAMD_IT_LOGLEVEL:-info}|g" \
-        -e "s|@BUILTIN@|$builtin|g" -e "s|@ENGINE@|$engine|g" \
+        -e "s|@BUILTIN@|$builtin|g" -e "s|@FILTERS@|${RSPAMD_IT_FILTERS-dkim}|g" \
         "$RSPAMD_IT_SRC/rspamd.conf.in" >"$d/rspamd.conf"
     if [ -n "$extra" ]; then
         sed -e "s|@ROOT@|$RSPAMD_IT_ROOT|g" -e "s|@DIR@|$d|g" -e "s|@SRC@|$RSPAMD_IT_SRC|g" \
