@@ -121,13 +121,14 @@ static void warn(struct parse_state *st, dmarc_diag_code code, size_t offset, co
 ** here" question in one load: the per-byte loops are the parser's hot path.
 */
 enum {
-    CH_VALUE = 1u << 0,  /* [REC-3] tag-value byte: %x21-3A / %x3C-7E (printable, not ';') */
-    CH_WSP = 1u << 1,    /* SP / HTAB */
-    CH_NAME = 1u << 2,   /* RFC 6376 §3.2 ALNUMPUNC: ALPHA / DIGIT / "_" */
-    CH_SCHEME = 1u << 3, /* RFC 3986 §3.1: ALPHA / DIGIT / "+" / "-" / "." */
-    CH_URI = 1u << 4,    /* RFC 3986 §2 characters, '%' included, ',' and '!' excluded */
-    CH_DOMAIN = 1u << 5, /* mailto domain: ALPHA / DIGIT / "-" / "." / "_" / "%" */
-    CH_HEX = 1u << 6     /* HEXDIG */
+    CH_VALUE = 1u << 0,    /* [REC-3] tag-value byte: %x21-3A / %x3C-7E (printable, not ';') */
+    CH_WSP = 1u << 1,      /* SP / HTAB */
+    CH_NAME = 1u << 2,     /* RFC 6376 §3.2 ALNUMPUNC: ALPHA / DIGIT / "_" */
+    CH_SCHEME = 1u << 3,   /* RFC 3986 §3.1: ALPHA / DIGIT / "+" / "-" / "." */
+    CH_URI = 1u << 4,      /* RFC 3986 §2 characters, '%' included, ',' and '!' excluded */
+    CH_DOMAIN = 1u << 5,   /* mailto domain: ALPHA / DIGIT / "-" / "." / "_" / "%" */
+    CH_HEX = 1u << 6,      /* HEXDIG */
+    CH_URI_PLAIN = 1u << 7 /* CH_URI minus the bytes scan_uri must look at: '%' '@' '?' */
 };
 
 #define CH_IS_ALPHA(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
@@ -146,7 +147,8 @@ enum {
      ((CH_IS_ALNUM(c) || (c) == '+' || (c) == '-' || (c) == '.') ? CH_SCHEME : 0) |                \
      (CH_IS_URI(c) ? CH_URI : 0) |                                                                 \
      ((CH_IS_ALNUM(c) || (c) == '-' || (c) == '.' || (c) == '_' || (c) == '%') ? CH_DOMAIN : 0) |  \
-     ((CH_IS_DIGIT(c) || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F')) ? CH_HEX : 0))
+     ((CH_IS_DIGIT(c) || ((c) >= 'a' && (c) <= 'f') || ((c) >= 'A' && (c) <= 'F')) ? CH_HEX : 0) | \
+     ((CH_IS_URI(c) && (c) != '%' && (c) != '@' && (c) != '?') ? CH_URI_PLAIN : 0))
 #define CH_ROW(b)                                                                                  \
     CH_CLASS((b) + 0), CH_CLASS((b) + 1), CH_CLASS((b) + 2), CH_CLASS((b) + 3), CH_CLASS((b) + 4), \
         CH_CLASS((b) + 5), CH_CLASS((b) + 6), CH_CLASS((b) + 7), CH_CLASS((b) + 8),                \
@@ -162,6 +164,43 @@ static const unsigned char char_class[256] = {
 static bool char_is(char c, unsigned cls)
 {
     return (char_class[(unsigned char)c] & cls) != 0;
+}
+
+/* Eight bytes at a time (SWAR): true when some byte of @w may end a tag
+** value: below 0x20 (TAB included, which the byte loop then accepts),
+** above 0x7e, or ';'. It may say yes for a byte that is fine, never no for
+** one that is not (the byte loop decides). */
+#define SWAR_ONES 0x0101010101010101u
+#define SWAR_HIGHS 0x8080808080808080u
+static bool swar_may_stop(uint64_t w)
+{
+    uint64_t below = (w - SWAR_ONES * 0x20) & ~w & SWAR_HIGHS;
+    uint64_t above = ((w + SWAR_ONES * (127 - 0x7e)) | w) & SWAR_HIGHS;
+    uint64_t x = w ^ (SWAR_ONES * ';');
+    uint64_t semi = (x - SWAR_ONES) & ~x & SWAR_HIGHS;
+    return (below | above | semi) != 0;
+}
+
+/* Offset of the first byte at or after @pos that is not a [REC-3]
+** tag-value byte or WSP (a ';', a control, an 8-bit byte), or @len. Every
+** turn of the outer loop moves pos by 8 or returns. */
+static size_t scan_value(const char *s, size_t len, size_t pos)
+{
+    for (;;) {
+        size_t end;
+        while (len - pos >= 8) {
+            uint64_t w;
+            memcpy(&w, s + pos, 8);
+            if (swar_may_stop(w))
+                break;
+            pos += 8;
+        }
+        end = len - pos > 8 ? pos + 8 : len;
+        while (pos < end && char_is(s[pos], CH_VALUE | CH_WSP))
+            pos++;
+        if (pos < end || pos == len)
+            return pos;
+    }
 }
 
 /* }====================================================== */
@@ -255,17 +294,21 @@ static bool parse_policy(const char *v, size_t n, dmarc_policy *out)
     return true;
 }
 
-/* A single letter keyword (r/s, y/n, y/n/u); lowercase on success. */
+/* A single letter keyword out of @allowed (lowercase letters: r/s, y/n,
+** y/n/u), matched case-insensitively; the lowercase letter on success. */
 static bool parse_letter(const char *v, size_t n, const char *allowed, int *out)
 {
     int c;
     if (n != 1)
         return false;
     c = dmarc__lower((unsigned char)v[0]);
-    if (c == 0 || strchr(allowed, c) == NULL)
-        return false;
-    *out = c;
-    return true;
+    for (; *allowed != '\0'; allowed++) {
+        if (*allowed == c) {
+            *out = c;
+            return true;
+        }
+    }
+    return false;
 }
 
 /* pct: 1*3DIGIT, 0..100 (RFC 7489 §6.3; [POL-6]: anything else gives 100). */
@@ -462,16 +505,28 @@ static bool scan_uri(const char *s, size_t n, size_t *stop, struct uri_span *u)
     if (i == n || s[i] != ':')
         goto bad;
     colon = i;
-    for (i = colon + 1; i < n && char_is(s[i], CH_URI); i++) {
+    i = colon + 1;
+    for (;;) {
+        /* The common bytes in a tight loop; the three that matter below. */
+        while (i < n && char_is(s[i], CH_URI_PLAIN))
+            i++;
+        if (i == n)
+            break;
         if (s[i] == '%') {
             if (n - i < 3 || !char_is(s[i + 1], CH_HEX) || !char_is(s[i + 2], CH_HEX))
                 goto bad;
-            i += 2;
-        } else if (query == 0) {
-            if (s[i] == '@')
-                at = i;
-            else if (s[i] == '?')
-                query = i;
+            i += 3;
+        } else if (s[i] == '@' || s[i] == '?') {
+            /* Only the part before `?hfields` is the addr-spec (RFC 6068). */
+            if (query == 0) {
+                if (s[i] == '@')
+                    at = i;
+                else
+                    query = i;
+            }
+            i++;
+        } else {
+            break;
         }
     }
     end = i;
@@ -549,52 +604,77 @@ static void parse_uri_list(struct parse_state *st, int list, size_t vs, size_t v
 ** One tag
 ** ======================================================= */
 
-/* Known tag for a lowercase name of n <= RECORD_LONGEST_TAG bytes. */
-static enum tag_id lookup_lower(const char *l, size_t n)
-{
-    switch (n) {
-    case 1:
-        return l[0] == 'v' ? TAG_V : l[0] == 'p' ? TAG_P : l[0] == 't' ? TAG_T : TAG_UNKNOWN;
-    case 2:
-        if (l[1] == 'p')
-            return l[0] == 's' ? TAG_SP : l[0] == 'n' ? TAG_NP : TAG_UNKNOWN;
-        if (l[0] == 'r')
-            return l[1] == 'f' ? TAG_RF : l[1] == 'i' ? TAG_RI : TAG_UNKNOWN;
-        return l[0] == 'f' && l[1] == 'o' ? TAG_FO : TAG_UNKNOWN;
-    case 3:
-        if (l[0] == 'p')
-            return l[1] == 'c' && l[2] == 't'   ? TAG_PCT
-                   : l[1] == 's' && l[2] == 'd' ? TAG_PSD
-                                                : TAG_UNKNOWN;
-        if (l[0] == 'r' && l[1] == 'u')
-            return l[2] == 'a' ? TAG_RUA : l[2] == 'f' ? TAG_RUF : TAG_UNKNOWN;
-        return TAG_UNKNOWN;
-    case 4:
-        return memcmp(l, "aspf", 4) == 0 ? TAG_ASPF : TAG_UNKNOWN;
-    case 5:
-        return memcmp(l, "adkim", 5) == 0 ? TAG_ADKIM : TAG_UNKNOWN;
-    default:
-        return TAG_UNKNOWN;
-    }
-}
+/* A tag name of at most RECORD_LONGEST_TAG bytes packed into one integer,
+** so the lookup is a single switch. */
+#define TAG_KEY1(a) ((uint64_t)(unsigned char)(a))
+#define TAG_KEY2(a, b) ((TAG_KEY1(a) << 8) | TAG_KEY1(b))
+#define TAG_KEY3(a, b, c) ((TAG_KEY2(a, b) << 8) | TAG_KEY1(c))
+#define TAG_KEY4(a, b, c, d) ((TAG_KEY3(a, b, c) << 8) | TAG_KEY1(d))
+#define TAG_KEY5(a, b, c, d, e) ((TAG_KEY4(a, b, c, d) << 8) | TAG_KEY1(e))
 
 static enum tag_id lookup_tag(const struct parse_state *st, size_t off, size_t n, bool *wrong_case)
 {
     const char *name = st->txt + off;
-    char lower[RECORD_LONGEST_TAG];
-    bool upper = false;
+    uint64_t key = 0, exact = 0;
     enum tag_id id;
     size_t i;
 
     *wrong_case = false;
     if (n > RECORD_LONGEST_TAG)
         return TAG_UNKNOWN;
+    /* Names are ALPHA / DIGIT / "_": OR-ing 0x20 lowercases the letters and
+    ** leaves digits alone; '_' becomes DEL, which no known name holds. */
     for (i = 0; i < n; i++) {
-        lower[i] = (char)dmarc__lower((unsigned char)name[i]);
-        upper |= lower[i] != name[i];
+        exact = (exact << 8) | (unsigned char)name[i];
+        key = (key << 8) | ((unsigned char)name[i] | 0x20u);
     }
-    id = lookup_lower(lower, n);
-    if (id != TAG_UNKNOWN && upper && st->mode == DMARC_MODE_RFC9989) {
+    switch (key) {
+    case TAG_KEY1('v'):
+        id = TAG_V;
+        break;
+    case TAG_KEY1('p'):
+        id = TAG_P;
+        break;
+    case TAG_KEY2('s', 'p'):
+        id = TAG_SP;
+        break;
+    case TAG_KEY2('n', 'p'):
+        id = TAG_NP;
+        break;
+    case TAG_KEY5('a', 'd', 'k', 'i', 'm'):
+        id = TAG_ADKIM;
+        break;
+    case TAG_KEY4('a', 's', 'p', 'f'):
+        id = TAG_ASPF;
+        break;
+    case TAG_KEY3('p', 'c', 't'):
+        id = TAG_PCT;
+        break;
+    case TAG_KEY1('t'):
+        id = TAG_T;
+        break;
+    case TAG_KEY3('p', 's', 'd'):
+        id = TAG_PSD;
+        break;
+    case TAG_KEY2('f', 'o'):
+        id = TAG_FO;
+        break;
+    case TAG_KEY2('r', 'f'):
+        id = TAG_RF;
+        break;
+    case TAG_KEY2('r', 'i'):
+        id = TAG_RI;
+        break;
+    case TAG_KEY3('r', 'u', 'a'):
+        id = TAG_RUA;
+        break;
+    case TAG_KEY3('r', 'u', 'f'):
+        id = TAG_RUF;
+        break;
+    default:
+        return TAG_UNKNOWN;
+    }
+    if (exact != key && st->mode == DMARC_MODE_RFC9989) {
         /* RFC 7489 tag names are ABNF literals, case-insensitive; RFC 9989
         ** uses RFC 6376 tag-value syntax, case-sensitive [REC-3]. */
         *wrong_case = true;
@@ -784,8 +864,7 @@ static size_t parse_tag(struct parse_state *st, size_t pos)
         pos++;
     vs = pos;
     /* [REC-3] value: printable ASCII except ';', WSP only between parts. */
-    while (pos < len && char_is(s[pos], CH_VALUE | CH_WSP))
-        pos++;
+    pos = scan_value(s, len, pos);
     if (pos < len && s[pos] != ';') {
         bad_char = pos;
         pos = skip_tag(s, len, pos);
@@ -853,17 +932,33 @@ static void state_init(struct parse_state *st, dmarc_mode mode, const char *txt,
 {
     dmarc_record *r = &st->rec;
 
-    /* Only the small parts are cleared; the arrays are filled up to their counts. */
-    memset(r, 0, sizeof(*r));
+    /* Field by field: a struct copy or memset of this size becomes a
+    ** `rep stos`, whose start-up costs more than a short record's parse. */
     r->mode = mode;
     r->usable = true;
-    r->adkim = DMARC_ALIGN_RELAXED;
-    r->aspf = DMARC_ALIGN_RELAXED;
+    r->as_none = false;
+    r->p = r->sp = r->np = DMARC_POLICY_NONE;
+    r->has_p = r->has_sp = r->has_np = false;
+    r->bad_p = r->bad_sp = r->bad_np = false;
+    r->adkim = r->aspf = DMARC_ALIGN_RELAXED;
+    r->has_adkim = r->has_aspf = false;
     r->pct = 100;
+    r->has_pct = false;
+    r->testing = r->has_t = false;
     r->psd = DMARC_PSD_U;
+    r->has_psd = false;
     r->fo = DMARC_FO_0;
+    r->has_fo = false;
+    r->fo_text = NULL;
     r->rf_afrf = true;
+    r->has_rf = false;
     r->ri = 86400;
+    r->has_ri = false;
+    r->rua = r->ruf = NULL;
+    r->rua_count = r->ruf_count = 0;
+    r->has_rua = r->has_ruf = false;
+    r->warnings = NULL;
+    r->warning_count = r->warnings_dropped = 0;
     st->mode = mode;
     st->txt = txt;
     st->len = len;
