@@ -156,6 +156,26 @@ static dmarc_status add_domain(dmarc_eval *e, const char *dom, size_t len)
     return DMARC_OK;
 }
 
+/* Characters of a normalized host name: 1 letter, digit or underscore, 2
+** hyphen, 3 dot, 0 anything else (uppercase included). */
+static const unsigned char host_chars[256] = {
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['_'] = 1, ['-'] = 2, ['.'] = 3,
+};
+
+/* One label [start, end) of a name already_normal accepts. */
+static bool label_is_normal(const char *start, const char *end)
+{
+    size_t n = (size_t)(end - start);
+    if (n == 0 || n > DMARC__LABEL_MAX_LEN || start[0] == '-' || end[-1] == '-')
+        return false;
+    /* An xn-- label needs libidn2's round trip: the slow path decides. */
+    return !(n > 4 && memcmp(start, "xn--", 4) == 0);
+}
+
 /* True when @s is already what dmarc_domain_normalize makes of it: lowercase
 ** letters, digits, hyphen and underscore, labels of 1..63 characters that do
 ** not start or end with a hyphen, no xn-- label (those need libidn2's round
@@ -164,25 +184,20 @@ static dmarc_status add_domain(dmarc_eval *e, const char *dom, size_t len)
 ** else goes through dmarc_domain_normalize, which owns the rules. */
 static bool already_normal(const char *s, size_t len)
 {
-    size_t i, start = 0;
+    const char *p = s, *end = s + len, *label = s;
     if (len == 0 || len > DMARC_DOMAIN_MAX_LEN)
         return false;
-    for (i = 0; i <= len; i++) {
-        unsigned char c = i < len ? (unsigned char)s[i] : '.';
-        size_t n;
-        if (c != '.') {
-            if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-                return false;
+    for (; p < end; p++) {
+        unsigned char k = host_chars[(unsigned char)*p];
+        if (k == 0)
+            return false;
+        if (k != 3)
             continue;
-        }
-        n = i - start;
-        if (n == 0 || n > DMARC__LABEL_MAX_LEN || s[start] == '-' || s[i - 1] == '-')
+        if (!label_is_normal(label, p))
             return false;
-        if (n > 4 && memcmp(s + start, "xn--", 4) == 0)
-            return false;
-        start = i + 1;
+        label = p + 1;
     }
-    return true;
+    return label_is_normal(label, end);
 }
 
 static dmarc_status normalize(const char *in, size_t len, char *buf, size_t *n)

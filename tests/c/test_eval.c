@@ -1355,6 +1355,65 @@ static void eval__add_author_domain(void **state)
 
 /* }====================================================== */
 
+/* The evaluation takes already-normalized names as they are; whatever it
+** takes must be exactly what dmarc_domain_normalize gives [FROM-2]. */
+static void eval__names_normalized_like_domain_normalize(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {{NULL, 0, NOERR, {NULL}}};
+    char l63[64], l64[65], n253[254], n254[255];
+    const char *names[] = {
+        "ex.com",
+        "EX.com",
+        "ex.com.",
+        "ex..com",
+        ".ex.com",
+        "-a.com",
+        "a-.com",
+        "a-b.com",
+        "a_b.com",
+        "xn--4ca0b.example",
+        "xn--zz.example",
+        "1.2.3",
+        "a",
+        "a b.com",
+        "a\x01.com",
+        "\xc3\x84\xc3\x96.example",
+        l63,
+        l64,
+        n253,
+        n254,
+        "",
+    };
+    size_t i;
+    memset(l63, 'a', 63);
+    memcpy(l63 + 59, ".com", 5); /* 59 + 4 characters, label of 59 */
+    memset(l64, 'b', 64);
+    l64[64] = '\0';
+    memset(n253, 'c', 253);
+    memset(n254, 'd', 254);
+    for (i = 49; i < 253; i += 50)
+        n253[i] = n254[i] = '.';
+    n253[253] = n254[254] = '\0';
+    for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char want[DMARC_DOMAIN_MAX_LEN + 1];
+        size_t wlen = 0;
+        dmarc_status a, b;
+        const char *n = names[i];
+        a = dmarc_domain_normalize(n, strlen(n), want, sizeof want, &wlen);
+        dmarc_eval_reset(t->e);
+        b = dmarc_eval_add_author_domain(t->e, n, strlen(n));
+        if (a != DMARC_OK) {
+            if (b != DMARC_ERR_SYNTAX)
+                fail_msg("\"%s\": normalize %d, evaluation took it (%d)", n, a, b);
+            continue;
+        }
+        assert_int_equal(b, DMARC_OK);
+        run(t, zone);
+        expect_str(t->v.author_domain, want);
+    }
+}
+
 /* ** {======================================================
 ** The query loop's contract
 ** ======================================================= */
@@ -2116,6 +2175,7 @@ int main(void)
         T_(eval__too_many_domains_never_pass),
         T_(eval__no_from_and_no_domain),
         T_(eval__add_author_domain),
+        T_(eval__names_normalized_like_domain_normalize),
         T_(eval__wrong_state_calls),
         T_(eval__null_and_bad_inputs),
         T_(eval__ctx_options_checked),
