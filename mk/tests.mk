@@ -64,7 +64,7 @@ fuzz:
 
 check-lua: lua
 	@for r in $(BUSTED_RUNTIMES); do $(RUN_SUITE) busted-$$r -- env DMARC_BUILD=$(BUILD)/$$r \
-	    busted --lua=$$r -o utfTerminal --cpath='$(BUILD)/'$$r'/?.so' tests/lua || fail=1; done; exit $${fail:-0}
+	    LUA_CPATH='$(BUILD)/'$$r'/?.so;;' $$r /usr/bin/busted -o utfTerminal tests/lua || fail=1; done; exit $${fail:-0}
 
 # Integration suites start their own servers (redis-server, unbound, rspamd) on loopback
 # ports, inside a network namespace with only `lo`, and stop them by PID.
