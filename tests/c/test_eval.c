@@ -1964,7 +1964,8 @@ static const fake_rr zone_nomem[] = {
 
 /* One full evaluation (From parse, cache, walks, record parses, existence
 ** test) with allocation number n failing. */
-static dmarc_status nomem_once(counting_alloc *ca, bool use_a_cache, dmarc_result *result)
+static dmarc_status nomem_once(counting_alloc *ca, bool use_a_cache, dmarc_mode mode,
+                               dmarc_result *result)
 {
     dmarc_options o;
     dmarc_allocator al = {counting_fn, NULL};
@@ -1979,6 +1980,8 @@ static dmarc_status nomem_once(counting_alloc *ca, bool use_a_cache, dmarc_resul
     al.ud = ca;
     dmarc_options_init(&o);
     o.alloc = al;
+    o.mode = mode;
+    o.psl = stub_psl;
     ctx = dmarc_ctx_new(&o, &st);
     if (ctx == NULL)
         goto out;
@@ -1997,7 +2000,10 @@ static dmarc_status nomem_once(counting_alloc *ca, bool use_a_cache, dmarc_resul
                                  strlen("A <a@x.y.example.com>, b@other.example.com"));
         if (st != DMARC_OK)
             goto out;
-        st = dmarc_eval_add_dkim(e, "mail.tenant.example.com", 23, "s", 1, DMARC_AUTH_PASS);
+        /* rfc9989: tenant.example.com's psd=n keeps this d= from aligning;
+        ** the PSL knows nothing of it, so in rfc7489 mode it fails instead. */
+        st = dmarc_eval_add_dkim(e, "mail.tenant.example.com", 23, "s", 1,
+                                 mode == DMARC_MODE_RFC9989 ? DMARC_AUTH_PASS : DMARC_AUTH_FAIL);
         if (st != DMARC_OK)
             goto out;
         st = dmarc_eval_add_spf(e, "bounce.example.com", 18, DMARC_AUTH_FAIL, false);
@@ -2018,14 +2024,14 @@ out:
     return st;
 }
 
-static void nomem_loop(bool use_a_cache)
+static void nomem_loop(bool use_a_cache, dmarc_mode mode)
 {
     long n;
     dmarc_result want = DMARC_RESULT__COUNT, got;
     counting_alloc ca;
 
     memset(&ca, 0, sizeof ca);
-    assert_int_equal(nomem_once(&ca, use_a_cache, &want), DMARC_OK);
+    assert_int_equal(nomem_once(&ca, use_a_cache, mode, &want), DMARC_OK);
     assert_int_equal(want, DMARC_RESULT_FAIL);
     assert_int_equal(ca.live, 0);
     for (n = 1; n < 10000; n++) {
@@ -2033,7 +2039,7 @@ static void nomem_loop(bool use_a_cache)
         memset(&ca, 0, sizeof ca);
         ca.fail_at = n;
         got = DMARC_RESULT__COUNT;
-        st = nomem_once(&ca, use_a_cache, &got);
+        st = nomem_once(&ca, use_a_cache, mode, &got);
         /* Nothing leaks, whatever failed. */
         if (ca.live != 0)
             fail_msg("allocation %ld failing leaked %ld blocks", n, ca.live);
@@ -2052,13 +2058,22 @@ static void nomem_loop(bool use_a_cache)
 static void eval__nomem_loop_without_cache(void **state)
 {
     (void)state;
-    nomem_loop(false);
+    nomem_loop(false, DMARC_MODE_RFC9989);
 }
 
 static void eval__nomem_loop_with_cache(void **state)
 {
     (void)state;
-    nomem_loop(true);
+    nomem_loop(true, DMARC_MODE_RFC9989);
+}
+
+/* rfc7489 paths (PSL discovery, the A/AAAA/MX existence test). Without a
+** cache: with one, a PSL answer that cannot be stored is silently not
+** stored, which is no failure of the evaluation. */
+static void eval__nomem_loop_rfc7489(void **state)
+{
+    (void)state;
+    nomem_loop(false, DMARC_MODE_RFC7489);
 }
 
 /* After NOMEM the same call may be retried and the evaluation completes. */
@@ -2194,6 +2209,7 @@ int main(void)
         T_(eval__cache_keeps_psl_answers),
         T_(eval__nomem_loop_without_cache),
         T_(eval__nomem_loop_with_cache),
+        T_(eval__nomem_loop_rfc7489),
         T_(eval__nomem_retry_completes),
 #undef T_
     };
