@@ -34,27 +34,20 @@ static bool label_suffix(const char *name, size_t len, const char *suffix, size_
     return slen == len || name[len - slen - 1] == '.';
 }
 
+/* Length of the last label (the TLD) of a name. */
+static size_t last_label_len(const char *s, size_t len)
+{
+    size_t i = len;
+    while (i > 0 && s[i - 1] != '.')
+        i--;
+    return len - i;
+}
+
 /* Do two names end in the same label (TLD)? If not, they share no Org
 ** Domain whatever the DNS says [ALN-5]: no walk at all. */
 static bool same_tld(const char *a, size_t alen, const char *b, size_t blen)
 {
-    const char *da = memchr(a, '.', alen), *db = memchr(b, '.', blen);
-    size_t ta, tb;
-    /* The last label is what follows the last dot. */
-    while (da != NULL) {
-        const char *next = memchr(da + 1, '.', alen - (size_t)(da + 1 - a));
-        if (next == NULL)
-            break;
-        da = next;
-    }
-    while (db != NULL) {
-        const char *next = memchr(db + 1, '.', blen - (size_t)(db + 1 - b));
-        if (next == NULL)
-            break;
-        db = next;
-    }
-    ta = da != NULL ? alen - (size_t)(da + 1 - a) : alen;
-    tb = db != NULL ? blen - (size_t)(db + 1 - b) : blen;
+    size_t ta = last_label_len(a, alen), tb = last_label_len(b, blen);
     return same_name(a + alen - ta, ta, b + blen - tb, tb);
 }
 
