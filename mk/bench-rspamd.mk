@@ -1,9 +1,18 @@
-# rspamd benchmark: scan throughput with the dmarc_engine plugin against rspamd's built-in
-# dmarc module, same run, same configuration otherwise (tests/bench/rspamd_bench; it runs
-# in its own network namespace and starts its own unbound, redis-server and rspamd).
-# Include from the Makefile:  include mk/bench-rspamd.mk
+# The rspamd plugin's own targets. Include from the Makefile (after mk/tests.mk, whose
+# RUN_SUITE and BUSTED_RUNTIMES they use):  include mk/bench-rspamd.mk
+#
+#   check-plugin   tests/plugin/*_spec.lua: the plugin under busted with a fake rspamd, on
+#                  every Lua runtime present (rspamd's is LuaJIT)
+#   bench-rspamd   scan throughput with the dmarc_engine plugin against rspamd's built-in
+#                  dmarc module, same run, same configuration otherwise
+#                  (tests/bench/rspamd_bench: its own network namespace, unbound,
+#                  redis-server and rspamd)
 
-.PHONY: bench-rspamd
+.PHONY: check-plugin bench-rspamd
+
+check-plugin: lua
+	@for r in $(BUSTED_RUNTIMES); do $(RUN_SUITE) plugin-$$r -- busted --lua=$$r -o utfTerminal \
+	    --lpath='./lua/?.lua' --cpath='$(BUILD)/'$$r'/?.so' tests/plugin || fail=1; done; exit $${fail:-0}
 
 bench-rspamd: lua
 	tests/bench/rspamd_bench

@@ -1,0 +1,381 @@
+-- The rspamd plugin under busted with a fake rspamd (tests/plugin/fake_rspamd.lua):
+-- registration, misconfiguration, the resolver adapter, the symbols and their options, the
+-- site's decisions, Redis failures. The real rspamd runs in tests/integration/rspamd_spec.lua.
+package.path = './tests/plugin/?.lua;./lua/?.lua;' .. package.path
+local fake = require 'fake_rspamd'
+
+local SITE_DIR = os.tmpname()
+os.remove(SITE_DIR)
+os.execute('mkdir -p ' .. SITE_DIR)
+
+local function site_file(name, text)
+  local path = SITE_DIR .. '/' .. name
+  local f = assert(io.open(path, 'w'))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- Records of the zone the tests answer with (rspamd's resolver gives TXT strings joined).
+local DNS = {
+  ['_dmarc.pass.test'] = { results = { 'v=DMARC1; p=reject; rua=mailto:r@pass.test' } },
+  ['_dmarc.quar.test'] = { results = { 'v=DMARC1; p=quarantine' } },
+  ['_dmarc.testing.test'] = { results = { 'v=DMARC1; p=reject; t=y' } },
+  ['_dmarc.servfail.test'] = { err = 'server fail' },
+  ['_dmarc.slow.test'] = { err = 'query timed out' },
+  ['_dmarc.unsent.test'] = 'unsent',
+  ['_dmarc.bad.test'] = { results = { 'v=DMARC1; p=bogus' } },
+}
+
+local function config(extra)
+  local c = { dmarc_engine = { authserv_id = 'mx.rcpt.test' } }
+  for k, v in pairs(extra or {}) do c.dmarc_engine[k] = v end
+  return c
+end
+
+local function load(extra, opts)
+  opts = opts or {}
+  local c = config(extra)
+  for k, v in pairs(opts.sections or {}) do c[k] = v end
+  local env = fake.new({ config = c, redis = opts.redis })
+  local exports = env.load()
+  return env, exports
+end
+
+local function scan(exports, spec)
+  spec.dns = spec.dns or DNS
+  local task = fake.task(spec)
+  exports.dmarc_check(task)
+  task:flush_dns()
+  return task
+end
+
+local function spoof(from_domain, extra)
+  local spec = {
+    from = { 'Someone <x@' .. from_domain .. '>' },
+    symbols = { 'R_SPF_FAIL' },
+    mail_from = 'x@' .. from_domain,
+    helo = 'mx.sender.test',
+    ip = '203.0.113.66',
+    rcpt = { 'bob@rcpt.test' },
+  }
+  for k, v in pairs(extra or {}) do spec[k] = v end
+  return spec
+end
+
+describe('dmarc_engine registration', function()
+  it('registers DMARC_CHECK after SPF, DKIM and ARC, with rspamd\'s symbol names', function()
+    local env, exports = load()
+    assert.is_nil(exports.disabled)
+    assert.equal('callback', env.symbols.DMARC_CHECK.type)
+    for _, name in ipairs({ 'DMARC_POLICY_ALLOW', 'DMARC_POLICY_REJECT', 'DMARC_POLICY_QUARANTINE',
+                            'DMARC_POLICY_SOFTFAIL', 'DMARC_DNSFAIL', 'DMARC_BAD_POLICY', 'DMARC_NA',
+                            'DMARC_CALLBACK', 'DMARC_SITE_SCORE' }) do
+      assert.equal('DMARC_CHECK', env.symbols[name].parent, name)
+    end
+    local deps = {}
+    for _, d in ipairs(env.deps) do deps[d[2]] = d[1] end
+    assert.equal('DMARC_CHECK', deps.R_SPF_ALLOW)
+    assert.equal('DMARC_CHECK', deps.R_DKIM_ALLOW)
+    assert.equal('DMARC_CHECK', deps.ARC_CHECK)
+  end)
+
+  it('does nothing without its configuration section', function()
+    local env = fake.new({ config = {} })
+    local exports = env.load()
+    assert.is_nil(env.symbols.DMARC_CHECK)
+    assert.is_nil(exports.disabled)
+  end)
+end)
+
+describe('dmarc_engine misconfiguration disables it with one log line', function()
+  local function refused(extra, opts, pattern)
+    local env, exports = load(extra, opts)
+    assert.is_string(exports.disabled)
+    assert.is_nil(env.symbols.DMARC_CHECK)
+    assert.same({ { name = 'dmarc_engine', how = 'config' } }, env.disabled)
+    assert.matches('dmarc_engine: module disabled: ' .. pattern, env.log_text('error'))
+  end
+
+  it('while rspamd\'s built-in dmarc module is enabled', function()
+    refused({}, { sections = { dmarc = { enabled = true } } }, '.*built%-in dmarc module')
+    local env = load({}, { sections = { dmarc = { enabled = false } } })
+    assert.is_table(env.symbols.DMARC_CHECK)
+  end)
+
+  it('with an unknown mode, action or a negative size', function()
+    refused({ mode = 'rfc1234' }, nil, 'mode')
+    refused({ actions = { reject = 'explode' } }, nil, 'actions%.reject')
+    refused({ cache_size = -1 }, nil, 'cache_size')
+    refused({ overrides = { cache_ttl = -5 } }, nil, 'overrides%.cache_ttl')
+    refused({ evidence_symbols = { 1, 2 } }, nil, 'evidence_symbols')
+  end)
+
+  it('with a site script that does not load, naming the problem', function()
+    refused({ site_script = site_file('syntax.lua', 'return { treat = }') }, nil, 'site script')
+    refused({ site_script = SITE_DIR .. '/missing.lua' }, nil, 'site script')
+    refused({ site_script = site_file('unknown.lua', 'return { nonsense = 1 }') }, nil,
+      'site script .*nonsense')
+  end)
+
+  it('with reporting on and no Redis servers', function()
+    refused({ reporting = { enabled = true } }, nil, 'reporting')
+  end)
+
+  it('with an authserv-id that is not a token (RFC 8601)', function()
+    refused({ authserv_id = 'two words' }, nil, 'authserv_id')
+  end)
+end)
+
+describe('dmarc_engine pure helpers', function()
+  local _, x = load()
+
+  it('maps rspamd resolver errors to distinct rcodes [DISC-4] [DISC-12]', function()
+    assert.equal('noerror', x.rcode_of(nil, { 'v=DMARC1' }))
+    assert.equal('nodata', x.rcode_of(nil, {}))
+    assert.equal('nxdomain', x.rcode_of('no records with this name'))
+    assert.equal('nodata', x.rcode_of('requested record is not found'))
+    assert.equal('timeout', x.rcode_of('query timed out'))
+    assert.equal('servfail', x.rcode_of('server fail'))
+    assert.equal('servfail', x.rcode_of('query refused'))
+  end)
+
+  it('reads ARC sealers newest first and the remote IP of instance 1 [ARC-3]', function()
+    local sealers = x.arc_sealers({
+      'i=1; cv=none; a=rsa-sha256; d=first.test; s=s1; b=xx',
+      'i=2; cv=pass; a=rsa-sha256; d=Second.test; s=s2; b=yy',
+      'garbage',
+    })
+    assert.same({ { i = 2, d = 'second.test', s = 's2' }, { i = 1, d = 'first.test', s = 's1' } }, sealers)
+    assert.equal('192.0.2.1', x.arc_remote_ip({ 'i=1; mx.first.test; spf=pass smtp.remote-ip=192.0.2.1' }, 1))
+  end)
+
+  it('reads List-Id values (RFC 2919)', function()
+    assert.equal('team.lists.test', x.list_id_of('Team <Team.Lists.test>'))
+    assert.equal('bare.test', x.list_id_of('bare.test'))
+    assert.is_nil(x.list_id_of('<has space.test>'))
+  end)
+
+  it('names DKIM keys to fetch, bounded, and writes them as master-file TXT records', function()
+    local sigs = {}
+    for i = 1, 12 do sigs[i] = string.format('v=1; a=rsa-sha256; d=D%d.test; s=sel; b=x', i) end
+    sigs[#sigs + 1] = 'v=1; d=bad domain; s=x'
+    local names = x.dkim_key_names(sigs)
+    assert.equal(8, #names)
+    assert.equal('sel._domainkey.d1.test', names[1])
+    local rr = x.zone_txt_record('k._domainkey.a.test', 'v=DKIM1; p="q\\' .. string.rep('A', 300))
+    assert.matches('^k%._domainkey%.a%.test%. 60 IN TXT "v=DKIM1; p=\\"q\\\\A+" "A+"$', rr)
+  end)
+
+  it('gives an Authentication-Results entry with the From domain and policy.dmarc [AR-2]', function()
+    local out = { result = 'fail', author_domain = 'a.example.com', policy = 'reject',
+                  applied = 'reject' }
+    assert.equal('dmarc=fail (p=reject dis=quarantine) header.from=a.example.com policy.dmarc=quarantine',
+      x.ar_entry(out, { disposition = 'quarantine' }))
+    assert.equal('dmarc=temperror reason="dns error" header.from=x.test',
+      x.ar_entry({ result = 'temperror', author_domain = 'x.test' }, nil, 'dns error'))
+    assert.equal('dmarc=none', x.ar_entry({ result = 'none' }))
+  end)
+end)
+
+describe('dmarc_engine evaluates with rspamd\'s resolver', function()
+  it('aligned SPF pass: DMARC_POLICY_ALLOW [policy domain, policy], A-R, mempool', function()
+    local _, x = load()
+    local t = scan(x, spoof('pass.test', { symbols = { 'R_SPF_ALLOW' } }))
+    assert.same({ 'pass.test', 'reject' }, t:options('DMARC_POLICY_ALLOW'))
+    assert.equal('pass', t.pool.dmarc_result)
+    assert.equal('pass', t.pool.dmarc_disposition)
+    assert.equal('mx.rcpt.test; dmarc=pass (p=reject dis=none) header.from=pass.test policy.dmarc=none',
+      t:added_headers()['Authentication-Results'])
+  end)
+
+  it('waits for asynchronous answers and then decides', function()
+    local _, x = load()
+    local t = fake.task(spoof('quar.test', { dns = DNS, async_dns = true }))
+    x.dmarc_check(t)
+    assert.same({}, t.results)
+    t:flush_dns()
+    assert.same({ 'quar.test : No valid SPF, No valid DKIM', 'quarantine' },
+      t:options('DMARC_POLICY_QUARANTINE'))
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+  end)
+
+  it('takes DKIM results from rspamd, RFC 8601 words', function()
+    local _, x = load()
+    local t = scan(x, spoof('pass.test', { dkim = {
+      { result = 'allow', domain = 'PASS.test', selector = 's1' },
+      { result = 'reject', domain = 'other.test', selector = 's2', fail_reason = 'body hash' },
+    } }))
+    assert.same({ 'pass.test', 'reject' }, t:options('DMARC_POLICY_ALLOW'))
+  end)
+
+  it('t=y: the quarantine symbol names policy_test_mode [POL-4]', function()
+    local _, x = load()
+    local t = scan(x, spoof('testing.test'))
+    assert.same({ 'testing.test : No valid SPF, No valid DKIM', 'reject', 'policy_test_mode' },
+      t:options('DMARC_POLICY_QUARANTINE'))
+  end)
+
+  it('SERVFAIL, a timeout or an unsent lookup: DMARC_DNSFAIL, never a reject [DISC-10]', function()
+    local _, x = load({ site_script = site_file('strict.lua', 'return { unconditional_reject = true }') })
+    local cases = {
+      { 'servfail.test', 'servfail.test : server fail' },
+      { 'slow.test', 'slow.test : query timed out' },
+      { 'unsent.test', 'unsent.test : not sent' },
+    }
+    for _, c in ipairs(cases) do
+      local t = scan(x, spoof(c[1]))
+      assert.same({ c[2] }, t:options('DMARC_DNSFAIL'))
+      assert.same({}, t.pre_results)
+      assert.matches('dmarc=temperror', t:added_headers()['Authentication-Results'])
+    end
+  end)
+
+  it('no From field, or no record: DMARC_NA as rspamd words it', function()
+    local _, x = load()
+    local t = scan(x, spoof('none.test', { from = {} }))
+    assert.same({ 'No From header', 'no_from' }, t:options('DMARC_NA'))
+    t = scan(x, spoof('none.test'))
+    assert.same({ 'none.test' }, t:options('DMARC_NA'))
+  end)
+
+  it('an unusable record: DMARC_BAD_POLICY', function()
+    local _, x = load()
+    local t = scan(x, spoof('bad.test'))
+    assert.matches('^bad%.test : ', t:options('DMARC_BAD_POLICY')[1])
+  end)
+
+  it('two From fields never pass [FROM-5]', function()
+    local _, x = load()
+    local t = scan(x, spoof('pass.test', {
+      symbols = { 'R_SPF_ALLOW' },
+      from = { 'a@pass.test', 'b@pass.test' },
+    }))
+    assert.is_nil(t:options('DMARC_POLICY_ALLOW'))
+    local opts = t:options('DMARC_POLICY_REJECT')
+    assert.equal('multiple_from', opts[3])
+  end)
+end)
+
+describe('dmarc_engine acts on the site\'s decisions', function()
+  it('p=reject alone is quarantined to a folder [POL-3]; the switch rejects [OPEN-6]', function()
+    local _, x = load()
+    local t = scan(x, spoof('pass.test'))
+    assert.same({ 'pass.test : No valid SPF, No valid DKIM', 'reject' }, t:options('DMARC_POLICY_REJECT'))
+    assert.same({}, t.pre_results)
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    assert.equal(0, t.milter.remove_headers['X-DMARC-Folder'])
+    assert.equal('quarantine', t.pool.dmarc_disposition)
+
+    _, x = load({ site_script = site_file('switch.lua', 'return { unconditional_reject = true }') })
+    t = scan(x, spoof('pass.test'))
+    assert.equal('reject', t.pre_results[1].action)
+    assert.equal('least', t.pre_results[1].flags)
+    -- rspamd's milter puts 554 5.7.1 in front: the text is the rest, and names DMARC.
+    assert.equal('Rejected by DMARC policy for pass.test', t.pre_results[1].message)
+    assert.equal(t.pre_results[1].message, t.messages.smtp_message)
+  end)
+
+  it('score, tag and defer treatments', function()
+    local _, x = load({ site_script = site_file('treat.lua', [[
+      return { treat = { quarantine = score(6), temperror = defer, reject = tag('X-Spoof', 'yes') },
+               unconditional_reject = true }]]) })
+    local t = scan(x, spoof('quar.test'))
+    assert.equal(6, t.results.DMARC_SITE_SCORE.weight)
+    assert.is_nil(t:added_headers()['X-DMARC-Folder'])
+    t = scan(x, spoof('servfail.test'))
+    assert.equal('soft reject', t.pre_results[1].action)
+    assert.matches('DMARC', t.pre_results[1].message)
+    t = scan(x, spoof('pass.test'))
+    assert.equal('yes', t:added_headers()['X-Spoof'])
+  end)
+
+  it('a site script that fails in decide() is contained: the default decision applies', function()
+    local _, x = load({ site_script = site_file('raise.lua',
+      'return { decide = function() error("boom") end }') })
+    local t = scan(x, spoof('quar.test'))
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+  end)
+end)
+
+describe('dmarc_engine with Redis', function()
+  local store = require 'dmarc.store'
+
+  local function redis_with(entries)
+    local data = {}
+    for logical, entry in pairs(entries) do
+      data[store.redis_key(logical, 'dmarc:', 'ovr')] = require('cjson').encode(entry)
+    end
+    return { data = data, down = false }
+  end
+
+  it('an override read with one MGET lets a failure through, named in the symbol', function()
+    local redis = redis_with({ ['domain:pass.test'] = { at_most = 'none', reason = 'local_policy' } })
+    local env, x = load({ servers = '127.0.0.1:6379', overrides = { enabled = true } }, { redis = redis })
+    local t = scan(x, spoof('pass.test'))
+    assert.equal(1, #env.redis.requests)
+    assert.equal('MGET', env.redis.requests[1].cmd)
+    local r = t.results.DMARC_POLICY_REJECT
+    assert.equal(0, r.weight)
+    assert.equal('local_policy', r.options[3])
+    assert.is_nil(t:added_headers()['X-DMARC-Folder'])
+    -- The same keys again within cache_ttl: no second round trip.
+    scan(x, spoof('pass.test'))
+    assert.equal(1, #env.redis.requests)
+  end)
+
+  it('Redis down: the site\'s defaults, a warning, then no Redis for redis_backoff', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', overrides = { enabled = true, cache_ttl = 0 } },
+      { redis = redis })
+    local t = scan(x, spoof('pass.test'))
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    assert.matches('override store unavailable', env.log_text('warn'))
+    local asked = #env.redis.requests
+    scan(x, spoof('quar.test'))
+    assert.equal(asked, #env.redis.requests)
+  end)
+
+  it('report rows: the row script of dmarc.report with its keys and arguments', function()
+    local report = require 'dmarc.report'
+    local env, x = load({ servers = '127.0.0.1:6379', reporting = { enabled = true, prefix = 'it:' } },
+      { redis = { data = {} } })
+    assert.equal(report.ROW_SCRIPT, env.redis.scripts[1].script)
+    scan(x, spoof('pass.test'))
+    local runs = env.redis.scripts[1].runs
+    assert.equal(1, #runs)
+    local keys = report.keys('it:', 'pass.test', report.day_of(1795305600))
+    assert.same({ keys.rows, keys.meta }, runs[1].keys)
+    local row = assert(report.decode_row(runs[1].args[1]))
+    assert.equal('quarantine', row.disposition)
+    assert.equal('203.0.113.66', row.source_ip)
+    -- Scans made with rspamc are not counted unless asked for.
+    local t = fake.task(spoof('pass.test', { dns = DNS, rspamc = true }))
+    x.dmarc_check(t)
+    assert.equal(1, #runs)
+  end)
+end)
+
+describe('dmarc_engine DKIM fallback', function()
+  it('is used only when rspamd did not check DKIM, with keys fetched asynchronously', function()
+    local ok_io = pcall(require, 'dmarc.io')
+    if not ok_io then return pending('dmarc.io is not built') end
+    local _, x = load({ fallback_dkim = true })
+    -- rspamd's dkim filter ran (SPF and DKIM counted): its results are used, no key lookup.
+    local t = scan(x, spoof('pass.test', { dmarc_checks = 2 }))
+    for _, name in ipairs(t.dns_asked) do assert.is_nil(name:find('_domainkey', 1, true)) end
+    -- It did not: the signature's key is asked for (here NXDOMAIN: the signature fails).
+    t = scan(x, spoof('pass.test', {
+      dmarc_checks = 1,
+      headers = { ['DKIM-Signature'] = { 'v=1; a=rsa-sha256; d=pass.test; s=sel1; h=from; bh=x; b=y' } },
+      content = 'DKIM-Signature: v=1; a=rsa-sha256; d=pass.test; s=sel1; h=from; bh=x; b=y\r\n' ..
+        'From: x@pass.test\r\n\r\nbody\r\n',
+    }))
+    local asked = false
+    for _, name in ipairs(t.dns_asked) do
+      if name == 'sel1._domainkey.pass.test' then asked = true end
+    end
+    assert.is_true(asked)
+    assert.is_table(t:options('DMARC_POLICY_REJECT'))
+  end)
+end)
