@@ -176,15 +176,32 @@ describe('override store when Redis dies and comes back', function()
   local pid
 
   local function start()
+    -- A server killed with SIGKILL leaves its pid file behind: never read a stale one.
+    os.remove(dir .. '/redis.pid')
+    pid = nil
     local cmd = string.format("redis-server --bind 127.0.0.1 --port %d --dir %s --appendonly yes " ..
       "--appendfsync always --save '' --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log",
       own_port, dir, dir, dir)
     assert(sh(cmd))
-    assert(connect_retry(own_port), 'redis-server did not come up'):close()
-    local f = assert(io.open(dir .. '/redis.pid'))
-    pid = tonumber(f:read('*l'))
-    f:close()
-    assert(pid)
+    local c = assert(connect_retry(own_port), 'redis-server did not come up')
+    -- Accepting connections is not serving: wait until the append-only file is loaded.
+    for _ = 1, 50 do
+      local info = c:command('INFO', 'persistence')
+      if type(info) == 'string' and info:find('loading:0', 1, true) then break end
+      sleep(0.1)
+    end
+    c:close()
+    -- The daemon may accept connections before its pid file is written.
+    for _ = 1, 50 do
+      local f = io.open(dir .. '/redis.pid')
+      if f then
+        pid = tonumber(f:read('*l') or '')
+        f:close()
+      end
+      if pid then return end
+      sleep(0.1)
+    end
+    error('redis-server wrote no pid file')
   end
 
   local function kill(signal)
