@@ -345,7 +345,7 @@ static void measure(const struct settings *cfg, const struct loop *a, const stru
 
 static void print_header(const struct settings *cfg)
 {
-    printf("lua-dmarc bench: ns per operation (thread CPU time), %zu runs of ~%.0f ms per side, "
+    printf("lua-dmarc bench: ns per operation (thread CPU time), runs: %zu of ~%.0f ms per side, "
            "sides interleaved\n",
            cfg->runs, cfg->run_ns / 1e6);
     printf("%-58s %17s %17s %15s\n", "", "libdmarc", "libopendmarc", "speed-up");
