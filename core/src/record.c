@@ -7,6 +7,18 @@
 ** a single call to the allocator and dmarc_record_free a single release.
 **
 ** Rule IDs ([REC-3], [EVAL-7] ...) refer to the project's standards digest.
+**
+** Readings of points the RFCs leave open, pinned by tests/c/test_record.c:
+** - A tag-spec with a syntax error (no `=`, an empty value, a byte outside
+**   printable ASCII) is discarded as if absent [REC-5]; for p/sp/np only a
+**   well-formed value that is not a policy keyword is "invalid" (bad_*) in
+**   the sense of [EVAL-7]. So `p=reject; sp` stays p=reject (section 14),
+**   and an empty `p=` is a missing p.
+** - [OPEN-1] counts every tag name, unknown ones too (RFC 6376 §3.2 calls
+**   any tag-list with a repeated name invalid); a bare tag is no occurrence.
+** - An empty tag-spec (`;;`) is a harmless SYNTAX warning.
+** - A URI needs something after its scheme; `!0` is a well-formed size and
+**   reads as "no limit" (max_size 0).
 */
 #include <string.h>
 
