@@ -11,8 +11,9 @@
 .PHONY: check-plugin bench-rspamd
 
 check-plugin: lua
-	@for r in $(BUSTED_RUNTIMES); do $(RUN_SUITE) plugin-$$r -- busted --lua=$$r -o utfTerminal \
-	    --lpath='./lua/?.lua' --cpath='$(BUILD)/'$$r'/?.so' tests/plugin || fail=1; done; exit $${fail:-0}
+	@for r in $(BUSTED_RUNTIMES); do $(RUN_SUITE) plugin-$$r -- env LUA_PATH='./lua/?.lua;;' \
+	    LUA_CPATH='$(BUILD)/'$$r'/?.so;;' $$r /usr/bin/busted -o utfTerminal tests/plugin \
+	    || fail=1; done; exit $${fail:-0}
 
 bench-rspamd: lua
 	tests/bench/rspamd_bench

@@ -7,7 +7,7 @@
 -- message with rspamc --json (with --ip, --from, --helo, --rcpt) and checks symbols,
 -- actions, added headers and the Redis report rows.
 package.path = './tests/integration/rspamd/?.lua;./lua/?.lua;' .. package.path
-local h = require 'helpers'
+local h = require 'rspamd_it'
 
 -- Senders: the documentation ranges of zone.conf.in.
 local SPOOFER = '203.0.113.66'

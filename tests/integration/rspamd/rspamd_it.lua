@@ -1,5 +1,6 @@
---- Helpers for tests/integration/rspamd_spec.lua: scan corpus messages with rspamc against
--- the rspamd instances that tests/integration/setup-rspamd.sh started, and read Redis.
+--- rspamd_it: helpers for tests/integration/rspamd_spec.lua: scan corpus messages with
+-- rspamc against the rspamd instances that tests/integration/setup-rspamd.sh started, and
+-- read Redis.
 -- Everything runs inside the test run's network namespace (loopback only).
 local cjson = require 'cjson'
 
