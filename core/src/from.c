@@ -253,7 +253,8 @@ static size_t eword_end(const char *s, size_t len, size_t pos)
     if (p == mark || p + 3 > limit || s[p] != '?')
         return 0;
     p++;
-    if (strchr("BbQq", s[p]) == NULL || s[p + 1] != '?')
+    if ((dmarc__lower((unsigned char)s[p]) != 'b' && dmarc__lower((unsigned char)s[p]) != 'q') ||
+        s[p + 1] != '?')
         return 0;
     p += 2;
     mark = p;

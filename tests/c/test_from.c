@@ -37,7 +37,7 @@ static void check_invariants(const dmarc_from *f)
         const dmarc_mailbox *m = dmarc_from_mailbox(f, i);
         assert_non_null(m);
         assert_non_null(m->local);
-        assert_int_equal(m->local[m->local_len], '\0');
+        assert_int_equal(strlen(m->local), m->local_len);
         if (m->display != NULL) {
             assert_true(m->display_len > 0);
             assert_int_equal(strlen(m->display), m->display_len);
@@ -579,6 +579,9 @@ static void from__leaves_broken_encoded_words(void **state)
                    "=?utf-8?q?a=00b?=", DMARC_DIAG_BAD_ENCODED_WORD);
     expect_display("=?utf-8?q?a=0D=0Ab?= <a@example.com>",
                    "=?utf-8?q?a=0D=0Ab?=", DMARC_DIAG_BAD_ENCODED_WORD);
+    /* Only B and Q are encodings; a NUL is none (and no word at all). */
+    expect_display("=?utf-8?x?abc?= <a@example.com>", "=?utf-8?x?abc?=", DMARC_DIAG_NONE);
+    assert_int_equal(parse_syntax("=?utf-8?\0?abc?= <a@example.com>", 31), DMARC_DIAG_SYNTAX);
     /* A broken word next to a good one keeps its space. */
     expect_display("=?utf-8?q?a?= =?bad?q?b?= <x@example.com>",
                    "a =?bad?q?b?=", DMARC_DIAG_BAD_ENCODED_WORD);

@@ -6,7 +6,8 @@
 **   else; on DMARC_ERR_SYNTAX the out-parameter is untouched and the diag
 **   names a problem inside the input;
 ** - a parse is deterministic (the same input gives the same mailboxes);
-** - every string a mailbox holds is NUL-terminated at its stated length;
+** - every string a mailbox holds is NUL-terminated at its stated length
+**   and holds no other NUL;
 ** - a mailbox has a domain exactly when it has no problem, and that domain
 **   is normalized: lowercase host-name characters, 1..253 bytes, no empty
 **   label, no trailing dot, and normalizing it again changes nothing;
@@ -54,9 +55,10 @@ static void check_from(const dmarc_from *f)
     for (i = 0; i < count; i++) {
         const dmarc_mailbox *m = dmarc_from_mailbox(f, i);
         CHECK(m != NULL && m->local != NULL);
-        CHECK(m->local[m->local_len] == '\0');
+        /* No NUL gets into a string: it would cut it short for C callers. */
+        CHECK(strlen(m->local) == m->local_len);
         if (m->display != NULL)
-            CHECK(m->display_len > 0 && m->display[m->display_len] == '\0');
+            CHECK(m->display_len > 0 && strlen(m->display) == m->display_len);
         if (m->domain != NULL) {
             CHECK(m->problem == DMARC_DIAG_NONE);
             check_normalized(m->domain, m->domain_len);
