@@ -91,13 +91,13 @@ extern "C" {
 ** ===================================================================== */
 
 typedef enum dmarc_status {
-    DMARC_OK = 0,            /* done */
-    DMARC_NEED_DNS = 1,      /* dmarc_eval_run wants an answer: see dmarc_eval_query */
-    DMARC_ERR_NOMEM = -1,    /* an allocation failed; the object is still usable/freeable */
-    DMARC_ERR_INVAL = -2,    /* caller broke the contract: NULL, bad enum, bad range */
-    DMARC_ERR_STATE = -3,    /* call not allowed in the object's current state */
-    DMARC_ERR_LIMIT = -4,    /* a named limit was hit */
-    DMARC_ERR_SYNTAX = -5    /* input data is malformed: see the dmarc_diag */
+    DMARC_OK = 0,         /* done */
+    DMARC_NEED_DNS = 1,   /* dmarc_eval_run wants an answer: see dmarc_eval_query */
+    DMARC_ERR_NOMEM = -1, /* an allocation failed; the object is still usable/freeable */
+    DMARC_ERR_INVAL = -2, /* caller broke the contract: NULL, bad enum, bad range */
+    DMARC_ERR_STATE = -3, /* call not allowed in the object's current state */
+    DMARC_ERR_LIMIT = -4, /* a named limit was hit */
+    DMARC_ERR_SYNTAX = -5 /* input data is malformed: see the dmarc_diag */
 } dmarc_status;
 
 /* Static text, never NULL. */
@@ -113,7 +113,7 @@ typedef enum dmarc_policy {
 } dmarc_policy;
 
 /* DMARC result, the A-R "dmarc=" words [EVAL-2]. */
-#define DMARC_RESULT_MAP(X)                                                                       \
+#define DMARC_RESULT_MAP(X)                                                                        \
     X(NONE, none) X(PASS, pass) X(FAIL, fail) X(TEMPERROR, temperror) X(PERMERROR, permerror)
 typedef enum dmarc_result {
 #define DMARC__ENUM(U, l) DMARC_RESULT_##U,
@@ -124,9 +124,10 @@ typedef enum dmarc_result {
 
 /* SPF and DKIM results in RFC 8601 §2.7.1/§2.7.2 words [AR-3] [AR-4].
 ** Only PASS ever yields an authenticated identifier [ALN-2]. */
-#define DMARC_AUTH_MAP(X)                                                                         \
-    X(NONE, none) X(PASS, pass) X(FAIL, fail) X(SOFTFAIL, softfail) X(NEUTRAL, neutral)           \
-        X(POLICY, policy) X(TEMPERROR, temperror) X(PERMERROR, permerror)
+#define DMARC_AUTH_MAP(X)                                                                          \
+    X(NONE, none)                                                                                  \
+    X(PASS, pass) X(FAIL, fail) X(SOFTFAIL, softfail) X(NEUTRAL, neutral) X(POLICY, policy)        \
+        X(TEMPERROR, temperror) X(PERMERROR, permerror)
 typedef enum dmarc_auth {
 #define DMARC__ENUM(U, l) DMARC_AUTH_##U,
     DMARC_AUTH_MAP(DMARC__ENUM)
@@ -163,7 +164,7 @@ typedef enum dmarc_psd {
 
 /* Why the applied policy differs from the requested one (RFC 9990 reason
 ** types produced by the core; site overrides add their own in Lua). */
-#define DMARC_REASON_MAP(X)                                                                       \
+#define DMARC_REASON_MAP(X)                                                                        \
     X(NONE, none) X(POLICY_TEST_MODE, policy_test_mode) X(SAMPLED_OUT, sampled_out)
 typedef enum dmarc_reason {
 #define DMARC__ENUM(U, l) DMARC_REASON_##U,
@@ -173,9 +174,9 @@ typedef enum dmarc_reason {
 } dmarc_reason;
 
 /* The DNS answer kinds; all stay distinct [DISC-4] [DISC-10] [DISC-12]. */
-#define DMARC_RCODE_MAP(X)                                                                        \
-    X(NOERROR, noerror) X(NODATA, nodata) X(NXDOMAIN, nxdomain) X(SERVFAIL, servfail)             \
-        X(TIMEOUT, timeout)
+#define DMARC_RCODE_MAP(X)                                                                         \
+    X(NOERROR, noerror)                                                                            \
+    X(NODATA, nodata) X(NXDOMAIN, nxdomain) X(SERVFAIL, servfail) X(TIMEOUT, timeout)
 typedef enum dmarc_rcode {
 #define DMARC__ENUM(U, l) DMARC_RCODE_##U,
     DMARC_RCODE_MAP(DMARC__ENUM)
@@ -202,14 +203,14 @@ typedef enum dmarc_policy_tag {
 } dmarc_policy_tag;
 
 /* Flags of an evaluation [OPEN-5] [FROM-4..6]. Bit values are ABI. */
-#define DMARC_FLAG_MAP(X)                                                                         \
-    X(MULTIPLE_FROM, multiple_from, 0)       /* two or more From fields */                        \
-    X(MULTIPLE_DOMAINS, multiple_domains, 1) /* mailboxes with distinct domains */                \
-    X(NO_FROM, no_from, 2)                   /* no From field at all */                           \
-    X(NO_AUTHOR_DOMAIN, no_author_domain, 3) /* From present, no usable domain */                 \
-    X(TOO_MANY_DOMAINS, too_many_domains, 4) /* more than DMARC_MAX_AUTHOR_DOMAINS */             \
-    X(FROM_SYNTAX, from_syntax, 5)           /* a From field did not parse cleanly */             \
-    X(QUERY_LIMIT, query_limit, 6)           /* DMARC_EVAL_MAX_QUERIES was hit */                 \
+#define DMARC_FLAG_MAP(X)                                                                          \
+    X(MULTIPLE_FROM, multiple_from, 0)       /* two or more From fields */                         \
+    X(MULTIPLE_DOMAINS, multiple_domains, 1) /* mailboxes with distinct domains */                 \
+    X(NO_FROM, no_from, 2)                   /* no From field at all */                            \
+    X(NO_AUTHOR_DOMAIN, no_author_domain, 3) /* From present, no usable domain */                  \
+    X(TOO_MANY_DOMAINS, too_many_domains, 4) /* more than DMARC_MAX_AUTHOR_DOMAINS */              \
+    X(FROM_SYNTAX, from_syntax, 5)           /* a From field did not parse cleanly */              \
+    X(QUERY_LIMIT, query_limit, 6)           /* DMARC_EVAL_MAX_QUERIES was hit */                  \
     X(PCT_AS_TESTING, pct_as_testing, 7)     /* [OPEN-3] mapping was used */
 enum {
 #define DMARC__ENUM(U, l, b) DMARC_FLAG_##U = 1u << (b),
@@ -218,27 +219,27 @@ enum {
 };
 
 /* Diagnostic codes of the parsers. Stable tokens (the Lua `code`). */
-#define DMARC_DIAG_MAP(X)                                                                         \
-    X(NONE, none)                   /* nothing to say */                                          \
-    X(NOT_DMARC, not_dmarc)         /* does not start v=DMARC1 [REC-2] */                         \
-    X(SYNTAX, syntax)               /* tag-list syntax error at offset [REC-3] */                 \
-    X(EMPTY_VALUE, empty_value)     /* tag with an empty value [REC-3] */                         \
-    X(BAD_VALUE, bad_value)         /* value not allowed; default used [REC-5] */                 \
-    X(UNKNOWN_TAG, unknown_tag)     /* ignored [REC-4] */                                         \
-    X(TAG_CASE, tag_case)           /* known tag in the wrong case, rfc9989 [REC-3] */            \
-    X(DUPLICATE_TAG, duplicate_tag) /* record invalid [OPEN-1] */                                 \
-    X(P_NOT_SECOND, p_not_second)   /* rfc7489 order [REC-6] */                                   \
-    X(HISTORIC_TAG, historic_tag)   /* pct/rf/ri in rfc9989 mode [POL-5] */                       \
-    X(BAD_URI, bad_uri)             /* malformed URI dropped [REC-7] */                           \
-    X(TOO_MANY_URIS, too_many_uris) /* DMARC_RECORD_MAX_URIS hit */                               \
-    X(TOO_MANY_TAGS, too_many_tags) /* DMARC_RECORD_MAX_TAGS hit */                               \
-    X(TOO_LONG, too_long)           /* input over its length limit */                             \
-    X(INVALID_POLICY, invalid_policy) /* bad p/sp/np [EVAL-7] */                                  \
-    X(MISSING_P, missing_p)         /* no p tag [EVAL-7] [OPEN-7] */                              \
-    X(NO_DOMAIN, no_domain)         /* a mailbox with no usable domain [FROM-4] */                \
-    X(BAD_IDN, bad_idn)             /* U-label that does not convert [FROM-3] */                  \
-    X(BAD_ENCODED_WORD, bad_encoded_word) /* RFC 2047 word left as is */                          \
-    X(TOO_DEEP, too_deep)           /* comment nesting over the limit */                          \
+#define DMARC_DIAG_MAP(X)                                                                          \
+    X(NONE, none)                             /* nothing to say */                                 \
+    X(NOT_DMARC, not_dmarc)                   /* does not start v=DMARC1 [REC-2] */                \
+    X(SYNTAX, syntax)                         /* tag-list syntax error at offset [REC-3] */        \
+    X(EMPTY_VALUE, empty_value)               /* tag with an empty value [REC-3] */                \
+    X(BAD_VALUE, bad_value)                   /* value not allowed; default used [REC-5] */        \
+    X(UNKNOWN_TAG, unknown_tag)               /* ignored [REC-4] */                                \
+    X(TAG_CASE, tag_case)                     /* known tag in the wrong case, rfc9989 [REC-3] */   \
+    X(DUPLICATE_TAG, duplicate_tag)           /* record invalid [OPEN-1] */                        \
+    X(P_NOT_SECOND, p_not_second)             /* rfc7489 order [REC-6] */                          \
+    X(HISTORIC_TAG, historic_tag)             /* pct/rf/ri in rfc9989 mode [POL-5] */              \
+    X(BAD_URI, bad_uri)                       /* malformed URI dropped [REC-7] */                  \
+    X(TOO_MANY_URIS, too_many_uris)           /* DMARC_RECORD_MAX_URIS hit */                      \
+    X(TOO_MANY_TAGS, too_many_tags)           /* DMARC_RECORD_MAX_TAGS hit */                      \
+    X(TOO_LONG, too_long)                     /* input over its length limit */                    \
+    X(INVALID_POLICY, invalid_policy)         /* bad p/sp/np [EVAL-7] */                           \
+    X(MISSING_P, missing_p)                   /* no p tag [EVAL-7] [OPEN-7] */                     \
+    X(NO_DOMAIN, no_domain)                   /* a mailbox with no usable domain [FROM-4] */       \
+    X(BAD_IDN, bad_idn)                       /* U-label that does not convert [FROM-3] */         \
+    X(BAD_ENCODED_WORD, bad_encoded_word)     /* RFC 2047 word left as is */                       \
+    X(TOO_DEEP, too_deep)                     /* comment nesting over the limit */                 \
     X(TOO_MANY_MAILBOXES, too_many_mailboxes) /* DMARC_FROM_MAX_MAILBOXES hit */
 typedef enum dmarc_diag_code {
 #define DMARC__ENUM(U, l) DMARC_DIAG_##U,
@@ -317,35 +318,35 @@ enum { DMARC_FO_0 = 1u << 0, DMARC_FO_1 = 1u << 1, DMARC_FO_D = 1u << 2, DMARC_F
 ** Effective values have defaults filled in [AGG-8]; `has_*` tells whether
 ** the tag was present with a valid value. */
 typedef struct dmarc_record {
-    dmarc_mode mode;             /* the mode it was parsed under */
-    bool usable;                 /* false: [EVAL-7]/[OPEN-4] no DMARC, permerror */
-    bool as_none;                /* [EVAL-7] invalid p/sp/np with valid rua: whole record p=none */
-    dmarc_policy p, sp, np;      /* effective (sp inherits p; np inherits sp) */
-    bool has_p, has_sp, has_np;  /* tag present with a valid value */
-    bool bad_p, bad_sp, bad_np;  /* tag present with an invalid value */
-    dmarc_align adkim, aspf;     /* RELAXED or STRICT; default relaxed */
+    dmarc_mode mode;            /* the mode it was parsed under */
+    bool usable;                /* false: [EVAL-7]/[OPEN-4] no DMARC, permerror */
+    bool as_none;               /* [EVAL-7] invalid p/sp/np with valid rua: whole record p=none */
+    dmarc_policy p, sp, np;     /* effective (sp inherits p; np inherits sp) */
+    bool has_p, has_sp, has_np; /* tag present with a valid value */
+    bool bad_p, bad_sp, bad_np; /* tag present with an invalid value */
+    dmarc_align adkim, aspf;    /* RELAXED or STRICT; default relaxed */
     bool has_adkim, has_aspf;
-    unsigned pct;                /* 0..100, default 100 */
+    unsigned pct; /* 0..100, default 100 */
     bool has_pct;
-    bool testing;                /* t=y (RFC 9989) */
+    bool testing; /* t=y (RFC 9989) */
     bool has_t;
-    dmarc_psd psd;               /* default U */
+    dmarc_psd psd; /* default U */
     bool has_psd;
-    unsigned fo;                 /* DMARC_FO_* bits; default DMARC_FO_0 */
+    unsigned fo; /* DMARC_FO_* bits; default DMARC_FO_0 */
     bool has_fo;
-    const char *fo_text;         /* fo as published (or "0"), NUL-terminated */
-    bool rf_afrf;                /* rf includes afrf (default true) */
+    const char *fo_text; /* fo as published (or "0"), NUL-terminated */
+    bool rf_afrf;        /* rf includes afrf (default true) */
     bool has_rf;
-    uint32_t ri;                 /* seconds, default 86400 */
+    uint32_t ri; /* seconds, default 86400 */
     bool has_ri;
-    const dmarc_uri *rua;        /* valid URIs in order; rua_count may be 0 */
+    const dmarc_uri *rua; /* valid URIs in order; rua_count may be 0 */
     size_t rua_count;
     const dmarc_uri *ruf;
     size_t ruf_count;
-    bool has_rua, has_ruf;       /* tag present (even if every URI was dropped) */
-    const dmarc_diag *warnings;  /* what the parser noticed, in order */
-    size_t warning_count;        /* stored (<= DMARC_RECORD_MAX_WARNINGS) */
-    size_t warnings_dropped;     /* beyond the stored ones */
+    bool has_rua, has_ruf;      /* tag present (even if every URI was dropped) */
+    const dmarc_diag *warnings; /* what the parser noticed, in order */
+    size_t warning_count;       /* stored (<= DMARC_RECORD_MAX_WARNINGS) */
+    size_t warnings_dropped;    /* beyond the stored ones */
 } dmarc_record;
 
 /*
@@ -380,13 +381,13 @@ DMARC_API bool dmarc_record_is_dmarc(dmarc_mode mode, const char *txt, size_t le
 ** ===================================================================== */
 
 typedef struct dmarc_mailbox {
-    const char *domain;       /* lowercase A-label, no trailing dot; NULL if unusable */
+    const char *domain; /* lowercase A-label, no trailing dot; NULL if unusable */
     size_t domain_len;
-    const char *local;        /* local-part as written (quotes removed), NUL-terminated */
+    const char *local; /* local-part as written (quotes removed), NUL-terminated */
     size_t local_len;
-    const char *display;      /* display name, RFC 2047 words decoded to UTF-8, or NULL */
+    const char *display; /* display name, RFC 2047 words decoded to UTF-8, or NULL */
     size_t display_len;
-    dmarc_diag_code problem;  /* why domain is NULL, or NONE */
+    dmarc_diag_code problem; /* why domain is NULL, or NONE */
 } dmarc_mailbox;
 
 typedef struct dmarc_from dmarc_from;
@@ -484,12 +485,12 @@ typedef dmarc_status (*dmarc_orgdomain_fn)(void *ud, const char *domain, size_t 
                                            size_t *org_off, bool *is_suffix);
 
 typedef struct dmarc_options {
-    dmarc_mode mode;              /* default DMARC_MODE_RFC9989 */
-    dmarc_allocator alloc;        /* default libc */
-    dmarc_orgdomain_fn psl;       /* required in RFC 7489 mode */
-    void *psl_ud;                 /* passed to psl */
-    bool pct_as_testing;          /* [OPEN-3]: rfc9989 pct=0 -> t=y when t absent; default false */
-    unsigned max_author_domains;  /* 1..DMARC_MAX_AUTHOR_DOMAINS, default 8 */
+    dmarc_mode mode;             /* default DMARC_MODE_RFC9989 */
+    dmarc_allocator alloc;       /* default libc */
+    dmarc_orgdomain_fn psl;      /* required in RFC 7489 mode */
+    void *psl_ud;                /* passed to psl */
+    bool pct_as_testing;         /* [OPEN-3]: rfc9989 pct=0 -> t=y when t absent; default false */
+    unsigned max_author_domains; /* 1..DMARC_MAX_AUTHOR_DOMAINS, default 8 */
 } dmarc_options;
 
 typedef struct dmarc_ctx dmarc_ctx;
@@ -541,8 +542,7 @@ DMARC_API dmarc_status dmarc_eval_add_spf(dmarc_eval *e, const char *dom, size_t
 ** indexes stay those of the input) and never aligns. The selector plays no
 ** part in the verdict. */
 DMARC_API dmarc_status dmarc_eval_add_dkim(dmarc_eval *e, const char *dom, size_t len,
-                                           const char *selector, size_t sel_len,
-                                           dmarc_auth result);
+                                           const char *selector, size_t sel_len, dmarc_auth result);
 /* pct sampling roll 0..99 [POL-6]: the policy applies iff roll < pct. The
 ** core has no random source: callers wanting sampling must supply a random
 ** roll. Default 0 (every failing message sampled unless pct=0).
@@ -596,31 +596,31 @@ DMARC_API dmarc_status dmarc_eval_answer(dmarc_eval *e, dmarc_rcode rc, const dm
 
 typedef struct dmarc_verdict {
     dmarc_result result;
-    const char *author_domain;    /* A-label, or NULL */
-    const char *policy_domain;    /* where the applied record was found (for permerror:
-                                     the unusable one), or NULL */
-    const char *org_domain;       /* of the author domain, as far as the evaluation needed
-                                     it: what a tree walk (rfc9989) or the PSL (rfc7489)
-                                     found; in rfc9989 mode the author
-                                     domain itself when it has its own record and no walk
-                                     was needed [ALN-5]; NULL if not determined */
-    bool has_policy;              /* a usable record applies: policy is meaningful */
-    dmarc_policy policy;          /* requested: p for the author's own record; else sp,
-                                     or np when a failure's existence test found the
-                                     author domain non-existent [EVAL-6] */
-    dmarc_policy_tag policy_tag;  /* which tag gave it */
-    dmarc_policy applied;         /* after t= or pct [POL-4] [POL-6]; NONE unless fail */
-    dmarc_reason reason;          /* why applied differs */
-    bool spf_aligned;             /* an SPF pass was shown aligned [EVAL-1] */
-    bool dkim_aligned;            /* a DKIM pass was shown aligned. Exact matches are
-                                     always checked; relaxed ones (which need DNS) stop
-                                     at the first aligned pass [DISC-10], so false may
-                                     also mean "not checked" */
-    bool testing;                 /* t=y was in force */
-    bool author_exists;           /* false only when the existence test said NXDOMAIN */
-    const dmarc_record *record;   /* the applied record, or NULL */
-    const char *error;            /* why temperror/permerror, static text, or NULL;
-                                     for logs, not to be compared */
+    const char *author_domain;   /* A-label, or NULL */
+    const char *policy_domain;   /* where the applied record was found (for permerror:
+                                    the unusable one), or NULL */
+    const char *org_domain;      /* of the author domain, as far as the evaluation needed
+                                    it: what a tree walk (rfc9989) or the PSL (rfc7489)
+                                    found; in rfc9989 mode the author
+                                    domain itself when it has its own record and no walk
+                                    was needed [ALN-5]; NULL if not determined */
+    bool has_policy;             /* a usable record applies: policy is meaningful */
+    dmarc_policy policy;         /* requested: p for the author's own record; else sp,
+                                    or np when a failure's existence test found the
+                                    author domain non-existent [EVAL-6] */
+    dmarc_policy_tag policy_tag; /* which tag gave it */
+    dmarc_policy applied;        /* after t= or pct [POL-4] [POL-6]; NONE unless fail */
+    dmarc_reason reason;         /* why applied differs */
+    bool spf_aligned;            /* an SPF pass was shown aligned [EVAL-1] */
+    bool dkim_aligned;           /* a DKIM pass was shown aligned. Exact matches are
+                                    always checked; relaxed ones (which need DNS) stop
+                                    at the first aligned pass [DISC-10], so false may
+                                    also mean "not checked" */
+    bool testing;                /* t=y was in force */
+    bool author_exists;          /* false only when the existence test said NXDOMAIN */
+    const dmarc_record *record;  /* the applied record, or NULL */
+    const char *error;           /* why temperror/permerror, static text, or NULL;
+                                    for logs, not to be compared */
 } dmarc_verdict;
 
 /* Overall verdict (for several author domains: the deciding one [OPEN-5]). */
@@ -631,8 +631,7 @@ DMARC_API unsigned dmarc_eval_flags(const dmarc_eval *e);
 ** options.max_author_domains; a pass stays a pass here even when the
 ** message verdict was turned into a failure [OPEN-5]). */
 DMARC_API size_t dmarc_eval_domain_count(const dmarc_eval *e);
-DMARC_API dmarc_status dmarc_eval_domain_verdict(const dmarc_eval *e, size_t i,
-                                                 dmarc_verdict *out);
+DMARC_API dmarc_status dmarc_eval_domain_verdict(const dmarc_eval *e, size_t i, dmarc_verdict *out);
 /* Alignment the i-th DKIM result (in input order) achieved against the
 ** deciding author domain: NONE, RELAXED (org domains match) or STRICT
 ** (exact). Only a pass counts as aligned; for reports [AGG-6]. NONE also

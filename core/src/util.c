@@ -87,14 +87,14 @@ const char *dmarc_strerror(dmarc_status st)
 ** ======================================================= */
 
 #define NAME_STR(U, l) #l,
-#define DEFINE_NAMES(type, MAP)                                                                   \
-    static const char *const type##_names[] = {MAP(NAME_STR)};                                    \
-    const char *type##_name(type v);                                                              \
-    const char *type##_name(type v)                                                               \
-    {                                                                                             \
-        if ((int)v < 0 || (size_t)v >= sizeof(type##_names) / sizeof(type##_names[0]))            \
-            return NULL;                                                                          \
-        return type##_names[v];                                                                   \
+#define DEFINE_NAMES(type, MAP)                                                                    \
+    static const char *const type##_names[] = {MAP(NAME_STR)};                                     \
+    const char *type##_name(type v);                                                               \
+    const char *type##_name(type v)                                                                \
+    {                                                                                              \
+        if ((int)v < 0 || (size_t)v >= sizeof(type##_names) / sizeof(type##_names[0]))             \
+            return NULL;                                                                           \
+        return type##_names[v];                                                                    \
     }
 
 DEFINE_NAMES(dmarc_policy, DMARC_POLICY_MAP)
@@ -116,8 +116,8 @@ const char *dmarc_diag_name(dmarc_diag_code v)
 const char *dmarc_qtype_name(dmarc_qtype v)
 {
     switch (v) {
-#define QTYPE_CASE(U, s, n)                                                                       \
-    case DMARC_QTYPE_##U:                                                                         \
+#define QTYPE_CASE(U, s, n)                                                                        \
+    case DMARC_QTYPE_##U:                                                                          \
         return #s;
         DMARC_QTYPE_MAP(QTYPE_CASE)
 #undef QTYPE_CASE
@@ -128,8 +128,8 @@ const char *dmarc_qtype_name(dmarc_qtype v)
 const char *dmarc_flag_name(unsigned flag)
 {
     switch (flag) {
-#define FLAG_CASE(U, l, b)                                                                        \
-    case DMARC_FLAG_##U:                                                                          \
+#define FLAG_CASE(U, l, b)                                                                         \
+    case DMARC_FLAG_##U:                                                                           \
         return #l;
         DMARC_FLAG_MAP(FLAG_CASE)
 #undef FLAG_CASE
@@ -137,19 +137,19 @@ const char *dmarc_flag_name(unsigned flag)
     return NULL;
 }
 
-#define DEFINE_FROM_NAME(type, prefix)                                                            \
-    dmarc_status prefix##_from_name(const char *s, size_t len, type *out)                         \
-    {                                                                                             \
-        size_t i;                                                                                 \
-        if (s == NULL || out == NULL)                                                             \
-            return DMARC_ERR_INVAL;                                                               \
-        for (i = 0; i < sizeof(type##_names) / sizeof(type##_names[0]); i++) {                    \
-            if (dmarc__ieq(s, len, type##_names[i], strlen(type##_names[i]))) {                   \
-                *out = (type)i;                                                                   \
-                return DMARC_OK;                                                                  \
-            }                                                                                     \
-        }                                                                                         \
-        return DMARC_ERR_INVAL;                                                                   \
+#define DEFINE_FROM_NAME(type, prefix)                                                             \
+    dmarc_status prefix##_from_name(const char *s, size_t len, type *out)                          \
+    {                                                                                              \
+        size_t i;                                                                                  \
+        if (s == NULL || out == NULL)                                                              \
+            return DMARC_ERR_INVAL;                                                                \
+        for (i = 0; i < sizeof(type##_names) / sizeof(type##_names[0]); i++) {                     \
+            if (dmarc__ieq(s, len, type##_names[i], strlen(type##_names[i]))) {                    \
+                *out = (type)i;                                                                    \
+                return DMARC_OK;                                                                   \
+            }                                                                                      \
+        }                                                                                          \
+        return DMARC_ERR_INVAL;                                                                    \
     }
 
 DEFINE_FROM_NAME(dmarc_policy, dmarc_policy)
