@@ -29,6 +29,7 @@ dependencies = {
 external_dependencies = {
   LIBIDN2 = { header = 'idn2.h', library = 'idn2' },
   LIBPSL = { header = 'libpsl.h', library = 'psl' },
+  LIBXML2 = { header = 'libxml2/libxml/parser.h', library = 'xml2' },
 }
 
 build = {
@@ -92,6 +93,14 @@ build = {
       libraries = { 'hiredis' },
       defines = { '_POSIX_C_SOURCE=200809L' },
     },
+    -- dmarc.xml: libxml2 and zlib for `dmarc report ingest` (parse, inflate, unzip).
+    ['dmarc.xml'] = {
+      sources = { 'lua/dmarc_xml.c' },
+      incdirs = { 'core/include', 'lua', '$(LIBXML2_INCDIR)/libxml2' },
+      libdirs = { '$(LIBXML2_LIBDIR)' },
+      libraries = { 'xml2', 'z' },
+      defines = { '_POSIX_C_SOURCE=200809L' },
+    },
 
     -- Pure Lua: the front module and every lua/dmarc/*.lua, lua/dmarc/cli/*.lua.
     ['dmarc'] = 'lua/dmarc.lua',
@@ -103,6 +112,7 @@ build = {
     ['dmarc.cli.report'] = 'lua/dmarc/cli/report.lua',
     ['dmarc.cluster'] = 'lua/dmarc/cluster.lua',
     ['dmarc.failure'] = 'lua/dmarc/failure.lua',
+    ['dmarc.ingest'] = 'lua/dmarc/ingest.lua',
     ['dmarc.json_dns'] = 'lua/dmarc/json_dns.lua',
     ['dmarc.log'] = 'lua/dmarc/log.lua',
     ['dmarc.message'] = 'lua/dmarc/message.lua',

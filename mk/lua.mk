@@ -3,6 +3,7 @@
 #   dmarc.redis : lua/dmarc_redis.c, the hiredis client (override store, report rows)
 #   dmarc.io    : lua/dmarc_io*.c + core/adapters/{dns,zone,spf,dkim}* (resolvers, libspf2,
 #                 libopendkim)
+#   dmarc.xml   : lua/dmarc_xml.c, libxml2 and zlib (reading aggregate reports: ingest)
 # A module is built when its binding source exists. Modules link -shared without -llua
 # (the host process provides Lua). `make print-sources` lists each module's C sources,
 # which tests/check-rockspec compares with the rockspec.
@@ -18,7 +19,10 @@ MOD_redis_LIBS := $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 MOD_io_SRCS    := $(sort $(wildcard lua/dmarc_io*.c))
 MOD_io_ADAPTERS := $(filter-out core/adapters/psl.c,$(sort $(wildcard core/adapters/*.c)))
 MOD_io_LIBS     = -lspf2 -lopendkim -lldns $(CORE_LIBS)
-LUA_CMODULES := $(foreach m,core redis io,$(if $(MOD_$(m)_SRCS),$(m)))
+MOD_xml_SRCS   := $(wildcard lua/dmarc_xml.c)
+MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib 2>/dev/null)
+MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib 2>/dev/null)
+LUA_CMODULES := $(foreach m,core redis io xml,$(if $(MOD_$(m)_SRCS),$(m)))
 
 LUA_TARGETS :=
 
@@ -35,7 +39,7 @@ define lua_runtime
 $(1)_LUA_CFLAGS := $$(shell $$(PKG_CONFIG) --cflags $(1))
 $$(BUILD)/$(1)/obj/%.o: lua/%.c $$(wildcard lua/*.h core/include/*.h core/adapters/*.h)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CPPFLAGS) $$(DMARC_CFLAGS) $$($(1)_LUA_CFLAGS) -Icore/adapters $$(CFLAGS) -c $$< -o $$@
+	$$(CC) $$(CPPFLAGS) $$(DMARC_CFLAGS) $$($(1)_LUA_CFLAGS) $$(MOD_$$(*:dmarc_%=%)_CFLAGS) -Icore/adapters $$(CFLAGS) -c $$< -o $$@
 $$(foreach m,$$(LUA_CMODULES),$$(eval $$(call lua_module,$(1),$$(m))))
 endef
 

@@ -1,0 +1,1010 @@
+--- Ingest of aggregate reports received from other receivers: the domain
+-- owner's side of RFC 9990 (and RFC 7489 Appendix C reports).
+--
+-- A report arrives as XML, .xml.gz, .zip, or a whole report e-mail. It is
+-- unwrapped (`extract`), parsed by libxml2 through `dmarc.xml` (`parse`),
+-- checked and normalised (`normalize`), and stored in Redis whole or not at
+-- all (`store`): one server-side script per report, every key of the policy
+-- domain in one Cluster slot ({DOMAIN} hash tag), deduplicated by
+-- (org_name, report_id) so ingesting the same report again changes nothing.
+-- Key schema and conventions: docs/ingest.md (prefix, hash tags and TTLs
+-- follow docs/report-keys.md).
+--
+-- Everything read here is hostile until proven otherwise ([MAIL-6], RFC 9990
+-- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
+-- named limits below, and bad input gives nil, message, code (never a raise).
+local report = require 'dmarc.report'
+
+local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
+
+local M = {}
+
+M.VERSION = 1
+
+M.NS_9990 = 'urn:ietf:params:xml:ns:dmarc-2.0'
+M.NS_7489 = 'http://dmarc.org/dmarc-xml/0.1'
+
+--- Named bounds on untrusted input.
+M.limits = {
+  max_input = 64 * 1024 * 1024,  -- bytes read from one file (or stdin)
+  max_xml = 64 * 1024 * 1024,    -- bytes of XML after decompression (RFC 7489 §8: 10 MB+)
+  max_ratio = 200,               -- decompressed / compressed ([MAIL-6] bombs)
+  max_depth = 16,                -- XML nesting (a report needs 5)
+  max_records = 200000,          -- <record> elements in one report
+  max_files = 100000,            -- files taken from the paths of one run
+  max_attachments = 8,           -- reports taken from one e-mail
+  max_mime_parts = 64,           -- MIME parts looked at in one e-mail
+  max_mime_depth = 4,            -- nested multiparts / message/rfc822
+  max_header = 256 * 1024,       -- bytes of one MIME header block
+  max_header_lines = 1000,       -- header fields of one MIME header block
+  max_dkim = 100,                -- DKIM results kept per record [AGG-6]
+  max_spf = 8,                   -- SPF results kept per record (7489: 1..n)
+  max_reasons = 8,               -- reasons kept per record (as dmarc.report)
+  max_errors = 8,                -- report_metadata/error kept per report
+  max_text = 256,                -- bytes kept of a comment, org name, selector ...
+  max_count = 1e12,              -- largest message count believed for one record
+  max_range = 31 * 86400,        -- longest date_range accepted (RFC 9990: one day normally)
+}
+
+M.defaults = {
+  prefix = 'dmarc:',
+  ttl = 180 * 86400,      -- ingested data: half a year of history for the dashboard
+  max_rows = 200000,      -- distinct rows per policy domain and day
+  stage_ttl = 3600,       -- a staged large report disappears if the run dies
+  stage_pairs = 1000,     -- field/count pairs per staging command
+}
+
+-- Known words; anything else is kept as 'unknown' (never as the raw text).
+local DISPOSITIONS = { none = true, pass = true, quarantine = true, reject = true }
+local ALIGNED = { pass = true, fail = true }
+local AUTH_WORDS = {
+  none = true, pass = true, fail = true, softfail = true, neutral = true,
+  policy = true, temperror = true, permerror = true,
+}
+local REASON_TYPES = {
+  forwarded = true, sampled_out = true, trusted_forwarder = true, mailing_list = true,
+  local_policy = true, other = true, policy_test_mode = true,
+}
+local POLICIES = { none = true, quarantine = true, reject = true }
+local ALIGN_MODES = { r = true, s = true }
+local SPF_SCOPES = { mfrom = true, helo = true }
+local DISCOVERY = { psl = true, treewalk = true }
+local YES_NO = { y = true, n = true }
+
+-- The parser's view of a report: which children repeat (RFC 9990 App. A,
+-- RFC 7489 App. C).
+local ARRAY_PAIRS = {
+  'feedback/record', 'policy_evaluated/reason', 'auth_results/dkim', 'auth_results/spf',
+  'report_metadata/error',
+}
+
+-- ---------------------------------------------------------------------------
+-- Small helpers
+
+local function xmlmod()
+  local ok, x = pcall(require, 'dmarc.xml')
+  if not ok then return nil end
+  return x
+end
+
+--- Keeps what a report string may show: at most n bytes, C0 controls and
+-- DEL replaced by '?' (the storage escape keeps everything else safe).
+local function clip(s, n)
+  if type(s) ~= 'string' then return nil end
+  if #s > n then s = s:sub(1, n) end
+  if s:find('[%z\1-\31\127]') then s = s:gsub('[%z\1-\31\127]', '?') end
+  return s
+end
+M.clip = clip
+
+local function text(v, n)
+  if type(v) ~= 'string' then return nil end
+  return clip(v, n or M.limits.max_text)
+end
+
+local function word(v, set)
+  if type(v) ~= 'string' then return nil end
+  v = v:lower()
+  if set[v] then return v end
+  return nil
+end
+
+-- A domain as reports carry it: lowercased, trailing dot dropped. nil when
+-- it is not a valid host name (valid_domain of dmarc.report).
+local function domain(v)
+  if type(v) ~= 'string' then return nil end
+  v = v:lower():gsub('%.$', '')
+  if report.valid_domain(v) then return v end
+  return nil
+end
+
+-- Domains that are not host names are still shown (escaped), but never used
+-- in keys.
+local function loose_domain(v)
+  if type(v) ~= 'string' then return '' end
+  return clip(v:lower(), 253)
+end
+
+local function integer(v, max)
+  if type(v) ~= 'string' or not v:match('^%d+$') or #v > 15 then return nil end
+  local n = tonumber(v)
+  if n > max then return nil end
+  return n
+end
+
+local function list(v)
+  if type(v) == 'table' then return v end
+  return {}
+end
+
+local function hex(s)
+  return (s:gsub('.', function(c) return string.format('%02x', c:byte()) end))
+end
+
+-- ---------------------------------------------------------------------------
+-- Unwrapping: gzip, zip, MIME
+
+--- What the bytes are: 'gzip', 'zip', 'xml', 'mime' or nil.
+function M.sniff(data)
+  if type(data) ~= 'string' or #data < 2 then return nil end
+  local a, b, c, d = data:byte(1, 4)
+  if a == 0x1f and b == 0x8b then return 'gzip' end
+  if a == 0x50 and b == 0x4b and (c == 3 and d == 4 or c == 5 and d == 6) then return 'zip' end
+  local head = data:sub(1, 512):gsub('^\239\187\191', '')
+  if head:match('^%s*<') then return 'xml' end
+  -- An RFC 5322 header field: a name, a colon.
+  if head:match('^[!-9;-~]+:') then return 'mime' end
+  return nil
+end
+
+local B64 = {}
+do
+  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+  for i = 1, 64 do B64[alphabet:sub(i, i)] = i - 1 end
+end
+
+--- Base64 (RFC 2045 §6.8): characters outside the alphabet are skipped,
+-- decoding stops at padding.
+function M.base64_decode(s)
+  s = s:gsub('[^%w%+/=]', '')
+  local pad = s:find('=', 1, true)
+  if pad then s = s:sub(1, pad - 1) end
+  local out = {}
+  local n = #s - #s % 4
+  local chunk = {}
+  for i = 1, n, 4 do
+    local a, b, c, d = B64[s:sub(i, i)], B64[s:sub(i + 1, i + 1)], B64[s:sub(i + 2, i + 2)],
+      B64[s:sub(i + 3, i + 3)]
+    local v = ((a * 64 + b) * 64 + c) * 64 + d
+    chunk[#chunk + 1] = string.char(math.floor(v / 65536), math.floor(v / 256) % 256, v % 256)
+    if #chunk >= 4096 then
+      out[#out + 1] = table.concat(chunk)
+      chunk = {}
+    end
+  end
+  local rest = #s - n
+  if rest >= 2 then
+    local a, b = B64[s:sub(n + 1, n + 1)], B64[s:sub(n + 2, n + 2)]
+    local c = rest == 3 and B64[s:sub(n + 3, n + 3)] or 0
+    local v = (a * 64 + b) * 4096 + c * 64
+    local bytes = string.char(math.floor(v / 65536), math.floor(v / 256) % 256)
+    chunk[#chunk + 1] = rest == 3 and bytes or bytes:sub(1, 1)
+  end
+  out[#out + 1] = table.concat(chunk)
+  return table.concat(out)
+end
+
+--- Quoted-printable (RFC 2045 §6.7).
+function M.qp_decode(s)
+  s = s:gsub('=\r?\n', '')
+  return (s:gsub('=(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- Header fields of one MIME entity: lowercased name → first value, unfolded.
+local function parse_headers(block)
+  local h = {}
+  local lines = 0
+  block = block:gsub('\r?\n[ \t]+', ' ')
+  for line in block:gmatch('[^\r\n]+') do
+    lines = lines + 1
+    if lines > M.limits.max_header_lines then break end
+    local name, value = line:match('^([!-9;-~]+):%s*(.-)%s*$')
+    if name then
+      name = name:lower()
+      if h[name] == nil then h[name] = value end
+    end
+  end
+  return h
+end
+
+-- The value and parameters of a structured header field (RFC 2045 §5.1,
+-- RFC 2183; a simple RFC 2231 `name*=charset''value` is understood too).
+local function header_params(value)
+  value = value or ''
+  local main = value:match('^([^;]*)') or ''
+  local params = {}
+  local rest = value:sub(#main + 1)
+  local guard = 0
+  while rest ~= '' and guard < 32 do
+    guard = guard + 1
+    local name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*"([^"]*)"%s*(.*)$')
+    if not name then name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*([^;%s]*)%s*(.*)$') end
+    if not name then break end
+    name = name:lower()
+    if name:sub(-1) == '*' then
+      name = name:sub(1, -2)
+      v = v:gsub("^[^']*'[^']*'", ''):gsub('%%(%x%x)', function(x)
+        return string.char(tonumber(x, 16))
+      end)
+    end
+    if params[name] == nil then params[name] = v end
+    rest = after
+  end
+  return main:lower():gsub('%s', ''), params
+end
+
+local REPORT_TYPES = {
+  ['application/gzip'] = true, ['application/x-gzip'] = true, ['application/zip'] = true,
+  ['application/x-zip-compressed'] = true, ['application/x-zip'] = true,
+  ['text/xml'] = true, ['application/xml'] = true, ['application/octet-stream'] = true,
+}
+
+local function split_entity(data)
+  local s, e = data:find('\r?\n\r?\n')
+  if not s then return data, '' end
+  return data:sub(1, s - 1), data:sub(e + 1)
+end
+
+--- Report attachments of an e-mail (RFC 5322 + MIME): the decoded content
+-- of every part that is gzip, zip or XML by media type or file name, in
+-- order, at most max_attachments; multipart and message/rfc822 are walked
+-- to max_mime_depth, max_mime_parts parts in all.
+-- @return array of {content_type, filename, data}, or nil, msg, code
+function M.mime_attachments(msg)
+  local limits = M.limits
+  local found, parts_seen = {}, 0
+  local too_big = false
+
+  local function walk(entity, depth)
+    if depth > limits.max_mime_depth or #found >= limits.max_attachments then return end
+    parts_seen = parts_seen + 1
+    if parts_seen > limits.max_mime_parts then return end
+    local head, body = split_entity(entity)
+    if #head > limits.max_header then return end
+    local h = parse_headers(head)
+    local ctype, cparams = header_params(h['content-type'] or 'text/plain')
+    if ctype:match('^multipart/') then
+      local boundary = cparams.boundary
+      if not boundary or boundary == '' or #boundary > 200 then return end
+      local delim = '--' .. boundary
+      body = '\n' .. body
+      local pos = 1
+      local starts = {}
+      while #starts <= limits.max_mime_parts do
+        local s, e = body:find('\n' .. delim, pos, true)
+        if not s then break end
+        local closing = body:sub(e + 1, e + 2) == '--'
+        local line_end = body:find('\n', e + 1, true)
+        starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
+                                closing = closing }
+        if closing or not line_end then break end
+        pos = line_end
+      end
+      for i = 1, #starts - 1 do
+        if starts[i].closing then break end
+        local part = body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', '')
+        walk(part, depth + 1)
+      end
+      return
+    end
+    if ctype == 'message/rfc822' then
+      walk(body, depth + 1)
+      return
+    end
+    local _, dparams = header_params(h['content-disposition'])
+    local filename = dparams.filename or cparams.name or ''
+    local lname = filename:lower()
+    local by_name = lname:match('%.xml$') or lname:match('%.gz$') or lname:match('%.zip$')
+    if not REPORT_TYPES[ctype] and not by_name then return end
+    local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
+    local data
+    if cte == 'base64' then
+      if #body > limits.max_input * 4 / 3 + 4096 then too_big = true return end
+      data = M.base64_decode(body)
+    elseif cte == 'quoted-printable' then
+      data = M.qp_decode(body)
+    else
+      data = body
+    end
+    found[#found + 1] = { content_type = ctype, filename = clip(filename, limits.max_text),
+                          data = data }
+  end
+
+  if type(msg) ~= 'string' then error('mime_attachments: string expected', 2) end
+  walk(msg, 1)
+  if #found == 0 then
+    if too_big then return nil, 'attachment over the size limit', 'limit' end
+    return nil, 'no report attachment in the message', 'no_report'
+  end
+  return found
+end
+
+--- The XML documents in some bytes: plain XML, gzip, zip, or an e-mail
+-- carrying any of those.
+-- @param data {string}
+-- @param opts {table|nil} max_xml, max_ratio (limits by default)
+-- @return array of XML strings, or nil, msg, code ('format', 'bomb', 'zip', ...)
+function M.extract(data, opts)
+  opts = opts or {}
+  local x = xmlmod()
+  if not x then return nil, 'the dmarc.xml module is not built', 'config' end
+  local zopts = { max_output = opts.max_xml or M.limits.max_xml,
+                  max_ratio = opts.max_ratio or M.limits.max_ratio }
+
+  local function unwrap(bytes, allow_mime)
+    local kind = M.sniff(bytes)
+    if kind == 'gzip' then
+      local out, err, code = x.inflate(bytes, { format = 'gzip', max_output = zopts.max_output,
+                                                max_ratio = zopts.max_ratio })
+      if not out then return nil, 'gzip: ' .. err, code end
+      if M.sniff(out) ~= 'xml' then return nil, 'gzip content is not XML', 'format' end
+      return { out }
+    elseif kind == 'zip' then
+      local out, err, code = x.unzip(bytes, zopts)
+      if not out then return nil, 'zip: ' .. err, code end
+      if M.sniff(out) ~= 'xml' then return nil, 'zip entry is not XML', 'format' end
+      return { out }
+    elseif kind == 'xml' then
+      if #bytes > zopts.max_output then return nil, 'XML over the size limit', 'limit' end
+      return { bytes }
+    elseif kind == 'mime' and allow_mime then
+      local parts, err, code = M.mime_attachments(bytes)
+      if not parts then return nil, err, code end
+      local docs, first_err, first_code = {}, nil, nil
+      for _, p in ipairs(parts) do
+        local got, e, c = unwrap(p.data, false)
+        if got then
+          docs[#docs + 1] = got[1]
+        elseif not first_err then
+          first_err, first_code = e, c
+        end
+      end
+      if #docs == 0 then return nil, first_err or 'no report in the message', first_code end
+      return docs
+    end
+    return nil, 'not a report (XML, gzip, zip or e-mail)', 'format'
+  end
+
+  if type(data) ~= 'string' then error('ingest.extract: string expected', 2) end
+  return unwrap(data, true)
+end
+
+-- ---------------------------------------------------------------------------
+-- Parsing and normalisation
+
+--- Parse one XML document into the libxml2 tree of dmarc.xml.
+-- @return tree, info, or nil, msg, code ('xml', 'dtd', 'limit')
+function M.parse(xml_text, opts)
+  opts = opts or {}
+  local x = xmlmod()
+  if not x then return nil, 'the dmarc.xml module is not built', 'config' end
+  -- A declaration after white space is not well-formed; senders do that.
+  if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
+  return x.parse(xml_text, { max_input = opts.max_xml or M.limits.max_xml,
+                             max_depth = opts.max_depth or M.limits.max_depth,
+                             max_text = 4096, arrays = ARRAY_PAIRS })
+end
+
+local function first_text(v)
+  if type(v) == 'table' then v = v[1] end
+  if type(v) == 'string' then return v end
+  return nil
+end
+
+local function normalize_record(r)
+  local limits = M.limits
+  if type(r) ~= 'table' then return nil, 'record without content' end
+  local row = type(r.row) == 'table' and r.row or {}
+  local ip = type(row.source_ip) == 'string' and row.source_ip:lower() or nil
+  if not report.valid_ip(ip) then return nil, 'record with an invalid source_ip' end
+  local count = integer(row.count, limits.max_count)
+  if not count then return nil, 'record with an invalid count' end
+  local pe = type(row.policy_evaluated) == 'table' and row.policy_evaluated or {}
+  local ids = type(r.identifiers) == 'table' and r.identifiers or {}
+  local ar = type(r.auth_results) == 'table' and r.auth_results or {}
+  local rec = {
+    source_ip = ip,
+    count = count,
+    disposition = word(pe.disposition, DISPOSITIONS) or 'unknown',
+    -- policy_evaluated dkim/spf are the aligned results [AGG-7].
+    dkim = word(first_text(pe.dkim), ALIGNED) or 'unknown',
+    spf = word(first_text(pe.spf), ALIGNED) or 'unknown',
+    header_from = loose_domain(ids.header_from),
+    envelope_from = loose_domain(ids.envelope_from),
+    envelope_to = ids.envelope_to and loose_domain(ids.envelope_to) or nil,
+    reasons = {}, dkim_results = {}, spf_results = {},
+  }
+  if rec.envelope_to == '' then rec.envelope_to = nil end
+  for i, reason in ipairs(list(pe.reason)) do
+    if i > limits.max_reasons then break end
+    if type(reason) == 'table' then
+      rec.reasons[#rec.reasons + 1] = { type = word(reason.type, REASON_TYPES) or 'other',
+                                        comment = text(reason.comment) }
+    end
+  end
+  -- auth_results hold the raw results [AGG-7]; 9990 has 0..1 spf, 7489 1..n.
+  for i, d in ipairs(list(ar.dkim)) do
+    if i > limits.max_dkim then break end
+    if type(d) == 'table' then
+      rec.dkim_results[#rec.dkim_results + 1] = {
+        domain = loose_domain(d.domain), selector = text(d.selector) or '',
+        result = word(d.result, AUTH_WORDS) or 'none',
+      }
+    end
+  end
+  for i, s in ipairs(list(ar.spf)) do
+    if i > limits.max_spf then break end
+    if type(s) == 'table' then
+      rec.spf_results[#rec.spf_results + 1] = {
+        domain = loose_domain(s.domain), scope = word(s.scope, SPF_SCOPES) or 'mfrom',
+        result = word(s.result, AUTH_WORDS) or 'none',
+      }
+    end
+  end
+  return rec
+end
+
+--- Check and normalise a parsed report.
+-- @param tree {table} from parse
+-- @param info {table} from parse (root, ns)
+-- @return report {format, org_name, email, report_id, begin, ['end'], domain,
+--   policy, errors, generator, records, bad_records}, or nil, msg, code
+--   ('not_report', 'invalid', 'bad_domain', 'limit')
+function M.normalize(tree, info)
+  local limits = M.limits
+  if type(tree) ~= 'table' or type(info) ~= 'table' or info.root ~= 'feedback' then
+    return nil, 'the root element is not <feedback>', 'not_report'
+  end
+  -- [AGG-9] / section 10.3: match local names, accept both namespaces.
+  local format = info.ns == M.NS_9990 and 'rfc9990' or 'rfc7489'
+  local md = tree.report_metadata
+  if type(md) ~= 'table' then return nil, 'no report_metadata', 'invalid' end
+  local org = text(md.org_name)
+  local rid = text(md.report_id)
+  if not org or org == '' then return nil, 'no org_name', 'invalid' end
+  if not rid or rid == '' then return nil, 'no report_id', 'invalid' end
+  local dr = type(md.date_range) == 'table' and md.date_range or {}
+  local begin, finish = integer(dr.begin, 1e11), integer(dr['end'], 1e11)
+  if not begin or not finish or finish < begin then
+    return nil, 'no valid date_range', 'invalid'
+  end
+  if finish - begin > limits.max_range then
+    return nil, 'date_range longer than ' .. limits.max_range / 86400 .. ' days', 'invalid'
+  end
+  local pp = tree.policy_published
+  if type(pp) ~= 'table' then return nil, 'no policy_published', 'invalid' end
+  local dom = domain(pp.domain)
+  if not dom then return nil, 'policy domain is not a valid host name', 'bad_domain' end
+  local errors = {}
+  for i, e in ipairs(list(md.error)) do
+    if i > limits.max_errors then break end
+    errors[#errors + 1] = text(e)
+  end
+  local rep = {
+    format = format,
+    org_name = org,
+    email = text(md.email) or '',
+    extra_contact_info = text(md.extra_contact_info),
+    report_id = rid,
+    begin = begin,
+    ['end'] = finish,
+    generator = text(md.generator),
+    errors = errors,
+    domain = dom,
+    policy = {
+      p = word(pp.p, POLICIES), sp = word(pp.sp, POLICIES), np = word(pp.np, POLICIES),
+      adkim = word(pp.adkim, ALIGN_MODES), aspf = word(pp.aspf, ALIGN_MODES),
+      pct = integer(pp.pct, 100), fo = text(pp.fo, 16),
+      testing = word(pp.testing, YES_NO), discovery_method = word(pp.discovery_method, DISCOVERY),
+    },
+    records = {},
+    bad_records = 0,
+  }
+  local recs = list(tree.record)
+  if #recs > limits.max_records then
+    return nil, 'more than ' .. limits.max_records .. ' records', 'limit'
+  end
+  for _, r in ipairs(recs) do
+    local rec = normalize_record(r)
+    if rec then
+      rep.records[#rep.records + 1] = rec
+    else
+      rep.bad_records = rep.bad_records + 1
+    end
+  end
+  return rep
+end
+
+-- ---------------------------------------------------------------------------
+-- Storage encoding. One escape for every atom (as dmarc.report's): bytes
+-- outside [A-Za-z0-9._@+= -] become %XX, so the separators | ; : never
+-- occur inside an atom.
+
+local ESC, UNESC = {}, {}
+for b = 0, 255 do
+  local c, h = string.char(b), string.format('%%%02X', b)
+  ESC[c] = h
+  UNESC[h:sub(2)] = c
+  UNESC[h:sub(2):lower()] = c
+end
+
+local function esc(s)
+  if s == nil then return '' end
+  return (tostring(s):gsub('[^%w%._@%+= %-]', ESC))
+end
+M.esc = esc
+
+local function unesc(s)
+  if not s:find('%', 1, true) then return s end
+  return (s:gsub('%%(%x%x)', UNESC))
+end
+M.unesc = unesc
+
+local function split(s, sep)
+  local out = {}
+  if s == '' then return out end
+  local pos = 1
+  while true do
+    local i = s:find(sep, pos, true)
+    if not i then
+      out[#out + 1] = s:sub(pos)
+      return out
+    end
+    out[#out + 1] = s:sub(pos, i - 1)
+    pos = i + 1
+  end
+end
+
+--- The hash field of one record (the count is the value):
+-- 1|org|source_ip|header_from|envelope_from|envelope_to|disposition|dkim|spf|REASONS|DKIMS|SPFS
+-- REASONS = type:comment;...  DKIMS = domain:selector:result;...  SPFS = domain:scope:result;...
+function M.encode_record(org, rec)
+  local reasons, dkims, spfs = {}, {}, {}
+  for i, r in ipairs(rec.reasons or {}) do reasons[i] = esc(r.type) .. ':' .. esc(r.comment) end
+  for i, d in ipairs(rec.dkim_results or {}) do
+    dkims[i] = esc(d.domain) .. ':' .. esc(d.selector) .. ':' .. esc(d.result)
+  end
+  for i, s in ipairs(rec.spf_results or {}) do
+    spfs[i] = esc(s.domain) .. ':' .. esc(s.scope) .. ':' .. esc(s.result)
+  end
+  return table.concat({
+    tostring(M.VERSION), esc(org), esc(rec.source_ip), esc(rec.header_from),
+    esc(rec.envelope_from), esc(rec.envelope_to), esc(rec.disposition), esc(rec.dkim),
+    esc(rec.spf), table.concat(reasons, ';'), table.concat(dkims, ';'), table.concat(spfs, ';'),
+  }, '|')
+end
+
+--- Decode a stored field; nil, msg, code for one this version does not read.
+function M.decode_record(field)
+  if type(field) ~= 'string' or #field > 65536 then return nil, 'bad field', 'bad_row' end
+  local f = split(field, '|')
+  if f[1] ~= tostring(M.VERSION) or #f ~= 12 then return nil, 'unknown encoding', 'bad_row' end
+  local rec = {
+    org_name = unesc(f[2]), source_ip = unesc(f[3]), header_from = unesc(f[4]),
+    envelope_from = unesc(f[5]), envelope_to = f[6] ~= '' and unesc(f[6]) or nil,
+    disposition = unesc(f[7]), dkim = unesc(f[8]), spf = unesc(f[9]),
+    reasons = {}, dkim_results = {}, spf_results = {},
+  }
+  for i, r in ipairs(split(f[10], ';')) do
+    if i > M.limits.max_reasons then break end
+    local a = split(r, ':')
+    rec.reasons[#rec.reasons + 1] = { type = unesc(a[1] or ''),
+                                      comment = a[2] and a[2] ~= '' and unesc(a[2]) or nil }
+  end
+  for i, d in ipairs(split(f[11], ';')) do
+    if i > M.limits.max_dkim then break end
+    local a = split(d, ':')
+    rec.dkim_results[#rec.dkim_results + 1] = { domain = unesc(a[1] or ''),
+                                                selector = unesc(a[2] or ''),
+                                                result = unesc(a[3] or 'none') }
+  end
+  for i, s in ipairs(split(f[12], ';')) do
+    if i > M.limits.max_spf then break end
+    local a = split(s, ':')
+    rec.spf_results[#rec.spf_results + 1] = { domain = unesc(a[1] or ''),
+                                              scope = unesc(a[2] or ''),
+                                              result = unesc(a[3] or 'none') }
+  end
+  return rec
+end
+
+--- The dedup field of a report in its day's reports hash: (org_name, report_id).
+function M.report_field(org, rid)
+  return esc(org) .. '|' .. esc(rid)
+end
+
+function M.decode_report_field(field)
+  local org, rid = field:match('^([^|]*)|([^|]*)$')
+  if not org then return nil end
+  return unesc(org), unesc(rid)
+end
+
+--- The UTC day a report is filed under: the middle of its date_range (a
+-- report of a receiver whose day is not UTC still lands on the day it
+-- mostly covers).
+function M.report_day(rep)
+  return report.day_of(math.floor((rep.begin + rep['end']) / 2))
+end
+
+--- Keys of one policy domain and day (docs/ingest.md). The {DOMAIN} hash
+-- tag keeps every key of a domain in one Cluster slot, so the store script
+-- is legal on a Cluster.
+function M.keys(prefix, policy_domain, day)
+  local base = prefix .. 'ing:{' .. policy_domain .. '}:' .. day
+  return { rows = base, reports = base .. ':rep' }
+end
+
+function M.stage_key(prefix, policy_domain, token)
+  return prefix .. 'ing:{' .. policy_domain .. '}:stage:' .. token
+end
+
+--- SCAN pattern for every rows key (any day).
+function M.scan_pattern(prefix)
+  return prefix .. 'ing:{*}:????????'
+end
+
+--- Policy domain and day of a rows key found by SCAN, or nil.
+function M.parse_key(prefix, key)
+  if key:sub(1, #prefix) ~= prefix then return nil end
+  local d, day = key:sub(#prefix + 1):match('^ing:{([^}]*)}:(%d%d%d%d%d%d%d%d)$')
+  if d and report.valid_domain(d) then return d, day end
+  return nil
+end
+
+-- One atomic step per report (docs/ingest.md, "The store script"):
+-- nothing happens for a report already stored (dedup by org_name and
+-- report_id); otherwise every record is counted (up to max_rows distinct
+-- rows per day; the rest are counted as dropped, never silently), the
+-- report is listed, both TTLs are refreshed and a staging hash is removed.
+-- A script runs whole on the server, so a report is stored whole or not at
+-- all; all keys share the {DOMAIN} hash tag.
+--   KEYS: rows, reports [, staged rows]
+--   ARGV: report field, report info (JSON), ttl, max_rows, field, count, ...
+M.STORE_SCRIPT = [[
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  if KEYS[3] then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+local items, first = ARGV, 5
+if KEYS[3] then
+  items, first = redis.call('HGETALL', KEYS[3]), 1
+end
+local n = redis.call('HLEN', KEYS[1])
+local max = tonumber(ARGV[4])
+local dropped, dropped_rows = 0, 0
+for i = first, #items - 1, 2 do
+  local f, c = items[i], tonumber(items[i + 1])
+  if n < max or redis.call('HEXISTS', KEYS[1], f) == 1 then
+    if redis.call('HINCRBY', KEYS[1], f, c) == c then n = n + 1 end
+  else
+    dropped = dropped + c
+    dropped_rows = dropped_rows + 1
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if dropped > 0 then
+  redis.call('HINCRBY', KEYS[2], '#dropped_messages', dropped)
+  redis.call('HINCRBY', KEYS[2], '#dropped_rows', dropped_rows)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
+return 1
+]]
+
+--- Whether a policy domain is one of ours: equal to, or below, a domain of
+-- `own` (a set or array). With no list every domain is ours.
+function M.owned(dom, own)
+  if own == nil then return true end
+  local set = own
+  if own[1] ~= nil then
+    set = {}
+    for _, d in ipairs(own) do set[d] = true end
+  end
+  if next(set) == nil then return true end
+  local d = dom
+  for _ = 1, 127 do
+    if set[d] then return true end
+    d = d:match('^[^.]*%.(.+)$')
+    if not d then return false end
+  end
+  return false
+end
+
+--- Keyed hash of an envelope_to domain (privacy option): 'h:' and the first
+-- 16 hex digits of HMAC-SHA256(salt, domain).
+function M.hash_envelope_to(salt, value)
+  local x = xmlmod()
+  if not x then error('ingest: the dmarc.xml module is not built', 2) end
+  return 'h:' .. hex(x.hmac_sha256(salt, value:lower())):sub(1, 16)
+end
+
+--- Records of a report aggregated into hash fields (identical rows add up).
+-- @return fields (array, in first-seen order), counts (field → count), messages
+function M.fields_of(rep, opts)
+  opts = opts or {}
+  local order, counts, messages = {}, {}, 0
+  for _, rec in ipairs(rep.records) do
+    if rec.count > 0 then
+      local r = rec
+      if opts.hash_salt and rec.envelope_to then
+        r = setmetatable({ envelope_to = M.hash_envelope_to(opts.hash_salt, rec.envelope_to) },
+                         { __index = rec })
+      end
+      local f = M.encode_record(rep.org_name, r)
+      if counts[f] then
+        counts[f] = counts[f] + rec.count
+      else
+        counts[f] = rec.count
+        order[#order + 1] = f
+      end
+      messages = messages + rec.count
+    end
+  end
+  return order, counts, messages
+end
+
+local function report_info(rep, records, messages, now)
+  local cjson = require 'cjson'
+  local p = rep.policy
+  return cjson.encode({
+    v = M.VERSION, begin = rep.begin, ['end'] = rep['end'], records = records,
+    messages = messages, format = rep.format, email = rep.email, p = p.p, sp = p.sp, np = p.np,
+    adkim = p.adkim, aspf = p.aspf, pct = p.pct, testing = p.testing,
+    discovery_method = p.discovery_method, ingested = now, bad_records = rep.bad_records,
+    errors = #rep.errors > 0 and rep.errors or nil,
+  })
+end
+
+local function is_error_reply(r)
+  return type(r) == 'table' and r.err ~= nil and r[1] == nil
+end
+
+local function fmt_int(n)
+  return string.format('%d', n)
+end
+
+local token_counter = 0
+
+--- Store one normalised report.
+-- @param conn a dmarc.redis connection or dmarc.cluster router
+-- @param rep {table} from normalize
+-- @param opts {table|nil} prefix, ttl, max_rows, hash_salt, now, max_args
+-- @return 'stored' | 'duplicate', {records, messages, day}; or nil, msg, code
+function M.store(conn, rep, opts)
+  opts = opts or {}
+  local prefix = opts.prefix or M.defaults.prefix
+  if not report.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
+  if not report.valid_domain(rep.domain) then return nil, 'invalid policy domain', 'bad_domain' end
+  local day = M.report_day(rep)
+  local k = M.keys(prefix, rep.domain, day)
+  local order, counts, messages = M.fields_of(rep, opts)
+  local ttl = fmt_int(opts.ttl or M.defaults.ttl)
+  local max_rows = fmt_int(opts.max_rows or M.defaults.max_rows)
+  local info = report_info(rep, #order, messages, opts.now or os.time())
+  local rfield = M.report_field(rep.org_name, rep.report_id)
+  local max_args = opts.max_args or 4000
+  local reply, err, code
+  if 6 + 2 * #order <= max_args then
+    local cmd = { 'EVAL', M.STORE_SCRIPT, '2', k.rows, k.reports, rfield, info, ttl, max_rows }
+    for _, f in ipairs(order) do
+      cmd[#cmd + 1] = f
+      cmd[#cmd + 1] = fmt_int(counts[f])
+    end
+    reply, err, code = conn:command(unpack(cmd))
+  else
+    -- Too many rows for one command: they go to a staging hash first (same
+    -- slot, short TTL), then one script moves them in atomically. A run that
+    -- dies in between leaves only the staging hash, which expires.
+    token_counter = token_counter + 1
+    local token = string.format('%d.%d.%d', opts.now or os.time(), math.random(0, 2147483646),
+                                token_counter)
+    local stage = M.stage_key(prefix, rep.domain, token)
+    local step = M.defaults.stage_pairs
+    local i = 1
+    while i <= #order do
+      local cmds = {}
+      for _ = 1, 64 do
+        if i > #order then break end
+        local cmd = { 'HSET', stage }
+        for j = i, math.min(i + step - 1, #order) do
+          cmd[#cmd + 1] = order[j]
+          cmd[#cmd + 1] = fmt_int(counts[order[j]])
+        end
+        i = i + step
+        cmds[#cmds + 1] = cmd
+      end
+      cmds[#cmds + 1] = { 'EXPIRE', stage, fmt_int(M.defaults.stage_ttl) }
+      local replies, perr, pcode = conn:pipeline(cmds)
+      if not replies then return nil, perr, pcode or 'io' end
+      for _, r in ipairs(replies) do
+        if is_error_reply(r) then return nil, 'staging failed: ' .. tostring(r.err), 'redis' end
+      end
+    end
+    reply, err, code = conn:command('EVAL', M.STORE_SCRIPT, '3', k.rows, k.reports, stage,
+                                    rfield, info, ttl, max_rows)
+  end
+  if reply == nil then return nil, err or 'no reply', code or 'redis' end
+  local result = { records = #order, messages = messages, day = day }
+  if tonumber(reply) == 0 then return 'duplicate', result end
+  return 'stored', result
+end
+
+-- ---------------------------------------------------------------------------
+-- Files and runs
+
+--- The files named by command-line paths: files as given, directories
+-- walked (regular files, sorted, symbolic links not followed), '-' for
+-- standard input. At most max_files.
+-- @return array of paths, array of {path, message} for paths not found
+function M.expand_paths(paths, opts)
+  opts = opts or {}
+  local max_files = opts.max_files or M.limits.max_files
+  local files, missing = {}, {}
+  local report_xml = require 'dmarc.report_xml'
+  for _, p in ipairs(paths) do
+    if #files >= max_files then break end
+    if p == '-' then
+      files[#files + 1] = '-'
+    else
+      local f = io.open(p, 'rb')
+      local is_dir = false
+      if f then
+        local _, _, errno = f:read(1)
+        is_dir = errno == 21 -- EISDIR
+        f:close()
+      end
+      if not f then
+        missing[#missing + 1] = { path = p, message = 'cannot open' }
+      elseif is_dir then
+        local pipe = io.popen('find ' .. report_xml.shell_quote(p) .. ' -type f -print0 2>/dev/null')
+        local out = pipe and pipe:read('*a') or ''
+        if pipe then pipe:close() end
+        local found = {}
+        for name in out:gmatch('([^%z]+)%z') do found[#found + 1] = name end
+        table.sort(found)
+        for _, name in ipairs(found) do
+          if #files >= max_files then break end
+          files[#files + 1] = name
+        end
+      else
+        files[#files + 1] = p
+      end
+    end
+  end
+  return files, missing
+end
+
+--- Read a file (or '-', standard input), at most max_input bytes.
+-- @return data, or nil, msg, code
+function M.read_input(path, opts)
+  local max = (opts and opts.max_input) or M.limits.max_input
+  local f, err
+  if path == '-' then
+    f = io.stdin
+  else
+    f, err = io.open(path, 'rb')
+    if not f then return nil, tostring(err), 'io' end
+    local size = f:seek('end')
+    if size and size > max then
+      f:close()
+      return nil, 'file over the size limit', 'limit'
+    end
+    f:seek('set')
+  end
+  local data = f:read(max + 1) or ''
+  if path ~= '-' then f:close() end
+  if #data > max then return nil, 'input over the size limit', 'limit' end
+  return data
+end
+
+--- Ingest the bytes of one input (file, message): every report in it.
+-- @param conn redis connection or router
+-- @param data {string}
+-- @param opts {table} prefix, ttl, max_rows, hash_salt, own (domains),
+--   refuse_foreign, now, max_xml, max_ratio
+-- @return array of per-report results {status = 'stored' | 'duplicate' |
+--   'refused' | 'error', domain, org_name, report_id, records, messages,
+--   foreign, message, code}
+function M.ingest_data(conn, data, opts)
+  opts = opts or {}
+  local results = {}
+  local docs, err, code = M.extract(data, opts)
+  if not docs then
+    return { { status = 'error', message = err, code = code } }
+  end
+  for _, doc in ipairs(docs) do
+    local tree, info, pcode = M.parse(doc, opts)
+    if not tree then
+      results[#results + 1] = { status = 'error', message = info, code = pcode }
+    else
+      local rep, nerr, ncode = M.normalize(tree, info)
+      if not rep then
+        results[#results + 1] = { status = 'error', message = nerr, code = ncode }
+      else
+        local res = { domain = rep.domain, org_name = rep.org_name, report_id = rep.report_id,
+                      format = rep.format, records = #rep.records, bad_records = rep.bad_records }
+        res.foreign = not M.owned(rep.domain, opts.own)
+        if res.foreign and opts.refuse_foreign then
+          res.status = 'refused'
+          res.code = 'foreign'
+          res.message = 'report for a domain this site does not own'
+        else
+          local status, r, scode = M.store(conn, rep, opts)
+          if status then
+            res.status = status
+            res.messages = r.messages
+            res.rows = r.records
+            res.day = r.day
+          else
+            res.status = 'error'
+            res.message = r
+            res.code = scode
+          end
+        end
+        results[#results + 1] = res
+      end
+    end
+  end
+  return results
+end
+
+--- Ingest files. Each file's failure is its own: the rest of the batch is
+-- still ingested.
+-- @param conn redis connection or router
+-- @param files {table} paths (or '-')
+-- @param opts {table} as ingest_data, plus progress (function(stats))
+-- @return stats {files, reports, stored, duplicates, refused, foreign, errors,
+--   records, messages, failures = {{path, code, message}}}
+function M.ingest_files(conn, files, opts)
+  opts = opts or {}
+  local stats = { files = 0, reports = 0, stored = 0, duplicates = 0, refused = 0, foreign = 0,
+                  errors = 0, records = 0, messages = 0, failures = {} }
+  local max_failures = 1000
+  for _, path in ipairs(files) do
+    stats.files = stats.files + 1
+    local data, err, code = M.read_input(path, opts)
+    local results
+    if not data then
+      results = { { status = 'error', message = err, code = code } }
+    else
+      results = M.ingest_data(conn, data, opts)
+    end
+    for _, r in ipairs(results) do
+      if r.status == 'error' then
+        stats.errors = stats.errors + 1
+        if #stats.failures < max_failures then
+          stats.failures[#stats.failures + 1] = { path = path, code = r.code or 'error',
+                                                  message = r.message }
+        end
+      else
+        stats.reports = stats.reports + 1
+        if r.foreign then stats.foreign = stats.foreign + 1 end
+        if r.status == 'stored' then
+          stats.stored = stats.stored + 1
+          stats.records = stats.records + (r.records or 0)
+          stats.messages = stats.messages + (r.messages or 0)
+        elseif r.status == 'duplicate' then
+          stats.duplicates = stats.duplicates + 1
+        elseif r.status == 'refused' then
+          stats.refused = stats.refused + 1
+        end
+      end
+      if opts.on_result then opts.on_result(path, r) end
+    end
+    if opts.progress then opts.progress(stats) end
+  end
+  return stats
+end
+
+return M

@@ -1,0 +1,1296 @@
+/*
+** dmarc.xml: the C side of `dmarc report ingest`. Aggregate reports arrive from the whole
+** Internet, so everything here reads hostile input ([MAIL-6], RFC 9990 §8: zip and XML
+** bombs, forged reports) and every loop has a named bound.
+**
+**   xml.parse(data [, opts])        libxml2 SAX2 push parse into a small element tree
+**   xml.inflate(data [, opts])      gzip / zlib / raw deflate, output and ratio capped
+**   xml.unzip(data [, opts])        the report entry of a zip archive (stored or deflate)
+**   xml.hmac_sha256(key, message)   keyed hash (RFC 2104, FIPS 180-4) for the
+**                                   envelope_to privacy option
+**
+** libxml2 is used with XML_PARSE_NONET, without XML_PARSE_NOENT (no entity substitution),
+** without DTD loading and without XML_PARSE_HUGE. A report never needs a DTD, so a DOCTYPE
+** stops the parse in the internalSubset callback, before a single entity declaration is
+** read: entity expansion bombs and external entities never get a chance.
+**
+** Error contract (style.md, "Error conventions"): bad input gives nil, message, code with
+** code one of 'xml' (not well-formed, truncated), 'dtd' (a DOCTYPE), 'limit' (size, depth,
+** element or name count), 'bomb' (decompressed size or ratio), 'truncated' (compressed
+** stream cut short), 'corrupt' (bad compressed data), 'zip' (malformed archive),
+** 'zip_entries' (no single report entry), 'unsupported' (zip64, encryption, method), 'crc';
+** misuse (wrong argument types, bad options) and out of memory raise.
+**
+** Memory: every C allocation belongs to a userdata (parse state, inflate state) from the
+** moment it is made, and its __gc frees it, so a Lua error raised while results are pushed
+** (out of memory) never leaks. libxml2 and zlib callbacks never call Lua.
+*/
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/xmlerror.h>
+#include <zlib.h>
+
+#include "compat.h"
+#include "dmarc.h"
+
+#define LDMARC_XML_PARSE_MT "dmarc.xml.parse"
+#define LDMARC_XML_INFLATE_MT "dmarc.xml.inflate"
+
+/* Input accepted by xml.parse: RFC 7489 §8 asks receivers to accept reports of 10 MB; a
+** large receiver's uncompressed XML is several times that. */
+#define LDMARC_XML_DEFAULT_MAX_INPUT ((size_t)64 << 20)
+/* Nesting: a report is 5 levels deep (feedback/record/auth_results/dkim/domain); room is
+** left for extensions ([AGG-10]). The hard cap bounds the C stack of the conversion. */
+#define LDMARC_XML_DEFAULT_MAX_DEPTH 16
+#define LDMARC_XML_HARD_MAX_DEPTH 64
+/* Elements in one document (a record is about 25). */
+#define LDMARC_XML_DEFAULT_MAX_ELEMENTS 4000000
+/* Bytes kept of one text node; longer text is cut and counted. */
+#define LDMARC_XML_DEFAULT_MAX_TEXT 65536
+/* Distinct element names (RFC 9990 has about 50). */
+#define LDMARC_XML_MAX_NAMES 1024
+#define LDMARC_XML_NAME_BUCKETS 256
+/* "parent/child" pairs whose children are collected into arrays. */
+#define LDMARC_XML_MAX_ARRAY_PAIRS 64
+/* Bytes handed to libxml2 per xmlParseChunk call. */
+#define LDMARC_XML_CHUNK 65536
+#define LDMARC_XML_ARENA_BLOCK 65536
+#define LDMARC_XML_ERRMSG 256
+
+/* Decompression: output cap, ratio cap, and the output size under which the ratio is not
+** judged (a tiny report can compress very well). */
+#define LDMARC_XML_DEFAULT_MAX_OUTPUT ((size_t)64 << 20)
+#define LDMARC_XML_DEFAULT_MAX_RATIO 200
+#define LDMARC_XML_RATIO_FLOOR ((size_t)1 << 20)
+/* Output produced per inflate() call, so the caps are checked often. */
+#define LDMARC_XML_INFLATE_STEP ((size_t)256 << 10)
+/* Concatenated gzip members in one file (gzip allows several). */
+#define LDMARC_XML_MAX_GZIP_MEMBERS 16
+
+/* Zip: entries looked at in the central directory, and the EOCD search window (the
+** archive comment is at most 65535 bytes). */
+#define LDMARC_XML_DEFAULT_MAX_ENTRIES 16
+#define LDMARC_XML_HARD_MAX_ENTRIES 1024
+#define LDMARC_XML_ZIP_EOCD_SIZE 22
+#define LDMARC_XML_ZIP_MAX_COMMENT 65535
+#define LDMARC_XML_ZIP_CDIR_SIZE 46
+#define LDMARC_XML_ZIP_LOCAL_SIZE 30
+
+#define LDMARC_XML_SHA256_BLOCK 64
+#define LDMARC_XML_SHA256_SIZE 32
+
+/* Pushes nil, message, code; returns 3 (the bad-input convention). */
+static int push_failure(lua_State *L, const char *msg, const char *code)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+/* An integer option of table idx, in [lo, hi], default def. Raises on misuse. */
+static size_t opt_size(lua_State *L, int idx, const char *name, size_t def, size_t lo, size_t hi)
+{
+    lua_Integer v;
+    if (lua_isnoneornil(L, idx)) {
+        return def;
+    }
+    lua_getfield(L, idx, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return def;
+    }
+    v = luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+    if (v < 0 || (uint64_t)v < lo || (uint64_t)v > hi) {
+        luaL_error(L, "dmarc.xml: option %s out of range", name);
+    }
+    return (size_t)v;
+}
+
+/*
+** {======================================================================
+** Arena: nodes, names and texts of one parse, freed at once
+** =======================================================================
+*/
+typedef struct arena_block {
+    struct arena_block *next;
+    size_t used;
+    size_t cap;
+    double align; /* keeps the data that follows suitably aligned */
+} arena_block;
+
+typedef struct arena {
+    arena_block *head;
+} arena;
+
+static void *arena_alloc(arena *a, size_t n)
+{
+    arena_block *b = a->head;
+    void *p;
+    n = (n + 7u) & ~(size_t)7u;
+    if (b == NULL || b->cap - b->used < n) {
+        size_t cap = n > LDMARC_XML_ARENA_BLOCK ? n : LDMARC_XML_ARENA_BLOCK;
+        b = (arena_block *)malloc(sizeof(*b) + cap);
+        if (b == NULL) {
+            return NULL;
+        }
+        b->next = a->head;
+        b->used = 0;
+        b->cap = cap;
+        a->head = b;
+    }
+    p = (char *)(b + 1) + b->used;
+    b->used += n;
+    return p;
+}
+
+static void arena_free(arena *a)
+{
+    while (a->head != NULL) {
+        arena_block *next = a->head->next;
+        free(a->head);
+        a->head = next;
+    }
+}
+/* }====================================================================== */
+
+/*
+** {======================================================================
+** Parse state and SAX2 callbacks
+** =======================================================================
+*/
+typedef struct xname {
+    const char *s;
+    size_t len;
+    unsigned hash;
+    struct xname *next;
+} xname;
+
+typedef struct xnode {
+    const xname *name;
+    struct xnode *first, *last, *next;
+    const char *text;
+    size_t text_len;
+} xnode;
+
+typedef struct array_pair {
+    const xname *parent, *child;
+} array_pair;
+
+typedef struct parse_state {
+    xmlParserCtxtPtr ctxt;
+    arena mem;
+    xname *buckets[LDMARC_XML_NAME_BUCKETS];
+    size_t nnames;
+    array_pair pairs[LDMARC_XML_MAX_ARRAY_PAIRS];
+    size_t npairs;
+    xnode *stack[LDMARC_XML_HARD_MAX_DEPTH + 1];
+    size_t depth;      /* open elements that are kept */
+    size_t raw_depth;  /* every open element, skipped ones too */
+    size_t skip_depth; /* > 0: inside a subtree skipped from this raw depth */
+    char *text;        /* text of the innermost open element (malloc'd) */
+    size_t text_len, text_cap;
+    int text_cut;
+    xnode *root;
+    char *root_ns; /* the root element's namespace URI, NULL for none */
+    size_t elements, skipped, truncated, duplicates;
+    size_t max_depth, max_elements, max_text;
+    const char *err_code; /* set once; the parse stops */
+    char err_msg[LDMARC_XML_ERRMSG];
+    int nomem;
+} parse_state;
+
+static void state_fail(parse_state *st, const char *code, const char *msg)
+{
+    if (st->err_code != NULL) {
+        return;
+    }
+    st->err_code = code;
+    strncpy(st->err_msg, msg, sizeof(st->err_msg) - 1);
+    st->err_msg[sizeof(st->err_msg) - 1] = '\0';
+    if (st->ctxt != NULL) {
+        xmlStopParser(st->ctxt);
+    }
+}
+
+static void state_nomem(parse_state *st)
+{
+    st->nomem = 1;
+    state_fail(st, "nomem", "out of memory");
+}
+
+static unsigned name_hash(const char *s, size_t len)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    size_t i;
+    for (i = 0; i < len; i++) {
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    }
+    return h;
+}
+
+/* The interned name for s, created when new; NULL when the name table is full (a 'limit'
+** failure is recorded) or memory ran out. */
+static const xname *intern(parse_state *st, const char *s, size_t len)
+{
+    unsigned h = name_hash(s, len);
+    xname **slot = &st->buckets[h % LDMARC_XML_NAME_BUCKETS];
+    xname *n;
+    char *copy;
+    for (n = *slot; n != NULL; n = n->next) {
+        if (n->hash == h && n->len == len && memcmp(n->s, s, len) == 0) {
+            return n;
+        }
+    }
+    if (st->nnames >= LDMARC_XML_MAX_NAMES) {
+        state_fail(st, "limit", "too many distinct element names");
+        return NULL;
+    }
+    n = (xname *)arena_alloc(&st->mem, sizeof(*n));
+    copy = (char *)arena_alloc(&st->mem, len + 1);
+    if (n == NULL || copy == NULL) {
+        state_nomem(st);
+        return NULL;
+    }
+    memcpy(copy, s, len);
+    copy[len] = '\0';
+    n->s = copy;
+    n->len = len;
+    n->hash = h;
+    n->next = *slot;
+    *slot = n;
+    st->nnames++;
+    return n;
+}
+
+static int same_ns(const char *a, const xmlChar *b)
+{
+    return a != NULL && strcmp(a, (const char *)b) == 0;
+}
+
+static void sax_start(void *ctx, const xmlChar *localname, const xmlChar *prefix,
+                      const xmlChar *uri, int nb_namespaces, const xmlChar **namespaces,
+                      int nb_attributes, int nb_defaulted, const xmlChar **attributes)
+{
+    parse_state *st = (parse_state *)ctx;
+    xnode *node, *parent;
+    const xname *name;
+    (void)prefix;
+    (void)nb_namespaces;
+    (void)namespaces;
+    (void)nb_attributes;
+    (void)nb_defaulted;
+    (void)attributes;
+    if (st->err_code != NULL) {
+        return;
+    }
+    if (++st->elements > st->max_elements) {
+        state_fail(st, "limit", "too many elements");
+        return;
+    }
+    if (++st->raw_depth > st->max_depth) {
+        state_fail(st, "limit", "elements nested too deeply");
+        return;
+    }
+    if (st->skip_depth > 0) {
+        return;
+    }
+    if (st->root != NULL && uri != NULL && !same_ns(st->root_ns, uri)) {
+        /* RFC 9990 §5 / [AGG-10]: extensions live in other namespaces and are skipped
+        ** whole. Elements without a namespace are kept: RFC 7489's schema has
+        ** unqualified local elements under a namespaced root. */
+        st->skip_depth = st->raw_depth;
+        st->skipped++;
+        return;
+    }
+    name = intern(st, (const char *)localname, strlen((const char *)localname));
+    if (name == NULL) {
+        return;
+    }
+    node = (xnode *)arena_alloc(&st->mem, sizeof(*node));
+    if (node == NULL) {
+        state_nomem(st);
+        return;
+    }
+    memset(node, 0, sizeof(*node));
+    node->name = name;
+    if (st->root == NULL) {
+        st->root = node;
+        if (uri != NULL) {
+            size_t n = strlen((const char *)uri);
+            st->root_ns = (char *)arena_alloc(&st->mem, n + 1);
+            if (st->root_ns == NULL) {
+                state_nomem(st);
+                return;
+            }
+            memcpy(st->root_ns, uri, n + 1);
+        }
+    } else {
+        parent = st->stack[st->depth - 1];
+        if (parent->last != NULL) {
+            parent->last->next = node;
+        } else {
+            parent->first = node;
+        }
+        parent->last = node;
+    }
+    st->stack[st->depth++] = node;
+    st->text_len = 0;
+    st->text_cut = 0;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static void sax_end(void *ctx, const xmlChar *localname, const xmlChar *prefix, const xmlChar *uri)
+{
+    parse_state *st = (parse_state *)ctx;
+    xnode *node;
+    (void)localname;
+    (void)prefix;
+    (void)uri;
+    if (st->err_code != NULL || st->raw_depth == 0) {
+        return;
+    }
+    if (st->skip_depth > 0) {
+        if (st->raw_depth == st->skip_depth) {
+            st->skip_depth = 0;
+        }
+        st->raw_depth--;
+        st->text_len = 0;
+        return;
+    }
+    st->raw_depth--;
+    node = st->stack[--st->depth];
+    if (node->first == NULL && st->text_len > 0) {
+        /* A leaf: its text, trimmed of XML white space. */
+        const char *s = st->text, *e = st->text + st->text_len;
+        char *copy;
+        while (s < e && is_space(*s)) {
+            s++;
+        }
+        while (e > s && is_space(e[-1])) {
+            e--;
+        }
+        copy = (char *)arena_alloc(&st->mem, (size_t)(e - s) + 1);
+        if (copy == NULL) {
+            state_nomem(st);
+            return;
+        }
+        memcpy(copy, s, (size_t)(e - s));
+        copy[e - s] = '\0';
+        node->text = copy;
+        node->text_len = (size_t)(e - s);
+    }
+    /* Text after a child belongs to the parent's mixed content, which is ignored. */
+    st->text_len = 0;
+}
+
+static void sax_text(void *ctx, const xmlChar *ch, int len)
+{
+    parse_state *st = (parse_state *)ctx;
+    size_t n, room;
+    if (st->err_code != NULL || st->skip_depth > 0 || st->depth == 0 || len <= 0) {
+        return;
+    }
+    if (st->stack[st->depth - 1]->first != NULL) {
+        return; /* mixed content */
+    }
+    n = (size_t)len;
+    room = st->max_text - st->text_len;
+    if (n > room) {
+        n = room;
+        if (!st->text_cut) {
+            st->text_cut = 1;
+            st->truncated++;
+        }
+    }
+    if (n == 0) {
+        return;
+    }
+    if (st->text_len + n > st->text_cap) {
+        size_t cap = st->text_cap ? st->text_cap : 256;
+        char *p;
+        while (cap < st->text_len + n) {
+            cap *= 2;
+        }
+        p = (char *)realloc(st->text, cap);
+        if (p == NULL) {
+            state_nomem(st);
+            return;
+        }
+        st->text = p;
+        st->text_cap = cap;
+    }
+    memcpy(st->text + st->text_len, ch, n);
+    st->text_len += n;
+}
+
+/* A DOCTYPE: no report needs one. Stopping here, before the internal subset is parsed,
+** means no entity is ever declared, so none can be expanded or fetched ([MAIL-6]). */
+static void sax_doctype(void *ctx, const xmlChar *name, const xmlChar *external_id,
+                        const xmlChar *system_id)
+{
+    (void)name;
+    (void)external_id;
+    (void)system_id;
+    state_fail((parse_state *)ctx, "dtd", "a DOCTYPE is not allowed in a report");
+}
+
+static void sax_entity_decl(void *ctx, const xmlChar *name, int type, const xmlChar *public_id,
+                            const xmlChar *system_id, xmlChar *content)
+{
+    (void)name;
+    (void)type;
+    (void)public_id;
+    (void)system_id;
+    (void)content;
+    state_fail((parse_state *)ctx, "dtd", "entity declarations are not allowed");
+}
+
+/* Only the five predefined entities exist (libxml2 resolves those itself). */
+static xmlEntityPtr sax_get_entity(void *ctx, const xmlChar *name)
+{
+    (void)ctx;
+    (void)name;
+    return NULL;
+}
+
+static void sax_error(void *ctx, xmlErrorPtr err)
+{
+    parse_state *st = (parse_state *)ctx;
+    char msg[LDMARC_XML_ERRMSG];
+    size_t n;
+    if (err == NULL || err->level < XML_ERR_ERROR || st->err_msg[0] != '\0') {
+        return;
+    }
+    /* The first error is the useful one; libxml2 ends its messages with a newline. */
+    snprintf(msg, sizeof(msg), "line %d: %s", err->line,
+             err->message != NULL ? err->message : "not well-formed");
+    n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) {
+        msg[--n] = '\0';
+    }
+    memcpy(st->err_msg, msg, n + 1);
+}
+
+static int parse_state_gc(lua_State *L)
+{
+    parse_state *st = (parse_state *)luaL_checkudata(L, 1, LDMARC_XML_PARSE_MT);
+    if (st->ctxt != NULL) {
+        xmlFreeParserCtxt(st->ctxt);
+        st->ctxt = NULL;
+    }
+    arena_free(&st->mem);
+    free(st->text);
+    st->text = NULL;
+    st->text_cap = st->text_len = 0;
+    return 0;
+}
+/* }====================================================================== */
+
+/*
+** {======================================================================
+** Conversion of the tree to Lua
+** =======================================================================
+*/
+static int is_array_pair(const parse_state *st, const xname *parent, const xname *child)
+{
+    size_t i;
+    for (i = 0; i < st->npairs; i++) {
+        if (st->pairs[i].parent == parent && st->pairs[i].child == child) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Pushes one element: a string for a leaf, a table for an element with children. The
+** first of duplicate singletons wins (a hostile report cannot override a value by
+** repeating it); children of array pairs are collected in order. Depth is bounded by
+** max_depth, so the recursion is too. */
+static void push_node(lua_State *L, parse_state *st, const xnode *node)
+{
+    const xnode *c;
+    if (node->first == NULL) {
+        lua_pushlstring(L, node->text != NULL ? node->text : "", node->text_len);
+        return;
+    }
+    luaL_checkstack(L, 6, "dmarc.xml: report too deep");
+    lua_newtable(L);
+    for (c = node->first; c != NULL; c = c->next) {
+        lua_pushlstring(L, c->name->s, c->name->len);
+        if (is_array_pair(st, node->name, c->name)) {
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (!lua_istable(L, -1)) {
+                lua_pop(L, 1);
+                lua_newtable(L);
+                lua_pushvalue(L, -2);
+                lua_pushvalue(L, -2);
+                lua_rawset(L, -5);
+            }
+            push_node(L, st, c);
+            lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
+            lua_pop(L, 2);
+        } else {
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (!lua_isnil(L, -1)) {
+                st->duplicates++;
+                lua_pop(L, 2);
+                continue;
+            }
+            lua_pop(L, 1);
+            push_node(L, st, c);
+            lua_rawset(L, -3);
+        }
+    }
+}
+
+/* Reads opts.arrays ({"parent/child", ...}) into interned pairs. */
+static void read_array_pairs(lua_State *L, int opts, parse_state *st)
+{
+    size_t i, n;
+    if (lua_isnoneornil(L, opts)) {
+        return;
+    }
+    lua_getfield(L, opts, "arrays");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    luaL_checktype(L, -1, LUA_TTABLE);
+    n = lua_rawlen(L, -1);
+    if (n > LDMARC_XML_MAX_ARRAY_PAIRS) {
+        luaL_error(L, "dmarc.xml.parse: at most %d array pairs", LDMARC_XML_MAX_ARRAY_PAIRS);
+    }
+    for (i = 1; i <= n; i++) {
+        size_t len;
+        const char *s, *slash;
+        lua_rawgeti(L, -1, (int)i);
+        s = luaL_checklstring(L, -1, &len);
+        slash = (const char *)memchr(s, '/', len);
+        if (slash == NULL || slash == s || slash == s + len - 1) {
+            luaL_error(L, "dmarc.xml.parse: array pairs are \"parent/child\"");
+        }
+        st->pairs[st->npairs].parent = intern(st, s, (size_t)(slash - s));
+        st->pairs[st->npairs].child = intern(st, slash + 1, len - (size_t)(slash - s) - 1);
+        if (st->nomem) {
+            luaL_error(L, "dmarc.xml.parse: out of memory");
+        }
+        st->npairs++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/***
+** @function xml.parse(data [, opts])
+** Parses one XML document into a tree: an element with children is a table keyed by local
+** name (namespace prefixes ignored, elements of foreign namespaces skipped), a leaf is its
+** trimmed text. Attributes are ignored.
+** @param {string} data the document
+** @param {table} opts max_input (bytes), max_depth, max_elements, max_text (bytes per text),
+**   arrays ({"parent/child", ...}: those children go in arrays, in document order)
+** @return {table} tree, {table} info (root, ns, elements, skipped, truncated, duplicates);
+**   or nil, message, code ('xml' | 'dtd' | 'limit')
+*/
+static int ldmarc_xml_parse(lua_State *L)
+{
+    size_t len, off, max_input;
+    const char *data = luaL_checklstring(L, 1, &len);
+    parse_state *st;
+    xmlSAXHandler sax;
+    size_t first;
+
+    lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
+    if (!lua_isnil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+    }
+    max_input = opt_size(L, 2, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
+    st = (parse_state *)lua_newuserdata(L, sizeof(*st));
+    memset(st, 0, sizeof(*st));
+    luaL_setmetatable(L, LDMARC_XML_PARSE_MT);
+    st->max_depth =
+        opt_size(L, 2, "max_depth", LDMARC_XML_DEFAULT_MAX_DEPTH, 1, LDMARC_XML_HARD_MAX_DEPTH);
+    st->max_elements =
+        opt_size(L, 2, "max_elements", LDMARC_XML_DEFAULT_MAX_ELEMENTS, 1, (size_t)INT_MAX);
+    st->max_text = opt_size(L, 2, "max_text", LDMARC_XML_DEFAULT_MAX_TEXT, 1, (size_t)INT_MAX);
+    read_array_pairs(L, 2, st);
+    if (len > max_input) {
+        return push_failure(L, "document larger than max_input", "limit");
+    }
+
+    memset(&sax, 0, sizeof(sax));
+    sax.initialized = XML_SAX2_MAGIC;
+    sax.startElementNs = sax_start;
+    sax.endElementNs = sax_end;
+    sax.characters = sax_text;
+    sax.cdataBlock = sax_text;
+    sax.internalSubset = sax_doctype;
+    sax.externalSubset = sax_doctype;
+    sax.entityDecl = sax_entity_decl;
+    sax.getEntity = sax_get_entity;
+    sax.getParameterEntity = sax_get_entity;
+    sax.serror = sax_error;
+
+    /* The first bytes go in at creation so libxml2 can detect the encoding. */
+    first = len < 4 ? len : 4;
+    st->ctxt = xmlCreatePushParserCtxt(&sax, st, data, (int)first, NULL);
+    if (st->ctxt == NULL) {
+        return luaL_error(L, "dmarc.xml.parse: out of memory");
+    }
+    xmlCtxtUseOptions(st->ctxt, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    for (off = first; off < len && st->err_code == NULL; off += LDMARC_XML_CHUNK) {
+        size_t n = len - off < LDMARC_XML_CHUNK ? len - off : LDMARC_XML_CHUNK;
+        xmlParseChunk(st->ctxt, data + off, (int)n, 0);
+    }
+    if (st->err_code == NULL) {
+        xmlParseChunk(st->ctxt, NULL, 0, 1);
+    }
+    if (st->nomem) {
+        return luaL_error(L, "dmarc.xml.parse: out of memory");
+    }
+    if (st->err_code != NULL) {
+        return push_failure(L, st->err_msg, st->err_code);
+    }
+    if (!st->ctxt->wellFormed || st->root == NULL) {
+        return push_failure(L, st->err_msg[0] ? st->err_msg : "not a well-formed document", "xml");
+    }
+    push_node(L, st, st->root);
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+    }
+    lua_createtable(L, 0, 6);
+    lua_pushlstring(L, st->root->name->s, st->root->name->len);
+    lua_setfield(L, -2, "root");
+    if (st->root_ns != NULL) {
+        lua_pushstring(L, st->root_ns);
+        lua_setfield(L, -2, "ns");
+    }
+    lua_pushinteger(L, (lua_Integer)st->elements);
+    lua_setfield(L, -2, "elements");
+    lua_pushinteger(L, (lua_Integer)st->skipped);
+    lua_setfield(L, -2, "skipped");
+    lua_pushinteger(L, (lua_Integer)st->truncated);
+    lua_setfield(L, -2, "truncated");
+    lua_pushinteger(L, (lua_Integer)st->duplicates);
+    lua_setfield(L, -2, "duplicates");
+    return 2;
+}
+/* }====================================================================== */
+
+/*
+** {======================================================================
+** Decompression with caps (gzip, zlib, raw deflate)
+** =======================================================================
+*/
+typedef struct inflate_state {
+    z_stream zs;
+    int live; /* inflateInit2 succeeded; inflateEnd owed */
+    unsigned char *out;
+    size_t out_len, out_cap;
+} inflate_state;
+
+typedef struct inflate_limits {
+    size_t max_output;
+    size_t max_ratio;
+    int multi_member; /* gzip: go on with a following member */
+} inflate_limits;
+
+static int inflate_state_gc(lua_State *L)
+{
+    inflate_state *st = (inflate_state *)luaL_checkudata(L, 1, LDMARC_XML_INFLATE_MT);
+    if (st->live) {
+        inflateEnd(&st->zs);
+        st->live = 0;
+    }
+    free(st->out);
+    st->out = NULL;
+    st->out_len = st->out_cap = 0;
+    return 0;
+}
+
+static inflate_state *new_inflate_state(lua_State *L)
+{
+    inflate_state *st = (inflate_state *)lua_newuserdata(L, sizeof(*st));
+    memset(st, 0, sizeof(*st));
+    luaL_setmetatable(L, LDMARC_XML_INFLATE_MT);
+    return st;
+}
+
+/* Inflates in[0..in_len) into st->out. Returns NULL on success, else a failure code with
+** *msg set; "nomem" means the caller raises. The output may grow to max_output + 1 bytes
+** only, so a bomb is caught without ever holding more than that. */
+static const char *inflate_run(inflate_state *st, const unsigned char *in, size_t in_len,
+                               int window_bits, const inflate_limits *lim, const char **msg)
+{
+    unsigned members = 1;
+    size_t hard_cap = lim->max_output + 1;
+    if (in_len > UINT_MAX) {
+        *msg = "compressed input too large";
+        return "limit";
+    }
+    if (inflateInit2(&st->zs, window_bits) != Z_OK) {
+        *msg = "out of memory";
+        return "nomem";
+    }
+    st->live = 1;
+    st->zs.next_in = (Bytef *)(uintptr_t)in; /* zlib's API is not const-qualified */
+    st->zs.avail_in = (uInt)in_len;
+    for (;;) {
+        size_t step;
+        int rc;
+        if (st->out_len == st->out_cap) {
+            size_t cap = st->out_cap ? st->out_cap * 2 : 65536;
+            unsigned char *p;
+            if (cap > hard_cap) {
+                cap = hard_cap;
+            }
+            if (cap <= st->out_len) {
+                *msg = "decompressed size over the limit";
+                return "bomb";
+            }
+            p = (unsigned char *)realloc(st->out, cap);
+            if (p == NULL) {
+                *msg = "out of memory";
+                return "nomem";
+            }
+            st->out = p;
+            st->out_cap = cap;
+        }
+        step = st->out_cap - st->out_len;
+        if (step > LDMARC_XML_INFLATE_STEP) {
+            step = LDMARC_XML_INFLATE_STEP;
+        }
+        st->zs.next_out = st->out + st->out_len;
+        st->zs.avail_out = (uInt)step;
+        rc = inflate(&st->zs, Z_NO_FLUSH);
+        st->out_len += step - st->zs.avail_out;
+        if (st->out_len > lim->max_output) {
+            *msg = "decompressed size over the limit";
+            return "bomb";
+        }
+        /* [MAIL-6]: a ratio far beyond what XML compresses to is a bomb, whatever the
+        ** absolute size. */
+        if (st->out_len > LDMARC_XML_RATIO_FLOOR &&
+            st->out_len / lim->max_ratio > (size_t)st->zs.total_in) {
+            *msg = "compression ratio over the limit";
+            return "bomb";
+        }
+        if (rc == Z_STREAM_END) {
+            if (lim->multi_member && st->zs.avail_in >= 2 && st->zs.next_in[0] == 0x1f &&
+                st->zs.next_in[1] == 0x8b && members < LDMARC_XML_MAX_GZIP_MEMBERS) {
+                uLong total_in = st->zs.total_in;
+                members++;
+                if (inflateReset(&st->zs) != Z_OK) {
+                    *msg = "corrupt gzip member";
+                    return "corrupt";
+                }
+                /* total_in is cleared by the reset; the ratio counts every member. */
+                st->zs.total_in = total_in;
+                continue;
+            }
+            return NULL; /* trailing bytes after the last member are ignored */
+        }
+        if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR) {
+            *msg = st->zs.msg != NULL ? st->zs.msg : "corrupt compressed data";
+            return "corrupt";
+        }
+        if (rc == Z_MEM_ERROR) {
+            *msg = "out of memory";
+            return "nomem";
+        }
+        if (rc == Z_BUF_ERROR || rc == Z_OK) {
+            if (st->zs.avail_in == 0 && st->zs.avail_out > 0) {
+                *msg = "compressed data ends early";
+                return "truncated";
+            }
+            continue;
+        }
+        *msg = "inflate failed";
+        return "corrupt";
+    }
+}
+
+static void read_inflate_limits(lua_State *L, int opts, inflate_limits *lim)
+{
+    lim->max_output =
+        opt_size(L, opts, "max_output", LDMARC_XML_DEFAULT_MAX_OUTPUT, 1, (size_t)INT_MAX);
+    lim->max_ratio = opt_size(L, opts, "max_ratio", LDMARC_XML_DEFAULT_MAX_RATIO, 1, 1000000);
+    lim->multi_member = 0;
+}
+
+/***
+** @function xml.inflate(data [, opts])
+** Decompresses gzip (RFC 1952, several members allowed), zlib (RFC 1950) or raw deflate
+** (RFC 1951).
+** @param {string} data
+** @param {table} opts format ('auto' (gzip or zlib, the default) | 'gzip' | 'zlib' | 'raw'),
+**   max_output (bytes, default 64 MiB), max_ratio (output / input, default 200; judged once
+**   the output passes 1 MiB)
+** @return {string} the data, {integer} compressed bytes read; or nil, message, code
+**   ('bomb' | 'truncated' | 'corrupt' | 'limit')
+*/
+static int ldmarc_xml_inflate(lua_State *L)
+{
+    static const char *const formats[] = {"auto", "gzip", "zlib", "raw", NULL};
+    static const int window_bits[] = {15 + 32, 15 + 16, 15, -15};
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    inflate_limits lim;
+    inflate_state *st;
+    const char *code, *msg = NULL;
+    int format = 0;
+
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "format");
+        format = luaL_checkoption(L, -1, "auto", formats);
+        lua_pop(L, 1);
+    }
+    read_inflate_limits(L, 2, &lim);
+    lim.multi_member = format == 0 || format == 1;
+    st = new_inflate_state(L);
+    code = inflate_run(st, (const unsigned char *)data, len, window_bits[format], &lim, &msg);
+    if (code != NULL && strcmp(code, "nomem") == 0) {
+        return luaL_error(L, "dmarc.xml.inflate: out of memory");
+    }
+    if (code != NULL) {
+        return push_failure(L, msg, code);
+    }
+    lua_pushlstring(L, (const char *)st->out, st->out_len);
+    lua_pushinteger(L, (lua_Integer)st->zs.total_in);
+    return 2;
+}
+/* }====================================================================== */
+
+/*
+** {======================================================================
+** Zip (APPNOTE.TXT 4.3): the one report entry, stored or deflated
+** =======================================================================
+*/
+static uint16_t rd16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t rd32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+typedef struct zip_entry {
+    const unsigned char *name;
+    size_t name_len;
+    uint16_t flags, method;
+    uint32_t crc, csize, usize, local_off;
+} zip_entry;
+
+static int ends_with_ci(const unsigned char *s, size_t len, const char *suffix)
+{
+    size_t n = strlen(suffix), i;
+    if (len < n) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = s[len - n + i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (unsigned char)(c - 'A' + 'a');
+        }
+        if (c != (unsigned char)suffix[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Finds the End Of Central Directory record: the last 22..22+65535 bytes, with a comment
+** length that reaches exactly to the end of the data. */
+static const unsigned char *find_eocd(const unsigned char *d, size_t len)
+{
+    size_t i, lowest;
+    if (len < LDMARC_XML_ZIP_EOCD_SIZE) {
+        return NULL;
+    }
+    lowest = len - LDMARC_XML_ZIP_EOCD_SIZE > LDMARC_XML_ZIP_MAX_COMMENT
+                 ? len - LDMARC_XML_ZIP_EOCD_SIZE - LDMARC_XML_ZIP_MAX_COMMENT
+                 : 0;
+    for (i = len - LDMARC_XML_ZIP_EOCD_SIZE + 1; i-- > lowest;) {
+        if (rd32(d + i) == 0x06054b50u &&
+            (size_t)rd16(d + i + 20) == len - i - LDMARC_XML_ZIP_EOCD_SIZE) {
+            return d + i;
+        }
+    }
+    return NULL;
+}
+
+/***
+** @function xml.unzip(data [, opts])
+** The report inside a zip archive: the only file entry, or the only one whose name ends in
+** .xml. Stored and deflate entries; the CRC-32 is checked.
+** @param {string} data
+** @param {table} opts max_output, max_ratio (as xml.inflate), max_entries (default 16)
+** @return {string} content, {string} entry name; or nil, message, code ('zip' |
+**   'zip_entries' | 'unsupported' | 'bomb' | 'crc' | 'corrupt' | 'truncated' | 'limit')
+*/
+static int ldmarc_xml_unzip(lua_State *L)
+{
+    size_t len, max_entries, nfiles = 0, nxml = 0, i, p, cd_end;
+    const unsigned char *d = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    const unsigned char *eocd;
+    inflate_limits lim;
+    zip_entry chosen, only_file, only_xml;
+    uint32_t cd_off, cd_size;
+    uint16_t total;
+    size_t data_off;
+
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+    }
+    read_inflate_limits(L, 2, &lim);
+    max_entries = opt_size(L, 2, "max_entries", LDMARC_XML_DEFAULT_MAX_ENTRIES, 1,
+                           LDMARC_XML_HARD_MAX_ENTRIES);
+    memset(&only_file, 0, sizeof(only_file));
+    memset(&only_xml, 0, sizeof(only_xml));
+
+    eocd = find_eocd(d, len);
+    if (eocd == NULL) {
+        return push_failure(L, "no zip end of central directory", "zip");
+    }
+    if (rd16(eocd + 4) != 0 || rd16(eocd + 6) != 0) {
+        return push_failure(L, "multi-part zip archives are not supported", "unsupported");
+    }
+    total = rd16(eocd + 10);
+    cd_size = rd32(eocd + 12);
+    cd_off = rd32(eocd + 16);
+    if (total == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
+        return push_failure(L, "zip64 archives are not supported", "unsupported");
+    }
+    if (total > max_entries) {
+        return push_failure(L, "too many zip entries", "zip_entries");
+    }
+    if ((size_t)cd_off > (size_t)(eocd - d) || (size_t)cd_size > (size_t)(eocd - d) - cd_off) {
+        return push_failure(L, "central directory out of bounds", "zip");
+    }
+    cd_end = (size_t)cd_off + cd_size;
+    p = cd_off;
+    for (i = 0; i < total; i++) {
+        zip_entry e;
+        size_t nlen, xlen, clen;
+        if (cd_end - p < LDMARC_XML_ZIP_CDIR_SIZE || rd32(d + p) != 0x02014b50u) {
+            return push_failure(L, "bad central directory entry", "zip");
+        }
+        e.flags = rd16(d + p + 8);
+        e.method = rd16(d + p + 10);
+        e.crc = rd32(d + p + 16);
+        e.csize = rd32(d + p + 20);
+        e.usize = rd32(d + p + 24);
+        nlen = rd16(d + p + 28);
+        xlen = rd16(d + p + 30);
+        clen = rd16(d + p + 32);
+        e.local_off = rd32(d + p + 42);
+        if (cd_end - p - LDMARC_XML_ZIP_CDIR_SIZE < nlen + xlen + clen) {
+            return push_failure(L, "central directory entry out of bounds", "zip");
+        }
+        e.name = d + p + LDMARC_XML_ZIP_CDIR_SIZE;
+        e.name_len = nlen;
+        p += LDMARC_XML_ZIP_CDIR_SIZE + nlen + xlen + clen;
+        if (nlen > 0 && e.name[nlen - 1] == '/') {
+            continue; /* a directory */
+        }
+        nfiles++;
+        only_file = e;
+        if (ends_with_ci(e.name, nlen, ".xml")) {
+            nxml++;
+            only_xml = e;
+        }
+    }
+    if (nfiles == 1) {
+        chosen = only_file;
+    } else if (nxml == 1) {
+        chosen = only_xml;
+    } else {
+        return push_failure(L, nfiles == 0 ? "empty zip archive" : "no single report in the zip",
+                            "zip_entries");
+    }
+    if (chosen.flags & 1u) {
+        return push_failure(L, "encrypted zip entry", "unsupported");
+    }
+    if (chosen.method != 0 && chosen.method != 8) {
+        return push_failure(L, "zip compression method not supported", "unsupported");
+    }
+    if (chosen.csize == 0xffffffffu || chosen.usize == 0xffffffffu) {
+        return push_failure(L, "zip64 entries are not supported", "unsupported");
+    }
+    /* The sizes the archive declares are checked before anything is inflated. */
+    if ((size_t)chosen.usize > lim.max_output) {
+        return push_failure(L, "declared size over the limit", "bomb");
+    }
+    if ((size_t)chosen.usize > LDMARC_XML_RATIO_FLOOR &&
+        (size_t)chosen.usize / lim.max_ratio > (size_t)chosen.csize) {
+        return push_failure(L, "declared compression ratio over the limit", "bomb");
+    }
+    if ((size_t)chosen.local_off > len || len - chosen.local_off < LDMARC_XML_ZIP_LOCAL_SIZE ||
+        rd32(d + chosen.local_off) != 0x04034b50u) {
+        return push_failure(L, "bad local header", "zip");
+    }
+    data_off = (size_t)chosen.local_off + LDMARC_XML_ZIP_LOCAL_SIZE +
+               rd16(d + chosen.local_off + 26) + rd16(d + chosen.local_off + 28);
+    if (data_off > len || len - data_off < chosen.csize) {
+        return push_failure(L, "entry data out of bounds", "zip");
+    }
+    if (chosen.method == 0) {
+        if (chosen.csize != chosen.usize) {
+            return push_failure(L, "stored entry sizes differ", "zip");
+        }
+        if (crc32(0L, d + data_off, (uInt)chosen.usize) != chosen.crc) {
+            return push_failure(L, "CRC-32 mismatch", "crc");
+        }
+        lua_pushlstring(L, (const char *)(d + data_off), chosen.usize);
+    } else {
+        inflate_state *st = new_inflate_state(L);
+        const char *code, *msg = NULL;
+        inflate_limits exact = lim;
+        /* Never more than the entry declares: a lying header cannot get past it. */
+        exact.max_output = chosen.usize;
+        code = inflate_run(st, d + data_off, chosen.csize, -15, &exact, &msg);
+        if (code != NULL && strcmp(code, "nomem") == 0) {
+            return luaL_error(L, "dmarc.xml.unzip: out of memory");
+        }
+        if (code != NULL) {
+            /* More output than the directory declares is a lying archive, not a bomb. */
+            return push_failure(L, msg, st->out_len > chosen.usize ? "zip" : code);
+        }
+        if (st->out_len != chosen.usize) {
+            return push_failure(L, "entry size differs from the directory", "zip");
+        }
+        if (crc32(0L, st->out, (uInt)st->out_len) != chosen.crc) {
+            return push_failure(L, "CRC-32 mismatch", "crc");
+        }
+        lua_pushlstring(L, (const char *)st->out, st->out_len);
+    }
+    lua_pushlstring(L, (const char *)chosen.name, chosen.name_len);
+    return 2;
+}
+/* }====================================================================== */
+
+/*
+** {======================================================================
+** SHA-256 (FIPS 180-4) and HMAC (RFC 2104)
+** =======================================================================
+*/
+typedef struct sha256_ctx {
+    uint32_t h[8];
+    uint64_t bytes;
+    unsigned char block[LDMARC_XML_SHA256_BLOCK];
+    size_t fill;
+} sha256_ctx;
+
+static const uint32_t sha256_k[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
+    0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
+    0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
+    0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
+    0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
+    0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
+    0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
+    0xc67178f2u};
+
+static uint32_t ror32(uint32_t x, unsigned n)
+{
+    return (x >> n) | (x << (32u - n));
+}
+
+static void sha256_block(sha256_ctx *c, const unsigned char *p)
+{
+    uint32_t w[64], a, b, cc, d, e, f, g, h;
+    int i;
+    for (i = 0; i < 16; i++) {
+        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
+               ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
+    }
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = c->h[0];
+    b = c->h[1];
+    cc = c->h[2];
+    d = c->h[3];
+    e = c->h[4];
+    f = c->h[5];
+    g = c->h[6];
+    h = c->h[7];
+    for (i = 0; i < 64; i++) {
+        uint32_t s1 = ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25);
+        uint32_t ch = (e & f) ^ (~e & g);
+        uint32_t t1 = h + s1 + ch + sha256_k[i] + w[i];
+        uint32_t s0 = ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22);
+        uint32_t maj = (a & b) ^ (a & cc) ^ (b & cc);
+        uint32_t t2 = s0 + maj;
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = cc;
+        cc = b;
+        b = a;
+        a = t1 + t2;
+    }
+    c->h[0] += a;
+    c->h[1] += b;
+    c->h[2] += cc;
+    c->h[3] += d;
+    c->h[4] += e;
+    c->h[5] += f;
+    c->h[6] += g;
+    c->h[7] += h;
+}
+
+static void sha256_init(sha256_ctx *c)
+{
+    static const uint32_t iv[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                   0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    memcpy(c->h, iv, sizeof(iv));
+    c->bytes = 0;
+    c->fill = 0;
+}
+
+static void sha256_update(sha256_ctx *c, const unsigned char *p, size_t n)
+{
+    c->bytes += n;
+    while (n > 0) {
+        size_t take = LDMARC_XML_SHA256_BLOCK - c->fill;
+        if (take > n) {
+            take = n;
+        }
+        memcpy(c->block + c->fill, p, take);
+        c->fill += take;
+        p += take;
+        n -= take;
+        if (c->fill == LDMARC_XML_SHA256_BLOCK) {
+            sha256_block(c, c->block);
+            c->fill = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256_ctx *c, unsigned char out[LDMARC_XML_SHA256_SIZE])
+{
+    uint64_t bits = c->bytes * 8u;
+    unsigned char pad = 0x80;
+    unsigned char len_be[8];
+    int i;
+    sha256_update(c, &pad, 1);
+    pad = 0;
+    while (c->fill != LDMARC_XML_SHA256_BLOCK - 8) {
+        sha256_update(c, &pad, 1);
+    }
+    for (i = 0; i < 8; i++) {
+        len_be[i] = (unsigned char)(bits >> (56 - 8 * i));
+    }
+    sha256_update(c, len_be, 8);
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+
+/***
+** @function xml.hmac_sha256(key, message)
+** @return {string} the 32-byte HMAC-SHA256 (RFC 2104 over FIPS 180-4 SHA-256), raw bytes
+*/
+static int ldmarc_xml_hmac_sha256(lua_State *L)
+{
+    size_t klen, mlen, i;
+    const unsigned char *key = (const unsigned char *)luaL_checklstring(L, 1, &klen);
+    const unsigned char *msg = (const unsigned char *)luaL_checklstring(L, 2, &mlen);
+    unsigned char k[LDMARC_XML_SHA256_BLOCK], pad[LDMARC_XML_SHA256_BLOCK];
+    unsigned char inner[LDMARC_XML_SHA256_SIZE], out[LDMARC_XML_SHA256_SIZE];
+    sha256_ctx c;
+
+    memset(k, 0, sizeof(k));
+    if (klen > LDMARC_XML_SHA256_BLOCK) {
+        sha256_init(&c);
+        sha256_update(&c, key, klen);
+        sha256_final(&c, k);
+    } else {
+        memcpy(k, key, klen);
+    }
+    for (i = 0; i < sizeof(pad); i++) {
+        pad[i] = (unsigned char)(k[i] ^ 0x36);
+    }
+    sha256_init(&c);
+    sha256_update(&c, pad, sizeof(pad));
+    sha256_update(&c, msg, mlen);
+    sha256_final(&c, inner);
+    for (i = 0; i < sizeof(pad); i++) {
+        pad[i] = (unsigned char)(k[i] ^ 0x5c);
+    }
+    sha256_init(&c);
+    sha256_update(&c, pad, sizeof(pad));
+    sha256_update(&c, inner, sizeof(inner));
+    sha256_final(&c, out);
+    lua_pushlstring(L, (const char *)out, sizeof(out));
+    return 1;
+}
+/* }====================================================================== */
+
+static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
+                                            {"inflate", ldmarc_xml_inflate},
+                                            {"unzip", ldmarc_xml_unzip},
+                                            {"hmac_sha256", ldmarc_xml_hmac_sha256},
+                                            {NULL, NULL}};
+
+DMARC_API int luaopen_dmarc_xml(lua_State *L);
+
+DMARC_API int luaopen_dmarc_xml(lua_State *L)
+{
+    /* Checks the headers against the loaded library; initialises its tables once. */
+    LIBXML_TEST_VERSION
+
+    luaL_newmetatable(L, LDMARC_XML_PARSE_MT);
+    lua_pushcfunction(L, parse_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_XML_INFLATE_MT);
+    lua_pushcfunction(L, inflate_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newlib(L, module_functions);
+    lua_pushliteral(L, "dmarc.xml");
+    lua_setfield(L, -2, "_NAME");
+    lua_pushliteral(L, DMARC_VERSION_STRING);
+    lua_setfield(L, -2, "_VERSION");
+    lua_pushliteral(L, LIBXML_DOTTED_VERSION);
+    lua_setfield(L, -2, "LIBXML_VERSION");
+    lua_pushinteger(L, (lua_Integer)LDMARC_XML_DEFAULT_MAX_INPUT);
+    lua_setfield(L, -2, "DEFAULT_MAX_INPUT");
+    lua_pushinteger(L, (lua_Integer)LDMARC_XML_DEFAULT_MAX_OUTPUT);
+    lua_setfield(L, -2, "DEFAULT_MAX_OUTPUT");
+    lua_pushinteger(L, LDMARC_XML_DEFAULT_MAX_RATIO);
+    lua_setfield(L, -2, "DEFAULT_MAX_RATIO");
+    lua_pushinteger(L, LDMARC_XML_HARD_MAX_DEPTH);
+    lua_setfield(L, -2, "MAX_DEPTH");
+    return 1;
+}
