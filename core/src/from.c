@@ -72,8 +72,8 @@ typedef struct lexer {
 ** display names are passed on as written, domains are checked by the
 ** normalizer. S: the specials that shape an address (§3.2.3 specials but
 ** the ones with tokens of their own: quotes, parentheses, brackets,
-** backslash, and '.'). A table keeps the
-** common field well under a microsecond.
+** backslash, and '.'). A table keeps a common field well under a
+** microsecond.
 */
 enum { BYTE_ATEXT = 1, BYTE_SPECIAL = 2 };
 #define A BYTE_ATEXT
