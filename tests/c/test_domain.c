@@ -129,6 +129,9 @@ static void domain__keeps_genuine_alabels(void **state)
     expect_ok("XN--4CA0B.Example", "xn--4ca0b.example");
     expect_ok("xn--Bcher-KVA.de", "xn--bcher-kva.de");
     expect_ok("xn--zca.de", "xn--zca.de");
+    /* The check of the xn-- labels leaves the other labels alone. */
+    expect_ok("_dmarc.XN--4ca0b.example", "_dmarc.xn--4ca0b.example");
+    expect_ok("ab--cd.xn--4ca0b.example", "ab--cd.xn--4ca0b.example");
 }
 
 /* RFC 5890 §2.3.2.1: an xn-- label that is no A-label is refused. */
