@@ -505,15 +505,18 @@ local function read_file(path)
   return data
 end
 
+-- Files are written in place, not through a temporary name and a rename:
+-- ext4 starts writeback on such a rename, which made generation several
+-- times slower. A manifest is written after the messages it names, and a
+-- cut-off manifest is not valid JSON (send skips it), so a crash never
+-- makes send use a half-written file.
 local function write_file(path, data)
-  local tmp = path .. '.tmp'
-  local f, err = io.open(tmp, 'wb')
+  local f, err = io.open(path, 'wb')
   if not f then return nil, err end
   local ok, werr = f:write(data)
-  f:close()
+  local closed, cerr = f:close()
   if not ok then return nil, werr end
-  local renamed, rerr = os.rename(tmp, path)
-  if not renamed then return nil, rerr end
+  if not closed then return nil, cerr end
   return true
 end
 M.read_file = read_file

@@ -7,7 +7,11 @@
 -- and generation of ROWS rows over DOMAINS policy domains (XML, gzip,
 -- messages), with the process's peak memory.
 --
--- usage: lua5.4 tests/bench/report_bench.lua PORT [MESSAGES] [ROWS] [DOMAINS]
+-- usage: lua5.4 tests/bench/report_bench.lua PORT write [MESSAGES]
+--        lua5.4 tests/bench/report_bench.lua PORT seed [ROWS] [DOMAINS]
+--        lua5.4 tests/bench/report_bench.lua PORT generate
+-- (each phase in its own process, so the peak memory printed by `generate`
+-- is the generator's own)
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') .. '/?.so;' .. package.cpath
 
@@ -17,7 +21,8 @@ local report = require 'dmarc.report'
 local xml = require 'dmarc.report_xml'
 
 local PORT = tonumber(arg[1]) or 16399
-local MESSAGES = tonumber(arg[2]) or 20000
+local PHASE = arg[2] or 'write'
+local MESSAGES = tonumber(arg[3]) or 20000
 local ROWS = tonumber(arg[3]) or 1000000
 local DOMAINS = tonumber(arg[4]) or 10000
 local DAY = 1763683200
@@ -55,67 +60,79 @@ local function timed(name, n, fn)
   return dt
 end
 
--- Rows prepared up front: the benchmark measures the writing.
-local rows = {}
-for i = 1, MESSAGES do rows[i] = row_for('bench' .. (i % 100) .. '.example', i % 50) end
+local function phase_write()
+  -- Rows prepared up front: the benchmark measures the writing.
+  local rows = {}
+  for i = 1, MESSAGES do rows[i] = row_for('bench' .. (i % 100) .. '.example', i % 50) end
 
-local t_rt = timed('write: one round trip per command (4 cmds)', MESSAGES, function()
-  for i = 1, MESSAGES do
-    for _, c in ipairs(report.plain_commands(rows[i])) do conn:command(table.unpack and table.unpack(c)
-                                                                       or unpack(c)) end -- luacheck: ignore
-  end
-end)
-local t_pipe = timed('write: one pipelined round trip per message', MESSAGES, function()
-  local c = report.collector { redis = conn }
-  for i = 1, MESSAGES do c:add(rows[i]) end
-end)
-local t_batch = timed('write: batched, 64 messages per pipeline', MESSAGES, function()
-  local c = report.collector { redis = conn, batch = 64 }
-  for i = 1, MESSAGES do c:add(rows[i]) end
-  c:flush()
-end)
-io.write(string.format('report write ratio: per-command / pipelined = %.2f, pipelined / batched = %.2f\n',
-                       t_rt / t_pipe, t_pipe / t_batch))
-
--- Generation: ROWS distinct rows over DOMAINS domains, seeded directly.
-conn:command('FLUSHALL')
-local per = math.floor(ROWS / DOMAINS)
-local t0 = socket.gettime()
-local batch = {}
-for n = 1, DOMAINS do
-  local d = 'd' .. n .. '.example'
-  local k = report.keys('dmarc:', d, '20251121')
-  local cmd = { 'HSET', k.rows }
-  for i = 1, per do
-    cmd[#cmd + 1] = report.encode_row(row_for(d, i))
-    cmd[#cmd + 1] = tostring(1 + i % 7)
-  end
-  batch[#batch + 1] = cmd
-  batch[#batch + 1] = { 'HSET', k.meta, 'rua', report.encode_rua({ { uri = 'mailto:agg@' .. d } }),
-                        'policy', report.encode_policy(row_for(d, 1).policy) }
-  if #batch >= 100 then
-    assert(conn:pipeline(batch))
-    batch = {}
-  end
+  local t_rt = timed('write: one round trip per command (4 cmds)', MESSAGES, function()
+    local unpack = table.unpack or unpack -- luacheck: ignore (5.1: global unpack)
+    for i = 1, MESSAGES do
+      for _, c in ipairs(report.plain_commands(rows[i])) do conn:command(unpack(c)) end
+    end
+  end)
+  local t_pipe = timed('write: one pipelined round trip per message', MESSAGES, function()
+    local c = report.collector { redis = conn }
+    for i = 1, MESSAGES do c:add(rows[i]) end
+  end)
+  local t_batch = timed('write: batched, 64 messages per pipeline', MESSAGES, function()
+    local c = report.collector { redis = conn, batch = 64 }
+    for i = 1, MESSAGES do c:add(rows[i]) end
+    c:flush()
+  end)
+  io.write(string.format('report write ratio: per-command / pipelined = %.2f, pipelined / batched = %.2f\n',
+                         t_rt / t_pipe, t_pipe / t_batch))
+  conn:command('FLUSHALL')
 end
-if #batch > 0 then assert(conn:pipeline(batch)) end
-io.write(string.format('report seed: %d rows over %d domains in %.1f s\n', per * DOMAINS, DOMAINS,
-                       socket.gettime() - t0))
 
-local out = os.tmpname()
-os.remove(out)
-os.execute('mkdir -p ' .. out)
-local rss_before = rss_peak_kb()
-t0 = socket.gettime()
-local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = out,
-                                reporter = { org_name = 'Bench', email = 'dmarc@bench.example',
-                                             submitter = 'bench.example' } })
-local dt = socket.gettime() - t0
-io.write(string.format('report generate: %d rows, %d domains, %d reports, %d messages in %.1f s'
-                       .. ' (%.0f rows/s; target < 30 s)\n', s.records, s.domains, s.reports,
-                       s.messages, dt, s.records / dt))
-io.write(string.format('report generate: peak RSS %.1f MB (before generation %.1f MB)\n',
-                       rss_peak_kb() / 1024, rss_before / 1024))
-os.execute('rm -rf ' .. out)
-conn:command('FLUSHALL')
+local function phase_seed()
+  -- Generation: ROWS distinct rows over DOMAINS domains, seeded directly.
+  conn:command('FLUSHALL')
+  local per = math.floor(ROWS / DOMAINS)
+  local t0 = socket.gettime()
+  local batch = {}
+  for n = 1, DOMAINS do
+    local d = 'd' .. n .. '.example'
+    local k = report.keys('dmarc:', d, '20251121')
+    local cmd = { 'HSET', k.rows }
+    for i = 1, per do
+      cmd[#cmd + 1] = report.encode_row(row_for(d, i))
+      cmd[#cmd + 1] = tostring(1 + i % 7)
+    end
+    batch[#batch + 1] = cmd
+    batch[#batch + 1] = { 'HSET', k.meta, 'rua', report.encode_rua({ { uri = 'mailto:agg@' .. d } }),
+                          'policy', report.encode_policy(row_for(d, 1).policy) }
+    if #batch >= 100 then
+      assert(conn:pipeline(batch))
+      batch = {}
+    end
+  end
+  if #batch > 0 then assert(conn:pipeline(batch)) end
+  io.write(string.format('report seed: %d rows over %d domains in %.1f s\n', per * DOMAINS, DOMAINS,
+                         socket.gettime() - t0))
+end
+
+local function phase_generate()
+  -- The spool directory: under build/ (on this machine /tmp is much slower
+  -- at creating files, which would measure the file system, not us).
+  local out = os.getenv('REPORT_BENCH_OUT') or 'build/report-bench-out'
+  os.execute('rm -rf ' .. out .. ' && mkdir -p ' .. out)
+  local rss_before = rss_peak_kb()
+  local t0 = socket.gettime()
+  local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = out,
+                                  reporter = { org_name = 'Bench', email = 'dmarc@bench.example',
+                                               submitter = 'bench.example' } })
+  local dt = socket.gettime() - t0
+  io.write(string.format('report generate: %d rows, %d domains, %d reports, %d messages in %.1f s'
+                         .. ' (%.0f rows/s; target < 30 s)\n', s.records, s.domains, s.reports,
+                         s.messages, dt, s.records / dt))
+  io.write(string.format('report generate: peak RSS %.1f MB (%.1f MB before generation)\n',
+                         rss_peak_kb() / 1024, rss_before / 1024))
+  os.execute('rm -rf ' .. out)
+  conn:command('FLUSHALL')
+end
+
+local phases = { write = phase_write, seed = phase_seed, generate = phase_generate }
+assert(phases[PHASE], 'phase: write | seed | generate')()
+io.stdout:flush()
 conn:close()

@@ -17,4 +17,6 @@ until redis-cli -p "$PORT" ping >/dev/null 2>&1; do
     [ $i -lt 100 ] || { echo "report bench: redis-server did not start" >&2; exit 1; }
     sleep 0.1
 done
-lua5.4 tests/bench/report_bench.lua "$PORT" "$@"
+lua5.4 tests/bench/report_bench.lua "$PORT" write "${1:-20000}"
+lua5.4 tests/bench/report_bench.lua "$PORT" seed "${2:-1000000}" "${3:-10000}"
+lua5.4 tests/bench/report_bench.lua "$PORT" generate
