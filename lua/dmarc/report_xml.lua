@@ -567,7 +567,7 @@ end
 M.day_list = day_list
 
 -- Everything stored for one policy domain over the period's days.
-local function collect_domain(conn, prefix, domain, days, max_rows)
+local function collect_domain(conn, prefix, domain, days, max_rows, state_key)
   local report = require 'dmarc.report'
   local agg, nfields = {}, 0
   local meta = { dropped_rows = 0, dropped_messages = 0, lost_messages = 0 }
@@ -581,8 +581,14 @@ local function collect_domain(conn, prefix, domain, days, max_rows)
     repeat
       local cmds = { { 'HSCAN', k.rows, cursor, 'COUNT', tostring(M.HSCAN_COUNT) } }
       if first then cmds[2] = { 'HGETALL', k.meta } end
+      if first and state_key and day == days[1] then
+        cmds[3] = { 'HGET', state_key, 'complete' }
+      end
       local replies, err, code = conn:pipeline(cmds)
       if not replies then return nil, err, code end
+      -- A period whose reports were all delivered is not generated again:
+      -- rows that arrived after that are not reported twice (or differently).
+      if replies[3] == '1' then return 'complete' end
       local page = replies[1]
       if type(page) ~= 'table' or page.err then
         return nil, 'HSCAN failed: ' .. tostring(page and page.err), 'redis'
@@ -750,19 +756,14 @@ function M.generate(opts)
   end
 
   for di, domain in ipairs(domains) do
-    -- A period whose reports were all delivered is not generated again:
-    -- rows that arrived after that are not reported twice (or differently).
-    local done = nil
-    if not opts.force then
-      done = conn:command('HGET', report.state_key(prefix, domain, begin, last), 'complete')
-    end
-    local agg, meta, keys = {}, nil, nil
-    if done == '1' then
+    local agg, meta, keys = collect_domain(conn, prefix, domain, days,
+                                           opts.max_rows or report.defaults.max_rows,
+                                           not opts.force and report.state_key(prefix, domain, begin,
+                                                                                last) or nil)
+    if not agg then return nil, meta, keys end
+    if agg == 'complete' then
       summary.already_sent = (summary.already_sent or 0) + 1
-    else
-      agg, meta, keys = collect_domain(conn, prefix, domain, days,
-                                       opts.max_rows or report.defaults.max_rows)
-      if not agg then return nil, meta, keys end
+      agg = {}
     end
     -- Group rows by policy configuration [AGG-1].
     local groups, group_keys = {}, {}

@@ -172,6 +172,23 @@ describe('report_send delivery', function()
     assert.equal(1, #sent)
   end)
 
+  it('report_send__late_rows_of_a_sent_period_are_not_reported_again', function()
+    local conn, dir = setup()
+    assert(send.send { redis = conn, out = dir, envelope_from = 'dmarc@receiver.example',
+                       transport = transport({}, {}) })
+    local c = report.collector { redis = conn }
+    local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
+                policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
+    c:add(report.build_rows(v, {}, { ip = '203.0.113.99' }, nil, { time = DAY + 5 }))
+    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
+                                    reporter = REPORTER })
+    assert.equal(0, s.reports)
+    assert.equal(1, s.already_sent)
+    s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
+                              reporter = REPORTER, force = true })
+    assert.equal(1, s.reports)
+  end)
+
   it('report_send__temporary_failure_keeps_data_then_retries [MAIL-5]', function()
     local conn, dir = setup()
     local sent = {}
