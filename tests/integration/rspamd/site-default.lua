@@ -1,3 +1,4 @@
+-- luacheck: read globals folder score
 -- Site policy of the `engine` rspamd instance (tests/integration/setup-rspamd.sh): the
 -- README's example with this test's names. The RFC 9989 §7.4 default holds: p=reject with
 -- no other evidence is handled as quarantine [POL-3].

@@ -1,3 +1,4 @@
+-- luacheck: read globals folder score
 -- Site policy of the `strict` rspamd instance: the default one plus the one-line switch to
 -- unconditional reject [OPEN-6].
 return {
