@@ -93,6 +93,7 @@ include mk/lua.mk
 # last line of `make check` is "N passed, N failed" over all of them.
 
 include mk/tests.mk
+include mk/bench-rspamd.mk
 
 # ---------------------------------------------------------------------------
 
