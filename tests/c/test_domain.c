@@ -92,6 +92,19 @@ static void domain__converts_ulabels_to_alabels(void **state)
     expect_ok("a_b.bücher.de", "a_b.xn--bcher-kva.de");
 }
 
+/* An ASCII label obeys the same rules next to a U-label as anywhere else. */
+static void domain__ascii_labels_same_rules_in_mixed_names(void **state)
+{
+    (void)state;
+    expect_ok("ab--cd.example", "ab--cd.example");
+    expect_ok("AB--cd.bücher.de", "ab--cd.xn--bcher-kva.de");
+    expect_refused("-a.example", DMARC_DIAG_NO_DOMAIN);
+    expect_refused("-a.bücher.de", DMARC_DIAG_NO_DOMAIN);
+    expect_refused("a!b.bücher.de", DMARC_DIAG_NO_DOMAIN);
+    expect_refused("bücher.de..", DMARC_DIAG_NO_DOMAIN);
+    expect_refused("x.\xe3\x80\x82", DMARC_DIAG_BAD_IDN);
+}
+
 /* [FROM-3]: non-transitional processing (IDNA2008): ß and ς are letters of
 ** their own, not "ss" and "σ". */
 static void domain__ulabels_are_nontransitional(void **state)
@@ -322,6 +335,7 @@ int main(void)
         cmocka_unit_test(domain__strips_one_trailing_dot),
         cmocka_unit_test(domain__single_label_is_a_name),
         cmocka_unit_test(domain__converts_ulabels_to_alabels),
+        cmocka_unit_test(domain__ascii_labels_same_rules_in_mixed_names),
         cmocka_unit_test(domain__ulabels_are_nontransitional),
         cmocka_unit_test(domain__maps_ideographic_full_stop),
         cmocka_unit_test(domain__falls_back_to_transitional_only_when_refused),
