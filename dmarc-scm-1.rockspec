@@ -110,6 +110,8 @@ build = {
     ['dmarc.cli.inspect'] = 'lua/dmarc/cli/inspect.lua',
     ['dmarc.cli.override'] = 'lua/dmarc/cli/override.lua',
     ['dmarc.cli.report'] = 'lua/dmarc/cli/report.lua',
+    ['dmarc.cli.report_ingest'] = 'lua/dmarc/cli/report_ingest.lua',
+    ['dmarc.cli.report_summary'] = 'lua/dmarc/cli/report_summary.lua',
     ['dmarc.cluster'] = 'lua/dmarc/cluster.lua',
     ['dmarc.failure'] = 'lua/dmarc/failure.lua',
     ['dmarc.ingest'] = 'lua/dmarc/ingest.lua',
@@ -122,6 +124,7 @@ build = {
     ['dmarc.report_xml'] = 'lua/dmarc/report_xml.lua',
     ['dmarc.resolve'] = 'lua/dmarc/resolve.lua',
     ['dmarc.store'] = 'lua/dmarc/store.lua',
+    ['dmarc.summary'] = 'lua/dmarc/summary.lua',
   },
   install = {
     bin = { dmarc = 'bin/dmarc' },

@@ -1,0 +1,100 @@
+--- `dmarc report summary --domain D`: what the ingested aggregate reports say
+-- about one policy domain (volume, pass rate, sources, forwarding, spoofing,
+-- reporters) and whether it is ready for the next policy step. Loaded by the
+-- `dmarc report` dispatcher as report_<subcommand>.
+local cli = require 'dmarc.cli.report_ingest'
+
+local M = {}
+
+local USAGE = [[
+usage: dmarc report summary --domain D [--days N] [--until YYYY-MM-DD] [--top N]
+                            [--source IP] [--json]
+
+Summarises the aggregate reports ingested for policy domain D over the last N
+days (default 30) ending with --until (default today, UTC): volume, DMARC pass
+rate, aligned and unaligned passes, top sources with their results,
+forwarding, likely spoofing, per reporter, and a readiness verdict for moving
+p=none -> quarantine -> reject with the sources to fix first.
+
+  --source IP            also list the records of one source (drill-down)
+  --json                 one JSON object on stdout (docs/ingest.md, "Summary")
+common options: --config FILE, --redis HOST:PORT, --cluster H:P[,H:P], --prefix P
+
+exit status: 0 done, 1 Redis error, 2 usage.
+]]
+
+local SPEC = {
+  flags = { json = true },
+  values = { domain = true, days = true, ['until'] = true, top = true, source = true },
+}
+
+local function drill_text(s)
+  local summary = require 'dmarc.summary'
+  local d = s.drill
+  local out = { '', 'records of source ' .. summary.shown(d.ip) .. ':' }
+  for _, r in ipairs(d.rows) do
+    local dk, sp = {}, {}
+    for _, x in ipairs(r.dkim_results) do dk[#dk + 1] = summary.shown(x.domain) .. '=' .. x.result end
+    for _, x in ipairs(r.spf_results) do sp[#sp + 1] = summary.shown(x.domain) .. '=' .. x.result end
+    out[#out + 1] = string.format('  %s %6d %-16s from=%s env=%s disp=%s dkim=%s spf=%s [%s] [%s] %s',
+                                  summary.day_text(r.day), r.count, r.class,
+                                  summary.shown(r.header_from), summary.shown(r.envelope_from),
+                                  summary.shown(r.disposition), summary.shown(r.dkim),
+                                  summary.shown(r.spf), table.concat(dk, ' '),
+                                  table.concat(sp, ' '), summary.shown(r.org_name))
+  end
+  return table.concat(out, '\n') .. '\n'
+end
+
+--- Entry point: run(args) → exit status.
+function M.run(args)
+  local summary = require 'dmarc.summary'
+  local report = require 'dmarc.report'
+  local o, rest = cli.parse_args(args, SPEC)
+  if not o then return cli.die('summary', rest .. ' (see --help)', 2) end
+  if o.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if #rest > 0 then return cli.die('summary', 'unexpected argument ' .. summary.shown(rest[1]), 2) end
+  local conf, cerr = cli.config(o)
+  if not conf then return cli.die('summary', 'config: ' .. tostring(cerr), 2) end
+  local dom = o.domain and o.domain:lower():gsub('%.$', '')
+  if not dom or not report.valid_domain(dom) then
+    return cli.die('summary', '--domain D (a valid domain name) is required', 2)
+  end
+  local days = tonumber(o.days or 30)
+  if not days or days < 1 or days > summary.limits.max_days or days % 1 ~= 0 then
+    return cli.die('summary', '--days must be 1..' .. summary.limits.max_days, 2)
+  end
+  local until_time = os.time()
+  if o['until'] then
+    until_time = cli.parse_day(o['until'])
+    if not until_time then return cli.die('summary', '--until needs YYYY-MM-DD', 2) end
+  end
+  local ntop = tonumber(o.top or summary.limits.top)
+  if not ntop or ntop < 1 or ntop > 1000 or ntop % 1 ~= 0 then
+    return cli.die('summary', '--top must be 1..1000', 2)
+  end
+  if o.source and not report.valid_ip(o.source:lower()) then
+    return cli.die('summary', '--source needs an IP address', 2)
+  end
+  local prefix = cli.prefix(o, conf)
+  if not prefix then return cli.die('summary', 'invalid --prefix', 2) end
+  local conn, err = cli.connect(o, conf)
+  if not conn then return cli.die('summary', 'Redis: ' .. tostring(err), 1) end
+  local data, lerr, code = summary.load(conn, { domain = dom, days = days, ['until'] = until_time,
+                                                prefix = prefix })
+  if conn.close then pcall(conn.close, conn) end
+  if not data then return cli.die('summary', tostring(lerr), code == 'usage' and 2 or 1) end
+  local s = summary.compute(data, { top = ntop, source = o.source and o.source:lower() })
+  if o.json then
+    io.stdout:write(summary.json(s), '\n')
+  else
+    io.stdout:write(summary.text(s))
+    if s.drill then io.stdout:write(drill_text(s)) end
+  end
+  return 0
+end
+
+return M

@@ -1,0 +1,662 @@
+--- What the ingested aggregate reports say about one policy domain: volume,
+-- DMARC pass rate, aligned and unaligned passes, top sources, forwarding,
+-- likely spoofing, per reporter, and a readiness verdict for the next step
+-- p=none → quarantine → reject.
+--
+-- `load` reads the days of one domain from Redis (docs/ingest.md); the rest
+-- are pure functions over the decoded rows, so the numbers can be tested
+-- without a server. Every string that came from a report is hostile: `shown`
+-- escapes it for a terminal, the dashboard escapes it for HTML, and `json`
+-- writes valid UTF-8 JSON.
+local ingest = require 'dmarc.ingest'
+local report = require 'dmarc.report'
+
+local M = {}
+
+M.limits = {
+  max_days = 400,         -- days one summary covers (the retention is 180 by default)
+  top = 20,               -- sources listed (fix_first: 10)
+  top_values = 5,         -- values listed per source attribute
+  max_hints = 4,          -- hints per source
+  max_sources = 200000,   -- distinct source IPs tracked (the rest counted as 'other')
+}
+
+--- Readiness thresholds: the share of legitimate-looking volume an
+-- enforcing policy would hit, and how much data a verdict needs.
+M.thresholds = {
+  ready = 0.005,        -- at most 0.5 % would be hit: go to the next step
+  nearly = 0.02,        -- at most 2 %: fix the listed sources first
+  min_messages = 100,   -- fewer messages: not enough data for a verdict
+  min_days = 7,         -- fewer days with reports (or the whole period, if shorter)
+}
+
+M.NEXT_POLICY = { none = 'quarantine', quarantine = 'reject' }
+
+-- The classes of a record, from the domain owner's point of view:
+--   pass             DMARC pass (an aligned SPF or DKIM pass)
+--   forwarded        DMARC pass through DKIM while SPF failed: the forwarding
+--                    signature (the message went through a forwarder that
+--                    kept the DKIM signature intact)
+--   unaligned        DMARC fail, but SPF or DKIM passed for a domain that is
+--                    not aligned: the classic own-sender misconfiguration
+--                    (an ESP's envelope or signing domain)
+--   forwarded_broken DMARC fail, nothing passed, but a DKIM signature of the
+--                    domain was there and broke, or the receiver gave a
+--                    forwarding reason: a mailing list or forwarder that
+--                    modified the message
+--   spoof            DMARC fail and nothing of ours: likely spoofing
+M.CLASSES = { 'pass', 'forwarded', 'unaligned', 'forwarded_broken', 'spoof' }
+
+local FORWARD_REASONS = { forwarded = true, trusted_forwarder = true, mailing_list = true }
+local BROKEN_DKIM = { fail = true, neutral = true, permerror = true, temperror = true,
+                      policy = true }
+
+-- ---------------------------------------------------------------------------
+-- Helpers
+
+--- A value from a report as a terminal may show it: printable ASCII as is,
+-- every other byte as \xHH (no escape sequences, no bidi tricks).
+function M.shown(s)
+  s = tostring(s == nil and '' or s)
+  return (s:gsub('[^ -~]', function(c) return string.format('\\x%02X', c:byte()) end))
+end
+
+--- Whether domain d is the policy domain, below it or above it (the same
+-- organisation as far as a report on this policy domain can tell).
+local function related(d, dom)
+  if d == nil or d == '' then return false end
+  if d == dom then return true end
+  return d:sub(-#dom - 1) == '.' .. dom or dom:sub(-#d - 1) == '.' .. d
+end
+M.related = related
+
+--- The class of one decoded record (see M.CLASSES) and the raw passes that
+-- were not aligned: {spf = {domain...}, dkim = {domain...}}.
+function M.classify(rec, dom)
+  local spf_pass, dkim_pass = false, false
+  local unaligned = { spf = {}, dkim = {} }
+  local own_broken = false
+  for _, s in ipairs(rec.spf_results or {}) do
+    if s.result == 'pass' then
+      spf_pass = true
+      unaligned.spf[#unaligned.spf + 1] = s.domain
+    end
+  end
+  for _, d in ipairs(rec.dkim_results or {}) do
+    if d.result == 'pass' then
+      dkim_pass = true
+      unaligned.dkim[#unaligned.dkim + 1] = d.domain
+    elseif BROKEN_DKIM[d.result] and (related(d.domain, rec.header_from)
+                                      or related(d.domain, dom)) then
+      own_broken = true
+    end
+  end
+  if rec.dkim == 'pass' or rec.spf == 'pass' then
+    if rec.dkim == 'pass' and rec.spf ~= 'pass' and not spf_pass then
+      return 'forwarded'
+    end
+    return 'pass'
+  end
+  if spf_pass or dkim_pass then return 'unaligned', unaligned end
+  for _, r in ipairs(rec.reasons or {}) do
+    if FORWARD_REASONS[r.type] then return 'forwarded_broken' end
+  end
+  if own_broken then return 'forwarded_broken' end
+  return 'spoof'
+end
+
+local function bump(t, k, n)
+  if k == nil then return end
+  t[k] = (t[k] or 0) + n
+end
+
+-- The largest entries of a value → count map, as {value=, messages=}.
+local function top(map, n)
+  local out = {}
+  for k, v in pairs(map) do out[#out + 1] = { value = k, messages = v } end
+  table.sort(out, function(a, b)
+    if a.messages ~= b.messages then return a.messages > b.messages end
+    return a.value < b.value
+  end)
+  for i = #out, n + 1, -1 do out[i] = nil end
+  return out
+end
+
+local function rate(part, whole)
+  if whole == 0 then return 0 end
+  return part / whole
+end
+
+--- The UTC days a summary covers: n days ending with the day of `until`
+-- (epoch seconds), oldest first, as YYYYMMDD.
+function M.day_list(until_time, n)
+  local last = until_time - until_time % 86400
+  local days = {}
+  for i = n - 1, 0, -1 do days[#days + 1] = report.day_of(last - i * 86400) end
+  return days
+end
+
+-- ---------------------------------------------------------------------------
+-- Reading
+
+local function as_pairs(reply)
+  if type(reply) ~= 'table' then return {} end
+  return reply
+end
+
+--- Read one policy domain's days from Redis.
+-- @param conn a dmarc.redis connection or dmarc.cluster router
+-- @param opts {table} domain, days (number, default 30), ['until'] (epoch,
+--   default now), prefix
+-- @return data {domain, days, rows = {rec + count, day}, reports = {org_name,
+--   report_id, day, info}, dropped_messages, bad_rows}, or nil, msg, code
+function M.load(conn, opts)
+  local cjson = require 'cjson'
+  local dom = opts.domain
+  if not report.valid_domain(dom) then return nil, 'invalid domain', 'usage' end
+  local n = tonumber(opts.days) or 30
+  if n < 1 or n > M.limits.max_days or n % 1 ~= 0 then
+    return nil, 'days must be 1..' .. M.limits.max_days, 'usage'
+  end
+  local prefix = opts.prefix or ingest.defaults.prefix
+  if not report.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
+  local days = M.day_list(opts['until'] or os.time(), n)
+  local cmds = {}
+  for _, day in ipairs(days) do
+    local k = ingest.keys(prefix, dom, day)
+    cmds[#cmds + 1] = { 'HGETALL', k.rows }
+    cmds[#cmds + 1] = { 'HGETALL', k.reports }
+  end
+  local replies, err, code = conn:pipeline(cmds)
+  if not replies then return nil, err, code or 'io' end
+  local data = { domain = dom, days = days, rows = {}, reports = {}, dropped_messages = 0,
+                 bad_rows = 0 }
+  for i, day in ipairs(days) do
+    local rows, reps = replies[2 * i - 1], replies[2 * i]
+    for _, r in ipairs({ rows, reps }) do
+      if type(r) == 'table' and r.err then return nil, tostring(r.err), 'redis' end
+    end
+    rows, reps = as_pairs(rows), as_pairs(reps)
+    for j = 1, #rows - 1, 2 do
+      local rec = ingest.decode_record(rows[j])
+      local count = tonumber(rows[j + 1])
+      if rec and count then
+        rec.count = count
+        rec.day = day
+        data.rows[#data.rows + 1] = rec
+      else
+        data.bad_rows = data.bad_rows + 1
+      end
+    end
+    for j = 1, #reps - 1, 2 do
+      local field, value = reps[j], reps[j + 1]
+      if field == '#dropped_messages' then
+        data.dropped_messages = data.dropped_messages + (tonumber(value) or 0)
+      elseif field:sub(1, 1) ~= '#' then
+        local org, rid = ingest.decode_report_field(field)
+        local ok, info = pcall(cjson.decode, value)
+        if org and ok and type(info) == 'table' then
+          data.reports[#data.reports + 1] = { org_name = org, report_id = rid, day = day,
+                                              info = info }
+        end
+      end
+    end
+  end
+  return data
+end
+
+-- ---------------------------------------------------------------------------
+-- Computing
+
+local function new_source(ip)
+  return { ip = ip, messages = 0, pass = 0, classes = {}, header_from = {}, envelope_from = {},
+           spf = {}, dkim = {}, reporters = {}, days = {}, dispositions = {}, hints = {},
+           hint_seen = {}, at_risk = 0 }
+end
+
+local function add_hint(src, code, dom)
+  local key = code .. ' ' .. (dom or '')
+  if src.hint_seen[key] or #src.hints >= M.limits.max_hints then return end
+  src.hint_seen[key] = true
+  src.hints[#src.hints + 1] = { code = code, domain = dom }
+end
+
+local function finish_source(s, n)
+  local classes = {}
+  local best, best_n = nil, -1
+  for _, c in ipairs(M.CLASSES) do
+    local v = s.classes[c] or 0
+    classes[c] = v
+    if v > best_n then best, best_n = c, v end
+  end
+  return {
+    ip = s.ip, messages = s.messages, pass = s.pass, pass_rate = rate(s.pass, s.messages),
+    class = best, classes = classes, at_risk = s.at_risk,
+    header_from = top(s.header_from, n), envelope_from = top(s.envelope_from, n),
+    spf = top(s.spf, n), dkim = top(s.dkim, n), reporters = top(s.reporters, n),
+    dispositions = top(s.dispositions, n), hints = s.hints,
+  }
+end
+
+--- The summary of loaded data.
+-- @param data {table} from load (or built by hand: domain, days, rows, reports)
+-- @param opts {table|nil} top (sources listed), source (only this IP: the
+--   drill-down keeps its rows)
+-- @return summary table (docs/ingest.md, "Summary")
+function M.compute(data, opts)
+  opts = opts or {}
+  local dom = data.domain
+  local ntop = opts.top or M.limits.top
+  local nvalues = M.limits.top_values
+  local s = {
+    domain = dom, days = #data.days, first_day = data.days[1], last_day = data.days[#data.days],
+    messages = 0, records = 0, dmarc_pass = 0,
+    classes = {}, aligned = { spf = 0, dkim = 0, both = 0 },
+    unaligned_pass = { spf = 0, dkim = 0 },
+    dispositions = {}, dropped_messages = data.dropped_messages or 0,
+  }
+  for _, c in ipairs(M.CLASSES) do s.classes[c] = 0 end
+  local daily, day_index = {}, {}
+  for i, day in ipairs(data.days) do
+    daily[i] = { day = day, messages = 0, dmarc_pass = 0, reports = 0 }
+    for _, c in ipairs(M.CLASSES) do daily[i][c] = 0 end
+    day_index[day] = daily[i]
+  end
+  local sources, nsources = {}, 0
+  local other_sources = nil
+  local reporters = {}
+  local drill = opts.source and { rows = {} } or nil
+
+  for _, rec in ipairs(data.rows) do
+    local n = rec.count
+    local cls, unaligned = M.classify(rec, dom)
+    s.messages = s.messages + n
+    s.records = s.records + 1
+    s.classes[cls] = s.classes[cls] + n
+    local passed = cls == 'pass' or cls == 'forwarded'
+    if passed then s.dmarc_pass = s.dmarc_pass + n end
+    if rec.spf == 'pass' then s.aligned.spf = s.aligned.spf + n end
+    if rec.dkim == 'pass' then s.aligned.dkim = s.aligned.dkim + n end
+    if rec.spf == 'pass' and rec.dkim == 'pass' then s.aligned.both = s.aligned.both + n end
+    if unaligned then
+      if #unaligned.spf > 0 then s.unaligned_pass.spf = s.unaligned_pass.spf + n end
+      if #unaligned.dkim > 0 then s.unaligned_pass.dkim = s.unaligned_pass.dkim + n end
+    end
+    bump(s.dispositions, rec.disposition, n)
+    local d = day_index[rec.day]
+    if d then
+      d.messages = d.messages + n
+      d[cls] = d[cls] + n
+      if passed then d.dmarc_pass = d.dmarc_pass + n end
+    end
+    local src = sources[rec.source_ip]
+    if not src then
+      if nsources < M.limits.max_sources then
+        src = new_source(rec.source_ip)
+        sources[rec.source_ip] = src
+        nsources = nsources + 1
+      else
+        other_sources = other_sources or new_source('other')
+        src = other_sources
+      end
+    end
+    src.messages = src.messages + n
+    if passed then src.pass = src.pass + n end
+    bump(src.classes, cls, n)
+    bump(src.header_from, rec.header_from, n)
+    bump(src.envelope_from, rec.envelope_from ~= '' and rec.envelope_from or nil, n)
+    for _, x in ipairs(rec.spf_results) do bump(src.spf, x.domain .. ' ' .. x.result, n) end
+    for _, x in ipairs(rec.dkim_results) do bump(src.dkim, x.domain .. ' ' .. x.result, n) end
+    bump(src.reporters, rec.org_name, n)
+    bump(src.days, rec.day, n)
+    bump(src.dispositions, rec.disposition, n)
+    if cls == 'unaligned' or cls == 'forwarded_broken' then
+      src.at_risk = src.at_risk + n
+      if unaligned then
+        for _, x in ipairs(unaligned.spf) do
+          add_hint(src, related(x, dom) and 'spf_strict' or 'spf_unaligned', x)
+        end
+        for _, x in ipairs(unaligned.dkim) do
+          add_hint(src, related(x, dom) and 'dkim_strict' or 'dkim_unaligned', x)
+        end
+      else
+        add_hint(src, 'dkim_broken', rec.header_from)
+      end
+    end
+    local rep = reporters[rec.org_name]
+    if not rep then
+      rep = { org_name = rec.org_name, reports = 0, messages = 0, pass = 0 }
+      reporters[rec.org_name] = rep
+    end
+    rep.messages = rep.messages + n
+    if passed then rep.pass = rep.pass + n end
+    if drill and rec.source_ip == opts.source then
+      local r = {}
+      for k, v in pairs(rec) do r[k] = v end
+      r.class = cls
+      drill.rows[#drill.rows + 1] = r
+    end
+  end
+
+  -- Reports: per reporter, per day, and the policy in force (the latest).
+  local latest
+  s.reports = #data.reports
+  for _, r in ipairs(data.reports) do
+    local rep = reporters[r.org_name]
+    if not rep then
+      rep = { org_name = r.org_name, reports = 0, messages = 0, pass = 0 }
+      reporters[r.org_name] = rep
+    end
+    rep.reports = rep.reports + 1
+    local d = day_index[r.day]
+    if d then d.reports = d.reports + 1 end
+    local b = tonumber(r.info.begin) or 0
+    if not latest or b > latest.b or (b == latest.b and r.org_name < latest.org) then
+      latest = { b = b, org = r.org_name, info = r.info }
+    end
+  end
+  s.pass_rate = rate(s.dmarc_pass, s.messages)
+  s.daily = daily
+  s.dispositions = top(s.dispositions, 8)
+  local info = latest and latest.info or {}
+  s.policy = { p = info.p, sp = info.sp, np = info.np, adkim = info.adkim, aspf = info.aspf,
+               pct = info.pct, testing = info.testing, reported_by = latest and latest.org }
+
+  local rlist = {}
+  for _, r in pairs(reporters) do
+    r.pass_rate = rate(r.pass, r.messages)
+    rlist[#rlist + 1] = r
+  end
+  table.sort(rlist, function(a, b)
+    if a.messages ~= b.messages then return a.messages > b.messages end
+    return a.org_name < b.org_name
+  end)
+  s.reporters = rlist
+
+  local slist = {}
+  for _, src in pairs(sources) do slist[#slist + 1] = src end
+  if other_sources then slist[#slist + 1] = other_sources end
+  table.sort(slist, function(a, b)
+    if a.messages ~= b.messages then return a.messages > b.messages end
+    return a.ip < b.ip
+  end)
+  s.source_count = #slist
+  s.sources = {}
+  for i = 1, math.min(ntop, #slist) do s.sources[i] = finish_source(slist[i], nvalues) end
+
+  local function by_class(classes, limit)
+    local out, total = {}, 0
+    for _, src in ipairs(slist) do
+      local v = 0
+      for _, c in ipairs(classes) do v = v + (src.classes[c] or 0) end
+      if v > 0 then
+        total = total + v
+        out[#out + 1] = { ip = src.ip, messages = v, header_from = top(src.header_from, 3),
+                          reporters = top(src.reporters, 3) }
+      end
+    end
+    table.sort(out, function(a, b)
+      if a.messages ~= b.messages then return a.messages > b.messages end
+      return a.ip < b.ip
+    end)
+    for i = #out, limit + 1, -1 do out[i] = nil end
+    return { messages = total, sources = out }
+  end
+  s.forwarding = by_class({ 'forwarded', 'forwarded_broken' }, ntop)
+  s.spoofing = by_class({ 'spoof' }, ntop)
+
+  -- Readiness for the next policy step.
+  local t = M.thresholds
+  local legit = s.classes.pass + s.classes.forwarded + s.classes.unaligned
+    + s.classes.forwarded_broken
+  local at_risk = s.classes.unaligned + s.classes.forwarded_broken
+  local days_with_data = 0
+  for _, d in ipairs(daily) do
+    if d.messages > 0 then days_with_data = days_with_data + 1 end
+  end
+  local current = s.policy.p or 'none'
+  local verdict
+  local share = rate(at_risk, legit)
+  if s.messages < t.min_messages or days_with_data < math.min(t.min_days, #data.days) then
+    verdict = 'insufficient_data'
+  elseif current == 'reject' then
+    verdict = 'enforced'
+  elseif share <= t.ready then
+    verdict = 'ready'
+  elseif share <= t.nearly then
+    verdict = 'nearly_ready'
+  else
+    verdict = 'not_ready'
+  end
+  local fix = {}
+  for _, src in ipairs(slist) do
+    if src.at_risk > 0 then
+      fix[#fix + 1] = { ip = src.ip, at_risk = src.at_risk, share = rate(src.at_risk, at_risk),
+                        class = (src.classes.unaligned or 0) >= (src.classes.forwarded_broken or 0)
+                          and 'unaligned' or 'forwarded_broken',
+                        hints = src.hints, header_from = top(src.header_from, 3),
+                        reporters = top(src.reporters, 3) }
+    end
+  end
+  table.sort(fix, function(a, b)
+    if a.at_risk ~= b.at_risk then return a.at_risk > b.at_risk end
+    return a.ip < b.ip
+  end)
+  for i = #fix, 11, -1 do fix[i] = nil end
+  s.readiness = {
+    current = current, next = M.NEXT_POLICY[current], verdict = verdict,
+    legitimate = legit, at_risk = at_risk, share = share, spoof_stopped = s.classes.spoof,
+    days_with_data = days_with_data, fix_first = fix,
+    testing = s.policy.testing == 'y' or (s.policy.pct ~= nil and s.policy.pct < 100),
+  }
+
+  if drill then
+    local src = sources[opts.source]
+    drill.ip = opts.source
+    drill.source = src and finish_source(src, 50) or nil
+    local per_day = {}
+    for i, day in ipairs(data.days) do per_day[i] = { day = day, messages = src and src.days[day] or 0 } end
+    drill.daily = per_day
+    table.sort(drill.rows, function(a, b)
+      if a.count ~= b.count then return a.count > b.count end
+      if a.day ~= b.day then return a.day < b.day end
+      return a.org_name < b.org_name
+    end)
+    s.drill = drill
+  end
+  return s
+end
+
+-- ---------------------------------------------------------------------------
+-- Output
+
+local HINTS = {
+  spf_unaligned = 'SPF passes for %s, which is not aligned with %s: use a return-path (MAIL FROM) '
+    .. 'under %s, or DKIM-sign with d=%s',
+  dkim_unaligned = 'DKIM passes for d=%s, which is not aligned with %s: sign with d=%s '
+    .. '(or a subdomain)',
+  spf_strict = 'SPF passes for %s, related to %s but not aligned: strict SPF alignment (aspf=s) '
+    .. 'needs the exact domain',
+  dkim_strict = 'DKIM passes for d=%s, related to %s but not aligned: strict DKIM alignment '
+    .. '(adkim=s) needs the exact domain',
+  dkim_broken = 'a DKIM signature of %s fails: the message was changed in transit (mailing '
+    .. 'list, forwarder) or the signer or its key is broken',
+}
+
+--- A hint as a sentence (domain values escaped by the caller's escape).
+function M.hint_text(h, dom, escape)
+  escape = escape or M.shown
+  local f = HINTS[h.code]
+  if not f then return h.code end
+  local d = escape(h.domain or '')
+  if h.code == 'spf_unaligned' then return string.format(f, d, dom, dom, dom) end
+  if h.code == 'dkim_unaligned' then return string.format(f, d, dom, dom) end
+  if h.code == 'dkim_broken' then return string.format(f, d) end
+  return string.format(f, d, dom)
+end
+
+M.VERDICT_TEXT = {
+  insufficient_data = 'not enough data yet for a verdict',
+  enforced = 'already at p=reject',
+  ready = 'ready',
+  nearly_ready = 'nearly ready: fix the sources below first',
+  not_ready = 'not ready: fix the sources below first',
+}
+
+local function pct(x)
+  return string.format('%.1f%%', x * 100)
+end
+
+local function day_text(day)
+  if not day then return '' end
+  return day:sub(1, 4) .. '-' .. day:sub(5, 6) .. '-' .. day:sub(7, 8)
+end
+M.day_text = day_text
+
+local function values(list, n)
+  local out = {}
+  for i, v in ipairs(list) do
+    if i > n then break end
+    out[#out + 1] = M.shown(v.value) .. ' (' .. v.messages .. ')'
+  end
+  return table.concat(out, ', ')
+end
+
+--- The summary as text for a terminal.
+function M.text(s)
+  local out = {}
+  local function line(...) out[#out + 1] = table.concat({ ... }) end
+  local r = s.readiness
+  line('DMARC summary for ', s.domain, ': ', day_text(s.first_day), ' to ', day_text(s.last_day),
+       ' (', s.days, ' days)')
+  line('')
+  line(string.format('messages %d in %d reports from %d reporters; DMARC pass %d (%s)',
+                     s.messages, s.reports, #s.reporters, s.dmarc_pass, pct(s.pass_rate)))
+  line(string.format('aligned passes: SPF %d, DKIM %d, both %d', s.aligned.spf, s.aligned.dkim,
+                     s.aligned.both))
+  line(string.format('unaligned passes (SPF or DKIM passed, not aligned): SPF %d, DKIM %d',
+                     s.unaligned_pass.spf, s.unaligned_pass.dkim))
+  line(string.format('classes: pass %d, forwarded %d, unaligned %d, forwarded_broken %d, spoof %d',
+                     s.classes.pass, s.classes.forwarded, s.classes.unaligned,
+                     s.classes.forwarded_broken, s.classes.spoof))
+  if s.dropped_messages > 0 then
+    line(string.format('%d messages not itemised (row limit per day reached)', s.dropped_messages))
+  end
+  line('')
+  line('readiness: p=', M.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
+       M.VERDICT_TEXT[r.verdict] or r.verdict)
+  line(string.format('  %d of %d legitimate-looking messages (%s) would be hit; %d likely '
+                     .. 'spoofed would be stopped', r.at_risk, r.legitimate, pct(r.share),
+                     r.spoof_stopped))
+  if r.testing then line('  note: the published policy is in testing (t=y or pct<100)') end
+  for i, f in ipairs(r.fix_first) do
+    line(string.format('  %d. %s: %d messages (%s of those at risk), %s', i, M.shown(f.ip),
+                       f.at_risk, pct(f.share), f.class))
+    for _, h in ipairs(f.hints) do line('       ', M.hint_text(h, s.domain)) end
+  end
+  line('')
+  line('top sources:')
+  line(string.format('  %-40s %9s %7s  %-16s %s', 'source', 'messages', 'pass', 'class',
+                     'header_from / SPF / DKIM'))
+  for _, src in ipairs(s.sources) do
+    line(string.format('  %-40s %9d %7s  %-16s %s', M.shown(src.ip), src.messages,
+                       pct(src.pass_rate), src.class, values(src.header_from, 2)))
+    if #src.spf > 0 then line(string.rep(' ', 77), 'SPF ', values(src.spf, 2)) end
+    if #src.dkim > 0 then line(string.rep(' ', 77), 'DKIM ', values(src.dkim, 2)) end
+  end
+  line('')
+  line(string.format('forwarding (SPF fails, DKIM passes or breaks): %d messages',
+                     s.forwarding.messages))
+  for i, f in ipairs(s.forwarding.sources) do
+    if i > 5 then break end
+    line('  ', M.shown(f.ip), ': ', f.messages)
+  end
+  line(string.format('likely spoofing: %d messages', s.spoofing.messages))
+  for i, f in ipairs(s.spoofing.sources) do
+    if i > 5 then break end
+    line('  ', M.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
+  end
+  line('')
+  line('per reporter:')
+  for _, rep in ipairs(s.reporters) do
+    line(string.format('  %-40s %5d reports %9d messages %7s pass', M.shown(rep.org_name),
+                       rep.reports, rep.messages, pct(rep.pass_rate)))
+  end
+  return table.concat(out, '\n') .. '\n'
+end
+
+-- ---------------------------------------------------------------------------
+-- JSON: deterministic (sorted keys), empty arrays as [], and valid UTF-8
+-- whatever a report carried.
+
+local ARRAY_KEYS = {
+  sources = true, reporters = true, daily = true, fix_first = true, hints = true,
+  header_from = true, envelope_from = true, spf = true, dkim = true, dispositions = true,
+  rows = true, reasons = true, dkim_results = true, spf_results = true, failures = true,
+  domains = true, results = true,
+}
+
+local JSON_ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+                   ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+local function json_string(v)
+  local report_xml = require 'dmarc.report_xml'
+  v = report_xml.sanitize(v)
+  return '"' .. v:gsub('[%z\1-\31"\\\127]', function(c)
+    return JSON_ESC[c] or string.format('\\u%04x', c:byte())
+  end) .. '"'
+end
+
+local function json_value(v, key, out, depth)
+  if depth > 32 then error('summary.json: too deep', 0) end
+  local t = type(v)
+  if v == nil then
+    out[#out + 1] = 'null'
+  elseif t == 'boolean' then
+    out[#out + 1] = v and 'true' or 'false'
+  elseif t == 'number' then
+    if v ~= v or v == math.huge or v == -math.huge then
+      out[#out + 1] = 'null'
+    elseif v % 1 == 0 and math.abs(v) < 2 ^ 53 then
+      out[#out + 1] = string.format('%d', v)
+    else
+      out[#out + 1] = string.format('%.6g', v)
+    end
+  elseif t == 'string' then
+    out[#out + 1] = json_string(v)
+  elseif t == 'table' then
+    if v[1] ~= nil or ARRAY_KEYS[key] then
+      out[#out + 1] = '['
+      for i, x in ipairs(v) do
+        if i > 1 then out[#out + 1] = ',' end
+        json_value(x, nil, out, depth + 1)
+      end
+      out[#out + 1] = ']'
+    else
+      local keys = {}
+      for k in pairs(v) do
+        if type(k) == 'string' then keys[#keys + 1] = k end
+      end
+      table.sort(keys)
+      out[#out + 1] = '{'
+      for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = ',' end
+        out[#out + 1] = json_string(k)
+        out[#out + 1] = ':'
+        json_value(v[k], k, out, depth + 1)
+      end
+      out[#out + 1] = '}'
+    end
+  else
+    out[#out + 1] = 'null'
+  end
+end
+
+--- Encode a summary (or any table of the same shapes) as JSON text.
+function M.json(v)
+  local out = {}
+  json_value(v, nil, out, 0)
+  return table.concat(out)
+end
+
+return M
