@@ -108,8 +108,8 @@ local function phase_seed()
     end
   end
   if #batch > 0 then assert(conn:pipeline(batch)) end
-  io.write(string.format('report seed: %d rows over %d domains in %.1f s\n', per * DOMAINS, DOMAINS,
-                         socket.gettime() - t0))
+  io.write(string.format('report seed: %d rows over %d domains in %.1f s (%d keys)\n', per * DOMAINS,
+                         DOMAINS, socket.gettime() - t0, conn:command('DBSIZE')))
 end
 
 local function phase_generate()

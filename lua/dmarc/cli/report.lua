@@ -217,13 +217,27 @@ end
 -- ---------------------------------------------------------------------------
 -- Subcommands
 
+-- Checks that need no Redis, so usage errors come before connecting.
+local function check_generate(o, conf)
+  local report_xml = require 'dmarc.report_xml'
+  local begin, finish = period(o, conf, tonumber(o.now) or os.time())
+  if not begin then return nil, finish end
+  local format = get(o, conf, 'format', 'rfc9990')
+  if not report_xml.FORMATS[format] then return nil, 'unknown --format ' .. tostring(format) end
+  local rep = reporter(o, conf)
+  for _, f in ipairs({ 'org_name', 'email', 'submitter' }) do
+    if type(rep[f]) ~= 'string' or rep[f] == '' then
+      return nil, 'the reporter ' .. f .. ' is required (--' .. f:gsub('_', '-')
+        .. ' or the config file)'
+    end
+  end
+  o._begin, o._finish, o._format = begin, finish, format
+  return true
+end
+
 local function do_generate(o, conf, conn)
   local report_xml = require 'dmarc.report_xml'
-  local now = tonumber(o.now) or os.time()
-  local begin, finish = period(o, conf, now)
-  if not begin then return nil, finish, 2 end
-  local format = get(o, conf, 'format', 'rfc9990')
-  if not report_xml.FORMATS[format] then return nil, 'unknown --format ' .. tostring(format), 2 end
+  local begin, finish, format = o._begin, o._finish, o._format
   local ok_core, core = pcall(require, 'dmarc.core')
   local summary, err, code = report_xml.generate {
     redis = conn, prefix = get(o, conf, 'prefix'), begin = begin, ['end'] = finish,
@@ -339,9 +353,13 @@ local BUILTIN = { generate = do_generate, send = do_send }
 --- Entry point: run(args) → exit status.
 function M.run(args)
   local sub = args[1]
-  if sub == nil or sub == '-h' or sub == '--help' or sub == 'help' then
+  if sub == nil then
+    io.stderr:write(USAGE)
+    return 2
+  end
+  if sub == '-h' or sub == '--help' or sub == 'help' then
     io.stdout:write(USAGE)
-    return sub == nil and 2 or 0
+    return 0
   end
   local rest = {}
   for i = 2, #args do rest[#rest + 1] = args[i] end
@@ -368,6 +386,10 @@ function M.run(args)
   end
   o.out = o.out or conf.out
   if not o.out then return die('--out DIR is required', 2) end
+  if sub == 'generate' or o.date or o.from or o.to then
+    local ok, cerr = check_generate(o, conf)
+    if not ok then return die(cerr, 2) end
+  end
   if not ensure_dir(o.out) then return die('cannot write to ' .. o.out, 1) end
   local conn, cerr = connect(o, conf)
   if not conn then return die('Redis: ' .. tostring(cerr), 1) end
