@@ -135,6 +135,48 @@ static dmarc_status could_align(dmarc_eval *e, dmarc__domain *d, dmarc__ident *i
     return DMARC_OK;
 }
 
+/* Questions that checking one more identifier for relaxed alignment may
+** cost at most: the rest of the author's walk plus the identifier's own. */
+#define ALIGN_CHECK_MAX_QUERIES (2 * DMARC_WALK_MAX_QUERIES)
+
+/* May the evaluation of @d spend questions on alignment that can no longer
+** change its result (after a pass)? Only while enough of
+** DMARC_EVAL_MAX_QUERIES is left for this check and for every author domain
+** still to come, so completing the picture never costs another domain its
+** verdict and never raises the query limit. */
+static bool budget_for_completion(const dmarc_eval *e, const dmarc__domain *d)
+{
+    size_t later = e->ndom - (size_t)(d - e->dom) - 1;
+    size_t reserve = (later + 1) * ALIGN_CHECK_MAX_QUERIES;
+    return e->memo_used + reserve <= DMARC_EVAL_MAX_QUERIES;
+}
+
+/* Relaxed check of one passing identifier. Before a pass is established the
+** outcome decides [DISC-10]: ALIGN_UNKNOWN makes *unknown true. After it the
+** check only completes the picture for reports ([AGG-6] [AGG-7] want the
+** aligned results of both mechanisms and the alignment of every signature),
+** within budget_for_completion, and a failed query changes nothing. */
+static dmarc_status check_relaxed(dmarc_eval *e, dmarc__domain *d, dmarc__ident *id,
+                                  uint8_t *align_out, bool *aligned, bool *unknown)
+{
+    align_outcome o;
+    dmarc_status st;
+    bool decisive = !(d->dkim_aligned || d->spf_aligned);
+
+    if (!decisive && !budget_for_completion(e, d))
+        return DMARC_OK;
+    st = relaxed(e, d, id, &o);
+    if (st != DMARC_OK)
+        return st;
+    if (o == ALIGN_YES) {
+        *align_out = DMARC_ALIGN_RELAXED;
+        *aligned = true;
+    } else if (o == ALIGN_UNKNOWN && decisive) {
+        *unknown = true;
+    }
+    return DMARC_OK;
+}
+
 static dmarc_status align(dmarc_eval *e, dmarc__domain *d)
 {
     const dmarc_record *rec = d->record;
@@ -142,7 +184,6 @@ static dmarc_status align(dmarc_eval *e, dmarc__domain *d)
     bool strict_spf = rec->aspf == DMARC_ALIGN_STRICT;
     dmarc__ident *spf = spf_identity(e);
     bool unknown = false, could;
-    align_outcome o;
     dmarc_status st;
     size_t i;
 
@@ -162,39 +203,28 @@ static dmarc_status align(dmarc_eval *e, dmarc__domain *d)
         d->spf_align = DMARC_ALIGN_STRICT;
         d->spf_aligned = true;
     }
+
+    /* Then relaxed candidates, DKIM (input order) then SPF [ALN-4]. Once
+    ** one aligned pass is established nothing can change the result
+    ** [EVAL-1] [ALN-7]; the remaining checks only complete what the
+    ** verdict and the reports say (check_relaxed). */
+    for (i = 0; i < e->ndkim && !strict_dkim; i++) {
+        dmarc__ident *id = &e->dkim[i];
+        if (id->result != DMARC_AUTH_PASS || id->len == 0 || d->dkim_align[i] != DMARC_ALIGN_NONE)
+            continue;
+        st = check_relaxed(e, d, id, &d->dkim_align[i], &d->dkim_aligned, &unknown);
+        if (st != DMARC_OK)
+            return st;
+    }
+    if (spf != NULL && !strict_spf && spf->result == DMARC_AUTH_PASS && spf->len > 0 &&
+        d->spf_align == DMARC_ALIGN_NONE) {
+        st = check_relaxed(e, d, spf, &d->spf_align, &d->spf_aligned, &unknown);
+        if (st != DMARC_OK)
+            return st;
+    }
     if (d->dkim_aligned || d->spf_aligned) {
         d->result = DMARC_RESULT_PASS; /* [EVAL-1] [ALN-7] */
         return DMARC_OK;
-    }
-
-    /* Relaxed candidates one by one, DKIM (input order) then SPF, up to
-    ** the first aligned pass: after it no query is needed [DISC-10]. */
-    for (i = 0; i < e->ndkim && !strict_dkim; i++) {
-        dmarc__ident *id = &e->dkim[i];
-        if (id->result != DMARC_AUTH_PASS || id->len == 0)
-            continue;
-        st = relaxed(e, d, id, &o);
-        if (st != DMARC_OK)
-            return st;
-        if (o == ALIGN_YES) {
-            d->dkim_align[i] = DMARC_ALIGN_RELAXED;
-            d->dkim_aligned = true;
-            d->result = DMARC_RESULT_PASS;
-            return DMARC_OK;
-        }
-        unknown |= o == ALIGN_UNKNOWN;
-    }
-    if (spf != NULL && !strict_spf && spf->result == DMARC_AUTH_PASS && spf->len > 0) {
-        st = relaxed(e, d, spf, &o);
-        if (st != DMARC_OK)
-            return st;
-        if (o == ALIGN_YES) {
-            d->spf_align = DMARC_ALIGN_RELAXED;
-            d->spf_aligned = true;
-            d->result = DMARC_RESULT_PASS;
-            return DMARC_OK;
-        }
-        unknown |= o == ALIGN_UNKNOWN;
     }
     /* [DISC-10]: an alignment query that failed leaves the outcome open. */
     if (unknown) {
@@ -418,6 +448,11 @@ dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
     dmarc_status st;
 
     /* A rerun recomputes the verdict from the memo: start clean. */
+    if (!d->memo_started) {
+        d->memo_started = true;
+        d->memo_base = e->nmemo;
+    }
+    e->memo_used = d->memo_base;
     d->result = DMARC_RESULT_NONE;
     d->has_policy_domain = false;
     d->policy_off = 0;

@@ -66,6 +66,8 @@ typedef struct dmarc__domain {
     const dmarc_record *record;
     const char *error;
     uint8_t spf_align;                  /* dmarc_align */
+    bool memo_started;                  /* memo_base is set */
+    size_t memo_base;                   /* memo entries in use when evaluation began */
     uint8_t dkim_align[DMARC_MAX_DKIM]; /* dmarc_align, per DKIM result */
 } dmarc__domain;
 
@@ -113,6 +115,10 @@ struct dmarc_eval {
     dmarc__answer *memo[DMARC_EVAL_MAX_QUERIES];
     uint32_t memo_hash[DMARC_EVAL_MAX_QUERIES];
     size_t nmemo;
+    /* Memo entries the current pass over one author domain has used so far
+    ** (a rerun replays the same lookups in the same order, so this is the
+    ** same at each point of every pass: budgets based on it are stable). */
+    size_t memo_used;
     uint8_t asked[DMARC_EVAL_MAX_QUERIES];
     size_t nasked;
 

@@ -48,6 +48,8 @@ dmarc_status dmarc__lookup(dmarc_eval *e, dmarc_qtype type, const char *name, si
         if (e->memo_hash[i] == h && m->type == type && m->name_len == len &&
             memcmp(m->name, name, len) == 0) {
             ans = e->memo[i];
+            if (i + 1 > e->memo_used)
+                e->memo_used = i + 1;
             break;
         }
     }
@@ -76,6 +78,7 @@ dmarc_status dmarc__lookup(dmarc_eval *e, dmarc_qtype type, const char *name, si
         e->memo[e->nmemo] = ans;
         e->memo_hash[e->nmemo] = h;
         e->nmemo++;
+        e->memo_used = e->nmemo;
     }
     *ansp = ans;
     *out = outcome_of(ans);

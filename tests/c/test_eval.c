@@ -1052,6 +1052,38 @@ static void eval__helo_only_without_mail_from(void **state)
 
 /* [ALN-7] [DISC-10]: a DNS error in one identifier's walk does not matter
 ** when another identifier aligns; alone it makes temperror. */
+/* [AGG-7] [DISC-10]: after an exact-match pass, the relaxed checks that only
+** complete the picture stay within DMARC_EVAL_MAX_QUERIES: thirty-two
+** signatures of unrelated domains under one TLD never raise the query limit
+** and never cost the pass. */
+static void eval__alignment_completion_bounded(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.ex.com", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+    char name[64];
+    size_t i;
+
+    from(t, "user@ex.com");
+    spf(t, "ex.com", DMARC_AUTH_PASS);
+    for (i = 0; i < DMARC_MAX_DKIM; i++) {
+        snprintf(name, sizeof name, "a.b.c.d.e.f.g.h.sig%u.ex.com", (unsigned)i);
+        dkim(t, name, DMARC_AUTH_PASS);
+    }
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_PASS);
+    assert_true(t->v.spf_aligned);
+    assert_true(t->v.dkim_aligned);
+    assert_false(dmarc_eval_flags(t->e) & DMARC_FLAG_QUERY_LIMIT);
+    assert_true(dmarc_eval_query_count(t->e) <= DMARC_EVAL_MAX_QUERIES);
+    /* The first signatures were checked (relaxed: same Org Domain), the
+    ** budget stopped the rest before the limit. */
+    assert_int_equal(dmarc_eval_dkim_alignment(t->e, 0), DMARC_ALIGN_RELAXED);
+    assert_int_equal(dmarc_eval_dkim_alignment(t->e, DMARC_MAX_DKIM - 1), DMARC_ALIGN_NONE);
+}
+
 static void eval__alignment_walk_servfail(void **state)
 {
     T *t = *state;
@@ -1074,14 +1106,20 @@ static void eval__alignment_walk_servfail(void **state)
     run(t, zone);
     assert_int_equal(t->v.result, DMARC_RESULT_PASS);
 
-    /* An exact match needs no walk at all, so the failure is never met. */
+    /* An exact match settles the result before any walk: the walks made
+    ** afterwards only complete the alignment picture for reports
+    ** [AGG-7], so their failure cannot turn the pass into a temperror
+    ** [DISC-10]; the signature they could not check stays unaligned. */
     dmarc_eval_reset(t->e);
     from(t, "user@ex.com");
     dkim(t, "bad.ex.com", DMARC_AUTH_PASS);
     spf(t, "ex.com", DMARC_AUTH_PASS);
     run(t, zone);
     assert_int_equal(t->v.result, DMARC_RESULT_PASS);
-    expect_queries(t, "_dmarc.ex.com/TXT");
+    assert_true(t->v.spf_aligned);
+    assert_false(t->v.dkim_aligned);
+    assert_int_equal(dmarc_eval_dkim_alignment(t->e, 0), DMARC_ALIGN_NONE);
+    expect_queries(t, "_dmarc.ex.com/TXT _dmarc.com/TXT _dmarc.bad.ex.com/TXT");
 }
 
 /* [ALN-4]: each identifier gets its own walk: a psd=n record under the
@@ -2175,6 +2213,7 @@ int main(void)
         T_(eval__non_pass_results_never_align),
         T_(eval__helo_only_without_mail_from),
         T_(eval__alignment_walk_servfail),
+        T_(eval__alignment_completion_bounded),
         T_(eval__identifier_own_walk),
         T_(eval__no_existence_test_without_np),
         T_(eval__no_existence_test_on_pass),
