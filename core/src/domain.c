@@ -10,15 +10,15 @@
 **   of `x@a_b.bank.example` into "no DMARC at all" while the tree walk would
 **   have found bank.example's policy. Other characters outside letters, digits
 **   and hyphen are refused, and no label starts or ends with a hyphen (RFC 1123
-**   §2.1, RFC 5891 §4.2.3.1; libidn2 applies the same rule to mixed names).
+**   §2.1, RFC 5891 §4.2.3.1).
 ** - U-labels go through UTS #46 non-transitional processing with NFC input,
 **   the IDNA2008 reading RFC 5890 asks for, so `faß.de` stays `xn--fa-hia.de`.
-**   Only when that refuses a name do we retry with transitional processing,
+**   Only when that refuses a label do we retry with transitional processing,
 **   the IDNA2003-compatible mapping: names registered under IDNA2003 rules
 **   (symbol and emoji labels under some ccTLDs) exist in DNS and publish
-**   records, and a refused name leaves the message with no Author Domain, so a
+**   records, and a refused label leaves the message with no Author Domain, so a
 **   spoofer could escape the policy of the domain above by adding one such
-**   character (or an invisible ZERO WIDTH JOINER) to a subdomain. Names that
+**   character (or an invisible ZERO WIDTH JOINER) to a subdomain. Labels that
 **   non-transitional processing accepts never reach the fallback, so ß, ς and
 **   joiners in valid contexts keep their IDNA2008 meaning.
 ** - Labels already in A-label form (`xn--`) are lowercased and checked, never
