@@ -223,6 +223,7 @@ static dmarc_status check_input(const dmarc_eval *e)
 dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
 {
     dmarc_from *f = NULL;
+    dmarc_diag diag = {DMARC_DIAG_NONE, 0, {0}};
     dmarc_status st;
     size_t i, n, saved_ndom, saved_arena;
     unsigned saved_flags;
@@ -237,7 +238,7 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
         e->in_flags |= DMARC_FLAG_MULTIPLE_FROM;
         return DMARC_ERR_LIMIT;
     }
-    st = dmarc_from_parse(&e->alloc, raw != NULL ? raw : "", len, &f, NULL);
+    st = dmarc_from_parse(&e->alloc, raw != NULL ? raw : "", len, &f, &diag);
     if (st == DMARC_ERR_NOMEM || st == DMARC_ERR_INVAL)
         return st;
     e->from_fields++;
@@ -251,6 +252,14 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
     saved_ndom = e->ndom;
     saved_arena = e->arena_len;
     saved_flags = e->in_flags;
+    /* Mailboxes past DMARC_FROM_MAX_MAILBOXES were never read: their
+    ** domains are unchecked, so the evaluation is incomplete and must not
+    ** pass [FROM-6] [OPEN-5] -- the same rule as too many domains. A piece
+    ** of the field the parser had to drop is a syntax problem to flag. */
+    if (diag.code == DMARC_DIAG_TOO_MANY_MAILBOXES)
+        e->in_flags |= DMARC_FLAG_TOO_MANY_DOMAINS;
+    else if (diag.code == DMARC_DIAG_SYNTAX || diag.code == DMARC_DIAG_TOO_DEEP)
+        e->in_flags |= DMARC_FLAG_FROM_SYNTAX;
     n = dmarc_from_count(f);
     for (i = 0; i < n && i < DMARC_FROM_MAX_MAILBOXES; i++) {
         const dmarc_mailbox *mb = dmarc_from_mailbox(f, i);

@@ -1084,6 +1084,34 @@ static void eval__alignment_completion_bounded(void **state)
     assert_int_equal(dmarc_eval_dkim_alignment(t->e, DMARC_MAX_DKIM - 1), DMARC_ALIGN_NONE);
 }
 
+/* [FROM-6] [OPEN-5]: mailboxes beyond DMARC_FROM_MAX_MAILBOXES are never
+** read, so a From field that has more cannot pass, however well the first
+** ones align; a field the parser had to repair is flagged. */
+static void eval__from_mailbox_cap_never_passes(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.good.com", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+    static char raw[DMARC_FROM_MAX_MAILBOXES * 16 + 64];
+    size_t i, off = 0;
+
+    for (i = 0; i < DMARC_FROM_MAX_MAILBOXES; i++)
+        off += (size_t)snprintf(raw + off, sizeof raw - off, "u%u@good.com, ", (unsigned)i);
+    snprintf(raw + off, sizeof raw - off, "ceo@evil.com");
+    from(t, raw);
+    dkim(t, "good.com", DMARC_AUTH_PASS);
+    run(t, zone);
+    assert_int_not_equal(t->v.result, DMARC_RESULT_PASS);
+    assert_true(dmarc_eval_flags(t->e) & DMARC_FLAG_TOO_MANY_DOMAINS);
+
+    dmarc_eval_reset(t->e);
+    from(t, "broken (comment <user@good.com>");
+    run(t, zone);
+    assert_true(dmarc_eval_flags(t->e) & (DMARC_FLAG_FROM_SYNTAX | DMARC_FLAG_NO_AUTHOR_DOMAIN));
+}
+
 static void eval__alignment_walk_servfail(void **state)
 {
     T *t = *state;
@@ -2213,6 +2241,7 @@ int main(void)
         T_(eval__non_pass_results_never_align),
         T_(eval__helo_only_without_mail_from),
         T_(eval__alignment_walk_servfail),
+        T_(eval__from_mailbox_cap_never_passes),
         T_(eval__alignment_completion_bounded),
         T_(eval__identifier_own_walk),
         T_(eval__no_existence_test_without_np),
