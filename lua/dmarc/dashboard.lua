@@ -94,8 +94,16 @@ function M.volume_chart(daily)
     string.format('<svg id="volume-chart" class="chart" viewBox="0 0 %d %d" role="img" '
                   .. 'aria-label="Messages per day">', W, H),
   }
-  for i = 0, 4 do
-    local v = ymax * i / 4
+  -- Grid lines at whole numbers: 4 or 5 steps when they divide the maximum.
+  local steps = 1
+  for _, d in ipairs({ 4, 5, 2 }) do
+    if (ymax / d) % 1 == 0 then
+      steps = d
+      break
+    end
+  end
+  for i = 0, steps do
+    local v = ymax * i / steps
     out[#out + 1] = string.format('<line class="grid" x1="%d" x2="%d" y1="%s" y2="%s"/>'
                                   .. '<text class="axis" x="%d" y="%s" text-anchor="end">%s</text>',
                                   left, W - right, num(y(v)), num(y(v)), left - 6, num(y(v) + 4),
@@ -559,6 +567,9 @@ function M.handle(req, ctx)
   if path == '/static/dashboard.css' then
     return response(200, 'text/css; charset=utf-8', M.CSS)
   end
+  if path == '/favicon.ico' then
+    return response(204, 'image/x-icon', '') -- browsers ask; there is none
+  end
   if path == '/' then
     local list, truncated = ctx.source.domains()
     if not list then return response(503, 'text/html; charset=utf-8', error_page(503, truncated)) end
@@ -654,7 +665,7 @@ end
 -- ---------------------------------------------------------------------------
 -- HTTP server
 
-local REASONS = { [200] = 'OK', [400] = 'Bad Request', [403] = 'Forbidden', [404] = 'Not Found',
+local REASONS = { [200] = 'OK', [204] = 'No Content', [400] = 'Bad Request', [403] = 'Forbidden', [404] = 'Not Found',
                   [405] = 'Method Not Allowed', [408] = 'Request Timeout',
                   [431] = 'Request Header Fields Too Large', [500] = 'Internal Server Error',
                   [503] = 'Service Unavailable' }
