@@ -665,7 +665,8 @@ end
 -- ---------------------------------------------------------------------------
 -- HTTP server
 
-local REASONS = { [200] = 'OK', [204] = 'No Content', [400] = 'Bad Request', [403] = 'Forbidden', [404] = 'Not Found',
+local REASONS = { [200] = 'OK', [204] = 'No Content', [400] = 'Bad Request', [403] = 'Forbidden',
+                  [404] = 'Not Found',
                   [405] = 'Method Not Allowed', [408] = 'Request Timeout',
                   [431] = 'Request Header Fields Too Large', [500] = 'Internal Server Error',
                   [503] = 'Service Unavailable' }
