@@ -1,0 +1,26 @@
+#!/bin/sh
+# Ingest benchmark: starts a throwaway redis-server on a loopback port, runs
+# tests/bench/ingest_bench.lua (ingest throughput for 10,000 reports of 100
+# records; summary latency over 30 days of 1,000 domains), stops the server by
+# PID. Environment: INGEST_BENCH_PORT, INGEST_BENCH_REPORTS, INGEST_BENCH_RECORDS,
+# INGEST_BENCH_DOMAINS, INGEST_BENCH_DAYS, LUA (lua5.4 or luajit).
+set -eu
+cd "$(dirname "$0")/../.."
+PORT=${INGEST_BENCH_PORT:-16397}
+LUA=${LUA:-lua5.4}
+[ -f build/$LUA/dmarc/xml.so ] || make --no-print-directory lua >/dev/null
+dir=$(mktemp -d /tmp/dmarc-ingest-bench.XXXXXX)
+redis-server --bind 127.0.0.1 --port "$PORT" --dir "$dir" --save '' --appendonly no \
+    --daemonize no --logfile "$dir/redis.log" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+i=0
+until redis-cli -p "$PORT" ping >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || { echo "ingest bench: redis-server did not start" >&2; exit 1; }
+    sleep 0.1
+done
+"$LUA" tests/bench/ingest_bench.lua "$PORT" ingest "${INGEST_BENCH_REPORTS:-10000}" \
+    "${INGEST_BENCH_RECORDS:-100}" 1000
+"$LUA" tests/bench/ingest_bench.lua "$PORT" summary "${INGEST_BENCH_DOMAINS:-1000}" \
+    "${INGEST_BENCH_DAYS:-30}" 100
