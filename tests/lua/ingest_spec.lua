@@ -240,6 +240,16 @@ describe('ingest: encoding', function()
     assert.is_nil(ingest.parse_key('dmarc:', k.reports))
   end)
 
+  it('puts every key of a report in one Cluster slot (the store script is legal there)', function()
+    local cluster = require 'dmarc.cluster'
+    local k = ingest.keys('dmarc:', 'example.com', '20251121')
+    local slot = cluster.key_slot(k.rows)
+    assert.equal(slot, cluster.key_slot(k.reports))
+    assert.equal(slot, cluster.key_slot(ingest.stage_key('dmarc:', 'example.com', '1.2.3')))
+    assert.equal(slot, cluster.key_slot(ingest.keys('dmarc:', 'example.com', '20251122').rows))
+    assert.equal(k.rows, cluster.command_key({ 'EVAL', ingest.STORE_SCRIPT, '2', k.rows, k.reports }))
+  end)
+
   it('files a report under the day its date_range mostly covers', function()
     assert.equal('20251121', ingest.report_day({ begin = 1763683200, ['end'] = 1763769599 }))
     -- 22:00 to 21:59 the next day (a receiver in UTC+2): the second day.
