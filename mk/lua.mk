@@ -19,7 +19,9 @@ MOD_redis_LIBS := $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 MOD_io_SRCS    := $(sort $(wildcard lua/dmarc_io*.c))
 MOD_io_ADAPTERS := $(filter-out core/adapters/psl.c,$(sort $(wildcard core/adapters/*.c)))
 MOD_io_LIBS     = -lspf2 -lopendkim -lldns $(CORE_LIBS)
-MOD_xml_SRCS   := $(wildcard lua/dmarc_xml.c)
+# Built when libxml2 and zlib headers are installed (libxml2-dev, zlib1g-dev); without them
+# the other modules still build and the ingest specs say the module is missing.
+MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib && echo y),$(wildcard lua/dmarc_xml.c))
 MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib 2>/dev/null)
 MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib 2>/dev/null)
 LUA_CMODULES := $(foreach m,core redis io xml,$(if $(MOD_$(m)_SRCS),$(m)))
