@@ -21,6 +21,8 @@ M.limits = {
   max_request = 8192,      -- bytes of a request line plus headers
   request_timeout = 5,     -- seconds to receive them
   max_params = 32,         -- query parameters read
+  max_headers = 100,       -- header fields of a request
+  max_target = 4096,       -- bytes of a request target
   max_domains = 5000,      -- domains listed on the index page
   max_days = summary.limits.max_days,
 }
@@ -694,12 +696,12 @@ function M.parse_request(head)
   local line, rest = head:match('^([^\r\n]*)\r?\n(.*)$')
   if not line then return nil, 400 end
   local method, target, version = line:match('^(%u+) (%S+) HTTP/(%d%.%d)$')
-  if not method or #target > 4096 then return nil, 400 end
+  if not method or #target > M.limits.max_target then return nil, 400 end
   local headers = {}
   local n = 0
   for hl in rest:gmatch('([^\r\n]+)') do
     n = n + 1
-    if n > 100 then return nil, 431 end
+    if n > M.limits.max_headers then return nil, 431 end
     local k, v = hl:match('^([%w%-]+):%s*(.-)%s*$')
     if not k then return nil, 400 end
     headers[k:lower()] = v

@@ -37,6 +37,8 @@ M.limits = {
   max_mime_depth = 4,            -- nested multiparts / message/rfc822
   max_header = 256 * 1024,       -- bytes of one MIME header block
   max_header_lines = 1000,       -- header fields of one MIME header block
+  max_header_params = 32,        -- parameters of one structured header field
+  max_labels = 127,              -- labels of a domain name (253 bytes / 2)
   max_dkim = 100,                -- DKIM results kept per record [AGG-6]
   max_spf = 8,                   -- SPF results kept per record (7489: 1..n)
   max_reasons = 8,               -- reasons kept per record (as dmarc.report)
@@ -224,9 +226,9 @@ local function header_params(value)
   local main = value:match('^([^;]*)') or ''
   local params = {}
   local rest = value:sub(#main + 1)
-  local guard = 0
-  while rest ~= '' and guard < 32 do
-    guard = guard + 1
+  local seen = 0
+  while rest ~= '' and seen < M.limits.max_header_params do
+    seen = seen + 1
     local name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*"([^"]*)"%s*(.*)$')
     if not name then name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*([^;%s]*)%s*(.*)$') end
     if not name then break end
@@ -713,7 +715,7 @@ function M.owned(dom, own)
   end
   if next(set) == nil then return true end
   local d = dom
-  for _ = 1, 127 do
+  for _ = 1, M.limits.max_labels do
     if set[d] then return true end
     d = d:match('^[^.]*%.(.+)$')
     if not d then return false end
@@ -867,7 +869,9 @@ function M.expand_paths(paths, opts)
       if not f then
         missing[#missing + 1] = { path = p, message = 'cannot open' }
       elseif is_dir then
-        local pipe = io.popen('find ' .. report_xml.shell_quote(p) .. ' -type f -print0 2>/dev/null')
+        -- At most max_files names are read, however large the tree.
+        local pipe = io.popen('find ' .. report_xml.shell_quote(p) .. ' -type f -print0 2>/dev/null'
+                              .. ' | head -z -n ' .. string.format('%d', max_files))
         local out = pipe and pipe:read('*a') or ''
         if pipe then pipe:close() end
         local found = {}
