@@ -184,6 +184,8 @@ function M.smtp_transport(opts)
     local ok, err = sock:connect(opts.host or '127.0.0.1', opts.port or 25)
     if not ok then return 'temp', nil, 'connect: ' .. tostring(err) end
     local function fail(code, text)
+      -- A polite QUIT, but never a long wait for its answer.
+      sock:settimeout(math.min(2, opts.timeout or M.defaults.smtp_timeout))
       pcall(smtp_cmd, sock, 'QUIT')
       sock:close()
       if code == nil then return 'temp', nil, text end
@@ -209,6 +211,8 @@ function M.smtp_transport(opts)
         for k, v in pairs(opts.tls or {}) do params[k] = v end
         local wrapped, werr = ssl.wrap(sock, params)
         if not wrapped then return fail(nil, 'tls: ' .. tostring(werr)) end
+        -- The TLS socket does not inherit the timeout.
+        wrapped:settimeout(opts.timeout or M.defaults.smtp_timeout)
         if wrapped.sni then wrapped:sni(opts.host) end
         local hs, herr = wrapped:dohandshake()
         if not hs then return fail(nil, 'tls handshake: ' .. tostring(herr)) end
@@ -235,7 +239,12 @@ function M.smtp_transport(opts)
       else
         return fail(nil, 'no supported AUTH mechanism')
       end
-      if code ~= 235 then return fail(code, text) end
+      -- A refused login is our configuration, not the destination's
+      -- answer: retried (and given up after max_attempts), never final.
+      if code ~= 235 then
+        local _, _, t = fail(code, text)
+        return 'temp', code, t
+      end
     end
     code, text = smtp_cmd(sock, 'MAIL FROM:<' .. from .. '>')
     if code ~= 250 then return fail(code, text) end

@@ -90,10 +90,11 @@ function M.start_redis(port, dir, extra)
   return pid
 end
 
-function M.start_smtpd(port, maildir, cert, key)
+function M.start_smtpd(port, maildir, cert, key, auth)
   local cmd = '/usr/bin/python3 ' .. M.ROOT .. '/tests/integration/report_smtpd.py ' .. port .. ' '
     .. maildir
   if cert then cmd = cmd .. ' ' .. cert .. ' ' .. key end
+  if auth then cmd = cmd .. ' ' .. auth end
   local pid = M.spawn('exec ' .. cmd)
   assert(M.wait_port(port), 'test SMTP server not listening on ' .. port)
   return pid

@@ -11,11 +11,12 @@ local send = require 'dmarc.report_send'
 local REDIS_PORT = 16392
 local SMTP_PORT = 16525
 local TLS_PORT = 16526
+local AUTH_PORT = 16527
 local DAY = 1763683200
 local ROWS = 'dmarc:rpt:{example.com}:20251121'
 
 describe('report delivery over SMTP', function()
-  local dir, redis_pid, smtp_pid, tls_pid, conn
+  local dir, redis_pid, smtp_pid, tls_pid, auth_pid, conn
 
   local function maildir(name) return dir .. '/mail-' .. name end
 
@@ -27,6 +28,8 @@ describe('report delivery over SMTP', function()
                          .. ' -keyout ' .. dir .. '/key.pem -out ' .. dir .. '/cert.pem 2>/dev/null')
     assert(status == 0, 'openssl could not make a test certificate')
     tls_pid = h.start_smtpd(TLS_PORT, maildir('tls'), dir .. '/cert.pem', dir .. '/key.pem')
+    auth_pid = h.start_smtpd(AUTH_PORT, maildir('auth'), dir .. '/cert.pem', dir .. '/key.pem',
+                             'reporter:s3cret')
     conn = assert(redis.connect { host = '127.0.0.1', port = REDIS_PORT })
   end)
 
@@ -34,6 +37,7 @@ describe('report delivery over SMTP', function()
     if conn then conn:close() end
     h.stop(smtp_pid)
     h.stop(tls_pid)
+    h.stop(auth_pid)
     h.stop(redis_pid)
     os.execute('rm -rf ' .. dir)
   end)
@@ -65,8 +69,8 @@ describe('report delivery over SMTP', function()
     return out, dns
   end
 
-  local function send_cmd(out, dns, port, extra)
-    return h.run(h.BIN .. ' report send --quiet --redis 127.0.0.1:' .. REDIS_PORT
+  local function send_cmd(out, dns, port, extra, env)
+    return h.run((env or '') .. ' ' .. h.BIN .. ' report send --quiet --redis 127.0.0.1:' .. REDIS_PORT
                  .. ' --email dmarc@receiver.example --submitter receiver.example'
                  .. ' --smtp 127.0.0.1:' .. (port or SMTP_PORT) .. ' --dns-json ' .. dns
                  .. ' --out ' .. out .. ' ' .. (extra or '') .. ' 2>&1')
@@ -163,6 +167,23 @@ describe('report delivery over SMTP', function()
     local m = find(received('tls'), 'dmarc-tls@example.com')
     assert.is_table(m)
     assert.equal('yes', m.tls)
+  end)
+
+  it('report_send__smtp_auth_over_starttls', function()
+    local out, dns = prepare('auth', { 'mailto:dmarc-auth@example.com' })
+    -- a wrong password is a temporary failure: the data stays
+    local status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0',
+                                  'DMARC_SMTP_PASSWORD=wrong')
+    assert.equal(0, status, text)
+    assert.is_nil(find(received('auth'), 'dmarc-auth@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS))
+    status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0',
+                            'DMARC_SMTP_PASSWORD=s3cret')
+    assert.equal(0, status, text)
+    local m = find(received('auth'), 'dmarc-auth@example.com')
+    assert.is_table(m)
+    assert.equal('yes', m.tls)
+    assert.equal(0, conn:command('EXISTS', ROWS))
   end)
 
   it('report_send__starttls_required_but_missing_defers', function()

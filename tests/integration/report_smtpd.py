@@ -1,6 +1,6 @@
 """A controllable SMTP server for the report delivery tests (aiosmtpd).
 
-usage: report_smtpd.py PORT MAILDIR [CERT KEY]
+usage: report_smtpd.py PORT MAILDIR [CERT KEY [USER:PASSWORD]]
 
 Behaviour by recipient local part:
   tempfail-once@...  451 on the first RCPT for that address, then accepted
@@ -9,7 +9,8 @@ Behaviour by recipient local part:
   anything else      accepted
 Accepted messages are written to MAILDIR/<n>.eml with the envelope in
 MAILDIR/<n>.env ("MAIL FROM\nRCPT TO\nTLS yes|no\n"). With CERT and KEY the
-server offers STARTTLS. Listens on 127.0.0.1 only; stops on SIGTERM.
+server offers STARTTLS; with USER:PASSWORD as well, AUTH (PLAIN, LOGIN) is
+required after STARTTLS. Listens on 127.0.0.1 only; stops on SIGTERM.
 """
 import asyncio
 import os
@@ -19,6 +20,7 @@ import sys
 import threading
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
@@ -63,6 +65,17 @@ def main():
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(sys.argv[3], sys.argv[4])
         kwargs['tls_context'] = ctx
+    if len(sys.argv) > 5:
+        user, password = sys.argv[5].split(':', 1)
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = (isinstance(auth_data, LoginPassword)
+                  and auth_data.login.decode() == user
+                  and auth_data.password.decode() == password)
+            return AuthResult(success=ok, handled=False)
+
+        kwargs['authenticator'] = authenticator
+        kwargs['auth_required'] = True
     controller = Controller(Handler(maildir), hostname='127.0.0.1', port=port,
                             decode_data=False, **kwargs)
     controller.start()
