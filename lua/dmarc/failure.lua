@@ -27,6 +27,7 @@ M.defaults = {
 }
 
 M.MAX_HEADER_LINES = 1000
+M.MAX_RCPT_FIELDS = 10      -- Original-Rcpt-To fields written
 
 -- ---------------------------------------------------------------------------
 -- When [FAIL-2]
@@ -60,7 +61,8 @@ function M.should_report(record, verdict, input)
   if fo['0'] and #failed == 2 then trigger = true end          -- every mechanism failed
   if fo['1'] and #failed >= 1 then trigger = true end          -- any mechanism failed
   if fo.d then
-    for _, d in ipairs(input and input.dkim or {}) do
+    for i, d in ipairs(input and input.dkim or {}) do
+      if i > report.limits.max_dkim_input then break end
       if d.result and d.result ~= 'pass' and d.result ~= 'none' then trigger = true end
     end
   end
@@ -160,7 +162,7 @@ function M.build(r)
   local function add(name, value) fields[#fields + 1] = name .. ': ' .. header_safe(value) end
   if ctx.mail_from then add('Original-Mail-From', '<' .. redact(ctx.mail_from) .. '>') end
   for i, rcpt in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or {}) do
-    if i > 10 then break end
+    if i > M.MAX_RCPT_FIELDS then break end
     add('Original-Rcpt-To', '<' .. redact(rcpt) .. '>')
   end
   add('Arrival-Date', report_xml.rfc5322_date(ctx.arrival or now))
@@ -185,7 +187,8 @@ function M.build(r)
     dom = (dom or ''):lower()
     return dom == author or dom == org or dom:sub(-(#org + 1)) == '.' .. org
   end
-  for _, d in ipairs(input.dkim or {}) do
+  for i, d in ipairs(input.dkim or {}) do
+    if i > report.limits.max_dkim_input then break end
     if d.result ~= 'pass' and aligned(d.domain) then
       add('DKIM-Domain', d.domain)
       add('DKIM-Identity', '@' .. d.domain)

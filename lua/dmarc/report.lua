@@ -25,6 +25,8 @@ M.limits = {
   max_field = 65536,       -- longest encoded row accepted by decode_row
   max_prefix = 64,         -- longest key prefix
   max_domains = 8,         -- rows per message (one per author domain) [OPEN-5]
+  max_rcpt = 1000,         -- recipients looked at for envelope_to
+  max_dkim_input = 400,    -- DKIM results read from the input before ordering
 }
 
 M.defaults = {
@@ -447,7 +449,7 @@ end
 function M.order_dkim(list, author, org)
   local ranked = {}
   for i, d in ipairs(list or {}) do
-    if i > M.limits.max_dkim * 4 then break end -- bounded input
+    if i > M.limits.max_dkim_input then break end
     ranked[#ranked + 1] = { d = d, rank = dkim_rank(d, author, org), i = i }
   end
   table.sort(ranked, function(a, b)
@@ -571,7 +573,7 @@ function M.build_rows(verdict, input, ctx, decision, opts)
   local rows = {}
   local rcpt_domain
   for i, r in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or { ctx.rcpt }) do
-    if i > 1000 then break end
+    if i > M.limits.max_rcpt then break end
     local d = M.domain_of(r)
     if rcpt_domain == nil then rcpt_domain = d
     elseif d ~= rcpt_domain then rcpt_domain = false break end

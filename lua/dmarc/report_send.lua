@@ -24,6 +24,7 @@ M.defaults = {
 }
 M.MAX_MANIFESTS = 100000     -- manifests read per run
 M.MAX_REPLY_LINES = 100      -- lines of one SMTP reply
+M.MAX_CONSENT_TXT = 32       -- TXT RRs read from a _report._dmarc answer
 
 -- ---------------------------------------------------------------------------
 -- Org Domains, for deciding whether a destination is external [RUA-3]
@@ -104,7 +105,7 @@ function M.verifier(opts)
         result = 'temperror'
       elseif rcode == 'noerror' then
         for i, txt in ipairs(type(txts) == 'table' and txts or {}) do
-          if i > 32 then break end
+          if i > M.MAX_CONSENT_TXT then break end
           if type(txt) == 'string' and is_dmarc_txt(txt) then
             local list, has = consent_rua(txt)
             result = 'ok'
