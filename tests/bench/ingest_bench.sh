@@ -13,7 +13,17 @@ dir=$(mktemp -d /tmp/dmarc-ingest-bench.XXXXXX)
 redis-server --bind 127.0.0.1 --port "$PORT" --dir "$dir" --save '' --appendonly no \
     --daemonize no --logfile "$dir/redis.log" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+# Stop the server by PID and keep the benchmark's own exit status (under set -e a
+# `wait` on the killed server would otherwise end the trap early).
+cleanup() {
+    status=$?
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$dir"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
 i=0
 until redis-cli -p "$PORT" ping >/dev/null 2>&1; do
     i=$((i + 1))
