@@ -410,7 +410,10 @@ function M.send(opts)
       else
         local mprefix = man.prefix or prefix
         local skey = M.state_key(mprefix, man.policy_domain, man.begin, man['end'])
-        local state = flat_map(conn:command('HGETALL', skey))
+        local st_reply, st_err, st_code = conn:command('HGETALL', skey)
+        -- Without the delivery state nothing is sent: it could be a resend.
+        if type(st_reply) ~= 'table' then return nil, st_err or 'HGETALL failed', st_code or 'redis' end
+        local state = flat_map(st_reply)
         local all_final = true
         local now = clock()
         for _, r in ipairs(man.reports) do
@@ -476,6 +479,8 @@ function M.send(opts)
               end
             end
             if new then
+              -- A slow relay must not let the lock lapse under a long run.
+              M.extend_lock(conn, prefix, t, o.lock_ttl)
               state[fid] = new
               local ok2, e2, c2 = conn:pipeline({ { 'HSET', skey, fid, new },
                                                   { 'EXPIRE', skey, tostring(o.state_ttl) } })

@@ -260,6 +260,23 @@ describe('report_send delivery', function()
     assert.equal(0, #sent)
   end)
 
+  it('report_send__no_state_no_delivery', function()
+    local conn, dir = setup()
+    local exec = conn.exec
+    conn.exec = function(self, cmd)
+      if cmd[1] == 'HGETALL' then return { err = 'LOADING Redis is loading the dataset' } end
+      return exec(self, cmd)
+    end
+    local sent = {}
+    local ok, _, code = send.send { redis = conn, out = dir, envelope_from = 'a@b.example',
+                                    transport = transport({}, sent) }
+    assert.is_nil(ok)
+    assert.equal('redis', code)
+    assert.equal(0, #sent)
+    assert.is_table(conn.data[ROWS])
+    assert.is_nil(conn.data[send.lock_key('dmarc:')]) -- released
+  end)
+
   it('report_send__second_sender_is_locked_out', function()
     local conn, dir = setup()
     assert(send.lock(conn, 'dmarc:', 60))
