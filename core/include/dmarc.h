@@ -126,7 +126,8 @@ typedef enum dmarc_result {
 ** Only PASS ever yields an authenticated identifier [ALN-2]. */
 #define DMARC_AUTH_MAP(X)                                                                          \
     X(NONE, none)                                                                                  \
-    X(PASS, pass) X(FAIL, fail) X(SOFTFAIL, softfail) X(NEUTRAL, neutral) X(POLICY, policy)        \
+    X(PASS, pass)                                                                                  \
+    X(FAIL, fail) X(SOFTFAIL, softfail) X(NEUTRAL, neutral) X(POLICY, policy)                      \
         X(TEMPERROR, temperror) X(PERMERROR, permerror)
 typedef enum dmarc_auth {
 #define DMARC__ENUM(U, l) DMARC_AUTH_##U,
