@@ -178,8 +178,9 @@ end
 
 --- Encode a row (as built by build_row) to its hash field. Pure; the
 -- policy domain and day are not in the field (they are in the key).
+-- @param policy_enc {string|nil} encode_policy(row.policy), when known
 -- @return {string}
-function M.encode_row(row)
+function M.encode_row(row, policy_enc)
   local reasons = {}
   for i, r in ipairs(row.reasons or {}) do
     if i > M.limits.max_reasons then break end
@@ -201,7 +202,7 @@ function M.encode_row(row)
     tostring(M.VERSION),
     esc(row.header_from), esc(row.envelope_from), esc(row.envelope_to), esc(row.source_ip),
     esc(row.disposition), esc(row.dkim), esc(row.spf),
-    M.encode_policy(row.policy or {}),
+    policy_enc or row.policy_enc or M.encode_policy(row.policy or {}),
     table.concat(reasons, ';'), table.concat(dkims, ';'), spf,
   }, '|')
 end
@@ -654,10 +655,11 @@ end
 -- Freeze a row for storage: day, field and encoded rua computed once.
 local function prepared(row)
   if row.field then return row end
+  local policy_enc = row.policy_enc or M.encode_policy(row.policy or {})
   return {
     policy_domain = row.policy_domain, day = row.day or M.day_of(row.time or os.time()),
-    field = M.encode_row(row), rua_enc = M.encode_rua(row.rua), count = row.count or 1,
-    policy_enc = row.policy and M.encode_policy(row.policy) or '',
+    field = M.encode_row(row, policy_enc), rua_enc = M.encode_rua(row.rua), count = row.count or 1,
+    policy_enc = policy_enc,
   }
 end
 
