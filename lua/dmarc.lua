@@ -252,33 +252,22 @@ function M.check_input(input)
   return spec
 end
 
--- The output object of an evaluation that ran to its end.
+-- The output object of an evaluation that ran to its end: the core's
+-- light verdict (no record table) plus the input's id and the questions.
 local function output_of(spec, ev)
-  local v = ev:verdict()
-  local decided = v.result == 'pass' or v.result == 'fail'
-  return {
-    id = spec.id,
-    result = v.result,
-    author_domain = v.author_domain,
-    policy_domain = v.policy_domain,
-    org_domain = v.org_domain,
-    policy = v.has_policy and v.policy or nil,
-    applied = (v.has_policy and decided) and v.applied or nil,
-    reason = (v.reason ~= nil and v.reason ~= 'none') and v.reason or nil,
-    spf_aligned = v.spf_aligned,
-    dkim_aligned = v.dkim_aligned,
-    flags = ev:flags(),
-    queries = ev:queries(),
-  }, v
+  local out = ev:outcome()
+  out.id = spec.id
+  out.queries = ev:queries()
+  return out
 end
 
 -- Details for callers that need more than the contract's output object
 -- (report rows [AGG-6], Authentication-Results): only on request.
-local function details_of(ev, verdict, spec)
+local function details_of(ev, spec)
   local dkim_alignment = {}
   for i = 1, #spec.dkim do dkim_alignment[i] = ev:dkim_alignment(i) end
   return {
-    verdict = verdict,
+    verdict = ev:verdict(),
     domains = ev:domains(),
     dkim_alignment = dkim_alignment,
     spf_alignment = ev:spf_alignment(),
@@ -402,8 +391,8 @@ function Engine:evaluate(input, opts)
     ev:close()
     error(res, 0)
   end
-  local out, verdict = output_of(spec, ev)
-  local details = (opts and opts.details) and details_of(ev, verdict, spec) or nil
+  local out = output_of(spec, ev)
+  local details = (opts and opts.details) and details_of(ev, spec) or nil
   ev:close()
   return out, details
 end
@@ -431,9 +420,12 @@ function Engine:evaluate_async(input, resolve_async, on_done, opts)
       ev:close()
       return on_done(nil, run_err, 'error')
     end
-    local made, out, verdict = pcall(output_of, spec, ev)
+    local made, out = pcall(output_of, spec, ev)
     local details
-    if made and opts and opts.details then details = details_of(ev, verdict, spec) end
+    if made and opts and opts.details then
+      made, details = pcall(details_of, ev, spec)
+      if not made then out = details end
+    end
     ev:close()
     if not made then return on_done(nil, tostring(out), 'error') end
     return on_done(out, details)

@@ -1062,8 +1062,9 @@ static int ldmarc_eval_answer(lua_State *L)
     return 0;
 }
 
-/* Pushes a verdict table (strings copied out of the eval). */
-static void ldmarc_push_verdict(lua_State *L, const dmarc_verdict *v)
+/* Pushes a verdict table (strings copied out of the eval); the applied
+** record's table only with @with_record (it is most of the cost). */
+static void ldmarc_push_verdict(lua_State *L, const dmarc_verdict *v, bool with_record)
 {
     lua_createtable(L, 0, 16);
     ldmarc_set_cstring(L, "result", dmarc_result_name(v->result));
@@ -1081,11 +1082,25 @@ static void ldmarc_push_verdict(lua_State *L, const dmarc_verdict *v)
     ldmarc_set_bool(L, "dkim_aligned", v->dkim_aligned);
     ldmarc_set_bool(L, "testing", v->testing);
     ldmarc_set_bool(L, "author_exists", v->author_exists);
-    if (v->record != NULL) {
+    if (with_record && v->record != NULL) {
         ldmarc_push_record(L, v->record);
         lua_setfield(L, -2, "record");
     }
     ldmarc_set_cstring(L, "error", v->error);
+}
+
+/* Pushes the array of flag names set in @flags, in bit order. */
+static void ldmarc_push_flags(lua_State *L, unsigned flags)
+{
+    size_t i;
+    int n = 0;
+    lua_createtable(L, flags != 0 ? 4 : 0, 0);
+    for (i = 0; flags != 0 && i < LDMARC_FLAG_COUNT; i++) {
+        if (flags & ldmarc_flag_bits[i]) {
+            lua_pushstring(L, dmarc_flag_name(ldmarc_flag_bits[i]));
+            lua_rawseti(L, -2, ++n);
+        }
+    }
 }
 
 static void ldmarc_verdict_state_error(lua_State *L, const char *what, dmarc_status st)
@@ -1097,7 +1112,9 @@ static void ldmarc_verdict_state_error(lua_State *L, const char *what, dmarc_sta
 
 /***
  * The overall verdict [OPEN-5].
- * @method ev:verdict()
+ * @method ev:verdict(with_record)
+ * @param {boolean} with_record false leaves the record table out (default
+ *   true); ev:record() gives it on its own
  * @return {table} result, author_domain, policy_domain, org_domain,
  *   has_policy, policy, policy_tag, applied, reason, spf_aligned,
  *   dkim_aligned, testing, author_exists, record, error
@@ -1105,13 +1122,74 @@ static void ldmarc_verdict_state_error(lua_State *L, const char *what, dmarc_sta
 static int ldmarc_eval_verdict(lua_State *L)
 {
     ldmarc_eval *e = ldmarc_check_eval(L);
+    bool with_record = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
     dmarc_verdict v;
     dmarc_status st;
     memset(&v, 0, sizeof v);
     st = dmarc_eval_verdict(e->ev, &v);
     if (st != DMARC_OK)
         ldmarc_verdict_state_error(L, "verdict", st);
-    ldmarc_push_verdict(L, &v);
+    ldmarc_push_verdict(L, &v, with_record);
+    return 1;
+}
+
+/***
+ * The overall verdict in the shape of a `dmarc eval` output object: the
+ * light path for scanners, one table with no record fields in it.
+ * @method ev:outcome()
+ * @return {table} result, author_domain, policy_domain, org_domain, policy
+ *   (a usable record applies), applied (pass or fail under a policy),
+ *   reason (absent when 'none'), spf_aligned, dkim_aligned, flags (array
+ *   of names, as ev:flags())
+ */
+static int ldmarc_eval_outcome(lua_State *L)
+{
+    ldmarc_eval *e = ldmarc_check_eval(L);
+    dmarc_verdict v;
+    dmarc_status st;
+    memset(&v, 0, sizeof v);
+    st = dmarc_eval_verdict(e->ev, &v);
+    if (st != DMARC_OK)
+        ldmarc_verdict_state_error(L, "outcome", st);
+    lua_createtable(L, 0, 10);
+    ldmarc_set_cstring(L, "result", dmarc_result_name(v.result));
+    ldmarc_set_cstring(L, "author_domain", v.author_domain);
+    ldmarc_set_cstring(L, "policy_domain", v.policy_domain);
+    ldmarc_set_cstring(L, "org_domain", v.org_domain);
+    if (v.has_policy) {
+        ldmarc_set_cstring(L, "policy", dmarc_policy_name(v.policy));
+        /* The applied policy means something only for a decided message. */
+        if (v.result == DMARC_RESULT_PASS || v.result == DMARC_RESULT_FAIL)
+            ldmarc_set_cstring(L, "applied", dmarc_policy_name(v.applied));
+    }
+    if (v.reason != DMARC_REASON_NONE)
+        ldmarc_set_cstring(L, "reason", dmarc_reason_name(v.reason));
+    ldmarc_set_bool(L, "spf_aligned", v.spf_aligned);
+    ldmarc_set_bool(L, "dkim_aligned", v.dkim_aligned);
+    ldmarc_push_flags(L, dmarc_eval_flags(e->ev));
+    lua_setfield(L, -2, "flags");
+    return 1;
+}
+
+/***
+ * The applied record of the overall verdict, alone.
+ * @method ev:record()
+ * @return {table} as dmarc.core.record_parse gives it, or nil when no
+ *   record applies
+ */
+static int ldmarc_eval_record(lua_State *L)
+{
+    ldmarc_eval *e = ldmarc_check_eval(L);
+    dmarc_verdict v;
+    dmarc_status st;
+    memset(&v, 0, sizeof v);
+    st = dmarc_eval_verdict(e->ev, &v);
+    if (st != DMARC_OK)
+        ldmarc_verdict_state_error(L, "record", st);
+    if (v.record == NULL)
+        lua_pushnil(L);
+    else
+        ldmarc_push_record(L, v.record);
     return 1;
 }
 
@@ -1141,7 +1219,7 @@ static int ldmarc_eval_domains(lua_State *L)
         st = dmarc_eval_domain_verdict(e->ev, i, &v);
         if (st != DMARC_OK)
             ldmarc_verdict_state_error(L, "domains", st);
-        ldmarc_push_verdict(L, &v);
+        ldmarc_push_verdict(L, &v, true);
         lua_rawseti(L, -2, (int)i + 1);
     }
     return 1;
@@ -1155,16 +1233,7 @@ static int ldmarc_eval_domains(lua_State *L)
 static int ldmarc_eval_flags(lua_State *L)
 {
     ldmarc_eval *e = ldmarc_check_eval(L);
-    unsigned flags = dmarc_eval_flags(e->ev);
-    size_t i;
-    int n = 0;
-    lua_createtable(L, 4, 0);
-    for (i = 0; i < LDMARC_FLAG_COUNT; i++) {
-        if (flags & ldmarc_flag_bits[i]) {
-            lua_pushstring(L, dmarc_flag_name(ldmarc_flag_bits[i]));
-            lua_rawseti(L, -2, ++n);
-        }
-    }
+    ldmarc_push_flags(L, dmarc_eval_flags(e->ev));
     return 1;
 }
 
@@ -1259,6 +1328,8 @@ static const luaL_Reg ldmarc_eval_methods[] = {
     {"query", ldmarc_eval_query},
     {"answer", ldmarc_eval_answer},
     {"verdict", ldmarc_eval_verdict},
+    {"outcome", ldmarc_eval_outcome},
+    {"record", ldmarc_eval_record},
     {"domains", ldmarc_eval_domains},
     {"flags", ldmarc_eval_flags},
     {"queries", ldmarc_eval_queries},

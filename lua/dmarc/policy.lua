@@ -28,6 +28,8 @@ local dlog = require 'dmarc.log'
 
 local M = {}
 
+local E = {} -- an empty table that is never written to
+
 -- {==================================================================
 -- Vocabulary and limits
 -- ===================================================================
@@ -214,6 +216,9 @@ M.DEFAULTS = {
 -- ===================================================================
 
 local OVERRIDE_KINDS = { 'domain', 'org', 'rcpt', 'rcpt_domain', 'ip', 'list', 'arc' }
+-- Every kind (as a set): what may match once the store has answered with entries.
+local ALL_KINDS = {}
+for _, k in ipairs(OVERRIDE_KINDS) do ALL_KINDS[k] = true end
 local DEFAULT_REASON = { list = 'mailing_list' }   -- others: local_policy ([ARC-3] for arc)
 
 --- Validates an override entry (script or store): {at_most=, treat=, reason=, comment=}.
@@ -498,6 +503,13 @@ local function build_site(config, opts, name, logger)
     end
     site.budget = b
   end
+  -- Which override kinds the script has entries of: without a store answer, only those can
+  -- match, and the keys of the others are never built.
+  site.static_kinds = {}
+  for key in pairs(site.static) do
+    local kind = key:match('^([%w_]+):')
+    if ALL_KINDS[kind] then site.static_kinds[kind] = true end
+  end
   return site
 end
 
@@ -640,25 +652,59 @@ local function arc_sealers(arc)
   return out
 end
 
--- Everything about a message the per-recipient decisions share.
+-- A prepared message: everything about a message the lookups and the per-recipient
+-- decisions share, made once per message (site:prepare). Only what is always needed is
+-- computed here; recipients, matchers and IP prefixes are computed on first use, so that a
+-- decision nothing can change (a pass, p=none, a failure at a site without overrides for
+-- it) costs no normalisation and no key building at all.
+local Prepared = {}
+Prepared.__index = Prepared
+
 local function prepare(site, verdict, ctx)
   if type(verdict) ~= 'table' then error('dmarc.policy: verdict must be a table', 3) end
   if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.policy: ctx must be a table', 3) end
   ctx = ctx or {}
-  local st = { verdict = verdict, ctx = ctx, outcome = outcome_of(verdict), base_reasons = {} }
+  local outcome = outcome_of(verdict)
+  local st = setmetatable({
+    site = site, verdict = verdict, ctx = ctx, outcome = outcome, base_reasons = {},
+    -- Overrides only lower a failure's enforced disposition; for everything else (most
+    -- mail) the matchers are never computed.
+    overridable = outcome == 'reject' or outcome == 'quarantine',
+  }, Prepared)
   -- t=y and pct sampling are the verdict's own reasons [POL-4] [POL-6].
   if verdict.reason == 'policy_test_mode' or verdict.reason == 'sampled_out' then
     st.base_reasons[1] = { type = verdict.reason }
   end
-  st.reject_allowed = site.unconditional_reject or has_evidence(ctx)
-  st.rcpts, st.rcpt_truncated = rcpt_list(ctx)
-  -- Overrides only lower a failure's enforced disposition; for everything else (most mail)
-  -- the matchers are not even computed.
-  st.overridable = st.outcome == 'reject' or st.outcome == 'quarantine'
-  if not st.overridable then return st end
+  return st
+end
+
+-- [POL-3]: other evidence is only asked for when p=reject is the outcome.
+local function reject_allowed(st)
+  local allowed = st.reject_allowed
+  if allowed == nil then
+    allowed = st.site.unconditional_reject or has_evidence(st.ctx)
+    st.reject_allowed = allowed
+  end
+  return allowed
+end
+
+-- The recipients, normalised and bounded (on first use).
+local function rcpts_of(st)
+  local rcpts = st.rcpts
+  if rcpts == nil then
+    rcpts, st.rcpt_truncated = rcpt_list(st.ctx)
+    st.rcpts = rcpts
+  end
+  return rcpts
+end
+
+-- Author, org domain, List-Id and ARC matchers of a failure (on first use).
+local function matchers_of(st)
+  if st.matched then return st end
+  st.matched = true
+  local verdict, ctx = st.verdict, st.ctx
   st.author = verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
   st.org = verdict.org_domain and store.normalize_domain(verdict.org_domain) or nil
-  st.ip_keys = ctx.ip and store.ip_keys(ctx.ip) or nil
   st.list = ctx.list_id and store.normalize_list_id(ctx.list_id) or nil
   -- [ARC-2]: only a passing chain, and only its newest sealer: that is the hop that handed us
   -- the message and vouches for the chain before it. Some ARC being present is not enough.
@@ -670,12 +716,40 @@ local function prepare(site, verdict, ctx)
   return st
 end
 
+-- The IP prefix keys, longest first (on first use; false when there is no usable IP).
+local function ip_keys_of(st)
+  local keys = st.ip_keys
+  if keys == nil then
+    keys = st.ctx.ip and store.ip_keys(st.ctx.ip) or false
+    st.ip_keys = keys
+  end
+  return keys or nil
+end
+
 -- Outcomes a decision can end in, for deciding which lookups are worth a round trip.
 local function reachable_outcomes(st)
   local r = { [st.outcome] = true }
   if st.outcome == 'reject' then r.quarantine = true end
   if st.overridable then r.quarantine, r.none = true, true end
   return r
+end
+
+--- A prepared message, for hosts that look up and then decide: the setup both steps share
+-- is done once.
+--   local m = site:prepare(verdict, ctx)
+--   local keys = m:lookups()                  -- as site:lookups(verdict, ctx)
+--   local decision = m:decide(found, opts)    -- as site:decide(verdict, ctx, found, opts)
+-- @return prepared message
+function Site:prepare(verdict, ctx)
+  return prepare(self, verdict, ctx)
+end
+
+function Prepared:lookups()
+  return self.site:_lookups(self)
+end
+
+function Prepared:decide(found, opts)
+  return self.site:_decide(self, found, opts)
 end
 
 --- The store keys a decision for this message may need. Empty (no round trip at all) for
@@ -694,13 +768,14 @@ function Site:_lookups(st)
     end
   end
   if st.overridable then
-    for _, r in ipairs(st.rcpts) do
+    for _, r in ipairs(rcpts_of(st)) do
       add('rcpt:' .. r.addr)
       add('rcpt_domain:' .. r.domain)
     end
+    matchers_of(st)
     if st.author then add('domain:' .. st.author) end
     if st.org then add('org:' .. st.org) end
-    for _, k in ipairs(st.ip_keys or {}) do add(k) end
+    for _, k in ipairs(ip_keys_of(st) or E) do add(k) end
     if st.list then add('list:' .. st.list) end
     add(st.arc_key)
   end
@@ -711,7 +786,7 @@ function Site:_lookups(st)
       if reach[outcome] then wanted = true end
     end
     if wanted then
-      for _, r in ipairs(st.rcpts) do
+      for _, r in ipairs(rcpts_of(st)) do
         add('set:' .. name .. ':' .. r.addr)
         add('set:' .. name .. ':' .. r.domain)
       end
@@ -739,30 +814,42 @@ function Site:_override_at(key, kind, found, warnings)
 end
 
 -- First matching override, most specific first: recipient, recipient domain, author domain,
--- org domain, IP (longest prefix first), List-Id, trusted ARC sealer.
-function Site:_find_override(st, found, r, warnings)
+-- org domain, IP (longest prefix first), List-Id, trusted ARC sealer. @kinds: the kinds
+-- that can match at all (site:_override_kinds); the others are not even keyed.
+function Site:_find_override(st, found, r, warnings, kinds)
   local function try(key, kind)
     if not key then return nil end
     return self:_override_at(key, kind, found, warnings)
   end
   local o
-  if r then
+  if r and (kinds.rcpt or kinds.rcpt_domain) then
     o = try('rcpt:' .. r.addr, 'rcpt') or try('rcpt_domain:' .. r.domain, 'rcpt_domain')
     if o then return o end
   end
-  o = (st.author and try('domain:' .. st.author, 'domain')) or (st.org and try('org:' .. st.org, 'org'))
+  if kinds.domain or kinds.org or kinds.list or kinds.arc then matchers_of(st) end
+  o = (st.author and kinds.domain and try('domain:' .. st.author, 'domain'))
+    or (st.org and kinds.org and try('org:' .. st.org, 'org'))
   if o then return o end
-  for _, k in ipairs(st.ip_keys or {}) do
-    o = try(k, 'ip')
-    if o then return o end
+  if kinds.ip then
+    for _, k in ipairs(ip_keys_of(st) or E) do
+      o = try(k, 'ip')
+      if o then return o end
+    end
   end
-  o = st.list and try('list:' .. st.list, 'list')
+  o = st.list and kinds.list and try('list:' .. st.list, 'list')
   if o then return o end
-  if st.arc_key then
+  if st.arc_key and kinds.arc then
     o = try(st.arc_key, 'arc')
     if o then return o, st.arc_comment end
   end
   return nil
+end
+
+-- The override kinds that can match this message: every kind when the store answered with
+-- entries (it was asked for every key that applies), else those the script has entries of.
+function Site:_override_kinds(found)
+  if next(found) ~= nil then return ALL_KINDS end
+  return self.static_kinds
 end
 
 local function is_member(self, found, name, r)
@@ -843,18 +930,20 @@ local function copy_reasons(reasons)
 end
 
 -- One decision for one recipient (or for the whole message when r is nil).
-function Site:_decide_one(st, found, r, warnings)
+function Site:_decide_one(st, found, r, warnings, kinds)
   local verdict = st.verdict
   local outcome = st.outcome
   local reasons = copy_reasons(st.base_reasons)
   local downgraded = false
   -- [POL-3] [OPEN-6]: MUST NOT reject solely because of p=reject; with no other evidence
   -- the failure is treated as quarantine.
-  if outcome == 'reject' and not st.reject_allowed then
+  if outcome == 'reject' and not reject_allowed(st) then
     outcome, downgraded = 'quarantine', true
   end
   local o, comment
-  if st.overridable then o, comment = self:_find_override(st, found, r, warnings) end
+  if st.overridable and next(kinds) ~= nil then
+    o, comment = self:_find_override(st, found, r, warnings, kinds)
+  end
   local treatment, source
   if o then
     source = 'override'
@@ -1007,11 +1096,11 @@ function Site:decide(verdict, ctx, found, opts)
 end
 
 function Site:_decide(st, found, opts)
-  opts = opts or {}
   local verdict = st.verdict
   local warnings = {}
   if found == nil then
-    add_warning(warnings, 'override store unavailable (' .. tostring(opts.store_error or 'no answer') ..
+    add_warning(warnings, 'override store unavailable (' ..
+      tostring(opts and opts.store_error or 'no answer') ..
       '); site defaults apply')
     found = {}
   elseif type(found) ~= 'table' then
@@ -1020,17 +1109,22 @@ function Site:_decide(st, found, opts)
   if st.outcome == 'no_policy' and verdict.result ~= 'none' then
     add_warning(warnings, 'unknown verdict result "' .. tostring(verdict.result) .. '" handled as none')
   end
+  local kinds = st.overridable and self:_override_kinds(found) or E
+  -- Recipients matter when a set may treat them or a recipient override may match; else
+  -- every recipient gets the same decision and it is made once.
+  local rcpts = E
+  if #self.set_names > 0 or kinds.rcpt or kinds.rcpt_domain then rcpts = rcpts_of(st) end
   if st.rcpt_truncated then
     add_warning(warnings, 'more than ' .. M.MAX_RCPT .. ' recipients; the rest get the message decision')
   end
   local decision
-  if #st.rcpts <= 1 then
-    decision = self:_decide_one(st, found, st.rcpts[1], warnings)
+  if #rcpts <= 1 then
+    decision = self:_decide_one(st, found, rcpts[1], warnings, kinds)
     decision.rcpt = nil
   else
     local per = {}
-    for _, r in ipairs(st.rcpts) do per[r.addr] = self:_decide_one(st, found, r, warnings) end
-    decision = combine(per, st.rcpts)
+    for _, r in ipairs(rcpts) do per[r.addr] = self:_decide_one(st, found, r, warnings, kinds) end
+    decision = combine(per, rcpts)
   end
   decision.warnings = warnings
   if self.hook then decision = self:_run_hook(verdict, st.ctx, decision) end

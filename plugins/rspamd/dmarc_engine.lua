@@ -116,7 +116,8 @@ local settings = {
 }
 
 local E = {}
-local dio              -- require 'dmarc.io', when fallback_dkim is on (set up at the end)
+local dio              -- require 'dmarc.io', for the fallbacks (set up at the end)
+local fallback_dkim = false  -- settings.fallback_dkim, with dmarc.io loaded
 local mime_header_encode = rspamd_util.mime_header_encode
 
 -- ---------------------------------------------------------------------------
@@ -247,12 +248,12 @@ exports.failure_text = failure_text
 --   DMARC_BAD_POLICY         [<domain> : <why>]
 -- Extra options (after rspamd's) name the engine's reason (policy_test_mode, sampled_out)
 -- and flags (multiple_from ...).
--- @param out the engine's output object; @param details its details (verdict with record)
+-- @param out the engine's output object, with out.record (the applied record, when a failure
+--   needs its aspf/adkim words) and out.error (why a temperror or permerror)
 -- @param input the evaluation input; @param dns_error the first resolver error, or nil
 -- @return symbol key (allow, reject ...), options array
-local function compat_result(out, details, input, dns_error)
-  local verdict = details and details.verdict or E
-  local record = verdict.record
+local function compat_result(out, input, dns_error)
+  local record = out.record
   local domain = out.policy_domain or out.author_domain or 'unknown'
   local opts
   local key
@@ -271,21 +272,26 @@ local function compat_result(out, details, input, dns_error)
     if out.policy then opts[#opts + 1] = out.policy end
   elseif out.result == 'permerror' then
     key = 'badpolicy'
-    opts = { domain .. ' : ' .. (verdict.error or 'invalid DMARC record') }
+    opts = { domain .. ' : ' .. (out.error or 'invalid DMARC record') }
   else
     key = 'na'
-    local flags = {}
-    for _, f in ipairs(out.flags or E) do flags[f] = true end
-    if flags.no_from then
+    local no_from, no_author = false, false
+    for _, f in ipairs(out.flags or E) do
+      if f == 'no_from' then no_from = true elseif f == 'no_author_domain' then no_author = true end
+    end
+    if no_from then
       opts = { 'No From header' }
-    elseif flags.no_author_domain or not out.author_domain then
+    elseif no_author or not out.author_domain then
       opts = { 'No domain in From header' }
     else
       opts = { out.author_domain }
     end
   end
-  for _, f in ipairs(out.flags or E) do opts[#opts + 1] = f end
-  for i = 1, #opts do opts[i] = clip(opts[i], MAX_OPTION_LEN) end
+  local flags = out.flags or E
+  for i = 1, #flags do opts[#opts + 1] = flags[i] end
+  for i = 1, #opts do
+    if #opts[i] > MAX_OPTION_LEN then opts[i] = opts[i]:sub(1, MAX_OPTION_LEN) end
+  end
   return key, opts
 end
 exports.compat_result = compat_result
@@ -336,16 +342,23 @@ local function from_values(task)
   return out
 end
 
+-- rspamd's SPF symbol names with their RFC 8601 words, in the order they are looked for
+-- (set up with the configuration: the names are configurable).
+local spf_symbols = {}
+
+--- rspamd's SPF result word, or nil when its spf module gave none (not loaded, or skipped
+-- the message).
+local function rspamd_spf_result(task)
+  for i = 1, #spf_symbols do
+    local pair = spf_symbols[i]
+    if task:has_symbol(pair[1]) then return pair[2] end
+  end
+  return nil
+end
+
 --- SPF as rspamd's spf module found it: the result from its symbols, the domain it checked
 -- (MAIL FROM, or HELO for a null reverse-path, RFC 7208 §2.4) [ALN-1].
-local function spf_of(task, env)
-  local result
-  for _, pair in ipairs(SPF_WORDS) do
-    if task:has_symbol(settings.symbols[pair[1]]) then
-      result = pair[2]
-      break
-    end
-  end
+local function spf_of(task, env, result)
   if not result then return nil end
   if env.domain and env.domain ~= '' then
     return { result = result, domain = env.domain:lower(), scope = 'mfrom' }
@@ -359,24 +372,18 @@ end
 
 --- Did rspamd's DKIM check run? Its dkim filter and the spf module each count themselves
 -- in the mempool variable dmarc_checks (the variable rspamd's dmarc module reads).
-local function rspamd_checked_dkim(task)
+local function rspamd_checked_dkim(task, spf_ran)
   local checks = task:get_mempool():get_variable('dmarc_checks', 'double') or 0
-  local spf_ran = false
-  for _, pair in ipairs(SPF_WORDS) do
-    if task:has_symbol(settings.symbols[pair[1]]) then
-      spf_ran = true
-      break
-    end
-  end
   return checks - (spf_ran and 1 or 0) >= 1
 end
 
 --- Every DKIM signature rspamd checked (nil: rspamd did not check, and the fallback will).
-local function dkim_of(task)
+local function dkim_of(task, spf_ran)
+  if fallback_dkim and not rspamd_checked_dkim(task, spf_ran) then return nil end
+  local results = task:get_dkim_results() or E
   local out = {}
-  if dio and not rspamd_checked_dkim(task) then return nil end
-  for i, r in ipairs(task:get_dkim_results() or E) do
-    if i > MAX_DKIM_RESULTS then break end
+  for i = 1, math.min(#results, MAX_DKIM_RESULTS) do
+    local r = results[i]
     if r.domain then
       out[#out + 1] = {
         result = DKIM_WORDS[r.result] or 'neutral',
@@ -509,28 +516,65 @@ local function arc_of(task)
   return arc
 end
 
---- The site policy's view of the message (lua/dmarc/policy.lua ctx).
-local function ctx_of(task, arc, env)
-  local ip = task:get_from_ip()
-  local rcpt = {}
-  for i, r in ipairs(task:get_recipients('smtp') or E) do
-    if i > MAX_RCPT then break end
-    if r.addr and r.addr ~= '' then rcpt[#rcpt + 1] = r.addr:lower() end
-  end
-  local evidence = {}
-  for _, sym in ipairs(settings.evidence_symbols) do
-    if task:has_symbol(sym) then evidence[#evidence + 1] = sym end
-  end
-  return {
-    evidence = evidence,
-    ip = (ip and ip:is_valid()) and ip:to_string() or nil,
-    helo = task:get_helo(),
-    mail_from = env.addr,
-    rcpt = rcpt,
-    list_id = list_id_of(task:get_header('List-Id')),
-    arc = arc,
-  }
+-- The site policy's view of the message (lua/dmarc/policy.lua ctx), each field read from
+-- the task on first use: most decisions read none of it (a pass, p=none, a failure at a
+-- site without overrides), and every field costs calls into rspamd. A field that comes out
+-- nil is kept as false (neither is a value the policy or the report rows tell apart), so
+-- it is not read twice.
+local CTX_TASK = {}    -- the key of the task in a ctx that still reads lazily
+
+local CTX_FIELDS = {
+  ip = function(task)
+    local ip = task:get_from_ip()
+    return (ip and ip:is_valid()) and ip:to_string() or nil
+  end,
+  helo = function(task) return task:get_helo() end,
+  mail_from = function(task) return (((task:get_from('smtp') or E)[1]) or E).addr end,
+  rcpt = function(task)
+    local rcpt = {}
+    local list = task:get_recipients('smtp') or E
+    for i = 1, math.min(#list, MAX_RCPT) do
+      local addr = list[i].addr
+      if addr and addr ~= '' then rcpt[#rcpt + 1] = addr:lower() end
+    end
+    return rcpt
+  end,
+  list_id = function(task) return list_id_of(task:get_header('List-Id')) end,
+  arc = function(task) return arc_of(task) end,
+  evidence = function(task)
+    local evidence = {}
+    for _, sym in ipairs(settings.evidence_symbols) do
+      if task:has_symbol(sym) then evidence[#evidence + 1] = sym end
+    end
+    return evidence
+  end,
+}
+
+local LAZY_CTX = {
+  __index = function(ctx, key)
+    local read, task = CTX_FIELDS[key], rawget(ctx, CTX_TASK)
+    if not read or not task then return nil end
+    local value = read(task)
+    if value == nil then value = false end
+    rawset(ctx, key, value)
+    return value
+  end,
+}
+
+local function ctx_of(task)
+  return setmetatable({ [CTX_TASK] = task }, LAZY_CTX)
 end
+
+--- Every field read, the task let go: a plain table, as a site hook may iterate it.
+local function ctx_materialize(ctx)
+  if not rawget(ctx, CTX_TASK) then return ctx end
+  for key in pairs(CTX_FIELDS) do
+    if ctx[key] == false then ctx[key] = nil end
+  end
+  ctx[CTX_TASK] = nil
+  return setmetatable(ctx, nil)
+end
+exports.ctx_of, exports.ctx_materialize = ctx_of, ctx_materialize
 
 -- ---------------------------------------------------------------------------
 -- Runtime state, set up by the configuration code at the end
@@ -765,57 +809,73 @@ end
 -- The check
 
 local function finish(task, out, details, input, ctx, dns_errors, decision)
-  local symbol_key, options = compat_result(out, details, input, dns_errors[1] and
-    dns_errors[1]:match(': (.*)$'))
+  local dns_error = dns_errors[1]
+  local symbol_key, options = compat_result(out, input, dns_error and dns_error:match(': (.*)$'))
   apply_decision(task, out, decision, symbol_key, options)
-  header_changes(task, out, decision, details and details.verdict and details.verdict.error)
+  header_changes(task, out, decision, out.error)
   local pool = task:get_mempool()
   pool:set_variable('dmarc_result', out.result)
   if decision and decision.disposition then
     pool:set_variable('dmarc_disposition', decision.disposition)
   end
-  if settings.reporting.enabled then
-    local verdict = {}
-    for k, v in pairs(details and details.verdict or E) do verdict[k] = v end
-    verdict.domains = details and details.domains
+  if details then
+    -- A fresh verdict table of the evaluation's own (the full one, with its record).
+    local verdict = details.verdict
+    verdict.domains = details.domains
     verdict.mode = input.mode
     store_report_rows(task, verdict, input, ctx, decision)
   end
 end
 
+-- The site's decision with the store's answer (found; nil when the store failed: the site's
+-- own rules and defaults apply and decision.warnings says so), then the symbols.
+local function conclude(task, out, details, input, ctx, dns_errors, msg, found, store_error)
+  local ok, decision = pcall(msg.decide, msg, found, store_error and { store_error = store_error })
+  if not ok or type(decision) ~= 'table' then
+    rspamd_logger.errx(task, '%s: site policy failed: %s', N, decision)
+    decision = nil
+  end
+  local warnings = decision and decision.warnings or E
+  for i = 1, #warnings do
+    rspamd_logger.warnx(task, '%s: site policy: %s', N, warnings[i])
+  end
+  finish(task, out, details, input, ctx, dns_errors, decision)
+end
+
 local function decide(task, out, details, input, ctx, dns_errors)
-  local verdict = {}
-  for k, v in pairs(out) do verdict[k] = v end
-  verdict.record = details and details.verdict and details.verdict.record
+  local verdict = out
+  if site.hook then
+    -- The hook sees plain tables of its own: a ctx it can iterate, a verdict it cannot
+    -- change the symbols through.
+    ctx_materialize(ctx)
+    verdict = {}
+    for k, v in pairs(out) do verdict[k] = v end
+  end
+  -- One setup of the site policy per message, for the lookups and the decision.
+  local msg = site:prepare(verdict, ctx)
   -- Without an override store there is nothing to look up: the site's own overrides and
   -- recipient set members are in the script.
   local keys = E
   if overrides_redis then
-    local okk, lk = pcall(site.lookups, site, verdict, ctx)
+    local okk, lk = pcall(msg.lookups, msg)
     if okk then
       keys = lk
     else
       rspamd_logger.errx(task, '%s: site policy lookups failed: %s', N, lk)
     end
   end
-  local function with_found(found, err)
-    -- found = nil: the store failed; decide() applies the site's own rules and defaults
-    -- and says so in decision.warnings (logged below).
-    local ok, decision = pcall(site.decide, site, verdict, ctx, found, { store_error = err })
-    if not ok or type(decision) ~= 'table' then
-      rspamd_logger.errx(task, '%s: site policy failed: %s', N, decision)
-      decision = nil
-    end
-    for _, w in ipairs(decision and decision.warnings or E) do
-      rspamd_logger.warnx(task, '%s: site policy: %s', N, w)
-    end
-    finish(task, out, details, input, ctx, dns_errors, decision)
+  if type(keys) ~= 'table' or #keys == 0 then
+    return conclude(task, out, details, input, ctx, dns_errors, msg, E)
   end
-  if type(keys) ~= 'table' or #keys == 0 then return with_found({}) end
   -- Entries (and their absence) seen within cache_ttl need no round trip.
   local found, missing = override_cache_get(keys)
-  if #missing == 0 then return with_found(found) end
-  if not redis_healthy() then return with_found(nil, 'redis unavailable, backing off') end
+  if #missing == 0 then
+    return conclude(task, out, details, input, ctx, dns_errors, msg, found)
+  end
+  if not redis_healthy() then
+    return conclude(task, out, details, input, ctx, dns_errors, msg, nil,
+      'redis unavailable, backing off')
+  end
   local st = store_mod.callback{
     prefix = settings.overrides.prefix,
     tag = settings.overrides.tag,
@@ -825,46 +885,77 @@ local function decide(task, out, details, input, ctx, dns_errors)
     end,
   }
   st:get_many_async(missing, function(fetched, err)
-    if not fetched then return with_found(nil, err) end
+    if not fetched then
+      return conclude(task, out, details, input, ctx, dns_errors, msg, nil, err)
+    end
     override_cache_put(missing, fetched)
     for k, v in pairs(fetched) do found[k] = v end
-    with_found(found)
+    conclude(task, out, details, input, ctx, dns_errors, msg, found)
   end)
 end
 
--- The evaluation's outcome in the shape of a `dmarc eval` output object (lua/dmarc.lua),
--- plus the details the plugin uses: the verdict (applied record, error) and, for report
--- rows, the per-author-domain verdicts.
-local function outcome_of(ev, want_domains)
-  local v = ev:verdict()
-  local decided = v.result == 'pass' or v.result == 'fail'
-  local out = {
-    result = v.result,
-    author_domain = v.author_domain,
-    policy_domain = v.policy_domain,
-    org_domain = v.org_domain,
-    policy = v.has_policy and v.policy or nil,
-    applied = (v.has_policy and decided) and v.applied or nil,
-    reason = (v.reason ~= nil and v.reason ~= 'none') and v.reason or nil,
-    spf_aligned = v.spf_aligned,
-    dkim_aligned = v.dkim_aligned,
-    flags = ev:flags(),
-  }
-  return out, { verdict = v, domains = want_domains and ev:domains() or nil }
+--- Did SPF or DKIM pass (rspamd's failure text then names the alignment that was missing)?
+local function auth_passed(input)
+  if input.spf and input.spf.result == 'pass' then return true end
+  local dkim = input.dkim or E
+  for i = 1, #dkim do
+    if dkim[i].result == 'pass' then return true end
+  end
+  return false
 end
+
+-- The evaluation's outcome: the core's light verdict in the shape of a `dmarc eval` output
+-- object (lua/dmarc.lua), with only what this message needs on top: the applied record when
+-- a failure's text names its alignment modes (or a site hook may read it), why a
+-- temperror or permerror, and for report rows the full verdicts.
+local function outcome_of(ev, input)
+  local out = ev:outcome()
+  local result = out.result
+  if site.hook or (result == 'fail' and auth_passed(input)) then out.record = ev:record() end
+  if result == 'temperror' or result == 'permerror' then out.error = ev:verdict(false).error end
+  local details
+  if reporting_redis then details = { verdict = ev:verdict(), domains = ev:domains() } end
+  return out, details
+end
+
+-- Evaluations are reused (ev:reset()) rather than made for each message: a new one
+-- allocates the core's evaluation state and a userdata with a finaliser. At most
+-- EVAL_POOL_MAX wait here; more messages in flight than that get fresh ones, closed after.
+local EVAL_POOL_MAX = 64
+local eval_pool, eval_pool_n = {}, 0
+
+local function eval_acquire()
+  local n = eval_pool_n
+  if n == 0 then return engine_ctx:eval(engine_cache) end
+  local ev = eval_pool[n]
+  eval_pool[n] = nil
+  eval_pool_n = n - 1
+  return ev
+end
+
+local function eval_release(ev)
+  if eval_pool_n < EVAL_POOL_MAX and pcall(ev.reset, ev) then
+    eval_pool_n = eval_pool_n + 1
+    eval_pool[eval_pool_n] = ev
+  else
+    ev:close()
+  end
+end
+exports.eval_pool_size = function() return eval_pool_n end
 
 --- Run one evaluation: the core's query loop (lua/dmarc/resolve.lua) with rspamd's
 -- resolver. on_done(out, details) or on_done(nil, message), exactly once.
 local function evaluate(input, resolver, on_done)
-  local ev = engine_ctx:eval(engine_cache)
+  local ev = eval_acquire()
   -- Bad values (a From field that does not parse, an SPF domain that is no domain) come
   -- back as nil, msg, code and are flagged by the core or left out: nothing to do here.
-  for i = 1, math.min(#input.from, engine_limits.from_max_fields + 1) do
-    ev:add_from(input.from[i])
-  end
-  if input.spf then ev:add_spf(input.spf.domain, input.spf.result, input.spf.scope == 'helo') end
-  for i = 1, math.min(#input.dkim, engine_limits.max_dkim) do
-    local d = input.dkim[i]
+  local from = input.from
+  for i = 1, math.min(#from, engine_limits.from_max_fields + 1) do ev:add_from(from[i]) end
+  local spf = input.spf
+  if spf then ev:add_spf(spf.domain, spf.result, spf.scope == 'helo') end
+  local dkim = input.dkim
+  for i = 1, math.min(#dkim, engine_limits.max_dkim) do
+    local d = dkim[i]
     ev:add_dkim(d.domain, d.selector, d.result)
   end
   ev:set_roll(dmarc.random_roll())   -- RFC 7489 pct sampling [POL-6]
@@ -872,13 +963,28 @@ local function evaluate(input, resolver, on_done)
   resolve.run_async(ev, resolver, function(ok, err)
     local out, details
     if ok then
-      ok, out, details = pcall(outcome_of, ev, settings.reporting.enabled)
+      ok, out, details = pcall(outcome_of, ev, input)
       if not ok then err = out end
     end
-    ev:close()
+    eval_release(ev)
     if not ok then return on_done(nil, err) end
     return on_done(out, details)
   end)
+end
+
+-- Evaluate, decide and act; every failure is logged and contained.
+local function run(task, input, ctx)
+  local dns_errors = {}
+  local started, serr = pcall(evaluate, input, make_resolver(task, dns_errors), function(out, details)
+    if not out then
+      -- An engine failure is never a reason to reject: log it, add nothing.
+      rspamd_logger.errx(task, '%s: evaluation failed: %s', N, details)
+      return
+    end
+    local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
+    if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
+  end)
+  if not started then rspamd_logger.errx(task, '%s: evaluation failed: %s', N, serr) end
 end
 
 local function dmarc_check(task)
@@ -887,31 +993,18 @@ local function dmarc_check(task)
     return
   end
   local env = ((task:get_from('smtp') or E)[1] or E)
-  local arc = arc_of(task)
-  local ctx = ctx_of(task, arc, env)
+  local spf_result = rspamd_spf_result(task)
   local input = {
     mode = settings.mode,
     from = from_values(task),
-    spf = spf_of(task, env),
-    dkim = dkim_of(task),
+    spf = spf_of(task, env, spf_result),
+    dkim = dkim_of(task, spf_result ~= nil),
   }
-  local function run()
-    local dns_errors = {}
-    local started, serr = pcall(evaluate, input, make_resolver(task, dns_errors), function(out, details)
-      if not out then
-        -- An engine failure is never a reason to reject: log it, add nothing.
-        rspamd_logger.errx(task, '%s: evaluation failed: %s', N, details)
-        return
-      end
-      local ok, err = pcall(decide, task, out, details, input, ctx, dns_errors)
-      if not ok then rspamd_logger.errx(task, '%s: %s', N, err) end
-    end)
-    if not started then rspamd_logger.errx(task, '%s: evaluation failed: %s', N, serr) end
-  end
-  if input.dkim then return run() end
+  local ctx = ctx_of(task)
+  if input.dkim then return run(task, input, ctx) end
   dkim_fallback(task, function(results)
     input.dkim = results
-    run()
+    run(task, input, ctx)
   end)
 end
 exports.dmarc_check = dmarc_check
@@ -1076,9 +1169,13 @@ if settings.fallback_dkim then
     return disable('fallback_dkim needs dmarc.io (libopendkim), which cannot be loaded: %s', io_or_err)
   end
   dio = io_or_err
+  fallback_dkim = true
 end
 
 auth_local_conf = { settings.check_local, settings.check_authed }
+for _, pair in ipairs(SPF_WORDS) do
+  spf_symbols[#spf_symbols + 1] = { settings.symbols[pair[1]], pair[2] }
+end
 
 -- Register like rspamd's dmarc module: DMARC_CHECK (other modules depend on that name),
 -- virtual children for the results, after SPF, DKIM and ARC.

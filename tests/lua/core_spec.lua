@@ -359,6 +359,61 @@ describe('dmarc.eval', function()
     assert.equal('none', ev:dkim_alignment(1))
   end)
 
+  it('gives the light outcome, the verdict without its record, and the record alone', function()
+    local ev = ctx:eval()
+    ev:add_from('someone@example.com')
+    ev:add_dkim('other.example', 's', 'pass')
+    ev:set_roll(0)
+    finish(ev)
+    -- The `dmarc eval` output shape: no record, no has_policy, flags as an array.
+    local out = ev:outcome()
+    assert.equal(ev:verdict().org_domain, out.org_domain)
+    out.org_domain = nil
+    assert.same({
+      result = 'fail', author_domain = 'example.com', policy_domain = 'example.com',
+      policy = 'reject', applied = 'reject', spf_aligned = false, dkim_aligned = false,
+      flags = {},
+    }, out)
+    local light = ev:verdict(false)
+    assert.is_nil(light.record)
+    assert.equal('fail', light.result)
+    local full = ev:verdict()
+    full.record = nil
+    assert.same(full, light)
+    assert.same(ev:verdict().record, ev:record())
+    assert.equal('reject', ev:record().p)
+    assert.equal('relaxed', ev:record().adkim)
+  end)
+
+  it('outcome: no policy and no applied without a usable record; no record() either', function()
+    local ev = ctx:eval()
+    ev:add_from('someone@nowhere.example')
+    finish(ev)
+    local out = ev:outcome()
+    assert.equal('none', out.result)
+    assert.is_nil(out.policy)
+    assert.is_nil(out.applied)
+    assert.is_nil(out.reason)
+    assert.is_nil(ev:record())
+    ev = ctx:eval()
+    assert.is_true(ev:run())
+    assert.same({ 'no_from' }, ev:outcome().flags)
+    ev = ctx:eval()
+    assert.has_error(function() ev:outcome() end) -- not run yet
+    assert.has_error(function() ev:record() end)
+  end)
+
+  it('outcome: the applied policy and reason of t=y [POL-4]', function()
+    local ev = ctx:eval()
+    ev:add_from('someone@example.com')
+    ev:set_roll(0)
+    finish(ev, { ['_dmarc.example.com'] = { 'v=DMARC1; p=reject; t=y' } })
+    local out = ev:outcome()
+    assert.equal('reject', out.policy)
+    assert.equal('quarantine', out.applied)
+    assert.equal('policy_test_mode', out.reason)
+  end)
+
   it('gives temperror on SERVFAIL [DISC-10]', function()
     local ev = ctx:eval()
     ev:add_from('someone@example.com')

@@ -453,6 +453,76 @@ describe('policy lookups', function()
   end)
 end)
 
+describe('policy prepared messages', function()
+  -- A ctx that counts which fields the policy reads.
+  local function counting_ctx(fields)
+    local reads = {}
+    local ctx = setmetatable({}, { __index = function(_, k)
+      reads[k] = (reads[k] or 0) + 1
+      return fields[k]
+    end })
+    return ctx, reads
+  end
+  local FIELDS = { rcpt = { 'a@example.net' }, ip = '192.0.2.1', list_id = 'l.example.org',
+                   evidence = { 'SPAM' } }
+
+  it('does the setup once for lookups and decide, with the same answers as one-shot calls', function()
+    local site = site_of{ overrides = { { ip = '192.0.2.0/24', at_most = 'quarantine' } } }
+    local ctx, reads = counting_ctx(FIELDS)
+    local m = site:prepare(verdict(), ctx)
+    local keys = m:lookups()
+    assert.same(site:lookups(verdict(), FIELDS), keys)
+    local before = reads.ip
+    local d = m:decide({})
+    assert.equal(before, reads.ip) -- the IP keys were built once, for the lookups
+    assert.same(site:decide(verdict(), FIELDS, {}), d)
+    assert.equal('folder', d.action)
+    assert.equal('override', d.source)
+  end)
+
+  it('reads nothing of the ctx for a decision nothing can change', function()
+    local site = site_of{}
+    for _, v in ipairs({ verdict{ result = 'pass' }, verdict{ policy = 'none', applied = 'none' },
+                         verdict{ result = 'temperror' }, verdict{ applied = 'quarantine' } }) do
+      local ctx, reads = counting_ctx(FIELDS)
+      site:prepare(v, ctx):decide({})
+      assert.same({}, reads, v.result .. '/' .. tostring(v.applied))
+    end
+  end)
+
+  -- [POL-3]: other evidence decides only whether p=reject may be enforced.
+  it('asks for other evidence only when p=reject is the outcome', function()
+    local site = site_of{}
+    local ctx, reads = counting_ctx(FIELDS)
+    assert.equal('reject', site:prepare(verdict(), ctx):decide({}).action)
+    assert.equal(1, reads.evidence)
+    assert.is_nil(reads.rcpt)
+    assert.is_nil(reads.ip)
+  end)
+
+  it('matches only the override kinds the script has, until the store answers', function()
+    local site = site_of{ overrides = { { list = 'l.example.org', reason = 'mailing_list' } } }
+    local ctx, reads = counting_ctx(FIELDS)
+    local d = site:prepare(verdict{ applied = 'quarantine' }, ctx):decide({})
+    assert.equal('accept', d.action)
+    assert.equal('mailing_list', d.reasons[1].type)
+    assert.is_nil(reads.ip)   -- no IP override in the script: no prefix keys built
+    assert.is_nil(reads.rcpt)
+    -- A store entry for the IP: every kind is looked at, most specific first.
+    d = decide_with(site, verdict{ applied = 'quarantine' }, FIELDS,
+      { ['ip:192.0.2.0/24'] = { treat = 'score:3' } })
+    assert.equal('score', d.action)
+  end)
+
+  it('still bounds and warns about recipients when they matter', function()
+    local site = site_of{ recipient_sets = { vip = { quarantine = 'score:6' } } }
+    local many = {}
+    for i = 1, policy.MAX_RCPT + 1 do many[i] = 'u' .. i .. '@example.net' end
+    local d = site:prepare(verdict(), { rcpt = many }):decide({})
+    assert.equal(1, #d.warnings)
+  end)
+end)
+
 describe('policy hooks', function()
   local logger, entries
   before_each(function() logger, entries = dlog.capture() end)

@@ -257,6 +257,71 @@ describe('dmarc_engine evaluates with rspamd\'s resolver', function()
   end)
 end)
 
+describe('dmarc_engine per-message work', function()
+  it('reuses evaluations across messages, also with several in flight', function()
+    local _, x = load()
+    for _ = 1, 3 do scan(x, spoof('quar.test')) end
+    assert.equal(1, x.eval_pool_size())
+    -- A fresh engine: nothing cached, so every evaluation waits for its answer.
+    _, x = load()
+    local tasks = {}
+    for i = 1, 3 do
+      tasks[i] = fake.task(spoof('quar.test', { dns = DNS, async_dns = true }))
+      x.dmarc_check(tasks[i])
+    end
+    assert.equal(0, x.eval_pool_size())
+    for i = 1, 3 do tasks[i]:flush_dns() end
+    assert.equal(3, x.eval_pool_size())
+    assert.same({ 'quar.test : No valid SPF, No valid DKIM', 'quarantine' },
+      tasks[3]:options('DMARC_POLICY_QUARANTINE'))
+  end)
+
+  it('reads recipients, IP and List-Id only when the site can use them', function()
+    local counting = function(spec)
+      local t = fake.task(spec)
+      t.calls = {}
+      for _, m in ipairs({ 'get_recipients', 'get_from_ip', 'get_header' }) do
+        local orig = t[m]
+        t[m] = function(self, ...)
+          self.calls[m] = (self.calls[m] or 0) + 1
+          return orig(self, ...)
+        end
+      end
+      return t
+    end
+    local _, x = load()
+    local t = counting(spoof('pass.test', { symbols = { 'R_SPF_ALLOW' }, dns = DNS }))
+    x.dmarc_check(t)
+    assert.is_table(t:options('DMARC_POLICY_ALLOW'))
+    assert.is_nil(t.calls.get_recipients)
+    assert.is_nil(t.calls.get_header)
+    -- A site with a recipient override needs the recipients of a failing message.
+    _, x = load({ site_script = site_file('rcpt.lua',
+      'return { overrides = { { rcpt = "bob@rcpt.test", at_most = "none" } } }') })
+    t = counting(spoof('quar.test', { dns = DNS }))
+    x.dmarc_check(t)
+    assert.equal(1, t.calls.get_recipients)
+    assert.is_nil(t.calls.get_header)
+    assert.is_nil(t:added_headers()['X-DMARC-Folder'])
+  end)
+
+  it('gives a site hook a plain ctx it can iterate', function()
+    local _, x = load({ site_script = site_file('hook.lua', [[
+      return { decide = function(v, ctx)
+        local n = 0
+        for k in pairs(ctx) do
+          if type(k) ~= 'string' then return score(1) end
+          n = n + 1
+        end
+        if ctx.rcpt[1] == 'bob@rcpt.test' and ctx.ip == '203.0.113.66' and n >= 4 then
+          return score(5)
+        end
+      end }]]) })
+    local t = scan(x, spoof('quar.test'))
+    assert.equal(5, t.results.DMARC_SITE_SCORE.weight)
+  end)
+end)
+
 describe('dmarc_engine acts on the site\'s decisions', function()
   it('p=reject alone is quarantined to a folder [POL-3]; the switch rejects [OPEN-6]', function()
     local _, x = load()
