@@ -154,6 +154,25 @@ assert(c:flush())
     conn:close()
   end)
 
+  it('failure__rate_limit_shared_through_redis [FAIL-7]', function()
+    local failure = require 'dmarc.failure'
+    local function reporter()
+      return failure.new { enabled = true, rate_limit = 3, redis = assert(connect()),
+                           reporter = { org_name = 'R', email = 'dmarc@receiver.example',
+                                        submitter = 'receiver.example' } }
+    end
+    local a, b = reporter(), reporter()
+    local v = { result = 'fail', author_domain = 'example.com', policy_domain = 'example.com',
+                record = { p = 'reject', fo = { '1' }, ruf = { { uri = 'mailto:ruf@example.com' } } } }
+    local ctx = { ip = '192.0.2.1', mail_from = 'x@example.com' }
+    local sent = 0
+    for i = 1, 5 do
+      local list = (i % 2 == 0 and a or b):prepare(v, {}, ctx, nil, 'From: x@example.com\r\n\r\n')
+      sent = sent + #list
+    end
+    assert.equal(3, sent)
+  end)
+
   it('report__generate_output_validates_against_both_schemas [AGG-9] [OPEN-8]', function()
     local c = report.collector { connect = connect, batch = 50 }
     for i = 1, 300 do c:add(rows_of(i)) end

@@ -235,6 +235,30 @@ describe('report_xml generate', function()
     assert.equal(s1.records, s2.records)
   end)
 
+  it('report_xml__multi_day_period_merges_day_buckets [AGG-4]', function()
+    local conn = fake_redis.new()
+    local c = report.collector { redis = conn }
+    local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
+                policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
+    for day = 0, 2 do
+      for _ = 1, 3 do
+        c:add(report.build_rows(v, {}, { ip = '198.51.100.1' }, nil, { time = DAY + day * 86400 + 60 }))
+      end
+    end
+    local dir = tmpdir()
+    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 2 * 86400, out = dir,
+                                    reporter = REPORTER })
+    assert.equal(1, s.reports)
+    assert.equal(1, s.records)
+    local man = require('cjson').decode(xml.read_file(s.manifests[1]))
+    assert.equal(DAY + 2 * 86400 - 1, man['end'])
+    assert.equal(4, #man.keys) -- rows and meta of both days, deleted after delivery
+    os.execute('gzip -dc ' .. xml.shell_quote(dir .. '/' .. man.reports[1].file) .. ' > ' .. dir .. '/r.xml')
+    local text = xml.read_file(dir .. '/r.xml')
+    assert.truthy(text:find('<count>6</count>', 1, true)) -- the third day is outside
+    assert.truthy(text:find('<end>' .. (DAY + 2 * 86400 - 1) .. '</end>', 1, true))
+  end)
+
   it('report_xml__policy_change_splits_reports [AGG-1]', function()
     local conn = fake_redis.new()
     fill(conn, 5, { p = 'none' })
