@@ -536,6 +536,30 @@ function M.new(config, opts)
   return site
 end
 
+-- The loaders of this Lua, taken when this module loads. Under Lua 5.1 and LuaJIT the text
+-- is compiled with loadstring and given its environment with setfenv rather than through
+-- the global `load`: a host may have replaced that one (rspamd's lualib/lupa.lua defines a
+-- 5.1 `load` that drops the chunk name and the mode, so errors would read
+-- `[string "..."]:3` and a precompiled chunk would be accepted).
+local loadstring_51, setfenv_51 = rawget(_G, 'loadstring'), rawget(_G, 'setfenv')
+local load_52 = load
+
+-- Compiles script text (never a precompiled chunk) named @chunkname, with @env as its
+-- globals. nil, message on a syntax error.
+local function load_text(source, chunkname, env)
+  -- A precompiled chunk starts with ESC (Lua and LuaJIT bytecode alike): it could do
+  -- what the environment forbids.
+  if source:byte(1) == 27 then
+    return nil, script_name(chunkname) .. ': a precompiled chunk is not a site script'
+  end
+  if loadstring_51 and setfenv_51 then
+    local chunk, err = loadstring_51(source, chunkname)
+    if not chunk then return nil, err end
+    return setfenv_51(chunk, env)
+  end
+  return load_52(source, chunkname, 't', env)
+end
+
 --- Site from script text. chunkname as for load ('@path' names a file in messages).
 -- @return site, or nil, msg, code ('syntax' | 'runtime' | 'budget' | 'invalid')
 function M.load_string(source, chunkname, opts)
@@ -544,8 +568,7 @@ function M.load_string(source, chunkname, opts)
   if type(source) ~= 'string' then error('dmarc.policy.load_string: source must be a string', 2) end
   local name = script_name(chunkname)
   local env = make_env(logger, name)
-  -- Text only: a precompiled chunk could do what the environment forbids.
-  local chunk, err = load(source, chunkname or '=site', 't', env)
+  local chunk, err = load_text(source, chunkname or '=site', env)
   if not chunk then return nil, err, 'syntax' end
   if type(jit) == 'table' and jit.off then jit.off(chunk, true) end
   local res = pack(guarded_call(opts.load_budget or M.DEFAULT_LOAD_BUDGET, name, chunk))

@@ -118,6 +118,7 @@ local settings = {
 local E = {}
 local dio              -- require 'dmarc.io', for the fallbacks (set up at the end)
 local fallback_dkim = false  -- settings.fallback_dkim, with dmarc.io loaded
+local sample_pct = false     -- rfc7489 mode: each message gets a pct roll
 local mime_header_encode = rspamd_util.mime_header_encode
 
 -- ---------------------------------------------------------------------------
@@ -697,14 +698,17 @@ end
 -- or the MTA's rspamd integration applies them); set_milter_reply merges them with other
 -- modules' changes. Order 0: on top, where RFC 8601 §5 puts Authentication-Results.
 local function header_changes(task, out, decision, why)
-  local add, remove = {}, {}
+  local add, remove = {}, nil
   if settings.auth_results then
     add[settings.auth_results_header] = {
       order = 0, value = settings.authserv_id .. '; ' .. ar_entry(out, decision, why),
     }
   end
-  -- A header the delivery agent acts on must not come from outside.
-  remove[settings.folder_header] = 0
+  -- A header the delivery agent acts on must not come from outside (asked first: most
+  -- messages have none, and an empty removal still costs the reply's conversion).
+  if (task:get_header_count(settings.folder_header) or 0) > 0 then
+    remove = { [settings.folder_header] = 0 }
+  end
   if decision then
     if decision.action == 'folder' and decision.folder then
       add[settings.folder_header] = { order = 0, value = tostring(decision.folder) }
@@ -712,6 +716,7 @@ local function header_changes(task, out, decision, why)
       local tag = decision.tag
       if tag.header and tag.value then
         add[tag.header] = { order = 0, value = tostring(tag.value) }
+        remove = remove or {}
         remove[tag.header] = 0
       elseif tag.subject then
         -- The decoded Subject with the tag in front, encoded again (RFC 2047) when needed.
@@ -720,6 +725,7 @@ local function header_changes(task, out, decision, why)
           subject = mime_header_encode(subject)
         end
         add.Subject = { order = 0, value = subject }
+        remove = remove or {}
         remove.Subject = 0
       end
     end
@@ -934,7 +940,8 @@ local function eval_acquire()
 end
 
 local function eval_release(ev)
-  if eval_pool_n < EVAL_POOL_MAX and pcall(ev.reset, ev) then
+  if eval_pool_n < EVAL_POOL_MAX then
+    ev:reset()
     eval_pool_n = eval_pool_n + 1
     eval_pool[eval_pool_n] = ev
   else
@@ -958,7 +965,9 @@ local function evaluate(input, resolver, on_done)
     local d = dkim[i]
     ev:add_dkim(d.domain, d.selector, d.result)
   end
-  ev:set_roll(dmarc.random_roll())   -- RFC 7489 pct sampling [POL-6]
+  -- RFC 7489 pct sampling [POL-6]; pct is historic in RFC 9989 mode [POL-5], where the
+  -- core never reads the roll.
+  if sample_pct then ev:set_roll(dmarc.random_roll()) end
   ev:set_now(os.time())              -- expiry in the shared answer cache [DISC-11]
   resolve.run_async(ev, resolver, function(ok, err)
     local out, details
@@ -1173,6 +1182,7 @@ if settings.fallback_dkim then
 end
 
 auth_local_conf = { settings.check_local, settings.check_authed }
+sample_pct = settings.mode == 'rfc7489'
 for _, pair in ipairs(SPF_WORDS) do
   spf_symbols[#spf_symbols + 1] = { settings.symbols[pair[1]], pair[2] }
 end

@@ -309,6 +309,39 @@ describe('dmarc_engine plugin (default site script)', function()
   end)
 end)
 
+describe('dmarc_engine plugin at startup', function()
+  -- The engine instance's configuration with another site script, checked by rspamadm
+  -- configtest (which loads the plugins as rspamd does at startup, LuaJIT and lualib
+  -- included: lupa.lua's `load`, which drops chunk names, is in place there).
+  local function configtest(script_text)
+    local dir = os.getenv('RSPAMD_IT_DIR') .. '/engine'
+    local script = dir .. '/broken-site.lua'
+    local f = assert(io.open(script, 'w'))
+    f:write(script_text)
+    f:close()
+    local conf = assert(io.open(dir .. '/rspamd.conf')):read('*a')
+    local n
+    conf, n = conf:gsub('site_script = "[^"]*";', 'site_script = "' .. script .. '";')
+    assert.equal(1, n)
+    local path = dir .. '/broken.conf'
+    f = assert(io.open(path, 'w'))
+    f:write(conf)
+    f:close()
+    h.run('chmod 644 ' .. h.q(script) .. ' ' .. h.q(path))
+    return h.run('rspamadm configtest -c ' .. h.q(path) .. ' 2>&1'), script
+  end
+
+  it('a broken site script disables the plugin with one line naming file:line', function()
+    local out, script = configtest('return {\n  treat = { quarantine = "folder:Junk" },\n  x = = 1,\n}\n')
+    assert.matches('dmarc_engine: module disabled: site script ' .. script .. ': ' .. script ..
+      ':3: ', out, 1, true)
+    out, script = configtest('local t = {}\nreturn {\n  treat = { quarantine = t.x.y },\n}\n')
+    assert.matches('dmarc_engine: module disabled: site script ' .. script .. ': ' .. script ..
+      ':3: ', out, 1, true)
+    assert.is_nil(out:find('[string', 1, true))
+  end)
+end)
+
 describe('dmarc_engine plugin (strict site script, Redis down)', function()
   local addr = h.instances.strict
 

@@ -657,6 +657,55 @@ describe('policy scripts', function()
     assert.is_table(site)
     assert.equal('io', select(3, policy.load('/nonexistent/site.lua')))
   end)
+
+  -- The CLI path: a broken file is named with its line, for a syntax error and for an error
+  -- while the script runs.
+  local function broken_file(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, 'w'))
+    f:write(text)
+    f:close()
+    return path
+  end
+
+  it('name the file and line of a broken script file', function()
+    local path = broken_file('return {\n  treat = { quarantine = \'folder:Junk\' },\n  x = = 1,\n}\n')
+    local site, msg, code = policy.load(path)
+    assert.is_nil(site)
+    assert.equal('syntax', code)
+    assert.equal(path .. ':3:', msg:sub(1, #path + 3))
+    os.remove(path)
+    path = broken_file('local t = {}\nreturn {\n  treat = { quarantine = t.x.y },\n}\n')
+    site, msg, code = policy.load(path)
+    assert.is_nil(site)
+    assert.equal('runtime', code)
+    assert.equal(path .. ':3:', msg:sub(1, #path + 3))
+    os.remove(path)
+  end)
+
+  -- rspamd's lualib/lupa.lua replaces the global `load` of Lua 5.1 with one that drops the
+  -- chunk name and the mode: scripts must still be named, and still be text only.
+  it('keep file:line and refuse bytecode when the host replaced the global load', function()
+    if _VERSION ~= 'Lua 5.1' then return pending('lupa replaces `load` only on Lua 5.1 (LuaJIT)') end
+    local saved = load
+    _G.load = function(ld, _, _, env)
+      local f, err = (loadstring or saved)(ld)
+      if f and env and setfenv then return setfenv(f, env) end
+      return f, err
+    end
+    package.loaded['dmarc.policy'] = nil
+    local ok, fresh = pcall(require, 'dmarc.policy')
+    _G.load = saved
+    package.loaded['dmarc.policy'] = policy
+    assert.is_true(ok, fresh)
+    local path = broken_file('return {\n  treat = { quarantine = nil + 1 },\n}\n')
+    local site, msg = fresh.load(path)
+    os.remove(path)
+    assert.is_nil(site)
+    assert.equal(path .. ':2:', msg:sub(1, #path + 3))
+    local bytecode = string.dump(function() return {} end)
+    assert.equal('syntax', select(3, fresh.load_string(bytecode, '@bin.lua')))
+  end)
 end)
 
 describe('policy and the store', function()

@@ -112,7 +112,12 @@ describe('dmarc_engine misconfiguration disables it with one log line', function
   end)
 
   it('with a site script that does not load, naming the problem', function()
-    refused({ site_script = site_file('syntax.lua', 'return { treat = }') }, nil, 'site script')
+    -- file:line, as policy.load gives it, also where the host replaced `load` (rspamd).
+    local path = site_file('syntax.lua', 'return {\n  treat = }')
+    refused({ site_script = path }, nil, 'site script ' .. path:gsub('%p', '%%%0') .. ': ' ..
+      path:gsub('%p', '%%%0') .. ':2: ')
+    path = site_file('runtime.lua', 'local t = {}\nlocal x = t.a.b\nreturn {}')
+    refused({ site_script = path }, nil, 'site script .*: ' .. path:gsub('%p', '%%%0') .. ':2: ')
     refused({ site_script = SITE_DIR .. '/missing.lua' }, nil, 'site script')
     refused({ site_script = site_file('unknown.lua', 'return { nonsense = 1 }') }, nil,
       'site script .*nonsense')
@@ -329,7 +334,11 @@ describe('dmarc_engine acts on the site\'s decisions', function()
     assert.same({ 'pass.test : No valid SPF, No valid DKIM', 'reject' }, t:options('DMARC_POLICY_REJECT'))
     assert.same({}, t.pre_results)
     assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    assert.is_nil(t.milter.remove_headers)
+    -- A folder header that came with the message is removed: the site's own is the only one.
+    t = scan(x, spoof('pass.test', { headers = { ['X-DMARC-Folder'] = { 'Inbox' } } }))
     assert.equal(0, t.milter.remove_headers['X-DMARC-Folder'])
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
     assert.equal('quarantine', t.pool.dmarc_disposition)
 
     _, x = load({ site_script = site_file('switch.lua', 'return { unconditional_reject = true }') })

@@ -118,6 +118,16 @@ function M.new(opts)
 
   --- Load the plugin in this environment; returns its exports.
   function env.load()
+    -- As in rspamd 3.4 on LuaJIT: its lualib/lupa.lua replaces the global `load` of Lua 5.1
+    -- with one that drops the chunk name and the mode (and it stays replaced).
+    if _VERSION == 'Lua 5.1' and not M.lupa_load then
+      M.lupa_load = function(ld, _, _, fenv)
+        local f, err = loadstring(ld)
+        if f and fenv then return setfenv(f, fenv) end
+        return f, err
+      end
+      _G.load = M.lupa_load
+    end
     for _, name in ipairs(LIBS) do
       package.loaded[name] = libs[name]
     end
