@@ -9,6 +9,10 @@
 **   r:spf{ ip =, helo =, mail_from = }
 **   r:dkim(message_text)
 **
+**   local chk = dio.spf_checker{ receiver = 'mx.example.net' }   -- sans-I/O SPF
+**   local res = chk:check{ ip =, helo =, mail_from = }
+**   -- res.questions: fetch them (any resolver), chk:answer(...) each, check again
+**
 ** Error convention (as dmarc.core): contract misuse raises; bad data
 ** (a zone that does not parse, a bad DNS server string, a message that is
 ** not one) returns nil, message, code with a stable code ('syntax', 'io',
@@ -17,7 +21,8 @@
 ** Memory rule: C objects are put in their userdata box before the next Lua
 ** call that can raise; large results are built in userdata buffers.
 ** Lookups block: this module is for the command line and tests; a scanner
-** with its own event loop (Rspamd) resolves through its own resolver.
+** with its own event loop (Rspamd) resolves through its own resolver, and
+** checks SPF with an spf_checker, which never asks anything itself.
 */
 #define _DEFAULT_SOURCE /* inet_ntop */
 
@@ -35,6 +40,7 @@
 #include "dmarc_zone.h"
 
 #define LDMARC_IO_RESOLVER "dmarc.io.resolver"
+#define LDMARC_IO_SPF_CHECKER "dmarc.io.spf_checker"
 #define LDMARC_IO_BUFFER "dmarc.io.buffer"
 /* Default cache size of a resolver (answers). */
 #define LDMARC_IO_DEFAULT_CACHE 10000
@@ -278,6 +284,10 @@ static int lio_resolver_new(lua_State *L)
 ** Questions
 ** ===================================================================== */
 
+typedef struct lio_spf_checker {
+    dmarc_spf *spf; /* NULL once closed */
+} lio_spf_checker;
+
 /* Pushes the presentation form of one RR's data. */
 static void lio_push_rdata(lua_State *L, const dmarc_dns_rr *rr)
 {
@@ -414,34 +424,39 @@ static const char *lio_field_string(lua_State *L, int t, const char *name)
 ** @return {table} {result=, domain=, scope='mfrom'|'helo', reason=, dns_terms=,
 **   void_lookups=}; or nil, message, 'invalid' for an unusable ip
 */
-static int lio_spf(lua_State *L)
+/* The fields of an spf{} / check{} argument table at @arg: ip, helo,
+** mail_from, identity. Strings stay anchored on the stack. */
+typedef struct lio_spf_args {
+    const char *ip, *helo, *mail_from;
+    int helo_identity;
+} lio_spf_args;
+
+static void lio_spf_args_read(lua_State *L, int arg, lio_spf_args *a)
 {
     static const char *const identities[] = {"mfrom", "helo", NULL};
-    lio_resolver *r = lio_check(L, 1);
-    const char *ip, *helo, *mail_from;
-    int identity = 0;
+    luaL_checktype(L, arg, LUA_TTABLE);
+    a->ip = lio_field_string(L, arg, "ip");
+    a->helo = lio_field_string(L, arg, "helo");
+    a->mail_from = lio_field_string(L, arg, "mail_from");
+    lua_getfield(L, arg, "identity");
+    a->helo_identity = 0;
+    if (!lua_isnil(L, -1))
+        a->helo_identity = luaL_checkoption(L, -1, NULL, identities) == 1;
+}
+
+/* Runs one check and pushes its result table (or nil, msg, 'invalid'). */
+static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
+{
     dmarc_spf_result res;
     dmarc_status st;
-    luaL_checktype(L, 2, LUA_TTABLE);
-    ip = lio_field_string(L, 2, "ip");
-    helo = lio_field_string(L, 2, "helo");
-    mail_from = lio_field_string(L, 2, "mail_from");
-    lua_getfield(L, 2, "identity");
-    if (!lua_isnil(L, -1))
-        identity = luaL_checkoption(L, -1, NULL, identities);
-    if (ip == NULL)
+    if (a->ip == NULL)
         return lio_fail(L, "spf: an ip is required", "invalid");
-    if (r->spf == NULL) {
-        r->spf = dmarc_spf_new(r->dns, r->receiver, &st);
-        if (r->spf == NULL)
-            return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
-    }
-    st = dmarc_spf_check(r->spf, ip, helo, mail_from, identity == 1, &res);
+    st = dmarc_spf_check(spf, a->ip, a->helo, a->mail_from, a->helo_identity != 0, &res);
     if (st == DMARC_ERR_INVAL)
         return lio_fail(L, "spf: not an IP address", "invalid");
     if (st != DMARC_OK)
         return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushstring(L, dmarc_auth_name(res.result));
     lua_setfield(L, -2, "result");
     lua_pushstring(L, res.domain);
@@ -454,7 +469,36 @@ static int lio_spf(lua_State *L)
     lua_setfield(L, -2, "dns_terms");
     lua_pushinteger(L, (lua_Integer)res.void_lookups);
     lua_setfield(L, -2, "void_lookups");
+    if (res.pending) {
+        size_t i, n = dmarc_spf_question_count(spf);
+        lua_createtable(L, (int)n, 0);
+        for (i = 0; i < n; i++) {
+            const dmarc_spf_question *q = dmarc_spf_question_at(spf, i);
+            const char *tname = dmarc_dns_type_name(q->type);
+            lua_createtable(L, 0, 2);
+            lua_pushstring(L, q->name);
+            lua_setfield(L, -2, "name");
+            lua_pushstring(L, tname != NULL ? tname : "TXT");
+            lua_setfield(L, -2, "type");
+            lua_rawseti(L, -2, (int)i + 1);
+        }
+        lua_setfield(L, -2, "questions");
+    }
     return 1;
+}
+
+static int lio_spf(lua_State *L)
+{
+    lio_resolver *r = lio_check(L, 1);
+    lio_spf_args a;
+    dmarc_status st;
+    lio_spf_args_read(L, 2, &a);
+    if (r->spf == NULL && a.ip != NULL) {
+        r->spf = dmarc_spf_new(r->dns, r->receiver, &st);
+        if (r->spf == NULL)
+            return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
+    }
+    return lio_spf_run(L, r->spf, &a);
 }
 
 /***
@@ -524,6 +568,209 @@ static int lio_dkim(lua_State *L)
 /* }==================================================================== */
 
 /* ** {====================================================================
+** dmarc.io.spf_checker{...}: SPF without a resolver
+** ===================================================================== */
+
+/***
+** @function dmarc.io.spf_checker
+** @param {table} opts receiver (SPF %{r}, default "unknown")
+** @return {spf_checker} a checker that asks nothing itself: its questions
+**   come back from check() for the caller to fetch, answer() adds them
+*/
+static int lio_spf_checker_new(lua_State *L)
+{
+    const char *receiver = NULL;
+    lio_spf_checker *c;
+    dmarc_status st;
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 1) != 0) {
+            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "receiver") != 0)
+                return luaL_error(L, "dmarc.io.spf_checker: unknown option '%s'",
+                                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+            lua_pop(L, 1);
+        }
+        if (lio_opt(L, 1, "receiver", LUA_TSTRING) != LUA_TNIL)
+            receiver = lua_tostring(L, -1);
+    }
+    if (receiver != NULL && strlen(receiver) > DMARC_DOMAIN_MAX_LEN)
+        return luaL_error(L, "dmarc.io.spf_checker: option 'receiver': too long");
+    c = lua_newuserdatauv(L, sizeof *c, 0);
+    c->spf = NULL;
+    luaL_setmetatable(L, LDMARC_IO_SPF_CHECKER);
+    c->spf = dmarc_spf_new_offline(receiver, &st);
+    if (c->spf == NULL)
+        return luaL_error(L, "dmarc.io.spf_checker: %s", dmarc_strerror(st));
+    return 1;
+}
+
+static lio_spf_checker *lio_check_checker(lua_State *L)
+{
+    lio_spf_checker *c = luaL_checkudata(L, 1, LDMARC_IO_SPF_CHECKER);
+    if (c->spf == NULL)
+        luaL_error(L, "attempt to use a closed %s", LDMARC_IO_SPF_CHECKER);
+    return c;
+}
+
+/***
+** @method spf_checker:check(opts)
+** check_host() as resolver:spf(opts), from the answers added so far.
+** @return {table} as resolver:spf; when answers are missing, also
+**   questions = {{name=, type=}, ...} (at most spf_max_questions): the
+**   result is then not final. nil, message, 'invalid' for an unusable ip.
+*/
+static int lio_checker_check(lua_State *L)
+{
+    lio_spf_checker *c = lio_check_checker(L);
+    lio_spf_args a;
+    lio_spf_args_read(L, 2, &a);
+    return lio_spf_run(L, c->spf, &a);
+}
+
+/* One record of an answer in presentation form, into @rr (data in @buf). */
+static int lio_checker_rdata(const char *txt, size_t len, unsigned type, dmarc_dns_rr *rr,
+                             char *buf, size_t bufsz)
+{
+    size_t nlen;
+    memset(rr, 0, sizeof *rr);
+    rr->type = (uint16_t)type;
+    switch (type) {
+    case DMARC_DNS_T_A:
+    case DMARC_DNS_T_AAAA:
+        if (len >= bufsz)
+            return 0;
+        memcpy(buf, txt, len);
+        buf[len] = '\0';
+        /* Parsed in place: the address bytes go to the start of buf. */
+        {
+            unsigned char addr[16];
+            if (inet_pton(type == DMARC_DNS_T_A ? AF_INET : AF_INET6, buf, addr) != 1)
+                return 0;
+            rr->len = type == DMARC_DNS_T_A ? 4 : 16;
+            memcpy(buf, addr, rr->len);
+        }
+        rr->data = buf;
+        return 1;
+    case DMARC_DNS_T_MX:
+        /* "PREF NAME" or "NAME" */
+        if (len > 0 && txt[0] >= '0' && txt[0] <= '9') {
+            unsigned long pref = 0;
+            size_t i = 0;
+            while (i < len && txt[i] >= '0' && txt[i] <= '9' && pref <= 65535)
+                pref = pref * 10 + (unsigned long)(txt[i++] - '0');
+            if (pref > 65535 || i >= len || txt[i] != ' ')
+                return 0;
+            while (i < len && txt[i] == ' ')
+                i++;
+            rr->pref = (uint16_t)pref;
+            txt += i;
+            len -= i;
+        }
+        if (dmarc_dns_name_normalize(txt, len, buf, &nlen) != DMARC_OK)
+            return 0;
+        rr->data = buf;
+        rr->len = nlen;
+        return 1;
+    case DMARC_DNS_T_PTR:
+        if (dmarc_dns_name_normalize(txt, len, buf, &nlen) != DMARC_OK)
+            return 0;
+        rr->data = buf;
+        rr->len = nlen;
+        return 1;
+    default:
+        rr->data = txt;
+        rr->len = len;
+        return 1;
+    }
+}
+
+/***
+** @method spf_checker:answer(name, qtype, rcode, records)
+** The answer to one question (a later one replaces it).
+** @param {string} qtype 'TXT', 'A', 'AAAA', 'MX' or 'PTR'
+** @param {string} rcode 'noerror', 'nodata', 'nxdomain', 'servfail', 'timeout'
+** @param {table} records presentation forms: TXT text (strings joined),
+**   addresses, "PREF NAME" (or NAME) for MX, names for PTR (nil: none)
+** @return true; nil, message, code ('syntax' for a name or record that
+**   cannot be, 'limit' beyond spf_max_answers answers)
+*/
+static int lio_checker_answer(lua_State *L)
+{
+    static const char *const types[] = {"TXT", "A", "AAAA", "MX", "PTR", NULL};
+    static const unsigned values[] = {DMARC_DNS_T_TXT, DMARC_DNS_T_A, DMARC_DNS_T_AAAA,
+                                      DMARC_DNS_T_MX, DMARC_DNS_T_PTR};
+    lio_spf_checker *c = lio_check_checker(L);
+    size_t len, count = 0, i;
+    const char *name = luaL_checklstring(L, 2, &len);
+    unsigned type = values[luaL_checkoption(L, 3, NULL, types)];
+    dmarc_rcode rc = (dmarc_rcode)luaL_checkoption(L, 4, NULL, lio_rcode_names);
+    dmarc_dns_rr *rrs;
+    char(*bufs)[DMARC_DOMAIN_MAX_LEN + 1];
+    dmarc_status st;
+
+    if (!lua_isnoneornil(L, 5)) {
+        luaL_checktype(L, 5, LUA_TTABLE);
+        count = lua_rawlen(L, 5);
+        if (count > DMARC_DNS_MAX_RRS)
+            count = DMARC_DNS_MAX_RRS; /* the rest is dropped, as the DNS layer does */
+    }
+    /* Scratch space owned by a userdata: nothing leaks if a check raises. */
+    rrs = lua_newuserdatauv(L, (count > 0 ? count : 1) * (sizeof *rrs + sizeof *bufs), 0);
+    bufs = (char(*)[DMARC_DOMAIN_MAX_LEN + 1])(void *)(rrs + (count > 0 ? count : 1));
+    for (i = 0; i < count; i++) {
+        size_t rlen;
+        const char *rtxt;
+        lua_rawgeti(L, 5, (int)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_argerror(L, 5, "array of strings expected");
+        rtxt = lua_tolstring(L, -1, &rlen); /* anchored in the records table */
+        lua_pop(L, 1);
+        if (!lio_checker_rdata(rtxt, rlen, type, &rrs[i], bufs[i], sizeof bufs[i]))
+            return lio_fail(L, "spf_checker: a record that cannot be of its type", "syntax");
+    }
+    st = dmarc_spf_add_answer(c->spf, name, len, type, rc, rrs, count);
+    if (st == DMARC_ERR_NOMEM)
+        return luaL_error(L, "dmarc.io: spf_checker: out of memory");
+    if (st != DMARC_OK)
+        return lio_fail(L,
+                        st == DMARC_ERR_LIMIT ? "spf_checker: too many answers"
+                                              : "spf_checker: not a domain name",
+                        lio_status_code(st));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Forget every answer: the checker is ready for another message. */
+static int lio_checker_clear(lua_State *L)
+{
+    dmarc_spf_clear_answers(lio_check_checker(L)->spf);
+    return 0;
+}
+
+static int lio_checker_close(lua_State *L)
+{
+    lio_spf_checker *c = luaL_checkudata(L, 1, LDMARC_IO_SPF_CHECKER);
+    dmarc_spf_free(c->spf);
+    c->spf = NULL;
+    return 0;
+}
+
+static const luaL_Reg lio_checker_methods[] = {{"check", lio_checker_check},
+                                               {"answer", lio_checker_answer},
+                                               {"clear", lio_checker_clear},
+                                               {"close", lio_checker_close},
+                                               {NULL, NULL}};
+
+static const luaL_Reg lio_checker_meta[] = {{"__gc", lio_checker_close},
+#if LUA_VERSION_NUM >= 504
+                                            {"__close", lio_checker_close},
+#endif
+                                            {NULL, NULL}};
+
+/* }==================================================================== */
+
+/* ** {====================================================================
 ** Housekeeping
 ** ===================================================================== */
 
@@ -586,7 +833,8 @@ static const luaL_Reg lio_meta[] = {{"__gc", lio_close},
 
 static const luaL_Reg lio_buffer_meta[] = {{"__gc", lio_buffer_gc}, {NULL, NULL}};
 
-static const luaL_Reg lio_functions[] = {{"resolver", lio_resolver_new}, {NULL, NULL}};
+static const luaL_Reg lio_functions[] = {
+    {"resolver", lio_resolver_new}, {"spf_checker", lio_spf_checker_new}, {NULL, NULL}};
 
 DMARC_API int luaopen_dmarc_io(lua_State *L);
 
@@ -600,13 +848,24 @@ DMARC_API int luaopen_dmarc_io(lua_State *L)
     luaL_newmetatable(L, LDMARC_IO_BUFFER);
     luaL_setfuncs(L, lio_buffer_meta, 0);
     lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_IO_SPF_CHECKER);
+    luaL_setfuncs(L, lio_checker_meta, 0);
+    luaL_newlib(L, lio_checker_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 
     luaL_newlib(L, lio_functions);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 9);
     lua_pushinteger(L, DMARC_SPF_MAX_DNS_TERMS);
     lua_setfield(L, -2, "spf_max_dns_terms");
     lua_pushinteger(L, DMARC_SPF_MAX_VOID_LOOKUPS);
     lua_setfield(L, -2, "spf_max_void_lookups");
+    lua_pushinteger(L, DMARC_SPF_MAX_ROUNDS);
+    lua_setfield(L, -2, "spf_max_rounds");
+    lua_pushinteger(L, DMARC_SPF_MAX_QUESTIONS);
+    lua_setfield(L, -2, "spf_max_questions");
+    lua_pushinteger(L, DMARC_SPF_MAX_ANSWERS);
+    lua_setfield(L, -2, "spf_max_answers");
     lua_pushinteger(L, DMARC_DKIM_MAX_VERIFY);
     lua_setfield(L, -2, "dkim_max_verify");
     lua_pushinteger(L, DMARC_DKIM_MAX_REPORTED);

@@ -15,6 +15,12 @@
 ** The evaluation driver replaces SPF_request_query_mailfrom so that no
 ** client address gets a free pass (libspf2 passes loopback addresses
 ** without looking), and so that the top-level record outcome is known.
+**
+** An offline checker (dmarc_spf_new_offline) puts an answer table behind
+** the same layer, as a DNS backend: libspf2 asks as it goes, and a question
+** the table cannot answer is recorded and stops the evaluation (the layer
+** answers every further question TRY_AGAIN so that libspf2 unwinds). The
+** caller fetches the questions with its own resolver and checks again.
 */
 #define _DEFAULT_SOURCE /* netdb.h h_errno codes and arpa/nameser.h types */
 
@@ -32,15 +38,30 @@
 #include "dmarc_spf.h"
 
 /* Why an evaluation was stopped from the DNS layer. */
-typedef enum abort_reason { ABORT_NONE, ABORT_TERMS, ABORT_VOIDS } abort_reason;
+typedef enum abort_reason { ABORT_NONE, ABORT_TERMS, ABORT_VOIDS, ABORT_PENDING } abort_reason;
 
 /* Outcome of fetching the record of the identity domain itself. */
 typedef enum top_status { TOP_FOUND, TOP_NONE, TOP_TEMPERROR, TOP_PERMERROR } top_status;
 
+/* One answer of an offline table. */
+typedef struct table_answer {
+    unsigned type;
+    char name[DMARC_DOMAIN_MAX_LEN + 1];
+    dmarc_dns_answer *answer;
+} table_answer;
+
 struct dmarc_spf {
     dmarc_dns *dns;
+    bool owns_dns; /* offline: the layer over the answer table is ours */
     SPF_server_t *server;
     SPF_dns_server_t *layer;
+    /* Offline: the answer table, the questions it could not answer. */
+    table_answer *answers; /* DMARC_SPF_MAX_ANSWERS slots, made on first use */
+    size_t nanswers;
+    dmarc_spf_question questions[DMARC_SPF_MAX_QUESTIONS];
+    size_t nquestions;
+    bool missed;        /* the query under way was not in the table */
+    unsigned addr_type; /* A or AAAA: what libspf2 asks for this client */
     /* Per evaluation. */
     unsigned terms, voids, fetches;
     abort_reason aborted;
@@ -121,6 +142,92 @@ static bool count_void(dmarc_spf *s, dmarc_rcode rc)
     return true;
 }
 
+/* ** {======================================================
+** The offline answer table, a DNS backend
+** ======================================================= */
+
+static const dmarc_allocator libc_alloc = {NULL, NULL};
+
+static table_answer *table_find(dmarc_spf *s, const char *name, unsigned type)
+{
+    size_t i;
+    for (i = 0; i < s->nanswers; i++)
+        if (s->answers[i].type == type && strcmp(s->answers[i].name, name) == 0)
+            return &s->answers[i];
+    return NULL;
+}
+
+/* Record a question for the caller, once; beyond DMARC_SPF_MAX_QUESTIONS it
+** waits for a later round. */
+static void table_ask(dmarc_spf *s, const char *name, unsigned type)
+{
+    size_t i, len = strlen(name);
+    if (len > DMARC_DOMAIN_MAX_LEN)
+        return;
+    for (i = 0; i < s->nquestions; i++)
+        if (s->questions[i].type == type && strcmp(s->questions[i].name, name) == 0)
+            return;
+    if (s->nquestions >= DMARC_SPF_MAX_QUESTIONS)
+        return;
+    s->questions[s->nquestions].type = type;
+    memcpy(s->questions[s->nquestions].name, name, len + 1);
+    s->nquestions++;
+}
+
+/* The backend's query: a copy of the table's answer, or the question is
+** recorded and a stand-in SERVFAIL returned (the layer stops the
+** evaluation before libspf2 sees it). @name is normalised by the layer. */
+static dmarc_status table_query(void *impl, const char *name, unsigned type, dmarc_dns_answer **out)
+{
+    dmarc_spf *s = impl;
+    table_answer *t = table_find(s, name, type);
+    dmarc_dns_builder b;
+    if (t != NULL) {
+        *out = dmarc_dns_answer_dup(&libc_alloc, t->answer);
+        return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
+    }
+    table_ask(s, name, type);
+    s->missed = true;
+    dmarc_dns_builder_init(&b, &libc_alloc, name, strlen(name));
+    *out = dmarc_dns_builder_finish(&b, DMARC_RCODE_SERVFAIL);
+    return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
+}
+
+/* The table belongs to the checker, which frees it itself. */
+static void table_backend_free(void *impl)
+{
+    (void)impl;
+}
+
+/* Offline: the addresses of an mx or ptr term's names are asked for in the
+** same round as the first one the evaluation needs (they are looked up one
+** by one, and each would otherwise cost a round of its own). */
+static void table_ask_addresses(dmarc_spf *s)
+{
+    size_t i;
+    for (i = 0; i < s->nsecondary; i++)
+        if (table_find(s, s->secondary[i], s->addr_type) == NULL)
+            table_ask(s, s->secondary[i], s->addr_type);
+}
+
+/* }====================================================== */
+
+/* A question through the DNS layer; offline, a question the table does not
+** have stops the evaluation (DMARC_ERR_STATE, nothing in *a). */
+static dmarc_status ask(dmarc_spf *s, const char *domain, unsigned type, dmarc_dns_answer **a)
+{
+    dmarc_status st;
+    s->missed = false;
+    st = dmarc_dns_query(s->dns, domain, strlen(domain), type, a);
+    if (st == DMARC_OK && s->missed) {
+        dmarc_dns_answer_free(*a);
+        *a = NULL;
+        s->aborted = ABORT_PENDING;
+        return DMARC_ERR_STATE;
+    }
+    return st;
+}
+
 static SPF_dns_rr_t *layer_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type,
                                   int should_cache)
 {
@@ -142,7 +249,7 @@ static SPF_dns_rr_t *layer_lookup(SPF_dns_server_t *layer, const char *domain, n
     term = !((type == ns_t_a || type == ns_t_aaaa) && is_secondary(s, domain));
     if (term && !count_term(s))
         return rr_status(layer, domain, type, TRY_AGAIN);
-    if (dmarc_dns_query(s->dns, domain, strlen(domain), (unsigned)type, &a) != DMARC_OK)
+    if (ask(s, domain, (unsigned)type, &a) != DMARC_OK)
         return rr_status(layer, domain, type, TRY_AGAIN);
     if (term && !count_void(s, a->rcode)) {
         dmarc_dns_answer_free(a);
@@ -161,8 +268,11 @@ static SPF_dns_rr_t *layer_lookup(SPF_dns_server_t *layer, const char *domain, n
         dmarc_dns_answer_free(a);
         return rr_status(layer, domain, type, TRY_AGAIN);
     }
-    if (type == ns_t_mx || type == ns_t_ptr)
+    if (type == ns_t_mx || type == ns_t_ptr) {
         remember_secondary(s, a);
+        if (s->owns_dns)
+            table_ask_addresses(s);
+    }
     rr = SPF_dns_rr_new_init(layer, domain, type, (int)a->ttl, NETDB_SUCCESS);
     if (rr == NULL) {
         dmarc_dns_answer_free(a);
@@ -233,10 +343,11 @@ static SPF_errcode_t layer_get_spf(SPF_server_t *server, SPF_request_t *req, SPF
     /* The identity's own record is not a term; include and redirect are. */
     if (!first && !count_term(s))
         return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "too many DNS-querying terms");
-    if (dmarc_dns_query(s->dns, domain, strlen(domain), DMARC_DNS_T_TXT, &a) != DMARC_OK) {
+    if (ask(s, domain, DMARC_DNS_T_TXT, &a) != DMARC_OK) {
         if (first) {
             s->top = TOP_TEMPERROR;
-            snprintf(s->top_reason, sizeof s->top_reason, "out of memory");
+            snprintf(s->top_reason, sizeof s->top_reason, "%s",
+                     s->aborted == ABORT_PENDING ? "DNS answers needed" : "out of memory");
         }
         return SPF_response_add_error(resp, SPF_E_DNS_ERROR, "lookup failed");
     }
@@ -321,25 +432,34 @@ static SPF_errcode_t layer_get_exp(SPF_server_t *server, const char *domain, cha
     return SPF_E_SUCCESS;
 }
 
-dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
+/* A checker over @dns (NULL: offline, over its own answer table). */
+static dmarc_spf *spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
 {
     dmarc_spf *s;
-    dmarc_status dummy;
-    if (st == NULL)
-        st = &dummy;
-    if (dns == NULL) {
-        *st = DMARC_ERR_INVAL;
-        return NULL;
-    }
     s = calloc(1, sizeof *s);
     if (s == NULL) {
         *st = DMARC_ERR_NOMEM;
         return NULL;
     }
     s->dns = dns;
+    if (dns == NULL) {
+        dmarc_dns_options o;
+        dmarc_dns_backend be;
+        dmarc_dns_options_init(&o);
+        o.cache_entries = 0; /* the table is the only memory */
+        be.query = table_query;
+        be.free = table_backend_free;
+        be.impl = s;
+        s->dns = dmarc_dns_new(&o, be, st);
+        if (s->dns == NULL) {
+            free(s);
+            return NULL;
+        }
+        s->owns_dns = true;
+    }
     s->layer = calloc(1, sizeof *s->layer);
     if (s->layer == NULL) {
-        free(s);
+        dmarc_spf_free(s);
         *st = DMARC_ERR_NOMEM;
         return NULL;
     }
@@ -359,8 +479,7 @@ dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
     SPF_debug_handler = quiet_handler;
     s->server = SPF_server_new_dns(s->layer, 0);
     if (s->server == NULL) {
-        free(s->layer);
-        free(s);
+        dmarc_spf_free(s);
         *st = DMARC_ERR_NOMEM;
         return NULL;
     }
@@ -379,6 +498,24 @@ dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
     return s;
 }
 
+dmarc_spf *dmarc_spf_new(dmarc_dns *dns, const char *receiver, dmarc_status *st)
+{
+    dmarc_status dummy;
+    if (st == NULL)
+        st = &dummy;
+    if (dns == NULL) {
+        *st = DMARC_ERR_INVAL;
+        return NULL;
+    }
+    return spf_new(dns, receiver, st);
+}
+
+dmarc_spf *dmarc_spf_new_offline(const char *receiver, dmarc_status *st)
+{
+    dmarc_status dummy;
+    return spf_new(NULL, receiver, st != NULL ? st : &dummy);
+}
+
 void dmarc_spf_free(dmarc_spf *s)
 {
     if (s == NULL)
@@ -386,7 +523,81 @@ void dmarc_spf_free(dmarc_spf *s)
     if (s->server != NULL)
         SPF_server_free(s->server);
     free(s->layer);
+    dmarc_spf_clear_answers(s);
+    free(s->answers);
+    if (s->owns_dns)
+        dmarc_dns_free(s->dns);
     free(s);
+}
+
+dmarc_status dmarc_spf_add_answer(dmarc_spf *s, const char *name, size_t len, unsigned type,
+                                  dmarc_rcode rcode, const dmarc_dns_rr *rrs, size_t count)
+{
+    char norm[DMARC_DOMAIN_MAX_LEN + 1];
+    size_t nlen, i;
+    dmarc_dns_builder b;
+    dmarc_dns_answer *a;
+    table_answer *t;
+
+    if (s == NULL || !s->owns_dns || name == NULL || (count > 0 && rrs == NULL) || (int)rcode < 0 ||
+        rcode >= DMARC_RCODE__COUNT || type == 0 || type > 0xffff)
+        return DMARC_ERR_INVAL;
+    if (dmarc_dns_name_normalize(name, len, norm, &nlen) != DMARC_OK)
+        return DMARC_ERR_SYNTAX;
+    t = table_find(s, norm, type);
+    if (t == NULL) {
+        if (s->nanswers >= DMARC_SPF_MAX_ANSWERS)
+            return DMARC_ERR_LIMIT;
+        if (s->answers == NULL) {
+            s->answers = calloc(DMARC_SPF_MAX_ANSWERS, sizeof *s->answers);
+            if (s->answers == NULL)
+                return DMARC_ERR_NOMEM;
+        }
+    }
+    dmarc_dns_builder_init(&b, &libc_alloc, norm, nlen);
+    for (i = 0; rcode == DMARC_RCODE_NOERROR && i < count; i++) {
+        /* Over DMARC_DNS_MAX_RRS the builder drops RRs, as a resolver would. */
+        if (dmarc_dns_builder_add(&b, type, rrs[i].ttl, rrs[i].pref, rrs[i].data, rrs[i].len) ==
+            DMARC_ERR_NOMEM) {
+            dmarc_dns_builder_discard(&b);
+            return DMARC_ERR_NOMEM;
+        }
+    }
+    a = dmarc_dns_builder_finish(&b, rcode);
+    if (a == NULL)
+        return DMARC_ERR_NOMEM;
+    if (t == NULL) {
+        t = &s->answers[s->nanswers++];
+        t->type = type;
+        memcpy(t->name, norm, nlen + 1);
+    } else {
+        dmarc_dns_answer_free(t->answer);
+    }
+    t->answer = a;
+    return DMARC_OK;
+}
+
+void dmarc_spf_clear_answers(dmarc_spf *s)
+{
+    size_t i;
+    if (s == NULL)
+        return;
+    for (i = 0; i < s->nanswers; i++)
+        dmarc_dns_answer_free(s->answers[i].answer);
+    s->nanswers = 0;
+    s->nquestions = 0;
+}
+
+size_t dmarc_spf_question_count(const dmarc_spf *s)
+{
+    return s != NULL ? s->nquestions : 0;
+}
+
+const dmarc_spf_question *dmarc_spf_question_at(const dmarc_spf *s, size_t i)
+{
+    if (s == NULL || i >= s->nquestions)
+        return NULL;
+    return &s->questions[i];
 }
 
 static dmarc_auth map_result(SPF_result_t r)
@@ -494,6 +705,7 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
     req = SPF_request_new(s->server);
     if (req == NULL)
         return DMARC_ERR_NOMEM;
+    s->addr_type = DMARC_DNS_T_A;
     if (inet_pton(AF_INET, ip, &v4) == 1) {
         err = SPF_request_set_ipv4(req, v4);
     } else if (inet_pton(AF_INET6, ip, &v6) == 1) {
@@ -503,6 +715,7 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
             err = SPF_request_set_ipv4(req, v4);
         } else {
             err = SPF_request_set_ipv6(req, v6);
+            s->addr_type = DMARC_DNS_T_AAAA;
         }
     } else {
         SPF_request_free(req);
@@ -536,6 +749,7 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
     s->top = TOP_FOUND;
     s->top_reason[0] = '\0';
     s->nsecondary = 0;
+    s->nquestions = 0;
 
     resp = SPF_response_new(req);
     if (resp == NULL) {
@@ -575,8 +789,12 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
                  s->top_reason[0] != '\0' ? s->top_reason : SPF_strerror(err));
     }
     /* §4.6.4: going over a limit is permerror, whatever libspf2 made of
-    ** the aborted evaluation. */
-    if (s->aborted == ABORT_TERMS) {
+    ** the aborted evaluation. Stopped for answers: nothing is final. */
+    if (s->aborted == ABORT_PENDING) {
+        out->result = DMARC_AUTH_TEMPERROR;
+        out->pending = true;
+        snprintf(out->reason, sizeof out->reason, "%zu DNS answers needed", s->nquestions);
+    } else if (s->aborted == ABORT_TERMS) {
         out->result = DMARC_AUTH_PERMERROR;
         snprintf(out->reason, sizeof out->reason,
                  "more than %d DNS-querying terms (RFC 7208 §4.6.4)", DMARC_SPF_MAX_DNS_TERMS);

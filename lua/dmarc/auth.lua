@@ -424,4 +424,81 @@ end
 
 -- }==================================================================
 
+-- {==================================================================
+-- SPF over a callback-style resolver (sans-I/O, no coroutines)
+-- ===================================================================
+
+--- check_host() of RFC 7208 without blocking: a dmarc.io spf_checker answers libspf2
+-- from the answers fetched so far; the questions it could not answer are fetched with
+-- @resolve_async, all of one round at once, and the check runs again. Each round gets at
+-- least one question further, so a check takes at most dio.limits.spf_max_rounds rounds
+-- (the record, then per DNS-querying term its question and the addresses of its mx or ptr
+-- names, RFC 7208 §4.6.4); one more is a temperror.
+-- @param checker {spf_checker} dio.spf_checker{...}; its answers are cleared first
+-- @param args {table} ip, helo, mail_from, identity (as resolver:spf)
+-- @param resolve_async {function} (name, qtype, cb): cb(rcode, records) once, now or
+--   later; records in presentation form (TXT text, addresses, "PREF NAME", names)
+-- @param on_done {function} (result) with the resolver:spf result table, or
+--   (nil, message, code) for an unusable ip; exactly once
+-- @param max_rounds {number} optional, at most dio.limits.spf_max_rounds
+function M.spf_async(checker, args, resolve_async, on_done, max_rounds)
+  if type(resolve_async) ~= 'function' then error('spf_async: resolve_async must be a function', 2) end
+  if type(on_done) ~= 'function' then error('spf_async: on_done must be a function', 2) end
+  local limit = max_rounds or require('dmarc.io').limits.spf_max_rounds
+  local rounds, finished = 0, false
+  local function finish(res, err, code)
+    if finished then return end
+    finished = true
+    on_done(res, err, code)
+  end
+  -- A question whose answer could not be added (a resolver error, or records that cannot
+  -- be of their type) counts as failed: temperror for the term that asked it (RFC 7208 §5).
+  local function failed(q)
+    checker:answer(q.name, q.type, 'servfail')
+  end
+  checker:clear()
+  local round
+  round = function()
+    rounds = rounds + 1
+    local ok, res, err, code = pcall(checker.check, checker, args)
+    if not ok then return finish(nil, tostring(res), 'error') end
+    if not res then return finish(nil, err, code) end
+    local questions = res.questions
+    if not questions then return finish(res) end
+    if rounds >= limit then
+      res.questions = nil
+      res.reason = 'no answer within ' .. limit .. ' rounds of DNS questions'
+      return finish(res)
+    end
+    -- Every question of the round at once; the next round when the last answer is in.
+    local waiting, in_round = #questions, true
+    local function answered()
+      waiting = waiting - 1
+      if waiting == 0 and not in_round then round() end
+    end
+    for i = 1, #questions do
+      local q, called = questions[i], false
+      local function cb(rcode, records)
+        if called or finished then return end
+        called = true
+        local ok_call, added = pcall(checker.answer, checker, q.name, q.type, rcode or 'servfail',
+          records)
+        if not ok_call or not added then failed(q) end
+        answered()
+      end
+      if not pcall(resolve_async, q.name, q.type, cb) and not called then
+        called = true
+        failed(q)
+        answered()
+      end
+    end
+    in_round = false
+    -- Every answer came at once: the next round from here (a tail call, bounded by limit).
+    if waiting == 0 then return round() end
+  end
+  round()
+end
+
+-- }==================================================================
+
 return M
