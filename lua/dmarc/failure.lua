@@ -11,6 +11,11 @@
 -- Loops: no failure report is made about a message that is itself a report
 -- (multipart/report, a DMARC report Subject, Auto-Submitted other than
 -- "no", or our own reporter address as sender).
+--
+-- A scanner that cannot deliver mail itself (`dmarc check`, one process per
+-- message) queues the reports in Redis instead (`Reporter:queue`), and
+-- `dmarc report send` verifies the destinations and delivers them
+-- (docs/report-keys.md, "Failure reports").
 local report = require 'dmarc.report'
 local report_xml = require 'dmarc.report_xml'
 
@@ -24,10 +29,80 @@ M.defaults = {
   max_ruf = 4,            -- ruf destinations served per message
   max_header_bytes = 65536, -- of the original header block copied
   prefix = 'dmarc:',
+  queue_max = 100,        -- queued reports per policy domain (then new ones are refused)
+  queue_ttl = 7 * 86400,  -- seconds a queue outlives its last addition
 }
 
 M.MAX_HEADER_LINES = 1000
 M.MAX_RCPT_FIELDS = 10      -- Original-Rcpt-To fields written
+M.MAX_ENTRY_BYTES = 262144  -- one queued report (headers are capped at max_header_bytes)
+
+-- ---------------------------------------------------------------------------
+-- The queue in Redis (docs/report-keys.md): one list per policy domain,
+-- newest at the head, beside the rate-limit counter under the same hash tag.
+
+--- The rate-limit counter of a policy domain and window [FAIL-7].
+function M.rate_key(prefix, domain, window)
+  return string.format('%sruf:{%s}:%d', prefix, domain, window)
+end
+
+--- The queue of a policy domain.
+function M.queue_key(prefix, domain)
+  return prefix .. 'ruf:{' .. domain .. '}:queue'
+end
+
+--- The SCAN MATCH pattern of every queue.
+function M.queue_pattern(prefix)
+  return prefix .. 'ruf:{*}:queue'
+end
+
+--- The policy domain of a queue key found by SCAN, or nil.
+function M.domain_of_queue_key(prefix, key)
+  if type(key) ~= 'string' or key:sub(1, #prefix) ~= prefix then return nil end
+  local d = key:sub(#prefix + 1):match('^ruf:{([^}]*)}:queue$')
+  if d and report.valid_domain(d) then return d end
+  return nil
+end
+
+-- Count the message against the domain's window, then add its reports
+-- unless the window's budget is spent (-1) or the queue is full (-2). One
+-- atomic step, so the limit holds across every scanner sharing the Redis.
+M.QUEUE_SCRIPT = [[
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if n > tonumber(ARGV[1]) then return -1 end
+local room = tonumber(ARGV[3]) - redis.call('LLEN', KEYS[2])
+if room < 1 then return -2 end
+local added = 0
+for i = 5, #ARGV do
+  if added >= room then break end
+  redis.call('LPUSH', KEYS[2], ARGV[i])
+  added = added + 1
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return added
+]]
+
+--- A queued report as stored: one header line, then the message.
+-- @param e {table} domain, to, created, attempts, next_at, message
+function M.encode_entry(e)
+  return string.format('ruf1 %s %s %d %d %d\n%s', e.domain, e.to, math.floor(e.created or 0),
+                       math.floor(e.attempts or 0), math.floor(e.next_at or 0), e.message)
+end
+
+--- The fields of a stored entry, or nil for anything malformed.
+function M.decode_entry(s)
+  if type(s) ~= 'string' or #s > M.MAX_ENTRY_BYTES then return nil end
+  local nl = s:find('\n', 1, true)
+  if not nl or nl > 600 then return nil end
+  local domain, to, created, attempts, next_at =
+    s:sub(1, nl - 1):match('^ruf1 (%S+) (%S+) (%d+) (%d+) (%d+)$')
+  if not domain or not report.valid_domain(domain) then return nil end
+  local addr = report_xml.mailto_address('mailto:' .. to)
+  if addr ~= to then return nil end
+  return { domain = domain, to = to, created = tonumber(created), attempts = tonumber(attempts),
+           next_at = tonumber(next_at), message = s:sub(nl + 1) }
+end
 
 -- ---------------------------------------------------------------------------
 -- When [FAIL-2]
@@ -274,7 +349,7 @@ function Reporter:_allow(domain)
   local o = self.o
   local window = math.floor(self.clock() / o.rate_window)
   if o.redis then
-    local key = string.format('%sruf:{%s}:%d', o.prefix, domain, window)
+    local key = M.rate_key(o.prefix, domain, window)
     local replies = o.redis:pipeline({ { 'INCR', key }, { 'EXPIRE', key, tostring(o.rate_window * 2) } })
     local n = replies and tonumber(replies[1])
     -- Redis unreachable: no report (the limit is a MUST, so failing closed).
@@ -299,16 +374,25 @@ end
 -- @return array of {to=, message=} (possibly empty), and a reason code when
 --   empty ('disabled', 'no_ruf', 'fo', 'loop', 'rate_limited',
 --   'unverified', ...)
+-- What every report of a message needs: nil, reason when none is due.
+function Reporter:_due(verdict, input, ctx, headers)
+  local o = self.o
+  if not o.enabled then return nil, 'disabled' end
+  if type(headers) == 'string' then headers = M.parse_headers(headers) end
+  if M.is_loop_risk(headers, ctx, { reporter_address = o.reporter.email }) then return nil, 'loop' end
+  local ok, ia = M.should_report(verdict.record, verdict, input)
+  if not ok then return nil, ia end
+  local domain = verdict.policy_domain and verdict.policy_domain:lower()
+  if not report.valid_domain(domain) then return nil, 'bad_domain' end
+  return { headers = headers, ia = ia, domain = domain }
+end
+
 function Reporter:prepare(verdict, input, ctx, decision, headers)
   local o = self.o
-  if not o.enabled then return {}, 'disabled' end
-  if type(headers) == 'string' then headers = M.parse_headers(headers) end
-  if M.is_loop_risk(headers, ctx, { reporter_address = o.reporter.email }) then return {}, 'loop' end
-  local record = verdict.record
-  local ok, ia = M.should_report(record, verdict, input)
-  if not ok then return {}, ia end
-  local domain = verdict.policy_domain and verdict.policy_domain:lower()
-  if not report.valid_domain(domain) then return {}, 'bad_domain' end
+  local due, why0 = self:_due(verdict, input, ctx, headers)
+  if not due then return {}, why0 end
+  local record, ia, domain = verdict.record, due.ia, due.domain
+  headers = due.headers
   if not self:_allow(domain) then return {}, 'rate_limited' end
   local out, why = {}, 'unverified'
   for i, u in ipairs(record.ruf) do
@@ -332,6 +416,52 @@ function Reporter:prepare(verdict, input, ctx, decision, headers)
   end
   if #out == 0 then return out, why end
   return out
+end
+
+--- Queue the failure reports one message calls for in Redis, for `dmarc
+-- report send` to verify [RUA-5] and deliver. Counting against the rate
+-- limit [FAIL-7] and adding to the queue are one atomic step (QUEUE_SCRIPT,
+-- one round trip); nothing is sent to Redis when no report is due.
+-- @param verdict, input, ctx, decision, headers as for prepare
+-- @return number of reports queued, and a reason code when 0 ('disabled',
+--   'no_ruf', 'fo', 'loop', 'rate_limited', 'queue_full', 'no_destination',
+--   'redis'), and for 'redis' the error message
+function Reporter:queue(verdict, input, ctx, decision, headers)
+  local o = self.o
+  local due, why = self:_due(verdict, input, ctx, headers)
+  if not due then return 0, why end
+  if not o.redis then return 0, 'redis', 'no Redis connection for the queue' end
+  local now = math.floor(self.clock())
+  local entries = {}
+  for i, u in ipairs(verdict.record.ruf) do
+    if i > o.max_ruf then break end
+    local addr = report_xml.mailto_address(type(u) == 'table' and u.uri or u)
+    if addr then
+      local message = M.build {
+        reporter = o.reporter, to = addr, policy_domain = due.domain, verdict = verdict,
+        input = input, ctx = ctx, decision = decision, headers = due.headers,
+        identity_alignment = due.ia, redact = o.redact, redact_key = o.redact_key,
+        now = now, version = o.version,
+      }
+      local entry = M.encode_entry { domain = due.domain, to = addr, created = now, attempts = 0,
+                                     next_at = 0, message = message }
+      if #entry <= M.MAX_ENTRY_BYTES then entries[#entries + 1] = entry end
+    end
+  end
+  if #entries == 0 then return 0, 'no_destination' end
+  local window = math.floor(now / o.rate_window)
+  local cmd = { 'EVAL', M.QUEUE_SCRIPT, '2', M.rate_key(o.prefix, due.domain, window),
+                M.queue_key(o.prefix, due.domain), tostring(o.rate_limit),
+                tostring(o.rate_window * 2), tostring(o.queue_max), tostring(o.queue_ttl) }
+  for _, e in ipairs(entries) do cmd[#cmd + 1] = e end
+  local replies, err = o.redis:pipeline({ cmd })
+  local n = replies and replies[1]
+  if type(n) ~= 'number' then
+    return 0, 'redis', tostring(err or (type(n) == 'table' and n.err) or 'no reply')
+  end
+  if n == -1 then return 0, 'rate_limited' end
+  if n == -2 then return 0, 'queue_full' end
+  return n
 end
 
 --- Deliver prepared reports through the transport; counts by status.

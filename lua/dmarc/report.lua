@@ -27,6 +27,7 @@ M.limits = {
   max_domains = 8,         -- rows per message (one per author domain) [OPEN-5]
   max_rcpt = 1000,         -- recipients looked at for envelope_to
   max_dkim_input = 400,    -- DKIM results read from the input before ordering
+  max_row_id = 64,         -- longest row id (idempotent writes)
 }
 
 M.defaults = {
@@ -37,6 +38,7 @@ M.defaults = {
   retry_interval = 5,        -- seconds between reconnection attempts
   batch = 1,                 -- rows per pipeline: 1 = one round trip per message
   pipeline_max = 512,        -- commands per pipeline when flushing a buffer
+  seen_ttl = 3600,           -- seconds a written row id is remembered (0: ids off)
 }
 
 local DISPOSITIONS = { none = true, pass = true, quarantine = true, reject = true }
@@ -338,6 +340,51 @@ function M.keys(prefix, policy_domain, day)
   return { rows = base, meta = base .. ':meta' }
 end
 
+--- The key that remembers one written row id (idempotent writes, section
+-- "Retries" of docs/report-keys.md). Same hash tag as the rows, so the row
+-- script may touch it on a Redis Cluster.
+function M.seen_key(prefix, policy_domain, id)
+  return prefix .. 'rpt:{' .. policy_domain .. '}:seen:' .. id
+end
+
+--- A row id: letters, digits, `.`, `_`, `-`, at most max_row_id bytes
+-- (it is part of a key, so nothing that could change the key's meaning).
+function M.valid_row_id(id)
+  return type(id) == 'string' and #id > 0 and #id <= M.limits.max_row_id
+    and not id:find('[^%w%._%-]')
+end
+
+-- Random bytes as hex, from the kernel; a weaker fallback (time, clock and a
+-- table address) where /dev/urandom cannot be read. Ids only need to be
+-- unique between processes, not secret.
+local function random_hex(nbytes)
+  local f = io.open('/dev/urandom', 'rb')
+  local raw = f and f:read(nbytes)
+  if f then f:close() end
+  if not raw or #raw < nbytes then
+    raw = tostring(os.time()) .. tostring(os.clock()) .. tostring({})
+    local h = 0
+    local out = {}
+    for i = 1, nbytes do
+      for j = 1, #raw do h = (h * 31 + raw:byte(j) + i) % 4294967296 end
+      out[i] = string.char(h % 256)
+    end
+    raw = table.concat(out)
+  end
+  return (raw:gsub('.', function(c) return string.format('%02x', c:byte()) end))
+end
+M.random_hex = random_hex
+
+--- A source of row ids unique across processes: a random process part and
+-- a counter. Each call returns a fresh id.
+function M.id_source()
+  local base, n = random_hex(8), 0
+  return function()
+    n = n + 1
+    return string.format('%s.%d', base, n)
+  end
+end
+
 --- The delivery-state hash of one policy domain and period (written by
 -- `dmarc report send`, read by `generate` to skip periods already done).
 function M.state_key(prefix, policy_domain, begin, finish)
@@ -366,7 +413,13 @@ end
 -- report's <error>: never trimmed silently), refresh both TTLs, and keep
 -- the latest rua list. Both keys share the hash tag, so this is legal on a
 -- Redis Cluster.
+--
+-- With a third key (the row id's `seen` key, see M.seen_key) the write is
+-- idempotent: SET NX EX marks the id, and a retry of a write whose reply
+-- was lost finds the mark and changes nothing (returns 0). ARGV[8] is the
+-- mark's TTL. Without it (the rspamd plugin) the script counts as before.
 M.ROW_SCRIPT = [[
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[8]) then return 0 end
 local n = tonumber(ARGV[2])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('HINCRBY', KEYS[1], ARGV[1], n)
@@ -390,10 +443,33 @@ local function opts_with_defaults(opts)
   return o
 end
 
+-- The EVAL of one row: 2 keys, or 3 with the row id's seen key.
+local function row_eval(prefix, row, field, count, max_rows, ttl, seen_ttl)
+  local k = M.keys(prefix, row.policy_domain, row.day)
+  local cmd = { 'EVAL', M.ROW_SCRIPT, '2', k.rows, k.meta }
+  if row.id and seen_ttl ~= '0' then
+    cmd[3] = '3'
+    cmd[#cmd + 1] = M.seen_key(prefix, row.policy_domain, row.id)
+  end
+  local n = #cmd
+  cmd[n + 1] = field
+  cmd[n + 2] = count
+  cmd[n + 3] = max_rows
+  cmd[n + 4] = ttl
+  cmd[n + 5] = row.rua_enc or M.encode_rua(row.rua)
+  cmd[n + 6] = row.lost and tostring(row.lost) or ''
+  cmd[n + 7] = row.policy_enc or (row.policy and M.encode_policy(row.policy)) or ''
+  if cmd[3] == '3' then cmd[n + 8] = seen_ttl end
+  return cmd
+end
+
 --- The Redis commands that store one row (an array of argv arrays).
 -- Pure: the rspamd plugin sends the same commands through lua_redis.
 -- @param row {table} from build_row (policy_domain, time, count, rua ...)
--- @param opts {table} prefix, ttl, max_rows (defaults in report.defaults)
+--   or prepare_row; with row.id the write is idempotent (a retry of the
+--   same id counts once, for opts.seen_ttl seconds)
+-- @param opts {table} prefix, ttl, max_rows, seen_ttl (defaults in
+--   report.defaults)
 -- @return {table} commands, or nil, msg, code for a row that must not be stored
 function M.commands(row, opts)
   local o = opts_with_defaults(opts)
@@ -401,14 +477,12 @@ function M.commands(row, opts)
   if not M.valid_domain(row.policy_domain) then
     return nil, 'invalid policy domain', 'bad_domain'
   end
-  local day = row.day or M.day_of(row.time or os.time())
-  local k = M.keys(o.prefix, row.policy_domain, day)
-  local field = row.field or M.encode_row(row)
+  if row.id ~= nil and not M.valid_row_id(row.id) then return nil, 'invalid row id', 'bad_id' end
+  local r = setmetatable({ day = row.day or M.day_of(row.time or os.time()) }, { __index = row })
   return {
-    { 'EVAL', M.ROW_SCRIPT, '2', k.rows, k.meta, field, tostring(math.floor(row.count or 1)),
-      tostring(math.floor(o.max_rows)), tostring(math.floor(o.ttl)),
-      row.rua_enc or M.encode_rua(row.rua), row.lost and tostring(row.lost) or '',
-      row.policy_enc or (row.policy and M.encode_policy(row.policy)) or '' },
+    row_eval(o.prefix, r, row.field or M.encode_row(row), tostring(math.floor(row.count or 1)),
+             tostring(math.floor(o.max_rows)), tostring(math.floor(o.ttl)),
+             tostring(math.floor(tonumber(o.seen_ttl) or 0))),
   }
 end
 
@@ -630,13 +704,18 @@ Collector.__index = Collector
 -- @param opts {table} redis (a connection with :pipeline) or connect (a
 --   function returning one, called again after failures), prefix, ttl,
 --   max_rows, buffer_max, retry_interval, batch, clock (default os.time),
---   log (function(level, msg))
+--   log (function(level, msg)), seen_ttl (0: writes without row ids)
 function M.collector(opts)
   local o = opts_with_defaults(opts)
   if not M.valid_prefix(o.prefix) then error('report.collector: invalid prefix', 2) end
+  local seen_ttl = math.floor(tonumber(o.seen_ttl) or 0)
   local self = setmetatable({
     o = o, conn = o.redis, connect = o.connect, clock = o.clock or os.time,
     log = o.log or function() end,
+    -- Every write carries a row id, so a write whose reply was lost can be
+    -- sent again without counting twice (section "Retries").
+    next_id = seen_ttl > 0 and M.id_source() or nil,
+    seen_ttl = tostring(seen_ttl > 0 and seen_ttl or 0),
     pending = {},        -- rows waiting for the next pipeline (batch mode)
     buffer = {},         -- key..'\0'..field -> row, while Redis is down
     buffer_order = {},   -- insertion order of buffer keys
@@ -649,17 +728,28 @@ function M.collector(opts)
 end
 
 local function row_key(row, o)
-  return M.keys(o.prefix, row.policy_domain, row.day).rows .. '\0' .. row.field
+  local k = M.keys(o.prefix, row.policy_domain, row.day).rows .. '\0' .. row.field
+  -- A row whose write may have been applied (its reply was lost) keeps its
+  -- id and is never merged with others: resent under the same id it counts
+  -- at most once, whereas a merged count under that id would be lost.
+  if row.in_doubt and row.id then k = k .. '\0' .. row.id end
+  return k
 end
 
--- Freeze a row for storage: day, field and encoded rua computed once.
-local function prepared(row)
-  if row.field then return row end
+--- Freeze a row for storage: day, field and encoded rua computed once.
+-- @param row {table} from build_rows (or already prepared: returned as is)
+-- @param id {string|nil} the row id of an idempotent write (valid_row_id)
+-- @return {table} policy_domain, day, field, rua_enc, policy_enc, count, id
+function M.prepare_row(row, id)
+  if row.field then
+    if id and not row.id then row.id = id end
+    return row
+  end
   local policy_enc = row.policy_enc or M.encode_policy(row.policy or {})
   return {
     policy_domain = row.policy_domain, day = row.day or M.day_of(row.time or os.time()),
     field = M.encode_row(row, policy_enc), rua_enc = M.encode_rua(row.rua), count = row.count or 1,
-    policy_enc = policy_enc,
+    policy_enc = policy_enc, id = id,
   }
 end
 
@@ -667,10 +757,12 @@ function Collector:_buffer(row)
   local k = row_key(row, self.o)
   local b = self.buffer[k]
   if b then
-    b.count = b.count + row.count
+    -- The same in-doubt write twice is one write.
+    if not row.in_doubt then b.count = b.count + row.count end
   elseif self.buffered < self.o.buffer_max then
     self.buffer[k] = { policy_domain = row.policy_domain, day = row.day, field = row.field,
-                       rua_enc = row.rua_enc, policy_enc = row.policy_enc, count = row.count }
+                       rua_enc = row.rua_enc, policy_enc = row.policy_enc, count = row.count,
+                       id = row.id, in_doubt = row.in_doubt }
     self.buffer_order[#self.buffer_order + 1] = k
     self.buffered = self.buffered + 1
   else
@@ -707,21 +799,24 @@ function Collector:_send(rows)
   -- re-encoding rows the collector prepared already.
   local max_rows, ttl = tostring(math.floor(o.max_rows)), tostring(math.floor(o.ttl))
   for i, row in ipairs(rows) do
-    local k = M.keys(o.prefix, row.policy_domain, row.day)
-    cmds[i] = { 'EVAL', M.ROW_SCRIPT, '2', k.rows, k.meta, row.field,
-                tostring(math.floor(row.count)), max_rows, ttl, row.rua_enc,
-                row.lost and tostring(row.lost) or '', row.policy_enc or '' }
+    cmds[i] = row_eval(o.prefix, row, row.field, tostring(math.floor(row.count)), max_rows, ttl,
+                       self.seen_ttl)
   end
   local replies, perr, pcode = conn:pipeline(cmds)
   if not replies then
-    -- An I/O failure: the connection is dropped and reopened later.
+    -- An I/O failure: the connection is dropped and reopened later. The
+    -- server may have applied some writes before the connection broke.
     if conn.close and self.connect then pcall(conn.close, conn) end
     if self.connect then self.conn = nil end
+    for _, row in ipairs(rows) do row.in_doubt = true end
     return rows, perr, pcode or 'io'
   end
   local failed = {}
   for i, row in ipairs(rows) do
-    if replies[i] == nil or is_error_reply(replies[i]) then failed[#failed + 1] = row end
+    if replies[i] == nil or is_error_reply(replies[i]) then
+      row.in_doubt = true
+      failed[#failed + 1] = row
+    end
   end
   self.stats.written = self.stats.written + (#rows - #failed)
   if #failed > 0 then return failed, 'Redis refused some rows', 'redis' end
@@ -806,7 +901,7 @@ function Collector:add(rows)
   if rows.policy_domain then rows = { rows } end
   for _, row in ipairs(rows) do
     if M.valid_domain(row.policy_domain) then
-      self.pending[#self.pending + 1] = prepared(row)
+      self.pending[#self.pending + 1] = M.prepare_row(row, self.next_id and self.next_id())
     end
   end
   if not self:_healthy() then
@@ -832,6 +927,214 @@ end
 function Collector:close()
   if self.conn and self.conn.close then pcall(self.conn.close, self.conn) end
   self.conn = nil
+end
+
+-- ---------------------------------------------------------------------------
+-- Spool: the rows of a process that lives for one message (`dmarc check`)
+-- cannot wait in memory for Redis to come back. They are written to a
+-- directory instead, one file per message, and the next run that reaches
+-- Redis writes them first. Files are created under a temporary name and
+-- renamed into place, and claimed by renaming them, so concurrent runs
+-- never read a half-written file and never both take the same one. The
+-- rows keep their ids, so a file written again after a lost reply counts
+-- once (section "Retries").
+
+M.spool_limits = {
+  max_files = 10000,      -- files in the spool; beyond, a message's rows are lost (counted)
+  flush_files = 64,       -- files one run claims (at most 8 rows each: one pipeline)
+  file_rows = 64,         -- rows read from one file
+  file_bytes = 1048576,   -- bytes read from one file
+  list_max = 20000,       -- directory entries looked at in one listing
+  stale_claim = 300,      -- seconds after which a claimed file is taken back
+}
+M.SPOOL_MAGIC = 'dmarc-spool 1'
+
+local Spool = {}
+Spool.__index = Spool
+
+--- A spool directory (created when missing).
+-- @param dir {string} the directory
+-- @param opts {table|nil} clock (os.time), limits (overrides of spool_limits)
+-- @return spool, or nil, msg, 'io'
+function M.spool(dir, opts)
+  opts = opts or {}
+  if type(dir) ~= 'string' or dir == '' or dir:find('[%c]') then
+    return nil, 'invalid spool directory', 'io'
+  end
+  local limits = {}
+  for k, v in pairs(M.spool_limits) do limits[k] = v end
+  for k, v in pairs(opts.limits or {}) do limits[k] = v end
+  local self = setmetatable({ dir = dir:gsub('/+$', ''), clock = opts.clock or os.time,
+                              limits = limits, token = random_hex(6) }, Spool)
+  if self.dir == '' then self.dir = '/' end
+  local probe = self.dir .. '/.probe-' .. self.token
+  local f = io.open(probe, 'w')
+  if not f then
+    os.execute("mkdir -p '" .. self.dir:gsub("'", "'\\''") .. "' 2>/dev/null")
+    f = io.open(probe, 'w')
+  end
+  if not f then return nil, 'cannot write to spool directory ' .. self.dir, 'io' end
+  f:close()
+  os.remove(probe)
+  return self
+end
+
+-- Names in the directory, at most list_max (LuaFileSystem when present,
+-- else `ls`).
+function Spool:_list()
+  local max = self.limits.list_max
+  local names = {}
+  local ok, lfs = pcall(require, 'lfs')
+  if ok and type(lfs) == 'table' and lfs.dir then
+    local okd, iter, dobj = pcall(lfs.dir, self.dir)
+    if not okd then return names end
+    for name in iter, dobj do
+      if #names >= max then break end
+      names[#names + 1] = name
+    end
+    if dobj and dobj.close then pcall(dobj.close, dobj) end
+    return names
+  end
+  local p = io.popen("ls -1 '" .. self.dir:gsub("'", "'\\''") .. "' 2>/dev/null")
+  if not p then return names end
+  for name in p:lines() do
+    if #names >= max then break end
+    names[#names + 1] = name
+  end
+  p:close()
+  return names
+end
+
+local SPOOL_NAME = '^%d+%-%x+%.rows$'
+local CLAIM_NAME = '^(%d+%-%x+%.rows)%.(%d+)%.%x+%.claim$'
+
+--- Spool files waiting (up to list_max).
+function Spool:count()
+  local n = 0
+  for _, name in ipairs(self:_list()) do
+    if name:match(SPOOL_NAME) or name:match(CLAIM_NAME) then n = n + 1 end
+  end
+  return n
+end
+
+local function spool_line(row)
+  return table.concat({ 'R', row.policy_domain, row.day, string.format('%d', row.count or 1),
+                        row.id or '', row.field, row.rua_enc or '', row.policy_enc or '' }, '\t')
+end
+
+local COUNT_MAX = 1000000000
+
+local function spool_row(line)
+  local parts = split(line, '\t')
+  if #parts ~= 8 or parts[1] ~= 'R' then return nil end
+  local pd, day, count, id, field, rua_enc, policy_enc = parts[2], parts[3], parts[4], parts[5],
+    parts[6], parts[7], parts[8]
+  count = count:match('^%d+$') and tonumber(count)
+  if not M.valid_domain(pd) or not day:match('^%d%d%d%d%d%d%d%d$') or not count
+      or count < 1 or count > COUNT_MAX or (id ~= '' and not M.valid_row_id(id))
+      or not M.split_field(field) or rua_enc:find('[^%w%._@%+= %-%%,!]')
+      or policy_enc:find('[^%w%._@%+= %-%%,]') then
+    return nil
+  end
+  return { policy_domain = pd, day = day, count = count, id = id ~= '' and id or nil,
+           field = field, rua_enc = rua_enc, policy_enc = policy_enc }
+end
+
+--- Keep the prepared rows of one message (prepare_row) in a new file.
+-- @return true, or nil, msg, code ('full': max_files reached; 'io')
+function Spool:write(rows)
+  if #rows == 0 then return true end
+  if self:count() >= self.limits.max_files then
+    return nil, 'spool full (' .. self.limits.max_files .. ' files)', 'full'
+  end
+  local lines = { M.SPOOL_MAGIC }
+  for i, row in ipairs(rows) do
+    if i > self.limits.file_rows then break end
+    lines[#lines + 1] = spool_line(row)
+  end
+  local name = string.format('%010d-%s.rows', math.floor(self.clock()), random_hex(8))
+  local tmp = self.dir .. '/.tmp-' .. name
+  local f, err = io.open(tmp, 'wb')
+  if not f then return nil, 'spool: ' .. tostring(err), 'io' end
+  local ok, werr = f:write(table.concat(lines, '\n'), '\n')
+  local closed = f:close()
+  if not ok or not closed then
+    os.remove(tmp)
+    return nil, 'spool: ' .. tostring(werr or 'write failed'), 'io'
+  end
+  local renamed, rerr = os.rename(tmp, self.dir .. '/' .. name)
+  if not renamed then
+    os.remove(tmp)
+    return nil, 'spool: ' .. tostring(rerr), 'io'
+  end
+  return true
+end
+
+local function read_spool_file(path, limits)
+  local f = io.open(path, 'rb')
+  if not f then return nil end
+  local text = f:read(limits.file_bytes) or ''
+  f:close()
+  local rows, bad = {}, 0
+  local first = true
+  for line in text:gmatch('([^\n]*)\n') do
+    if first then
+      if line ~= M.SPOOL_MAGIC then return {}, 1 end
+      first = false
+    elseif #rows >= limits.file_rows then
+      break
+    else
+      local row = spool_row(line)
+      if row then rows[#rows + 1] = row else bad = bad + 1 end
+    end
+  end
+  return rows, bad
+end
+
+--- Claim the oldest spool files (and claims older than stale_claim, left
+-- by a run that died) for this run.
+-- @return rows (prepared, with their ids), claims (for finish), bad (lines
+--   that did not parse and are dropped)
+function Spool:claim()
+  local now = math.floor(self.clock())
+  local candidates = {}
+  for _, name in ipairs(self:_list()) do
+    if name:match(SPOOL_NAME) then
+      candidates[#candidates + 1] = { name = name, base = name }
+    else
+      local base, at = name:match(CLAIM_NAME)
+      if base and tonumber(at) + self.limits.stale_claim < now then
+        candidates[#candidates + 1] = { name = name, base = base }
+      end
+    end
+  end
+  -- Oldest first: names start with the time they were written.
+  table.sort(candidates, function(a, b) return a.base < b.base end)
+  local rows, claims, bad = {}, {}, 0
+  for _, c in ipairs(candidates) do
+    if #claims >= self.limits.flush_files then break end
+    local claimed = string.format('%s/%s.%d.%s.claim', self.dir, c.base, now, self.token)
+    -- The rename is the lock: of two runs only one succeeds.
+    if os.rename(self.dir .. '/' .. c.name, claimed) then
+      local got, nbad = read_spool_file(claimed, self.limits)
+      claims[#claims + 1] = { path = claimed, base = c.base }
+      for _, row in ipairs(got or {}) do rows[#rows + 1] = row end
+      bad = bad + (nbad or 0)
+    end
+  end
+  return rows, claims, bad
+end
+
+--- End a claim: written → the files go; otherwise they return to the spool
+-- for a later run.
+function Spool:finish(claims, written)
+  for _, c in ipairs(claims) do
+    if written then
+      os.remove(c.path)
+    else
+      os.rename(c.path, self.dir .. '/' .. c.base)
+    end
+  end
 end
 
 return M

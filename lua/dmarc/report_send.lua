@@ -23,6 +23,8 @@ M.defaults = {
   smtp_timeout = 30,
 }
 M.MAX_MANIFESTS = 100000     -- manifests read per run
+M.MAX_FAILURE_QUEUES = 10000 -- policy domains whose queued failure reports are read per run
+M.MAX_FAILURE_PER_QUEUE = 100 -- queued failure reports read per policy domain per run
 M.MAX_REPLY_LINES = 100      -- lines of one SMTP reply
 M.MAX_CONSENT_TXT = 32       -- TXT RRs read from a _report._dmarc answer
 
@@ -373,6 +375,93 @@ local function is_final(state)
   return state ~= nil and not state:match('^retry:')
 end
 
+-- ---------------------------------------------------------------------------
+-- Queued failure reports (dmarc.failure, Reporter:queue)
+
+-- Replace a queue entry by its next state (or remove it when ARGV[2] is
+-- empty), only if it is still there: LREM of the exact value, so an entry
+-- dropped or already handled meanwhile is never sent or queued again.
+local REQUEUE = [[
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+return 1
+]]
+M.REQUEUE_SCRIPT = REQUEUE
+
+-- Deliver the queued failure reports of every policy domain, under the
+-- sender lock: the same destination check [RUA-5], transports and retry
+-- rules as aggregate reports; an entry goes once accepted, failed for good,
+-- unauthorized or given up.
+local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
+  local failure = require 'dmarc.failure'
+  local cluster = require 'dmarc.cluster'
+  local keys, err, code = cluster.scan(conn, failure.queue_pattern(prefix),
+                                       { max_keys = M.MAX_FAILURE_QUEUES })
+  if not keys then return nil, err, code end
+  table.sort(keys)
+  for _, key in ipairs(keys) do
+    local domain = failure.domain_of_queue_key(prefix, key)
+    if domain then
+      -- The oldest entries sit at the tail (LPUSH adds at the head).
+      local list, lerr, lcode = conn:command('LRANGE', key, tostring(-M.MAX_FAILURE_PER_QUEUE), '-1')
+      if type(list) ~= 'table' then return nil, lerr or 'LRANGE failed', lcode or 'redis' end
+      for i = #list, 1, -1 do
+        local raw = list[i]
+        local e = failure.decode_entry(raw)
+        local now = clock()
+        local next_state
+        if not e or e.domain ~= domain then
+          next_state = ''
+          summary.failure_failed = summary.failure_failed + 1
+          log('warning', 'dropping a malformed queued failure report for ' .. domain)
+        elseif e.next_at > now then
+          summary.failure_pending = summary.failure_pending + 1
+        else
+          local vres, addr = 'ok', e.to
+          if o.verify then vres, addr = o.verify(domain, e.to) end
+          local status, scode, stext
+          if vres == 'unauthorized' then
+            next_state = ''
+            summary.failure_skipped = summary.failure_skipped + 1
+            log('info', string.format('failure report for %s to %s: destination not authorized',
+                                      domain, e.to))
+          else
+            if vres == 'temperror' then
+              status, stext = 'temp', 'destination verification: DNS temporary error'
+            else
+              status, scode, stext = o.transport(o.envelope_from, addr, e.message)
+            end
+            if status == 'accepted' then
+              next_state = ''
+              summary.failure_accepted = summary.failure_accepted + 1
+              log('info', string.format('failure report for %s sent to %s', domain, addr))
+            elseif status == 'perm' or e.attempts + 1 >= o.max_attempts then
+              next_state = ''
+              summary.failure_failed = summary.failure_failed + 1
+              log('warning', string.format('failure report for %s to %s failed: %s', domain,
+                                           tostring(addr), tostring(stext or scode)))
+            else
+              e.attempts = e.attempts + 1
+              e.next_at = math.floor(now + math.min(o.retry_base * 2 ^ (e.attempts - 1),
+                                                    o.retry_max_delay))
+              next_state = failure.encode_entry(e)
+              summary.failure_deferred = summary.failure_deferred + 1
+              log('info', string.format('failure report for %s to %s deferred: %s', domain,
+                                        tostring(addr), tostring(stext)))
+            end
+          end
+        end
+        if next_state then
+          local r, rerr, rcode = conn:command('EVAL', REQUEUE, '1', key, raw, next_state)
+          if r == nil and rerr then return nil, rerr, rcode end
+          M.extend_lock(conn, prefix, t, o.lock_ttl)
+        end
+      end
+    end
+  end
+  return true
+end
+
 --- Deliver every report of the manifests in a directory.
 -- @param opts {table}
 --   redis        connection or cluster router (state, lock, deletion)
@@ -384,8 +473,12 @@ end
 --   size_limits  true: honour RFC 7489 !size limits [RUA-6]
 --   clock, retry_base, retry_max_delay, max_attempts, lock_ttl, state_ttl
 --   log          function(level, msg)
+--   failure_queue  false: leave queued failure reports alone (default:
+--                delivered after the manifests, same lock)
 -- @return summary {accepted, deferred, failed, skipped, completed,
---   pending}, or nil, msg, code ('locked' when another sender runs)
+--   pending, failure_accepted, failure_deferred, failure_failed,
+--   failure_skipped, failure_pending}, or nil, msg, code ('locked' when
+--   another sender runs)
 function M.send(opts)
   local o = {}
   for k, v in pairs(M.defaults) do o[k] = v end
@@ -398,7 +491,8 @@ function M.send(opts)
   local t, err, code = M.lock(conn, prefix, o.lock_ttl)
   if not t then return nil, err, code end
   local summary = { accepted = 0, deferred = 0, failed = 0, skipped = 0, completed = 0,
-                    pending = 0 }
+                    pending = 0, failure_accepted = 0, failure_deferred = 0, failure_failed = 0,
+                    failure_skipped = 0, failure_pending = 0 }
   local function run()
     for _, name in ipairs(list_manifests(o.out)) do
       local path = o.out .. '/' .. name
@@ -504,6 +598,10 @@ function M.send(opts)
         end
         M.extend_lock(conn, prefix, t, o.lock_ttl)
       end
+    end
+    if o.failure_queue ~= false then
+      local ok, ferr, fcode = deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
+      if not ok then return nil, ferr, fcode end
     end
     return summary
   end

@@ -3,7 +3,9 @@
 -- and the EVAL scripts of dmarc.report / dmarc.report_send, emulated).
 -- Replies follow dmarc.redis: status {ok=}, false for nil inside tables,
 -- {err=} for error replies in a pipeline. `down = true` makes every call an
--- I/O failure; `calls` counts round trips.
+-- I/O failure, `lose_replies = N` applies the next N pipelines and then
+-- reports an I/O failure (a reply lost on the way back); `calls` counts
+-- round trips.
 local report = require 'dmarc.report'
 
 local Fake = {}
@@ -100,8 +102,20 @@ function Fake:exec(cmd)
     return { '0', keys }
   elseif name == 'EVAL' then
     local script = cmd[2]
+    local nkeys = tonumber(cmd[3]) or 0
+    local keys, argv = {}, {}
+    for i = 4, 3 + nkeys do keys[#keys + 1] = cmd[i] end
+    for i = 4 + nkeys, #cmd do argv[#argv + 1] = cmd[i] end
     if script == report.ROW_SCRIPT then
-      local rows, meta = cmd[4], cmd[5]
+      local rows, meta = keys[1], keys[2]
+      -- The row id's mark (SET NX EX): a retry of the same id changes nothing.
+      if keys[3] then
+        if self.data[keys[3]] ~= nil then return 0 end
+        self.data[keys[3]] = '1'
+        self.ttl[keys[3]] = tonumber(argv[8])
+      end
+      cmd = { 'EVAL', script, '2', rows, meta }
+      for i = 1, 7 do cmd[5 + i] = argv[i] end
       local field, n, cap = cmd[6], tonumber(cmd[7]), tonumber(cmd[8])
       local h = hash(self, rows)
       if h[field] ~= nil or hlen(h) < cap then
@@ -136,6 +150,12 @@ function Fake:pipeline(cmds)
   if self.down then return nil, 'Connection refused', 'io' end
   local out = {}
   for i, c in ipairs(cmds) do out[i] = self:exec(c) end
+  -- `lose_replies = N`: the next N pipelines are applied, then the
+  -- connection breaks before the replies arrive.
+  if (self.lose_replies or 0) > 0 then
+    self.lose_replies = self.lose_replies - 1
+    return nil, 'Connection reset by peer', 'io'
+  end
   return out
 end
 

@@ -3,11 +3,19 @@
 -- and the decision; or, with --json, everything as one object.
 -- Exit status: 0 checked (whatever the verdict), 2 usage or input error (bad option,
 -- unreadable file, malformed message, zone or site script that does not load).
+--
+-- With Redis (--redis or $DMARC_REDIS) it is the scanner for every MTA hook that is not
+-- rspamd: overrides and recipient sets come from the store (docs/redis-keys.md), a report
+-- row is written for every evaluation whose applied record has rua [RUA-1], and, when asked
+-- for, failure reports are queued [FAIL-1] (docs/report-keys.md). Redis trouble is never a
+-- failure of the check: the exit status and decision stay what they are without Redis, and
+-- a warning goes to stderr.
 -- @module dmarc.cli.check
 
 local auth = require 'dmarc.auth'
 local dio = require 'dmarc.io'
 local policy = require 'dmarc.policy'
+local report = require 'dmarc.report'
 
 local M = {}
 
@@ -41,15 +49,46 @@ Authentication-Results:
                              trusted (repeatable)
 Output:
   --json                     everything as one JSON object
+Redis (off unless --redis, the report config's redis, or $DMARC_REDIS gives a server):
+  --redis HOST:PORT          also [IPv6]:PORT or unix:PATH; password from
+                             $DMARC_REDIS_PASSWORD
+  --redis-prefix P           key prefix of overrides and reports (default dmarc:)
+  --redis-tag TAG            hash tag of the override store (default ovr)
+  --redis-db N               database number
+  --redis-timeout SECONDS    connect and reply timeout (default 0.5)
+  With Redis, overrides and recipient sets come from the override store, and a report
+  row is written for every evaluation whose applied record has rua (read by `dmarc
+  report generate`). Redis down: the site defaults apply, the exit status and decision
+  are the same, and a warning goes to stderr. Rows of a message checked while Redis is
+  down are lost (counted in the warning) unless --spool keeps them.
+  --spool DIR                keep the rows of messages checked while Redis is down in
+                             DIR (one file per message, at most 10000 files); the next
+                             run that reaches Redis writes them first
+  --no-report-rows           write no report rows (another scanner collects them)
+  --failure-reports          queue RFC 9991 failure reports as the record's fo asks;
+                             `dmarc report send` verifies the ruf destinations and
+                             delivers them (needs the reporter identity below)
+  --time EPOCH               when the message arrived (default now): the day of its
+                             report row, Arrival-Date of its failure reports
+Reporter identity (for --failure-reports; also skips rows about our own reports):
+  --report-config FILE       the `dmarc report` config file (org_name, email,
+                             submitter, redis, prefix, failure_rate_limit,
+                             failure_rate_window, failure_queue_max)
+  --org-name NAME --email ADDR --submitter DOMAIN   (win over the config file)
 ]]
 
 local VALUE_OPTIONS = {
   ip = true, helo = true, ['mail-from'] = true, rcpt = true, evidence = true, policy = true,
   site = true, mode = true, roll = true, zone = true, ['dns-server'] = true,
   ['dns-timeout'] = true, ['authserv-id'] = true, ['trusted-authserv-id'] = true,
+  redis = true, ['redis-prefix'] = true, ['redis-tag'] = true, ['redis-db'] = true,
+  ['redis-timeout'] = true, spool = true, time = true, ['report-config'] = true,
+  ['org-name'] = true, email = true, submitter = true,
 }
 local MULTI_OPTIONS = { rcpt = true, ['trusted-authserv-id'] = true }
-local FLAG_OPTIONS = { json = true, help = true }
+local FLAG_OPTIONS = {
+  json = true, help = true, ['failure-reports'] = true, ['no-report-rows'] = true,
+}
 --- Repeated options are bounded like everything from outside.
 M.MAX_REPEATS = 100
 
@@ -205,6 +244,30 @@ function M.parse_args(args)
   for _, id in ipairs(opts['trusted-authserv-id']) do
     if not id:find('^[%w%.%-_]+$') then return nil, '--trusted-authserv-id must be a host name' end
   end
+  if opts['redis-prefix'] and not report.valid_prefix(opts['redis-prefix']) then
+    return nil, '--redis-prefix: at most 64 letters, digits and ":_.-"'
+  end
+  if opts['redis-tag'] and not opts['redis-tag']:find('^[%w_.:-]+$') then
+    return nil, '--redis-tag: letters, digits and "_.:-"'
+  end
+  if opts['redis-db'] then
+    local n = tonumber(opts['redis-db'])
+    if not n or n % 1 ~= 0 or n < 0 or n > 2147483647 then return nil, '--redis-db must be a number' end
+    opts['redis-db'] = n
+  end
+  if opts['redis-timeout'] then
+    local n = tonumber(opts['redis-timeout'])
+    if not n or n < 0.001 or n > 60 then return nil, '--redis-timeout must be 0.001-60 seconds' end
+    opts['redis-timeout'] = n
+  end
+  if opts.time then
+    local n = tonumber(opts.time)
+    if not opts.time:find('^%d+$') or not n or n > 253402300799 then
+      return nil, '--time must be seconds since the epoch'
+    end
+    opts.time = n
+  end
+  if opts.spool == '' then return nil, '--spool needs a directory' end
   return opts
 end
 
@@ -300,6 +363,304 @@ end
 
 -- }==================================================================
 
+-- {==================================================================
+-- Redis: the override store, report rows, failure reports
+-- ===================================================================
+
+--- Messages for stderr: the site script's log() and every Redis warning.
+M.logger = require('dmarc.log').new {
+  sink = function(level, msg) io.stderr:write('dmarc check: ', level, ': ', msg, '\n') end,
+}
+
+local function valid_email(s)
+  return type(s) == 'string' and #s <= 254 and s:find('^[^%s<>@"]+@[%w%.%-_]+$') ~= nil
+end
+
+--- Where Redis is and what to do with it: the options first, then the report config file,
+-- then $DMARC_REDIS. settings.redis is nil when no server is configured.
+-- @param opts parsed options
+-- @param getenv os.getenv or a stand-in (tests)
+-- @return settings, or nil, message (a usage error)
+function M.redis_settings(opts, getenv)
+  getenv = getenv or os.getenv
+  local conf = {}
+  if opts['report-config'] then
+    local c, err = require('dmarc.cli.report').load_config(opts['report-config'])
+    if not c then return nil, '--report-config: ' .. tostring(err) end
+    conf = c
+  end
+  local settings = {
+    prefix = opts['redis-prefix'] or conf.prefix or report.defaults.prefix,
+    tag = opts['redis-tag'],
+    db = opts['redis-db'],
+    timeout = opts['redis-timeout'] or 0.5,
+    password = getenv('DMARC_REDIS_PASSWORD'),
+    spool = opts.spool,
+    rows = not opts['no-report-rows'],
+    failure_reports = opts['failure-reports'] or false,
+    reporter = {
+      org_name = opts['org-name'] or conf.org_name,
+      email = opts.email or conf.email,
+      submitter = opts.submitter or conf.submitter,
+    },
+    failure = {
+      rate_limit = tonumber(conf.failure_rate_limit),
+      rate_window = tonumber(conf.failure_rate_window),
+      queue_max = tonumber(conf.failure_queue_max),
+    },
+  }
+  if not report.valid_prefix(settings.prefix) then
+    return nil, 'the key prefix must be at most 64 letters, digits and ":_.-"'
+  end
+  local addr = opts.redis or conf.redis or getenv('DMARC_REDIS')
+  if addr ~= nil and addr ~= '' then
+    local where, err = require('dmarc.cli.override').parse_redis_address(tostring(addr))
+    if not where then return nil, err end
+    settings.redis = where
+  end
+  local rep = settings.reporter
+  if rep.email ~= nil and not valid_email(rep.email) then return nil, '--email must be an address' end
+  if rep.submitter ~= nil and not report.valid_domain(rep.submitter) then
+    return nil, '--submitter must be a lowercase domain name'
+  end
+  if settings.failure_reports then
+    if not settings.redis then
+      return nil, '--failure-reports needs Redis (--redis, or $DMARC_REDIS): reports are queued there'
+    end
+    if not rep.email or not rep.submitter then
+      return nil, '--failure-reports needs the reporter --email and --submitter (or --report-config)'
+    end
+    rep.org_name = rep.org_name or rep.submitter
+  end
+  if (settings.spool or opts['no-report-rows']) and not settings.redis then
+    return nil, (settings.spool and '--spool' or '--no-report-rows') .. ' needs Redis (--redis)'
+  end
+  return settings
+end
+
+-- One connection for the whole run, shared by the store, the rows and the failure queue.
+-- A failed connect is not tried again in the same run (a dead Redis costs one timeout).
+local function redis_link(settings)
+  local link = { conn = nil, failed = nil }
+  function link.get()
+    local c = link.conn
+    if c then
+      local ok, broken = pcall(c.is_broken, c)
+      if ok and not broken then return c end
+      link.conn = nil
+    end
+    if link.failed then return nil, link.failed, 'io' end
+    local ok, redis = pcall(require, 'dmarc.redis')
+    if not ok then
+      link.failed = 'the dmarc.redis module is not built'
+      return nil, link.failed, 'unavailable'
+    end
+    local where = settings.redis
+    local conn, err, code = redis.connect {
+      host = where.host, port = where.port, path = where.path, timeout = settings.timeout,
+      password = settings.password, db = settings.db,
+    }
+    if not conn then
+      link.failed = tostring(err)
+      return nil, link.failed, code or 'io'
+    end
+    link.conn = conn
+    return conn
+  end
+  function link.broken(err)
+    if link.conn then pcall(link.conn.close, link.conn) end
+    link.conn = nil
+    link.failed = tostring(err)
+  end
+  function link.close()
+    if link.conn then pcall(link.conn.close, link.conn) end
+    link.conn = nil
+  end
+  -- A pipeline through the link (the failure reporter's `redis`).
+  link.pipeline_proxy = {
+    pipeline = function(_, cmds)
+      local c, err, code = link.get()
+      if not c then return nil, err, code end
+      local r, perr, pcode = c:pipeline(cmds)
+      if not r then link.broken(perr) end
+      return r, perr, pcode
+    end,
+  }
+  return link
+end
+
+local function where_text(settings)
+  local w = settings.redis
+  if w.path then return 'unix:' .. w.path end
+  return tostring(w.host) .. ':' .. tostring(w.port)
+end
+
+-- The evaluation input (as auth.check built it) that report rows and failure reports
+-- describe: the same SPF result and DKIM signatures, in the same order, so the
+-- evaluation's per-signature alignment matches [AGG-6].
+local function evaluation_input(res)
+  local input = { dkim = {} }
+  if res.spf and res.spf.domain ~= '' then
+    input.spf = { result = res.spf.result, domain = res.spf.domain, scope = res.spf.scope }
+  end
+  local max = require('dmarc').limits.max_dkim
+  for i, s in ipairs(res.dkim and res.dkim.signatures or {}) do
+    if i > max then break end
+    if s.domain ~= '' then
+      input.dkim[#input.dkim + 1] = { result = s.result, domain = s.domain, selector = s.selector }
+    end
+  end
+  return input
+end
+
+local function plural(n, word)
+  return string.format('%d %s%s', n, word, n == 1 and '' or 's')
+end
+
+-- Rows of this message (and of the spool) in one pipelined round trip. Redis down: the
+-- rows go to the spool, or are lost and counted.
+local function write_rows(link, settings, rows, out)
+  local log = M.logger
+  local ropts = { prefix = settings.prefix }
+  local conn, err = link.get()
+  local spool
+  if settings.spool then
+    local serr
+    spool, serr = report.spool(settings.spool)
+    if not spool then log:warn('%s', tostring(serr)) end
+  end
+  if not conn then
+    if #rows == 0 then return end
+    if spool then
+      local ok, werr = spool:write(rows)
+      if ok then
+        out.rows_spooled = #rows
+        log:warn('Redis %s unavailable (%s): %s kept in %s', where_text(settings), tostring(err),
+                 plural(#rows, 'report row'), settings.spool)
+        return
+      end
+      err = tostring(err) .. '; ' .. tostring(werr)
+    end
+    out.rows_lost = #rows
+    log:warn('Redis %s unavailable (%s): %s of this message lost%s', where_text(settings),
+             tostring(err), plural(#rows, 'report row'),
+             spool and '' or ' (--spool DIR keeps them until Redis is back)')
+    return
+  end
+  -- The spool first: older rows before this message's.
+  local all, claims, bad = {}, {}, 0
+  if spool then all, claims, bad = spool:claim() end
+  if bad > 0 then log:warn('spool: %s dropped', plural(bad, 'malformed row')) end
+  local from_spool = #all
+  for _, row in ipairs(rows) do all[#all + 1] = row end
+  if #all == 0 then return end
+  local cmds = {}
+  for _, row in ipairs(all) do
+    local c, cerr = report.commands(row, ropts)
+    if c then
+      cmds[#cmds + 1] = c[1]
+    else
+      log:warn('report row for %s not stored: %s', tostring(row.policy_domain), tostring(cerr))
+    end
+  end
+  local replies, perr = conn:pipeline(cmds)
+  if not replies then
+    link.broken(perr)
+    if spool then
+      spool:finish(claims, false)
+      local ok = #rows == 0 or spool:write(rows)
+      if ok then
+        out.rows_spooled = #rows
+        log:warn('Redis %s failed (%s): %s kept in %s', where_text(settings), tostring(perr),
+                 plural(#rows, 'report row'), settings.spool)
+        return
+      end
+    end
+    out.rows_lost = #rows
+    log:warn('Redis %s failed (%s): %s of this message lost', where_text(settings),
+             tostring(perr), plural(#rows, 'report row'))
+    return
+  end
+  -- Each row is its own command: a refused one (an error reply) was not written, and
+  -- writing it again would be refused again.
+  local refused = 0
+  for i = 1, #cmds do
+    local r = replies[i]
+    if type(r) == 'table' and r.err then refused = refused + 1 end
+  end
+  if spool then spool:finish(claims, true) end
+  out.rows_written = #cmds - refused
+  out.rows_from_spool = from_spool
+  if refused > 0 then
+    log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(replies[1] and
+      type(replies[1]) == 'table' and replies[1].err or 'see the server log'))
+  end
+end
+
+-- Failure reports [FAIL-1..7] of every author domain's evaluation, queued in Redis.
+local function queue_failure_reports(link, settings, res, input, ctx, decision, text, now, out)
+  local failure = require 'dmarc.failure'
+  local ok_core, core = pcall(require, 'dmarc.core')
+  local fr = failure.new {
+    enabled = true, reporter = settings.reporter, redis = link.pipeline_proxy,
+    prefix = settings.prefix, clock = function() return now end,
+    rate_limit = settings.failure.rate_limit, rate_window = settings.failure.rate_window,
+    queue_max = settings.failure.queue_max,
+    version = ok_core and core._VERSION or nil,
+  }
+  local list = res.details and res.details.domains or {}
+  if #list == 0 then list = { res.details and res.details.verdict or res.dmarc } end
+  for i, v in ipairs(list) do
+    if i > report.limits.max_domains then break end
+    if type(v) == 'table' and v.record then
+      local n, why, err = fr:queue(v, input, ctx, decision, text)
+      out.failure_reports = out.failure_reports + n
+      if why and why ~= 'redis' then out.failure_reports_not_made = why end
+      if why == 'redis' then
+        M.logger:warn('Redis %s unavailable (%s): no failure report queued', where_text(settings),
+                      tostring(err))
+        return
+      elseif why == 'queue_full' then
+        M.logger:warn('failure-report queue of %s is full: report dropped', tostring(v.policy_domain))
+      end
+    end
+  end
+end
+
+--- Everything Redis is used for after the decision: rows, then failure reports.
+-- @return the reporting summary (for --json)
+local function report_to_redis(link, settings, res, ctx, decision, text, now)
+  local out = { rows_written = 0, rows_spooled = 0, rows_lost = 0, rows_from_spool = 0,
+                failure_reports = 0 }
+  local input = evaluation_input(res)
+  if settings.rows then
+    local rows, err, code = report.build_rows(res.dmarc, input, ctx, decision, {
+      details = res.details, time = now, reporter_address = settings.reporter.email,
+    })
+    if not rows then
+      -- Said only when a row was due: a message under no rua needs none [RUA-1].
+      local list = res.details and res.details.domains or {}
+      for i, v in ipairs(list) do
+        if i > report.limits.max_domains then break end
+        if type(v.record) == 'table' and type(v.record.rua) == 'table' and #v.record.rua > 0 then
+          M.logger:warn('no report row: %s (%s)', tostring(err), tostring(code))
+          break
+        end
+      end
+      rows = {}
+    end
+    local ids = report.id_source()
+    for i, row in ipairs(rows) do rows[i] = report.prepare_row(row, ids()) end
+    write_rows(link, settings, rows, out)
+  end
+  if settings.failure_reports then
+    queue_failure_reports(link, settings, res, input, ctx, decision, text, now, out)
+  end
+  return out
+end
+
+-- }==================================================================
+
 local function usage_error(msg)
   io.stderr:write('dmarc check: ', msg, '\n', 'run "dmarc check --help" for usage\n')
   return 2
@@ -318,13 +679,16 @@ function M.run(args)
     io.stdout:write(M.USAGE)
     return 0
   end
+  local settings
+  settings, err = M.redis_settings(opts)
+  if not settings then return usage_error(err) end
   local site
   if opts.policy then
     local code
-    site, err, code = policy.load(opts.policy)
+    site, err, code = policy.load(opts.policy, { log = M.logger })
     if not site then return input_error('site script: ' .. tostring(err) .. ' (' .. tostring(code) .. ')') end
   else
-    site = assert(policy.new({}))
+    site = assert(policy.new({}, { log = M.logger }))
   end
   local text
   text, err = read_message(opts.file)
@@ -342,6 +706,7 @@ function M.run(args)
   local res, code
   res, err, code = auth.check(resolver, text, check_opts)
   if not res then
+    collectgarbage() -- the resolver's DNS answers first (see below)
     resolver:close()
     if code == 'syntax' or code == 'limit' then return input_error('malformed message: ' .. tostring(err)) end
     return input_error(tostring(err))
@@ -349,13 +714,34 @@ function M.run(args)
   local ctx = auth.policy_ctx(res, { ip = opts.ip, helo = opts.helo, mail_from = opts['mail-from'],
     rcpt = opts.rcpt })
   ctx.evidence = opts.evidence
-  local decision = site:evaluate(res.dmarc, ctx, nil)
+  local link, st
+  if settings.redis then
+    link = redis_link(settings)
+    -- The store's one MGET per decision goes through the run's connection.
+    st = require('dmarc.store').redis {
+      host = settings.redis.host, port = settings.redis.port, path = settings.redis.path,
+      prefix = settings.prefix, tag = settings.tag, timeout = settings.timeout,
+      connect = function() return link.get() end,
+    }
+  end
+  local decision = site:evaluate(res.dmarc, ctx, st)
   local header = auth.format_ar(res, authserv_id, decision)
+  -- DNS answers the resolver handed out are freed through the resolver's DNS context:
+  -- collect the unreferenced ones while it still exists.
+  collectgarbage()
   resolver:close()
+  local reporting
+  if link then
+    local now = opts.time or os.time()
+    ctx.arrival = now
+    reporting = report_to_redis(link, settings, res, ctx, decision, text, now)
+    link.close()
+  end
 
   if opts.json then
     local out = as_arrays(res, decision)
     out.authentication_results = header
+    out.reporting = reporting
     io.stdout:write(M.json(out), '\n')
     return 0
   end
