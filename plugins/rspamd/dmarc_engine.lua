@@ -111,6 +111,11 @@ local settings = {
   -- the engine's libopendkim (dmarc.io). Keys are fetched with rspamd's asynchronous
   -- resolver first, so the verification itself never waits for DNS.
   fallback_dkim = false,
+  -- When rspamd's spf module gave no result for a message (it is not loaded), check SPF
+  -- with the engine's libspf2 (dmarc.io), every DNS question asked through rspamd's
+  -- asynchronous resolver, round by round. With rspamd's spf module loaded its result is
+  -- always used. On by default; without dmarc.io it is then off, with a log line.
+  fallback_spf = true,
   -- Seconds Redis is left alone after a failure, so a dead Redis costs no time per message.
   redis_backoff = 10,
 }
@@ -118,6 +123,8 @@ local settings = {
 local E = {}
 local dio              -- require 'dmarc.io', for the fallbacks (set up at the end)
 local fallback_dkim = false  -- settings.fallback_dkim, with dmarc.io loaded
+local fallback_spf = false   -- settings.fallback_spf, with dmarc.io loaded
+local auth                   -- require 'dmarc.auth', for the SPF fallback
 local sample_pct = false     -- rfc7489 mode: each message gets a pct roll
 local mime_header_encode = rspamd_util.mime_header_encode
 
@@ -161,6 +168,9 @@ local function rcode_of(err, results)
   return 'servfail'
 end
 exports.rcode_of = rcode_of
+
+-- rspamd's resolver methods by question type (others go through resolver:resolve(type)).
+local RESOLVE_METHODS = { TXT = 'resolve_txt', A = 'resolve_a', MX = 'resolve_mx' }
 
 local function clip(s, n)
   s = tostring(s)
@@ -491,6 +501,104 @@ end
 
 -- }==================================================================
 
+-- {==================================================================
+-- The SPF fallback: libspf2 through dmarc.io, sans-I/O, over rspamd's resolver.
+-- ===================================================================
+
+local MAX_SPF_RRS = 64           -- records of one answer handed to libspf2
+
+--- The address a reverse-lookup name stands for (in-addr.arpa, RFC 1035 §3.5; ip6.arpa,
+-- RFC 3596 §2.5): rspamd's resolve_ptr takes the address, not the name. nil otherwise.
+local function ptr_address(name)
+  local d, c, b, a = name:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)%.in%-addr%.arpa$')
+  if d then return a .. '.' .. b .. '.' .. c .. '.' .. d end
+  local nibbles = name:match('^([%x.]+)%.ip6%.arpa$')
+  if not nibbles or #nibbles ~= 63 then return nil end
+  local hex = nibbles:gsub('%.', ''):reverse()
+  if #hex ~= 32 then return nil end
+  local groups = {}
+  for i = 1, 32, 4 do groups[#groups + 1] = hex:sub(i, i + 3) end
+  return table.concat(groups, ':')
+end
+exports.ptr_address = ptr_address
+
+--- The question callback of auth.spf_async over rspamd's resolver: records in the
+-- presentation form dmarc.io's spf_checker takes.
+local function spf_resolver(task)
+  local resolver = task:get_resolver()
+  return function(name, qtype, cb)
+    local function on_answer(_, _, results, err)
+      local rcode = rcode_of(err, results)
+      local records
+      if rcode == 'noerror' then
+        records = {}
+        for i = 1, math.min(#results, MAX_SPF_RRS) do
+          local rr = results[i]
+          if qtype == 'MX' then
+            records[i] = tostring(rr.priority or 0) .. ' ' .. tostring(rr.name)
+          else
+            records[i] = tostring(rr)
+          end
+        end
+      end
+      cb(rcode, records)
+    end
+    local args = { task = task, name = name, forced = true, callback = on_answer }
+    local ok, sent
+    if qtype == 'PTR' then
+      args.name = ptr_address(name)
+      if not args.name then return cb('servfail') end
+      ok, sent = pcall(resolver.resolve_ptr, resolver, args)
+    elseif RESOLVE_METHODS[qtype] then
+      ok, sent = pcall(resolver[RESOLVE_METHODS[qtype]], resolver, args)
+    else
+      ok, sent = pcall(resolver.resolve, resolver, qtype:lower(), args)
+    end
+    -- Not even sent: transient, a temperror for the term that asked (RFC 7208 §5).
+    if not ok or not sent then cb('servfail') end
+  end
+end
+
+-- Checkers are reused (each holds a libspf2 server): at most SPF_POOL_MAX wait here.
+local SPF_POOL_MAX = 16
+local spf_pool, spf_pool_n = {}, 0
+
+--- SPF for the message as check_host() finds it (RFC 7208 §2.3, §2.4: MAIL FROM, or HELO
+-- for a null reverse-path) [ALN-1]; cb(spf input) or cb(nil) when there is nothing to
+-- check (no client address), exactly once.
+local function spf_fallback(task, env, cb)
+  local ip = task:get_from_ip()
+  if not (ip and ip:is_valid()) then return cb(nil) end
+  local checker
+  if spf_pool_n > 0 then
+    checker = spf_pool[spf_pool_n]
+    spf_pool[spf_pool_n] = nil
+    spf_pool_n = spf_pool_n - 1
+  else
+    checker = dio.spf_checker{ receiver = settings.authserv_id }
+  end
+  local args = { ip = ip:to_string(), helo = task:get_helo(), mail_from = env.addr or '' }
+  auth.spf_async(checker, args, spf_resolver(task), function(res, err)
+    checker:clear()
+    if spf_pool_n < SPF_POOL_MAX then
+      spf_pool_n = spf_pool_n + 1
+      spf_pool[spf_pool_n] = checker
+    else
+      checker:close()
+    end
+    if not res then
+      rspamd_logger.warnx(task, '%s: SPF fallback: %s', N, err)
+      return cb(nil)
+    end
+    lua_util.debugm(N, task, 'SPF fallback: %s for %s (%s)', res.result, res.domain, res.reason)
+    if res.domain == '' then return cb(nil) end
+    cb({ result = res.result, domain = res.domain:lower(), scope = res.scope,
+         human_result = res.reason })
+  end)
+end
+
+-- }==================================================================
+
 --- rspamd's ARC verdict (its arc module) and the sealers of the chain [ARC-1].
 local function arc_of(task)
   local s = settings.symbols
@@ -656,7 +764,6 @@ end
 -- The resolver adapter: the engine's resolve_async(name, qtype, cb) over rspamd's
 -- callback resolver. `forced`: DMARC lookups are never dropped by rspamd's per-task DNS
 -- limit, as its own module does.
-local RESOLVE_METHODS = { TXT = 'resolve_txt', A = 'resolve_a', MX = 'resolve_mx' }
 
 local function make_resolver(task, dns_errors)
   local resolver = task:get_resolver()
@@ -1010,10 +1117,17 @@ local function dmarc_check(task)
     dkim = dkim_of(task, spf_result ~= nil),
   }
   local ctx = ctx_of(task)
-  if input.dkim then return run(task, input, ctx) end
-  dkim_fallback(task, function(results)
-    input.dkim = results
-    run(task, input, ctx)
+  local function with_dkim()
+    if input.dkim then return run(task, input, ctx) end
+    dkim_fallback(task, function(results)
+      input.dkim = results
+      run(task, input, ctx)
+    end)
+  end
+  if spf_result or not fallback_spf then return with_dkim() end
+  spf_fallback(task, env, function(spf)
+    input.spf = spf
+    with_dkim()
   end)
 end
 exports.dmarc_check = dmarc_check
@@ -1172,13 +1286,24 @@ if settings.reporting.enabled then
   row_script_id = lua_redis.add_redis_script(report.ROW_SCRIPT, reporting_redis)
 end
 
-if settings.fallback_dkim then
+if settings.fallback_dkim or settings.fallback_spf then
   local ok_io, io_or_err = pcall(require, 'dmarc.io')
-  if not ok_io then
-    return disable('fallback_dkim needs dmarc.io (libopendkim), which cannot be loaded: %s', io_or_err)
+  local ok_auth, auth_or_err = pcall(require, 'dmarc.auth')
+  if not ok_io or not ok_auth then
+    local why = ok_io and auth_or_err or io_or_err
+    if settings.fallback_dkim then
+      return disable('fallback_dkim needs dmarc.io (libopendkim), which cannot be loaded: %s', why)
+    end
+    if opts.fallback_spf ~= nil then
+      return disable('fallback_spf needs dmarc.io (libspf2), which cannot be loaded: %s', why)
+    end
+    -- On by default only: without dmarc.io, SPF comes from rspamd's spf module alone.
+    rspamd_logger.infox(rspamd_config, '%s: no SPF fallback: dmarc.io cannot be loaded: %s', N, why)
+  else
+    dio, auth = io_or_err, auth_or_err
+    fallback_dkim = settings.fallback_dkim and true or false
+    fallback_spf = settings.fallback_spf and true or false
   end
-  dio = io_or_err
-  fallback_dkim = true
 end
 
 auth_local_conf = { settings.check_local, settings.check_authed }
@@ -1220,9 +1345,10 @@ for _, sym in ipairs(settings.evidence_symbols) do
   rspamd_config:register_dependency('DMARC_CHECK', sym)
 end
 
-rspamd_logger.infox(rspamd_config, '%s: enabled, mode %s, site %s, overrides %s, reporting %s',
-  N, settings.mode, settings.site_script or 'defaults', overrides_redis and 'redis' or 'none',
-  reporting_redis and 'redis' or 'off')
+rspamd_logger.infox(rspamd_config, '%s: enabled, mode %s, site %s, overrides %s, reporting %s, ' ..
+  'fallbacks: spf %s, dkim %s', N, settings.mode, settings.site_script or 'defaults',
+  overrides_redis and 'redis' or 'none', reporting_redis and 'redis' or 'off',
+  fallback_spf and 'on' or 'off', fallback_dkim and 'on' or 'off')
 
 exports.settings = settings
 return exports

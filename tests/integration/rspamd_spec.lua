@@ -375,7 +375,7 @@ describe('dmarc_engine plugin (strict site script, Redis down)', function()
   end)
 end)
 
-describe('dmarc_engine plugin (rfc7489 mode, DKIM checked by the engine)', function()
+describe('dmarc_engine plugin (rfc7489 mode, SPF and DKIM checked by the engine)', function()
   local addr = h.instances.legacy
 
   it('verifies DKIM with libopendkim when rspamd checked none (fallback_dkim)', function()
@@ -386,6 +386,38 @@ describe('dmarc_engine plugin (rfc7489 mode, DKIM checked by the engine)', funct
     r = h.scan(addr, { file = 'arc-broken.eml', ip = '198.51.100.50',
                        from = 'team-bounces@forwarder.test' })
     assert.is_table(h.options(r, 'DMARC_POLICY_REJECT'))
+  end)
+
+  -- rspamd's spf module is not loaded here: the engine checks SPF (fallback_spf), libspf2
+  -- asking its questions through rspamd's resolver, round by round.
+  it('checks SPF itself without rspamd\'s spf module: aligned passes', function()
+    local r = h.scan(addr, { file = 'spf-pass.eml', ip = '192.0.2.10', from = 'alice@pass.test' })
+    assert.is_nil(r.symbols.R_SPF_ALLOW)
+    assert.same({ 'pass.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    -- The record, its include, the mx term and its names' addresses: four rounds.
+    r = h.scan(addr, { file = 'spf-rounds.eml', ip = '192.0.2.72', from = 'orders@rounds.test' })
+    assert.same({ 'rounds.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+  end)
+
+  it('SPF fail from the engine\'s check: DMARC_POLICY_REJECT; the sender\'s own IP passes', function()
+    local r = h.scan(addr, { file = 'reject-spoof.eml', ip = SPOOFER, from = 'ceo@reject.test' })
+    assert.same({ 'reject.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    r = h.scan(addr, { file = 'reject-spoof.eml', ip = '192.0.2.20', from = 'ceo@reject.test' })
+    assert.same({ 'reject.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    r = h.scan(addr, { file = 'spf-rounds.eml', ip = SPOOFER, from = 'orders@rounds.test' })
+    assert.same({ 'rounds.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+  end)
+
+  -- [EVAL-3]: an aligned SPF check that failed temporarily makes DMARC temperror.
+  it('SPF temperror (SERVFAIL): DMARC_DNSFAIL and temperror, never a reject', function()
+    local r = h.scan(addr, { file = 'spf-temperror.eml', ip = SPOOFER, from = 'billing@spftemp.test' })
+    -- The policy lookup itself worked: the temperror is SPF's.
+    assert.equal('spftemp.test : SPF/DKIM temp error', h.options(r, 'DMARC_DNSFAIL')[1])
+    assert.is_nil(r.symbols.DMARC_POLICY_REJECT)
+    assert.matches('^mx.rcpt.test; dmarc=temperror ', h.added_headers(r)['Authentication-Results'])
+    assert.are_not.equal('reject', r.action)
   end)
 
   it('a name without A, AAAA or MX does not exist for RFC 9091: np applies', function()

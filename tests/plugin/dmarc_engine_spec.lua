@@ -430,6 +430,100 @@ describe('dmarc_engine with Redis', function()
   end)
 end)
 
+describe('dmarc_engine SPF fallback', function()
+  local ok_io = pcall(require, 'dmarc.io')
+
+  -- rspamd without its spf module: no R_SPF_* symbol on the message.
+  local function nospf(from_domain, extra)
+    local spec = spoof(from_domain, extra)
+    spec.symbols = {}
+    return spec
+  end
+
+  local SPF_DNS = {}
+  for k, v in pairs(DNS) do SPF_DNS[k] = v end
+  SPF_DNS['pass.test'] = { results = { 'v=spf1 include:_spf.pass.test -all' } }
+  SPF_DNS['_spf.pass.test'] = { results = { 'v=spf1 ip4:192.0.2.10 mx:mail.pass.test ~all' } }
+  SPF_DNS['mail.pass.test'] = { results = { { name = 'mx1.pass.test', priority = 10 },
+                                            { name = 'mx2.pass.test', priority = 20 } } }
+  SPF_DNS['mx1.pass.test'] = { results = { '192.0.2.21' } }
+  SPF_DNS['mx2.pass.test'] = { results = { '192.0.2.22' } }
+  SPF_DNS['quar.test'] = { results = { 'v=spf1 ip4:192.0.2.30 -all' } }
+  SPF_DNS['servfail.test'] = { err = 'server fail' }
+  SPF_DNS['spftemp.test'] = { err = 'server fail' }
+  SPF_DNS['_dmarc.spftemp.test'] = { results = { 'v=DMARC1; p=reject' } }
+
+  local function asked(t, name)
+    for _, n in ipairs(t.dns_asked) do
+      if n == name then return true end
+    end
+    return false
+  end
+
+  it('checks SPF itself when rspamd gave no SPF result: aligned pass through include and mx', function()
+    if not ok_io then return pending('dmarc.io is not built') end
+    local _, x = load()
+    -- The second mx name's address, three rounds deep, answered later as rspamd does.
+    local t = fake.task(nospf('pass.test', { ip = '192.0.2.22', dns = SPF_DNS, async_dns = true }))
+    x.dmarc_check(t)
+    assert.same({}, t.results)
+    t:flush_dns()
+    assert.same({ 'pass.test', 'reject' }, t:options('DMARC_POLICY_ALLOW'))
+    assert.is_true(asked(t, '_spf.pass.test'))
+    assert.is_true(asked(t, 'mx1.pass.test'))
+  end)
+
+  it('gives SPF fail as rspamd words it, and uses rspamd\'s result when there is one', function()
+    if not ok_io then return pending('dmarc.io is not built') end
+    local _, x = load()
+    local t = scan(x, nospf('quar.test', { dns = SPF_DNS }))
+    assert.same({ 'quar.test : No valid SPF, No valid DKIM', 'quarantine' },
+      t:options('DMARC_POLICY_QUARANTINE'))
+    assert.is_true(asked(t, 'quar.test'))
+    -- rspamd's spf module ran: its result, no SPF question.
+    t = scan(x, spoof('quar.test', { symbols = { 'R_SPF_ALLOW' }, dns = SPF_DNS }))
+    assert.same({ 'quar.test', 'quarantine' }, t:options('DMARC_POLICY_ALLOW'))
+    assert.is_false(asked(t, 'quar.test'))
+  end)
+
+  -- [EVAL-3]: an aligned SPF temperror makes DMARC temperror, never a reject.
+  it('SPF temperror (SERVFAIL): DMARC_DNSFAIL, never a reject', function()
+    if not ok_io then return pending('dmarc.io is not built') end
+    local _, x = load({ site_script = site_file('strict-spf.lua', 'return { unconditional_reject = true }') })
+    local t = scan(x, nospf('spftemp.test', { dns = SPF_DNS }))
+    assert.is_table(t:options('DMARC_DNSFAIL'))
+    assert.same({}, t.pre_results)
+    assert.matches('dmarc=temperror', t:added_headers()['Authentication-Results'])
+  end)
+
+  it('is off with fallback_spf = false, and off (logged) by default without dmarc.io', function()
+    if not ok_io then return pending('dmarc.io is not built') end
+    local _, x = load({ fallback_spf = false })
+    local t = scan(x, nospf('quar.test', { dns = SPF_DNS }))
+    assert.is_false(asked(t, 'quar.test'))
+    local saved = package.loaded['dmarc.io']
+    package.loaded['dmarc.io'] = nil
+    package.preload['dmarc.io'] = function() error('not installed') end
+    local env1, x1 = load()
+    local env2, x2 = load({ fallback_spf = true })
+    package.preload['dmarc.io'] = nil
+    package.loaded['dmarc.io'] = saved
+    assert.is_nil(x1.disabled)
+    assert.matches('no SPF fallback', env1.log_text('info'))
+    assert.is_string(x2.disabled)
+    assert.matches('module disabled: fallback_spf needs dmarc.io', env2.log_text('error'))
+  end)
+
+  it('turns reverse-lookup names into the address rspamd resolves', function()
+    local _, x = load()
+    assert.equal('192.0.2.200', x.ptr_address('200.2.0.192.in-addr.arpa'))
+    local v6 = '1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa'
+    assert.equal('2001:0db8:0000:0000:0000:0000:0000:0001', x.ptr_address(v6))
+    assert.is_nil(x.ptr_address('example.com'))
+    assert.is_nil(x.ptr_address('0.8.b.d.0.1.0.0.2.ip6.arpa'))
+  end)
+end)
+
 describe('dmarc_engine DKIM fallback', function()
   it('is used only when rspamd did not check DKIM, with keys fetched asynchronously', function()
     local ok_io = pcall(require, 'dmarc.io')

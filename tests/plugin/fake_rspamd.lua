@@ -249,7 +249,8 @@ end
 function Task:append_message(message, category) self.messages[category or 'unknown'] = message end
 function Task:set_milter_reply(reply) self.milter = reply end
 
---- The resolver: answers from spec.dns; NXDOMAIN for names not listed.
+--- The resolver: answers from spec.dns (by name, whatever the type; a PTR question by
+-- 'ptr:<address>', the address rspamd's resolve_ptr takes); NXDOMAIN for names not listed.
 function Task:get_resolver()
   local task = self
   local function answer(name, args)
@@ -272,7 +273,10 @@ function Task:get_resolver()
     resolve_txt = function(_, args) return answer(args.name, args) end,
     resolve_a = function(_, args) return answer(args.name, args) end,
     resolve_mx = function(_, args) return answer(args.name, args) end,
-    resolve = function(_, _, args) return answer(args.name, args) end,
+    resolve_ptr = function(_, args) return answer('ptr:' .. args.name, args) end,
+    resolve = function(_, qtype, args)
+      return answer(qtype == 'ptr' and ('ptr:' .. args.name) or args.name, args)
+    end,
   }
 end
 

@@ -124,14 +124,20 @@ rspamd_it_corpus() {
 
 # rspamd_it_conf NAME PORT DMARC_MODULE [EXTRA_FILE]: render an rspamd config for one
 # instance into $RSPAMD_IT_DIR/NAME/. DMARC_MODULE is `builtin` (rspamd's own dmarc
-# module), `engine` (ours) or `none`. EXTRA_FILE, when given, is appended (plugin options).
+# module), `engine` (ours) or `none`. EXTRA_FILE, when given, is appended (plugin options);
+# a line "# rspamd_it lua plugins: NAME..." in it names rspamd's Lua plugins the instance
+# loads besides the DMARC module (default: spf arc).
 # RSPAMD_IT_FILTERS: rspamd's C filters (default "dkim"; empty: rspamd checks no DKIM).
 rspamd_it_conf() {
     name=$1 port=$2 dmarc=$3 extra=${4:-}
     d=$RSPAMD_IT_DIR/$name
     mkdir -p "$d/plugins" "$d/db" "$d/run" "$d/log"
+    plugins="spf arc"
+    if [ -n "$extra" ] && grep -q '^# rspamd_it lua plugins:' "$extra"; then
+        plugins=$(sed -n 's/^# rspamd_it lua plugins: *//p' "$extra" | head -n 1)
+    fi
     # Only the Lua plugins under test are visible: SPF, ARC and one DMARC module.
-    for p in spf arc; do ln -sf "/usr/share/rspamd/plugins/$p.lua" "$d/plugins/$p.lua"; done
+    for p in $plugins; do ln -sf "/usr/share/rspamd/plugins/$p.lua" "$d/plugins/$p.lua"; done
     builtin=false
     case $dmarc in
     builtin)
