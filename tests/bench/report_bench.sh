@@ -10,7 +10,19 @@ dir=$(mktemp -d /tmp/dmarc-report-bench.XXXXXX)
 redis-server --bind 127.0.0.1 --port "$PORT" --dir "$dir" --save '' --appendonly no \
     --daemonize no --logfile "$dir/redis.log" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+# Stop the server by its PID, then remove the directory, keeping the benchmark's exit
+# status. Under `set -e` a bare `wait` on the killed server returns non-zero and would end
+# the trap before `rm` (leaving redis-server and the directory behind); hence `|| true`.
+cleanup() {
+    status=$?
+    trap - EXIT
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$dir"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
 i=0
 until redis-cli -p "$PORT" ping >/dev/null 2>&1; do
     i=$((i + 1))

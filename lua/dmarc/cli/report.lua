@@ -5,17 +5,31 @@
 --
 -- Subcommands are looked up in a table; one that is not built in is loaded
 -- from lua/dmarc/cli/report_<name>.lua (which exports run(args) → status),
--- so other subcommands can be added without touching this file.
+-- so other subcommands can be added without touching this file. The ones
+-- the project ships are listed in LOADED, with their line of --help.
 local M = {}
 
-local USAGE = [[
+--- Subcommands loaded from dmarc.cli.report_<name>, in the order --help lists them.
+M.LOADED = {
+  { name = 'ingest', text = 'store aggregate reports received from other receivers (XML,\n'
+    .. '             .xml.gz, .zip, report e-mails) in Redis, deduplicated' },
+  { name = 'summary', text = 'what the ingested reports say about one policy domain, and\n'
+    .. '             whether it is ready for the next policy step' },
+  { name = 'serve', text = 'a dashboard of the ingested reports, served on loopback' },
+}
+
+local USAGE_HEAD = [[
 usage: dmarc report <subcommand> [options]
 
 subcommands:
   generate   write one report per policy domain and period (XML, gzip, one
              RFC 5322 message per rua destination, a manifest for `send`)
-  send       verify destinations, deliver, retry, delete delivered data
-  (others are loaded from dmarc.cli.report_<name> when installed)
+  send       verify destinations, deliver, retry, delete delivered data;
+             also delivers the failure reports `dmarc check --failure-reports`
+             queued
+]]
+
+local USAGE = [[
 
 common options:
   --config FILE          Lua file returning a table of options (see
@@ -37,7 +51,7 @@ generate:
   --max-rows N           rows read per policy domain (default 100000)
   --force                also periods that are not over yet, or already sent
 
-send:
+send (also without --date: retries, and the queued failure reports):
   --date D | --from T --to T   generate this period first (as above)
   --smtp HOST:PORT       relay (default 127.0.0.1:25), or
   --sendmail CMD         a sendmail-compatible command
@@ -56,6 +70,21 @@ send:
 exit status: 0 done (deliveries may be deferred), 1 error, 2 usage,
 75 another sender holds the lock.
 ]]
+
+-- The --help text: the built-in subcommands, then one line each for those
+-- loaded from modules (marked when the module is not installed).
+function M.usage()
+  local lines = { USAGE_HEAD }
+  for _, sub in ipairs(M.LOADED) do
+    local found = package.searchpath('dmarc.cli.report_' .. sub.name, package.path)
+    lines[#lines + 1] = string.format('  %-9s  %s%s\n', sub.name, sub.text,
+                                      found and '' or ' (not installed)')
+  end
+  lines[#lines + 1] = '  (see "dmarc report <subcommand> --help"; others are loaded from\n'
+    .. '  dmarc.cli.report_<name> when installed)\n'
+  lines[#lines + 1] = USAGE
+  return table.concat(lines)
+end
 
 local function die(msg, status)
   io.stderr:write('dmarc report: ', msg, '\n')
@@ -344,6 +373,14 @@ local function do_send(o, conf, conn)
                                   .. '%d report sets complete\n', summary.accepted,
                                   summary.deferred, summary.failed, summary.skipped,
                                   summary.completed))
+    local f = summary.failure_accepted + summary.failure_deferred + summary.failure_failed
+      + summary.failure_skipped + summary.failure_pending
+    if f > 0 then
+      io.stderr:write(string.format('send: failure reports: %d accepted, %d deferred, %d failed, '
+                                    .. '%d skipped, %d waiting\n', summary.failure_accepted,
+                                    summary.failure_deferred, summary.failure_failed,
+                                    summary.failure_skipped, summary.failure_pending))
+    end
   end
   return summary
 end
@@ -354,11 +391,11 @@ local BUILTIN = { generate = do_generate, send = do_send }
 function M.run(args)
   local sub = args[1]
   if sub == nil then
-    io.stderr:write(USAGE)
+    io.stderr:write(M.usage())
     return 2
   end
   if sub == '-h' or sub == '--help' or sub == 'help' then
-    io.stdout:write(USAGE)
+    io.stdout:write(M.usage())
     return 0
   end
   local rest = {}
@@ -375,7 +412,7 @@ function M.run(args)
   local o, perr = parse_args(rest)
   if not o then return die(perr, 2) end
   if o.help then
-    io.stdout:write(USAGE)
+    io.stdout:write(M.usage())
     return 0
   end
   local conf = {}
