@@ -605,6 +605,31 @@ end
 -- Deciding
 -- ===================================================================
 
+-- Memos of the normalisations messages repeat (the same recipients, author domains and
+-- sending IPs come back all day; a scanner decides for message after message): pure
+-- functions of one string, at most MEMO_MAX results each, emptied when full. A result is
+-- shared between callers, who only read it (the IP prefix keys are an array).
+local MEMO_MAX = 4096
+
+local function memo(fn)
+  local cache, n = {}, 0
+  return function(key)
+    if type(key) ~= 'string' then return fn(key) end
+    local v = cache[key]
+    if v == nil then
+      v = fn(key) or false
+      if n >= MEMO_MAX then cache, n = {}, 0 end
+      cache[key] = v
+      n = n + 1
+    end
+    return v or nil
+  end
+end
+
+local normalize_domain = memo(store.normalize_domain)
+local normalize_address = memo(store.normalize_address)
+local ip_keys = memo(store.ip_keys)
+
 local function outcome_of(verdict)
   local r = verdict.result
   if r == 'pass' then return 'pass' end
@@ -634,7 +659,7 @@ local function rcpt_list(ctx)
     local a = raw[i]
     if type(a) == 'string' then
       a = a:match('^%s*<?(.-)>?%s*$')
-      local addr = store.normalize_address(a)
+      local addr = normalize_address(a)
       if addr and not seen[addr] then
         seen[addr] = true
         out[#out + 1] = { addr = addr, domain = addr:match('@(.+)$') }
@@ -726,8 +751,8 @@ local function matchers_of(st)
   if st.matched then return st end
   st.matched = true
   local verdict, ctx = st.verdict, st.ctx
-  st.author = verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
-  st.org = verdict.org_domain and store.normalize_domain(verdict.org_domain) or nil
+  st.author = verdict.author_domain and normalize_domain(verdict.author_domain) or nil
+  st.org = verdict.org_domain and normalize_domain(verdict.org_domain) or nil
   st.list = ctx.list_id and store.normalize_list_id(ctx.list_id) or nil
   -- [ARC-2]: only a passing chain, and only its newest sealer: that is the hop that handed us
   -- the message and vouches for the chain before it. Some ARC being present is not enough.
@@ -743,7 +768,7 @@ end
 local function ip_keys_of(st)
   local keys = st.ip_keys
   if keys == nil then
-    keys = st.ctx.ip and store.ip_keys(st.ctx.ip) or false
+    keys = st.ctx.ip and ip_keys(st.ctx.ip) or false
     st.ip_keys = keys
   end
   return keys or nil
@@ -915,7 +940,7 @@ local function disposition_of(action, natural)
 end
 
 local function smtp_domain(verdict)
-  return verdict.author_domain and store.normalize_domain(verdict.author_domain) or nil
+  return verdict.author_domain and normalize_domain(verdict.author_domain) or nil
 end
 
 local function default_smtp(action, outcome, verdict)

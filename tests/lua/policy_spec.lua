@@ -514,6 +514,21 @@ describe('policy prepared messages', function()
     assert.equal('score', d.action)
   end)
 
+  it('gives the same keys message after message, past what its memos hold', function()
+    local site = site_of{}
+    local function keys_for(i)
+      return site:prepare(verdict(), { rcpt = { 'User' .. i .. '@Example.NET' },
+                                       ip = '192.0.2.' .. (i % 256) }):lookups()
+    end
+    local first = keys_for(1)
+    for i = 2, 5000 do
+      local keys = keys_for(i)
+      assert.equal('rcpt:user' .. i .. '@example.net', keys[1])
+      assert.equal('ip:192.0.2.' .. (i % 256) .. '/32', keys[5])
+    end
+    assert.same(first, keys_for(1))
+  end)
+
   it('still bounds and warns about recipients when they matter', function()
     local site = site_of{ recipient_sets = { vip = { quarantine = 'score:6' } } }
     local many = {}
