@@ -194,6 +194,111 @@ describe('dmarc check', function()
   end)
 end)
 
+-- Redis options that need no server: usage errors, and a Redis that does not answer
+-- (127.0.0.1:1 refuses at once). The real server is in tests/integration/check_redis_spec.lua.
+describe('dmarc check with Redis', function()
+  local SPOOF = EXAMPLE .. '--ip 203.0.113.200 --mail-from ceo@example.com '
+  local DOWN = '--redis 127.0.0.1:1 '
+
+  local function decision_line(out)
+    return out:match('\nDecision: [^\n]*')
+  end
+
+  it('cli_check__help_describes_the_redis_options', function()
+    local out, _, status = dmarc('check --help')
+    assert.equal(0, status)
+    for _, opt in ipairs({ '--redis HOST:PORT', '--redis-prefix', '--spool DIR', '--failure-reports',
+                           '--report-config', '--no-report-rows' }) do
+      assert.truthy(out:find(opt, 1, true), opt)
+    end
+  end)
+
+  it('cli_check__redis_down_keeps_the_decision_and_warns', function()
+    local plain, _, plain_status = dmarc('check ' .. SPOOF .. 'examples/spoofed.eml')
+    local out, err, status = dmarc('check ' .. SPOOF .. DOWN .. 'examples/spoofed.eml')
+    assert.equal(0, plain_status)
+    assert.equal(0, status)
+    assert.is_string(decision_line(plain))
+    assert.equal(decision_line(plain), decision_line(out))
+    assert.truthy(out:find('^Authentication%-Results: '))
+    assert.falsy(err:find('traceback', 1, true))
+    -- one line for the store, one for the row that could not be written
+    assert.truthy(err:find('dmarc check: warn: override store', 1, true))
+    assert.truthy(err:find('1 report row of this message lost', 1, true))
+  end)
+
+  it('cli_check__redis_down_counts_lost_rows_in_json', function()
+    local out, _, status = dmarc('check --json ' .. SPOOF .. DOWN .. 'examples/spoofed.eml')
+    assert.equal(0, status)
+    local obj = cjson.decode(out)
+    assert.equal(1, obj.reporting.rows_lost)
+    assert.equal(0, obj.reporting.rows_written)
+    assert.equal('folder', obj.decision.action)
+    -- without Redis there is no reporting object
+    out = dmarc('check --json ' .. SPOOF .. 'examples/spoofed.eml')
+    assert.is_nil(cjson.decode(out).reporting)
+  end)
+
+  it('cli_check__redis_down_spools_the_rows', function()
+    local dir = env.tmpname()
+    os.remove(dir)
+    local out, err, status = dmarc('check --json ' .. SPOOF .. DOWN .. '--spool ' .. env.shell_quote(dir) ..
+      ' examples/spoofed.eml')
+    assert.equal(0, status)
+    assert.equal(1, cjson.decode(out).reporting.rows_spooled)
+    assert.truthy(err:find('1 report row kept in', 1, true))
+    local listing = env.run('ls -1 ' .. env.shell_quote(dir))
+    assert.truthy(listing:find('^%d+%-%x+%.rows\n$'), listing)
+    env.run('rm -rf ' .. env.shell_quote(dir))
+  end)
+
+  it('cli_check__no_row_for_a_record_without_rua [RUA-1]', function()
+    local zone = env.tmpname()
+    env.write_file(zone, (env.read_file(env.root .. '/examples/example.zone'):gsub(
+      '; rua=mailto:dmarc%-reports@example%.com', '')))
+    local out, err, status = dmarc('check --json --roll 0 --zone ' .. env.shell_quote(zone) .. ' '
+      .. DOWN .. '--ip 203.0.113.200 --mail-from ceo@example.com examples/spoofed.eml')
+    os.remove(zone)
+    assert.equal(0, status)
+    local obj = cjson.decode(out)
+    assert.equal(0, obj.reporting.rows_lost)
+    assert.falsy(err:find('report row', 1, true))
+  end)
+
+  it('cli_check__redis_usage_errors_exit_2', function()
+    local id = ' --email dmarc@receiver.example --submitter receiver.example '
+    for _, args in ipairs({
+      '--redis "bad host:x"',
+      '--redis 127.0.0.1:99999',
+      '--redis 127.0.0.1:1 --redis-prefix "a b"',
+      '--redis 127.0.0.1:1 --redis-timeout 0',
+      '--redis 127.0.0.1:1 --time yesterday',
+      '--failure-reports' .. id,                              -- no Redis to queue in
+      '--redis 127.0.0.1:1 --failure-reports',                -- no reporter identity
+      '--redis 127.0.0.1:1 --failure-reports --email x --submitter receiver.example',
+      '--spool /tmp',                                         -- spool without Redis
+      '--redis 127.0.0.1:1 --report-config /nonexistent/report.lua',
+    }) do
+      local out, err, status = dmarc('check ' .. EXAMPLE .. args .. ' examples/pass.eml')
+      assert.equal(2, status, args)
+      assert.equal('', out, args)
+      clean_error(err)
+    end
+  end)
+
+  it('cli_check__report_config_supplies_redis_and_identity', function()
+    local conf = env.tmpname()
+    env.write_file(conf, "return { redis = '127.0.0.1:1', email = 'dmarc@receiver.example', "
+      .. "submitter = 'receiver.example', prefix = 'cfg:' }")
+    local out, err, status = dmarc('check --json --failure-reports --report-config ' .. env.shell_quote(conf)
+      .. ' ' .. SPOOF .. 'examples/spoofed.eml')
+    os.remove(conf)
+    assert.equal(0, status)
+    assert.equal(1, cjson.decode(out).reporting.rows_lost) -- Redis from the file (down)
+    assert.truthy(err:find('warn:', 1, true))
+  end)
+end)
+
 describe('dmarc inspect', function()
   local function zone_file(text)
     local z = env.tmpname()

@@ -31,6 +31,20 @@ describe('dmarc report command', function()
     assert.equal(2, st)
   end)
 
+  it('report_cli__help_lists_the_loaded_subcommands', function()
+    local st, out = run('--help')
+    assert.equal(0, st)
+    for _, name in ipairs({ 'generate', 'send', 'ingest', 'summary', 'serve' }) do
+      -- one line each: the name at the start of a line, then its description
+      assert.truthy(out:find('\n  ' .. name .. ' +%a'), name)
+    end
+    assert.is_nil(out:find('not installed', 1, true))
+    local cli = require 'dmarc.cli.report'
+    for _, sub in ipairs(cli.LOADED) do
+      assert.is_table(require('dmarc.cli.report_' .. sub.name), sub.name)
+    end
+  end)
+
   it('report_cli__unknown_subcommand', function()
     local st, out = run('frobnicate')
     assert.equal(2, st)

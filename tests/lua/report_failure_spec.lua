@@ -156,3 +156,96 @@ describe('failure reports', function()
     assert.has_error(function() failure.new { enabled = true } end)
   end)
 end)
+
+-- The queue a scanner without its own mail transport fills (`dmarc check
+-- --failure-reports`), read by `dmarc report send`.
+describe('failure report queue', function()
+  local QUEUE = 'dmarc:ruf:{example.com}:queue'
+
+  local function two_ruf()
+    return verdict({ record = record({ ruf = { { uri = 'mailto:ruf@example.com' },
+                                               { uri = 'mailto:ruf@reports.example.net' } } }) })
+  end
+
+  it('failure__queue_is_one_round_trip_per_message [FAIL-1]', function()
+    local conn = fake_redis.new()
+    local r = reporter({ redis = conn })
+    assert.equal(2, (r:queue(two_ruf(), INPUT, CTX, { action = 'folder' }, HEADERS)))
+    assert.equal(1, conn.calls)
+    local list = conn.data[QUEUE]
+    assert.equal(2, #list)
+    local e = assert(failure.decode_entry(list[2])) -- the older one sits at the tail
+    assert.equal('example.com', e.domain)
+    assert.equal('ruf@example.com', e.to)
+    assert.equal(0, e.attempts)
+    assert.equal(1763683200, e.created)
+    assert.truthy(e.message:find('Feedback-Type: auth-failure\r\n', 1, true))
+    assert.truthy(e.message:find('Delivery-Result: spam\r\n', 1, true))
+    assert.is_nil(e.message:find('alice.smith', 1, true)) -- redacted [FAIL-7]
+    assert.equal(failure.defaults.queue_ttl, conn.ttl[QUEUE])
+  end)
+
+  it('failure__queue_asks_nothing_of_redis_when_no_report_is_due [FAIL-2]', function()
+    local conn = fake_redis.new()
+    local r = reporter({ redis = conn })
+    local n, why = r:queue(verdict({ spf_aligned = true }), INPUT, CTX, nil, HEADERS)
+    assert.equal(0, n)
+    assert.equal('fo', why)
+    n, why = r:queue(verdict({ record = record({ ruf = {} }) }), INPUT, CTX, nil, HEADERS)
+    assert.equal(0, n)
+    assert.equal('no_ruf', why)
+    n, why = r:queue(verdict(), INPUT, CTX, nil, 'Auto-Submitted: auto-replied\r\n\r\n')
+    assert.equal(0, n)
+    assert.equal('loop', why)
+    assert.equal(0, conn.calls)
+    assert.equal('disabled', select(2, failure.new():queue(verdict(), INPUT, CTX, nil, HEADERS)))
+  end)
+
+  it('failure__queue_rate_limit_is_shared_through_redis [FAIL-7]', function()
+    local conn = fake_redis.new()
+    local a = reporter({ redis = conn, rate_limit = 2 })
+    local b = reporter({ redis = conn, rate_limit = 2 })
+    assert.equal(1, (a:queue(verdict(), INPUT, CTX, nil, HEADERS)))
+    assert.equal(1, (b:queue(verdict(), INPUT, CTX, nil, HEADERS)))
+    local n, why = a:queue(verdict(), INPUT, CTX, nil, HEADERS)
+    assert.equal(0, n)
+    assert.equal('rate_limited', why)
+    assert.equal(2, #conn.data[QUEUE])
+    -- prepare() counts against the same budget
+    assert.equal('rate_limited', select(2, b:prepare(verdict(), INPUT, CTX, nil, HEADERS)))
+  end)
+
+  it('failure__queue_is_bounded', function()
+    local conn = fake_redis.new()
+    local r = reporter({ redis = conn, queue_max = 1 })
+    assert.equal(1, (r:queue(two_ruf(), INPUT, CTX, nil, HEADERS)))
+    local n, why = r:queue(verdict(), INPUT, CTX, nil, HEADERS)
+    assert.equal(0, n)
+    assert.equal('queue_full', why)
+    assert.equal(1, #conn.data[QUEUE])
+  end)
+
+  it('failure__queue_with_redis_down_queues_nothing', function()
+    local conn = fake_redis.new()
+    conn.down = true
+    local n, why, err = reporter({ redis = conn }):queue(verdict(), INPUT, CTX, nil, HEADERS)
+    assert.equal(0, n)
+    assert.equal('redis', why)
+    assert.is_string(err)
+  end)
+
+  it('failure__queue_entries_round_trip_and_refuse_garbage', function()
+    local e = { domain = 'example.com', to = 'ruf@example.com', created = 5, attempts = 2,
+                next_at = 99, message = 'From: x\r\n\r\nbody\n' }
+    assert.same(e, failure.decode_entry(failure.encode_entry(e)))
+    for _, bad in ipairs({ 'ruf1 example.com ruf@example.com 1 0 0', -- no message
+                           'ruf2 example.com ruf@example.com 1 0 0\nm',
+                           'ruf1 a}b ruf@example.com 1 0 0\nm',
+                           'ruf1 example.com <x@example.com> 1 0 0\nm',
+                           'ruf1 example.com ruf@example.com x 0 0\nm' }) do
+      assert.is_nil(failure.decode_entry(bad), bad)
+    end
+    assert.equal('example.com', failure.domain_of_queue_key('dmarc:', QUEUE))
+    assert.is_nil(failure.domain_of_queue_key('dmarc:', 'dmarc:ruf:{example.com}:498709'))
+  end)
+end)

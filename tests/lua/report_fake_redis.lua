@@ -1,6 +1,7 @@
 -- An in-memory stand-in for a dmarc.redis connection, for the report specs:
--- the commands the report modules send (hashes, strings, SCAN/HSCAN, SET NX,
--- and the EVAL scripts of dmarc.report / dmarc.report_send, emulated).
+-- the commands the report modules send (hashes, strings, lists, SCAN/HSCAN,
+-- SET NX, and the EVAL scripts of dmarc.report, dmarc.report_send and
+-- dmarc.failure, emulated).
 -- Replies follow dmarc.redis: status {ok=}, false for nil inside tables,
 -- {err=} for error replies in a pipeline. `down = true` makes every call an
 -- I/O failure, `lose_replies = N` applies the next N pipelines and then
@@ -26,6 +27,33 @@ local function hash(self, key)
     self.data[key] = h
   end
   return h
+end
+
+-- Lists are tables marked as such; item 1 is the head.
+local LIST = {}
+
+local function list(self, key)
+  local l = self.data[key]
+  if l == nil then
+    l = setmetatable({}, LIST)
+    self.data[key] = l
+  end
+  return l
+end
+
+local function drop_empty(self, key)
+  local l = self.data[key]
+  if type(l) == 'table' and getmetatable(l) == LIST and #l == 0 then self.data[key] = nil end
+end
+
+-- Redis list indexes (negative from the tail) to a 1-based Lua range.
+local function range(n, first, last)
+  first, last = tonumber(first), tonumber(last)
+  if first < 0 then first = n + first end
+  if last < 0 then last = n + last end
+  if first < 0 then first = 0 end
+  if last >= n then last = n - 1 end
+  return first + 1, last + 1
 end
 
 local function hlen(h)
@@ -79,6 +107,32 @@ function Fake:exec(cmd)
       self.data[cmd[i]] = nil
     end
     return n
+  elseif name == 'LPUSH' or name == 'RPUSH' then
+    local l = list(self, cmd[2])
+    for i = 3, #cmd do
+      if name == 'LPUSH' then table.insert(l, 1, cmd[i]) else l[#l + 1] = cmd[i] end
+    end
+    return #l
+  elseif name == 'LLEN' then
+    local l = self.data[cmd[2]]
+    return l and #l or 0
+  elseif name == 'LRANGE' then
+    local l = self.data[cmd[2]] or {}
+    local out = {}
+    local a, b = range(#l, cmd[3], cmd[4])
+    for i = a, b do out[#out + 1] = l[i] end
+    return out
+  elseif name == 'LREM' then
+    -- Only the forms the modules use: count -1 (one, from the tail).
+    local l = self.data[cmd[2]] or {}
+    for i = #l, 1, -1 do
+      if l[i] == cmd[4] then
+        table.remove(l, i)
+        drop_empty(self, cmd[2])
+        return 1
+      end
+    end
+    return 0
   elseif name == 'INCR' then
     local v = (tonumber(self.data[cmd[2]]) or 0) + 1
     self.data[cmd[2]] = tostring(v)
@@ -130,6 +184,24 @@ function Fake:exec(cmd)
       if cmd[10] ~= '' then m.rua = cmd[10] end
       if cmd[11] ~= '' then m.lost_messages = tostring((tonumber(m.lost_messages) or 0) + cmd[11]) end
       if cmd[12] ~= '' then m.policy = cmd[12] end
+      return 1
+    elseif script == require('dmarc.failure').QUEUE_SCRIPT then
+      local n = self:exec({ 'INCR', keys[1] })
+      self:exec({ 'EXPIRE', keys[1], argv[2] })
+      if n > tonumber(argv[1]) then return -1 end
+      local room = tonumber(argv[3]) - self:exec({ 'LLEN', keys[2] })
+      if room < 1 then return -2 end
+      local added = 0
+      for i = 5, #argv do
+        if added >= room then break end
+        self:exec({ 'LPUSH', keys[2], argv[i] })
+        added = added + 1
+      end
+      self:exec({ 'EXPIRE', keys[2], argv[4] })
+      return added
+    elseif script == require('dmarc.report_send').REQUEUE_SCRIPT then
+      if self:exec({ 'LREM', keys[1], '-1', argv[1] }) == 0 then return 0 end
+      if argv[2] ~= '' then self:exec({ 'RPUSH', keys[1], argv[2] }) end
       return 1
     elseif script:find('PEXPIRE', 1, true) then
       return self.data[cmd[4]] == cmd[5] and 1 or 0

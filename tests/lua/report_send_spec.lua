@@ -292,3 +292,121 @@ describe('report_send delivery', function()
     assert.is_nil(conn.data[send.lock_key('dmarc:')])
   end)
 end)
+
+-- Failure reports queued by `dmarc check --failure-reports` (dmarc.failure,
+-- Reporter:queue): delivered under the same lock, destination check and
+-- retry rules as aggregate reports.
+describe('report_send queued failure reports', function()
+  local failure = require 'dmarc.failure'
+  local QUEUE = 'dmarc:ruf:{example.com}:queue'
+  local NOW = DAY * 2
+
+  local function queued(conn, ruf)
+    local list = {}
+    for i, u in ipairs(ruf) do list[i] = { uri = u } end
+    local r = failure.new { enabled = true, reporter = REPORTER, redis = conn,
+                            clock = function() return NOW end }
+    local v = { result = 'fail', author_domain = 'example.com', policy_domain = 'example.com',
+                org_domain = 'example.com', policy = 'reject', applied = 'reject',
+                spf_aligned = false, dkim_aligned = false,
+                record = { p = 'reject', fo = { '0' }, psd = 'u', ruf = list } }
+    return r:queue(v, { spf = { result = 'fail', domain = 'example.com' } },
+                   { ip = '192.0.2.1', mail_from = 'x@example.com' }, nil,
+                   'From: x@example.com\r\nSubject: hi\r\n\r\n')
+  end
+
+  local function transport(results, sent)
+    return function(from, rcpt, message)
+      sent[#sent + 1] = { from = from, rcpt = rcpt, message = message }
+      local r = results[rcpt] or 'accepted'
+      return r, r == 'perm' and 550 or (r == 'temp' and 451 or 250), r
+    end
+  end
+
+  local function run(conn, results, sent, over)
+    local o = { redis = conn, out = tmpdir(), envelope_from = 'dmarc@receiver.example',
+                transport = transport(results, sent), retry_base = 60,
+                clock = function() return NOW end,
+                verify = send.verifier {
+                  resolve = resolver({
+                    ['example.com._report._dmarc.ok.example'] = { 'noerror', { 'v=DMARC1' } },
+                    ['example.com._report._dmarc.dns.example'] = { 'servfail' },
+                  }),
+                  clock = function() return NOW end,
+                } }
+    for k, v in pairs(over or {}) do o[k] = v end
+    return assert(send.send(o))
+  end
+
+  it('report_send__queued_failure_reports_go_to_verified_destinations [RUA-5] [FAIL-1]', function()
+    local conn = fake_redis.new()
+    assert.equal(3, (queued(conn, { 'mailto:ruf@example.com', 'mailto:ruf@ok.example',
+                                    'mailto:ruf@noconsent.example' })))
+    local sent = {}
+    local s = run(conn, {}, sent)
+    assert.equal(2, s.failure_accepted)
+    assert.equal(1, s.failure_skipped)
+    assert.equal(2, #sent)
+    assert.equal('ruf@example.com', sent[1].rcpt) -- oldest first
+    assert.equal('ruf@ok.example', sent[2].rcpt)
+    assert.equal('dmarc@receiver.example', sent[1].from)
+    assert.truthy(sent[1].message:find('report-type=feedback-report', 1, true))
+    assert.is_nil(conn.data[QUEUE]) -- every entry final: the queue is gone
+    assert.is_nil(conn.data[send.lock_key('dmarc:')])
+  end)
+
+  it('report_send__queued_failure_report_retried_then_given_up [MAIL-5]', function()
+    local conn = fake_redis.new()
+    queued(conn, { 'mailto:tempfail@example.com', 'mailto:perm@example.com' })
+    local sent = {}
+    local s = run(conn, { ['tempfail@example.com'] = 'temp', ['perm@example.com'] = 'perm' }, sent)
+    assert.equal(1, s.failure_deferred)
+    assert.equal(1, s.failure_failed)
+    assert.equal(1, #conn.data[QUEUE])
+    local e = assert(failure.decode_entry(conn.data[QUEUE][1]))
+    assert.equal(1, e.attempts)
+    assert.equal(NOW + 60, e.next_at)
+    -- not due yet: left alone
+    s = run(conn, {}, sent)
+    assert.equal(1, s.failure_pending)
+    assert.equal(2, #sent)
+    -- due, and the last attempt allowed: given up
+    NOW = NOW + 120
+    s = run(conn, { ['tempfail@example.com'] = 'temp' }, sent, { max_attempts = 2 })
+    assert.equal(1, s.failure_failed)
+    assert.is_nil(conn.data[QUEUE])
+    NOW = DAY * 2
+  end)
+
+  it('report_send__dns_trouble_defers_a_queued_failure_report [RUA-3]', function()
+    local conn = fake_redis.new()
+    queued(conn, { 'mailto:ruf@dns.example' })
+    local sent = {}
+    local s = run(conn, {}, sent)
+    assert.equal(1, s.failure_deferred)
+    assert.equal(0, #sent)
+    assert.equal(1, #conn.data[QUEUE])
+  end)
+
+  it('report_send__malformed_queue_entries_are_dropped', function()
+    local conn = fake_redis.new()
+    conn:exec({ 'LPUSH', QUEUE, 'garbage' })
+    conn:exec({ 'LPUSH', QUEUE, failure.encode_entry { domain = 'other.example', to = 'a@example.com',
+                                                       created = 1, attempts = 0, next_at = 0,
+                                                       message = 'x' } })
+    local sent = {}
+    local s = run(conn, {}, sent)
+    assert.equal(2, s.failure_failed)
+    assert.equal(0, #sent)
+    assert.is_nil(conn.data[QUEUE])
+  end)
+
+  it('report_send__failure_queue_can_be_left_alone', function()
+    local conn = fake_redis.new()
+    queued(conn, { 'mailto:ruf@example.com' })
+    local sent = {}
+    local s = run(conn, {}, sent, { failure_queue = false })
+    assert.equal(0, s.failure_accepted)
+    assert.equal(1, #conn.data[QUEUE])
+  end)
+end)

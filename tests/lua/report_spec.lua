@@ -322,3 +322,224 @@ describe('report collector', function()
     assert.equal(2, total)
   end)
 end)
+
+-- A retried write must not count a message twice (docs/report-keys.md, "Retries").
+describe('report row ids', function()
+  local ROWS = 'dmarc:rpt:{example.com}:20251121'
+
+  local function total(conn)
+    local sum = 0
+    for _, v in pairs(conn.data[ROWS] or {}) do sum = sum + tonumber(v) end
+    return sum
+  end
+
+  local function one_row(i)
+    return report.build_rows(verdict(), INPUT, { ip = '192.0.2.' .. (i or 1) }, nil,
+                             { time = DAY + 5 })[1]
+  end
+
+  it('report__row_id_write_is_one_eval_with_its_mark_in_the_same_slot', function()
+    local cluster = require 'dmarc.cluster'
+    local row = report.prepare_row(one_row(), 'abc.1')
+    local c = assert(report.commands(row, { seen_ttl = 600 }))[1]
+    assert.equal('3', c[3])
+    assert.equal(report.seen_key('dmarc:', 'example.com', 'abc.1'), c[6])
+    assert.equal(cluster.key_slot(c[4]), cluster.key_slot(c[6]))
+    assert.equal(row.field, c[7])
+    assert.equal('600', c[14])
+    -- seen_ttl = 0 turns the ids off: the plugin's two-key form
+    assert.equal('2', assert(report.commands(row, { seen_ttl = 0 }))[1][3])
+  end)
+
+  it('report__row_id_retry_counts_once', function()
+    local conn = fake_redis.new()
+    local row = report.prepare_row(one_row(), 'msg1.1')
+    local cmds = assert(report.commands(row))
+    assert.equal(1, conn:pipeline(cmds)[1])
+    assert.equal(0, conn:pipeline(cmds)[1]) -- the same id again: nothing changes
+    assert.equal(1, total(conn))
+    -- another id is another message
+    assert(conn:pipeline(assert(report.commands(report.prepare_row(one_row(), 'msg2.1')))))
+    assert.equal(2, total(conn))
+    -- without an id every write counts
+    local plain = assert(report.commands(one_row()))
+    conn:pipeline(plain)
+    conn:pipeline(plain)
+    assert.equal(4, total(conn))
+  end)
+
+  it('report__row_id_refuses_what_could_change_the_key', function()
+    for _, bad in ipairs({ '', 'a b', 'a}b', 'a{b', 'x*', 'a\r\nb', ('a'):rep(65) }) do
+      assert.is_false(report.valid_row_id(bad), bad)
+      local _, _, code = report.commands(report.prepare_row(one_row(), bad))
+      assert.equal('bad_id', code)
+    end
+    assert.is_true(report.valid_row_id('0123abcdef.17'))
+  end)
+
+  it('report__id_source_gives_fresh_ids', function()
+    local a, b = report.id_source(), report.id_source()
+    local seen = {}
+    for _ = 1, 100 do
+      for _, id in ipairs({ a(), b() }) do
+        assert.is_true(report.valid_row_id(id))
+        assert.is_nil(seen[id])
+        seen[id] = true
+      end
+    end
+  end)
+
+  it('report__collector_lost_reply_is_not_counted_twice', function()
+    local conn = fake_redis.new()
+    local now = 1000
+    local c = report.collector { redis = conn, clock = function() return now end }
+    conn.lose_replies = 1 -- applied, but the reply never arrives
+    assert.is_false(c:add({ one_row(1) }))
+    assert.equal(1, total(conn))
+    -- more of the same row while the collector waits: kept apart from the one in doubt
+    assert.is_false(c:add({ one_row(1) }))
+    now = now + 60
+    assert.is_true(c:flush())
+    assert.equal(2, total(conn))
+    assert.equal(0, c:counters().in_buffer)
+  end)
+
+  it('report__collector_without_ids_counts_a_lost_reply_twice', function()
+    -- The failure mode the ids prevent, shown with ids turned off.
+    local conn = fake_redis.new()
+    local now = 1000
+    local c = report.collector { redis = conn, clock = function() return now end, seen_ttl = 0 }
+    conn.lose_replies = 1
+    c:add({ one_row(1) })
+    now = now + 60
+    assert.is_true(c:flush())
+    assert.equal(2, total(conn))
+  end)
+end)
+
+describe('report spool', function()
+  local function tmpdir()
+    local p = os.tmpname()
+    os.remove(p)
+    os.execute('mkdir -p ' .. p)
+    return p
+  end
+
+  local function rows(n, id)
+    local out = {}
+    for i = 1, n do
+      local r = report.build_rows(verdict(), INPUT, { ip = '192.0.2.' .. i }, nil, { time = DAY })[1]
+      out[i] = report.prepare_row(r, id and (id .. '.' .. i) or nil)
+    end
+    return out
+  end
+
+  local function files(dir, pattern)
+    local n = 0
+    local p = io.popen('ls -1 ' .. dir)
+    for name in p:lines() do if name:match(pattern) then n = n + 1 end end
+    p:close()
+    return n
+  end
+
+  it('report__spool_keeps_rows_until_claimed', function()
+    local dir = tmpdir()
+    local sp = assert(report.spool(dir))
+    assert(sp:write(rows(2, 'aa')))
+    assert(sp:write(rows(1, 'bb')))
+    assert.equal(2, sp:count())
+    local got, claims, bad = sp:claim()
+    assert.equal(3, #got)
+    assert.equal(2, #claims)
+    assert.equal(0, bad)
+    -- files of the same second come in any order; rows of one file in theirs
+    local ids = {}
+    for _, r in ipairs(got) do ids[#ids + 1] = r.id end
+    table.sort(ids)
+    assert.same({ 'aa.1', 'aa.2', 'bb.1' }, ids)
+    for _, r in ipairs(got) do
+      if r.id == 'aa.1' then assert.equal(rows(1)[1].field, r.field) end
+    end
+    -- claimed files belong to this run: another spool on the same directory finds none
+    local other = assert(report.spool(dir))
+    assert.equal(0, #(other:claim()))
+    sp:finish(claims, true)
+    assert.equal(0, sp:count())
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('report__spool_claim_given_back_when_not_written', function()
+    local dir = tmpdir()
+    local sp = assert(report.spool(dir))
+    assert(sp:write(rows(1, 'cc')))
+    local got, claims = sp:claim()
+    assert.equal(1, #got)
+    sp:finish(claims, false)
+    assert.equal(1, files(dir, '%.rows$'))
+    assert.equal(1, #(sp:claim()))
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('report__spool_takes_back_a_stale_claim', function()
+    local dir = tmpdir()
+    local now = 5000
+    local a = assert(report.spool(dir, { clock = function() return now end }))
+    assert(a:write(rows(1, 'dd')))
+    assert.equal(1, #(a:claim())) -- this run dies without finishing
+    local b = assert(report.spool(dir, { clock = function() return now end }))
+    assert.equal(0, #(b:claim()))
+    now = now + report.spool_limits.stale_claim + 1
+    local got, claims = b:claim()
+    assert.equal(1, #got)
+    b:finish(claims, true)
+    assert.equal(0, b:count())
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('report__spool_is_bounded', function()
+    local dir = tmpdir()
+    local sp = assert(report.spool(dir, { limits = { max_files = 2, flush_files = 1 } }))
+    assert(sp:write(rows(1)))
+    assert(sp:write(rows(1)))
+    local ok, _, code = sp:write(rows(1))
+    assert.is_nil(ok)
+    assert.equal('full', code)
+    -- one file per claim
+    local got, claims = sp:claim()
+    assert.equal(1, #got)
+    assert.equal(1, #claims)
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('report__spool_drops_malformed_lines', function()
+    local dir = tmpdir()
+    local sp = assert(report.spool(dir))
+    local good = rows(1, 'ee')[1]
+    local f = assert(io.open(dir .. '/0000000001-abcdef.rows', 'wb'))
+    f:write(report.SPOOL_MAGIC, '\n',
+            'R\texample.com\t20251121\t1\tee.1\t', good.field, '\t', good.rua_enc, '\t',
+            good.policy_enc, '\n',
+            'R\ta}b\t20251121\t1\t\t', good.field, '\t\t\n',               -- bad domain
+            'R\texample.com\t2025\t1\t\t', good.field, '\t\t\n',           -- bad day
+            'R\texample.com\t20251121\t0\t\t', good.field, '\t\t\n',       -- bad count
+            'R\texample.com\t20251121\t1\tx y\t', good.field, '\t\t\n',    -- bad id
+            'R\texample.com\t20251121\t1\t\t2|x\t\t\n',                     -- bad field
+            'garbage\n')
+    f:close()
+    f = assert(io.open(dir .. '/0000000002-abcdef.rows', 'wb'))
+    f:write('not a spool file\n')
+    f:close()
+    local got, claims, bad = sp:claim()
+    assert.equal(1, #got)
+    assert.equal('ee.1', got[1].id)
+    assert.equal(7, bad)
+    sp:finish(claims, true)
+    os.execute('rm -rf ' .. dir)
+  end)
+
+  it('report__spool_refuses_an_unusable_directory', function()
+    local _, _, code = report.spool('/proc/no-such-dir/x')
+    assert.equal('io', code)
+    assert.is_nil(report.spool('bad\ndir'))
+  end)
+end)
