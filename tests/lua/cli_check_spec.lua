@@ -266,17 +266,15 @@ describe('dmarc check with Redis', function()
   end)
 
   it('cli_check__redis_usage_errors_exit_2', function()
-    local id = ' --email dmarc@receiver.example --submitter receiver.example '
     for _, args in ipairs({
       '--redis "bad host:x"',
       '--redis 127.0.0.1:99999',
       '--redis 127.0.0.1:1 --redis-prefix "a b"',
       '--redis 127.0.0.1:1 --redis-timeout 0',
       '--redis 127.0.0.1:1 --time yesterday',
-      '--failure-reports' .. id,                              -- no Redis to queue in
       '--redis 127.0.0.1:1 --failure-reports',                -- no reporter identity
+      '--failure-reports --email dmarc@receiver.example',      -- no submitter
       '--redis 127.0.0.1:1 --failure-reports --email x --submitter receiver.example',
-      '--spool /tmp',                                         -- spool without Redis
       '--redis 127.0.0.1:1 --report-config /nonexistent/report.lua',
     }) do
       local out, err, status = dmarc('check ' .. EXAMPLE .. args .. ' examples/pass.eml')
@@ -284,6 +282,15 @@ describe('dmarc check with Redis', function()
       assert.equal('', out, args)
       clean_error(err)
     end
+  end)
+
+  it('cli_check__without_redis_the_redis_features_only_warn', function()
+    -- e.g. $DMARC_REDIS missing from the MTA's environment: the check must still run
+    local out, err, status = dmarc('check ' .. SPOOF .. '--failure-reports --email dmarc@receiver.example '
+      .. '--submitter receiver.example --spool /nonexistent/spool examples/spoofed.eml')
+    assert.equal(0, status)
+    assert.truthy(out:find('\nDecision: folder "Junk"', 1, true))
+    assert.truthy(err:find('dmarc check: warn: --failure-reports has no effect without Redis', 1, true))
   end)
 
   it('cli_check__report_config_supplies_redis_and_identity', function()

@@ -424,22 +424,23 @@ function M.redis_settings(opts, getenv)
     return nil, '--submitter must be a lowercase domain name'
   end
   if settings.failure_reports then
-    if not settings.redis then
-      return nil, '--failure-reports needs Redis (--redis, or $DMARC_REDIS): reports are queued there'
-    end
     if not rep.email or not rep.submitter then
       return nil, '--failure-reports needs the reporter --email and --submitter (or --report-config)'
     end
     rep.org_name = rep.org_name or rep.submitter
   end
-  if (settings.spool or opts['no-report-rows']) and not settings.redis then
-    return nil, (settings.spool and '--spool' or '--no-report-rows') .. ' needs Redis (--redis)'
+  -- Without a server (e.g. $DMARC_REDIS missing from an MTA's environment) the check still
+  -- runs: a warning, never an exit status that would hold up mail.
+  if not settings.redis and (settings.failure_reports or settings.spool) then
+    settings.warning = (settings.failure_reports and '--failure-reports' or '--spool')
+      .. ' has no effect without Redis (--redis, the report config, or $DMARC_REDIS)'
   end
   return settings
 end
 
 -- One connection for the whole run, shared by the store, the rows and the failure queue.
--- A failed connect is not tried again in the same run (a dead Redis costs one timeout).
+-- Neither a failed connect nor a connection that broke (the store closes one that failed
+-- it) is tried again in the same run: a dead or hanging Redis costs one timeout.
 local function redis_link(settings)
   local link = { conn = nil, failed = nil }
   function link.get()
@@ -448,6 +449,7 @@ local function redis_link(settings)
       local ok, broken = pcall(c.is_broken, c)
       if ok and not broken then return c end
       link.conn = nil
+      link.failed = link.failed or 'the connection to Redis broke'
     end
     if link.failed then return nil, link.failed, 'io' end
     local ok, redis = pcall(require, 'dmarc.redis')
@@ -553,7 +555,10 @@ local function write_rows(link, settings, rows, out)
   if bad > 0 then log:warn('spool: %s dropped', plural(bad, 'malformed row')) end
   local from_spool = #all
   for _, row in ipairs(rows) do all[#all + 1] = row end
-  if #all == 0 then return end
+  if #all == 0 then
+    if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
+    return
+  end
   local cmds = {}
   for _, row in ipairs(all) do
     local c, cerr = report.commands(row, ropts)
@@ -562,6 +567,10 @@ local function write_rows(link, settings, rows, out)
     else
       log:warn('report row for %s not stored: %s', tostring(row.policy_domain), tostring(cerr))
     end
+  end
+  if #cmds == 0 then
+    if spool then spool:finish(claims, true) end
+    return
   end
   local replies, perr = conn:pipeline(cmds)
   if not replies then
@@ -572,7 +581,7 @@ local function write_rows(link, settings, rows, out)
       if ok then
         out.rows_spooled = #rows
         log:warn('Redis %s failed (%s): %s kept in %s', where_text(settings), tostring(perr),
-                 plural(#rows, 'report row'), settings.spool)
+                 #rows > 0 and plural(#rows, 'report row') or 'the spooled rows', settings.spool)
         return
       end
     end
@@ -583,18 +592,18 @@ local function write_rows(link, settings, rows, out)
   end
   -- Each row is its own command: a refused one (an error reply) was not written, and
   -- writing it again would be refused again.
-  local refused = 0
+  local refused, why = 0, nil
   for i = 1, #cmds do
     local r = replies[i]
-    if type(r) == 'table' and r.err then refused = refused + 1 end
+    if type(r) == 'table' and r.err then
+      refused = refused + 1
+      why = why or r.err
+    end
   end
   if spool then spool:finish(claims, true) end
   out.rows_written = #cmds - refused
   out.rows_from_spool = from_spool
-  if refused > 0 then
-    log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(replies[1] and
-      type(replies[1]) == 'table' and replies[1].err or 'see the server log'))
-  end
+  if refused > 0 then log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(why)) end
 end
 
 -- Failure reports [FAIL-1..7] of every author domain's evaluation, queued in Redis.
@@ -682,6 +691,7 @@ function M.run(args)
   local settings
   settings, err = M.redis_settings(opts)
   if not settings then return usage_error(err) end
+  if settings.warning then M.logger:warn('%s', settings.warning) end
   local site
   if opts.policy then
     local code
