@@ -10,6 +10,11 @@
 --   local found, err = st:get_many(keys)             -- one round trip (or get_many_async)
 --   local decision = site:decide(verdict, ctx, found, { store_error = err })
 --   -- or, in one call: site:evaluate(verdict, ctx, st) / site:evaluate_async(..., cb)
+--   -- or with the per-message setup done once (a scanner):
+--   local m = site:prepare(verdict, ctx); local keys = m:lookups(); m:decide(found, opts)
+--
+-- ctx fields are read when a decision needs them, not before (a pass reads none), so a
+-- scanner may fill ctx lazily (an __index metamethod).
 --
 -- verdict: the table of dmarc.evaluate (result, author_domain, org_domain, policy, applied,
 -- reason, ...). ctx, from the scanner: ip, helo, mail_from, rcpt (array), list_id, evidence
