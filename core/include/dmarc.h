@@ -104,7 +104,12 @@ typedef enum dmarc_status {
 DMARC_API const char *dmarc_strerror(dmarc_status st);
 
 /* Requested or applied policy (RFC 9989 §4.7 p/sp/np). */
-#define DMARC_POLICY_MAP(X) X(NONE, none) X(QUARANTINE, quarantine) X(REJECT, reject)
+/* clang-format off */
+#define DMARC_POLICY_MAP(X) \
+    X(NONE, none) \
+    X(QUARANTINE, quarantine) \
+    X(REJECT, reject)
+/* clang-format on */
 typedef enum dmarc_policy {
 #define DMARC__ENUM(U, l) DMARC_POLICY_##U,
     DMARC_POLICY_MAP(DMARC__ENUM)
@@ -113,8 +118,14 @@ typedef enum dmarc_policy {
 } dmarc_policy;
 
 /* DMARC result, the A-R "dmarc=" words [EVAL-2]. */
-#define DMARC_RESULT_MAP(X)                                                                        \
-    X(NONE, none) X(PASS, pass) X(FAIL, fail) X(TEMPERROR, temperror) X(PERMERROR, permerror)
+/* clang-format off */
+#define DMARC_RESULT_MAP(X) \
+    X(NONE, none) \
+    X(PASS, pass) \
+    X(FAIL, fail) \
+    X(TEMPERROR, temperror) \
+    X(PERMERROR, permerror)
+/* clang-format on */
 typedef enum dmarc_result {
 #define DMARC__ENUM(U, l) DMARC_RESULT_##U,
     DMARC_RESULT_MAP(DMARC__ENUM)
@@ -124,11 +135,17 @@ typedef enum dmarc_result {
 
 /* SPF and DKIM results in RFC 8601 §2.7.1/§2.7.2 words [AR-3] [AR-4].
 ** Only PASS ever yields an authenticated identifier [ALN-2]. */
-#define DMARC_AUTH_MAP(X)                                                                          \
-    X(NONE, none)                                                                                  \
-    X(PASS, pass)                                                                                  \
-    X(FAIL, fail) X(SOFTFAIL, softfail) X(NEUTRAL, neutral) X(POLICY, policy)                      \
-        X(TEMPERROR, temperror) X(PERMERROR, permerror)
+/* clang-format off */
+#define DMARC_AUTH_MAP(X) \
+    X(NONE, none) \
+    X(PASS, pass) \
+    X(FAIL, fail) \
+    X(SOFTFAIL, softfail) \
+    X(NEUTRAL, neutral) \
+    X(POLICY, policy) \
+    X(TEMPERROR, temperror) \
+    X(PERMERROR, permerror)
+/* clang-format on */
 typedef enum dmarc_auth {
 #define DMARC__ENUM(U, l) DMARC_AUTH_##U,
     DMARC_AUTH_MAP(DMARC__ENUM)
@@ -137,7 +154,11 @@ typedef enum dmarc_auth {
 } dmarc_auth;
 
 /* Discovery mode [MODE-1]. */
-#define DMARC_MODE_MAP(X) X(RFC9989, rfc9989) X(RFC7489, rfc7489)
+/* clang-format off */
+#define DMARC_MODE_MAP(X) \
+    X(RFC9989, rfc9989) \
+    X(RFC7489, rfc7489)
+/* clang-format on */
 typedef enum dmarc_mode {
 #define DMARC__ENUM(U, l) DMARC_MODE_##U,
     DMARC_MODE_MAP(DMARC__ENUM)
@@ -146,7 +167,12 @@ typedef enum dmarc_mode {
 } dmarc_mode;
 
 /* Alignment mode of adkim/aspf, and the alignment an identifier achieved. */
-#define DMARC_ALIGN_MAP(X) X(NONE, none) X(RELAXED, relaxed) X(STRICT, strict)
+/* clang-format off */
+#define DMARC_ALIGN_MAP(X) \
+    X(NONE, none) \
+    X(RELAXED, relaxed) \
+    X(STRICT, strict)
+/* clang-format on */
 typedef enum dmarc_align {
 #define DMARC__ENUM(U, l) DMARC_ALIGN_##U,
     DMARC_ALIGN_MAP(DMARC__ENUM)
@@ -155,7 +181,12 @@ typedef enum dmarc_align {
 } dmarc_align;
 
 /* psd= tag (RFC 9989 §4.7). */
-#define DMARC_PSD_MAP(X) X(U, u) X(Y, y) X(N, n)
+/* clang-format off */
+#define DMARC_PSD_MAP(X) \
+    X(U, u) \
+    X(Y, y) \
+    X(N, n)
+/* clang-format on */
 typedef enum dmarc_psd {
 #define DMARC__ENUM(U, l) DMARC_PSD_##U,
     DMARC_PSD_MAP(DMARC__ENUM)
@@ -165,8 +196,12 @@ typedef enum dmarc_psd {
 
 /* Why the applied policy differs from the requested one (RFC 9990 reason
 ** types produced by the core; site overrides add their own in Lua). */
-#define DMARC_REASON_MAP(X)                                                                        \
-    X(NONE, none) X(POLICY_TEST_MODE, policy_test_mode) X(SAMPLED_OUT, sampled_out)
+/* clang-format off */
+#define DMARC_REASON_MAP(X) \
+    X(NONE, none) \
+    X(POLICY_TEST_MODE, policy_test_mode) \
+    X(SAMPLED_OUT, sampled_out)
+/* clang-format on */
 typedef enum dmarc_reason {
 #define DMARC__ENUM(U, l) DMARC_REASON_##U,
     DMARC_REASON_MAP(DMARC__ENUM)
@@ -175,9 +210,14 @@ typedef enum dmarc_reason {
 } dmarc_reason;
 
 /* The DNS answer kinds; all stay distinct [DISC-4] [DISC-10] [DISC-12]. */
-#define DMARC_RCODE_MAP(X)                                                                         \
-    X(NOERROR, noerror)                                                                            \
-    X(NODATA, nodata) X(NXDOMAIN, nxdomain) X(SERVFAIL, servfail) X(TIMEOUT, timeout)
+/* clang-format off */
+#define DMARC_RCODE_MAP(X) \
+    X(NOERROR, noerror) \
+    X(NODATA, nodata) \
+    X(NXDOMAIN, nxdomain) \
+    X(SERVFAIL, servfail) \
+    X(TIMEOUT, timeout)
+/* clang-format on */
 typedef enum dmarc_rcode {
 #define DMARC__ENUM(U, l) DMARC_RCODE_##U,
     DMARC_RCODE_MAP(DMARC__ENUM)
@@ -187,7 +227,13 @@ typedef enum dmarc_rcode {
 
 /* Query types the engine asks for: TXT for records, A/AAAA/MX for the
 ** existence test behind np [DISC-12]. */
-#define DMARC_QTYPE_MAP(X) X(TXT, TXT, 16) X(A, A, 1) X(AAAA, AAAA, 28) X(MX, MX, 15)
+/* clang-format off */
+#define DMARC_QTYPE_MAP(X) \
+    X(TXT, TXT, 16) \
+    X(A, A, 1) \
+    X(AAAA, AAAA, 28) \
+    X(MX, MX, 15)
+/* clang-format on */
 typedef enum dmarc_qtype {
 #define DMARC__ENUM(U, s, n) DMARC_QTYPE_##U = n,
     DMARC_QTYPE_MAP(DMARC__ENUM)
@@ -195,7 +241,13 @@ typedef enum dmarc_qtype {
 } dmarc_qtype;
 
 /* Which tag the requested policy came from [EVAL-6]. */
-#define DMARC_POLICY_TAG_MAP(X) X(NONE, none) X(P, p) X(SP, sp) X(NP, np)
+/* clang-format off */
+#define DMARC_POLICY_TAG_MAP(X) \
+    X(NONE, none) \
+    X(P, p) \
+    X(SP, sp) \
+    X(NP, np)
+/* clang-format on */
 typedef enum dmarc_policy_tag {
 #define DMARC__ENUM(U, l) DMARC_POLICY_TAG_##U,
     DMARC_POLICY_TAG_MAP(DMARC__ENUM)
@@ -204,15 +256,17 @@ typedef enum dmarc_policy_tag {
 } dmarc_policy_tag;
 
 /* Flags of an evaluation [OPEN-5] [FROM-4..6]. Bit values are ABI. */
-#define DMARC_FLAG_MAP(X)                                                                          \
-    X(MULTIPLE_FROM, multiple_from, 0)       /* two or more From fields */                         \
-    X(MULTIPLE_DOMAINS, multiple_domains, 1) /* mailboxes with distinct domains */                 \
-    X(NO_FROM, no_from, 2)                   /* no From field at all */                            \
-    X(NO_AUTHOR_DOMAIN, no_author_domain, 3) /* From present, no usable domain */                  \
-    X(TOO_MANY_DOMAINS, too_many_domains, 4) /* more than DMARC_MAX_AUTHOR_DOMAINS */              \
-    X(FROM_SYNTAX, from_syntax, 5)           /* a From field did not parse cleanly */              \
-    X(QUERY_LIMIT, query_limit, 6)           /* DMARC_EVAL_MAX_QUERIES was hit */                  \
-    X(PCT_AS_TESTING, pct_as_testing, 7)     /* [OPEN-3] mapping was used */
+/* clang-format off */
+#define DMARC_FLAG_MAP(X) \
+    X(MULTIPLE_FROM, multiple_from, 0) /* two or more From fields */ \
+    X(MULTIPLE_DOMAINS, multiple_domains, 1) /* mailboxes with distinct domains */ \
+    X(NO_FROM, no_from, 2) /* no From field at all */ \
+    X(NO_AUTHOR_DOMAIN, no_author_domain, 3) /* From present, no usable domain */ \
+    X(TOO_MANY_DOMAINS, too_many_domains, 4) /* not every domain checked: over DMARC_MAX_AUTHOR_DOMAINS, or mailboxes past DMARC_FROM_MAX_MAILBOXES */ \
+    X(FROM_SYNTAX, from_syntax, 5) /* a From field did not parse cleanly */ \
+    X(QUERY_LIMIT, query_limit, 6) /* DMARC_EVAL_MAX_QUERIES was hit */ \
+    X(PCT_AS_TESTING, pct_as_testing, 7) /* [OPEN-3] mapping was used */
+/* clang-format on */
 enum {
 #define DMARC__ENUM(U, l, b) DMARC_FLAG_##U = 1u << (b),
     DMARC_FLAG_MAP(DMARC__ENUM)
@@ -220,28 +274,30 @@ enum {
 };
 
 /* Diagnostic codes of the parsers. Stable tokens (the Lua `code`). */
-#define DMARC_DIAG_MAP(X)                                                                          \
-    X(NONE, none)                             /* nothing to say */                                 \
-    X(NOT_DMARC, not_dmarc)                   /* does not start v=DMARC1 [REC-2] */                \
-    X(SYNTAX, syntax)                         /* tag-list syntax error at offset [REC-3] */        \
-    X(EMPTY_VALUE, empty_value)               /* tag with an empty value [REC-3] */                \
-    X(BAD_VALUE, bad_value)                   /* value not allowed; default used [REC-5] */        \
-    X(UNKNOWN_TAG, unknown_tag)               /* ignored [REC-4] */                                \
-    X(TAG_CASE, tag_case)                     /* known tag in the wrong case, rfc9989 [REC-3] */   \
-    X(DUPLICATE_TAG, duplicate_tag)           /* record invalid [OPEN-1] */                        \
-    X(P_NOT_SECOND, p_not_second)             /* rfc7489 order [REC-6] */                          \
-    X(HISTORIC_TAG, historic_tag)             /* pct/rf/ri in rfc9989 mode [POL-5] */              \
-    X(BAD_URI, bad_uri)                       /* malformed URI dropped [REC-7] */                  \
-    X(TOO_MANY_URIS, too_many_uris)           /* DMARC_RECORD_MAX_URIS hit */                      \
-    X(TOO_MANY_TAGS, too_many_tags)           /* DMARC_RECORD_MAX_TAGS hit */                      \
-    X(TOO_LONG, too_long)                     /* input over its length limit */                    \
-    X(INVALID_POLICY, invalid_policy)         /* bad p/sp/np [EVAL-7] */                           \
-    X(MISSING_P, missing_p)                   /* no p tag [EVAL-7] [OPEN-7] */                     \
-    X(NO_DOMAIN, no_domain)                   /* a mailbox with no usable domain [FROM-4] */       \
-    X(BAD_IDN, bad_idn)                       /* U-label that does not convert [FROM-3] */         \
-    X(BAD_ENCODED_WORD, bad_encoded_word)     /* RFC 2047 word left as is */                       \
-    X(TOO_DEEP, too_deep)                     /* comment nesting over the limit */                 \
+/* clang-format off */
+#define DMARC_DIAG_MAP(X) \
+    X(NONE, none) /* nothing to say */ \
+    X(NOT_DMARC, not_dmarc) /* does not start v=DMARC1 [REC-2] */ \
+    X(SYNTAX, syntax) /* tag-list syntax error at offset [REC-3] */ \
+    X(EMPTY_VALUE, empty_value) /* tag with an empty value [REC-3] */ \
+    X(BAD_VALUE, bad_value) /* value not allowed; default used [REC-5] */ \
+    X(UNKNOWN_TAG, unknown_tag) /* ignored [REC-4] */ \
+    X(TAG_CASE, tag_case) /* known tag in the wrong case, rfc9989 [REC-3] */ \
+    X(DUPLICATE_TAG, duplicate_tag) /* record invalid [OPEN-1] */ \
+    X(P_NOT_SECOND, p_not_second) /* rfc7489 order [REC-6] */ \
+    X(HISTORIC_TAG, historic_tag) /* pct/rf/ri in rfc9989 mode [POL-5] */ \
+    X(BAD_URI, bad_uri) /* malformed URI dropped [REC-7] */ \
+    X(TOO_MANY_URIS, too_many_uris) /* DMARC_RECORD_MAX_URIS hit */ \
+    X(TOO_MANY_TAGS, too_many_tags) /* DMARC_RECORD_MAX_TAGS hit */ \
+    X(TOO_LONG, too_long) /* input over its length limit */ \
+    X(INVALID_POLICY, invalid_policy) /* bad p/sp/np [EVAL-7] */ \
+    X(MISSING_P, missing_p) /* no p tag [EVAL-7] [OPEN-7] */ \
+    X(NO_DOMAIN, no_domain) /* a mailbox with no usable domain [FROM-4] */ \
+    X(BAD_IDN, bad_idn) /* U-label that does not convert [FROM-3] */ \
+    X(BAD_ENCODED_WORD, bad_encoded_word) /* RFC 2047 word left as is */ \
+    X(TOO_DEEP, too_deep) /* comment nesting over the limit */ \
     X(TOO_MANY_MAILBOXES, too_many_mailboxes) /* DMARC_FROM_MAX_MAILBOXES hit */
+/* clang-format on */
 typedef enum dmarc_diag_code {
 #define DMARC__ENUM(U, l) DMARC_DIAG_##U,
     DMARC_DIAG_MAP(DMARC__ENUM)
