@@ -23,7 +23,10 @@ check:
 	@rm -rf $(TEST_LOGS)
 	@$(MAKE) --no-print-directory -k check-all; status=$$?; tests/tally $(TEST_LOGS) || exit 1; exit $$status
 
-check-all: check-lint check-examples check-c check-san check-valgrind check-fuzz check-lua check-plugin check-rockspec check-integration
+check-all: check-lint check-examples check-c check-san check-valgrind check-fuzz check-lua check-memcheck check-plugin check-rockspec check-integration
+
+check-memcheck: lua
+	@$(RUN_SUITE) memcheck -- tests/memcheck/run
 
 check-examples: all
 	@$(RUN_SUITE) examples -- tests/examples-check

@@ -87,7 +87,7 @@ typedef struct dmarc_dns_answer {
     unsigned cname_hops;     /* CNAME links followed to get here */
     bool from_cache;         /* answered from the cache */
     /* private */
-    const dmarc_allocator *alloc_;
+    dmarc_allocator alloc_; /* a copy: the answer may outlive its resolver */
     size_t size_;
 } dmarc_dns_answer;
 

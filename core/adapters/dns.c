@@ -88,7 +88,7 @@ dmarc_status dmarc_dns_name_normalize(const char *in, size_t len, char *out, siz
 void dmarc_dns_answer_free(dmarc_dns_answer *a)
 {
     if (a != NULL)
-        dmarc__free(a->alloc_, a, a->size_);
+        dmarc__free(&a->alloc_, a, a->size_);
 }
 
 /* Layout of an answer block: the struct, the RR array, the RR data, the
@@ -105,7 +105,7 @@ static dmarc_dns_answer *answer_alloc(const dmarc_allocator *alloc, size_t count
     if (a == NULL)
         return NULL;
     memset(a, 0, sizeof *a);
-    a->alloc_ = alloc;
+    a->alloc_ = alloc != NULL ? *alloc : (dmarc_allocator){NULL, NULL};
     a->size_ = size;
     a->count = count;
     a->rrs = count > 0 ? (const dmarc_dns_rr *)(void *)(a + 1) : NULL;

@@ -716,7 +716,6 @@ function M.run(args)
   local res, code
   res, err, code = auth.check(resolver, text, check_opts)
   if not res then
-    collectgarbage() -- the resolver's DNS answers first (see below)
     resolver:close()
     if code == 'syntax' or code == 'limit' then return input_error('malformed message: ' .. tostring(err)) end
     return input_error(tostring(err))
@@ -736,9 +735,6 @@ function M.run(args)
   end
   local decision = site:evaluate(res.dmarc, ctx, st)
   local header = auth.format_ar(res, authserv_id, decision)
-  -- DNS answers the resolver handed out are freed through the resolver's DNS context:
-  -- collect the unreferenced ones while it still exists.
-  collectgarbage()
   resolver:close()
   local reporting
   if link then
