@@ -15,7 +15,10 @@
 -- A scanner that cannot deliver mail itself (`dmarc check`, one process per
 -- message) queues the reports in Redis instead (`Reporter:queue`), and
 -- `dmarc report send` verifies the destinations and delivers them
--- (docs/report-keys.md, "Failure reports").
+-- (docs/report-keys.md, "Failure reports"). A scanner with an asynchronous
+-- Redis client of its own (the rspamd plugin) takes the same command from
+-- `Reporter:queue_command`, sends it itself and reads the reply with
+-- `failure.queue_result`.
 local report = require 'dmarc.report'
 local report_xml = require 'dmarc.report_xml'
 
@@ -418,19 +421,10 @@ function Reporter:prepare(verdict, input, ctx, decision, headers)
   return out
 end
 
---- Queue the failure reports one message calls for in Redis, for `dmarc
--- report send` to verify [RUA-5] and deliver. Counting against the rate
--- limit [FAIL-7] and adding to the queue are one atomic step (QUEUE_SCRIPT,
--- one round trip); nothing is sent to Redis when no report is due.
--- @param verdict, input, ctx, decision, headers as for prepare
--- @return number of reports queued, and a reason code when 0 ('disabled',
---   'no_ruf', 'fo', 'loop', 'rate_limited', 'queue_full', 'no_destination',
---   'redis'), and for 'redis' the error message
-function Reporter:queue(verdict, input, ctx, decision, headers)
+-- The queue command of a message whose reports are due: its entries, one per ruf
+-- destination (at most max_ruf), built now; nil, 'no_destination' when none is usable.
+function Reporter:_queue_command(due, verdict, input, ctx, decision)
   local o = self.o
-  local due, why = self:_due(verdict, input, ctx, headers)
-  if not due then return 0, why end
-  if not o.redis then return 0, 'redis', 'no Redis connection for the queue' end
   local now = math.floor(self.clock())
   local entries = {}
   for i, u in ipairs(verdict.record.ruf) do
@@ -448,20 +442,81 @@ function Reporter:queue(verdict, input, ctx, decision, headers)
       if #entry <= M.MAX_ENTRY_BYTES then entries[#entries + 1] = entry end
     end
   end
-  if #entries == 0 then return 0, 'no_destination' end
-  local window = math.floor(now / o.rate_window)
-  local cmd = { 'EVAL', M.QUEUE_SCRIPT, '2', M.rate_key(o.prefix, due.domain, window),
-                M.queue_key(o.prefix, due.domain), tostring(o.rate_limit),
-                tostring(o.rate_window * 2), tostring(o.queue_max), tostring(o.queue_ttl) }
+  if #entries == 0 then return nil, 'no_destination' end
+  return M.queue_command(o, due.domain, entries, now)
+end
+
+--- The Redis command that queues a message's failure reports: counting the
+-- message against the policy domain's rate limit [FAIL-7] and adding the
+-- entries are one atomic step (QUEUE_SCRIPT). Pure: it builds the command,
+-- and a scanner sends it with its own Redis client (the rspamd plugin
+-- through lua_redis, as EVALSHA of the same script).
+-- @param o {table} prefix, rate_limit, rate_window, queue_max, queue_ttl
+--   (M.defaults for those absent)
+-- @param domain {string} the policy domain (report.valid_domain)
+-- @param entries {table} array of encoded entries (M.encode_entry)
+-- @param now {number} epoch seconds: the rate-limit window
+-- @return {'EVAL', QUEUE_SCRIPT, '2', rate key, queue key, rate_limit,
+--   2*rate_window, queue_max, queue_ttl, entry...}; its reply goes to
+--   M.queue_result
+function M.queue_command(o, domain, entries, now)
+  local d = M.defaults
+  local prefix = o.prefix or d.prefix
+  local rate_window = o.rate_window or d.rate_window
+  local window = math.floor(now / rate_window)
+  local cmd = { 'EVAL', M.QUEUE_SCRIPT, '2', M.rate_key(prefix, domain, window),
+                M.queue_key(prefix, domain), tostring(o.rate_limit or d.rate_limit),
+                tostring(rate_window * 2), tostring(o.queue_max or d.queue_max),
+                tostring(o.queue_ttl or d.queue_ttl) }
   for _, e in ipairs(entries) do cmd[#cmd + 1] = e end
-  local replies, err = o.redis:pipeline({ cmd })
-  local n = replies and replies[1]
-  if type(n) ~= 'number' then
-    return 0, 'redis', tostring(err or (type(n) == 'table' and n.err) or 'no reply')
+  return cmd
+end
+
+--- What the reply to a queue command means.
+-- @param reply the script's reply (a number), or anything else for a
+--   failed request
+-- @param err {string|nil} the client's error, for the 'redis' case
+-- @return number of reports queued, and a reason code when 0
+--   ('rate_limited', 'queue_full', 'redis'), and for 'redis' the error text
+function M.queue_result(reply, err)
+  if type(reply) ~= 'number' then
+    return 0, 'redis', tostring(err or (type(reply) == 'table' and reply.err) or 'no reply')
   end
-  if n == -1 then return 0, 'rate_limited' end
-  if n == -2 then return 0, 'queue_full' end
-  return n
+  if reply == -1 then return 0, 'rate_limited' end
+  if reply == -2 then return 0, 'queue_full' end
+  return reply
+end
+
+--- The queue command (M.queue_command) for the failure reports one message
+-- calls for, without sending it: what a scanner with its own asynchronous
+-- Redis client sends. Nothing when no report is due.
+-- @param verdict, input, ctx, decision, headers as for prepare
+-- @return the command, or nil and a reason code ('disabled', 'no_ruf', 'fo',
+--   'loop', 'psd', 'bad_domain', 'no_destination', ...)
+function Reporter:queue_command(verdict, input, ctx, decision, headers)
+  local due, why = self:_due(verdict, input, ctx, headers)
+  if not due then return nil, why end
+  return self:_queue_command(due, verdict, input, ctx, decision)
+end
+
+--- Queue the failure reports one message calls for in Redis, for `dmarc
+-- report send` to verify [RUA-5] and deliver. Counting against the rate
+-- limit [FAIL-7] and adding to the queue are one atomic step (QUEUE_SCRIPT,
+-- one round trip); nothing is sent to Redis when no report is due.
+-- @param verdict, input, ctx, decision, headers as for prepare
+-- @return number of reports queued, and a reason code when 0 ('disabled',
+--   'no_ruf', 'fo', 'loop', 'rate_limited', 'queue_full', 'no_destination',
+--   'redis'), and for 'redis' the error message
+function Reporter:queue(verdict, input, ctx, decision, headers)
+  local o = self.o
+  local due, why = self:_due(verdict, input, ctx, headers)
+  if not due then return 0, why end
+  if not o.redis then return 0, 'redis', 'no Redis connection for the queue' end
+  local cmd
+  cmd, why = self:_queue_command(due, verdict, input, ctx, decision)
+  if not cmd then return 0, why end
+  local replies, err = o.redis:pipeline({ cmd })
+  return M.queue_result(replies and replies[1], err)
 end
 
 --- Deliver prepared reports through the transport; counts by status.
