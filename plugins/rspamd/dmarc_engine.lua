@@ -7,7 +7,8 @@ asynchronous resolver (callbacks only: the coroutine-style calls crash 3.4 worke
 load, rspamd issue #4902), asks the site policy script what to do, and maps the outcome to
 rspamd: the symbols of rspamd's own dmarc module (same names, same option formats, so
 composites and rules keep working), an action, headers, an Authentication-Results entry,
-Redis report rows. All DMARC logic lives in the engine (lua/dmarc*.lua, core/).
+Redis report rows and queued failure reports. All DMARC logic lives in the engine
+(lua/dmarc*.lua, core/).
 
 Install and configuration: plugins/rspamd/README.md. rspamd's built-in `dmarc` module must
 be disabled (`local.d/dmarc.conf: enabled = false;`): both register DMARC_CHECK.
@@ -106,6 +107,24 @@ local settings = {
     timeout = 1.0,
     skip_rspamc = true,           -- as rspamd's module: not for rspamc/controller scans
     reporter_address = nil,       -- our own report sender: its mail is never reported on
+  },
+  -- RFC 9991 failure reports [FAIL-1], off by default: built with lua/dmarc/failure.lua
+  -- and queued in Redis (docs/report-keys.md, "Failure reports"), where `dmarc report send`
+  -- verifies the ruf destinations [RUA-5] and delivers them: the same queue, the same
+  -- per-domain rate limit [FAIL-7] as `dmarc check --failure-reports`.
+  failure_reports = {
+    enabled = false,
+    email = nil,                  -- the reporter address (From of the reports); required
+    submitter = nil,              -- the reporting domain (Reporting-MTA); required
+    org_name = nil,               -- default: the submitter
+    prefix = 'dmarc:',            -- the key prefix `dmarc report send --prefix` reads
+    rate_limit = 10,              -- reports per policy domain per window [FAIL-7]
+    rate_window = 3600,           -- seconds
+    queue_max = 100,              -- queued reports per policy domain
+    queue_ttl = 7 * 86400,        -- seconds a queue outlives its last addition
+    redact_key = nil,             -- local parts as a keyed hash instead of "redacted" [FAIL-7]
+    timeout = 1.0,
+    skip_rspamc = true,           -- as for rows: not for rspamc/controller scans
   },
   -- When rspamd's DKIM check did not run (its dkim filter is not loaded), verify DKIM with
   -- the engine's libopendkim (dmarc.io). Keys are fetched with rspamd's asynchronous
@@ -700,6 +719,10 @@ local site             -- the loaded site policy
 local overrides_redis  -- lua_redis params, or nil
 local reporting_redis
 local row_script_id    -- lua_redis script id of report.ROW_SCRIPT
+local failure          -- require 'dmarc.failure', when failure reports are enabled
+local failure_reporter -- failure.new{...}: builds the queue commands
+local failure_redis    -- lua_redis params of the failure-report queue
+local queue_script_id  -- lua_redis script id of failure.QUEUE_SCRIPT
 local auth_local_conf
 local redis_down_until = 0
 
@@ -873,13 +896,29 @@ local function apply_decision(task, out, decision, symbol_key, options)
   end
 end
 
+--- The keys and arguments of an `EVAL script numkeys key... arg...` command, for
+-- lua_redis.exec_redis_script (which sends EVALSHA of the same script).
+local function script_parts(cmd)
+  local nkeys = tonumber(cmd[3]) or 0
+  local keys, args = {}, {}
+  for i = 4, 3 + nkeys do keys[#keys + 1] = cmd[i] end
+  for i = 4 + nkeys, #cmd do args[#args + 1] = cmd[i] end
+  return keys, args
+end
+exports.script_parts = script_parts
+
+--- The time the message arrived (rspamd's connection time), whole seconds.
+local function arrival_time(task)
+  return math.floor(task:get_date({ format = 'connect', gmt = true }) or os.time())
+end
+
 -- Report rows (lua/dmarc/report.lua) through rspamd's redis client: the same commands
 -- `report.commands` gives the CLI, the row script run with EVALSHA.
 local function store_report_rows(task, verdict, input, ctx, decision)
   if not reporting_redis or not redis_healthy() then return end
   if settings.reporting.skip_rspamc and lua_util.is_rspamc_or_controller(task) then return end
   local rows, err = report.build_rows(verdict, input, ctx, decision, {
-    time = math.floor(task:get_date({ format = 'connect', gmt = true }) or os.time()),
+    time = arrival_time(task),
     reporter_address = settings.reporting.reporter_address,
   })
   if not rows then
@@ -901,10 +940,7 @@ local function store_report_rows(task, verdict, input, ctx, decision)
           if rerr then redis_failed(task, 'report row', rerr) end
         end
         if cmd[1] == 'EVAL' and cmd[2] == report.ROW_SCRIPT and row_script_id then
-          local nkeys = tonumber(cmd[3])
-          local keys, args = {}, {}
-          for i = 4, 3 + nkeys do keys[#keys + 1] = cmd[i] end
-          for i = 4 + nkeys, #cmd do args[#args + 1] = cmd[i] end
+          local keys, args = script_parts(cmd)
           local ok, perr = pcall(lua_redis.exec_redis_script, row_script_id,
             { task = task, is_write = true, key = keys[1] }, done, keys, args)
           if not ok then done(tostring(perr)) end
@@ -917,6 +953,98 @@ local function store_report_rows(task, verdict, input, ctx, decision)
     end
   end
 end
+
+-- {==================================================================
+-- Failure reports (RFC 9991) queued in Redis for `dmarc report send`
+-- ===================================================================
+
+--- Could this outcome call for a failure report under some fo [FAIL-2]? A DMARC failure
+-- can; a pass only when a mechanism gave no aligned pass (fo=1), a DKIM signature failed
+-- (fo=d) or SPF did not pass (fo=s). Only then are the records read: most passes cost
+-- nothing more.
+local function failure_report_possible(out, input)
+  local result = out.result
+  if result == 'fail' then return true end
+  if result ~= 'pass' then return false end
+  if not (out.spf_aligned and out.dkim_aligned) or #(out.flags or E) > 0 then return true end
+  local spf = input.spf
+  if spf and spf.result ~= 'pass' and spf.result ~= 'none' then return true end
+  local dkim = input.dkim or E
+  for i = 1, #dkim do
+    local r = dkim[i].result
+    if r ~= 'pass' and r ~= 'none' then return true end
+  end
+  return false
+end
+exports.failure_report_possible = failure_report_possible
+
+--- The message's header block as received: the report's text/rfc822-headers part and the
+-- loop guard read it (failure.lua bounds what it takes of it). '' when rspamd has none.
+local function raw_headers(task)
+  local ok, text = pcall(task.get_raw_headers, task)
+  if not ok or text == nil then return '' end
+  if type(text) ~= 'string' then text = tostring(text) end
+  return text
+end
+
+-- One queue command through lua_redis (EVALSHA of failure.QUEUE_SCRIPT, callback style):
+-- the rate limit is counted and the reports added in one atomic step on the server.
+local function send_queue_command(task, cmd, domain)
+  local keys, args = script_parts(cmd)
+  local function done(err, data)
+    if err then return redis_failed(task, 'failure report', err) end
+    local n, why = failure.queue_result(data)
+    if n > 0 then
+      rspamd_logger.infox(task, '%s: %s failure report(s) about %s queued', N, n, domain)
+    elseif why == 'queue_full' then
+      rspamd_logger.warnx(task, '%s: failure-report queue of %s is full: report dropped', N, domain)
+    else
+      rspamd_logger.infox(task, '%s: no failure report about %s: %s', N, domain, why)
+    end
+  end
+  local ok, perr = pcall(lua_redis.exec_redis_script, queue_script_id,
+    { task = task, is_write = true, key = keys[1] }, done, keys, args)
+  if not ok then done(tostring(perr)) end
+end
+
+--- Queue the failure reports the message calls for: per author domain's verdict, when its
+-- record has ruf and its fo asks for one [FAIL-2]; never about a report (the loop guard of
+-- failure.lua). With Redis down or backing off no report is made: the rate limit is a
+-- MUST [FAIL-7], and the scan goes on as if the feature were off.
+local function queue_failure_reports(task, details, input, ctx, decision)
+  if settings.failure_reports.skip_rspamc and lua_util.is_rspamc_or_controller(task) then return end
+  local list = details.domains
+  if type(list) ~= 'table' or #list == 0 then list = { details.verdict } end
+  local headers, fctx
+  for i = 1, math.min(#list, engine_limits.max_author_domains) do
+    local v = list[i]
+    -- The cheap test first: no header block is read for a record without ruf.
+    if type(v) == 'table' and v.record and failure.should_report(v.record, v, input) then
+      if not redis_healthy() then
+        rspamd_logger.infox(task, '%s: no failure report about %s: redis unavailable', N,
+          v.policy_domain)
+        return
+      end
+      headers = headers or raw_headers(task)
+      fctx = fctx or {
+        ip = ctx.ip or nil, mail_from = ctx.mail_from or nil, rcpt = ctx.rcpt or nil,
+        arrival = arrival_time(task),
+        queue_id = task.get_queue_id and task:get_queue_id() or nil,
+      }
+      local ok, cmd, why = pcall(failure_reporter.queue_command, failure_reporter, v, input, fctx,
+        decision, headers)
+      if not ok then
+        rspamd_logger.errx(task, '%s: failure report about %s: %s', N, v.policy_domain, cmd)
+      elseif cmd then
+        send_queue_command(task, cmd, v.policy_domain)
+      else
+        lua_util.debugm(N, task, 'no failure report about %s: %s', v.policy_domain, why)
+      end
+    end
+  end
+end
+
+-- }==================================================================
 
 -- ---------------------------------------------------------------------------
 -- The check
@@ -937,6 +1065,7 @@ local function finish(task, out, details, input, ctx, dns_errors, decision)
     verdict.domains = details.domains
     verdict.mode = input.mode
     store_report_rows(task, verdict, input, ctx, decision)
+    if failure_reporter then queue_failure_reports(task, details, input, ctx, decision) end
   end
 end
 
@@ -1020,14 +1149,17 @@ end
 -- The evaluation's outcome: the core's light verdict in the shape of a `dmarc eval` output
 -- object (lua/dmarc.lua), with only what this message needs on top: the applied record when
 -- a failure's text names its alignment modes (or a site hook may read it), why a
--- temperror or permerror, and for report rows the full verdicts.
+-- temperror or permerror, and for report rows and failure reports the full verdicts (for
+-- failure reports only when the outcome could call for one).
 local function outcome_of(ev, input)
   local out = ev:outcome()
   local result = out.result
   if site.hook or (result == 'fail' and auth_passed(input)) then out.record = ev:record() end
   if result == 'temperror' or result == 'permerror' then out.error = ev:verdict(false).error end
   local details
-  if reporting_redis then details = { verdict = ev:verdict(), domains = ev:domains() } end
+  if reporting_redis or (failure_reporter and failure_report_possible(out, input)) then
+    details = { verdict = ev:verdict(), domains = ev:domains() }
+  end
   return out, details
 end
 
@@ -1286,6 +1418,54 @@ if settings.reporting.enabled then
   row_script_id = lua_redis.add_redis_script(report.ROW_SCRIPT, reporting_redis)
 end
 
+if settings.failure_reports.enabled then
+  local fs = settings.failure_reports
+  local ok_fail, fail_or_err = pcall(require, 'dmarc.failure')
+  if not ok_fail then return disable('failure_reports: cannot load dmarc.failure: %s', fail_or_err) end
+  failure = fail_or_err
+  report = report or require('dmarc.report')
+  -- The reporter's identity goes into every report's From and Reporting-MTA [FAIL-4].
+  if type(fs.email) ~= 'string' or #fs.email > 254 or not fs.email:find('^[^%s<>@"]+@[%w%.%-_]+$') then
+    return disable('failure_reports.email must be the reporter address (dmarc-reports@example.net)')
+  end
+  if type(fs.submitter) ~= 'string' or not report.valid_domain(fs.submitter) then
+    return disable('failure_reports.submitter must be a lowercase domain name')
+  end
+  if fs.org_name ~= nil and type(fs.org_name) ~= 'string' then
+    return disable('failure_reports.org_name must be a string')
+  end
+  if fs.redact_key ~= nil and (type(fs.redact_key) ~= 'string' or fs.redact_key == '') then
+    return disable('failure_reports.redact_key must be a non-empty string')
+  end
+  if not report.valid_prefix(fs.prefix) then
+    return disable('failure_reports: invalid prefix "%s"', tostring(fs.prefix))
+  end
+  for _, k in ipairs({ 'rate_limit', 'rate_window', 'queue_max', 'queue_ttl' }) do
+    if type(fs[k]) ~= 'number' or fs[k] < 1 or fs[k] % 1 ~= 0 then
+      return disable('failure_reports.%s must be a whole number >= 1', k)
+    end
+  end
+  if type(fs.timeout) ~= 'number' or fs.timeout <= 0 then
+    return disable('failure_reports.timeout must be a number > 0')
+  end
+  failure_redis = lua_redis.parse_redis_server(N, fs)
+  if not failure_redis then
+    -- No queue, no report: the rate limit lives in Redis [FAIL-7].
+    return disable('failure_reports is enabled but no redis servers are configured')
+  end
+  failure_redis.timeout = fs.timeout
+  queue_script_id = lua_redis.add_redis_script(failure.QUEUE_SCRIPT, failure_redis)
+  local ok_new, fr = pcall(failure.new, {
+    enabled = true,
+    reporter = { org_name = fs.org_name or fs.submitter, email = fs.email, submitter = fs.submitter },
+    prefix = fs.prefix, rate_limit = fs.rate_limit, rate_window = fs.rate_window,
+    queue_max = fs.queue_max, queue_ttl = fs.queue_ttl,
+    redact = true, redact_key = fs.redact_key, version = dmarc._VERSION,
+  })
+  if not ok_new then return disable('failure_reports: %s', fr) end
+  failure_reporter = fr
+end
+
 if settings.fallback_dkim or settings.fallback_spf then
   local ok_io, io_or_err = pcall(require, 'dmarc.io')
   local ok_auth, auth_or_err = pcall(require, 'dmarc.auth')
@@ -1346,8 +1526,9 @@ for _, sym in ipairs(settings.evidence_symbols) do
 end
 
 rspamd_logger.infox(rspamd_config, '%s: enabled, mode %s, site %s, overrides %s, reporting %s, ' ..
-  'fallbacks: spf %s, dkim %s', N, settings.mode, settings.site_script or 'defaults',
-  overrides_redis and 'redis' or 'none', reporting_redis and 'redis' or 'off',
+  'failure reports %s, fallbacks: spf %s, dkim %s', N, settings.mode,
+  settings.site_script or 'defaults', overrides_redis and 'redis' or 'none',
+  reporting_redis and 'redis' or 'off', failure_reporter and 'redis' or 'off',
   fallback_spf and 'on' or 'off', fallback_dkim and 'on' or 'off')
 
 exports.settings = settings

@@ -32,7 +32,8 @@ local function deep_merge(def, over)
 end
 
 --- A fresh environment. opts.config: section name -> options (what get_all_opt returns);
--- opts.redis: the fake Redis ({ data = {key = value}, down = bool }).
+-- opts.redis: the fake Redis ({ data = {key = value}, down = bool, eval = function(script,
+-- keys, args) -> reply (a script's reply; default 1) }).
 -- Returns env with .log (entries {level=, msg=}), .symbols (registered), .deps, .disabled,
 -- .redis, and env:load() -> the plugin's exports.
 function M.new(opts)
@@ -91,11 +92,12 @@ function M.new(opts)
       redis.scripts[#redis.scripts + 1] = { script = script, runs = {} }
       return #redis.scripts
     end,
-    exec_redis_script = function(id, _, cb, keys, args)
+    exec_redis_script = function(id, params, cb, keys, args)
       if redis.down then return cb('connection refused') end
-      local runs = redis.scripts[id].runs
-      runs[#runs + 1] = { keys = keys, args = args }
-      cb(nil, 1)
+      local script = redis.scripts[id]
+      script.runs[#script.runs + 1] = { keys = keys, args = args, key = params.key,
+                                        write = params.is_write }
+      cb(nil, redis.eval and redis.eval(script.script, keys, args) or 1)
     end,
   }
   libs.rspamd_util = {
@@ -172,7 +174,8 @@ function Ip:is_valid() return self.addr ~= nil end
 function Ip:to_string() return self.addr end
 function Ip.is_local() return false end
 
---- A task. spec: from (array of raw From values), headers ({Name = {values}}), symbols
+--- A task. spec: from (array of raw From values), headers ({Name = {values}}), raw_headers
+-- (the header block as received; default: the From fields and `headers`), symbols
 -- (array of names present), mail_from, helo, ip, rcpt (array), dkim (rspamd dkim results),
 -- dns ({[name] = {results = {...}} | {err = '...'} | 'unsent'}), async_dns (answers wait for
 -- task:flush_dns()), dmarc_checks (mempool), rspamc.
@@ -225,6 +228,15 @@ function Task:get_recipients()
   return out
 end
 function Task:get_dkim_results() return self.spec.dkim or {} end
+function Task:get_raw_headers()
+  if self.spec.raw_headers then return self.spec.raw_headers end
+  local lines = {}
+  for _, v in ipairs(self.headers.from or {}) do lines[#lines + 1] = 'From: ' .. v end
+  for name, values in pairs(self.spec.headers or {}) do
+    for _, v in ipairs(values) do lines[#lines + 1] = name .. ': ' .. v end
+  end
+  return table.concat(lines, '\r\n') .. '\r\n'
+end
 function Task:get_content() return self.spec.content or '' end
 function Task.get_date() return 1795305600 end
 function Task.get_request_header() return nil end
