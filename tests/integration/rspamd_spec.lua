@@ -309,6 +309,161 @@ describe('dmarc_engine plugin (default site script)', function()
   end)
 end)
 
+-- RFC 9991 failure reports from the `engine` instance (failure_reports in engine.conf.in:
+-- rate_limit = 1 per policy domain and hour), queued in the Redis the CLI reads, and
+-- delivered by `dmarc report send` to the test SMTP server (tests/integration/report_smtpd.py).
+describe('dmarc_engine plugin: failure reports queued for dmarc report send', function()
+  local addr = h.instances.engine
+  local failure = require 'dmarc.failure'
+  local rh = dofile('tests/integration/report_helpers.lua')
+  local PREFIX = 'it-engine:'
+  local QUEUE = failure.queue_key(PREFIX, 'ruf.test')
+  local SMTP_PORT = 16545
+  local REPORTER = ' --org-name "Receiver Test" --email dmarc-reports@rcpt.test --submitter rcpt.test'
+  local conn
+
+  setup(function()
+    local host, port = h.redis:match('^(.*):(%d+)$')
+    conn = assert(require('dmarc.redis').connect { host = host, port = tonumber(port) })
+  end)
+
+  teardown(function()
+    if conn then conn:close() end
+  end)
+
+  -- The queue and the rate-limit counters of the instance's prefix, removed.
+  local function clear()
+    for _, k in ipairs(assert(conn:command('KEYS', PREFIX .. 'ruf:*'))) do conn:command('DEL', k) end
+  end
+
+  local function entries()
+    local list = assert(conn:command('LRANGE', QUEUE, '0', '-1'))
+    local out = {}
+    for i = #list, 1, -1 do out[#out + 1] = assert(failure.decode_entry(list[i])) end
+    return out
+  end
+
+  local function window() return math.floor(os.time() / failure.defaults.rate_window) end
+
+  local function scan_spoof(instance)
+    return h.scan(instance or addr, { file = 'ruf-spoof.eml', ip = SPOOFER,
+                                      from = 'alice.smith@ruf.test', rcpt = 'bob@rcpt.test' })
+  end
+
+  it('a failing message under ruf and fo=1 queues one report; the next is rate-limited [FAIL-7]', function()
+    local r1, r2, first, w0
+    -- Both scans in one rate-limit window (an hour turning between them: once more).
+    for _ = 1, 2 do
+      clear()
+      w0 = window()
+      r1 = scan_spoof()
+      first = entries()
+      r2 = scan_spoof()
+      if window() == w0 then break end
+    end
+    -- The scans are what they are without failure reports.
+    for _, r in ipairs({ r1, r2 }) do
+      assert.same({ 'ruf.test : No valid SPF, No valid DKIM', 'quarantine' },
+        h.options(r, 'DMARC_POLICY_QUARANTINE'))
+      assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+    end
+    -- Exactly one report after the first message [FAIL-2] ...
+    assert.equal(1, #first)
+    local e = first[1]
+    assert.equal('ruf.test', e.domain)
+    assert.equal('dmarc-ruf@ruf.test', e.to)
+    assert.equal(0, e.attempts)
+    -- ... and after the second still that one: the window's budget is spent, while the
+    -- message was counted (the counter every scanner shares) [FAIL-7].
+    local now = entries()
+    assert.equal(1, #now)
+    assert.equal(e.message, now[1].message)
+    assert.equal('2', conn:command('GET', failure.rate_key(PREFIX, 'ruf.test', w0)))
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/engine/log/rspamd.log'))
+    assert.truthy(log:find('no failure report about ruf.test: rate_limited', 1, true))
+
+    -- The AFRF report with the DMARC profile [FAIL-3..6], headers only, redacted [FAIL-7].
+    local m = e.message
+    local function field(line) return m:find('\r\n' .. line .. '\r\n', 1, true) ~= nil end
+    assert.truthy(m:find('Content-Type: multipart/report; report-type=feedback-report;', 1, true))
+    assert.is_true(field('Feedback-Type: auth-failure'))
+    assert.is_true(field('Version: 1'))
+    assert.is_true(field('Auth-Failure: dmarc'))
+    assert.is_true(field('Identity-Alignment: dkim, spf'))
+    assert.is_true(field('Source-IP: ' .. SPOOFER))
+    assert.is_true(field('Reported-Domain: ruf.test'))
+    assert.is_true(field('Delivery-Result: spam'))
+    assert.is_true(field('Reporting-MTA: dns; rcpt.test'))
+    assert.is_true(field('Original-Mail-From: <redacted@ruf.test>'))
+    assert.is_true(field('Original-Rcpt-To: <redacted@rcpt.test>'))
+    assert.truthy(m:find('Content-Type: text/rfc822-headers', 1, true))
+    assert.is_true(field('From: Alice Smith <redacted@ruf.test>'))
+    assert.is_true(field('Cc: Carol Jones <redacted@rcpt.test>'))
+    assert.is_true(field('Subject: Invoice 4711'))
+    assert.is_nil(m:find('alice.smith', 1, true))
+    assert.is_nil(m:find('carol.jones', 1, true))
+    assert.is_nil(m:find('never leaves the receiver', 1, true))
+    assert.truthy(m:find('From: "Receiver Test" <dmarc-reports@rcpt.test>', 1, true))
+  end)
+
+  it('a passing message queues nothing, and asks nothing of Redis [FAIL-2]', function()
+    clear()
+    local r = h.scan(addr, { file = 'ruf-pass.eml', ip = '192.0.2.45', from = 'alice.smith@ruf.test' })
+    assert.same({ 'ruf.test:s=sel1' }, h.options(r, 'R_DKIM_ALLOW'))
+    assert.is_table(h.options(r, 'R_SPF_ALLOW'))
+    assert.same({ 'ruf.test', 'quarantine' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    assert.same({}, assert(conn:command('KEYS', PREFIX .. 'ruf:*')))
+  end)
+
+  it('`dmarc report send` delivers the report rspamd queued [RUA-5]', function()
+    clear()
+    scan_spoof()
+    assert.equal(1, #entries())
+    local dir = rh.tmpdir()
+    local maildir = dir .. '/mail'
+    assert.is_true(rh.wait_closed(SMTP_PORT, 10), 'port ' .. SMTP_PORT .. ' is taken')
+    local smtp_pid = rh.start_smtpd(SMTP_PORT, maildir)
+    finally(function()
+      rh.stop(smtp_pid)
+      h.run('rm -rf ' .. h.q(dir))
+    end)
+    -- The destination shares the policy domain's Organizational Domain: no DNS asked.
+    local dns = dir .. '/dns.json'
+    local f = assert(io.open(dns, 'w'))
+    f:write('{}')
+    f:close()
+    local out, ok = h.run(DMARC .. ' report send --redis ' .. h.q(h.redis) .. ' --prefix ' .. PREFIX ..
+      REPORTER .. ' --smtp 127.0.0.1:' .. SMTP_PORT .. ' --dns-json ' .. h.q(dns) .. ' --out ' ..
+      h.q(dir .. '/out') .. ' 2>&1')
+    assert.is_true(ok, out)
+    local envs = rh.ls(maildir, '%.env$')
+    assert.equal(1, #envs, out)
+    local env = assert(io.open(maildir .. '/' .. envs[1])):read('*a')
+    assert.equal('dmarc-reports@rcpt.test\ndmarc-ruf@ruf.test\n', env:match('^[^\n]*\n[^\n]*\n'))
+    local msg = assert(io.open(maildir .. '/' .. envs[1]:gsub('%.env$', '.eml'))):read('*a')
+    assert.truthy(msg:find('report-type=feedback-report', 1, true))
+    assert.truthy(msg:find('Auth-Failure: dmarc', 1, true))
+    assert.truthy(msg:find('Source-IP: ' .. SPOOFER, 1, true))
+    assert.is_nil(msg:find('alice.smith', 1, true))
+    -- Delivered: nothing left in the queue.
+    assert.equal(0, conn:command('EXISTS', QUEUE))
+  end)
+
+  it('with Redis down a failing message under ruf is scanned as usual, without a report', function()
+    local t0 = os.time()
+    for _ = 1, 2 do
+      local r = scan_spoof(h.instances.strict)
+      assert.same({ 'ruf.test : No valid SPF, No valid DKIM', 'quarantine' },
+        h.options(r, 'DMARC_POLICY_QUARANTINE'))
+      assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+    end
+    assert.is_true(os.time() - t0 <= 2)
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/strict/log/rspamd.log'))
+    assert.truthy(log:find('no failure report about ruf.test: redis unavailable', 1, true)
+      or log:find('redis failure report failed', 1, true))
+  end)
+end)
+
 describe('dmarc_engine plugin at startup', function()
   -- The engine instance's configuration with another site script, checked by rspamadm
   -- configtest (which loads the plugins as rspamd does at startup, LuaJIT and lualib

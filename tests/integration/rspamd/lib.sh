@@ -28,7 +28,7 @@ rspamd_it_keys() {
     dir=$1
     mkdir -p "$dir"
     for ident in sel1.pass.test sel1.reject.test sel1.override.test arc1.forwarder.test \
-        sel1.bench.test; do
+        sel1.bench.test sel1.ruf.test; do
         [ -s "$dir/$ident.pem" ] && continue
         openssl genrsa -traditional -out "$dir/$ident.pem" 2048 2>/dev/null || return 1
         openssl rsa -in "$dir/$ident.pem" -pubout -outform DER 2>/dev/null |
