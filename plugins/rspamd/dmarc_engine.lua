@@ -987,6 +987,29 @@ local function raw_headers(task)
   return text
 end
 
+-- Policy domains whose rate-limit budget is spent, with the window it is spent for: within
+-- that window every further report would be refused by the queue script, so none is built
+-- or sent (the shared counter only grows within a window [FAIL-7]). Per worker, bounded:
+-- emptied when full.
+local MAX_SPENT_DOMAINS = 10000
+local spent_windows, spent_n = {}, 0
+
+local function rate_window_now()
+  return math.floor(os.time() / settings.failure_reports.rate_window)
+end
+
+local function budget_spent(domain)
+  return spent_windows[domain] == rate_window_now()
+end
+
+local function mark_spent(domain)
+  if not spent_windows[domain] then
+    if spent_n >= MAX_SPENT_DOMAINS then spent_windows, spent_n = {}, 0 end
+    spent_n = spent_n + 1
+  end
+  spent_windows[domain] = rate_window_now()
+end
+
 -- One queue command through lua_redis (EVALSHA of failure.QUEUE_SCRIPT, callback style):
 -- the rate limit is counted and the reports added in one atomic step on the server.
 local function send_queue_command(task, cmd, domain)
@@ -994,6 +1017,7 @@ local function send_queue_command(task, cmd, domain)
   local function done(err, data)
     if err then return redis_failed(task, 'failure report', err) end
     local n, why = failure.queue_result(data)
+    if why == 'rate_limited' then mark_spent(domain) end
     if n > 0 then
       rspamd_logger.infox(task, '%s: %s failure report(s) about %s queued', N, n, domain)
     elseif why == 'queue_full' then
@@ -1020,25 +1044,28 @@ local function queue_failure_reports(task, details, input, ctx, decision)
     local v = list[i]
     -- The cheap test first: no header block is read for a record without ruf.
     if type(v) == 'table' and v.record and failure.should_report(v.record, v, input) then
-      if not redis_healthy() then
-        rspamd_logger.infox(task, '%s: no failure report about %s: redis unavailable', N,
-          v.policy_domain)
+      local domain = type(v.policy_domain) == 'string' and v.policy_domain:lower() or ''
+      if budget_spent(domain) then
+        lua_util.debugm(N, task, 'no failure report about %s: rate_limited (known)', domain)
+      elseif not redis_healthy() then
+        rspamd_logger.infox(task, '%s: no failure report about %s: redis unavailable', N, domain)
         return
-      end
-      headers = headers or raw_headers(task)
-      fctx = fctx or {
-        ip = ctx.ip or nil, mail_from = ctx.mail_from or nil, rcpt = ctx.rcpt or nil,
-        arrival = arrival_time(task),
-        queue_id = task.get_queue_id and task:get_queue_id() or nil,
-      }
-      local ok, cmd, why = pcall(failure_reporter.queue_command, failure_reporter, v, input, fctx,
-        decision, headers)
-      if not ok then
-        rspamd_logger.errx(task, '%s: failure report about %s: %s', N, v.policy_domain, cmd)
-      elseif cmd then
-        send_queue_command(task, cmd, v.policy_domain)
       else
-        lua_util.debugm(N, task, 'no failure report about %s: %s', v.policy_domain, why)
+        headers = headers or raw_headers(task)
+        fctx = fctx or {
+          ip = ctx.ip or nil, mail_from = ctx.mail_from or nil, rcpt = ctx.rcpt or nil,
+          arrival = arrival_time(task),
+          queue_id = task.get_queue_id and task:get_queue_id() or nil,
+        }
+        local ok, cmd, why = pcall(failure_reporter.queue_command, failure_reporter, v, input, fctx,
+          decision, headers)
+        if not ok then
+          rspamd_logger.errx(task, '%s: failure report about %s: %s', N, domain, cmd)
+        elseif cmd then
+          send_queue_command(task, cmd, domain)
+        else
+          lua_util.debugm(N, task, 'no failure report about %s: %s', domain, why)
+        end
       end
     end
   end

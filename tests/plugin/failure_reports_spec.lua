@@ -194,6 +194,13 @@ describe('dmarc_engine failure reports: what is queued', function()
     assert.equal(2, #queue_runs(env)) -- both counted, the second refused by the script
     assert.equal(1, #redis.queues[failure.queue_key('it:', 'ruf.test')])
     assert.matches('no failure report about ruf.test: rate_limited', env.log_text('info'))
+    -- The budget is known spent for this window: no report is built or sent any more,
+    -- while another policy domain has its own budget.
+    scan(x, spoof('ruf.test'))
+    assert.equal(2, #queue_runs(env))
+    scan(x, spoof('ruf0.test'))
+    assert.equal(3, #queue_runs(env))
+    assert.equal(1, #redis.queues[failure.queue_key('it:', 'ruf0.test')])
     -- A full queue is a warning.
     env, x = load(failure_settings({ queue_max = 1 }), queue_redis())
     scan(x, spoof('ruf.test'))
