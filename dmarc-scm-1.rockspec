@@ -127,6 +127,7 @@ build = {
     ['dmarc.resolve'] = 'lua/dmarc/resolve.lua',
     ['dmarc.store'] = 'lua/dmarc/store.lua',
     ['dmarc.summary'] = 'lua/dmarc/summary.lua',
+    ['dmarc.util'] = 'lua/dmarc/util.lua',
   },
   install = {
     bin = { dmarc = 'bin/dmarc' },

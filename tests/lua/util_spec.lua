@@ -1,0 +1,266 @@
+-- dmarc.util: the toolkit the command-line and report modules share. The outputs here are
+-- contracts of those commands (`--json` is read by scripts, `dmarc eval` lines are fixed), so
+-- the tests pin exact bytes.
+local util = require 'dmarc.util'
+
+-- A stream that keeps what is written to it.
+local function sink()
+  local s = { text = '' }
+  function s.write(self, ...)
+    self.text = self.text .. table.concat({ ... })
+    return self
+  end
+  return s
+end
+
+local function tmpname()
+  local path = os.tmpname()
+  os.remove(path)
+  return path
+end
+
+describe('dmarc.util text', function()
+  it('util__split_keeps_empty_pieces', function()
+    assert.same({}, util.split('', ','))
+    assert.same({ 'a' }, util.split('a', ','))
+    assert.same({ 'a', '', 'b', '' }, util.split('a,,b,', ','))
+    assert.same({ '', 'x' }, util.split('|x', '|'))
+    -- the separator is plain text, not a pattern
+    assert.same({ 'a', 'b' }, util.split('a.b', '.'))
+    assert.same({ 'a', 'b', 'c' }, util.split('a%b%c', '%'))
+  end)
+
+  it('util__escape_atom_leaves_no_separator', function()
+    local all = {}
+    for b = 0, 255 do all[#all + 1] = string.char(b) end
+    local raw = table.concat(all)
+    local atom = util.escape_atom(raw)
+    assert.falsy(atom:find('[|,;:!{}\r\n]'))
+    assert.equal(raw, util.unescape_atom(atom))
+    assert.equal('a%7Cb%3Ac', util.escape_atom('a|b:c'))
+    assert.equal('Example.COM_@+= -', util.escape_atom('Example.COM_@+= -'))
+    assert.equal('', util.escape_atom(nil))
+    assert.equal('42', util.escape_atom(42))
+    -- both cases of hex digits decode; a lone % stays
+    assert.equal('|:|', util.unescape_atom('%7C%3a%7c'))
+    assert.equal('100%', util.unescape_atom('100%'))
+  end)
+
+  it('util__shown_escapes_every_unprintable_byte', function()
+    assert.equal('a\\x1B[31m\\x0A', util.shown('a\27[31m\n'))
+    assert.equal('\\xC3\\xA9 ~', util.shown('\195\169 ~'))
+    assert.equal('', util.shown(nil))
+    assert.equal('12', util.shown(12))
+    assert.falsy(util.shown('\0\127\255'):find('[^ -~]'))
+  end)
+
+  it('util__sanitize_text_keeps_utf8_and_line_breaks', function()
+    assert.equal('plain text', util.sanitize_text('plain text'))
+    assert.equal('tab\tlf\ncr\r', util.sanitize_text('tab\tlf\ncr\r'))
+    local utf8_text = '\195\169 \226\130\172 \240\159\152\128'
+    assert.equal(utf8_text, util.sanitize_text(utf8_text))
+    assert.equal('a?b?c?', util.sanitize_text('a\0b\27c\127'))
+    -- not UTF-8: a stray continuation, an overlong lead, a cut sequence, a bad lead
+    assert.equal('?', util.sanitize_text('\128'))
+    assert.equal('??', util.sanitize_text('\192\175'))
+    assert.equal('??', util.sanitize_text('\226\130'))
+    assert.equal('?x', util.sanitize_text('\245x'))
+    assert.equal('?(', util.sanitize_text('\226\40'))
+  end)
+
+  it('util__shell_quote_survives_quotes', function()
+    assert.equal("'a b'", util.shell_quote('a b'))
+    assert.equal("'it'\\''s'", util.shell_quote("it's"))
+    local f = io.popen('printf %s ' .. util.shell_quote("x'; echo y $HOME"))
+    local out = f:read('*a')
+    f:close()
+    assert.equal("x'; echo y $HOME", out)
+  end)
+
+  it('util__percent_decode', function()
+    assert.equal('a b/c', util.percent_decode('a%20b%2fc'))
+    assert.equal('100%+%zz', util.percent_decode('100%+%zz'))
+  end)
+end)
+
+describe('dmarc.util files', function()
+  it('util__write_then_read_file', function()
+    local path = tmpname()
+    assert.is_true(util.write_file(path, 'one\0two\r\n'))
+    assert.equal('one\0two\r\n', util.read_file(path))
+    os.remove(path)
+    local data, err = util.read_file(path)
+    assert.is_nil(data)
+    assert.is_string(err)
+    assert.is_nil((util.write_file('/nonexistent-dir/x', 'x')))
+  end)
+end)
+
+describe('dmarc.util json', function()
+  it('util__json_sorts_keys_and_tells_arrays_apart', function()
+    assert.equal('{"a":1,"b":[],"c":{},"d":[1,"x",true]}',
+      util.json({ d = { 1, 'x', true }, c = {}, b = util.json_array(), a = 1 }))
+    -- a sequence is an array without a mark; keys other than strings are dropped
+    assert.equal('[[1,2],{"k":false}]', util.json({ { 1, 2 }, { k = false, [5] = 1 } }))
+    assert.equal('{"x":1}', util.json({ 1, 2, x = 1 }))
+  end)
+
+  it('util__json_numbers_are_the_same_on_both_runtimes', function()
+    assert.equal('[0,1,-7,2.5,0.10000000000000001,null,null,null,9007199254740991]',
+      util.json({ 0, 1.0, -7, 2.5, 0.1, 0 / 0, math.huge, -math.huge, 2 ^ 53 - 1 }))
+    assert.equal('[1e+20]', util.json({ 1e20 }))
+    assert.equal('[0.333333]', util.json({ 1 / 3 }, { number = '%.6g' }))
+  end)
+
+  it('util__json_escapes_strings', function()
+    assert.equal('"q\\"b\\\\n\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f/é"',
+      util.json('q"b\\n\n\r\t\b\f\1\31\127/é'))
+    -- with utf8, text from outside becomes valid UTF-8 first (keys too)
+    assert.equal('"a?\\n\195\169?"', util.json('a\27\n\195\169\255', { utf8 = true }))
+    assert.equal('{"k?":"v"}', util.json({ ['k\255'] = 'v' }, { utf8 = true }))
+    assert.equal('"k\\u001b"', util.json('k\27'))
+  end)
+
+  it('util__json_null_for_what_json_cannot_carry', function()
+    local cjson = require 'cjson'
+    assert.equal('null', util.json(nil))
+    assert.equal('[null,null]', util.json(util.json_array({ cjson.null, print })))
+    assert.equal('{"a":null}', util.json({ a = cjson.null, b = nil }))
+  end)
+
+  it('util__json_array_keys_make_empty_tables_arrays', function()
+    local opts = { array_keys = { list = true } }
+    assert.equal('{"list":[],"map":{}}', util.json({ list = {}, map = {} }, opts))
+    assert.equal('{"list":[]}', util.json({ list = { x = 1 } }, opts))
+  end)
+
+  it('util__json_depth_is_bounded', function()
+    local deep = {}
+    local t = deep
+    for _ = 1, util.MAX_JSON_DEPTH + 5 do
+      t.next = {}
+      t = t.next
+    end
+    local text = util.json(deep)
+    local _, levels = text:gsub('{', '')
+    assert.equal(util.MAX_JSON_DEPTH + 1, levels)
+    assert.truthy(text:find('"next":null', 1, true))
+    assert.has_error(function() util.json(deep, { strict = true }) end)
+    -- a cycle ends at the bound instead of looping
+    local cycle = {}
+    cycle.self = cycle
+    assert.truthy(util.json(cycle):find('null', 1, true))
+    assert.equal('{"a":{"b":1}}', util.json({ a = { b = 1 } }, { strict = true }))
+  end)
+end)
+
+describe('dmarc.util parse_options', function()
+  local CHECK = { values = { ip = true, zone = true }, flags = { json = true },
+                  repeated = { rcpt = true }, max_repeats = 2, once = true,
+                  max_operands = 1, too_many_operands = 'one FILE only' }
+  local REPORT = { style = 'report', flags = { quiet = true }, values = { redis = true } }
+
+  it('util__parse_options_values_flags_and_operands', function()
+    local opts, operands = util.parse_options(
+      { '--ip', '192.0.2.1', '--zone=z=1', '--json', '--rcpt', 'a', '--rcpt=b', 'file' }, CHECK)
+    assert.same({ ip = '192.0.2.1', zone = 'z=1', json = true, rcpt = { 'a', 'b' } }, opts)
+    assert.same({ 'file' }, operands)
+    opts = util.parse_options({}, CHECK)
+    assert.same({ rcpt = {} }, opts)
+    assert.is_true(util.parse_options({ '-h' }, CHECK).help)
+    assert.is_true(util.parse_options({ '--help' }, REPORT).help)
+    -- '-' is standard input unless the command says otherwise
+    assert.same({ '-' }, select(2, util.parse_options({ '-' }, CHECK)))
+    assert.is_nil(util.parse_options({ '-' }, { dash_operand = false }))
+  end)
+
+  it('util__parse_options_problems_in_the_command_wording', function()
+    local function err(args, spec) return select(2, util.parse_options(args, spec)) end
+    assert.equal('--ip needs a value', err({ '--ip' }, CHECK))
+    assert.equal('--ip given twice', err({ '--ip', 'a', '--ip=b' }, CHECK))
+    assert.equal('too many --rcpt', err({ '--rcpt', 'a', '--rcpt', 'b', '--rcpt', 'c' }, CHECK))
+    assert.equal('unknown option "--json=1"', err({ '--json=1' }, CHECK))
+    assert.equal('unknown option "--bogus=x"', err({ '--bogus=x' }, CHECK))
+    assert.equal('unknown option "-x"', err({ '-x' }, CHECK))
+    assert.equal('unknown option "--"', err({ '--', 'f' }, CHECK))
+    assert.equal('one FILE only', err({ 'a', 'b', '--bogus' }, CHECK))
+    -- without once, the last value counts
+    assert.same({ ip = 'b' }, util.parse_options({ '--ip', 'a', '--ip', 'b' }, { values = { ip = true } }))
+  end)
+
+  it('util__parse_options_report_style', function()
+    local function err(args, spec) return select(2, util.parse_options(args, spec)) end
+    assert.equal('option --redis needs a value', err({ '--redis' }, REPORT))
+    assert.equal('option --quiet takes no value', err({ '--quiet=1' }, REPORT))
+    assert.equal('unknown option --bogus', err({ '--bogus=1' }, REPORT))
+    assert.equal('unknown option -x', err({ '-x' }, REPORT))
+    -- '--' ends the options
+    local opts, operands = util.parse_options({ '--quiet', '--', '--redis', '-' }, REPORT)
+    assert.same({ quiet = true }, opts)
+    assert.same({ '--redis', '-' }, operands)
+  end)
+
+  it('util__parse_options_lenient', function()
+    local spec = { style = 'report', lenient = true, flags = { force = true } }
+    local opts, operands = util.parse_options(
+      { '--force=no', '--date', 'd', '--other=x', '-x', '--', 'rest' }, spec)
+    assert.same({ force = true, date = 'd', other = 'x' }, opts)
+    assert.same({ '-x', '--', 'rest' }, operands)
+    assert.equal('option --date needs a value', select(2, util.parse_options({ '--date' }, spec)))
+  end)
+end)
+
+describe('dmarc.util settings', function()
+  it('util__load_config_runs_without_globals', function()
+    local path = tmpname()
+    assert(util.write_file(path, "return { org_name = 'R', max_rows = 5 }"))
+    assert.same({ org_name = 'R', max_rows = 5 }, util.load_config(path))
+    assert(util.write_file(path, 'return os.exit(3)'))
+    local conf, err = util.load_config(path)
+    assert.is_nil(conf)
+    assert.is_string(err)
+    assert(util.write_file(path, 'return 42'))
+    assert.is_nil((util.load_config(path)))
+    assert(util.write_file(path, 'return {'))
+    assert.is_nil((util.load_config(path)))
+    os.remove(path)
+    assert.is_nil((util.load_config(path)))
+  end)
+
+  it('util__setting_command_line_then_config_then_default', function()
+    local conf = { max_rows = 7, redis = 'conf' }
+    assert.equal('cli', util.setting({ redis = 'cli' }, conf, 'redis'))
+    assert.equal(7, util.setting({}, conf, 'max-rows', 1))
+    assert.equal(1, util.setting({}, {}, 'max-rows', 1))
+    assert.is_false(util.setting({ force = false }, { force = true }, 'force'))
+  end)
+
+  it('util__parse_day', function()
+    assert.equal(1763683200, util.parse_day('2025-11-21'))
+    assert.is_nil(util.parse_day('2025-11-21x'))
+    assert.is_nil(util.parse_day('2025-13-01'))
+    assert.is_nil(util.parse_day(nil))
+  end)
+
+  it('util__connect_redis_without_a_server', function()
+    -- Port 1 on loopback: nothing listens, the connection is refused at once.
+    local conn, err = util.connect_redis({ redis = '127.0.0.1:1', ['redis-timeout'] = '0.5' }, {})
+    assert.is_nil(conn)
+    assert.is_string(err)
+  end)
+end)
+
+describe('dmarc.util error lines', function()
+  it('util__fail_writes_one_line_and_returns_the_status', function()
+    local err = sink()
+    assert.equal(1, util.fail('dmarc x', 'broken', nil, err))
+    assert.equal(75, util.fail('dmarc x', 'locked', 75, err))
+    assert.equal('dmarc x: broken\ndmarc x: locked\n', err.text)
+  end)
+
+  it('util__usage_fail_points_at_help', function()
+    local err = sink()
+    assert.equal(2, util.usage_fail('dmarc x', 'bad option', err))
+    assert.equal('dmarc x: bad option\nrun "dmarc x --help" for usage\n', err.text)
+  end)
+end)
