@@ -10,6 +10,7 @@
 -- writes valid UTF-8 JSON.
 local ingest = require 'dmarc.ingest'
 local report = require 'dmarc.report'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -586,8 +587,9 @@ function M.text(s)
 end
 
 -- ---------------------------------------------------------------------------
--- JSON: deterministic (sorted keys), empty arrays as [], and valid UTF-8
--- whatever a report carried.
+-- JSON: deterministic (sorted keys), empty arrays as [] (the tables under
+-- these keys), six significant digits, and valid UTF-8 whatever a report
+-- carried.
 
 local ARRAY_KEYS = {
   sources = true, reporters = true, daily = true, fix_first = true, hints = true,
@@ -596,67 +598,11 @@ local ARRAY_KEYS = {
   domains = true, results = true,
 }
 
-local JSON_ESC = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-                   ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
-
-local function json_string(v)
-  local report_xml = require 'dmarc.report_xml'
-  v = report_xml.sanitize(v)
-  return '"' .. v:gsub('[%z\1-\31"\\\127]', function(c)
-    return JSON_ESC[c] or string.format('\\u%04x', c:byte())
-  end) .. '"'
-end
-
-local function json_value(v, key, out, depth)
-  if depth > 32 then error('summary.json: too deep', 0) end
-  local t = type(v)
-  if v == nil then
-    out[#out + 1] = 'null'
-  elseif t == 'boolean' then
-    out[#out + 1] = v and 'true' or 'false'
-  elseif t == 'number' then
-    if v ~= v or v == math.huge or v == -math.huge then
-      out[#out + 1] = 'null'
-    elseif v % 1 == 0 and math.abs(v) < 2 ^ 53 then
-      out[#out + 1] = string.format('%d', v)
-    else
-      out[#out + 1] = string.format('%.6g', v)
-    end
-  elseif t == 'string' then
-    out[#out + 1] = json_string(v)
-  elseif t == 'table' then
-    if v[1] ~= nil or ARRAY_KEYS[key] then
-      out[#out + 1] = '['
-      for i, x in ipairs(v) do
-        if i > 1 then out[#out + 1] = ',' end
-        json_value(x, nil, out, depth + 1)
-      end
-      out[#out + 1] = ']'
-    else
-      local keys = {}
-      for k in pairs(v) do
-        if type(k) == 'string' then keys[#keys + 1] = k end
-      end
-      table.sort(keys)
-      out[#out + 1] = '{'
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = ',' end
-        out[#out + 1] = json_string(k)
-        out[#out + 1] = ':'
-        json_value(v[k], k, out, depth + 1)
-      end
-      out[#out + 1] = '}'
-    end
-  else
-    out[#out + 1] = 'null'
-  end
-end
+local JSON_OPTIONS = { array_keys = ARRAY_KEYS, number = '%.6g', utf8 = true, strict = true }
 
 --- Encode a summary (or any table of the same shapes) as JSON text.
 function M.json(v)
-  local out = {}
-  json_value(v, nil, out, 0)
-  return table.concat(out)
+  return util.json(v, JSON_OPTIONS)
 end
 
 return M

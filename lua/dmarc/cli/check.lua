@@ -16,6 +16,7 @@ local auth = require 'dmarc.auth'
 local dio = require 'dmarc.io'
 local policy = require 'dmarc.policy'
 local report = require 'dmarc.report'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -91,89 +92,6 @@ local FLAG_OPTIONS = {
 }
 --- Repeated options are bounded like everything from outside.
 M.MAX_REPEATS = 100
-
--- {==================================================================
--- JSON output: keys sorted, arrays told apart from objects even when empty.
--- ===================================================================
-
-local ARRAY = {}
-
---- Mark @t as a JSON array (also when empty).
-function M.array(t)
-  return setmetatable(t or {}, ARRAY)
-end
-
-local ESCAPES = {
-  ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f', ['\n'] = '\\n',
-  ['\r'] = '\\r', ['\t'] = '\\t',
-}
-
-local function encode_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return ESCAPES[c] or string.format('\\u%04x', c:byte())
-  end) .. '"'
-end
-
-local function is_array(t)
-  if getmetatable(t) == ARRAY then return true end
-  local n = #t
-  if n == 0 then return false end
-  local count = 0
-  for _ in pairs(t) do count = count + 1 end
-  return count == n
-end
-
-local MAX_DEPTH = 32
-
-local function encode(v, depth, out)
-  local t = type(v)
-  if t == 'string' then
-    out[#out + 1] = encode_string(v)
-  elseif t == 'number' then
-    if v ~= v or v == math.huge or v == -math.huge then
-      out[#out + 1] = 'null'
-    elseif v == math.floor(v) and math.abs(v) < 2 ^ 53 then
-      out[#out + 1] = string.format('%d', v)
-    else
-      out[#out + 1] = string.format('%.17g', v)
-    end
-  elseif t == 'boolean' then
-    out[#out + 1] = tostring(v)
-  elseif t == 'table' and depth <= MAX_DEPTH then
-    if is_array(v) then
-      out[#out + 1] = '['
-      for i = 1, #v do
-        if i > 1 then out[#out + 1] = ',' end
-        encode(v[i], depth + 1, out)
-      end
-      out[#out + 1] = ']'
-    else
-      local keys = {}
-      for k in pairs(v) do
-        if type(k) == 'string' then keys[#keys + 1] = k end
-      end
-      table.sort(keys)
-      out[#out + 1] = '{'
-      for i, k in ipairs(keys) do
-        if i > 1 then out[#out + 1] = ',' end
-        out[#out + 1] = encode_string(k) .. ':'
-        encode(v[k], depth + 1, out)
-      end
-      out[#out + 1] = '}'
-    end
-  else
-    out[#out + 1] = 'null'
-  end
-end
-
---- JSON text of @v (nil and unsupported values are null).
-function M.json(v)
-  local out = {}
-  encode(v, 0, out)
-  return table.concat(out)
-end
-
--- }==================================================================
 
 -- {==================================================================
 -- Options
@@ -331,31 +249,31 @@ end
 
 local function as_arrays(res, decision)
   local dkim = res.dkim or { total = 0, signatures = {} }
-  local sigs = M.array()
+  local sigs = util.json_array()
   for i, s in ipairs(dkim.signatures) do sigs[i] = s end
   local dm = {}
   for k, v in pairs(res.dmarc or {}) do dm[k] = v end
-  dm.flags = M.array(dm.flags or {})
-  dm.queries = M.array(dm.queries or {})
+  dm.flags = util.json_array(dm.flags or {})
+  dm.queries = util.json_array(dm.queries or {})
   local arc
   if res.arc then
     arc = {}
     for k, v in pairs(res.arc) do arc[k] = v end
-    arc.sealers = M.array(arc.sealers)
-    arc.aar = M.array(arc.aar)
+    arc.sealers = util.json_array(arc.sealers)
+    arc.aar = util.json_array(arc.aar)
   end
   local d
   if decision then
     d = {}
     for k, v in pairs(decision) do d[k] = v end
-    d.reasons = M.array(d.reasons or {})
-    d.warnings = M.array(d.warnings or {})
+    d.reasons = util.json_array(d.reasons or {})
+    d.warnings = util.json_array(d.warnings or {})
   end
   return {
     spf = res.spf, helo = res.helo,
     dkim = { total = dkim.total, signatures = sigs },
     arc = arc,
-    ignored_authentication_results = M.array(res.ignored_ar or {}),
+    ignored_authentication_results = util.json_array(res.ignored_ar or {}),
     dmarc = dm,
     decision = d,
   }
@@ -748,7 +666,7 @@ function M.run(args)
     local out = as_arrays(res, decision)
     out.authentication_results = header
     out.reporting = reporting
-    io.stdout:write(M.json(out), '\n')
+    io.stdout:write(util.json(out), '\n')
     return 0
   end
   io.stdout:write((header:gsub('\r\n', '\n')), '\n')

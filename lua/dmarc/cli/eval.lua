@@ -7,6 +7,7 @@
 
 local cjson = require 'cjson'
 local dmarc = require 'dmarc'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -64,38 +65,16 @@ if json.decode_invalid_numbers then json.decode_invalid_numbers(false) end
 local null = cjson.null
 
 -- ---------------------------------------------------------------------------
--- Encoding. Written here rather than with cjson.encode because cjson 2.1.0
--- (Debian 12) encodes an empty table as {} where the contract wants [], and
--- escapes '/' needlessly.
-
-local ESCAPES = {
-  ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f', ['\n'] = '\\n',
-  ['\r'] = '\\r', ['\t'] = '\\t',
-}
-
-local function encode_string(s)
-  return '"' .. s:gsub('[%c"\\]', function(c)
-    return ESCAPES[c] or string.format('\\u%04x', c:byte())
-  end) .. '"'
-end
-
-local function encode_number(n)
-  if n ~= n or n == math.huge or n == -math.huge then return 'null' end
-  -- Integral values print without a fraction on both runtimes (5.4 decodes
-  -- JSON numbers as floats: 1 would print as 1.0).
-  if n == math.floor(n) and math.abs(n) < 2 ^ 53 then return string.format('%d', n) end
-  return string.format('%.17g', n)
-end
+-- Encoding: the contract's key order, values through util.json (cjson 2.1.0, Debian 12,
+-- writes an empty array as {} and escapes '/' needlessly).
 
 local function encode_scalar(v)
-  local t = type(v)
-  if v == nil or v == null then return 'null' end
-  if t == 'string' then return encode_string(v) end
-  if t == 'boolean' then return tostring(v) end
-  if t == 'number' then return encode_number(v) end
-  -- An id may be any JSON value: objects and arrays go back through cjson.
-  local ok, text = pcall(json.encode, v)
-  return ok and text or 'null'
+  -- An id may be any JSON value: objects and arrays go back through cjson, as they came.
+  if type(v) == 'table' then
+    local ok, text = pcall(json.encode, v)
+    return ok and text or 'null'
+  end
+  return util.json(v)
 end
 
 local function encode_array(list)
@@ -110,14 +89,14 @@ function M.encode_output(out)
   for i, key in ipairs(OUTPUT_KEYS) do
     local value = out[key]
     local text = ARRAY_KEYS[key] and encode_array(value) or encode_scalar(value)
-    parts[i] = encode_string(key) .. ':' .. text
+    parts[i] = util.json(key) .. ':' .. text
   end
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
 --- The output line of an input that could not be evaluated.
 function M.encode_error(id, message)
-  return '{"id":' .. encode_scalar(id) .. ',"error":' .. encode_string(message) .. '}'
+  return '{"id":' .. encode_scalar(id) .. ',"error":' .. util.json(message) .. '}'
 end
 
 -- ---------------------------------------------------------------------------

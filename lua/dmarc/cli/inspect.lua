@@ -7,6 +7,7 @@
 
 local dmarc = require 'dmarc'
 local check = require 'dmarc.cli.check'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -83,14 +84,14 @@ end
 local function recording(resolver, walk)
   return function(name, qtype)
     local rcode, txts, ttl = resolver:resolve(name, qtype)
-    walk[#walk + 1] = { name = name, type = qtype, rcode = rcode, records = check.array(txts) }
+    walk[#walk + 1] = { name = name, type = qtype, rcode = rcode, records = util.json_array(txts) }
     return rcode, txts, ttl
   end
 end
 
 --- Evaluate mail from @domain: the verdict, the questions asked and their answers.
 local function discover(resolver, domain, mode)
-  local walk = check.array()
+  local walk = util.json_array()
   local out, details = dmarc.evaluate({
     from = 'postmaster@' .. domain, mode = mode, roll = 0, resolve = recording(resolver, walk),
   }, { details = true })
@@ -187,7 +188,7 @@ end
 --- Inspect @domain: the report table (see the --json output).
 function M.inspect(resolver, domain, mode)
   local report = {
-    domain = domain, mode = mode, warnings = check.array(), errors = check.array(),
+    domain = domain, mode = mode, warnings = util.json_array(), errors = util.json_array(),
   }
   local out, verdict, walk = discover(resolver, domain, mode)
   if not out then
@@ -200,7 +201,7 @@ function M.inspect(resolver, domain, mode)
   report.applied = out.applied
   report.policy_domain = out.policy_domain
   report.org_domain = out.org_domain
-  report.flags = check.array(out.flags or {})
+  report.flags = util.json_array(out.flags or {})
 
   -- Every record met on the walk: duplicates, near misses, records at a TLD.
   for _, answer in ipairs(walk) do
@@ -300,7 +301,7 @@ end
 
 --- Every tag with its effective value and where it came from.
 function M.effective_tags(rec, mode)
-  local tags = check.array()
+  local tags = util.json_array()
   local function tag(name, value, present, default_note)
     tags[#tags + 1] = { tag = name, value = value, source = present and 'record' or default_note }
   end
@@ -383,7 +384,7 @@ function M.run(args)
   local report = M.inspect(resolver, domain, opts.mode)
   resolver:close()
   if opts.json then
-    io.stdout:write(check.json(report), '\n')
+    io.stdout:write(util.json(report), '\n')
   else
     print_report(report)
   end
