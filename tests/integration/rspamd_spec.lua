@@ -350,6 +350,16 @@ describe('dmarc_engine plugin: failure reports queued for dmarc report send', fu
                                       from = 'alice.smith@ruf.test', rcpt = 'bob@rcpt.test' })
   end
 
+  -- First, while no budget is spent: a pass must not ask anything of Redis by itself.
+  it('a passing message queues nothing, and asks nothing of Redis [FAIL-2]', function()
+    clear()
+    local r = h.scan(addr, { file = 'ruf-pass.eml', ip = '192.0.2.45', from = 'alice.smith@ruf.test' })
+    assert.same({ 'ruf.test:s=sel1' }, h.options(r, 'R_DKIM_ALLOW'))
+    assert.is_table(h.options(r, 'R_SPF_ALLOW'))
+    assert.same({ 'ruf.test', 'quarantine' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    assert.same({}, assert(conn:command('KEYS', PREFIX .. 'ruf:*')))
+  end)
+
   it('a failing message under ruf and fo=1 queues one report; the next is rate-limited [FAIL-7]', function()
     local r1, r2, first, w0
     -- Both scans in one rate-limit window (an hour turning between them: once more).
@@ -406,18 +416,11 @@ describe('dmarc_engine plugin: failure reports queued for dmarc report send', fu
     assert.truthy(m:find('From: "Receiver Test" <dmarc-reports@rcpt.test>', 1, true))
   end)
 
-  it('a passing message queues nothing, and asks nothing of Redis [FAIL-2]', function()
-    clear()
-    local r = h.scan(addr, { file = 'ruf-pass.eml', ip = '192.0.2.45', from = 'alice.smith@ruf.test' })
-    assert.same({ 'ruf.test:s=sel1' }, h.options(r, 'R_DKIM_ALLOW'))
-    assert.is_table(h.options(r, 'R_SPF_ALLOW'))
-    assert.same({ 'ruf.test', 'quarantine' }, h.options(r, 'DMARC_POLICY_ALLOW'))
-    assert.same({}, assert(conn:command('KEYS', PREFIX .. 'ruf:*')))
-  end)
-
+  -- (The next case keeps what this one left in Redis: the instance's worker remembers that
+  -- ruf.test's budget is spent for this window, so a new report would not be made.)
   it('`dmarc report send` delivers the report rspamd queued [RUA-5]', function()
-    clear()
-    scan_spoof()
+    -- The report the case above queued (queued here when this case runs alone).
+    if #entries() == 0 then scan_spoof() end
     assert.equal(1, #entries())
     local dir = rh.tmpdir()
     local maildir = dir .. '/mail'
