@@ -100,44 +100,13 @@ M.MAX_REPEATS = 100
 --- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
 -- @return opts, or nil, message
 function M.parse_args(args)
-  local opts = { rcpt = {}, ['trusted-authserv-id'] = {} }
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match('^%-%-([%w-]+)=(.*)$')
-    if not name then name = a:match('^%-%-([%w-]+)$') end
-    if a == '-h' then name = 'help' end
-    if name then
-      if VALUE_OPTIONS[name] then
-        local v = inline
-        if v == nil then
-          i = i + 1
-          v = args[i]
-          if v == nil then return nil, '--' .. name .. ' needs a value' end
-        end
-        if MULTI_OPTIONS[name] then
-          local list = opts[name]
-          if #list >= M.MAX_REPEATS then return nil, 'too many --' .. name end
-          list[#list + 1] = v
-        elseif opts[name] ~= nil then
-          return nil, '--' .. name .. ' given twice'
-        else
-          opts[name] = v
-        end
-      elseif FLAG_OPTIONS[name] and inline == nil then
-        opts[name] = true
-      else
-        return nil, 'unknown option "' .. a .. '"'
-      end
-    elseif a:sub(1, 1) == '-' and a ~= '-' then
-      return nil, 'unknown option "' .. a .. '"'
-    elseif opts.file ~= nil then
-      return nil, 'more than one message file given'
-    else
-      opts.file = a
-    end
-    i = i + 1
-  end
+  local opts, operands = util.parse_options(args, {
+    values = VALUE_OPTIONS, flags = FLAG_OPTIONS, repeated = MULTI_OPTIONS,
+    max_repeats = M.MAX_REPEATS, once = true,
+    max_operands = 1, too_many_operands = 'more than one message file given',
+  })
+  if not opts then return nil, operands end
+  opts.file = operands[1]
   if opts.site then
     if opts.policy then return nil, '--policy and --site are the same option' end
     opts.policy = opts.site

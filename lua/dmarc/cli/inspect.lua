@@ -30,37 +30,12 @@ local FLAG_OPTIONS = { json = true, help = true }
 M.MAX_URIS_CHECKED = 8
 
 local function parse_args(args)
-  local opts = {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match('^%-%-([%w-]+)=(.*)$')
-    if not name then name = a:match('^%-%-([%w-]+)$') end
-    if a == '-h' then name = 'help' end
-    if name then
-      if VALUE_OPTIONS[name] then
-        local v = inline
-        if v == nil then
-          i = i + 1
-          v = args[i]
-          if v == nil then return nil, '--' .. name .. ' needs a value' end
-        end
-        if opts[name] ~= nil then return nil, '--' .. name .. ' given twice' end
-        opts[name] = v
-      elseif FLAG_OPTIONS[name] and inline == nil then
-        opts[name] = true
-      else
-        return nil, 'unknown option "' .. a .. '"'
-      end
-    elseif a:sub(1, 1) == '-' then
-      return nil, 'unknown option "' .. a .. '"'
-    elseif opts.domain then
-      return nil, 'one DOMAIN only'
-    else
-      opts.domain = a
-    end
-    i = i + 1
-  end
+  local opts, operands = util.parse_options(args, {
+    values = VALUE_OPTIONS, flags = FLAG_OPTIONS, once = true, dash_operand = false,
+    max_operands = 1, too_many_operands = 'one DOMAIN only',
+  })
+  if not opts then return nil, operands end
+  opts.domain = operands[1]
   if opts.help then return opts end
   if not opts.domain then return nil, 'a DOMAIN is required' end
   if opts.zone and opts['dns-server'] then return nil, '--zone and --dns-server exclude each other' end

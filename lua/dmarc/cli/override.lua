@@ -4,6 +4,7 @@
 -- @module dmarc.cli.override
 local store = require 'dmarc.store'
 local policy = require 'dmarc.policy'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -44,35 +45,7 @@ local function usage_error(sys, msg)
 end
 
 local function parse_args(args)
-  local opts, words = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    local name, inline = a:match('^%-%-([%w_-]+)=(.*)$')
-    if not name then name = a:match('^%-%-([%w_-]+)$') end
-    if a == '-h' then name = 'help' end
-    if name then
-      if VALUE_OPTIONS[name] then
-        local v = inline
-        if v == nil then
-          i = i + 1
-          v = args[i]
-          if v == nil then return nil, '--' .. name .. ' needs a value' end
-        end
-        opts[name] = v
-      elseif FLAG_OPTIONS[name] and inline == nil then
-        opts[name] = true
-      else
-        return nil, 'unknown option "' .. a .. '"'
-      end
-    elseif a:sub(1, 1) == '-' and a ~= '-' then
-      return nil, 'unknown option "' .. a .. '"'
-    else
-      words[#words + 1] = a
-    end
-    i = i + 1
-  end
-  return opts, words
+  return util.parse_options(args, { values = VALUE_OPTIONS, flags = FLAG_OPTIONS })
 end
 
 --- Parses HOST:PORT, [IPv6]:PORT, HOST, unix:PATH or /PATH into connect options.

@@ -7,6 +7,8 @@
 -- from lua/dmarc/cli/report_<name>.lua (which exports run(args) → status),
 -- so other subcommands can be added without touching this file. The ones
 -- the project ships are listed in LOADED, with their line of --help.
+local util = require 'dmarc.util'
+
 local M = {}
 
 --- Subcommands loaded from dmarc.cli.report_<name>, in the order --help lists them.
@@ -96,31 +98,10 @@ end
 
 local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true }
 
+-- Lenient: every --name is taken (the subcommands read the ones they know), and a flag
+-- given a value is just set.
 local function parse_args(args)
-  local o, rest = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    if a == '-h' then a = '--help' end
-    local name, value = a:match('^%-%-([%w%-]+)=(.*)$')
-    if not name then name = a:match('^%-%-([%w%-]+)$') end
-    if name then
-      if FLAGS[name] then
-        o[name] = true
-      else
-        if value == nil then
-          i = i + 1
-          value = args[i]
-          if value == nil then return nil, 'option --' .. name .. ' needs a value' end
-        end
-        o[name] = value
-      end
-    else
-      rest[#rest + 1] = a
-    end
-    i = i + 1
-  end
-  return o, rest
+  return util.parse_options(args, { style = 'report', lenient = true, flags = FLAGS })
 end
 M.parse_args = parse_args
 

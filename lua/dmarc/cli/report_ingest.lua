@@ -5,6 +5,8 @@
 --
 -- Also the shared command-line plumbing of `report summary` and `report
 -- serve` (options, config file, Redis connection).
+local util = require 'dmarc.util'
+
 local M = {}
 
 local USAGE = [[
@@ -49,38 +51,10 @@ M.COMMON_VALUES = { config = true, redis = true, cluster = true, prefix = true,
 -- @param spec {table} flags (set), values (set); the common options are added
 -- @return options, operands; or nil, message
 function M.parse_args(args, spec)
-  local o, rest = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    if a == '-h' then a = '--help' end
-    local name, value = a:match('^%-%-([%w%-]+)=(.*)$')
-    if not name then name = a:match('^%-%-([%w%-]+)$') end
-    if name then
-      if name == 'help' or spec.flags[name] then
-        if value ~= nil then return nil, 'option --' .. name .. ' takes no value' end
-        o[name] = true
-      elseif spec.values[name] or M.COMMON_VALUES[name] then
-        if value == nil then
-          i = i + 1
-          value = args[i]
-          if value == nil then return nil, 'option --' .. name .. ' needs a value' end
-        end
-        o[name] = value
-      else
-        return nil, 'unknown option --' .. name
-      end
-    elseif a == '--' then
-      for j = i + 1, #args do rest[#rest + 1] = args[j] end
-      break
-    elseif a:sub(1, 1) == '-' and a ~= '-' then
-      return nil, 'unknown option ' .. a
-    else
-      rest[#rest + 1] = a
-    end
-    i = i + 1
-  end
-  return o, rest
+  local values = {}
+  for name in pairs(M.COMMON_VALUES) do values[name] = true end
+  for name in pairs(spec.values) do values[name] = true end
+  return util.parse_options(args, { style = 'report', flags = spec.flags, values = values })
 end
 
 --- Option value: command line, then config file (name with _), then default.
