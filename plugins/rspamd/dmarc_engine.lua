@@ -1011,7 +1011,10 @@ local function mark_spent(domain)
 end
 
 -- One queue command through lua_redis (EVALSHA of failure.QUEUE_SCRIPT, callback style):
--- the rate limit is counted and the reports added in one atomic step on the server.
+-- the rate limit is counted and the reports added in one atomic step on the server. The
+-- queue's key picks the server among several (lua_redis hashes it): it stays the same
+-- while the counter's changes with every window, so a domain's queue and counters always
+-- meet on one server.
 local function send_queue_command(task, cmd, domain)
   local keys, args = script_parts(cmd)
   local function done(err, data)
@@ -1027,7 +1030,7 @@ local function send_queue_command(task, cmd, domain)
     end
   end
   local ok, perr = pcall(lua_redis.exec_redis_script, queue_script_id,
-    { task = task, is_write = true, key = keys[1] }, done, keys, args)
+    { task = task, is_write = true, key = keys[2] }, done, keys, args)
   if not ok then done(tostring(perr)) end
 end
 
@@ -1052,11 +1055,19 @@ local function queue_failure_reports(task, details, input, ctx, decision)
         return
       else
         headers = headers or raw_headers(task)
-        fctx = fctx or {
-          ip = ctx.ip or nil, mail_from = ctx.mail_from or nil, rcpt = ctx.rcpt or nil,
-          arrival = arrival_time(task),
-          queue_id = task.get_queue_id and task:get_queue_id() or nil,
-        }
+        if not fctx then
+          local mail_from = ctx.mail_from or nil
+          -- Mail from the aggregate reports' sender is a report too (failure.lua knows the
+          -- failure reports' own address).
+          local own = settings.reporting.reporter_address
+          fctx = {
+            ip = ctx.ip or nil, mail_from = mail_from, rcpt = ctx.rcpt or nil,
+            arrival = arrival_time(task),
+            queue_id = task.get_queue_id and task:get_queue_id() or nil,
+            is_report = (type(own) == 'string' and type(mail_from) == 'string'
+              and mail_from:lower():gsub('[<>]', '') == own:lower()) or nil,
+          }
+        end
         local ok, cmd, why = pcall(failure_reporter.queue_command, failure_reporter, v, input, fctx,
           decision, headers)
         if not ok then
