@@ -417,29 +417,47 @@ static dmarc_status choose_policy(dmarc_eval *e, dmarc__domain *d)
 ** rfc9989 mode with the author's own record and every
 ** authenticated identifier equal to it, the author domain itself [ALN-5];
 ** otherwise not determined. */
-static void report_org(dmarc_eval *e, dmarc__domain *d)
+/* [ALN-5] short cut: the author domain has its own record and every passing
+** identifier equals it, so it is its own Org Domain without a walk. */
+static bool author_is_own_org(const dmarc_eval *e, const dmarc__domain *d)
 {
+    const dmarc__ident *spf = e->has_spf[DMARC__SPF_MFROM]  ? &e->spf[DMARC__SPF_MFROM]
+                              : e->has_spf[DMARC__SPF_HELO] ? &e->spf[DMARC__SPF_HELO]
+                                                            : NULL; /* as spf_identity */
     size_t i;
+    if (e->mode != DMARC_MODE_RFC9989 || !d->own_record || !d->has_policy)
+        return false;
+    for (i = 0; i < e->ndkim; i++) {
+        if (e->dkim[i].result == DMARC_AUTH_PASS && e->dkim[i].len > 0 && !exact(e, d, &e->dkim[i]))
+            return false;
+    }
+    return spf == NULL || spf->result != DMARC_AUTH_PASS || spf->len == 0 || exact(e, d, spf);
+}
+
+/* Under the PSL the author's Org Domain costs no DNS question, so it is
+** reported even where the result did not need it (the `org_domain`
+** output, reports). In rfc9989 mode it would cost the rest of the walk:
+** there it is reported only as far as alignment and policy selection
+** needed it, or by the [ALN-5] short cut, and otherwise left unknown. */
+static dmarc_status complete_org(dmarc_eval *e, dmarc__domain *d)
+{
+    if (e->mode != DMARC_MODE_RFC7489 || d->org.state != DMARC__ORG_UNKNOWN || !d->own_record)
+        return DMARC_OK;
+    return dmarc__org_domain(e, dmarc__str(e, d->off), d->len, &d->org);
+}
+
+static void report_org(const dmarc_eval *e, dmarc__domain *d)
+{
     d->has_org_out = false;
     if (d->org.state == DMARC__ORG_KNOWN || d->org.state == DMARC__ORG_SUFFIX) {
         d->has_org_out = true;
         d->org_out_off = d->org.off;
         return;
     }
-    if (e->mode != DMARC_MODE_RFC9989 || d->org.state != DMARC__ORG_UNKNOWN || !d->own_record ||
-        !d->has_policy)
-        return;
-    for (i = 0; i < e->ndkim; i++) {
-        if (e->dkim[i].result == DMARC_AUTH_PASS && e->dkim[i].len > 0 && !exact(e, d, &e->dkim[i]))
-            return;
+    if (d->org.state == DMARC__ORG_UNKNOWN && author_is_own_org(e, d)) {
+        d->has_org_out = true;
+        d->org_out_off = 0;
     }
-    {
-        const dmarc__ident *spf = spf_identity(e);
-        if (spf != NULL && spf->result == DMARC_AUTH_PASS && spf->len > 0 && !exact(e, d, spf))
-            return;
-    }
-    d->has_org_out = true;
-    d->org_out_off = 0;
 }
 
 dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
@@ -481,6 +499,9 @@ dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
         if (st != DMARC_OK)
             return st;
         st = choose_policy(e, d);
+        if (st != DMARC_OK)
+            return st;
+        st = complete_org(e, d);
         if (st != DMARC_OK)
             return st;
     }
