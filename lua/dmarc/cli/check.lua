@@ -272,7 +272,7 @@ function M.redis_settings(opts, getenv)
   getenv = getenv or os.getenv
   local conf = {}
   if opts['report-config'] then
-    local c, err = require('dmarc.cli.report').load_config(opts['report-config'])
+    local c, err = util.load_config(opts['report-config'])
     if not c then return nil, '--report-config: ' .. tostring(err) end
     conf = c
   end
@@ -558,13 +558,11 @@ end
 -- }==================================================================
 
 local function usage_error(msg)
-  io.stderr:write('dmarc check: ', msg, '\n', 'run "dmarc check --help" for usage\n')
-  return 2
+  return util.usage_fail('dmarc check', msg)
 end
 
 local function input_error(msg)
-  io.stderr:write('dmarc check: ', msg, '\n')
-  return 2
+  return util.fail('dmarc check', msg, 2)
 end
 
 --- Entry point: run(args) -> exit status.

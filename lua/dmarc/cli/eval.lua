@@ -148,15 +148,15 @@ function M.run(args)
     io.stdout:write(USAGE)
     return 0
   elseif a ~= nil then
-    io.stderr:write('dmarc eval: unknown argument "', a, '"\n', USAGE)
+    util.fail('dmarc eval', 'unknown argument "' .. a .. '"')
+    io.stderr:write(USAGE)
     return 2
   end
   while true do
     local line, rerr = io.stdin:read('*l')
     if line == nil then
       if rerr then
-        io.stderr:write('dmarc eval: reading standard input: ', tostring(rerr), '\n')
-        return 1
+        return util.fail('dmarc eval', 'reading standard input: ' .. tostring(rerr), 1)
       end
       return 0
     end
@@ -166,8 +166,7 @@ function M.run(args)
       local ok, werr = io.stdout:write(text, '\n')
       if ok then ok, werr = io.stdout:flush() end
       if not ok then
-        io.stderr:write('dmarc eval: writing standard output: ', tostring(werr), '\n')
-        return 1
+        return util.fail('dmarc eval', 'writing standard output: ' .. tostring(werr), 1)
       end
     end
   end

@@ -337,25 +337,19 @@ end
 --- Entry point: run(args) -> exit status.
 function M.run(args)
   local opts, err = parse_args(args or {})
-  if not opts then
-    io.stderr:write('dmarc inspect: ', err, '\n', 'run "dmarc inspect --help" for usage\n')
-    return 2
-  end
+  if not opts then return util.usage_fail('dmarc inspect', err) end
   if opts.help then
     io.stdout:write(M.USAGE)
     return 0
   end
   local domain, derr = dmarc.normalize_domain(opts.domain)
   if not domain then
-    io.stderr:write('dmarc inspect: not a domain name: ', opts.domain, ' (', tostring(derr), ')\n')
-    return 2
+    return util.fail('dmarc inspect',
+                     'not a domain name: ' .. opts.domain .. ' (' .. tostring(derr) .. ')', 2)
   end
   local resolver
   resolver, err = check.resolver(opts)
-  if not resolver then
-    io.stderr:write('dmarc inspect: DNS: ', tostring(err), '\n')
-    return 2
-  end
+  if not resolver then return util.fail('dmarc inspect', 'DNS: ' .. tostring(err), 2) end
   local report = M.inspect(resolver, domain, opts.mode)
   resolver:close()
   if opts.json then

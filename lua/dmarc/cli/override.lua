@@ -40,8 +40,12 @@ local FLAG_OPTIONS = { json = true, help = true }
 local UNIT = { s = 1, m = 60, h = 3600, d = 86400 }
 
 local function usage_error(sys, msg)
-  sys.stderr:write('dmarc override: ', msg, '\n', 'run "dmarc override --help" for usage\n')
-  return 2
+  return util.usage_fail('dmarc override', msg, sys.stderr)
+end
+
+-- The store failed (or has no such entry): exit status 1.
+local function store_error(sys, msg)
+  return util.fail('dmarc override', msg, 1, sys.stderr)
 end
 
 local function parse_args(args)
@@ -145,8 +149,7 @@ local function cmd_add(opts, words, sys)
   local ok, aerr = st:add(key, entry, ttl)
   st:close()
   if not ok then
-    sys.stderr:write('dmarc override: ', tostring(aerr), '\n')
-    return 1
+    return store_error(sys, tostring(aerr))
   end
   sys.stdout:write('added ', key, ttl and (' (expires in ' .. ttl .. ' s)') or '', '\n')
   return 0
@@ -161,12 +164,10 @@ local function cmd_del(opts, words, sys)
   local removed, derr = st:del(key)
   st:close()
   if removed == nil then
-    sys.stderr:write('dmarc override: ', tostring(derr), '\n')
-    return 1
+    return store_error(sys, tostring(derr))
   end
   if not removed then
-    sys.stderr:write('dmarc override: no entry ', key, '\n')
-    return 1
+    return store_error(sys, 'no entry ' .. key)
   end
   sys.stdout:write('deleted ', key, '\n')
   return 0
@@ -181,8 +182,7 @@ local function cmd_list(opts, words, sys)
   local items, err = st:list(kind)
   st:close()
   if not items then
-    sys.stderr:write('dmarc override: ', tostring(err), '\n')
-    return 1
+    return store_error(sys, tostring(err))
   end
   local cjson = opts.json and require 'cjson'
   for _, it in ipairs(items) do

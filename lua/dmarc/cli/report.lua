@@ -89,8 +89,7 @@ function M.usage()
 end
 
 local function die(msg, status)
-  io.stderr:write('dmarc report: ', msg, '\n')
-  return status or 1
+  return util.fail('dmarc report', msg, status)
 end
 
 -- ---------------------------------------------------------------------------
@@ -105,44 +104,14 @@ local function parse_args(args)
 end
 M.parse_args = parse_args
 
--- A config file: a Lua chunk run with no globals at all, returning a table.
-local function load_config(path)
-  local f, err = io.open(path, 'r')
-  if not f then return nil, err end
-  local text = f:read('*a')
-  f:close()
-  local env = {}
-  local chunk, perr
-  if setfenv then
-    chunk, perr = loadstring(text, '@' .. path) -- luacheck: ignore (LuaJIT)
-    if chunk then setfenv(chunk, env) end
-  else
-    chunk, perr = load(text, '@' .. path, 't', env)
-  end
-  if not chunk then return nil, perr end
-  local ok, conf = pcall(chunk)
-  if not ok then return nil, tostring(conf) end
-  if type(conf) ~= 'table' then return nil, path .. ': must return a table' end
-  return conf
-end
-M.load_config = load_config
-
 -- Option value: command line first, then config file (key with _), then default.
-local function get(o, conf, name, default)
-  local v = o[name]
-  if v ~= nil then return v end
-  v = conf[(name:gsub('%-', '_'))]
-  if v ~= nil then return v end
-  return default
-end
+local get = util.setting
 
+--- A time on the command line: epoch seconds, or YYYY-MM-DD (its 00:00 UTC).
 local function parse_time(s)
   if s == nil then return nil end
   if tostring(s):match('^%d+$') then return tonumber(s) end
-  local report = require 'dmarc.report'
-  local y, m, d = tostring(s):match('^(%d%d%d%d)%-(%d%d)%-(%d%d)$')
-  if not y then return nil end
-  return report.day_start(y .. m .. d)
+  return util.parse_day(s)
 end
 M.parse_time = parse_time
 
@@ -169,27 +138,6 @@ local function period(o, conf, now)
     return nil, 'the period is not over yet (use --force to report on it anyway)'
   end
   return begin, finish
-end
-
-local function connect(o, conf)
-  local cluster_nodes = get(o, conf, 'cluster')
-  local timeout = tonumber(get(o, conf, 'redis-timeout', 5))
-  if cluster_nodes then
-    local cluster = require 'dmarc.cluster'
-    local nodes = {}
-    if type(cluster_nodes) == 'table' then
-      nodes = cluster_nodes
-    else
-      for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
-    end
-    return cluster.new { nodes = nodes, timeout = timeout }
-  end
-  local addr = get(o, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379')
-  local host, port = tostring(addr):match('^%[?([^%]]+)%]?:(%d+)$')
-  if not host then host, port = addr, 6379 end
-  local ok, redis = pcall(require, 'dmarc.redis')
-  if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
-  return redis.connect { host = host, port = tonumber(port), timeout = timeout }
 end
 
 local function reporter(o, conf)
@@ -398,7 +346,7 @@ function M.run(args)
   end
   local conf = {}
   if o.config then
-    local c, cerr = load_config(o.config)
+    local c, cerr = util.load_config(o.config)
     if not c then return die('config: ' .. tostring(cerr), 2) end
     conf = c
   end
@@ -409,7 +357,7 @@ function M.run(args)
     if not ok then return die(cerr, 2) end
   end
   if not ensure_dir(o.out) then return die('cannot write to ' .. o.out, 1) end
-  local conn, cerr = connect(o, conf)
+  local conn, cerr = util.connect_redis(o, conf)
   if not conn then return die('Redis: ' .. tostring(cerr), 1) end
   local ok, res, err, status = pcall(fn, o, conf, conn)
   if conn.close then pcall(conn.close, conn) end

@@ -4,7 +4,7 @@
 -- report` dispatcher (lua/dmarc/cli/report.lua) as report_<subcommand>.
 --
 -- Also the shared command-line plumbing of `report summary` and `report
--- serve` (options, config file, Redis connection).
+-- serve` (their options, --help and config file; the key prefix).
 local util = require 'dmarc.util'
 
 local M = {}
@@ -57,59 +57,42 @@ function M.parse_args(args, spec)
   return util.parse_options(args, { style = 'report', flags = spec.flags, values = values })
 end
 
---- Option value: command line, then config file (name with _), then default.
-function M.get(o, conf, name, default)
-  local v = o[name]
-  if v ~= nil then return v end
-  v = conf[(name:gsub('%-', '_'))]
-  if v ~= nil then return v end
-  return default
-end
-
 --- The config file (a Lua chunk returning a table), or {} without --config.
 function M.config(o)
   if not o.config then return {} end
-  local report_cli = require 'dmarc.cli.report'
-  return report_cli.load_config(o.config)
+  return util.load_config(o.config)
 end
 
---- A Redis connection (dmarc.redis) or Cluster router (dmarc.cluster).
-function M.connect(o, conf)
-  local timeout = tonumber(M.get(o, conf, 'redis-timeout', 5))
-  local cluster_nodes = M.get(o, conf, 'cluster')
-  if cluster_nodes then
-    local cluster = require 'dmarc.cluster'
-    local nodes = {}
-    if type(cluster_nodes) == 'table' then
-      nodes = cluster_nodes
-    else
-      for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
-    end
-    return cluster.new { nodes = nodes, timeout = timeout }
+--- The start every report subcommand shares: its options and the common ones, --help, and
+-- the config file.
+-- @param name {string} the subcommand, e.g. 'ingest'
+-- @param args {table} its arguments
+-- @param spec {table} flags, values (sets) as parse_args; max_operands (nil: any number)
+-- @param usage {string} the --help text
+-- @return opts, operands, conf; or nil, exit status (--help written, or a usage error told)
+function M.start(name, args, spec, usage)
+  local who = 'dmarc report ' .. name
+  local o, rest = M.parse_args(args, spec)
+  if not o then return nil, util.fail(who, rest .. ' (see --help)', 2) end
+  if o.help then
+    io.stdout:write(usage)
+    return nil, 0
   end
-  local addr = tostring(M.get(o, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379'))
-  local host, port = addr:match('^%[?([^%]]+)%]?:(%d+)$')
-  if not host then host, port = addr, 6379 end
-  local ok, redis = pcall(require, 'dmarc.redis')
-  if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
-  return redis.connect { host = host, port = tonumber(port), timeout = timeout }
+  if spec.max_operands and #rest > spec.max_operands then
+    return nil, util.fail(who, 'unexpected argument ' .. util.shown(rest[spec.max_operands + 1]), 2)
+  end
+  local conf, cerr = M.config(o)
+  if not conf then return nil, util.fail(who, 'config: ' .. tostring(cerr), 2) end
+  return o, rest, conf
 end
 
 --- The key prefix option, checked.
 function M.prefix(o, conf)
   local report = require 'dmarc.report'
   local ingest = require 'dmarc.ingest'
-  local p = M.get(o, conf, 'prefix', ingest.defaults.prefix)
+  local p = util.setting(o, conf, 'prefix', ingest.defaults.prefix)
   if not report.valid_prefix(p) then return nil end
   return p
-end
-
---- A YYYY-MM-DD day as the epoch of its start, or nil.
-function M.parse_day(s)
-  local report = require 'dmarc.report'
-  local y, m, d = tostring(s or ''):match('^(%d%d%d%d)%-(%d%d)%-(%d%d)$')
-  if not y then return nil end
-  return report.day_start(y .. m .. d)
 end
 
 --- Wall-clock seconds, sub-second when luasocket is installed.
@@ -119,11 +102,6 @@ function M.clock()
   return os.time
 end
 
-function M.die(cmd, msg, status)
-  io.stderr:write('dmarc report ', cmd, ': ', msg, '\n')
-  return status or 1
-end
-
 -- ---------------------------------------------------------------------------
 -- ingest
 
@@ -131,6 +109,10 @@ local SPEC = {
   flags = { json = true, quiet = true, ['refuse-foreign'] = true, ['hash-envelope-to'] = true },
   values = { own = true, ['salt-file'] = true, ['retention-days'] = true, ['max-size'] = true },
 }
+
+local function die(msg, status)
+  return util.fail('dmarc report ingest', msg, status)
+end
 
 local function domain_list(v)
   local report = require 'dmarc.report'
@@ -148,7 +130,7 @@ local function domain_list(v)
 end
 
 local function read_salt(o, conf)
-  local file = M.get(o, conf, 'salt-file')
+  local file = util.setting(o, conf, 'salt-file')
   if file then
     local f, err = io.open(file, 'rb')
     if not f then return nil, 'salt file: ' .. tostring(err) end
@@ -170,36 +152,30 @@ end
 function M.run(args)
   local ingest = require 'dmarc.ingest'
   local summary = require 'dmarc.summary'
-  local o, rest = M.parse_args(args, SPEC)
-  if not o then return M.die('ingest', rest .. ' (see --help)', 2) end
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  local conf, cerr = M.config(o)
-  if not conf then return M.die('ingest', 'config: ' .. tostring(cerr), 2) end
-  if #rest == 0 then return M.die('ingest', 'no PATH given (see --help)', 2) end
+  local o, rest, conf = M.start('ingest', args, SPEC, USAGE)
+  if not o then return rest end -- --help or a usage error: rest is the exit status
+  if #rest == 0 then return die('no PATH given (see --help)', 2) end
   local prefix = M.prefix(o, conf)
-  if not prefix then return M.die('ingest', 'invalid --prefix', 2) end
-  local own, bad = domain_list(M.get(o, conf, 'own', conf.own_domains))
-  if not own then return M.die('ingest', 'invalid domain in --own: ' .. summary.shown(bad), 2) end
-  local retention = tonumber(M.get(o, conf, 'retention-days', ingest.defaults.ttl / 86400))
+  if not prefix then return die('invalid --prefix', 2) end
+  local own, bad = domain_list(util.setting(o, conf, 'own', conf.own_domains))
+  if not own then return die('invalid domain in --own: ' .. util.shown(bad), 2) end
+  local retention = tonumber(util.setting(o, conf, 'retention-days', ingest.defaults.ttl / 86400))
   if not retention or retention < 1 or retention > 3660 or retention % 1 ~= 0 then
-    return M.die('ingest', '--retention-days must be 1..3660', 2)
+    return die('--retention-days must be 1..3660', 2)
   end
-  local max_size = tonumber(M.get(o, conf, 'max-size', ingest.limits.max_input))
+  local max_size = tonumber(util.setting(o, conf, 'max-size', ingest.limits.max_input))
   if not max_size or max_size < 1024 or max_size > 2 ^ 31 - 1 then
-    return M.die('ingest', '--max-size must be 1024..2147483647', 2)
+    return die('--max-size must be 1024..2147483647', 2)
   end
   local salt
   if o['hash-envelope-to'] or conf.hash_envelope_to then
     local serr
     salt, serr = read_salt(o, conf)
-    if not salt then return M.die('ingest', serr, 2) end
+    if not salt then return die(serr, 2) end
   end
   local files, missing = ingest.expand_paths(rest)
-  local conn, err = M.connect(o, conf)
-  if not conn then return M.die('ingest', 'Redis: ' .. tostring(err), 1) end
+  local conn, err = util.connect_redis(o, conf)
+  if not conn then return die('Redis: ' .. tostring(err), 1) end
 
   local clock = M.clock()
   local started = clock()
@@ -224,8 +200,8 @@ function M.run(args)
     progress = progress,
     on_result = function(path, r)
       if r.status == 'error' and not quiet then
-        io.stderr:write('ingest: ', summary.shown(path), ': ', summary.shown(r.code or 'error'),
-                        ': ', summary.shown(r.message), '\n')
+        io.stderr:write('ingest: ', util.shown(path), ': ', util.shown(r.code or 'error'),
+                        ': ', util.shown(r.message), '\n')
       end
     end,
   })
@@ -233,7 +209,7 @@ function M.run(args)
   for _, m in ipairs(missing) do
     stats.errors = stats.errors + 1
     table.insert(stats.failures, { path = m.path, code = 'io', message = m.message })
-    if not quiet then io.stderr:write('ingest: ', summary.shown(m.path), ': cannot open\n') end
+    if not quiet then io.stderr:write('ingest: ', util.shown(m.path), ': cannot open\n') end
   end
   stats.seconds = clock() - started
   progress(stats, true)

@@ -2,6 +2,7 @@
 -- (lua/dmarc/dashboard.lua), served on loopback by default. Loaded by the
 -- `dmarc report` dispatcher as report_<subcommand>.
 local cli = require 'dmarc.cli.report_ingest'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -26,7 +27,13 @@ The first line on stdout is "serving http://HOST:PORT/" once the server listens.
 exit status: 0 stopped, 1 cannot listen or Redis unusable, 2 usage.
 ]]
 
+local function die(msg, status)
+  return util.fail('dmarc report serve', msg, status)
+end
+
+-- No operands: everything is an option.
 local SPEC = {
+  max_operands = 0,
   flags = { quiet = true },
   values = { listen = true, days = true, ['until'] = true, ['max-requests'] = true },
 }
@@ -35,34 +42,27 @@ local SPEC = {
 function M.run(args)
   local dashboard = require 'dmarc.dashboard'
   local summary = require 'dmarc.summary'
-  local o, rest = cli.parse_args(args, SPEC)
-  if not o then return cli.die('serve', rest .. ' (see --help)', 2) end
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if #rest > 0 then return cli.die('serve', 'unexpected argument ' .. summary.shown(rest[1]), 2) end
-  local conf, cerr = cli.config(o)
-  if not conf then return cli.die('serve', 'config: ' .. tostring(cerr), 2) end
-  local listen = cli.get(o, conf, 'listen', dashboard.defaults.listen)
-  if not dashboard.parse_listen(listen) then return cli.die('serve', 'bad --listen address', 2) end
+  local o, rest, conf = cli.start('serve', args, SPEC, USAGE)
+  if not o then return rest end -- --help or a usage error: rest is the exit status
+  local listen = util.setting(o, conf, 'listen', dashboard.defaults.listen)
+  if not dashboard.parse_listen(listen) then return die('bad --listen address', 2) end
   local days = tonumber(o.days or dashboard.defaults.days)
   if not days or days < 1 or days > summary.limits.max_days or days % 1 ~= 0 then
-    return cli.die('serve', '--days must be 1..' .. summary.limits.max_days, 2)
+    return die('--days must be 1..' .. summary.limits.max_days, 2)
   end
-  if o['until'] and not cli.parse_day(o['until']) then
-    return cli.die('serve', '--until needs YYYY-MM-DD', 2)
+  if o['until'] and not util.parse_day(o['until']) then
+    return die('--until needs YYYY-MM-DD', 2)
   end
   local max_requests = o['max-requests'] and tonumber(o['max-requests'])
   if o['max-requests'] and (not max_requests or max_requests < 1) then
-    return cli.die('serve', '--max-requests must be a positive number', 2)
+    return die('--max-requests must be a positive number', 2)
   end
   local prefix = cli.prefix(o, conf)
-  if not prefix then return cli.die('serve', 'invalid --prefix', 2) end
+  if not prefix then return die('invalid --prefix', 2) end
   local ok_socket = pcall(require, 'socket')
-  if not ok_socket then return cli.die('serve', 'lua-socket is not installed', 1) end
+  if not ok_socket then return die('lua-socket is not installed', 1) end
   local source = dashboard.redis_source {
-    prefix = prefix, connect = function() return cli.connect(o, conf) end,
+    prefix = prefix, connect = function() return util.connect_redis(o, conf) end,
   }
   local log
   if not o.quiet then
@@ -78,7 +78,7 @@ function M.run(args)
     end,
   }
   source.close()
-  if not ok then return cli.die('serve', err, 1) end
+  if not ok then return die(err, 1) end
   return 0
 end
 

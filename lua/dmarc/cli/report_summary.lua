@@ -3,6 +3,7 @@
 -- reporters) and whether it is ready for the next policy step. Loaded by the
 -- `dmarc report` dispatcher as report_<subcommand>.
 local cli = require 'dmarc.cli.report_ingest'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -23,7 +24,13 @@ common options: --config FILE, --redis HOST:PORT, --cluster H:P[,H:P], --prefix 
 exit status: 0 done, 1 Redis error, 2 usage.
 ]]
 
+local function die(msg, status)
+  return util.fail('dmarc report summary', msg, status)
+end
+
+-- No operands: everything is an option.
 local SPEC = {
+  max_operands = 0,
   flags = { json = true },
   values = { domain = true, days = true, ['until'] = true, top = true, source = true },
 }
@@ -31,17 +38,17 @@ local SPEC = {
 local function drill_text(s)
   local summary = require 'dmarc.summary'
   local d = s.drill
-  local out = { '', 'records of source ' .. summary.shown(d.ip) .. ':' }
+  local out = { '', 'records of source ' .. util.shown(d.ip) .. ':' }
   for _, r in ipairs(d.rows) do
     local dk, sp = {}, {}
-    for _, x in ipairs(r.dkim_results) do dk[#dk + 1] = summary.shown(x.domain) .. '=' .. x.result end
-    for _, x in ipairs(r.spf_results) do sp[#sp + 1] = summary.shown(x.domain) .. '=' .. x.result end
+    for _, x in ipairs(r.dkim_results) do dk[#dk + 1] = util.shown(x.domain) .. '=' .. x.result end
+    for _, x in ipairs(r.spf_results) do sp[#sp + 1] = util.shown(x.domain) .. '=' .. x.result end
     out[#out + 1] = string.format('  %s %6d %-16s from=%s env=%s disp=%s dkim=%s spf=%s [%s] [%s] %s',
                                   summary.day_text(r.day), r.count, r.class,
-                                  summary.shown(r.header_from), summary.shown(r.envelope_from),
-                                  summary.shown(r.disposition), summary.shown(r.dkim),
-                                  summary.shown(r.spf), table.concat(dk, ' '),
-                                  table.concat(sp, ' '), summary.shown(r.org_name))
+                                  util.shown(r.header_from), util.shown(r.envelope_from),
+                                  util.shown(r.disposition), util.shown(r.dkim),
+                                  util.shown(r.spf), table.concat(dk, ' '),
+                                  table.concat(sp, ' '), util.shown(r.org_name))
   end
   return table.concat(out, '\n') .. '\n'
 end
@@ -50,43 +57,36 @@ end
 function M.run(args)
   local summary = require 'dmarc.summary'
   local report = require 'dmarc.report'
-  local o, rest = cli.parse_args(args, SPEC)
-  if not o then return cli.die('summary', rest .. ' (see --help)', 2) end
-  if o.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
-  if #rest > 0 then return cli.die('summary', 'unexpected argument ' .. summary.shown(rest[1]), 2) end
-  local conf, cerr = cli.config(o)
-  if not conf then return cli.die('summary', 'config: ' .. tostring(cerr), 2) end
+  local o, rest, conf = cli.start('summary', args, SPEC, USAGE)
+  if not o then return rest end -- --help or a usage error: rest is the exit status
   local dom = o.domain and o.domain:lower():gsub('%.$', '')
   if not dom or not report.valid_domain(dom) then
-    return cli.die('summary', '--domain D (a valid domain name) is required', 2)
+    return die('--domain D (a valid domain name) is required', 2)
   end
   local days = tonumber(o.days or 30)
   if not days or days < 1 or days > summary.limits.max_days or days % 1 ~= 0 then
-    return cli.die('summary', '--days must be 1..' .. summary.limits.max_days, 2)
+    return die('--days must be 1..' .. summary.limits.max_days, 2)
   end
   local until_time = os.time()
   if o['until'] then
-    until_time = cli.parse_day(o['until'])
-    if not until_time then return cli.die('summary', '--until needs YYYY-MM-DD', 2) end
+    until_time = util.parse_day(o['until'])
+    if not until_time then return die('--until needs YYYY-MM-DD', 2) end
   end
   local ntop = tonumber(o.top or summary.limits.top)
   if not ntop or ntop < 1 or ntop > 1000 or ntop % 1 ~= 0 then
-    return cli.die('summary', '--top must be 1..1000', 2)
+    return die('--top must be 1..1000', 2)
   end
   if o.source and not report.valid_ip(o.source:lower()) then
-    return cli.die('summary', '--source needs an IP address', 2)
+    return die('--source needs an IP address', 2)
   end
   local prefix = cli.prefix(o, conf)
-  if not prefix then return cli.die('summary', 'invalid --prefix', 2) end
-  local conn, err = cli.connect(o, conf)
-  if not conn then return cli.die('summary', 'Redis: ' .. tostring(err), 1) end
+  if not prefix then return die('invalid --prefix', 2) end
+  local conn, err = util.connect_redis(o, conf)
+  if not conn then return die('Redis: ' .. tostring(err), 1) end
   local data, lerr, code = summary.load(conn, { domain = dom, days = days, ['until'] = until_time,
                                                 prefix = prefix })
   if conn.close then pcall(conn.close, conn) end
-  if not data then return cli.die('summary', tostring(lerr), code == 'usage' and 2 or 1) end
+  if not data then return die(tostring(lerr), code == 'usage' and 2 or 1) end
   local s = summary.compute(data, { top = ntop, source = o.source and o.source:lower() })
   if o.json then
     io.stdout:write(summary.json(s), '\n')
