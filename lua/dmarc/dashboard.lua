@@ -14,6 +14,7 @@
 --                 a Host check against DNS rebinding
 local summary = require 'dmarc.summary'
 local report = require 'dmarc.report'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -42,9 +43,8 @@ local HTML_ESC = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&qu
 --- Text for HTML element content and attribute values: valid UTF-8, no
 -- control characters, markup characters escaped.
 function M.html(s)
-  local report_xml = require 'dmarc.report_xml'
   s = tostring(s == nil and '' or s)
-  s = report_xml.sanitize(s):gsub('[%z\1-\8\11\12\14-\31\127]', '?')
+  s = util.sanitize_text(s):gsub('[%z\1-\8\11\12\14-\31\127]', '?')
   return (s:gsub('[&<>"\']', HTML_ESC))
 end
 local html = M.html
@@ -512,9 +512,9 @@ end
 -- ---------------------------------------------------------------------------
 -- Routing
 
+-- A query component: '+' is a space (HTML form encoding), then %XX.
 local function percent_decode(s)
-  s = s:gsub('+', ' ')
-  return (s:gsub('%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
+  return util.percent_decode((s:gsub('+', ' ')))
 end
 
 --- A request target split into path and query parameters (first value of
@@ -774,7 +774,7 @@ local function serve_client(client, ctx, socket)
   client:send(M.encode_response(res, req and req.method == 'HEAD'))
   if ctx.log then
     ctx.log('info', string.format('%s %s %d', req and req.method or '-',
-                                  req and summary.shown(req.target) or '-', res.status))
+                                  req and util.shown(req.target) or '-', res.status))
   end
 end
 

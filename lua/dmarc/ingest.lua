@@ -14,6 +14,7 @@
 -- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
 -- named limits below, and bad input gives nil, message, code (never a raise).
 local report = require 'dmarc.report'
+local util = require 'dmarc.util'
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
 
@@ -528,44 +529,14 @@ function M.normalize(tree, info)
 end
 
 -- ---------------------------------------------------------------------------
--- Storage encoding. One escape for every atom (as dmarc.report's): bytes
--- outside [A-Za-z0-9._@+= -] become %XX, so the separators | ; : never
--- occur inside an atom.
+-- Storage encoding. One escape for every atom (util.escape_atom, as
+-- dmarc.report's): bytes outside [A-Za-z0-9._@+= -] become %XX, so the
+-- separators | ; : never occur inside an atom.
 
-local ESC, UNESC = {}, {}
-for b = 0, 255 do
-  local c, h = string.char(b), string.format('%%%02X', b)
-  ESC[c] = h
-  UNESC[h:sub(2)] = c
-  UNESC[h:sub(2):lower()] = c
-end
-
-local function esc(s)
-  if s == nil then return '' end
-  return (tostring(s):gsub('[^%w%._@%+= %-]', ESC))
-end
+local esc, unesc = util.escape_atom, util.unescape_atom
+local split = util.split
 M.esc = esc
-
-local function unesc(s)
-  if not s:find('%', 1, true) then return s end
-  return (s:gsub('%%(%x%x)', UNESC))
-end
 M.unesc = unesc
-
-local function split(s, sep)
-  local out = {}
-  if s == '' then return out end
-  local pos = 1
-  while true do
-    local i = s:find(sep, pos, true)
-    if not i then
-      out[#out + 1] = s:sub(pos)
-      return out
-    end
-    out[#out + 1] = s:sub(pos, i - 1)
-    pos = i + 1
-  end
-end
 
 --- The hash field of one record (the count is the value):
 -- 1|org|source_ip|header_from|envelope_from|envelope_to|disposition|dkim|spf|REASONS|DKIMS|SPFS
@@ -853,7 +824,6 @@ function M.expand_paths(paths, opts)
   opts = opts or {}
   local max_files = opts.max_files or M.limits.max_files
   local files, missing = {}, {}
-  local report_xml = require 'dmarc.report_xml'
   for _, p in ipairs(paths) do
     if #files >= max_files then break end
     if p == '-' then
@@ -870,7 +840,7 @@ function M.expand_paths(paths, opts)
         missing[#missing + 1] = { path = p, message = 'cannot open' }
       elseif is_dir then
         -- At most max_files names are read, however large the tree.
-        local pipe = io.popen('find ' .. report_xml.shell_quote(p) .. ' -type f -print0 2>/dev/null'
+        local pipe = io.popen('find ' .. util.shell_quote(p) .. ' -type f -print0 2>/dev/null'
                               .. ' | head -z -n ' .. string.format('%d', max_files))
         local out = pipe and pipe:read('*a') or ''
         if pipe then pipe:close() end

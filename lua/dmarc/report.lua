@@ -11,6 +11,8 @@
 --
 -- Errors follow the project contract: bad data gives `nil, message, code`;
 -- misuse of the API (wrong types) raises.
+local util = require 'dmarc.util'
+
 local M = {}
 
 M.VERSION = 1
@@ -111,49 +113,19 @@ end
 M.valid_ip = valid_ip
 
 -- ---------------------------------------------------------------------------
--- Encoding. One escape for every atom: bytes outside [A-Za-z0-9._@+= -]
--- become %XX, so the separators `|`, `,`, `;` and `:` never occur inside an
--- atom and the field can hold nothing that breaks the encoding.
+-- Encoding. One escape for every atom (util.escape_atom): bytes outside
+-- [A-Za-z0-9._@+= -] become %XX, so the separators `|`, `,`, `;` and `:`
+-- never occur inside an atom and the field can hold nothing that breaks the
+-- encoding.
 
-local ESC, UNESC = {}, {}
-for b = 0, 255 do
-  local c, hex = string.char(b), string.format('%%%02X', b)
-  ESC[c] = hex
-  UNESC[hex:sub(2)] = c
-  UNESC[hex:sub(2):lower()] = c
-end
-
-local function esc(s)
-  if s == nil then return '' end
-  s = tostring(s)
-  return (s:gsub('[^%w%._@%+= %-]', ESC))
-end
-
-local function unesc(s)
-  if not s:find('%', 1, true) then return s end
-  return (s:gsub('%%(%x%x)', UNESC))
-end
+local esc, unesc = util.escape_atom, util.unescape_atom
+local split = util.split
 
 local function clip(s, n)
   if s == nil then return nil end
   s = tostring(s)
   if #s > n then return s:sub(1, n) end
   return s
-end
-
-local function split(s, sep)
-  local out = {}
-  if s == '' then return out end
-  local pos = 1
-  while true do
-    local i = s:find(sep, pos, true)
-    if not i then
-      out[#out + 1] = s:sub(pos)
-      return out
-    end
-    out[#out + 1] = s:sub(pos, i - 1)
-    pos = i + 1
-  end
 end
 
 local POLICY_FIELDS = { 'p', 'sp', 'np', 'adkim', 'aspf', 'testing', 'discovery_method', 'fo', 'pct', 'psd' }

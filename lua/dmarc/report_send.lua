@@ -9,6 +9,7 @@
 -- (byte-identical) reports never both send them.
 local report = require 'dmarc.report'
 local report_xml = require 'dmarc.report_xml'
+local util = require 'dmarc.util'
 
 local M = {}
 
@@ -290,7 +291,7 @@ function M.sendmail_transport(opts)
     if not f then return 'temp', nil, 'cannot write a temporary file' end
     f:write(message)
     f:close()
-    local q = report_xml.shell_quote
+    local q = util.shell_quote
     local st = exit_status(os.execute(command .. ' -oi -f ' .. q(from) .. ' -- ' .. q(rcpt)
                                       .. ' < ' .. q(tmp)))
     os.remove(tmp)
@@ -351,7 +352,7 @@ end
 M.state_key = report.state_key
 
 local function list_manifests(dir)
-  local p = io.popen('ls -1 ' .. report_xml.shell_quote(dir) .. ' 2>/dev/null')
+  local p = io.popen('ls -1 ' .. util.shell_quote(dir) .. ' 2>/dev/null')
   if not p then return {} end
   local out = {}
   for name in p:lines() do
@@ -496,7 +497,7 @@ function M.send(opts)
   local function run()
     for _, name in ipairs(list_manifests(o.out)) do
       local path = o.out .. '/' .. name
-      local text = report_xml.read_file(path)
+      local text = util.read_file(path)
       local okj, man = pcall(cjson.decode, text or '')
       if not okj or type(man) ~= 'table' or type(man.reports) ~= 'table'
           or not report.valid_domain(man.policy_domain) then
@@ -545,7 +546,7 @@ function M.send(opts)
                   if vres == 'temperror' then
                     status, stext = 'temp', 'destination verification: DNS temporary error'
                   else
-                    local msg = report_xml.read_file(o.out .. '/' .. d.message)
+                    local msg = util.read_file(o.out .. '/' .. d.message)
                     if not msg then
                       status, stext = 'perm', 'message file missing'
                     else

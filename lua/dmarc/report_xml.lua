@@ -4,6 +4,8 @@
 -- The writer streams: begin() writes the metadata and policy, record() one
 -- record at a time, finish() the closing tag. Output goes to a `write`
 -- function, so a report of any size never sits in memory whole.
+local util = require 'dmarc.util'
+
 local M = {}
 
 M.NS_9990 = 'urn:ietf:params:xml:ns:dmarc-2.0'
@@ -31,40 +33,11 @@ local SPF_WORDS = {
 -- ---------------------------------------------------------------------------
 -- Text
 
--- Replace what XML 1.0 cannot carry: C0 controls other than TAB/LF/CR, and
--- byte sequences that are not UTF-8 (each bad byte becomes '?'). Strings
+-- What XML 1.0 cannot carry (C0 controls other than TAB/LF/CR, byte
+-- sequences that are not UTF-8) becomes '?' (util.sanitize_text). Strings
 -- in reports come from DNS, headers and site scripts, so this is the guard
 -- that keeps every report well-formed.
-local function sanitize(s)
-  if not s:find('[%z\1-\8\11\12\14-\31\127-\255]') then return s end
-  local out, i, n = {}, 1, #s
-  while i <= n do
-    local c = s:byte(i)
-    local len = 0
-    if c < 0x80 then
-      len = 1
-      if (c < 0x20 and c ~= 9 and c ~= 10 and c ~= 13) or c == 0x7f then c = nil end
-    elseif c >= 0xc2 and c <= 0xdf then len = 2
-    elseif c >= 0xe0 and c <= 0xef then len = 3
-    elseif c >= 0xf0 and c <= 0xf4 then len = 4
-    end
-    local ok = len > 0 and c ~= nil and i + len - 1 <= n
-    if ok then
-      for j = i + 1, i + len - 1 do
-        local b = s:byte(j)
-        if b < 0x80 or b > 0xbf then ok = false break end
-      end
-    end
-    if ok then
-      out[#out + 1] = s:sub(i, i + len - 1)
-      i = i + len
-    else
-      out[#out + 1] = '?'
-      i = i + 1
-    end
-  end
-  return table.concat(out)
-end
+local sanitize = util.sanitize_text
 M.sanitize = sanitize
 
 local ENT = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&quot;', ["'"] = '&apos;' }
@@ -347,7 +320,7 @@ function Writer:record_encoded(field, count, parts)
                       return auth_xml(f, r)
                     end)
   if not ok then return nil end
-  local ip = row and row.source_ip or report.unescape(parts[5])
+  local ip = row and row.source_ip or util.unescape_atom(parts[5])
   self.write(row_xml(f, ip, count, ev, id, au))
   self.records = self.records + 1
   return true
@@ -492,33 +465,15 @@ M.GZIP_BATCH = 200         -- reports compressed per gzip process
 M.MAX_PERIOD_DAYS = 31     -- longest period one run covers
 M.HSCAN_COUNT = 1000
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = util.shell_quote
 M.shell_quote = shell_quote
-
-local function read_file(path)
-  local f, err = io.open(path, 'rb')
-  if not f then return nil, err end
-  local data = f:read('*a')
-  f:close()
-  return data
-end
 
 -- Files are written in place, not through a temporary name and a rename:
 -- ext4 starts writeback on such a rename, which made generation several
 -- times slower. A manifest is written after the messages it names, and a
 -- cut-off manifest is not valid JSON (send skips it), so a crash never
 -- makes send use a half-written file.
-local function write_file(path, data)
-  local f, err = io.open(path, 'wb')
-  if not f then return nil, err end
-  local ok, werr = f:write(data)
-  local closed, cerr = f:close()
-  if not ok then return nil, werr end
-  if not closed then return nil, cerr end
-  return true
-end
+local read_file, write_file = util.read_file, util.write_file
 M.read_file = read_file
 M.write_file = write_file
 
@@ -534,10 +489,6 @@ local function as_map(reply)
   return m
 end
 
-local function percent_decode(s)
-  return (s:gsub('%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
-end
-
 --- The address of a mailto: URI (RFC 6068), lowercased domain, or nil,
 -- code. Anything that could inject into an SMTP command or a header is
 -- refused.
@@ -545,7 +496,7 @@ function M.mailto_address(uri)
   if type(uri) ~= 'string' then return nil, 'bad_uri' end
   local rest = uri:match('^[Mm][Aa][Ii][Ll][Tt][Oo]:(.*)$')
   if not rest then return nil, 'unsupported_scheme' end
-  rest = percent_decode(rest:match('^([^?]*)') or '')
+  rest = util.percent_decode(rest:match('^([^?]*)') or '')
   local lp, dom = rest:match('^([^@]+)@([^@]+)$')
   if not lp or #rest > 254 or lp:find('[%c%s<>,;:"\\%(%)%[%]]') then return nil, 'bad_uri' end
   dom = dom:lower()

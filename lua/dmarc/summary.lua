@@ -57,10 +57,7 @@ local BROKEN_DKIM = { fail = true, neutral = true, permerror = true, temperror =
 
 --- A value from a report as a terminal may show it: printable ASCII as is,
 -- every other byte as \xHH (no escape sequences, no bidi tricks).
-function M.shown(s)
-  s = tostring(s == nil and '' or s)
-  return (s:gsub('[^ -~]', function(c) return string.format('\\x%02X', c:byte()) end))
-end
+M.shown = util.shown
 
 --- Whether domain d is the policy domain, below it or above it (the same
 -- organisation as far as a report on this policy domain can tell).
@@ -486,7 +483,7 @@ local HINTS = {
 
 --- A hint as a sentence (domain values escaped by the caller's escape).
 function M.hint_text(h, dom, escape)
-  escape = escape or M.shown
+  escape = escape or util.shown
   local f = HINTS[h.code]
   if not f then return h.code end
   local d = escape(h.domain or '')
@@ -518,7 +515,7 @@ local function values(list, n)
   local out = {}
   for i, v in ipairs(list) do
     if i > n then break end
-    out[#out + 1] = M.shown(v.value) .. ' (' .. v.messages .. ')'
+    out[#out + 1] = util.shown(v.value) .. ' (' .. v.messages .. ')'
   end
   return table.concat(out, ', ')
 end
@@ -544,14 +541,14 @@ function M.text(s)
     line(string.format('%d messages not itemised (row limit per day reached)', s.dropped_messages))
   end
   line('')
-  line('readiness: p=', M.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
+  line('readiness: p=', util.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
        M.VERDICT_TEXT[r.verdict] or r.verdict)
   line(string.format('  %d of %d legitimate-looking messages (%s) would be hit; %d likely '
                      .. 'spoofed would be stopped', r.at_risk, r.legitimate, pct(r.share),
                      r.spoof_stopped))
   if r.testing then line('  note: the published policy is in testing (t=y or pct<100)') end
   for i, f in ipairs(r.fix_first) do
-    line(string.format('  %d. %s: %d messages (%s of those at risk), %s', i, M.shown(f.ip),
+    line(string.format('  %d. %s: %d messages (%s of those at risk), %s', i, util.shown(f.ip),
                        f.at_risk, pct(f.share), f.class))
     for _, h in ipairs(f.hints) do line('       ', M.hint_text(h, s.domain)) end
   end
@@ -560,7 +557,7 @@ function M.text(s)
   line(string.format('  %-40s %9s %7s  %-16s %s', 'source', 'messages', 'pass', 'class',
                      'header_from / SPF / DKIM'))
   for _, src in ipairs(s.sources) do
-    line(string.format('  %-40s %9d %7s  %-16s %s', M.shown(src.ip), src.messages,
+    line(string.format('  %-40s %9d %7s  %-16s %s', util.shown(src.ip), src.messages,
                        pct(src.pass_rate), src.class, values(src.header_from, 2)))
     if #src.spf > 0 then line(string.rep(' ', 77), 'SPF ', values(src.spf, 2)) end
     if #src.dkim > 0 then line(string.rep(' ', 77), 'DKIM ', values(src.dkim, 2)) end
@@ -570,17 +567,17 @@ function M.text(s)
                      s.forwarding.messages))
   for i, f in ipairs(s.forwarding.sources) do
     if i > 5 then break end
-    line('  ', M.shown(f.ip), ': ', f.messages)
+    line('  ', util.shown(f.ip), ': ', f.messages)
   end
   line(string.format('likely spoofing: %d messages', s.spoofing.messages))
   for i, f in ipairs(s.spoofing.sources) do
     if i > 5 then break end
-    line('  ', M.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
+    line('  ', util.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
   end
   line('')
   line('per reporter:')
   for _, rep in ipairs(s.reporters) do
-    line(string.format('  %-40s %5d reports %9d messages %7s pass', M.shown(rep.org_name),
+    line(string.format('  %-40s %5d reports %9d messages %7s pass', util.shown(rep.org_name),
                        rep.reports, rep.messages, pct(rep.pass_rate)))
   end
   return table.concat(out, '\n') .. '\n'

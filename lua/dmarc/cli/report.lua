@@ -162,8 +162,7 @@ local function progress_printer(o, what)
 end
 
 local function ensure_dir(dir)
-  local report_xml = require 'dmarc.report_xml'
-  os.execute('mkdir -p ' .. report_xml.shell_quote(dir))
+  os.execute('mkdir -p ' .. util.shell_quote(dir))
   local probe = dir .. '/.probe'
   local f = io.open(probe, 'w')
   if not f then return false end
@@ -217,8 +216,7 @@ local function make_resolver(o, conf)
   local json_file = get(o, conf, 'dns-json')
   if json_file then
     local cjson = require 'cjson'
-    local report_xml = require 'dmarc.report_xml'
-    local text, err = report_xml.read_file(json_file)
+    local text, err = util.read_file(json_file)
     if not text then return nil, err end
     local ok, map = pcall(cjson.decode, text)
     if not ok or type(map) ~= 'table' then return nil, json_file .. ': not a JSON object' end
@@ -240,7 +238,6 @@ end
 
 local function do_send(o, conf, conn)
   local report_send = require 'dmarc.report_send'
-  local report_xml = require 'dmarc.report_xml'
   if o.date or o.from or o.to then
     local s, err, st = do_generate(o, conf, conn)
     if not s then return nil, err, st end
@@ -266,7 +263,7 @@ local function do_send(o, conf, conn)
     local password = os.getenv('DMARC_SMTP_PASSWORD')
     local pfile = get(o, conf, 'smtp-password-file')
     if pfile then
-      password = (report_xml.read_file(pfile) or ''):gsub('[\r\n]+$', '')
+      password = (util.read_file(pfile) or ''):gsub('[\r\n]+$', '')
     end
     local user = get(o, conf, 'smtp-user')
     if user and not password then return nil, 'AUTH needs a password', 2 end
