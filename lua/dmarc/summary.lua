@@ -33,6 +33,8 @@ M.thresholds = {
 
 M.NEXT_POLICY = { none = 'quarantine', quarantine = 'reject' }
 
+local FIX_FIRST = 10 -- sources listed to fix before the next policy step
+
 -- The classes of a record, from the domain owner's point of view:
 --   pass             DMARC pass (an aligned SPF or DKIM pass)
 --   forwarded        DMARC pass through DKIM while SPF failed: the forwarding
@@ -108,16 +110,23 @@ local function bump(t, k, n)
   t[k] = (t[k] or 0) + n
 end
 
+-- Every list of a summary is ordered the same way: the largest count first, ties
+-- by name, so equal data always gives equal output. Only the first n are kept
+-- (all without n).
+local function rank(list, count_key, name_key, n)
+  table.sort(list, function(a, b)
+    if a[count_key] ~= b[count_key] then return a[count_key] > b[count_key] end
+    return a[name_key] < b[name_key]
+  end)
+  for i = #list, (n or #list) + 1, -1 do list[i] = nil end
+  return list
+end
+
 -- The largest entries of a value → count map, as {value=, messages=}.
 local function top(map, n)
   local out = {}
   for k, v in pairs(map) do out[#out + 1] = { value = k, messages = v } end
-  table.sort(out, function(a, b)
-    if a.messages ~= b.messages then return a.messages > b.messages end
-    return a.value < b.value
-  end)
-  for i = #out, n + 1, -1 do out[i] = nil end
-  return out
+  return rank(out, 'messages', 'value', n)
 end
 
 local function rate(part, whole)
@@ -365,19 +374,12 @@ function M.compute(data, opts)
     r.pass_rate = rate(r.pass, r.messages)
     rlist[#rlist + 1] = r
   end
-  table.sort(rlist, function(a, b)
-    if a.messages ~= b.messages then return a.messages > b.messages end
-    return a.org_name < b.org_name
-  end)
-  s.reporters = rlist
+  s.reporters = rank(rlist, 'messages', 'org_name')
 
   local slist = {}
   for _, src in pairs(sources) do slist[#slist + 1] = src end
   if other_sources then slist[#slist + 1] = other_sources end
-  table.sort(slist, function(a, b)
-    if a.messages ~= b.messages then return a.messages > b.messages end
-    return a.ip < b.ip
-  end)
+  rank(slist, 'messages', 'ip')
   s.source_count = #slist
   s.sources = {}
   for i = 1, math.min(ntop, #slist) do s.sources[i] = finish_source(slist[i], nvalues) end
@@ -393,12 +395,7 @@ function M.compute(data, opts)
                           reporters = top(src.reporters, 3) }
       end
     end
-    table.sort(out, function(a, b)
-      if a.messages ~= b.messages then return a.messages > b.messages end
-      return a.ip < b.ip
-    end)
-    for i = #out, limit + 1, -1 do out[i] = nil end
-    return { messages = total, sources = out }
+    return { messages = total, sources = rank(out, 'messages', 'ip', limit) }
   end
   s.forwarding = by_class({ 'forwarded', 'forwarded_broken' }, ntop)
   s.spoofing = by_class({ 'spoof' }, ntop)
@@ -436,11 +433,7 @@ function M.compute(data, opts)
                         reporters = top(src.reporters, 3) }
     end
   end
-  table.sort(fix, function(a, b)
-    if a.at_risk ~= b.at_risk then return a.at_risk > b.at_risk end
-    return a.ip < b.ip
-  end)
-  for i = #fix, 11, -1 do fix[i] = nil end
+  rank(fix, 'at_risk', 'ip', FIX_FIRST)
   s.readiness = {
     current = current, next = M.NEXT_POLICY[current], verdict = verdict,
     legitimate = legit, at_risk = at_risk, share = share, spoof_stopped = s.classes.spoof,
