@@ -557,6 +557,19 @@ function M.encode_record(org, rec)
   }, '|')
 end
 
+-- The DKIM or SPF results of a stored field: domain:NAME:result;... where NAME is
+-- the selector or the scope; at most max of them.
+local function decode_results(encoded, max, name)
+  local out = {}
+  for i, item in ipairs(split(encoded, ';')) do
+    if i > max then break end
+    local a = split(item, ':')
+    out[#out + 1] = { domain = unesc(a[1] or ''), [name] = unesc(a[2] or ''),
+                      result = unesc(a[3] or 'none') }
+  end
+  return out
+end
+
 --- Decode a stored field; nil, msg, code for one this version does not read.
 function M.decode_record(field)
   if type(field) ~= 'string' or #field > 65536 then return nil, 'bad field', 'bad_row' end
@@ -566,7 +579,7 @@ function M.decode_record(field)
     org_name = unesc(f[2]), source_ip = unesc(f[3]), header_from = unesc(f[4]),
     envelope_from = unesc(f[5]), envelope_to = f[6] ~= '' and unesc(f[6]) or nil,
     disposition = unesc(f[7]), dkim = unesc(f[8]), spf = unesc(f[9]),
-    reasons = {}, dkim_results = {}, spf_results = {},
+    reasons = {},
   }
   for i, r in ipairs(split(f[10], ';')) do
     if i > M.limits.max_reasons then break end
@@ -574,20 +587,8 @@ function M.decode_record(field)
     rec.reasons[#rec.reasons + 1] = { type = unesc(a[1] or ''),
                                       comment = a[2] and a[2] ~= '' and unesc(a[2]) or nil }
   end
-  for i, d in ipairs(split(f[11], ';')) do
-    if i > M.limits.max_dkim then break end
-    local a = split(d, ':')
-    rec.dkim_results[#rec.dkim_results + 1] = { domain = unesc(a[1] or ''),
-                                                selector = unesc(a[2] or ''),
-                                                result = unesc(a[3] or 'none') }
-  end
-  for i, s in ipairs(split(f[12], ';')) do
-    if i > M.limits.max_spf then break end
-    local a = split(s, ':')
-    rec.spf_results[#rec.spf_results + 1] = { domain = unesc(a[1] or ''),
-                                              scope = unesc(a[2] or ''),
-                                              result = unesc(a[3] or 'none') }
-  end
+  rec.dkim_results = decode_results(f[11], M.limits.max_dkim, 'selector')
+  rec.spf_results = decode_results(f[12], M.limits.max_spf, 'scope')
   return rec
 end
 
