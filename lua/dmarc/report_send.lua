@@ -364,14 +364,6 @@ local function list_manifests(dir)
   return out
 end
 
-local function flat_map(reply)
-  local m = {}
-  if type(reply) == 'table' then
-    for i = 1, #reply - 1, 2 do m[reply[i]] = reply[i + 1] end
-  end
-  return m
-end
-
 local function is_final(state)
   return state ~= nil and not state:match('^retry:')
 end
@@ -508,7 +500,7 @@ function M.send(opts)
         local st_reply, st_err, st_code = conn:command('HGETALL', skey)
         -- Without the delivery state nothing is sent: it could be a resend.
         if type(st_reply) ~= 'table' then return nil, st_err or 'HGETALL failed', st_code or 'redis' end
-        local state = flat_map(st_reply)
+        local state = util.hash_reply(st_reply)
         local all_final = true
         local now = clock()
         for _, r in ipairs(man.reports) do

@@ -477,18 +477,6 @@ local read_file, write_file = util.read_file, util.write_file
 M.read_file = read_file
 M.write_file = write_file
 
--- A flat HGETALL reply (or a map) as a table.
-local function as_map(reply)
-  local m = {}
-  if type(reply) ~= 'table' then return m end
-  if reply[1] ~= nil then
-    for i = 1, #reply - 1, 2 do m[reply[i]] = reply[i + 1] end
-  else
-    for k, v in pairs(reply) do m[k] = v end
-  end
-  return m
-end
-
 --- The address of a mailto: URI (RFC 6068), lowercased domain, or nil,
 -- code. Anything that could inject into an SMTP command or a header is
 -- refused.
@@ -545,7 +533,7 @@ local function collect_domain(conn, prefix, domain, days, max_rows, state_key)
         return nil, 'HSCAN failed: ' .. tostring(page and page.err), 'redis'
       end
       if first then
-        local m = as_map(replies[2])
+        local m = util.hash_reply(replies[2])
         if m.rua and m.rua ~= '' then meta.rua = m.rua end
         if m.policy and m.policy ~= '' then meta.policy = m.policy end
         for _, f in ipairs({ 'dropped_rows', 'dropped_messages', 'lost_messages' }) do

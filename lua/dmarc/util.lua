@@ -401,6 +401,12 @@ function M.parse_day(s)
   return require('dmarc.report').day_start(y .. m .. d)
 end
 
+-- }==================================================================
+
+-- {==================================================================
+-- Redis
+-- ===================================================================
+
 --- The Redis connection of the report commands: a dmarc.cluster router with --cluster
 -- (H:P,H:P or a list in the config file), otherwise a dmarc.redis connection to --redis,
 -- $DMARC_REDIS or 127.0.0.1:6379; --redis-timeout seconds (default 5).
@@ -426,6 +432,22 @@ function M.connect_redis(opts, conf)
   local ok, redis = pcall(require, 'dmarc.redis')
   if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
   return redis.connect { host = host, port = tonumber(port), timeout = timeout }
+end
+
+--- A Redis hash as a table: a flat HGETALL reply (field, value, field, value...), or a
+-- reply that is a map already (copied). A reply that is not a table is an empty hash.
+-- @param reply {any}
+-- @return {table} field -> value
+function M.hash_reply(reply)
+  local m = {}
+  if type(reply) ~= 'table' then return m end
+  if reply[1] ~= nil then
+    -- An odd last element (no value) is left out.
+    for i = 1, #reply - 1, 2 do m[reply[i]] = reply[i + 1] end
+  else
+    for k, v in pairs(reply) do m[k] = v end
+  end
+  return m
 end
 
 -- }==================================================================

@@ -242,6 +242,14 @@ describe('dmarc.util settings', function()
     assert.is_nil(util.parse_day(nil))
   end)
 
+  it('util__hash_reply_from_flat_or_map_replies', function()
+    assert.same({ a = '1', b = '2' }, util.hash_reply({ 'a', '1', 'b', '2' }))
+    assert.same({ a = '1' }, util.hash_reply({ 'a', '1', 'odd' }))
+    assert.same({ a = '1' }, util.hash_reply({ a = '1' }))
+    assert.same({}, util.hash_reply(nil))
+    assert.same({}, util.hash_reply('ERR'))
+  end)
+
   it('util__connect_redis_without_a_server', function()
     -- Port 1 on loopback: nothing listens, the connection is refused at once.
     local conn, err = util.connect_redis({ redis = '127.0.0.1:1', ['redis-timeout'] = '0.5' }, {})
