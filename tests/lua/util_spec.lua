@@ -21,13 +21,16 @@ end
 
 describe('dmarc.util text', function()
   it('util__split_keeps_empty_pieces', function()
-    assert.same({}, util.split('', ','))
-    assert.same({ 'a' }, util.split('a', ','))
-    assert.same({ 'a', '', 'b', '' }, util.split('a,,b,', ','))
-    assert.same({ '', 'x' }, util.split('|x', '|'))
-    -- the separator is plain text, not a pattern
-    assert.same({ 'a', 'b' }, util.split('a.b', '.'))
-    assert.same({ 'a', 'b', 'c' }, util.split('a%b%c', '%'))
+    local cases = {
+      { '', ',', {} },
+      { 'a', ',', { 'a' } },
+      { 'a,,b,', ',', { 'a', '', 'b', '' } },
+      { '|x', '|', { '', 'x' } },
+      -- the separator is plain text, not a pattern
+      { 'a.b', '.', { 'a', 'b' } },
+      { 'a%b%c', '%', { 'a', 'b', 'c' } },
+    }
+    for _, c in ipairs(cases) do assert.same(c[3], util.split(c[1], c[2])) end
   end)
 
   it('util__escape_atom_leaves_no_separator', function()
@@ -37,35 +40,37 @@ describe('dmarc.util text', function()
     local atom = util.escape_atom(raw)
     assert.falsy(atom:find('[|,;:!{}\r\n]'))
     assert.equal(raw, util.unescape_atom(atom))
-    assert.equal('a%7Cb%3Ac', util.escape_atom('a|b:c'))
-    assert.equal('Example.COM_@+= -', util.escape_atom('Example.COM_@+= -'))
-    assert.equal('', util.escape_atom(nil))
-    assert.equal('42', util.escape_atom(42))
+    local escaped = { -- value, atom
+      { 'a|b:c', 'a%7Cb%3Ac' }, { 'Example.COM_@+= -', 'Example.COM_@+= -' }, { nil, '' },
+      { 42, '42' },
+    }
+    for _, c in ipairs(escaped) do assert.equal(c[2], util.escape_atom(c[1])) end
     -- both cases of hex digits decode; a lone % stays
     assert.equal('|:|', util.unescape_atom('%7C%3a%7c'))
     assert.equal('100%', util.unescape_atom('100%'))
   end)
 
   it('util__shown_escapes_every_unprintable_byte', function()
-    assert.equal('a\\x1B[31m\\x0A', util.shown('a\27[31m\n'))
-    assert.equal('\\xC3\\xA9 ~', util.shown('\195\169 ~'))
-    assert.equal('', util.shown(nil))
-    assert.equal('12', util.shown(12))
+    local cases = { -- value, as shown
+      { 'a\27[31m\n', 'a\\x1B[31m\\x0A' }, { '\195\169 ~', '\\xC3\\xA9 ~' }, { nil, '' },
+      { 12, '12' },
+    }
+    for _, c in ipairs(cases) do assert.equal(c[2], util.shown(c[1])) end
     assert.falsy(util.shown('\0\127\255'):find('[^ -~]'))
   end)
 
   it('util__sanitize_text_keeps_utf8_and_line_breaks', function()
-    assert.equal('plain text', util.sanitize_text('plain text'))
-    assert.equal('tab\tlf\ncr\r', util.sanitize_text('tab\tlf\ncr\r'))
-    local utf8_text = '\195\169 \226\130\172 \240\159\152\128'
-    assert.equal(utf8_text, util.sanitize_text(utf8_text))
-    assert.equal('a?b?c?', util.sanitize_text('a\0b\27c\127'))
-    -- not UTF-8: a stray continuation, an overlong lead, a cut sequence, a bad lead
-    assert.equal('?', util.sanitize_text('\128'))
-    assert.equal('??', util.sanitize_text('\192\175'))
-    assert.equal('??', util.sanitize_text('\226\130'))
-    assert.equal('?x', util.sanitize_text('\245x'))
-    assert.equal('?(', util.sanitize_text('\226\40'))
+    local cases = { -- text, sanitized
+      { 'plain text', 'plain text' },
+      { 'tab\tlf\ncr\r', 'tab\tlf\ncr\r' },
+      { '\195\169 \226\130\172 \240\159\152\128', '\195\169 \226\130\172 \240\159\152\128' },
+      { 'a\0b\27c\127', 'a?b?c?' },
+      -- not UTF-8: a stray continuation, an overlong form, a cut sequence (each byte), a byte
+      -- that never starts one, a lead byte followed by ASCII
+      { '\128', '?' }, { '\192\175', '??' }, { '\226\130', '??' }, { '\245x', '?x' },
+      { '\226\40', '?(' },
+    }
+    for _, c in ipairs(cases) do assert.equal(c[2], util.sanitize_text(c[1])) end
   end)
 
   it('util__shell_quote_survives_quotes', function()
