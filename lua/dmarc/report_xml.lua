@@ -60,8 +60,7 @@ function M.expand_ipv6(ip)
   if dc then head, tail = ip:sub(1, dc - 1), ip:sub(dc + 2) end
   local function groups(s)
     local g = {}
-    if s == '' then return g end
-    for part in (s .. ':'):gmatch('([^:]*):') do
+    for _, part in ipairs(util.split(s, ':')) do
       local a, b, c, d = part:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
       if a then
         g[#g + 1] = string.format('%x', tonumber(a) * 256 + tonumber(b))
