@@ -285,12 +285,14 @@ end
 --   max_repeats  {number} bound of each repeated list (default 100)
 --   once         a value option given twice is an error (otherwise the last one counts)
 --   max_operands {number} more operands than this are an error, told as too_many_operands
---   dash_operand a lone '-' (standard input) is an operand (default true; false: an option)
+--   dash_operand a lone '-' (standard input) is an operand (default true; false: it is an
+--                unknown option)
 --   lenient      every --name is accepted: names in neither set take a value, a flag given
 --                a value is just set, and '-x' is an operand (the `dmarc report` dispatcher)
 --   style        'report': the wording of `dmarc report` and its subcommands (unknown
---                option --NAME, option --NAME needs a value), where '--' ends the options;
---                default: the wording of the other commands (unknown option "ARG")
+--                option --NAME, option --NAME needs a value), where '--' ends the options
+--                (an operand when lenient); default: the wording of the other commands
+--                (unknown option "ARG"), where '--' is an unknown option
 -- @return opts (name -> value, true or list), operands (array); or nil, message
 function M.parse_options(args, spec)
   local report_style = spec.style == 'report'
@@ -304,6 +306,11 @@ function M.parse_options(args, spec)
     if not report_style then return 'unknown option "' .. arg .. '"' end
     if name then return 'unknown option --' .. name end
     return 'unknown option ' .. arg
+  end
+  local function add_operand(a)
+    if spec.max_operands and #operands >= spec.max_operands then return false end
+    operands[#operands + 1] = a
+    return true
   end
   local i = 1
   -- Each round takes one argument, or two for an option and its value: at most #args rounds.
@@ -341,15 +348,15 @@ function M.parse_options(args, spec)
         return nil, unknown(a, name)
       end
     elseif a == '--' and report_style and not spec.lenient then
-      for j = i + 1, #args do operands[#operands + 1] = args[j] end
+      for j = i + 1, #args do
+        if not add_operand(args[j]) then return nil, spec.too_many_operands end
+      end
       break
     elseif a:sub(1, 1) == '-' and not spec.lenient
         and (a ~= '-' or spec.dash_operand == false) then
       return nil, unknown(a)
-    elseif spec.max_operands and #operands >= spec.max_operands then
+    elseif not add_operand(a) then
       return nil, spec.too_many_operands
-    else
-      operands[#operands + 1] = a
     end
     i = i + 1
   end

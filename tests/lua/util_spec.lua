@@ -203,6 +203,11 @@ describe('dmarc.util parse_options', function()
     local opts, operands = util.parse_options({ '--quiet', '--', '--redis', '-' }, REPORT)
     assert.same({ quiet = true }, opts)
     assert.same({ '--redis', '-' }, operands)
+    -- the bound on operands holds after '--' too
+    local one = { style = 'report', max_operands = 1, too_many_operands = 'one PATH only' }
+    assert.equal('one PATH only', select(2, util.parse_options({ 'a', '--', 'b' }, one)))
+    assert.equal('one PATH only', select(2, util.parse_options({ '--', 'a', 'b' }, one)))
+    assert.same({ 'a' }, select(2, util.parse_options({ '--', 'a' }, one)))
   end)
 
   it('util__parse_options_lenient', function()
