@@ -139,8 +139,10 @@ end
 function M.read_file(path)
   local f, err = io.open(path, 'rb')
   if not f then return nil, err end
-  local data = f:read('*a')
+  -- A directory opens, then fails to read: that is an error too, not a nil to crash on.
+  local data, rerr = f:read('*a')
   f:close()
+  if data == nil then return nil, path .. ': ' .. tostring(rerr or 'cannot be read') end
   return data
 end
 
@@ -369,7 +371,7 @@ end
 -- @return {table} the options, or nil, message
 function M.load_config(path)
   local text, err = M.read_file(path)
-  if not text and err then return nil, err end
+  if not text then return nil, err end
   local env = {}
   local chunk, perr
   if setfenv then
