@@ -1110,6 +1110,18 @@ static void ldmarc_verdict_state_error(lua_State *L, const char *what, dmarc_sta
     ldmarc_raise_status(L, what, st);
 }
 
+/* The overall verdict into @v, or raise (misuse: the evaluation is not
+** done). Nothing is allocated, so raising here leaks nothing. */
+static void ldmarc_get_verdict(lua_State *L, const ldmarc_eval *e, const char *what,
+                               dmarc_verdict *v)
+{
+    dmarc_status st;
+    memset(v, 0, sizeof *v);
+    st = dmarc_eval_verdict(e->ev, v);
+    if (st != DMARC_OK)
+        ldmarc_verdict_state_error(L, what, st);
+}
+
 /***
  * The overall verdict [OPEN-5].
  * @method ev:verdict(with_record)
@@ -1124,11 +1136,7 @@ static int ldmarc_eval_verdict(lua_State *L)
     ldmarc_eval *e = ldmarc_check_eval(L);
     bool with_record = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
     dmarc_verdict v;
-    dmarc_status st;
-    memset(&v, 0, sizeof v);
-    st = dmarc_eval_verdict(e->ev, &v);
-    if (st != DMARC_OK)
-        ldmarc_verdict_state_error(L, "verdict", st);
+    ldmarc_get_verdict(L, e, "verdict", &v);
     ldmarc_push_verdict(L, &v, with_record);
     return 1;
 }
@@ -1146,11 +1154,7 @@ static int ldmarc_eval_outcome(lua_State *L)
 {
     ldmarc_eval *e = ldmarc_check_eval(L);
     dmarc_verdict v;
-    dmarc_status st;
-    memset(&v, 0, sizeof v);
-    st = dmarc_eval_verdict(e->ev, &v);
-    if (st != DMARC_OK)
-        ldmarc_verdict_state_error(L, "outcome", st);
+    ldmarc_get_verdict(L, e, "outcome", &v);
     lua_createtable(L, 0, 10);
     ldmarc_set_cstring(L, "result", dmarc_result_name(v.result));
     ldmarc_set_cstring(L, "author_domain", v.author_domain);
@@ -1181,11 +1185,7 @@ static int ldmarc_eval_record(lua_State *L)
 {
     ldmarc_eval *e = ldmarc_check_eval(L);
     dmarc_verdict v;
-    dmarc_status st;
-    memset(&v, 0, sizeof v);
-    st = dmarc_eval_verdict(e->ev, &v);
-    if (st != DMARC_OK)
-        ldmarc_verdict_state_error(L, "record", st);
+    ldmarc_get_verdict(L, e, "record", &v);
     if (v.record == NULL)
         lua_pushnil(L);
     else
@@ -1206,10 +1206,7 @@ static int ldmarc_eval_domains(lua_State *L)
     size_t i, n;
 
     /* The overall verdict call tells whether the evaluation is done. */
-    memset(&v, 0, sizeof v);
-    st = dmarc_eval_verdict(e->ev, &v);
-    if (st != DMARC_OK)
-        ldmarc_verdict_state_error(L, "domains", st);
+    ldmarc_get_verdict(L, e, "domains", &v);
     n = dmarc_eval_domain_count(e->ev);
     if (n > DMARC_MAX_AUTHOR_DOMAINS)
         n = DMARC_MAX_AUTHOR_DOMAINS;
