@@ -306,6 +306,7 @@ local ENGINE_OPTIONS = {
   mode = 'string',
   cache_size = 'number',
   pct_as_testing = 'boolean',
+  full_org_walk = 'boolean',
   max_author_domains = 'number',
   psl_file = 'string',
   clock = 'function',
@@ -335,6 +336,7 @@ function M.new(opts)
     mode = mode,
     ctx_options = {
       pct_as_testing = opts.pct_as_testing,
+      full_org_walk = opts.full_org_walk,
       max_author_domains = opts.max_author_domains,
       psl_file = opts.psl_file,
     },

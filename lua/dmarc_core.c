@@ -674,8 +674,8 @@ static int ldmarc_opt_field(lua_State *L, int arg, const char *key, int type)
     return t != LUA_TNIL;
 }
 
-static const char *const ldmarc_ctx_option_names[] = {"mode", "pct_as_testing",
-                                                      "max_author_domains", "psl_file", NULL};
+static const char *const ldmarc_ctx_option_names[] = {
+    "mode", "pct_as_testing", "full_org_walk", "max_author_domains", "psl_file", NULL};
 
 /* A misspelt option must not be silently ignored: raises naming it. */
 static void ldmarc_check_option_names(lua_State *L, int arg)
@@ -700,6 +700,7 @@ static void ldmarc_check_option_names(lua_State *L, int arg)
  * A context: immutable configuration.
  * @function core.new
  * @param {table} opts mode ('rfc9989'|'rfc7489'), pct_as_testing (boolean),
+ *   full_org_walk (boolean: always find the author's Org Domain),
  *   max_author_domains (1..8), psl_file (string; rfc7489 mode)
  * @return {dmarc.ctx}; raises on a bad option
  */
@@ -728,6 +729,9 @@ static int ldmarc_new(lua_State *L)
         lua_pop(L, 1);
         if (ldmarc_opt_field(L, 1, "pct_as_testing", LUA_TBOOLEAN))
             o.pct_as_testing = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (ldmarc_opt_field(L, 1, "full_org_walk", LUA_TBOOLEAN))
+            o.full_org_walk = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (ldmarc_opt_field(L, 1, "max_author_domains", LUA_TNUMBER)) {
             lua_Number n = lua_tonumber(L, -1);

@@ -542,11 +542,14 @@ typedef dmarc_status (*dmarc_orgdomain_fn)(void *ud, const char *domain, size_t 
                                            size_t *org_off, bool *is_suffix);
 
 typedef struct dmarc_options {
-    dmarc_mode mode;             /* default DMARC_MODE_RFC9989 */
-    dmarc_allocator alloc;       /* default libc */
-    dmarc_orgdomain_fn psl;      /* required in RFC 7489 mode */
-    void *psl_ud;                /* passed to psl */
-    bool pct_as_testing;         /* [OPEN-3]: rfc9989 pct=0 -> t=y when t absent; default false */
+    dmarc_mode mode;        /* default DMARC_MODE_RFC9989 */
+    dmarc_allocator alloc;  /* default libc */
+    dmarc_orgdomain_fn psl; /* required in RFC 7489 mode */
+    void *psl_ud;           /* passed to psl */
+    bool pct_as_testing;    /* [OPEN-3]: rfc9989 pct=0 -> t=y when t absent; default false */
+    bool full_org_walk;     /* rfc9989: always find the author's Org Domain (the rest of the walk),
+                               even when the result does not need it; for diagnostics. Default
+                               false */
     unsigned max_author_domains; /* 1..DMARC_MAX_AUTHOR_DOMAINS, default 8 */
 } dmarc_options;
 

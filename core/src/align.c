@@ -438,10 +438,16 @@ static bool author_is_own_org(const dmarc_eval *e, const dmarc__domain *d)
 ** reported even where the result did not need it (the `org_domain`
 ** output, reports). In rfc9989 mode it would cost the rest of the walk:
 ** there it is reported only as far as alignment and policy selection
-** needed it, or by the [ALN-5] short cut, and otherwise left unknown. */
+** needed it, or by the [ALN-5] short cut -- unless the context asks for
+** the full walk (options.full_org_walk: `dmarc inspect`), which then runs
+** within budget_for_completion. A DNS failure on that extra walk leaves the
+** Org Domain unreported and cannot touch the settled result [DISC-10]. */
 static dmarc_status complete_org(dmarc_eval *e, dmarc__domain *d)
 {
-    if (e->mode != DMARC_MODE_RFC7489 || d->org.state != DMARC__ORG_UNKNOWN || !d->own_record)
+    if (d->org.state != DMARC__ORG_UNKNOWN || !d->own_record)
+        return DMARC_OK;
+    if (e->mode == DMARC_MODE_RFC9989 &&
+        (!e->ctx->opt.full_org_walk || !budget_for_completion(e, d)))
         return DMARC_OK;
     return dmarc__org_domain(e, dmarc__str(e, d->off), d->len, &d->org);
 }
@@ -454,7 +460,8 @@ static void report_org(const dmarc_eval *e, dmarc__domain *d)
         d->org_out_off = d->org.off;
         return;
     }
-    if (d->org.state == DMARC__ORG_UNKNOWN && author_is_own_org(e, d)) {
+    if (d->org.state == DMARC__ORG_UNKNOWN && !e->ctx->opt.full_org_walk &&
+        author_is_own_org(e, d)) {
         d->has_org_out = true;
         d->org_out_off = 0;
     }

@@ -1112,6 +1112,46 @@ static void eval__from_mailbox_cap_never_passes(void **state)
     assert_true(dmarc_eval_flags(t->e) & (DMARC_FLAG_FROM_SYNTAX | DMARC_FLAG_NO_AUTHOR_DOMAIN));
 }
 
+/* options.full_org_walk: the author's Org Domain is found by the whole walk
+** even when the result does not need it ([ALN-5] would skip it), and a DNS
+** failure on that walk cannot touch the settled result [DISC-10]. */
+static void eval__full_org_walk_option(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.shop.example", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {"_dmarc.example", TXT, NOERR, {"v=DMARC1; p=none"}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+    static const fake_rr broken[] = {
+        {"_dmarc.shop.example", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {"_dmarc.example", 0, DMARC_RCODE_SERVFAIL, {NULL}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+
+    from(t, "user@shop.example");
+    run(t, zone);
+    expect_str(t->v.org_domain, "shop.example"); /* the [ALN-5] short cut */
+    expect_queries(t, "_dmarc.shop.example/TXT");
+
+    t->opt.full_org_walk = true;
+    t_mode(t, DMARC_MODE_RFC9989);
+    from(t, "user@shop.example");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    expect_str(t->v.org_domain, "example"); /* the literal [DISC-6] rule */
+    expect_str(t->v.policy_domain, "shop.example");
+    assert_int_equal(t->v.policy_tag, DMARC_POLICY_TAG_P);
+    expect_queries(t, "_dmarc.shop.example/TXT _dmarc.example/TXT");
+
+    dmarc_eval_reset(t->e);
+    from(t, "user@shop.example");
+    run(t, broken);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_null(t->v.org_domain);
+}
+
 static void eval__alignment_walk_servfail(void **state)
 {
     T *t = *state;
@@ -2241,6 +2281,7 @@ int main(void)
         T_(eval__non_pass_results_never_align),
         T_(eval__helo_only_without_mail_from),
         T_(eval__alignment_walk_servfail),
+        T_(eval__full_org_walk_option),
         T_(eval__from_mailbox_cap_never_passes),
         T_(eval__alignment_completion_bounded),
         T_(eval__identifier_own_walk),

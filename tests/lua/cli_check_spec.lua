@@ -361,6 +361,23 @@ _dmarc.example.com. TXT "v=DMARC1; p=reject; rua=mailto:r@reports.example.net"
     assert.same({}, obj.warnings)
   end)
 
+  it('walks to the TLD even when the domain has its own record [DISC-6]', function()
+    local z = zone_file([[
+_dmarc.shop.example. TXT "v=DMARC1; p=reject"
+_dmarc.example. TXT "v=DMARC1; p=none"
+]])
+    local out, _, status = dmarc('inspect --json --zone ' .. env.shell_quote(z) .. ' shop.example')
+    os.remove(z)
+    assert.equal(0, status)
+    local obj = cjson.decode(out)
+    assert.equal('shop.example', obj.policy_domain)
+    assert.equal('example', obj.org_domain) -- the literal [DISC-6] rule
+    assert.equal('_dmarc.example', obj.walk[2].name)
+    local codes = {}
+    for _, w in ipairs(obj.warnings) do codes[w.code] = true end
+    assert.is_true(codes.tld_record)
+  end)
+
   it('flags p=none without rua and a TLD record without psd=y', function()
     local z = zone_file([[
 _dmarc.example. TXT "v=DMARC1; p=none"

@@ -67,9 +67,13 @@ end
 --- Evaluate mail from @domain: the verdict, the questions asked and their answers.
 local function discover(resolver, domain, mode)
   local walk = util.json_array()
-  local out, details = dmarc.evaluate({
+  -- The whole walk, even where mail from the domain would not need it: the Org Domain
+  -- and every record up to the TLD are what an inspection is for [DISC-6].
+  local engine = dmarc.new{ mode = mode, full_org_walk = true }
+  local out, details = engine:evaluate({
     from = 'postmaster@' .. domain, mode = mode, roll = 0, resolve = recording(resolver, walk),
   }, { details = true })
+  engine:close()
   if not out then return nil, details end
   return out, details.verdict, walk
 end
