@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "cache.h"
+#include "failing_alloc.h"
 
 #define TXT DMARC_QTYPE_TXT
 
@@ -294,32 +295,6 @@ static void cache__answer_view_per_mode(void **state)
 ** Failing allocations
 ** ======================================================= */
 
-typedef struct counting_alloc {
-    long fail_at, count, live;
-    bool failed;
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    counting_alloc *a = ud;
-    void *p;
-    (void)osize;
-    if (nsize == 0) {
-        if (ptr != NULL)
-            a->live--;
-        free(ptr);
-        return NULL;
-    }
-    if (++a->count == a->fail_at) {
-        a->failed = true;
-        return NULL;
-    }
-    p = realloc(ptr, nsize);
-    if (p != NULL && ptr == NULL)
-        a->live++;
-    return p;
-}
-
 /* Cache creation, answers, parsing and table growth with the n-th
 ** allocation failing: NOMEM or a NULL where documented, the cache always
 ** consistent, nothing leaked. Table growth that fails is harmless. */
@@ -328,20 +303,21 @@ static void cache__nomem_loop(void **state)
     long n;
     (void)state;
     for (n = 1; n < 1000; n++) {
-        counting_alloc ca = {0, 0, 0, false};
-        dmarc_allocator al = {counting_fn, NULL};
+        failing_alloc ca;
+        dmarc_allocator al;
         dmarc_cache *c;
         dmarc_status st;
         size_t i, stored = 0;
         char name[32];
         dmarc_txt t = {"v=DMARC1; p=reject; rua=mailto:a@ex.com", 39};
 
-        al.ud = &ca;
-        ca.fail_at = n;
+        failing_alloc_init(&ca, (size_t)n);
+        al = failing_allocator(&ca);
         c = dmarc_cache_new(&al, 200, &st);
         if (c == NULL) {
             assert_int_equal(st, DMARC_ERR_NOMEM);
             assert_int_equal(ca.live, 0);
+            assert_false(ca.size_mismatch);
             continue;
         }
         for (i = 0; i < 150; i++) {
@@ -369,6 +345,7 @@ static void cache__nomem_loop(void **state)
         }
         dmarc_cache_free(c);
         assert_int_equal(ca.live, 0);
+        assert_false(ca.size_mismatch);
         if (!ca.failed)
             return;
     }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "dmarc.h"
+#include "failing_alloc.h"
 #include "fake_dns.h"
 
 #define TXT DMARC_QTYPE_TXT
@@ -2030,35 +2031,6 @@ static void eval__cache_keeps_psl_answers(void **state)
 ** Failing allocations
 ** ======================================================= */
 
-typedef struct counting_alloc {
-    long fail_at; /* the allocation number that fails; 0: none */
-    long count;   /* allocations so far */
-    long live;    /* blocks not freed */
-    bool failed;
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    counting_alloc *a = ud;
-    void *p;
-    (void)osize;
-    if (nsize == 0) {
-        if (ptr != NULL)
-            a->live--;
-        free(ptr);
-        return NULL;
-    }
-    a->count++;
-    if (a->fail_at != 0 && a->count == a->fail_at) {
-        a->failed = true;
-        return NULL;
-    }
-    p = realloc(ptr, nsize);
-    if (p != NULL && ptr == NULL)
-        a->live++;
-    return p;
-}
-
 static const fake_rr zone_nomem[] = {
     {"_dmarc.example.com",
      TXT,
@@ -2070,11 +2042,11 @@ static const fake_rr zone_nomem[] = {
 
 /* One full evaluation (From parse, cache, walks, record parses, existence
 ** test) with allocation number n failing. */
-static dmarc_status nomem_once(counting_alloc *ca, bool use_a_cache, dmarc_mode mode,
+static dmarc_status nomem_once(failing_alloc *ca, bool use_a_cache, dmarc_mode mode,
                                dmarc_result *result)
 {
     dmarc_options o;
-    dmarc_allocator al = {counting_fn, NULL};
+    dmarc_allocator al = {failing_alloc_fn, NULL};
     dmarc_ctx *ctx = NULL;
     dmarc_cache *cache = NULL;
     dmarc_eval *e = NULL;
@@ -2134,21 +2106,22 @@ static void nomem_loop(bool use_a_cache, dmarc_mode mode)
 {
     long n;
     dmarc_result want = DMARC_RESULT__COUNT, got;
-    counting_alloc ca;
+    failing_alloc ca;
 
     memset(&ca, 0, sizeof ca);
     assert_int_equal(nomem_once(&ca, use_a_cache, mode, &want), DMARC_OK);
     assert_int_equal(want, DMARC_RESULT_FAIL);
     assert_int_equal(ca.live, 0);
+    assert_false(ca.size_mismatch);
     for (n = 1; n < 10000; n++) {
         dmarc_status st;
         memset(&ca, 0, sizeof ca);
-        ca.fail_at = n;
+        ca.fail_at = (size_t)n;
         got = DMARC_RESULT__COUNT;
         st = nomem_once(&ca, use_a_cache, mode, &got);
         /* Nothing leaks, whatever failed. */
         if (ca.live != 0)
-            fail_msg("allocation %ld failing leaked %ld blocks", n, ca.live);
+            fail_msg("allocation %ld failing leaked %zu blocks", n, ca.live);
         if (!ca.failed) {
             /* Every allocation succeeded: done, and the same verdict. */
             assert_int_equal(st, DMARC_OK);
@@ -2188,7 +2161,7 @@ static void eval__nomem_retry_completes(void **state)
     long n;
     (void)state;
     for (n = 1; n < 200; n++) {
-        counting_alloc ca;
+        failing_alloc ca;
         dmarc_options o;
         dmarc_allocator al;
         dmarc_ctx *ctx;
@@ -2200,7 +2173,7 @@ static void eval__nomem_retry_completes(void **state)
         int guard;
 
         memset(&ca, 0, sizeof ca);
-        al.fn = counting_fn;
+        al.fn = failing_alloc_fn;
         al.ud = &ca;
         dmarc_options_init(&o);
         o.alloc = al;
@@ -2208,7 +2181,7 @@ static void eval__nomem_retry_completes(void **state)
         assert_non_null(ctx);
         e = dmarc_eval_new(ctx, NULL, &st);
         assert_non_null(e);
-        ca.fail_at = ca.count + n;
+        ca.fail_at = ca.count + (size_t)n;
         for (guard = 0; (st = dmarc_eval_add_from(e, f, strlen(f))) == DMARC_ERR_NOMEM; guard++)
             assert_true(guard < 2);
         assert_int_equal(st, DMARC_OK);
@@ -2221,6 +2194,7 @@ static void eval__nomem_retry_completes(void **state)
         dmarc_eval_free(e);
         dmarc_ctx_free(ctx);
         assert_int_equal(ca.live, 0);
+        assert_false(ca.size_mismatch);
         if (!ca.failed)
             return;
     }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "dmarc.h"
+#include "failing_alloc.h"
 
 /* Path of the shared vectors, relative to the repository root. */
 #define FROM_VECTORS "tests/vectors/from.tsv"
@@ -980,32 +981,6 @@ static void from__accessors_accept_null_and_range(void **state)
     dmarc_from_free(f);
 }
 
-typedef struct counting_alloc {
-    size_t fail_at; /* fail the Nth allocation (1-based); 0: never */
-    size_t calls;   /* allocations asked for */
-    size_t live;    /* blocks not yet freed */
-} counting_alloc;
-
-static void *counting_fn(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    counting_alloc *a = ud;
-    void *p;
-    (void)osize;
-    if (nsize == 0) {
-        if (ptr != NULL)
-            a->live--;
-        free(ptr);
-        return NULL;
-    }
-    a->calls++;
-    if (a->fail_at != 0 && a->calls == a->fail_at)
-        return NULL;
-    p = realloc(ptr, nsize);
-    if (p != NULL && ptr == NULL)
-        a->live++;
-    return p;
-}
-
 /* Fail the Nth allocation, N = 1, 2, ... until the parse succeeds: every
 ** failure is DMARC_ERR_NOMEM with nothing leaked and nothing returned. */
 static void from__fails_cleanly_without_memory(void **state)
@@ -1019,21 +994,23 @@ static void from__fails_cleanly_without_memory(void **state)
     (void)state;
 
     for (i = 0; i < sizeof raws / sizeof raws[0]; i++) {
-        counting_alloc ca = {0, 0, 0};
+        failing_alloc ca;
+        failing_alloc_init(&ca, 0);
         dmarc_allocator alloc;
         dmarc_from *f = NULL;
         dmarc_status st = DMARC_ERR_NOMEM;
-        alloc.fn = counting_fn;
+        alloc.fn = failing_alloc_fn;
         alloc.ud = &ca;
         for (n = 1; n < 100; n++) {
             ca.fail_at = n;
-            ca.calls = 0;
+            ca.count = 0;
             f = NULL;
             st = dmarc_from_parse(&alloc, raws[i], strlen(raws[i]), &f, NULL);
             if (st != DMARC_ERR_NOMEM)
                 break;
             assert_null(f);
             assert_int_equal(ca.live, 0);
+            assert_false(ca.size_mismatch);
         }
         assert_true(n > 1); /* at least one allocation was made and failed */
         assert_int_equal(st, DMARC_OK);
@@ -1042,6 +1019,7 @@ static void from__fails_cleanly_without_memory(void **state)
         assert_true(ca.live > 0);
         dmarc_from_free(f);
         assert_int_equal(ca.live, 0);
+        assert_false(ca.size_mismatch);
     }
 }
 

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "dmarc.h"
+#include "failing_alloc.h"
 
 #define R9 DMARC_MODE_RFC9989
 #define R7 DMARC_MODE_RFC7489
@@ -1221,39 +1222,6 @@ static void record__strings_owned_and_terminated(void **state)
     dmarc_record_free(r);
 }
 
-/* An allocator that fails the Nth request and tracks what is live. */
-struct counting_alloc {
-    size_t fail_at; /* index of the request that fails; SIZE_MAX: none */
-    size_t requests;
-    size_t live_blocks;
-    size_t live_bytes;
-};
-
-static void *counting_alloc_fn(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct counting_alloc *ca = ud;
-    void *p;
-    if (nsize == 0) {
-        if (ptr != NULL) {
-            assert_true(ca->live_blocks > 0);
-            assert_true(ca->live_bytes >= osize);
-            ca->live_blocks--;
-            ca->live_bytes -= osize;
-            free(ptr);
-        }
-        return NULL;
-    }
-    if (ca->requests++ == ca->fail_at)
-        return NULL;
-    p = realloc(ptr, nsize);
-    if (p != NULL) {
-        if (ptr == NULL)
-            ca->live_blocks++;
-        ca->live_bytes += nsize - (ptr != NULL ? osize : 0);
-    }
-    return p;
-}
-
 /* Each allocation failure gives DMARC_ERR_NOMEM, leaves *out alone and
 ** leaks nothing; looped until the parse succeeds. */
 static void record__failing_allocator_each_step(void **state)
@@ -1271,21 +1239,24 @@ static void record__failing_allocator_each_step(void **state)
         size_t n;
         bool done = false;
         for (n = 0; !done && n < 100; n++) {
-            struct counting_alloc ca = {n, 0, 0, 0};
-            dmarc_allocator a = {counting_alloc_fn, &ca};
+            failing_alloc ca;
+            dmarc_allocator a;
+            failing_alloc_init(&ca, n + 1);
+            a = failing_allocator(&ca);
             dmarc_record *r = (dmarc_record *)&r;
             dmarc_record *sentinel = r;
             dmarc_status st = dmarc_record_parse(R9, &a, inputs[i], strlen(inputs[i]), &r, NULL);
             if (st == DMARC_OK) {
-                assert_true(ca.live_blocks > 0);
+                assert_true(ca.live > 0);
                 dmarc_record_free(r);
                 done = true;
             } else {
                 assert_int_equal(st, DMARC_ERR_NOMEM);
                 assert_ptr_equal(r, sentinel);
             }
-            assert_int_equal(ca.live_blocks, 0);
+            assert_int_equal(ca.live, 0);
             assert_int_equal(ca.live_bytes, 0);
+            assert_false(ca.size_mismatch);
         }
         assert_true(done);
     }
@@ -1294,20 +1265,23 @@ static void record__failing_allocator_each_step(void **state)
 /* The record is freed through the allocator it was made with. */
 static void record__custom_allocator_balanced(void **state)
 {
-    struct counting_alloc ca = {SIZE_MAX, 0, 0, 0};
-    dmarc_allocator a = {counting_alloc_fn, &ca};
+    failing_alloc ca;
+    dmarc_allocator a;
     dmarc_record *r1 = NULL, *r2 = NULL;
     const char *txt = "v=DMARC1; p=none; rua=mailto:a@ex.com";
     (void)state;
+    failing_alloc_init(&ca, 0);
+    a = failing_allocator(&ca);
     assert_int_equal(dmarc_record_parse(R9, &a, txt, strlen(txt), &r1, NULL), DMARC_OK);
     assert_int_equal(dmarc_record_parse(R7, &a, txt, strlen(txt), &r2, NULL), DMARC_OK);
     /* One allocation per record. */
-    assert_int_equal(ca.requests, 2);
-    assert_int_equal(ca.live_blocks, 2);
+    assert_int_equal(ca.count, 2);
+    assert_int_equal(ca.live, 2);
     dmarc_record_free(r1);
     dmarc_record_free(r2);
-    assert_int_equal(ca.live_blocks, 0);
+    assert_int_equal(ca.live, 0);
     assert_int_equal(ca.live_bytes, 0);
+    assert_false(ca.size_mismatch);
 }
 
 /* }====================================================== */
