@@ -14,6 +14,7 @@ local M = {}
 M.SLOTS = 16384
 M.MAX_REDIRECTS = 5       -- MOVED/ASK hops followed per command
 M.MAX_NODES = 64          -- masters accepted from CLUSTER SLOTS (bounded reply walk)
+M.MAX_TRANSACTION = 64    -- commands looked through for the key of one MULTI ... EXEC
 
 -- ---------------------------------------------------------------------------
 -- CRC16/XMODEM (polynomial 0x1021), as the Redis Cluster specification
@@ -93,7 +94,8 @@ M.parse_addr = parse_addr
 --- A router.
 -- @param opts {table} nodes (array of "host:port" seeds), connect
 --   (function(host, port) → conn or nil, msg, code; default dmarc.redis with
---   opts.timeout), timeout
+--   opts.timeout and opts.password), timeout, password (every node's; Cluster has
+--   no SELECT, so there is no db)
 -- @return router, or nil, msg, code when no seed answers CLUSTER SLOTS
 function M.new(opts)
   if type(opts) ~= 'table' or type(opts.nodes) ~= 'table' or #opts.nodes == 0 then
@@ -103,7 +105,8 @@ function M.new(opts)
   if not connect then
     local redis = require 'dmarc.redis'
     connect = function(host, port)
-      return redis.connect { host = host, port = port, timeout = opts.timeout or 1 }
+      return redis.connect { host = host, port = port, timeout = opts.timeout or 1,
+                             password = opts.password }
     end
   end
   local self = setmetatable({ seeds = opts.nodes, connect = connect, conns = {},
@@ -170,8 +173,8 @@ function Router:refresh()
   return nil, last_err, last_code
 end
 
-function Router:_node_for(cmd)
-  local key = command_key(cmd)
+function Router:_node_for(cmd, route_key)
+  local key = route_key or command_key(cmd)
   if key == nil then return self.masters[1] end
   return self.slots[M.key_slot(tostring(key))] or self.masters[1]
 end
@@ -184,18 +187,54 @@ local function redirect(reply)
   return nil
 end
 
+local function command_name(cmd)
+  return tostring(cmd[1]):upper()
+end
+
+-- MULTI, EXEC and DISCARD name no key, yet must reach the node of the commands between
+-- them (a transaction runs on one node, and all its keys share a slot). The key each of
+-- them is routed by: the first key inside its transaction.
+local function transaction_keys(cmds)
+  local route = {}
+  local i = 1
+  while i <= #cmds do
+    if command_name(cmds[i]) == 'MULTI' then
+      local key, last = nil, nil
+      for j = i + 1, math.min(#cmds, i + M.MAX_TRANSACTION) do
+        local name = command_name(cmds[j])
+        if name == 'EXEC' or name == 'DISCARD' then
+          last = j
+          break
+        end
+        key = key or command_key(cmds[j])
+      end
+      if key ~= nil then
+        route[i] = key
+        if last then route[last] = key end
+      end
+      i = (last or i) + 1
+    else
+      i = i + 1
+    end
+  end
+  return route
+end
+M.transaction_keys = transaction_keys
+
 --- Send commands; same contract as dmarc.redis conn:pipeline(), except that
 -- a node that cannot be reached gives {err=...} replies for its commands
--- only, so the caller can retry exactly those.
+-- only, so the caller can retry exactly those. A MULTI ... EXEC goes to the
+-- node of its keys, so the override store's transactions work unchanged.
 function Router:pipeline(cmds)
   local replies = {}
   local todo = {}
-  for i = 1, #cmds do todo[i] = { i = i, cmd = cmds[i] } end
+  local route = transaction_keys(cmds)
+  for i = 1, #cmds do todo[i] = { i = i, cmd = cmds[i], key = route[i] } end
   for _ = 0, M.MAX_REDIRECTS do
     if #todo == 0 then break end
     local by_node, order = {}, {}
     for _, t in ipairs(todo) do
-      local addr = t.ask or self:_node_for(t.cmd)
+      local addr = t.ask or self:_node_for(t.cmd, t.key)
       if not by_node[addr] then
         by_node[addr] = {}
         order[#order + 1] = addr
@@ -227,9 +266,9 @@ function Router:pipeline(cmds)
           if kind == 'MOVED' then
             self.slots[slot] = target
             self.stale = true
-            again[#again + 1] = { i = t.i, cmd = t.cmd }
+            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key }
           elseif kind == 'ASK' then
-            again[#again + 1] = { i = t.i, cmd = t.cmd, ask = target }
+            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, ask = target }
           else
             replies[t.i] = r
           end
@@ -256,6 +295,13 @@ function Router:command(...)
   end
   if r == false then return nil end
   return r
+end
+
+--- Never broken as a whole: each node's connection is reopened when it is
+-- next needed, and a node that stays down gives error replies for its own
+-- commands. (Callers that hold one connection per run ask this.)
+function Router.is_broken()
+  return false
 end
 
 --- Every master's address, sorted.

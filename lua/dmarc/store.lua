@@ -592,7 +592,10 @@ end
 
 --- A store in Redis. opts: host, port, path, timeout (seconds, default 0.5), password, db,
 -- prefix ('dmarc:'), tag ('ovr'), backoff (seconds Redis is skipped after a failure,
--- default 10), clock (os.time), log (a dmarc.log logger), connect (for tests: conf -> conn).
+-- default 10), clock (os.time), log (a dmarc.log logger), connect (conf -> conn: tests, or a
+-- caller's own connection such as a dmarc.cluster router, whose every command of one
+-- decision addresses the one {tag} slot), where (how messages name the server, default
+-- host:port).
 function M.redis(opts)
   opts = opts or {}
   local head, index = key_space(opts)
@@ -610,6 +613,7 @@ function M.redis(opts)
     clock = opts.clock or os.time,
     log = opts.log,
     connect = opts.connect or default_connect,
+    where = opts.where,
     conn = nil,
     down_until = nil,
     last_error = nil,
@@ -617,6 +621,7 @@ function M.redis(opts)
 end
 
 function Redis:_where()
+  if self.where then return self.where end
   local c = self.conf
   if c.path then return 'unix:' .. c.path end
   return (c.host or '127.0.0.1') .. ':' .. tostring(c.port or 6379)

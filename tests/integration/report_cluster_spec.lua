@@ -3,6 +3,7 @@
 -- per-message EVAL and the report's reads and deletes never cross slots; the
 -- router follows MOVED and spreads the domains over the masters.
 local h = dofile('tests/integration/report_helpers.lua')
+local ch = dofile('tests/integration/cluster_helpers.lua')
 local cluster = require 'dmarc.cluster'
 local report = require 'dmarc.report'
 local xml = require 'dmarc.report_xml'
@@ -21,41 +22,18 @@ end
 
 describe('report rows on a Redis Cluster', function()
   local dir
-  local pids = {}
+  local started
   local router
 
   setup(function()
     dir = h.tmpdir()
-    for _, p in ipairs(PORTS) do
-      pids[#pids + 1] = h.start_redis(p, dir .. '/' .. p, '--cluster-enabled yes --cluster-config-file nodes-'
-                                      .. p .. '.conf --appendonly no')
-    end
-    local addrs = {}
-    for _, p in ipairs(PORTS) do addrs[#addrs + 1] = '127.0.0.1:' .. p end
-    local status, out = h.run('redis-cli --cluster create ' .. table.concat(addrs, ' ')
-                              .. ' --cluster-yes 2>&1')
-    assert(status == 0, out)
-    -- Ready when every node says so (the others learn of the slots a
-    -- little after the node that was asked).
-    local ok = false
-    for _ = 1, 200 do
-      ok = true
-      for _, p in ipairs(PORTS) do
-        local _, info = h.run('redis-cli -p ' .. p .. ' cluster info')
-        if not info:find('cluster_state:ok', 1, true) then ok = false end
-        local _, slots = h.run('redis-cli -p ' .. p .. ' cluster slots')
-        if select(2, slots:gsub('127%.0%.0%.1', '')) < 3 then ok = false end
-      end
-      if ok then break end
-      require('socket').sleep(0.1)
-    end
-    assert(ok, 'cluster did not become ready')
+    started = ch.start(PORTS, dir)
     router = assert(cluster.new { nodes = { '127.0.0.1:' .. PORTS[2] } })
   end)
 
   teardown(function()
     if router then router:close() end
-    for _, pid in ipairs(pids) do h.stop(pid) end
+    ch.stop(started)
     os.execute('rm -rf ' .. dir)
   end)
 
@@ -76,10 +54,7 @@ describe('report rows on a Redis Cluster', function()
       assert.equal(5, sum)
     end
     -- the data is spread over every master
-    for _, p in ipairs(PORTS) do
-      local _, size = h.run('redis-cli -p ' .. p .. ' dbsize')
-      assert.is_true(tonumber(size:match('%d+')) > 0)
-    end
+    for _, size in ipairs(ch.dbsizes(PORTS)) do assert.is_true(size > 0) end
   end)
 
   it('cluster__router_follows_moved_from_a_stale_map', function()

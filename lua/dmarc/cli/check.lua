@@ -4,7 +4,7 @@
 -- Exit status: 0 checked (whatever the verdict), 2 usage or input error (bad option,
 -- unreadable file, malformed message, zone or site script that does not load).
 --
--- With Redis (--redis or $DMARC_REDIS) it is the scanner for every MTA hook that is not
+-- With Redis (--redis, --redis-cluster or $DMARC_REDIS) it is the scanner for every MTA hook that is not
 -- rspamd: overrides and recipient sets come from the store (docs/redis-keys.md), a report
 -- row is written for every evaluation whose applied record has rua [RUA-1], and, when asked
 -- for, failure reports are queued [FAIL-1] (docs/report-keys.md). Redis trouble is never a
@@ -50,9 +50,14 @@ Authentication-Results:
                              trusted (repeatable)
 Output:
   --json                     everything as one JSON object
-Redis (off unless --redis, the report config's redis, or $DMARC_REDIS gives a server):
+Redis (off unless --redis, --redis-cluster, the report config's redis or cluster, or
+$DMARC_REDIS gives a server):
   --redis HOST:PORT          also [IPv6]:PORT or unix:PATH; password from
                              $DMARC_REDIS_PASSWORD
+  --redis-cluster H:P[,H:P]  a Redis Cluster instead: seed nodes (any masters; the rest
+                             are found with CLUSTER SLOTS). Commands go to the master of
+                             their key's slot; the overrides all live in the {ovr} slot,
+                             a report row's keys in its domain's. No --redis-db.
   --redis-prefix P           key prefix of overrides and reports (default dmarc:)
   --redis-tag TAG            hash tag of the override store (default ovr)
   --redis-db N               database number
@@ -82,7 +87,7 @@ local VALUE_OPTIONS = {
   ip = true, helo = true, ['mail-from'] = true, rcpt = true, evidence = true, policy = true,
   site = true, mode = true, roll = true, zone = true, ['dns-server'] = true,
   ['dns-timeout'] = true, ['authserv-id'] = true, ['trusted-authserv-id'] = true,
-  redis = true, ['redis-prefix'] = true, ['redis-tag'] = true, ['redis-db'] = true,
+  redis = true, ['redis-cluster'] = true, ['redis-prefix'] = true, ['redis-tag'] = true, ['redis-db'] = true,
   ['redis-timeout'] = true, spool = true, time = true, ['report-config'] = true,
   ['org-name'] = true, email = true, submitter = true,
 }
@@ -96,6 +101,42 @@ M.MAX_REPEATS = 100
 -- {==================================================================
 -- Options
 -- ===================================================================
+
+--- The most seed nodes --redis-cluster takes (the router learns the rest).
+M.MAX_CLUSTER_SEEDS = 16
+
+--- Seed nodes of a cluster: "H:P[,H:P]" (or a list, from a config file), each HOST:PORT or
+-- [IPv6]:PORT.
+-- @return array of "host:port", or nil, message
+function M.parse_cluster_nodes(value)
+  local list = {}
+  if type(value) == 'table' then
+    for i, v in ipairs(value) do
+      if i > M.MAX_CLUSTER_SEEDS then break end
+      list[#list + 1] = tostring(v)
+    end
+  else
+    for n in tostring(value):gmatch('[^,%s]+') do
+      list[#list + 1] = n
+      if #list > M.MAX_CLUSTER_SEEDS then break end
+    end
+  end
+  if #list == 0 then return nil, 'no node given (H:P[,H:P])' end
+  if #list > M.MAX_CLUSTER_SEEDS then
+    return nil, 'at most ' .. M.MAX_CLUSTER_SEEDS .. ' seed nodes'
+  end
+  local nodes = {}
+  for _, n in ipairs(list) do
+    local host, port = n:match('^%[([%x:.]+)%]:(%d+)$')
+    if not host then host, port = n:match('^([%w.-]+):(%d+)$') end
+    port = tonumber(port)
+    if not host or not port or port < 1 or port > 65535 then
+      return nil, 'bad node "' .. n .. '" (HOST:PORT)'
+    end
+    nodes[#nodes + 1] = n:find('^%[') and ('[' .. host .. ']:' .. port) or (host .. ':' .. port)
+  end
+  return nodes
+end
 
 --- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
 -- @return opts, or nil, message
@@ -130,6 +171,13 @@ function M.parse_args(args)
   end
   for _, id in ipairs(opts['trusted-authserv-id']) do
     if not id:find('^[%w%.%-_]+$') then return nil, '--trusted-authserv-id must be a host name' end
+  end
+  if opts['redis-cluster'] then
+    if opts.redis then return nil, '--redis and --redis-cluster exclude each other' end
+    if opts['redis-db'] then return nil, '--redis-db: a Redis Cluster has only database 0' end
+    local nodes, nerr = M.parse_cluster_nodes(opts['redis-cluster'])
+    if not nodes then return nil, '--redis-cluster: ' .. nerr end
+    opts['redis-cluster'] = nodes
   end
   if opts['redis-prefix'] and not report.valid_prefix(opts['redis-prefix']) then
     return nil, '--redis-prefix: at most 64 letters, digits and ":_.-"'
@@ -299,8 +347,19 @@ function M.redis_settings(opts, getenv)
   if not report.valid_prefix(settings.prefix) then
     return nil, 'the key prefix must be at most 64 letters, digits and ":_.-"'
   end
+  -- A cluster on the command line wins over any single server; a single server on the
+  -- command line wins over a cluster in the config file.
+  local cluster_nodes = opts['redis-cluster']
+  if not cluster_nodes and not opts.redis and conf.cluster ~= nil and conf.cluster ~= '' then
+    local nodes, nerr = M.parse_cluster_nodes(conf.cluster)
+    if not nodes then return nil, '--report-config cluster: ' .. nerr end
+    cluster_nodes = nodes
+  end
   local addr = opts.redis or conf.redis or getenv('DMARC_REDIS')
-  if addr ~= nil and addr ~= '' then
+  if cluster_nodes then
+    settings.cluster = cluster_nodes
+    settings.redis = { cluster = cluster_nodes }
+  elseif addr ~= nil and addr ~= '' then
     local where, err = require('dmarc.cli.override').parse_redis_address(tostring(addr))
     if not where then return nil, err end
     settings.redis = where
@@ -320,7 +379,8 @@ function M.redis_settings(opts, getenv)
   -- runs: a warning, never an exit status that would hold up mail.
   if not settings.redis and (settings.failure_reports or settings.spool) then
     settings.warning = (settings.failure_reports and '--failure-reports' or '--spool')
-      .. ' has no effect without Redis (--redis, the report config, or $DMARC_REDIS)'
+      .. ' has no effect without Redis (--redis, --redis-cluster, the report config, or'
+      .. ' $DMARC_REDIS)'
   end
   return settings
 end
@@ -345,6 +405,19 @@ local function redis_link(settings)
       return nil, link.failed, 'unavailable'
     end
     local where = settings.redis
+    if settings.cluster then
+      -- The router has the connection's :command/:pipeline contract, so the store, the
+      -- rows and the failure queue use it unchanged; it routes each command by slot.
+      local router, err, code = require('dmarc.cluster').new {
+        nodes = settings.cluster, timeout = settings.timeout, password = settings.password,
+      }
+      if not router then
+        link.failed = tostring(err)
+        return nil, link.failed, code or 'io'
+      end
+      link.conn = router
+      return router
+    end
     local conn, err, code = redis.connect {
       host = where.host, port = where.port, path = where.path, timeout = settings.timeout,
       password = settings.password, db = settings.db,
@@ -379,6 +452,7 @@ local function redis_link(settings)
 end
 
 local function where_text(settings)
+  if settings.cluster then return 'cluster ' .. table.concat(settings.cluster, ',') end
   local w = settings.redis
   if w.path then return 'unix:' .. w.path end
   return tostring(w.host) .. ':' .. tostring(w.port)
@@ -615,6 +689,7 @@ function M.run(args)
     st = require('dmarc.store').redis {
       host = settings.redis.host, port = settings.redis.port, path = settings.redis.path,
       prefix = settings.prefix, tag = settings.tag, timeout = settings.timeout,
+      where = settings.cluster and where_text(settings) or nil,
       connect = function() return link.get() end,
     }
   end
