@@ -26,15 +26,51 @@ local function fail(msg, code)
   return nil, msg, code
 end
 
--- A field name: printable ASCII except the colon (RFC 5322 §2.2), then optional WSP (the
--- obsolete syntax, §4.5) and the colon.
-local function split_field(line)
-  local name, value = line:match('^([!-9;-~]+)[ \t]*:(.*)$')
-  return name, value
+-- Lower-case field names seen before: most messages repeat the same few dozen names, and the
+-- memo saves a string.lower per field. Bounded, since names come from untrusted input.
+local MAX_LOWER_MEMO = 512
+local lower_memo, lower_memo_size = {}, 0
+
+local function lower_name(name)
+  local lname = lower_memo[name]
+  if lname then return lname end
+  lname = name:lower()
+  if lower_memo_size < MAX_LOWER_MEMO then
+    lower_memo[name] = lname
+    lower_memo_size = lower_memo_size + 1
+  end
+  return lname
+end
+
+-- Where the header section ends (RFC 5322 §2.1: at the first empty line): the last byte of
+-- the section (its final LF) and the first byte of the body.
+local function find_section_end(text, pos)
+  if text:byte(pos) == 10 then return pos - 1, pos + 1 end
+  if text:byte(pos) == 13 and text:byte(pos + 1) == 10 then return pos - 1, pos + 2 end
+  -- Plain searches (memchr speed), the earlier of LF LF and LF CR LF.
+  local a = text:find('\n\n', pos, true)
+  local b = text:find('\n\r\n', pos, true)
+  if a and (not b or a < b) then return a, a + 2 end
+  if b then return b, b + 3 end
+  return #text, #text + 1
+end
+
+-- The header entry of the field @name whose value spans text[value_start .. value_end], or
+-- nil, msg, 'limit'. With a bare LF among its line ends, they are all rewritten to CRLF.
+local function make_header(text, name, value_start, value_end, bare_lf)
+  local value = text:sub(value_start, value_end)
+  if bare_lf then value = value:gsub('\r?\n', '\r\n') end
+  if #value > M.MAX_HEADER_BYTES then
+    return fail(string.format('header field %s longer than %d bytes', name, M.MAX_HEADER_BYTES),
+      'limit')
+  end
+  return { name = name, lname = lower_name(name), value = value }
 end
 
 --- Parse the header section of a message.
--- A leading mbox "From " line is skipped; CRLF and bare LF line ends are both accepted.
+-- A leading mbox "From " line is skipped; CRLF and bare LF line ends are both accepted. A
+-- field's value is the text after its colon, its lines joined by CRLF (folding kept).
+-- The lines are walked by position in @text: no copy of the section, one substring per field.
 -- @param text {string} the whole message
 -- @return {Message}, or nil, message, code ('syntax': not a message; 'limit')
 function M.parse(text)
@@ -48,74 +84,78 @@ function M.parse(text)
     local nl = text:find('\n', 1, true)
     pos = nl and nl + 1 or #text + 1
   end
-  local headers = {}
-  local current -- {name, parts}
+  -- A NUL anywhere in the header section is refused first; the section's end is only looked
+  -- for up front when there is a NUL somewhere (the walk below finds it otherwise).
+  local nul = text:find('\0', pos, true)
+  if nul and nul <= find_section_end(text, pos) then
+    return fail('NUL byte in the header section', 'syntax')
+  end
+
+  local headers, nheaders = {}, 0
+  -- The field being read: its name, where its value starts, where its last line ends, and
+  -- whether one of its line ends is a bare LF (the value then has them rewritten to CRLF;
+  -- with CRLF throughout, the span of the field in @text is already its value).
+  local name, value_start, value_end, bare_lf
+  local body_offset = #text + 1
   local lineno = 0
-  local function flush()
-    if not current then return true end
-    local value = table.concat(current.parts, '\r\n')
-    if #value > M.MAX_HEADER_BYTES then
-      return fail(string.format('header field %s longer than %d bytes', current.name,
-        M.MAX_HEADER_BYTES), 'limit')
+  local line_start = pos
+  -- Each line of the section once; bounded by the message size (each step moves forward).
+  while line_start <= #text do
+    local first = text:byte(line_start)
+    -- RFC 5322 §2.1: the first empty line ends the header section.
+    if first == 10 then
+      body_offset = line_start + 1
+      break
+    elseif first == 13 and text:byte(line_start + 1) == 10 then
+      body_offset = line_start + 2
+      break
     end
-    headers[#headers + 1] = { name = current.name, lname = current.name:lower(), value = value }
-    current = nil
-    return true
-  end
-  -- RFC 5322 §2.1: the first empty line ends the header section. Find it once, then walk the
-  -- lines of the header section only.
-  local block_end, body_offset
-  if text:sub(pos, pos) == '\n' then
-    block_end, body_offset = pos - 1, pos + 1
-  elseif text:sub(pos, pos + 1) == '\r\n' then
-    block_end, body_offset = pos - 1, pos + 2
-  else
-    -- Plain searches (memchr speed), the earlier of LF LF and LF CR LF.
-    local a = text:find('\n\n', pos, true)
-    local b = text:find('\n\r\n', pos, true)
-    if a and (not b or a < b) then
-      block_end, body_offset = a, a + 2
-    elseif b then
-      block_end, body_offset = b, b + 3
-    else
-      block_end, body_offset = #text, #text + 1
-    end
-  end
-  local block = text:sub(pos, block_end)
-  if block:find('\0', 1, true) then return fail('NUL byte in the header section', 'syntax') end
-  if block:sub(-1) ~= '\n' then block = block .. '\n' end
-  for line in block:gmatch('([^\n]*)\n') do
     lineno = lineno + 1
-    if line:byte(-1) == 13 then line = line:sub(1, -2) end
-    local first = line:byte(1)
+    local nl = text:find('\n', line_start, true) or #text + 1
+    -- The line is text[line_start .. line_last]: without its LF and one CR before it.
+    local line_last = nl - 1
+    if text:byte(line_last) == 13 and line_last >= line_start then line_last = line_last - 1 end
     if first == 32 or first == 9 then
-      if not current then
+      if not name then
         return fail(string.format('line %d: continuation line without a header field', lineno),
           'syntax')
       end
-      local parts = current.parts
-      parts[#parts + 1] = line
-      current.bytes = current.bytes + #line + 2
-      if current.bytes > M.MAX_HEADER_BYTES then
-        return fail(string.format('header field %s longer than %d bytes', current.name,
+      if text:byte(line_start - 2) ~= 13 then bare_lf = true end
+      value_end = line_last
+      -- The field as joined so far (with bare LFs it grows by one byte per line once joined;
+      -- make_header checks the joined length again).
+      if line_last - value_start + 1 > M.MAX_HEADER_BYTES then
+        return fail(string.format('header field %s longer than %d bytes', name,
           M.MAX_HEADER_BYTES), 'limit')
       end
     else
-      local ok, err, code = flush()
-      if not ok then return nil, err, code end
-      local name, value = split_field(line)
-      if not name then
+      if name then
+        local header, err, code = make_header(text, name, value_start, value_end, bare_lf)
+        if not header then return nil, err, code end
+        nheaders = nheaders + 1
+        headers[nheaders] = header
+      end
+      -- A field name: printable ASCII except the colon (RFC 5322 §2.2), then optional WSP
+      -- (the obsolete syntax, §4.5) and the colon.
+      local _, colon, field = text:find('^([!-9;-~]+)[ \t]*:', line_start)
+      if not colon then
         return fail(string.format('line %d: not a header field (no "name:")', lineno), 'syntax')
       end
-      if #headers >= M.MAX_HEADERS then
+      if nheaders >= M.MAX_HEADERS then
         return fail(string.format('more than %d header fields', M.MAX_HEADERS), 'limit')
       end
-      current = { name = name, parts = { value }, bytes = #value }
+      name, value_start, value_end, bare_lf = field, colon + 1, line_last, false
     end
+    line_start = nl + 1
   end
-  local ok, err, code = flush()
-  if not ok then return nil, err, code end
-  if #headers == 0 then return fail('no header fields: not a message', 'syntax') end
+  if lineno == 0 then return fail('line 1: not a header field (no "name:")', 'syntax') end
+  if name then
+    local header, err, code = make_header(text, name, value_start, value_end, bare_lf)
+    if not header then return nil, err, code end
+    nheaders = nheaders + 1
+    headers[nheaders] = header
+  end
+  if nheaders == 0 then return fail('no header fields: not a message', 'syntax') end
   return setmetatable({ headers = headers, text = text, body_offset = body_offset }, Message)
 end
 

@@ -298,6 +298,37 @@ describe('dmarc.message', function()
     assert.equal('limit', select(3, message.parse(many)))
   end)
 
+  it('joins folded lines with CRLF whatever the line ends, and ends the section at the first empty line', function()
+    -- RFC 5322 §2.2.3: folding is kept in the raw value; bare LF, CRLF and a stray CR before
+    -- the CRLF all read the same way as before the section was walked by position.
+    local crlf = assert(message.parse('A: one\r\n two\r\n\tthree\r\nB: x\r\n\r\nC: body\r\n'))
+    local lf = assert(message.parse('A: one\n two\n\tthree\nB: x\n\nC: body\n'))
+    local mixed = assert(message.parse('A: one\n two\r\n\tthree\nB: x\n\r\nC: body\n'))
+    for _, msg in ipairs({ crlf, lf, mixed }) do
+      assert.same({ ' one\r\n two\r\n\tthree' }, msg:get('a'))
+      assert.same({ ' x' }, msg:get('b'))
+      assert.same({}, msg:get('c'))
+      assert.equal(2, #msg.headers)
+    end
+    assert.equal('C: body\r\n', crlf:body())
+    assert.equal('C: body\n', lf:body())
+    local cr = assert(message.parse('A: one\r\r\n two\r\n'))
+    assert.equal(' one\r\r\n two', cr:first('a'))
+    local unterminated = assert(message.parse('A: one\n two'))
+    assert.equal(' one\r\n two', unterminated:first('a'))
+    assert.equal('', unterminated:body())
+    -- A NUL in the body is not the header section's business.
+    assert.truthy(message.parse('A: b\n\nbody\0\n'))
+  end)
+
+  it('bounds one field by its joined length, with bare LFs counted as CRLF', function()
+    local room = message.MAX_HEADER_BYTES - #' x' - #'\r\n y'
+    assert.truthy(message.parse('A: x' .. ('z'):rep(room) .. '\n y\n'))
+    assert.truthy(message.parse('A: x' .. ('z'):rep(room) .. '\r\n y\r\n'))
+    assert.equal('limit', select(3, message.parse('A: x' .. ('z'):rep(room + 1) .. '\n y\n')))
+    assert.equal('limit', select(3, message.parse('A: x' .. ('z'):rep(room + 1) .. '\r\n y\r\n')))
+  end)
+
   it('parses tag-lists and strips comments', function()
     local tags = assert(message.parse_tags(' i=2; d=lists.example.net;\r\n s=arc ; b=abc\r\n def'))
     assert.same({ i = '2', d = 'lists.example.net', s = 'arc', b = 'abcdef' }, tags)
