@@ -298,7 +298,7 @@ describe('dmarc.message', function()
     assert.equal('limit', select(3, message.parse(many)))
   end)
 
-  it('joins folded lines with CRLF whatever the line ends, and ends the section at the first empty line', function()
+  it('joins folded lines with CRLF whatever the line ends; the first empty line ends the section', function()
     -- RFC 5322 §2.2.3: folding is kept in the raw value; bare LF, CRLF and a stray CR before
     -- the CRLF all read the same way as before the section was walked by position.
     local crlf = assert(message.parse('A: one\r\n two\r\n\tthree\r\nB: x\r\n\r\nC: body\r\n'))
