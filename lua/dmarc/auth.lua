@@ -262,11 +262,29 @@ end
 
 local MODES = { rfc9989 = true, rfc7489 = true }
 
+-- The resolve function dmarc.evaluate is handed for a resolver, made once per resolver rather
+-- than once per message. Weak both ways (LuaJIT has no ephemerons): a dropped resolver is
+-- never held by its function, and a collected function is simply made again.
+local resolve_fns = setmetatable({}, { __mode = 'kv' })
+
+local function resolve_fn(resolver)
+  local fn = resolve_fns[resolver]
+  if not fn then
+    fn = function(name, qtype) return resolver:resolve(name, qtype) end
+    resolve_fns[resolver] = fn
+  end
+  return fn
+end
+
+local EVAL_OPTS = { details = true }
+
 --- Authenticate a message and evaluate DMARC.
 -- @param resolver {dmarc.io.resolver}
 -- @param text {string} the message
 -- @param opts {table} ip, helo, mail_from (nil: not known; '' or '<>': null reverse-path),
---   authserv_id, trusted_authserv_ids, mode ('rfc9989' | 'rfc7489'), roll (0..99)
+--   authserv_id, trusted_authserv_ids, mode ('rfc9989' | 'rfc7489'), roll (0..99),
+--   engine (a dmarc.new engine to evaluate with, e.g. one with an answer cache kept across
+--   the messages of a long-running scanner; default: dmarc.evaluate's own engine)
 -- @return {table} {message=, spf=, helo=, dkim=, arc=, ignored_ar=, from=, dmarc=, details=},
 --   or nil, msg, code ('syntax' | 'limit': the message; 'input': an option)
 function M.check(resolver, text, opts)
@@ -280,12 +298,17 @@ function M.check(resolver, text, opts)
 
   -- SPF [ALN-1]: the MAIL FROM identity, or HELO for the null reverse-path; the HELO identity
   -- too when both are known (RFC 7208 §2.3), for the record.
-  if opts.ip then
-    local spf, serr, scode = resolver:spf{ ip = opts.ip, helo = opts.helo, mail_from = opts.mail_from }
+  local ip, helo = opts.ip, opts.helo
+  local spf_input
+  if ip then
+    local spf, serr, scode = resolver:spf{ ip = ip, helo = helo, mail_from = opts.mail_from }
     if not spf then return nil, serr, scode == 'invalid' and 'input' or scode end
     out.spf = spf
-    if opts.helo and spf.scope == 'mfrom' then
-      out.helo = resolver:spf{ ip = opts.ip, helo = opts.helo, identity = 'helo' }
+    if helo and spf.scope == 'mfrom' then
+      out.helo = resolver:spf{ ip = ip, helo = helo, identity = 'helo' }
+    end
+    if spf.domain ~= '' then
+      spf_input = { result = spf.result, domain = spf.domain, scope = spf.scope }
     end
   end
 
@@ -297,24 +320,28 @@ function M.check(resolver, text, opts)
 
   out.arc, out.ignored_ar = M.arc_verdict(msg, opts)
 
+  local dkim_input = {}
+  local signatures = dkim.signatures
+  for i = 1, math.min(#signatures, dmarc.limits.max_dkim) do
+    local s = signatures[i]
+    if s.domain ~= '' then
+      dkim_input[#dkim_input + 1] = { result = s.result, domain = s.domain, selector = s.selector }
+    end
+  end
   local input = {
     mode = opts.mode,
     from = out.from,
     roll = opts.roll,
-    resolve = function(name, qtype) return resolver:resolve(name, qtype) end,
-    dkim = {},
+    resolve = resolve_fn(resolver),
+    spf = spf_input,
+    dkim = dkim_input,
   }
-  if out.spf and out.spf.domain ~= '' then
-    input.spf = { result = out.spf.result, domain = out.spf.domain, scope = out.spf.scope }
-  end
-  for i, s in ipairs(dkim.signatures) do
-    if i > dmarc.limits.max_dkim then break end
-    if s.domain ~= '' then
-      input.dkim[#input.dkim + 1] = { result = s.result, domain = s.domain, selector = s.selector }
-    end
-  end
   local result, details
-  result, details = dmarc.evaluate(input, { details = true })
+  if opts.engine then
+    result, details = opts.engine:evaluate(input, EVAL_OPTS)
+  else
+    result, details = dmarc.evaluate(input, EVAL_OPTS)
+  end
   if not result then return nil, details, 'input' end
   out.dmarc, out.details = result, details
   return out
@@ -340,9 +367,12 @@ end
 -- Authentication-Results output (RFC 8601)
 -- ===================================================================
 
--- A value as an RFC 2045 token when it is one, else a quoted-string.
+-- A value as an RFC 2045 token when it is one, else a quoted-string. Letters, digits, dots,
+-- hyphens and underscores (every domain and almost every selector) are checked first with a
+-- short class; anything else gets the full tspecials test.
 local function value(v)
   v = tostring(v)
+  if v:find('^[%w%.%-_]+$') then return v end
   if v ~= '' and not v:find('[%c%s%(%)<>@,;:\\"/%[%]%?=]') then return v end
   return '"' .. v:gsub('[\\"]', '\\%0'):gsub('[%c]', ' ') .. '"'
 end
@@ -356,6 +386,49 @@ local function word(w)
   return AUTH_WORDS[w] and w or 'permerror'
 end
 
+-- The dmarc resinfo: result, the notes comment, header.from and policy.dmarc [AR-3].
+local function dmarc_item(d, decision)
+  local notes, n = {}, 0
+  if d.policy then n = n + 1; notes[n] = 'p=' .. d.policy end
+  if d.applied then n = n + 1; notes[n] = 'dis=' .. d.applied end
+  if d.reason then n = n + 1; notes[n] = 'reason=' .. d.reason end
+  local final = d.applied
+  if decision and decision.disposition and d.applied then
+    final = decision.disposition == 'pass' and 'none' or decision.disposition
+    if final ~= d.applied then
+      n = n + 1
+      notes[n] = 'applied=' .. final
+      for _, r in ipairs(decision.reasons or {}) do
+        if r.type ~= d.reason then
+          n = n + 1
+          notes[n] = 'override=' .. r.type .. (r.comment and (': ' .. r.comment) or '')
+        end
+      end
+    end
+  end
+  for _, f in ipairs(d.flags or {}) do n = n + 1; notes[n] = f end
+  local parts, k = { 'dmarc=', d.result or 'none' }, 2
+  if n > 0 then k = k + 2; parts[k - 1] = ' '; parts[k] = comment(table.concat(notes, ' ')) end
+  if d.author_domain then k = k + 2; parts[k - 1] = ' header.from='; parts[k] = value(d.author_domain) end
+  if final then k = k + 2; parts[k - 1] = ' policy.dmarc='; parts[k] = final end
+  return table.concat(parts, '', 1, k)
+end
+
+-- One dkim resinfo per signature [AR-2].
+local function dkim_item(s)
+  local parts, k = { 'dkim=', word(s.result) }, 2
+  if s.result ~= 'pass' or s.body_truncated or s.unsigned_from then
+    k = k + 2; parts[k - 1] = ' '; parts[k] = comment(s.reason)
+  end
+  if s.domain ~= '' then k = k + 2; parts[k - 1] = ' header.d='; parts[k] = value(s.domain) end
+  if s.selector ~= '' then k = k + 2; parts[k - 1] = ' header.s='; parts[k] = value(s.selector) end
+  if s.algorithm ~= '' then k = k + 2; parts[k - 1] = ' header.a='; parts[k] = value(s.algorithm) end
+  if s.b ~= '' then k = k + 2; parts[k - 1] = ' header.b='; parts[k] = value(s.b) end
+  return table.concat(parts, '', 1, k)
+end
+
+local NO_SIGNATURES = {}
+
 --- The Authentication-Results field for a check [AR-1]..[AR-4] [AR-6].
 -- @param res {table} from M.check
 -- @param authserv_id {string}
@@ -363,63 +436,36 @@ end
 --   what policy.dmarc reports, with the evaluated one and the override reasons as a comment
 -- @return {string} the whole field, folded, without the final CRLF
 function M.format_ar(res, authserv_id, decision)
-  local items = {}
+  local items, n = { 'Authentication-Results: ', authserv_id }, 2
   local spf = res.spf
   if spf then
-    local ptype = spf.scope == 'helo' and 'smtp.helo' or 'smtp.mailfrom'
     local item = 'spf=' .. word(spf.result)
     if spf.result ~= 'pass' and spf.reason and spf.reason ~= '' then
       item = item .. ' ' .. comment(spf.reason)
     end
-    if spf.domain ~= '' then item = item .. ' ' .. ptype .. '=' .. value(spf.domain) end
-    items[#items + 1] = item
+    if spf.domain ~= '' then
+      item = item .. (spf.scope == 'helo' and ' smtp.helo=' or ' smtp.mailfrom=') .. value(spf.domain)
+    end
+    n = n + 2; items[n - 1] = ';\r\n\t'; items[n] = item
   else
-    items[#items + 1] = 'spf=none ' .. comment('no client address given')
+    n = n + 2; items[n - 1] = ';\r\n\t'; items[n] = 'spf=none ' .. comment('no client address given')
   end
-  if res.helo and res.helo.domain ~= '' then
-    items[#items + 1] = 'spf=' .. word(res.helo.result) .. ' smtp.helo=' .. value(res.helo.domain)
+  local helo = res.helo
+  if helo and helo.domain ~= '' then
+    n = n + 2; items[n - 1] = ';\r\n\t'
+    items[n] = 'spf=' .. word(helo.result) .. ' smtp.helo=' .. value(helo.domain)
   end
-  local sigs = res.dkim and res.dkim.signatures or {}
+  local sigs = res.dkim and res.dkim.signatures or NO_SIGNATURES
   if #sigs == 0 then
-    items[#items + 1] = 'dkim=none'
+    n = n + 2; items[n - 1] = ';\r\n\t'; items[n] = 'dkim=none'
   end
-  for _, s in ipairs(sigs) do
-    local item = 'dkim=' .. word(s.result)
-    if s.result ~= 'pass' or s.body_truncated or s.unsigned_from then
-      item = item .. ' ' .. comment(s.reason)
-    end
-    if s.domain ~= '' then item = item .. ' header.d=' .. value(s.domain) end
-    if s.selector ~= '' then item = item .. ' header.s=' .. value(s.selector) end
-    if s.algorithm ~= '' then item = item .. ' header.a=' .. value(s.algorithm) end
-    if s.b ~= '' then item = item .. ' header.b=' .. value(s.b) end
-    items[#items + 1] = item
+  for i = 1, #sigs do
+    n = n + 2; items[n - 1] = ';\r\n\t'; items[n] = dkim_item(sigs[i])
   end
-  local d = res.dmarc
-  if d then
-    local item = 'dmarc=' .. (d.result or 'none')
-    local notes = {}
-    if d.policy then notes[#notes + 1] = 'p=' .. d.policy end
-    if d.applied then notes[#notes + 1] = 'dis=' .. d.applied end
-    if d.reason then notes[#notes + 1] = 'reason=' .. d.reason end
-    local final = d.applied
-    if decision and decision.disposition and d.applied then
-      final = decision.disposition == 'pass' and 'none' or decision.disposition
-      if final ~= d.applied then
-        notes[#notes + 1] = 'applied=' .. final
-        for _, r in ipairs(decision.reasons or {}) do
-          if r.type ~= d.reason then
-            notes[#notes + 1] = 'override=' .. r.type .. (r.comment and (': ' .. r.comment) or '')
-          end
-        end
-      end
-    end
-    for _, f in ipairs(d.flags or {}) do notes[#notes + 1] = f end
-    if #notes > 0 then item = item .. ' ' .. comment(table.concat(notes, ' ')) end
-    if d.author_domain then item = item .. ' header.from=' .. value(d.author_domain) end
-    if final then item = item .. ' policy.dmarc=' .. final end
-    items[#items + 1] = item
+  if res.dmarc then
+    n = n + 2; items[n - 1] = ';\r\n\t'; items[n] = dmarc_item(res.dmarc, decision)
   end
-  return 'Authentication-Results: ' .. authserv_id .. ';\r\n\t' .. table.concat(items, ';\r\n\t')
+  return table.concat(items, '', 1, n)
 end
 
 -- }==================================================================
