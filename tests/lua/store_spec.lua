@@ -438,6 +438,57 @@ describe('store.redis', function()
     assert.is_table(server.zsets['mx1:{policy}:index'])
   end)
 
+  -- Redis Cluster: a store keeps every key in its {tag} slot, so a router (dmarc.cluster)
+  -- sends each MGET and each MULTI ... EXEC to one master.
+  it('addresses one cluster slot with every command, transactions included', function()
+    local cluster = require 'dmarc.cluster'
+    local sent = {}
+    local function recording(conf)
+      local conn = server.connect(conf)
+      return {
+        command = function(_, ...)
+          sent[#sent + 1] = { { ... } }
+          return conn:command(...)
+        end,
+        pipeline = function(_, cmds)
+          sent[#sent + 1] = cmds
+          return conn:pipeline(cmds)
+        end,
+        close = function() conn:close() end,
+      }
+    end
+    local s2 = store.redis{ connect = recording, prefix = 'mx1:', tag = 'site',
+      clock = function() return now end }
+    assert.is_true(s2:add('domain:example.org', { at_most = 'none' }, 60))
+    assert.is_true(s2:add('ip:192.0.2.0/24', { at_most = 'quarantine' }))
+    s2:get_many{ 'domain:example.org', 'org:example.org', 'ip:192.0.2.0/24' }
+    assert.equal(2, #assert(s2:list()))
+    assert.is_true(s2:del('domain:example.org'))
+    local slot = cluster.key_slot('{site}')
+    local checked, transactions = 0, 0
+    for _, batch in ipairs(sent) do
+      local route = cluster.transaction_keys(batch)
+      for i, cmd in ipairs(batch) do
+        local key = route[i] or cluster.command_key(cmd)
+        if cmd[1] == 'MULTI' or cmd[1] == 'EXEC' then
+          transactions = transactions + 1
+          assert.is_string(route[i])
+        end
+        assert.is_string(key)
+        assert.equal(slot, cluster.key_slot(key))
+        checked = checked + 1
+      end
+    end
+    assert.equal(4, transactions) -- two adds: a MULTI and an EXEC each
+    assert.is_true(checked >= 10)
+  end)
+
+  it('names the server as the caller says (a cluster has no one host:port)', function()
+    local s2 = store.redis{ connect = server.connect, where = 'cluster 127.0.0.1:7000' }
+    assert.equal('cluster 127.0.0.1:7000', s2:_where())
+    assert.equal('127.0.0.1:6379', st:_where())
+  end)
+
   it('reports a missing dmarc.redis module or a refused connection as data', function()
     local s2 = store.redis{ path = '/nonexistent/dmarc-test.sock', timeout = 0.1 }
     local found, msg, code = s2:get_many{ 'domain:example.org' }
