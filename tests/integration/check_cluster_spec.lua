@@ -173,4 +173,40 @@ describe('dmarc check with a Redis Cluster', function()
       assert.equal(2, status, args)
     end
   end)
+
+  -- Last: it stops a master for good (the cluster has no replicas to fail over to).
+  it('check_cluster__rows_for_an_unreachable_master_are_spooled', function()
+    local prefix = 'itcc4:'
+    local slot = cluster.key_slot(report.keys(prefix, 'example.com', '20251121').rows)
+    local owner = router.slots[slot]
+    local victim
+    for i, a in ipairs(started.addrs) do
+      if a == owner then victim = i end
+    end
+    assert.is_number(victim)
+    h.stop(started.pids[victim])
+    assert.is_true(h.wait_closed(PORTS[victim], 50))
+    -- seeds that are still up, so the router starts
+    local alive = {}
+    for i, a in ipairs(started.addrs) do
+      if i ~= victim then alive[#alive + 1] = a end
+    end
+    local spool = dir .. '/spool'
+    local status, out, err = check('--ip 203.0.113.220 --mail-from ceo@example.com --redis-cluster '
+                                   .. table.concat(alive, ',') .. ' --redis-prefix ' .. prefix
+                                   .. ' --spool ' .. q(spool) .. ' --time ' .. (DAY + 600)
+                                   .. ' --json')
+    assert.equal(0, status, err)
+    local rep = cjson.decode(out).reporting
+    assert.equal(0, rep.rows_written)
+    assert.equal(1, rep.rows_spooled)
+    assert.equal(1, #h.ls(spool, '%.rows$'))
+    assert.truthy(err:find('dmarc check: warn: ', 1, true))
+    -- without a spool the row is lost, and counted
+    status, out, err = check('--ip 203.0.113.221 --mail-from ceo@example.com --redis-cluster '
+                             .. table.concat(alive, ',') .. ' --redis-prefix ' .. prefix
+                             .. ' --time ' .. (DAY + 700) .. ' --json')
+    assert.equal(0, status, err)
+    assert.equal(1, cjson.decode(out).reporting.rows_lost)
+  end)
 end)

@@ -67,9 +67,10 @@ $DMARC_REDIS gives a server):
   report generate`). Redis down: the site defaults apply, the exit status and decision
   are the same, and a warning goes to stderr. Rows of a message checked while Redis is
   down are lost (counted in the warning) unless --spool keeps them.
-  --spool DIR                keep the rows of messages checked while Redis is down in
-                             DIR (one file per message, at most 10000 files); the next
-                             run that reaches Redis writes them first
+  --spool DIR                keep the rows of messages checked while Redis is down (on
+                             a cluster: while the master of their slot is) in DIR (one
+                             file per message, at most 10000 files); the next run that
+                             reaches Redis writes them first
   --no-report-rows           write no report rows (another scanner collects them)
   --failure-reports          queue RFC 9991 failure reports as the record's fo asks;
                              `dmarc report send` verifies the ruf destinations and
@@ -520,11 +521,12 @@ local function write_rows(link, settings, rows, out)
     if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
     return
   end
-  local cmds = {}
+  local cmds, cmd_rows = {}, {}
   for _, row in ipairs(all) do
     local c, cerr = report.commands(row, ropts)
     if c then
       cmds[#cmds + 1] = c[1]
+      cmd_rows[#cmds] = row
     else
       log:warn('report row for %s not stored: %s', tostring(row.policy_domain), tostring(cerr))
     end
@@ -552,19 +554,38 @@ local function write_rows(link, settings, rows, out)
     return
   end
   -- Each row is its own command: a refused one (an error reply) was not written, and
-  -- writing it again would be refused again.
+  -- writing it again would be refused again. On a cluster, a master that cannot be reached
+  -- gives 'io: ...' replies for its rows only: those are kept like rows of a Redis that is
+  -- down (spooled, or lost and counted), the others are written.
   local refused, why = 0, nil
+  local unreached, unreached_why = {}, nil
   for i = 1, #cmds do
     local r = replies[i]
     if type(r) == 'table' and r.err then
-      refused = refused + 1
-      why = why or r.err
+      if tostring(r.err):find('^io: ') then
+        unreached[#unreached + 1] = cmd_rows[i]
+        unreached_why = unreached_why or r.err
+      else
+        refused = refused + 1
+        why = why or r.err
+      end
     end
   end
   if spool then spool:finish(claims, true) end
-  out.rows_written = #cmds - refused
+  out.rows_written = #cmds - refused - #unreached
   out.rows_from_spool = from_spool
   if refused > 0 then log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(why)) end
+  if #unreached > 0 then
+    if spool and spool:write(unreached) then
+      out.rows_spooled = #unreached
+      log:warn('Redis %s: a node is unreachable (%s): %s kept in %s', where_text(settings),
+               tostring(unreached_why), plural(#unreached, 'report row'), settings.spool)
+    else
+      out.rows_lost = #unreached
+      log:warn('Redis %s: a node is unreachable (%s): %s lost', where_text(settings),
+               tostring(unreached_why), plural(#unreached, 'report row'))
+    end
+  end
 end
 
 -- Failure reports [FAIL-1..7] of every author domain's evaluation, queued in Redis.
