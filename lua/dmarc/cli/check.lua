@@ -56,7 +56,7 @@ $DMARC_REDIS gives a server):
                              $DMARC_REDIS_PASSWORD
   --redis-cluster H:P[,H:P]  a Redis Cluster instead: seed nodes (any masters; the rest
                              are found with CLUSTER SLOTS). Commands go to the master of
-                             their key's slot; the overrides all live in the {ovr} slot,
+                             their key's slot; the overrides all live in the {TAG} slot,
                              a report row's keys in its domain's. No --redis-db.
   --redis-prefix P           key prefix of overrides and reports (default dmarc:)
   --redis-tag TAG            hash tag of the override store (default ovr)
