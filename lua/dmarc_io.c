@@ -568,6 +568,215 @@ static int lio_dkim(lua_State *L)
 /* }==================================================================== */
 
 /* ** {====================================================================
+** dmarc.io.header_fields(text, pos, max_fields, max_field_bytes)
+** ===================================================================== */
+
+/* The end of the header section (RFC 5322 §2.1: the first empty line) from 0-based @pos:
+** the offset just past its last LF, or @len. Only asked when the message holds a NUL. */
+static size_t lio_section_end(const char *text, size_t len, size_t pos)
+{
+    size_t i;
+    if (pos < len && text[pos] == '\n')
+        return pos;
+    if (pos + 1 < len && text[pos] == '\r' && text[pos + 1] == '\n')
+        return pos;
+    for (i = pos; i + 1 < len; i++) {
+        if (text[i] != '\n')
+            continue;
+        if (text[i + 1] == '\n' || (i + 2 < len && text[i + 1] == '\r' && text[i + 2] == '\n'))
+            return i + 1;
+    }
+    return len;
+}
+
+/* A field name byte: printable ASCII except the colon (RFC 5322 §2.2). */
+static int lio_is_ftext(unsigned char c)
+{
+    return c >= 33 && c <= 126 && c != ':';
+}
+
+/* Pushes the value of a field spanning text[start, end): as is when every line end inside
+** is CRLF, else with each LF (and one CR before it) rewritten to CRLF. */
+static void lio_push_value(lua_State *L, const char *text, size_t start, size_t end, int bare_lf)
+{
+    luaL_Buffer b;
+    size_t i, run = start;
+    if (!bare_lf) {
+        lua_pushlstring(L, text + start, end - start);
+        return;
+    }
+    luaL_buffinit(L, &b);
+    for (i = start; i < end; i++) {
+        if (text[i] != '\n')
+            continue;
+        luaL_addlstring(&b, text + run, (i > run && text[i - 1] == '\r' ? i - 1 : i) - run);
+        luaL_addlstring(&b, "\r\n", 2);
+        run = i + 1;
+    }
+    luaL_addlstring(&b, text + run, end - run);
+    luaL_pushresult(&b);
+}
+
+/* Pushes the lower-case form of a field name (ASCII only: names are printable ASCII). */
+static void lio_push_lower(lua_State *L, const char *name, size_t len)
+{
+    luaL_Buffer b;
+    size_t i;
+    for (i = 0; i < len && !(name[i] >= 'A' && name[i] <= 'Z'); i++) {
+    }
+    if (i == len) {
+        lua_pushvalue(L, -1); /* already lower case: the same string */
+        return;
+    }
+    luaL_buffinit(L, &b);
+    for (i = 0; i < len; i++) {
+        char c = name[i];
+        luaL_addchar(&b, (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c));
+    }
+    luaL_pushresult(&b);
+}
+
+/* Appends the field being read to the table at @t (name, lower-case name, value), or
+** returns 0 with the limit message pushed. */
+static int lio_add_field(lua_State *L, int t, lua_Integer *n, const char *text, size_t name_at,
+                         size_t name_len, size_t start, size_t end, int bare_lf,
+                         lua_Integer max_bytes)
+{
+    size_t value_len;
+    lua_pushlstring(L, text + name_at, name_len);
+    lio_push_value(L, text, start, end, bare_lf);
+    (void)lua_tolstring(L, -1, &value_len);
+    if ((lua_Integer)value_len > max_bytes) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "header field %s longer than %d bytes", lua_tostring(L, -1),
+                        (int)max_bytes);
+        return 0;
+    }
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, t, (int)++*n); /* name */
+    lua_insert(L, -2);            /* value, name */
+    lio_push_lower(L, text + name_at, name_len);
+    lua_rawseti(L, t, (int)++*n); /* lower-case name */
+    lua_pop(L, 1);
+    lua_rawseti(L, t, (int)++*n); /* value */
+    return 1;
+}
+
+/***
+** @function dmarc.io.header_fields
+** The header section of a message walked once in C, for dmarc.message.parse (which keeps
+** the rules and the messages of its errors identical to its own walk).
+** @param {string} text the whole message
+** @param {integer} pos where the section starts (1-based: past an mbox "From " line)
+** @param {integer} max_fields at most this many fields
+** @param {integer} max_field_bytes one field's value at most this long (CRLF-joined)
+** @return {table} {name, lower-case name, value, ...} (values after the colon, lines joined
+**   by CRLF), {integer} the body's offset; or nil, message, code ('syntax' | 'limit')
+*/
+static int lio_header_fields(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_Integer pos1 = luaL_checkinteger(L, 2);
+    lua_Integer max_fields = luaL_checkinteger(L, 3);
+    lua_Integer max_bytes = luaL_checkinteger(L, 4);
+    size_t pos, line, body = len, name_at = 0, name_len = 0, start = 0, end = 0;
+    lua_Integer n = 0, nfields = 0, lineno = 0;
+    int have = 0, bare_lf = 0, t;
+    const char *nul;
+    luaL_argcheck(L, pos1 >= 1 && (lua_Integer)len + 1 >= pos1, 2, "out of range");
+    pos = (size_t)pos1 - 1;
+    nul = memchr(text + pos, '\0', len - pos);
+    if (nul != NULL && (size_t)(nul - text) < lio_section_end(text, len, pos))
+        return lio_fail(L, "NUL byte in the header section", "syntax");
+    lua_createtable(L, 48, 0);
+    t = lua_gettop(L);
+    /* Each line once: every step moves past a LF, so the walk is bounded by the length. */
+    for (line = pos; line < len;) {
+        const char *nl;
+        size_t next, last;
+        unsigned char first = (unsigned char)text[line];
+        if (first == '\n') {
+            body = line + 1;
+            break;
+        }
+        if (first == '\r' && line + 1 < len && text[line + 1] == '\n') {
+            body = line + 2;
+            break;
+        }
+        lineno++;
+        nl = memchr(text + line, '\n', len - line);
+        next = nl ? (size_t)(nl - text) : len;
+        last = next; /* the line is text[line, last): no LF, and one CR before it dropped */
+        if (last > line && text[last - 1] == '\r')
+            last--;
+        if (first == ' ' || first == '\t') {
+            if (!have) {
+                lua_pushfstring(L, "line %d: continuation line without a header field",
+                                (int)lineno);
+                goto syntax;
+            }
+            if (text[line - 2] != '\r')
+                bare_lf = 1;
+            end = last;
+            if ((lua_Integer)(end - start) > max_bytes) {
+                lua_pushlstring(L, text + name_at, name_len);
+                lua_pushfstring(L, "header field %s longer than %d bytes", lua_tostring(L, -1),
+                                (int)max_bytes);
+                goto limit;
+            }
+        } else {
+            size_t i = line;
+            if (have) {
+                if (!lio_add_field(L, t, &n, text, name_at, name_len, start, end, bare_lf,
+                                   max_bytes))
+                    goto limit;
+                nfields++;
+            }
+            while (i < last && lio_is_ftext((unsigned char)text[i]))
+                i++;
+            name_at = line;
+            name_len = i - line;
+            while (i < last && (text[i] == ' ' || text[i] == '\t'))
+                i++;
+            if (name_len == 0 || i >= last || text[i] != ':') {
+                lua_pushfstring(L, "line %d: not a header field (no \"name:\")", (int)lineno);
+                goto syntax;
+            }
+            if (nfields >= max_fields) {
+                lua_pushfstring(L, "more than %d header fields", (int)max_fields);
+                goto limit;
+            }
+            have = 1;
+            bare_lf = 0;
+            start = i + 1;
+            end = last;
+        }
+        line = next + 1;
+    }
+    if (lineno == 0) {
+        lua_pushliteral(L, "line 1: not a header field (no \"name:\")");
+        goto syntax;
+    }
+    if (have && !lio_add_field(L, t, &n, text, name_at, name_len, start, end, bare_lf, max_bytes))
+        goto limit;
+    lua_pushinteger(L, (lua_Integer)body + 1);
+    return 2;
+syntax:
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushliteral(L, "syntax");
+    return 3;
+limit:
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushliteral(L, "limit");
+    return 3;
+}
+
+/* }==================================================================== */
+
+/* ** {====================================================================
 ** dmarc.io.spf_checker{...}: SPF without a resolver
 ** ===================================================================== */
 
@@ -833,8 +1042,10 @@ static const luaL_Reg lio_meta[] = {{"__gc", lio_close},
 
 static const luaL_Reg lio_buffer_meta[] = {{"__gc", lio_buffer_gc}, {NULL, NULL}};
 
-static const luaL_Reg lio_functions[] = {
-    {"resolver", lio_resolver_new}, {"spf_checker", lio_spf_checker_new}, {NULL, NULL}};
+static const luaL_Reg lio_functions[] = {{"resolver", lio_resolver_new},
+                                         {"spf_checker", lio_spf_checker_new},
+                                         {"header_fields", lio_header_fields},
+                                         {NULL, NULL}};
 
 DMARC_API int luaopen_dmarc_io(lua_State *L);
 

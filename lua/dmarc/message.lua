@@ -20,7 +20,18 @@ M.MAX_COMMENT_DEPTH = 32         -- nested comments, RFC 5322 §3.2.2 sets no li
 M.MAX_TAGS = 64                  -- tags in one tag-list (RFC 6376 §3.2)
 
 local Message = {}
-Message.__index = Message
+-- msg.headers ({name=, lname=, value=} per field) is made on first use: the checks read
+-- msg.fields (name, lower-case name, value, ...) and need no table per field.
+Message.__index = function(self, key)
+  local method = Message[key]
+  if method ~= nil or key ~= 'headers' then return method end
+  local fields, headers = self.fields, {}
+  for i = 1, #fields, 3 do
+    headers[#headers + 1] = { name = fields[i], lname = fields[i + 1], value = fields[i + 2] }
+  end
+  rawset(self, 'headers', headers)
+  return headers
+end
 
 local function fail(msg, code)
   return nil, msg, code
@@ -55,43 +66,26 @@ local function find_section_end(text, pos)
   return #text, #text + 1
 end
 
--- The header entry of the field @name whose value spans text[value_start .. value_end], or
--- nil, msg, 'limit'. With a bare LF among its line ends, they are all rewritten to CRLF.
-local function make_header(text, name, value_start, value_end, bare_lf)
+-- Appends the field @name whose value spans text[value_start .. value_end] to @fields as
+-- name, lower-case name, value; or returns nil, msg, 'limit'. With a bare LF among its line
+-- ends, they are all rewritten to CRLF.
+local function add_field(fields, text, name, value_start, value_end, bare_lf)
   local value = text:sub(value_start, value_end)
   if bare_lf then value = value:gsub('\r?\n', '\r\n') end
   if #value > M.MAX_HEADER_BYTES then
     return fail(string.format('header field %s longer than %d bytes', name, M.MAX_HEADER_BYTES),
       'limit')
   end
-  return { name = name, lname = lower_name(name), value = value }
+  local n = #fields
+  fields[n + 1], fields[n + 2], fields[n + 3] = name, lower_name(name), value
+  return true
 end
 
---- Parse the header section of a message.
--- A leading mbox "From " line is skipped; CRLF and bare LF line ends are both accepted. A
--- field's value is the text after its colon, its lines joined by CRLF (folding kept).
--- The lines are walked by position in @text: no copy of the section, one substring per field.
--- @param text {string} the whole message
--- @return {Message}, or nil, message, code ('syntax': not a message; 'limit')
-function M.parse(text)
-  if type(text) ~= 'string' then error('dmarc.message.parse: text must be a string', 2) end
-  if #text > M.MAX_MESSAGE_BYTES then
-    return fail(string.format('message larger than %d bytes', M.MAX_MESSAGE_BYTES), 'limit')
-  end
-  if text == '' then return fail('empty message', 'syntax') end
-  local pos = 1
-  if text:sub(1, 5) == 'From ' then
-    local nl = text:find('\n', 1, true)
-    pos = nl and nl + 1 or #text + 1
-  end
-  -- A NUL anywhere in the header section is refused first; the section's end is only looked
-  -- for up front when there is a NUL somewhere (the walk below finds it otherwise).
-  local nul = text:find('\0', pos, true)
-  if nul and nul <= find_section_end(text, pos) then
-    return fail('NUL byte in the header section', 'syntax')
-  end
-
-  local headers, nheaders = {}, 0
+-- The header section walked in Lua, where dmarc.io (which walks it in C, by the same rules
+-- and with the same error messages) is not built: fields and the body offset, or nil, msg,
+-- code.
+local function header_fields_lua(text, pos, max_fields)
+  local fields, nfields = {}, 0
   -- The field being read: its name, where its value starts, where its last line ends, and
   -- whether one of its line ends is a bare LF (the value then has them rewritten to CRLF;
   -- with CRLF throughout, the span of the field in @text is already its value).
@@ -123,17 +117,16 @@ function M.parse(text)
       if text:byte(line_start - 2) ~= 13 then bare_lf = true end
       value_end = line_last
       -- The field as joined so far (with bare LFs it grows by one byte per line once joined;
-      -- make_header checks the joined length again).
+      -- add_field checks the joined length again).
       if line_last - value_start + 1 > M.MAX_HEADER_BYTES then
         return fail(string.format('header field %s longer than %d bytes', name,
           M.MAX_HEADER_BYTES), 'limit')
       end
     else
       if name then
-        local header, err, code = make_header(text, name, value_start, value_end, bare_lf)
-        if not header then return nil, err, code end
-        nheaders = nheaders + 1
-        headers[nheaders] = header
+        local ok, err, code = add_field(fields, text, name, value_start, value_end, bare_lf)
+        if not ok then return nil, err, code end
+        nfields = nfields + 1
       end
       -- A field name: printable ASCII except the colon (RFC 5322 §2.2), then optional WSP
       -- (the obsolete syntax, §4.5) and the colon.
@@ -141,8 +134,8 @@ function M.parse(text)
       if not colon then
         return fail(string.format('line %d: not a header field (no "name:")', lineno), 'syntax')
       end
-      if nheaders >= M.MAX_HEADERS then
-        return fail(string.format('more than %d header fields', M.MAX_HEADERS), 'limit')
+      if nfields >= max_fields then
+        return fail(string.format('more than %d header fields', max_fields), 'limit')
       end
       name, value_start, value_end, bare_lf = field, colon + 1, line_last, false
     end
@@ -150,30 +143,68 @@ function M.parse(text)
   end
   if lineno == 0 then return fail('line 1: not a header field (no "name:")', 'syntax') end
   if name then
-    local header, err, code = make_header(text, name, value_start, value_end, bare_lf)
-    if not header then return nil, err, code end
-    nheaders = nheaders + 1
-    headers[nheaders] = header
+    local ok, err, code = add_field(fields, text, name, value_start, value_end, bare_lf)
+    if not ok then return nil, err, code end
   end
-  if nheaders == 0 then return fail('no header fields: not a message', 'syntax') end
-  return setmetatable({ headers = headers, text = text, body_offset = body_offset }, Message)
+  return fields, body_offset
+end
+
+local has_io, dio = pcall(require, 'dmarc.io')
+local header_fields_c = has_io and type(dio) == 'table' and dio.header_fields or nil
+
+--- Which walk parse uses: 'c' (dmarc.io) or 'lua'. Tests set it to compare the two.
+M.walker = header_fields_c and 'c' or 'lua'
+
+--- Parse the header section of a message.
+-- A leading mbox "From " line is skipped; CRLF and bare LF line ends are both accepted. A
+-- field's value is the text after its colon, its lines joined by CRLF (folding kept).
+-- The lines are walked by position in @text: no copy of the section, one substring per field.
+-- @param text {string} the whole message
+-- @return {Message}, or nil, message, code ('syntax': not a message; 'limit')
+function M.parse(text)
+  if type(text) ~= 'string' then error('dmarc.message.parse: text must be a string', 2) end
+  if #text > M.MAX_MESSAGE_BYTES then
+    return fail(string.format('message larger than %d bytes', M.MAX_MESSAGE_BYTES), 'limit')
+  end
+  if text == '' then return fail('empty message', 'syntax') end
+  local pos = 1
+  if text:sub(1, 5) == 'From ' then
+    local nl = text:find('\n', 1, true)
+    pos = nl and nl + 1 or #text + 1
+  end
+  local fields, body_offset, code
+  if M.walker == 'c' and header_fields_c then
+    fields, body_offset, code = header_fields_c(text, pos, M.MAX_HEADERS, M.MAX_HEADER_BYTES)
+  else
+    -- A NUL anywhere in the header section is refused first; the section's end is only
+    -- looked for up front when there is a NUL somewhere (the walk finds it otherwise).
+    local nul = text:find('\0', pos, true)
+    if nul and nul <= find_section_end(text, pos) then
+      return fail('NUL byte in the header section', 'syntax')
+    end
+    fields, body_offset, code = header_fields_lua(text, pos, M.MAX_HEADERS)
+  end
+  if not fields then return nil, body_offset, code end
+  if #fields == 0 then return fail('no header fields: not a message', 'syntax') end
+  return setmetatable({ fields = fields, text = text, body_offset = body_offset }, Message)
 end
 
 --- Raw values (after the colon, folding kept) of every field named @name, top first.
 function Message:get(name)
-  local lname = name:lower()
-  local out = {}
-  for _, h in ipairs(self.headers) do
-    if h.lname == lname then out[#out + 1] = h.value end
+  local lname = lower_name(name)
+  local fields, out = self.fields, {}
+  for i = 2, #fields, 3 do
+    if fields[i] == lname then out[#out + 1] = fields[i + 1] end
   end
   return out
 end
 
 --- The first (topmost) value of field @name, or nil.
 function Message:first(name)
-  local lname = name:lower()
-  for _, h in ipairs(self.headers) do
-    if h.lname == lname then return h.value end
+  local lname = lower_name(name)
+  local fields = self.fields
+  for i = 2, #fields, 3 do
+    if fields[i] == lname then return fields[i + 1] end
   end
   return nil
 end

@@ -329,6 +329,25 @@ describe('dmarc.message', function()
     assert.equal('limit', select(3, message.parse('A: x' .. ('z'):rep(room + 1) .. '\r\n y\r\n')))
   end)
 
+  it('walks the header section the same way in C (dmarc.io) and in Lua', function()
+    assert.equal('c', message.walker)
+    local cases = { '', 'From x\n', '\r\n', 'a: b', 'A:b\n c\n\td\n\nbody', 'A:b\r\r\n c\r\n\r\n',
+      'A: b\n \n', ' x: y\n', 'x y: z\n', 'x : z\n c\r\nY: w\r\n\r\n', 'a: b\0\n\nc',
+      'a: b\n\nc\0', 'a: b\r', 'a: b\n\r\n', ':a\n', 'a: b\nc\n', 'a: b\rc\n d\n',
+      ('X: 1\n'):rep(message.MAX_HEADERS + 1), 'A: ' .. ('x'):rep(message.MAX_HEADER_BYTES) .. '\n',
+      example('forwarded.eml') }
+    local function walk(text, walker)
+      message.walker = walker
+      local msg, err, code = message.parse(text)
+      message.walker = 'c'
+      if not msg then return { err = err, code = code } end
+      return { headers = msg.headers, body = msg:body() }
+    end
+    for _, text in ipairs(cases) do
+      assert.same(walk(text, 'lua'), walk(text, 'c'))
+    end
+  end)
+
   it('parses tag-lists and strips comments', function()
     local tags = assert(message.parse_tags(' i=2; d=lists.example.net;\r\n s=arc ; b=abc\r\n def'))
     assert.same({ i = '2', d = 'lists.example.net', s = 'arc', b = 'abcdef' }, tags)
