@@ -162,6 +162,30 @@ describe('dmarc check with a Redis Cluster', function()
     assert.is_nil(err:find('traceback', 1, true))
   end)
 
+  it('check_cluster__the_report_config_names_the_cluster', function()
+    local prefix = 'itcc5:'
+    for n, nodes in ipairs {
+      "{ '" .. started.addrs[1] .. "', '" .. started.addrs[2] .. "' }",
+      "'" .. seeds .. "'",
+    } do
+      local conf = dir .. '/report' .. n .. '.conf'
+      assert(xml.write_file(conf, 'return { cluster = ' .. nodes .. ", prefix = '" .. prefix
+                                  .. "', email = 'dmarc@receiver.example' }\n"))
+      local status, out, err = check('--ip 203.0.113.230 --mail-from ceo@example.com'
+                                     .. ' --report-config ' .. q(conf) .. ' --time ' .. (DAY + 800 + n)
+                                     .. ' --json')
+      assert.equal(0, status, err)
+      assert.equal('', err)
+      assert.equal(1, cjson.decode(out).reporting.rows_written)
+      -- --redis on the command line wins over the file's cluster
+      status, out, err = check('--ip 203.0.113.230 --mail-from ceo@example.com --redis ' .. DOWN
+                               .. ' --report-config ' .. q(conf) .. ' --json')
+      assert.equal(0, status, err)
+      assert.equal(1, cjson.decode(out).reporting.rows_lost)
+    end
+    assert.same({ ['203.0.113.230'] = 2 }, (row_counts(prefix, 'example.com')))
+  end)
+
   it('check_cluster__usage_errors', function()
     for _, args in ipairs {
       '--redis-cluster ' .. seeds .. ' --redis ' .. started.addrs[1],
