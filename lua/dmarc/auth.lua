@@ -370,11 +370,26 @@ end
 -- A value as an RFC 2045 token when it is one, else a quoted-string. Letters, digits, dots,
 -- hyphens and underscores (every domain and almost every selector) are checked first with a
 -- short class; anything else gets the full tspecials test.
-local function value(v)
-  v = tostring(v)
+local function format_value(v)
   if v:find('^[%w%.%-_]+$') then return v end
   if v ~= '' and not v:find('[%c%s%(%)<>@,;:\\"/%[%]%?=]') then return v end
   return '"' .. v:gsub('[\\"]', '\\%0'):gsub('[%c]', ' ') .. '"'
+end
+
+-- Formatted values seen before: domains, selectors and algorithms repeat from message to
+-- message. Bounded (values come from messages): emptied when full.
+local MAX_VALUE_MEMO = 1024
+local value_memo, value_memo_size = {}, 0
+
+local function value(v)
+  v = tostring(v)
+  local out = value_memo[v]
+  if out then return out end
+  out = format_value(v)
+  if value_memo_size >= MAX_VALUE_MEMO then value_memo, value_memo_size = {}, 0 end
+  value_memo[v] = out
+  value_memo_size = value_memo_size + 1
+  return out
 end
 
 -- A comment: parentheses and backslashes inside escaped (RFC 5322 §3.2.2).

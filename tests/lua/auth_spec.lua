@@ -6,6 +6,7 @@ local env = require 'test_env'
 local dio = require 'dmarc.io'
 local message = require 'dmarc.message'
 local auth = require 'dmarc.auth'
+local dmarc = require 'dmarc'
 
 local ROOT = env.root
 local EXAMPLE_ZONE = ROOT .. '/examples/example.zone'
@@ -418,6 +419,47 @@ describe('dmarc.auth', function()
     assert.truthy(header:find('policy.dmarc=quarantine', 1, true))
     assert.truthy(header:find('dis=reject', 1, true))
     assert.truthy(header:find('override=local_policy', 1, true))
+  end)
+
+  it('writes each resinfo the same way every time, quoting what is no token [AR-1] [AR-2]', function()
+    local res = {
+      spf = { result = 'softfail', reason = 'not (quite) listed', domain = 'example.com', scope = 'mfrom' },
+      helo = { result = 'none', domain = 'mx.example.com' },
+      dkim = { signatures = {
+        { result = 'fail', reason = 'body hash', domain = 'example.com', selector = 's=1',
+          algorithm = 'rsa-sha256', b = 'ab/+cd' },
+        { result = 'odd', reason = '', domain = '', selector = '', algorithm = '', b = '' },
+      } },
+      dmarc = { result = 'fail', policy = 'reject', applied = 'reject', author_domain = 'example.com' },
+    }
+    local want = 'Authentication-Results: mx.example.org;\r\n'
+      .. '\tspf=softfail (not \\(quite\\) listed) smtp.mailfrom=example.com;\r\n'
+      .. '\tspf=none smtp.helo=mx.example.com;\r\n'
+      .. '\tdkim=fail (body hash) header.d=example.com header.s="s=1" header.a=rsa-sha256'
+      .. ' header.b="ab/+cd";\r\n'
+      .. '\tdkim=permerror ();\r\n'
+      .. '\tdmarc=fail (p=reject dis=reject) header.from=example.com policy.dmarc=reject'
+    -- Twice: the second time the values come from the memo of formatted values.
+    assert.equal(want, auth.format_ar(res, 'mx.example.org'))
+    assert.equal(want, auth.format_ar(res, 'mx.example.org'))
+    assert.equal('Authentication-Results: mx.example.org;\r\n\tspf=none (no client address given);'
+      .. '\r\n\tdkim=none', auth.format_ar({}, 'mx.example.org'))
+  end)
+
+  it('evaluates with an engine kept across messages as dmarc.evaluate does', function()
+    local r = assert(dio.resolver{ zone = EXAMPLE_ZONE })
+    local engine = dmarc.new{ cache_size = 100 }
+    for _, name in ipairs({ 'pass.eml', 'spoofed.eml', 'pass.eml' }) do
+      local opts = { ip = '192.0.2.10', helo = 'mx.example.com', mail_from = 'news@example.com', roll = 0 }
+      local plain = assert(auth.check(r, example(name), opts))
+      opts.engine = engine
+      local kept = assert(auth.check(r, example(name), opts))
+      -- The same verdict; only the list of DNS questions differs (the engine's cache answers).
+      plain.dmarc.queries, kept.dmarc.queries = nil, nil
+      assert.same(plain.dmarc, kept.dmarc)
+      assert.same(plain.details, kept.details)
+      assert.equal(auth.format_ar(plain, 'mx.example.org'), auth.format_ar(kept, 'mx.example.org'))
+    end
   end)
 
   it('turns DNS failures into temperror, not fail [DISC-10] [EVAL-3]', function()
