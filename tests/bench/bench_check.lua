@@ -6,7 +6,7 @@
 -- engine with its answer cache, all made once and reused for every message.
 package.path = './lua/?.lua;' .. package.path
 local flavour = (type(jit) == 'table') and 'luajit' or 'lua5.4'
-package.cpath = './build/' .. flavour .. '/?.so;' .. package.cpath
+package.cpath = './' .. (os.getenv('BUILD') or 'build') .. '/' .. flavour .. '/?.so;' .. package.cpath
 
 local dmarc = require 'dmarc'
 local dio = require 'dmarc.io'

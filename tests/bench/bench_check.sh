@@ -4,7 +4,8 @@
 # should add little). The message is signed here with python3-dkim and the bundled test key
 # (examples/keys), whose public half is in examples/example.zone; DNS comes from that zone,
 # through the cache. Prints the C comparison (bench_check.c), then the same check through the
-# Lua command path (bench_check.lua). Needs `make` first. BENCH_RUNS, BENCH_RUN_MS tune it.
+# Lua command path (bench_check.lua) on each runtime named in DMARC_LUA (default: lua5.4
+# and luajit, where built). Needs `make` first. BENCH_RUNS, BENCH_RUN_MS tune it.
 set -eu
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -41,11 +42,15 @@ EOF
 
 WARN="-Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 -Wwrite-strings -Wcast-qual -Wformat=2 -Wundef -Wvla -Werror"
-# shellcheck disable=SC2086
+# shellcheck disable=SC2086,SC2046
 $CC -O2 -g -std=c99 -D_POSIX_C_SOURCE=200809L $WARN -Icore/include -Icore/src -Icore/adapters \
     -o "$out/bench_check" tests/bench/bench_check.c core/adapters/dns.c core/adapters/zone.c \
     core/adapters/spf.c core/adapters/dkim.c "$BUILD/libdmarc.a" -lspf2 -lopendkim \
     $($PKG_CONFIG --libs libpsl libidn2)
 "$out/bench_check" "$out/check_8k.eml" examples/example.zone 192.0.2.10 news@example.com
-echo
-lua5.4 tests/bench/bench_check.lua "$out/check_8k.eml"
+for rt in ${DMARC_LUA:-lua5.4 luajit}; do
+    if command -v "$rt" >/dev/null 2>&1 && [ -d "$BUILD/$rt/dmarc" ]; then
+        echo
+        "$rt" tests/bench/bench_check.lua "$out/check_8k.eml"
+    fi
+done
