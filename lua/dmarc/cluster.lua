@@ -192,10 +192,11 @@ local function command_name(cmd)
 end
 
 -- MULTI, EXEC and DISCARD name no key, yet must reach the node of the commands between
--- them (a transaction runs on one node, and all its keys share a slot). The key each of
--- them is routed by: the first key inside its transaction.
+-- them (a transaction runs on one node, and all its keys share a slot). Returns the key each
+-- of them is routed by (the first key inside its transaction), and for every command of a
+-- transaction the index of its MULTI.
 local function transaction_keys(cmds)
-  local route = {}
+  local route, tx = {}, {}
   local i = 1
   while i <= #cmds do
     if command_name(cmds[i]) == 'MULTI' then
@@ -211,13 +212,14 @@ local function transaction_keys(cmds)
       if key ~= nil then
         route[i] = key
         if last then route[last] = key end
+        for j = i, last or i do tx[j] = i end
       end
       i = (last or i) + 1
     else
       i = i + 1
     end
   end
-  return route
+  return route, tx
 end
 M.transaction_keys = transaction_keys
 
@@ -228,8 +230,8 @@ M.transaction_keys = transaction_keys
 function Router:pipeline(cmds)
   local replies = {}
   local todo = {}
-  local route = transaction_keys(cmds)
-  for i = 1, #cmds do todo[i] = { i = i, cmd = cmds[i], key = route[i] } end
+  local route, tx = transaction_keys(cmds)
+  for i = 1, #cmds do todo[i] = { i = i, cmd = cmds[i], key = route[i], tx = tx[i] } end
   for _ = 0, M.MAX_REDIRECTS do
     if #todo == 0 then break end
     local by_node, order = {}, {}
@@ -257,15 +259,28 @@ function Router:pipeline(cmds)
         for _, t in ipairs(list) do replies[t.i] = { err = 'io: ' .. tostring(err) } end
         self.stale = true
       else
+        -- A transaction sent to a node that no longer owns its slot was refused there
+        -- (MOVED for its commands, EXECABORT for its EXEC): the whole of it is sent again,
+        -- never its commands one by one outside the transaction.
+        local got, moved_tx = {}, {}
         local j = 0
-        for _, t in ipairs(list) do
+        for k, t in ipairs(list) do
           if t.ask then j = j + 1 end
           j = j + 1
-          local r = res[j]
-          local kind, slot, target = redirect(r)
+          got[k] = res[j]
+          local kind, slot, target = redirect(got[k])
           if kind == 'MOVED' then
             self.slots[slot] = target
             self.stale = true
+            if t.tx then moved_tx[t.tx] = true end
+          end
+        end
+        for k, t in ipairs(list) do
+          local r = got[k]
+          local kind, _, target = redirect(r)
+          if t.tx and moved_tx[t.tx] then
+            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, tx = t.tx }
+          elseif kind == 'MOVED' then
             again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key }
           elseif kind == 'ASK' then
             again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, ask = target }

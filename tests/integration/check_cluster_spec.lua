@@ -87,6 +87,20 @@ describe('dmarc check with a Redis Cluster', function()
       local r = router:pipeline { { 'MULTI' }, { 'INCR', probe }, { 'EXEC' } }
       assert.equal('QUEUED', type(r[2]) == 'table' and r[2].ok or r[2])
       assert.same({ 1 }, r[3])
+      -- From a stale slot map (another master named for the slot), the transaction is
+      -- refused there and sent again whole to the right one: it runs once, as a transaction.
+      local right = router.slots[slot]
+      for _, a in ipairs(router:nodes()) do
+        if a ~= right then router.slots[slot] = a break end
+      end
+      r = router:pipeline { { 'MULTI' }, { 'INCR', probe }, { 'INCR', probe }, { 'EXEC' } }
+      assert.equal('QUEUED', type(r[2]) == 'table' and r[2].ok or r[2])
+      assert.same({ 2, 3 }, r[4])
+      assert.equal(right, router.slots[slot])
+      router.slots[slot] = router:nodes()[router:nodes()[1] == right and 2 or 1]
+      assert.is_true(st:add('domain:example.org', entry))
+      assert.is_string(router:command('GET', store.redis_key('domain:example.org', prefix, case.tag)))
+      assert.is_true(st:del('domain:example.org'))
 
       status, out, err = check(base .. ' --redis-prefix ' .. prefix)
       assert.equal(0, status, err)
