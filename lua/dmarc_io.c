@@ -52,6 +52,10 @@ typedef struct lio_resolver {
     dmarc_spf *spf; /* made on first use */
     dmarc_dkim *dkim;
     char receiver[DMARC_DOMAIN_MAX_LEN + 1];
+    /* The results of the last dkim(): kept with the resolver rather than made per message
+    ** (some 23 KB, which would otherwise be garbage after every call). Copied out into Lua
+    ** tables before dkim() returns; nothing in between calls back into Lua. */
+    dmarc_dkim_result dkim_res;
 } lio_resolver;
 
 static const char *const lio_qtype_names[] = {"TXT",   "A",  "AAAA", "MX", "PTR",
@@ -523,8 +527,8 @@ static int lio_dkim(lua_State *L)
         if (r->dkim == NULL)
             return luaL_error(L, "dmarc.io: dkim: %s", dmarc_strerror(st));
     }
-    /* Results live in a userdata: nothing to free if a push raises. */
-    res = lua_newuserdatauv(L, sizeof *res, 0);
+    /* Results live in the resolver: nothing to free if a push raises. */
+    res = &r->dkim_res;
     st = dmarc_dkim_verify(r->dkim, msg, len, res);
     if (st == DMARC_ERR_NOMEM)
         return luaL_error(L, "dmarc.io: dkim: out of memory");
