@@ -115,6 +115,30 @@ describe('dmarc check with a Redis Cluster', function()
     end)
   end
 
+  it('check_cluster__override_cli_writes_to_the_cluster_and_check_honours_it', function()
+    local prefix = 'itcc3:'
+    local base = SPOOF .. '--redis-cluster ' .. seeds .. ' --no-report-rows --redis-prefix ' .. prefix
+    local status, out = h.run(h.BIN .. ' override add domain example.com --action accept'
+      .. ' --comment "cli cluster" --redis-cluster ' .. seeds .. ' --prefix ' .. prefix)
+    assert.equal(0, status, out)
+    local err
+    status, out, err = check(base)
+    assert.equal(0, status, err)
+    assert.truthy(out:find('local_policy: cli cluster', 1, true), out)
+    status, out = h.run(h.BIN .. ' override list --json --redis-cluster ' .. seeds .. ' --prefix ' .. prefix)
+    assert.equal(0, status, out)
+    assert.truthy(out:find('example.com', 1, true), out)
+    status = h.run(h.BIN .. ' override del domain example.com --redis-cluster ' .. seeds
+      .. ' --prefix ' .. prefix)
+    assert.equal(0, status)
+    status, out = check(base)
+    assert.equal(0, status)
+    assert.truthy(out:find('\nDecision: folder "Junk"', 1, true), out)
+    -- a cluster has no databases, and one server or a cluster, not both
+    assert.equal(2, (h.run(h.BIN .. ' override list --redis-cluster ' .. seeds .. ' --db 1')))
+    assert.equal(2, (h.run(h.BIN .. ' override list --redis-cluster ' .. seeds .. ' --redis 127.0.0.1:1')))
+  end)
+
   it('check_cluster__rows_written_and_a_report_generated_from_the_cluster [AGG-2] [AGG-9]', function()
     local prefix = 'itcc2:'
     local function run(ip, t)

@@ -103,41 +103,9 @@ M.MAX_REPEATS = 100
 -- Options
 -- ===================================================================
 
---- The most seed nodes --redis-cluster takes (the router learns the rest).
-M.MAX_CLUSTER_SEEDS = 16
-
---- Seed nodes of a cluster: "H:P[,H:P]" (or a list, from a config file), each HOST:PORT or
--- [IPv6]:PORT.
--- @return array of "host:port", or nil, message
-function M.parse_cluster_nodes(value)
-  local list = {}
-  if type(value) == 'table' then
-    for i, v in ipairs(value) do
-      if i > M.MAX_CLUSTER_SEEDS then break end
-      list[#list + 1] = tostring(v)
-    end
-  else
-    for n in tostring(value):gmatch('[^,%s]+') do
-      list[#list + 1] = n
-      if #list > M.MAX_CLUSTER_SEEDS then break end
-    end
-  end
-  if #list == 0 then return nil, 'no node given (H:P[,H:P])' end
-  if #list > M.MAX_CLUSTER_SEEDS then
-    return nil, 'at most ' .. M.MAX_CLUSTER_SEEDS .. ' seed nodes'
-  end
-  local nodes = {}
-  for _, n in ipairs(list) do
-    local host, port = n:match('^%[([%x:.]+)%]:(%d+)$')
-    if not host then host, port = n:match('^([%w.-]+):(%d+)$') end
-    port = tonumber(port)
-    if not host or not port or port < 1 or port > 65535 then
-      return nil, 'bad node "' .. n .. '" (HOST:PORT)'
-    end
-    nodes[#nodes + 1] = n:find('^%[') and ('[' .. host .. ']:' .. port) or (host .. ':' .. port)
-  end
-  return nodes
-end
+--- Seed nodes of a cluster (dmarc.cluster.parse_nodes, shared with the other commands).
+M.MAX_CLUSTER_SEEDS = require('dmarc.cluster').MAX_SEEDS
+M.parse_cluster_nodes = require('dmarc.cluster').parse_nodes
 
 --- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
 -- @return opts, or nil, message

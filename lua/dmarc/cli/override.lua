@@ -27,13 +27,14 @@ REASON   local_policy (default; mailing_list for KIND list), trusted_forwarder,
 --set    add VALUE (KIND rcpt or rcpt_domain) to the named recipient set instead
 
 options: --redis HOST:PORT | [IPv6]:PORT | unix:PATH  (default $DMARC_REDIS, else
-         127.0.0.1:6379), --db N, --prefix PREFIX (default dmarc:), --tag TAG (default
+         127.0.0.1:6379), or --redis-cluster H:P[,H:P] (seed nodes of a Redis Cluster),
+         --db N (not with a cluster), --prefix PREFIX (default dmarc:), --tag TAG (default
          ovr), --timeout SECONDS (default 2); the password, if any, from $DMARC_REDIS_PASSWORD
 ]]
 
 local VALUE_OPTIONS = {
   action = true, reason = true, comment = true, ttl = true, set = true,
-  redis = true, prefix = true, tag = true, timeout = true, db = true,
+  redis = true, ['redis-cluster'] = true, prefix = true, tag = true, timeout = true, db = true,
 }
 local FLAG_OPTIONS = { json = true, help = true }
 
@@ -99,19 +100,39 @@ local function describe_entry(entry)
   return table.concat(parts, ' ')
 end
 
+-- The store on a Redis Cluster: every key of the override store carries the one {TAG}
+-- hash tag, so the router (dmarc.cluster) sends each command to that slot's master.
+local function open_cluster_store(opts, sys, timeout)
+  if opts.redis then return nil, '--redis and --redis-cluster exclude each other', 2 end
+  if opts.db then return nil, '--db: a Redis Cluster has no databases', 2 end
+  local nodes, nerr = require('dmarc.cluster').parse_nodes(opts['redis-cluster'])
+  if not nodes then return nil, '--redis-cluster: ' .. nerr, 2 end
+  local password = sys.getenv('DMARC_REDIS_PASSWORD')
+  local ok, st = pcall(store.redis, {
+    prefix = opts.prefix, tag = opts.tag, timeout = timeout, backoff = 0,
+    where = 'cluster ' .. table.concat(nodes, ','),
+    connect = function()
+      return require('dmarc.cluster').new { nodes = nodes, timeout = timeout, password = password }
+    end,
+  })
+  if not ok then return nil, (tostring(st):gsub('^[^:]*:%d+: ', '')), 2 end
+  return st
+end
+
 local function open_store(opts, sys)
   if sys.store then return sys.store end
-  local addr, err = M.parse_redis_address(opts.redis or sys.getenv('DMARC_REDIS') or '127.0.0.1:6379')
-  if not addr then return nil, err, 2 end
   local timeout = tonumber(opts.timeout or '2')
   if not timeout or timeout <= 0 or timeout > 3600 then return nil, 'bad --timeout', 2 end
+  if opts.tag and not opts.tag:find('^[%w_.:-]+$') then return nil, 'bad --tag', 2 end
+  if opts.prefix and opts.prefix:find('[%c%s{}]') then return nil, 'bad --prefix', 2 end
+  if opts['redis-cluster'] then return open_cluster_store(opts, sys, timeout) end
+  local addr, err = M.parse_redis_address(opts.redis or sys.getenv('DMARC_REDIS') or '127.0.0.1:6379')
+  if not addr then return nil, err, 2 end
   local db
   if opts.db then
     db = tonumber(opts.db)
     if not db or db < 0 or db % 1 ~= 0 then return nil, 'bad --db', 2 end
   end
-  if opts.tag and not opts.tag:find('^[%w_.:-]+$') then return nil, 'bad --tag', 2 end
-  if opts.prefix and opts.prefix:find('[%c%s{}]') then return nil, 'bad --prefix', 2 end
   local ok, st = pcall(store.redis, {
     host = addr.host, port = addr.port, path = addr.path, db = db, timeout = timeout,
     password = sys.getenv('DMARC_REDIS_PASSWORD'), prefix = opts.prefix, tag = opts.tag, backoff = 0,
