@@ -394,7 +394,9 @@ end
 
 -- A comment: parentheses and backslashes inside escaped (RFC 5322 §3.2.2).
 local function comment(text)
-  return '(' .. tostring(text):gsub('[\\()]', '\\%0'):gsub('[%c]', ' ') .. ')'
+  text = tostring(text)
+  if not text:find('[\\()%c]') then return '(' .. text .. ')' end
+  return '(' .. text:gsub('[\\()]', '\\%0'):gsub('[%c]', ' ') .. ')'
 end
 
 local function word(w)
