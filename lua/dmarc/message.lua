@@ -5,7 +5,8 @@
 --   local msg, err, code = message.parse(text)       -- code: 'syntax' | 'limit'
 --   msg:get('from')      --> array of raw values (after the colon, folding kept), top first
 --   msg:first('list-id') --> the first value, or nil
---   msg.headers          --> array of {name=, lname=, value=}
+--   msg.headers          --> array of {name=, lname=, value=} (made on first use)
+--   msg.fields           --> the same flat: name, lower-case name, value, name, ...
 --
 -- Bad data gives nil, message, code (a stable token); misuse (wrong argument types) raises.
 -- @module dmarc.message
