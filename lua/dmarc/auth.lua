@@ -276,7 +276,10 @@ local function resolve_fn(resolver)
   return fn
 end
 
+-- The evaluation's details (every domain's verdict and record, per-signature alignment)
+-- feed report rows [AGG-6]; a check that writes none can skip building them.
 local EVAL_OPTS = { details = true }
+local EVAL_OPTS_LIGHT = { details = false }
 
 --- Authenticate a message and evaluate DMARC.
 -- @param resolver {dmarc.io.resolver}
@@ -284,7 +287,9 @@ local EVAL_OPTS = { details = true }
 -- @param opts {table} ip, helo, mail_from (nil: not known; '' or '<>': null reverse-path),
 --   authserv_id, trusted_authserv_ids, mode ('rfc9989' | 'rfc7489'), roll (0..99),
 --   engine (a dmarc.new engine to evaluate with, e.g. one with an answer cache kept across
---   the messages of a long-running scanner; default: dmarc.evaluate's own engine)
+--   the messages of a long-running scanner; default: dmarc.evaluate's own engine),
+--   details (default true; false: no `details` in the result, for a check that writes
+--   no report rows)
 -- @return {table} {message=, spf=, helo=, dkim=, arc=, ignored_ar=, from=, dmarc=, details=},
 --   or nil, msg, code ('syntax' | 'limit': the message; 'input': an option)
 function M.check(resolver, text, opts)
@@ -337,10 +342,11 @@ function M.check(resolver, text, opts)
     dkim = dkim_input,
   }
   local result, details
+  local eval_opts = opts.details == false and EVAL_OPTS_LIGHT or EVAL_OPTS
   if opts.engine then
-    result, details = opts.engine:evaluate(input, EVAL_OPTS)
+    result, details = opts.engine:evaluate(input, eval_opts)
   else
-    result, details = dmarc.evaluate(input, EVAL_OPTS)
+    result, details = dmarc.evaluate(input, eval_opts)
   end
   if not result then return nil, details, 'input' end
   out.dmarc, out.details = result, details

@@ -660,6 +660,9 @@ function M.run(args)
     ip = opts.ip, helo = opts.helo, mail_from = opts['mail-from'],
     authserv_id = authserv_id, trusted_authserv_ids = opts['trusted-authserv-id'],
     mode = opts.mode, roll = opts.roll,
+    -- Report rows and failure reports are made only with Redis; without it the
+    -- evaluation's details would be built for nothing.
+    details = settings.redis ~= nil,
   }
   local res, code
   res, err, code = auth.check(resolver, text, check_opts)
