@@ -462,6 +462,18 @@ describe('dmarc.auth', function()
     end
   end)
 
+  it('leaves the evaluation details out on request, same verdict and header', function()
+    local r = assert(dio.resolver{ zone = EXAMPLE_ZONE })
+    local opts = { ip = '192.0.2.10', helo = 'mx.example.com', mail_from = 'news@example.com', roll = 0 }
+    local full = assert(auth.check(r, example('pass.eml'), opts))
+    opts.details = false
+    local light = assert(auth.check(r, example('pass.eml'), opts))
+    assert.is_table(full.details)
+    assert.is_nil(light.details)
+    assert.same(full.dmarc, light.dmarc)
+    assert.equal(auth.format_ar(full, 'mx.example.org'), auth.format_ar(light, 'mx.example.org'))
+  end)
+
   it('turns DNS failures into temperror, not fail [DISC-10] [EVAL-3]', function()
     local r = assert(dio.resolver{ zone = EXAMPLE_ZONE, faults = { ['_dmarc.example.com'] = 'servfail' } })
     local res = assert(auth.check(r, example('spoofed.eml'), {
