@@ -229,13 +229,13 @@ M.transaction_keys = transaction_keys
 -- node of its keys, so the override store's transactions work unchanged.
 function Router:pipeline(cmds)
   local replies = {}
-  local todo = {}
+  local pending = {}
   local route, tx = transaction_keys(cmds)
-  for i = 1, #cmds do todo[i] = { i = i, cmd = cmds[i], key = route[i], tx = tx[i] } end
+  for i = 1, #cmds do pending[i] = { i = i, cmd = cmds[i], key = route[i], tx = tx[i] } end
   for _ = 0, M.MAX_REDIRECTS do
-    if #todo == 0 then break end
+    if #pending == 0 then break end
     local by_node, order = {}, {}
-    for _, t in ipairs(todo) do
+    for _, t in ipairs(pending) do
       local addr = t.ask or self:_node_for(t.cmd, t.key)
       if not by_node[addr] then
         by_node[addr] = {}
@@ -290,9 +290,9 @@ function Router:pipeline(cmds)
         end
       end
     end
-    todo = again
+    pending = again
   end
-  for _, t in ipairs(todo) do replies[t.i] = { err = 'too many redirections' } end
+  for _, t in ipairs(pending) do replies[t.i] = { err = 'too many redirections' } end
   if self.stale then
     self.stale = false
     self:refresh()
