@@ -379,7 +379,7 @@ static int lio_query(lua_State *L)
 /***
 ** @method resolver:resolve(name, qtype)
 ** The resolver shape dmarc.evaluate takes (input.resolve): TXT RRs as
-** strings; for other types one placeholder per RR, so that NOERROR with
+** strings; for other types one stand-in string per RR, so that NOERROR with
 ** data (the name exists) stays apart from NODATA [DISC-12].
 ** @return {string} rcode, {table} txts, {number} ttl
 */

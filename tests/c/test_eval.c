@@ -27,21 +27,21 @@
 
 /* A PSL for rfc7489 tests: these suffixes, plus the implicit "*" rule (an
 ** unlisted TLD is a suffix) [PSL-1]. */
-static const char *const stub_suffixes[] = {"com", "net", "org", "example", "uk", "co.uk", "test"};
+static const char *const table_suffixes[] = {"com", "net", "org", "example", "uk", "co.uk", "test"};
 
-/* Calls of stub_psl, for the PSL caching test. */
+/* Calls of table_psl, for the PSL caching test. */
 static int psl_calls;
 
-static dmarc_status stub_psl(void *ud, const char *d, size_t len, size_t *off, bool *is_suffix)
+static dmarc_status table_psl(void *ud, const char *d, size_t len, size_t *off, bool *is_suffix)
 {
     const int *fail = ud;
     size_t best = 0, i, j;
     psl_calls++;
     if (fail != NULL && *fail)
         return DMARC_ERR_LIMIT;
-    for (i = 0; i < sizeof stub_suffixes / sizeof stub_suffixes[0]; i++) {
-        size_t sl = strlen(stub_suffixes[i]);
-        if (sl <= len && memcmp(d + len - sl, stub_suffixes[i], sl) == 0 &&
+    for (i = 0; i < sizeof table_suffixes / sizeof table_suffixes[0]; i++) {
+        size_t sl = strlen(table_suffixes[i]);
+        if (sl <= len && memcmp(d + len - sl, table_suffixes[i], sl) == 0 &&
             (sl == len || d[len - sl - 1] == '.') && sl > best)
             best = sl;
     }
@@ -99,7 +99,7 @@ static int setup(void **state)
     if (t == NULL)
         return -1;
     dmarc_options_init(&t->opt);
-    t->opt.psl = stub_psl;
+    t->opt.psl = table_psl;
     t->opt.psl_ud = &t->psl_fail;
     t->z.ttl = 300;
     t_open(t);
@@ -2059,7 +2059,7 @@ static dmarc_status nomem_once(failing_alloc *ca, bool use_a_cache, dmarc_mode m
     dmarc_options_init(&o);
     o.alloc = al;
     o.mode = mode;
-    o.psl = stub_psl;
+    o.psl = table_psl;
     ctx = dmarc_ctx_new(&o, &st);
     if (ctx == NULL)
         goto out;
