@@ -45,13 +45,13 @@ PSL_LIBS   := $(shell $(PKG_CONFIG) --libs libpsl)
 endif
 
 DMARC_CFLAGS = $(WARN) -D_POSIX_C_SOURCE=200809L -fPIC -fvisibility=hidden -Icore/include \
-               -Icore/src $(IDN_CFLAGS) $(PSL_CFLAGS) $(SANFLAGS)
+               -Iadapters/include -Icore/src $(IDN_CFLAGS) $(PSL_CFLAGS) $(SANFLAGS)
 DMARC_LDFLAGS = $(SANFLAGS)
 
-# The sans-I/O core. Adapters that do I/O or wrap I/O libraries live in core/adapters.
+# The sans-I/O core. Adapters that do I/O or wrap I/O libraries live in adapters/.
 CORE_SRCS    := $(sort $(wildcard core/src/*.c))
 ifeq ($(WITH_LIBPSL),1)
-CORE_SRCS    += core/adapters/psl.c
+CORE_SRCS    += adapters/src/psl.c
 endif
 CORE_OBJS    := $(patsubst %.c,$(BUILD)/obj/%.o,$(CORE_SRCS))
 CORE_LIBS    := $(IDN_LIBS) $(PSL_LIBS)
@@ -66,7 +66,7 @@ all: lib lua
 
 lib: $(LIB_A) $(LIB_SO) $(BUILD)/dmarc.pc
 
-$(BUILD)/obj/%.o: %.c $(wildcard core/include/*.h core/src/*.h core/adapters/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard core/include/*.h core/src/*.h adapters/include/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(CFLAGS) -c $< -o $@
 
@@ -108,13 +108,13 @@ install: all
 	$(MAKE) install-lua
 
 lint:
-	clang-format --dry-run -Werror $(wildcard core/include/*.h core/src/*.[ch] core/adapters/*.[ch] lua/*.[ch] tests/c/*.[ch] tests/fuzz/*.c tests/bench/*.c)
+	clang-format --dry-run -Werror $(wildcard core/include/*.h core/src/*.[ch] adapters/src/*.c adapters/include/*.h bindings/*.[ch] tests/c/*.[ch] tests/fuzz/*.c tests/bench/*.c)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -Icore/include -Icore/src core/src core/adapters lua
+	    --suppress=missingIncludeSystem -Icore/include -Iadapters/include -Icore/src core/src adapters/src bindings
 	luacheck --quiet lua plugins tests bin
 
 format:
-	clang-format -i $(wildcard core/include/*.h core/src/*.[ch] core/adapters/*.[ch] lua/*.[ch] tests/c/*.[ch] tests/fuzz/*.c tests/bench/*.c)
+	clang-format -i $(wildcard core/include/*.h core/src/*.[ch] adapters/src/*.c adapters/include/*.h bindings/*.[ch] tests/c/*.[ch] tests/fuzz/*.c tests/bench/*.c)
 
 clean:
 	rm -rf build

@@ -38,7 +38,7 @@ build = {
     -- The binding plus every core/src/*.c and the libpsl adapter.
     ['dmarc.core'] = {
       sources = {
-        'core/adapters/psl.c',
+        'adapters/src/psl.c',
         'core/src/align.c',
         'core/src/cache.c',
         'core/src/ctx.c',
@@ -48,9 +48,9 @@ build = {
         'core/src/record.c',
         'core/src/util.c',
         'core/src/walk.c',
-        'lua/dmarc_core.c',
+        'bindings/dmarc_core.c',
       },
-      incdirs = { 'core/include', 'core/src', 'core/adapters', 'lua',
+      incdirs = { 'core/include', 'core/src', 'adapters/include', 'bindings',
         '$(LIBIDN2_INCDIR)', '$(LIBPSL_INCDIR)' },
       libdirs = { '$(LIBIDN2_LIBDIR)', '$(LIBPSL_LIBDIR)' },
       libraries = { 'idn2', 'psl' },
@@ -63,12 +63,12 @@ build = {
     -- adapters, with its own copy of the core.
     ['dmarc.io'] = {
       sources = {
-        'core/adapters/dkim.c',
-        'core/adapters/dns.c',
-        'core/adapters/dns_ldns.c',
-        'core/adapters/psl.c',
-        'core/adapters/spf.c',
-        'core/adapters/zone.c',
+        'adapters/src/dkim.c',
+        'adapters/src/dns.c',
+        'adapters/src/dns_ldns.c',
+        'adapters/src/psl.c',
+        'adapters/src/spf.c',
+        'adapters/src/zone.c',
         'core/src/align.c',
         'core/src/cache.c',
         'core/src/ctx.c',
@@ -78,9 +78,9 @@ build = {
         'core/src/record.c',
         'core/src/util.c',
         'core/src/walk.c',
-        'lua/dmarc_io.c',
+        'bindings/dmarc_io.c',
       },
-      incdirs = { 'core/include', 'core/src', 'core/adapters', 'lua',
+      incdirs = { 'core/include', 'core/src', 'adapters/include', 'bindings',
         '$(LIBIDN2_INCDIR)', '$(LIBPSL_INCDIR)' },
       libdirs = { '$(LIBIDN2_LIBDIR)', '$(LIBPSL_LIBDIR)' },
       libraries = { 'spf2', 'opendkim', 'ldns', 'idn2', 'psl' },
@@ -88,15 +88,15 @@ build = {
     },
     -- dmarc.redis: the hiredis client (override store, report rows).
     ['dmarc.redis'] = {
-      sources = { 'lua/dmarc_redis.c' },
-      incdirs = { 'core/include', 'lua' },
+      sources = { 'bindings/dmarc_redis.c' },
+      incdirs = { 'core/include', 'bindings' },
       libraries = { 'hiredis' },
       defines = { '_POSIX_C_SOURCE=200809L' },
     },
     -- dmarc.xml: libxml2 and zlib for `dmarc report ingest` (parse, inflate, unzip).
     ['dmarc.xml'] = {
-      sources = { 'lua/dmarc_xml.c' },
-      incdirs = { 'core/include', 'lua', '$(LIBXML2_INCDIR)/libxml2' },
+      sources = { 'bindings/dmarc_xml.c' },
+      incdirs = { 'core/include', 'bindings', '$(LIBXML2_INCDIR)/libxml2' },
       libdirs = { '$(LIBXML2_LIBDIR)' },
       libraries = { 'xml2', 'z' },
       defines = { '_POSIX_C_SOURCE=200809L' },

@@ -1,9 +1,9 @@
 # Lua C modules, built once per runtime into $(BUILD)/<runtime>/dmarc/<name>.so.
-#   dmarc.core  : lua/dmarc_core.c + the sans-I/O core (+ the libpsl adapter)
-#   dmarc.redis : lua/dmarc_redis.c, the hiredis client (override store, report rows)
-#   dmarc.io    : lua/dmarc_io*.c + core/adapters/{dns,zone,spf,dkim}* (resolvers, libspf2,
+#   dmarc.core  : bindings/dmarc_core.c + the sans-I/O core (+ the libpsl adapter)
+#   dmarc.redis : bindings/dmarc_redis.c, the hiredis client (override store, report rows)
+#   dmarc.io    : bindings/dmarc_io*.c + adapters/src/{dns,zone,spf,dkim}* (resolvers, libspf2,
 #                 libopendkim)
-#   dmarc.xml   : lua/dmarc_xml.c, libxml2 and zlib (reading aggregate reports: ingest)
+#   dmarc.xml   : bindings/dmarc_xml.c, libxml2 and zlib (reading aggregate reports: ingest)
 # A module is built when its binding source exists. Modules link -shared without -llua
 # (the host process provides Lua). `make print-sources` lists each module's C sources,
 # which tests/check-rockspec compares with the rockspec.
@@ -12,16 +12,16 @@ LUA_RUNTIMES ?= $(LUA_PC) $(filter-out $(LUA_PC),lua5.4 luajit)
 LUA_CMOD := $(shell $(PKG_CONFIG) --variable=INSTALL_CMOD $(LUA_PC))
 LUA_LMOD := $(shell $(PKG_CONFIG) --variable=INSTALL_LMOD $(LUA_PC))
 
-MOD_core_SRCS  := lua/dmarc_core.c
+MOD_core_SRCS  := bindings/dmarc_core.c
 MOD_core_LIBS   = $(CORE_LIBS)
-MOD_redis_SRCS := $(wildcard lua/dmarc_redis.c)
+MOD_redis_SRCS := $(wildcard bindings/dmarc_redis.c)
 MOD_redis_LIBS := $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
-MOD_io_SRCS    := $(sort $(wildcard lua/dmarc_io*.c))
-MOD_io_ADAPTERS := $(filter-out core/adapters/psl.c,$(sort $(wildcard core/adapters/*.c)))
+MOD_io_SRCS    := $(sort $(wildcard bindings/dmarc_io*.c))
+MOD_io_ADAPTERS := $(filter-out adapters/src/psl.c,$(sort $(wildcard adapters/src/*.c)))
 MOD_io_LIBS     = -lspf2 -lopendkim -lldns $(CORE_LIBS)
 # Built when libxml2 and zlib headers are installed (libxml2-dev, zlib1g-dev); without them
 # the other modules still build and the ingest specs say the module is missing.
-MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib && echo y),$(wildcard lua/dmarc_xml.c))
+MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib && echo y),$(wildcard bindings/dmarc_xml.c))
 MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib 2>/dev/null)
 MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib 2>/dev/null)
 LUA_CMODULES := $(foreach m,core redis io xml,$(if $(MOD_$(m)_SRCS),$(m)))
@@ -30,7 +30,7 @@ LUA_TARGETS :=
 
 # $(1) runtime, $(2) module name
 define lua_module
-$$(BUILD)/$(1)/dmarc/$(2).so: $$(patsubst lua/%.c,$$(BUILD)/$(1)/obj/%.o,$$(MOD_$(2)_SRCS)) \
+$$(BUILD)/$(1)/dmarc/$(2).so: $$(patsubst bindings/%.c,$$(BUILD)/$(1)/obj/%.o,$$(MOD_$(2)_SRCS)) \
     $$(patsubst %.c,$$(BUILD)/obj/%.o,$$(MOD_$(2)_ADAPTERS)) $$(if $$(filter core io,$(2)),$$(CORE_OBJS))
 	@mkdir -p $$(dir $$@)
 	$$(CC) -shared $$(DMARC_LDFLAGS) $$(LDFLAGS) -o $$@ $$^ $$(MOD_$(2)_LIBS)
@@ -39,9 +39,9 @@ endef
 
 define lua_runtime
 $(1)_LUA_CFLAGS := $$(shell $$(PKG_CONFIG) --cflags $(1))
-$$(BUILD)/$(1)/obj/%.o: lua/%.c $$(wildcard lua/*.h core/include/*.h core/adapters/*.h)
+$$(BUILD)/$(1)/obj/%.o: bindings/%.c $$(wildcard bindings/*.h core/include/*.h adapters/include/*.h)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(CPPFLAGS) $$(DMARC_CFLAGS) $$($(1)_LUA_CFLAGS) $$(MOD_$$(*:dmarc_%=%)_CFLAGS) -Icore/adapters $$(CFLAGS) -c $$< -o $$@
+	$$(CC) $$(CPPFLAGS) $$(DMARC_CFLAGS) $$($(1)_LUA_CFLAGS) $$(MOD_$$(*:dmarc_%=%)_CFLAGS) $$(CFLAGS) -c $$< -o $$@
 $$(foreach m,$$(LUA_CMODULES),$$(eval $$(call lua_module,$(1),$$(m))))
 endef
 

@@ -536,7 +536,7 @@ DMARC_API void dmarc_cache_stats(const dmarc_cache *c, uint64_t *hits, uint64_t 
 ** the offset in @domain where its Org Domain starts, and *is_suffix when
 ** @domain is itself a public suffix [PSL-1] (then *org_off is 0). Return
 ** DMARC_OK, or a negative status on failure (the evaluation then gives
-** temperror). The libpsl adapter (core/adapters/psl.c) provides one.
+** temperror). The libpsl adapter (adapters/src/psl.c) provides one.
 */
 typedef dmarc_status (*dmarc_orgdomain_fn)(void *ud, const char *domain, size_t len,
                                            size_t *org_off, bool *is_suffix);

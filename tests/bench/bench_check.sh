@@ -43,9 +43,9 @@ EOF
 WARN="-Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 -Wwrite-strings -Wcast-qual -Wformat=2 -Wundef -Wvla -Werror"
 # shellcheck disable=SC2086,SC2046
-$CC -O2 -g -std=c99 -D_POSIX_C_SOURCE=200809L $WARN -Icore/include -Icore/src -Icore/adapters \
-    -o "$out/bench_check" tests/bench/bench_check.c core/adapters/dns.c core/adapters/zone.c \
-    core/adapters/spf.c core/adapters/dkim.c "$BUILD/libdmarc.a" -lspf2 -lopendkim \
+$CC -O2 -g -std=c99 -D_POSIX_C_SOURCE=200809L $WARN -Icore/include -Icore/src -Iadapters/include \
+    -o "$out/bench_check" tests/bench/bench_check.c adapters/src/dns.c adapters/src/zone.c \
+    adapters/src/spf.c adapters/src/dkim.c "$BUILD/libdmarc.a" -lspf2 -lopendkim \
     $($PKG_CONFIG --libs libpsl libidn2)
 "$out/bench_check" "$out/check_8k.eml" examples/example.zone 192.0.2.10 news@example.com
 for rt in ${DMARC_LUA:-lua5.4 luajit}; do

@@ -19,7 +19,7 @@ WARN="-Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 -Wwrite-strings -Wcast-qual -Wformat=2 -Wundef -Wvla -Werror"
 mkdir -p "$out"
 # Our side: the project's C99 and warning set.
-$CC -O2 -g -std=c99 -D_POSIX_C_SOURCE=200809L $WARN -Icore/include -Icore/adapters \
+$CC -O2 -g -std=c99 -D_POSIX_C_SOURCE=200809L $WARN -Icore/include -Iadapters/include \
     -c tests/bench/bench_record.c -o "$out/bench_record.o"
 # The peer: libopendmarc's header needs BSD types (u_char) and takes non-const strings.
 $CC -O2 -g -std=gnu99 -Wall -Wextra -Werror -c tests/bench/opendmarc_peer.c \

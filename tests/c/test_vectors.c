@@ -19,7 +19,7 @@
 #include <jansson.h>
 
 #include "dmarc.h"
-#include "../../core/adapters/dmarc_psl.h"
+#include "dmarc_psl.h"
 
 #define VECTORS_DEFAULT "tests/vectors/eval.jsonl"
 /* Bounds on the file: lines, line length, vectors. */

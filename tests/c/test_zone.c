@@ -1,5 +1,5 @@
 /*
-** Zone-file parser and the DNS layer's cache (core/adapters/zone.c, dns.c).
+** Zone-file parser and the DNS layer's cache (adapters/src/zone.c, dns.c).
 **
 ** The adapters are not part of libdmarc.a (they sit beside the sans-I/O
 ** core), and these two need nothing but libc, so the test compiles them in
@@ -14,8 +14,8 @@
 
 #include <cmocka.h>
 
-#include "../../core/adapters/dns.c"
-#include "../../core/adapters/zone.c"
+#include "../../adapters/src/dns.c"
+#include "../../adapters/src/zone.c"
 
 /* ** {======================================================
 ** Helpers
