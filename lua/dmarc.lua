@@ -17,7 +17,7 @@
 --   spf        { result =, domain =, scope = 'mfrom'|'helo' }
 --   dkim       array of { result =, domain =, selector = }
 --   roll       integer 0..99 for pct sampling (random when absent) [POL-6]
---   dns        NAME -> VALUE map (see dmarc.json_dns); or, in Lua only,
+--   dns        NAME -> VALUE map (see dmarc.receive.json_dns); or, in Lua only,
 --   resolve    function(name, qtype) -> rcode, txts, ttl in place of dns
 --   now        seconds, for the engine's cache (default os.time())
 -- Output object: id, result, author_domain, policy_domain, org_domain,
@@ -30,8 +30,8 @@
 -- @module dmarc
 
 local core = require 'dmarc.core'
-local resolve = require 'dmarc.resolve'
-local json_dns = require 'dmarc.json_dns'
+local resolve = require 'dmarc.receive.resolve'
+local json_dns = require 'dmarc.receive.json_dns'
 
 local M = {
   _NAME = 'dmarc',

@@ -53,10 +53,12 @@ print-sources:
 	@$(foreach m,$(LUA_CMODULES),echo "dmarc.$(m): $(sort $(MOD_$(m)_SRCS) $(MOD_$(m)_ADAPTERS) $(if $(filter core io,$(m)),$(CORE_SRCS)))";)
 
 install-lua: lua
-	install -d $(DESTDIR)$(LUA_CMOD)/dmarc $(DESTDIR)$(LUA_LMOD)/dmarc/cli $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LUA_CMOD)/dmarc $(DESTDIR)$(BINDIR)
 	install -m 755 $(BUILD)/$(LUA_PC)/dmarc/*.so $(DESTDIR)$(LUA_CMOD)/dmarc/
 	install -m 644 lua/dmarc.lua $(DESTDIR)$(LUA_LMOD)/dmarc.lua
-	for f in lua/dmarc/*.lua; do install -m 644 $$f $(DESTDIR)$(LUA_LMOD)/dmarc/; done
-	for f in lua/dmarc/cli/*.lua; do install -m 644 $$f $(DESTDIR)$(LUA_LMOD)/dmarc/cli/; done
+	# Every module under lua/dmarc/ (receive/, site/, report/, owner/, redis/, util/, cli/...).
+	cd lua && find dmarc -name '*.lua' | while read -r f; do \
+	  install -d "$(DESTDIR)$(LUA_LMOD)/$$(dirname "$$f")" && \
+	  install -m 644 "$$f" "$(DESTDIR)$(LUA_LMOD)/$$f" || exit 1; done
 	sed -e '1s|.*|#!/usr/bin/env $(LUA_PC)|' bin/dmarc > $(DESTDIR)$(BINDIR)/dmarc
 	chmod 755 $(DESTDIR)$(BINDIR)/dmarc

@@ -47,7 +47,7 @@ local settings = {
   -- rspamd's resolver does not tell a record's TTL to Lua: answers are kept this long.
   dns_cache_ttl = 300,
   dns_negative_ttl = 60,
-  site_script = nil,              -- the site policy script (lua/dmarc/policy.lua); nil: defaults
+  site_script = nil,              -- the site policy script (lua/dmarc/site/policy.lua); nil: defaults
   authserv_id = nil,              -- Authentication-Results authserv-id; nil: the host name
   auth_results = true,            -- add `Authentication-Results: <id>; dmarc=...`
   auth_results_header = 'Authentication-Results',
@@ -102,13 +102,13 @@ local settings = {
   reporting = {
     enabled = false,
     prefix = 'dmarc:',
-    ttl = nil,                    -- default of lua/dmarc/report.lua
+    ttl = nil,                    -- default of lua/dmarc/report/rows.lua
     max_rows = nil,
     timeout = 1.0,
     skip_rspamc = true,           -- as rspamd's module: not for rspamc/controller scans
     reporter_address = nil,       -- our own report sender: its mail is never reported on
   },
-  -- RFC 9991 failure reports [FAIL-1], off by default: built with lua/dmarc/failure.lua
+  -- RFC 9991 failure reports [FAIL-1], off by default: built with lua/dmarc/report/failure.lua
   -- and queued in Redis (docs/report-keys.md, "Failure reports"), where `dmarc report send`
   -- verifies the ruf destinations [RUA-5] and delivers them: the same queue, the same
   -- per-domain rate limit [FAIL-7] as `dmarc check --failure-reports`.
@@ -143,7 +143,7 @@ local E = {}
 local dio              -- require 'dmarc.io', for the fallbacks (set up at the end)
 local fallback_dkim = false  -- settings.fallback_dkim, with dmarc.io loaded
 local fallback_spf = false   -- settings.fallback_spf, with dmarc.io loaded
-local auth                   -- require 'dmarc.auth', for the SPF fallback
+local auth                   -- require 'dmarc.receive.auth', for the SPF fallback
 local sample_pct = false     -- rfc7489 mode: each message gets a pct roll
 local mime_header_encode = rspamd_util.mime_header_encode
 
@@ -644,7 +644,7 @@ local function arc_of(task)
   return arc
 end
 
--- The site policy's view of the message (lua/dmarc/policy.lua ctx), each field read from
+-- The site policy's view of the message (lua/dmarc/site/policy.lua ctx), each field read from
 -- the task on first use: most decisions read none of it (a pass, p=none, a failure at a
 -- site without overrides), and every field costs calls into rspamd. A field that comes out
 -- nil is kept as false (neither is a value the policy or the report rows tell apart), so
@@ -708,18 +708,18 @@ exports.ctx_of, exports.ctx_materialize = ctx_of, ctx_materialize
 -- Runtime state, set up by the configuration code at the end
 
 local dmarc            -- require 'dmarc'
-local resolve          -- require 'dmarc.resolve'
+local resolve          -- require 'dmarc.receive.resolve'
 local engine_ctx       -- the engine's dmarc.ctx for settings.mode
 local engine_cache     -- its shared answer cache (per worker), or nil
 local engine_limits    -- dmarc.core.limits
-local report           -- require 'dmarc.report', when reporting is enabled
-local store_mod        -- require 'dmarc.store', when overrides are enabled
+local report           -- require 'dmarc.report.rows', when reporting is enabled
+local store_mod        -- require 'dmarc.site.store', when overrides are enabled
 local engine           -- dmarc.new{...}: one per worker, with the shared answer cache
 local site             -- the loaded site policy
 local overrides_redis  -- lua_redis params, or nil
 local reporting_redis
 local row_script_id    -- lua_redis script id of report.ROW_SCRIPT
-local failure          -- require 'dmarc.failure', when failure reports are enabled
+local failure          -- require 'dmarc.report.failure', when failure reports are enabled
 local failure_reporter -- failure.new{...}: builds the queue commands
 local failure_redis    -- lua_redis params of the failure-report queue
 local queue_script_id  -- lua_redis script id of failure.QUEUE_SCRIPT
@@ -912,7 +912,7 @@ local function arrival_time(task)
   return math.floor(task:get_date({ format = 'connect', gmt = true }) or os.time())
 end
 
--- Report rows (lua/dmarc/report.lua) through rspamd's redis client: the same commands
+-- Report rows (lua/dmarc/report/rows.lua) through rspamd's redis client: the same commands
 -- `report.commands` gives the CLI, the row script run with EVALSHA.
 local function store_report_rows(task, verdict, input, ctx, decision)
   if not reporting_redis or not redis_healthy() then return end
@@ -1227,7 +1227,7 @@ local function eval_release(ev)
 end
 exports.eval_pool_size = function() return eval_pool_n end
 
---- Run one evaluation: the core's query loop (lua/dmarc/resolve.lua) with rspamd's
+--- Run one evaluation: the core's query loop (lua/dmarc/receive/resolve.lua) with rspamd's
 -- resolver. on_done(out, details) or on_done(nil, message), exactly once.
 local function evaluate(input, resolver, on_done)
   local ev = eval_acquire()
@@ -1390,12 +1390,12 @@ engine_cache = engine:get_cache()
 engine_limits = dmarc.limits
 resolve = dmarc.resolve
 
--- The site policy (lua/dmarc/policy.lua): the script, or the documented defaults.
+-- The site policy (lua/dmarc/site/policy.lua): the script, or the documented defaults.
 -- Its messages go to rspamd's log.
-local ok_log, dlog = pcall(require, 'dmarc.log')
-local ok_pol, policy = pcall(require, 'dmarc.policy')
+local ok_log, dlog = pcall(require, 'dmarc.util.log')
+local ok_pol, policy = pcall(require, 'dmarc.site.policy')
 if not ok_pol or not ok_log then
-  return disable('cannot load dmarc.policy: %s', ok_pol and dlog or policy)
+  return disable('cannot load dmarc.site.policy: %s', ok_pol and dlog or policy)
 end
 local LOG_FUNCS = { debug = 'debugm', info = 'infox', warn = 'warnx', error = 'errx' }
 local site_log = dlog.new{
@@ -1426,8 +1426,8 @@ if not settings.authserv_id:find('^[%w%.%-_]+$') then
 end
 
 if settings.overrides.enabled then
-  local ok_store, st = pcall(require, 'dmarc.store')
-  if not ok_store then return disable('cannot load dmarc.store: %s', st) end
+  local ok_store, st = pcall(require, 'dmarc.site.store')
+  if not ok_store then return disable('cannot load dmarc.site.store: %s', st) end
   store_mod = st
   local ok_key, kerr = pcall(store_mod.redis_key, 'domain:x', settings.overrides.prefix,
     settings.overrides.tag)
@@ -1442,8 +1442,8 @@ if settings.overrides.enabled then
 end
 
 if settings.reporting.enabled then
-  local ok_rep, rep = pcall(require, 'dmarc.report')
-  if not ok_rep then return disable('reporting: cannot load dmarc.report: %s', rep) end
+  local ok_rep, rep = pcall(require, 'dmarc.report.rows')
+  if not ok_rep then return disable('reporting: cannot load dmarc.report.rows: %s', rep) end
   report = rep
   if not report.valid_prefix(settings.reporting.prefix) then
     return disable('reporting: invalid prefix "%s"', tostring(settings.reporting.prefix))
@@ -1458,10 +1458,10 @@ end
 
 if settings.failure_reports.enabled then
   local fs = settings.failure_reports
-  local ok_fail, fail_or_err = pcall(require, 'dmarc.failure')
-  if not ok_fail then return disable('failure_reports: cannot load dmarc.failure: %s', fail_or_err) end
+  local ok_fail, fail_or_err = pcall(require, 'dmarc.report.failure')
+  if not ok_fail then return disable('failure_reports: cannot load dmarc.report.failure: %s', fail_or_err) end
   failure = fail_or_err
-  report = report or require('dmarc.report')
+  report = report or require('dmarc.report.rows')
   -- The reporter's identity goes into every report's From and Reporting-MTA [FAIL-4].
   if type(fs.email) ~= 'string' or #fs.email > 254 or not fs.email:find('^[^%s<>@"]+@[%w%.%-_]+$') then
     return disable('failure_reports.email must be the reporter address (dmarc-reports@example.net)')
@@ -1506,7 +1506,7 @@ end
 
 if settings.fallback_dkim or settings.fallback_spf then
   local ok_io, io_or_err = pcall(require, 'dmarc.io')
-  local ok_auth, auth_or_err = pcall(require, 'dmarc.auth')
+  local ok_auth, auth_or_err = pcall(require, 'dmarc.receive.auth')
   if not ok_io or not ok_auth then
     local why = ok_io and auth_or_err or io_or_err
     if settings.fallback_dkim then

@@ -1,4 +1,4 @@
--- bench_check.lua MESSAGE: the `dmarc check` path as the command runs it (dmarc.auth.check:
+-- bench_check.lua MESSAGE: the `dmarc check` path as the command runs it (dmarc.receive.auth.check:
 -- message split, SPF, DKIM, ARC, DMARC through dmarc.evaluate; then the default site
 -- decision and the Authentication-Results field), against DKIM alone through the same
 -- binding (r:dkim), DNS from examples/example.zone through a warm cache. CPU time (os.clock).
@@ -10,8 +10,8 @@ package.cpath = './' .. (os.getenv('BUILD') or 'build') .. '/' .. flavour .. '/?
 
 local dmarc = require 'dmarc'
 local dio = require 'dmarc.io'
-local auth = require 'dmarc.auth'
-local policy = require 'dmarc.policy'
+local auth = require 'dmarc.receive.auth'
+local policy = require 'dmarc.site.policy'
 
 local path = arg[1] or 'build/bench/check_8k.eml'
 local f = assert(io.open(path, 'rb'))
@@ -74,7 +74,7 @@ print(string.format('ratio of medians (check / dkim): %.2f',
 -- BENCH_PHASES=1: where the check's time goes, phase by phase (each timed alone, in a loop,
 -- so the sum is a little below the whole: the whole also pays for cache misses between them).
 if os.getenv('BENCH_PHASES') then
-  local message = require 'dmarc.message'
+  local message = require 'dmarc.receive.message'
   local res = assert(auth.check(r, text, opts))
   local msg = assert(message.parse(text))
   local ctx = auth.policy_ctx(res, opts)

@@ -18,9 +18,9 @@ package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') ..
 
 local socket = require 'socket'
 local redis = require 'dmarc.redis'
-local ingest = require 'dmarc.ingest'
-local summary = require 'dmarc.summary'
-local report_xml = require 'dmarc.report_xml'
+local ingest = require 'dmarc.owner.ingest'
+local summary = require 'dmarc.owner.summary'
+local report_xml = require 'dmarc.report.xml'
 
 local PORT = tonumber(arg[1]) or 16399
 local PHASE = arg[2] or 'ingest'

@@ -17,8 +17,8 @@ package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') ..
 
 local socket = require 'socket'
 local redis = require 'dmarc.redis'
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
 
 local PORT = tonumber(arg[1]) or 16399
 local PHASE = arg[2] or 'write'

@@ -8,12 +8,12 @@
 -- check.
 local h = dofile('tests/integration/report_helpers.lua')
 local ch = dofile('tests/integration/cluster_helpers.lua')
-local cluster = require 'dmarc.cluster'
-local store = require 'dmarc.store'
-local policy = require 'dmarc.policy'
-local report = require 'dmarc.report'
-local failure = require 'dmarc.failure'
-local xml = require 'dmarc.report_xml'
+local cluster = require 'dmarc.redis.cluster'
+local store = require 'dmarc.site.store'
+local policy = require 'dmarc.site.policy'
+local report = require 'dmarc.report.rows'
+local failure = require 'dmarc.report.failure'
+local xml = require 'dmarc.report.xml'
 local cjson = require 'cjson'
 
 local PORTS = { 17021, 17022, 17023 }

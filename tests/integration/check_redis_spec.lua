@@ -7,9 +7,9 @@
 -- prefix of its own, so nothing here touches another suite's keys.
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
-local report = require 'dmarc.report'
-local failure = require 'dmarc.failure'
-local xml = require 'dmarc.report_xml'
+local report = require 'dmarc.report.rows'
+local failure = require 'dmarc.report.failure'
+local xml = require 'dmarc.report.xml'
 local cjson = require 'cjson'
 
 local REDIS = os.getenv('DMARC_TEST_REDIS') or '127.0.0.1:16379'

@@ -6,7 +6,7 @@
 package.path = './lua/?.lua;./tests/lua/helpers/?.lua;' .. package.path
 local env = require 'test_env'
 local dio = require 'dmarc.io'
-local auth = require 'dmarc.auth'
+local auth = require 'dmarc.receive.auth'
 local dmarc = require 'dmarc'
 
 local SERVER = os.getenv('DMARC_TEST_DNS')

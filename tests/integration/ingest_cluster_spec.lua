@@ -7,15 +7,15 @@
 -- server (tests/integration/ingest_redis_spec.lua).
 local h = dofile('tests/integration/report_helpers.lua')
 local ch = dofile('tests/integration/cluster_helpers.lua')
-local cluster = require 'dmarc.cluster'
-local ingest = require 'dmarc.ingest'
+local cluster = require 'dmarc.redis.cluster'
+local ingest = require 'dmarc.owner.ingest'
 local cjson = require 'cjson'
 
 local PORTS = { 17011, 17012, 17013 }
 local FIX = h.ROOT .. '/tests/fixtures/reports/'
 local DOMAINS = 30
 
-local function q(s) return require('dmarc.report_xml').shell_quote(s) end
+local function q(s) return require('dmarc.report.xml').shell_quote(s) end
 
 describe('ingest into a Redis Cluster', function()
   local dir, started, router, seeds

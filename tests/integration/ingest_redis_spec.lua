@@ -7,7 +7,7 @@
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local cjson = require 'cjson'
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 
 local REDIS = os.getenv('DMARC_TEST_REDIS') or '127.0.0.1:16379'
 local HOST, PORT = REDIS:match('^(.+):(%d+)$')

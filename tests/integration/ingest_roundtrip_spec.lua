@@ -1,4 +1,4 @@
--- Round trip: rows collected by the reporting side (dmarc.report, as the
+-- Round trip: rows collected by the reporting side (dmarc.report.rows, as the
 -- scanner writes them), reports written by `dmarc report generate` in both
 -- formats, then `dmarc report ingest` of the .xml.gz files and of the report
 -- e-mails: the summary gives back the same counts, per policy domain, per
@@ -6,7 +6,7 @@
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local dmarc = require 'dmarc'
-local report = require 'dmarc.report'
+local report = require 'dmarc.report.rows'
 local cjson = require 'cjson'
 
 local REDIS = os.getenv('DMARC_TEST_REDIS') or '127.0.0.1:16379'

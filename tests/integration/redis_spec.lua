@@ -3,9 +3,9 @@
 -- decision, one round trip per decision (INFO commandstats), and a second server of this
 -- spec's own that is killed mid-run (defaults apply, with a warning, never an error) and
 -- restarted from its append-only file (the overrides are back).
-local policy = require 'dmarc.policy'
-local store = require 'dmarc.store'
-local dlog = require 'dmarc.log'
+local policy = require 'dmarc.site.policy'
+local store = require 'dmarc.site.store'
+local dlog = require 'dmarc.util.log'
 local redis = require 'dmarc.redis'
 
 local addr = os.getenv('DMARC_TEST_REDIS') or ''

@@ -4,9 +4,9 @@
 -- router follows MOVED and spreads the domains over the masters.
 local h = dofile('tests/integration/report_helpers.lua')
 local ch = dofile('tests/integration/cluster_helpers.lua')
-local cluster = require 'dmarc.cluster'
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
+local cluster = require 'dmarc.redis.cluster'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
 
 local PORTS = { 17001, 17002, 17003 }
 local DAY = 1763683200

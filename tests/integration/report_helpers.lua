@@ -2,7 +2,7 @@
 -- loopback ports (redis-server, a Redis Cluster, the test SMTP server),
 -- started here and stopped by PID; paths; running the CLI.
 local socket = require 'socket'
-local xml = require 'dmarc.report_xml'
+local xml = require 'dmarc.report.xml'
 
 local M = {}
 

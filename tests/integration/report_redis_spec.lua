@@ -5,8 +5,8 @@
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local dmarc = require 'dmarc'
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
 
 local PORT = 16391
 local DAY = 1763683200 -- 2025-11-21 00:00 UTC
@@ -132,7 +132,7 @@ describe('report rows in Redis', function()
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/lua5.4/?.so;' .. package.cpath
 local redis = require 'dmarc.redis'
-local report = require 'dmarc.report'
+local report = require 'dmarc.report.rows'
 local c = report.collector { connect = function()
   return redis.connect { host = '127.0.0.1', port = ]] .. PORT .. [[, timeout = 1 } end }
 local rec = { p = 'none', rua = { { uri = 'mailto:agg@example.com' } } }
@@ -155,7 +155,7 @@ assert(c:flush())
   end)
 
   it('failure__rate_limit_shared_through_redis [FAIL-7]', function()
-    local failure = require 'dmarc.failure'
+    local failure = require 'dmarc.report.failure'
     local function reporter()
       return failure.new { enabled = true, rate_limit = 3, redis = assert(connect()),
                            reporter = { org_name = 'R', email = 'dmarc@receiver.example',

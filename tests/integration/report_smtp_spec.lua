@@ -4,9 +4,9 @@
 -- [RUA-3], STARTTLS, and the sender lock.
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
-local send = require 'dmarc.report_send'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
+local send = require 'dmarc.report.send'
 
 local REDIS_PORT = 16392
 local SMTP_PORT = 16525

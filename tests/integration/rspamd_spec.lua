@@ -101,9 +101,9 @@ local function has(list, value)
   return false
 end
 
--- The report rows the instance wrote for @domain today, decoded (lua/dmarc/report.lua).
+-- The report rows the instance wrote for @domain today, decoded (lua/dmarc/report/rows.lua).
 local function report_rows(prefix, domain)
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   local lines = h.redis_cli(0, 'HGETALL', report.keys(prefix, domain, DAY).rows)
   local rows = {}
   for i = 1, #lines - 1, 2 do
@@ -314,7 +314,7 @@ end)
 -- delivered by `dmarc report send` to the test SMTP server (tests/integration/report_smtpd.py).
 describe('dmarc_engine plugin: failure reports queued for dmarc report send', function()
   local addr = h.instances.engine
-  local failure = require 'dmarc.failure'
+  local failure = require 'dmarc.report.failure'
   local rh = dofile('tests/integration/report_helpers.lua')
   local PREFIX = 'it-engine:'
   local QUEUE = failure.queue_key(PREFIX, 'ruf.test')

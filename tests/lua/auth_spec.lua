@@ -1,11 +1,11 @@
--- dmarc.io (resolvers, SPF through libspf2, DKIM through libopendkim), dmarc.message and
--- dmarc.auth (Authentication-Results, the trusted ARC verdict, the whole check). Offline: the
+-- dmarc.io (resolvers, SPF through libspf2, DKIM through libopendkim), dmarc.receive.message and
+-- dmarc.receive.auth (Authentication-Results, the trusted ARC verdict, the whole check). Offline: the
 -- zone resolver, the bundled example zone and messages (signed by tools/make-examples with an
 -- independent signer), and injected faults for SERVFAIL and timeouts.
 local env = require 'test_env'
 local dio = require 'dmarc.io'
-local message = require 'dmarc.message'
-local auth = require 'dmarc.auth'
+local message = require 'dmarc.receive.message'
+local auth = require 'dmarc.receive.auth'
 local dmarc = require 'dmarc'
 
 local ROOT = env.root
@@ -280,7 +280,7 @@ describe('DKIM through libopendkim', function()
   end)
 end)
 
-describe('dmarc.message', function()
+describe('dmarc.receive.message', function()
   it('splits header fields, keeps folding, skips an mbox line', function()
     local text = 'From sender Sun Nov 22 2026\nFrom: a@example.com\nSubject: one\n two\n\nbody\n'
     local msg = assert(message.parse(text))
@@ -358,7 +358,7 @@ describe('dmarc.message', function()
   end)
 end)
 
-describe('dmarc.auth', function()
+describe('dmarc.receive.auth', function()
   it('parses Authentication-Results (RFC 8601)', function()
     local ar = assert(auth.parse_ar(' Border.Example.org 1; arc=pass (chain ok) header.oldest-pass=0\r\n' ..
       '\tsmtp.remote-ip=192.0.2.1; dkim=fail reason="bad sig" header.d=example.com; spf=none'))

@@ -4,7 +4,7 @@
 require 'test_env'
 local core = require 'dmarc.core'
 local fake = require 'fake_resolver'
-local resolve = require 'dmarc.resolve'
+local resolve = require 'dmarc.receive.resolve'
 
 local function codes(list)
   local t = {}

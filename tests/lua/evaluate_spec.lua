@@ -1,8 +1,8 @@
 -- require 'dmarc': the synchronous and callback drivers, engines, the dns
--- map semantics (dmarc.json_dns) and input checking.
+-- map semantics (dmarc.receive.json_dns) and input checking.
 require 'test_env'
 local dmarc = require 'dmarc'
-local json_dns = require 'dmarc.json_dns'
+local json_dns = require 'dmarc.receive.json_dns'
 local fake = require 'fake_resolver'
 
 local ZONE = { ['_dmarc.example.com'] = { 'v=DMARC1; p=reject' } }
@@ -24,7 +24,7 @@ local OUTPUT_FIELDS = {
   'spf_aligned', 'dkim_aligned', 'flags', 'queries',
 }
 
-describe('dmarc.json_dns map semantics', function()
+describe('dmarc.receive.json_dns map semantics', function()
   local lookup = assert(json_dns.resolver({
     ['_dmarc.example.com'] = { 'v=DMARC1; p=none', { 'v=DMARC1; p=rej', 'ect' } },
     ['empty.example'] = {},

@@ -1,10 +1,10 @@
--- dmarc.dashboard: routing with a fake data source, escaping of everything
+-- dmarc.owner.dashboard: routing with a fake data source, escaping of everything
 -- a report carried, the SVG charts' numbers, request parsing limits, the
 -- Host check against DNS rebinding, and the security headers. The real
 -- server and a real browser are in tests/integration/ingest_dashboard_spec.lua.
-local dashboard = require 'dmarc.dashboard'
-local ingest = require 'dmarc.ingest'
-local summary = require 'dmarc.summary'
+local dashboard = require 'dmarc.owner.dashboard'
+local ingest = require 'dmarc.owner.ingest'
+local summary = require 'dmarc.owner.summary'
 
 local DIR = 'tests/fixtures/reports/'
 local UNTIL = '2025-11-22'

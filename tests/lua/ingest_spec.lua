@@ -1,10 +1,10 @@
--- dmarc.ingest: unwrapping (gzip, zip, MIME with base64 / quoted-printable,
+-- dmarc.owner.ingest: unwrapping (gzip, zip, MIME with base64 / quoted-printable,
 -- forwarded messages), normalisation of both report formats [AGG-9], the
 -- storage encoding, the store script (run here against an in-memory
 -- stand-in for redis.call; tests/integration/ingest_redis_spec.lua runs it on
 -- a real server), dedup by (org_name, report_id), foreign domains, the
 -- envelope_to hash, and per-file failures in a batch.
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 
 local DIR = 'tests/fixtures/reports/'
 local unpack = table.unpack or unpack -- luacheck: ignore 113 143
@@ -241,7 +241,7 @@ describe('ingest: encoding', function()
   end)
 
   it('puts every key of a report in one Cluster slot (the store script is legal there)', function()
-    local cluster = require 'dmarc.cluster'
+    local cluster = require 'dmarc.redis.cluster'
     local k = ingest.keys('dmarc:', 'example.com', '20251121')
     local slot = cluster.key_slot(k.rows)
     assert.equal(slot, cluster.key_slot(k.reports))

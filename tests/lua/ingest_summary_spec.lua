@@ -1,10 +1,10 @@
--- dmarc.summary: classes of records (aligned pass, forwarding, unaligned
+-- dmarc.owner.summary: classes of records (aligned pass, forwarding, unaligned
 -- pass, broken forwarding, spoofing), the numbers of a summary, the
 -- readiness verdict and its thresholds, the drill-down, and the text and
 -- JSON outputs (escaped, valid, deterministic). The data is built from the
 -- report fixtures the same way `load` builds it from Redis.
-local ingest = require 'dmarc.ingest'
-local summary = require 'dmarc.summary'
+local ingest = require 'dmarc.owner.ingest'
+local summary = require 'dmarc.owner.summary'
 
 local DIR = 'tests/fixtures/reports/'
 local UNTIL = 1763769600 -- 2025-11-22

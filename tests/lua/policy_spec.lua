@@ -2,9 +2,9 @@
 -- passed through, every override kind from the script and from the store, ARC [ARC-2,3],
 -- recipients, contained hooks, script loading, and examples/site.lua exactly as the README
 -- shows it, over the in-memory store.
-local policy = require 'dmarc.policy'
-local store = require 'dmarc.store'
-local dlog = require 'dmarc.log'
+local policy = require 'dmarc.site.policy'
+local store = require 'dmarc.site.store'
+local dlog = require 'dmarc.util.log'
 
 -- Verdict tables in the shape of dmarc.evaluate / `dmarc eval`.
 local function verdict(over)
@@ -708,10 +708,10 @@ describe('policy scripts', function()
       if f and env and setfenv then return setfenv(f, env) end
       return f, err
     end
-    package.loaded['dmarc.policy'] = nil
-    local ok, fresh = pcall(require, 'dmarc.policy')
+    package.loaded['dmarc.site.policy'] = nil
+    local ok, fresh = pcall(require, 'dmarc.site.policy')
     _G.load = saved
-    package.loaded['dmarc.policy'] = policy
+    package.loaded['dmarc.site.policy'] = policy
     assert.is_true(ok, fresh)
     local path = broken_file('return {\n  treat = { quarantine = nil + 1 },\n}\n')
     local site, msg = fresh.load(path)

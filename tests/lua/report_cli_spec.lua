@@ -1,7 +1,7 @@
 -- `dmarc report`: dispatch, usage errors (exit 2, no traceback), the
 -- pluggable subcommand table. Runs bin/dmarc; needs no Redis (usage errors
 -- come before connecting; a dead Redis is exit 1).
-local xml = require 'dmarc.report_xml'
+local xml = require 'dmarc.report.xml'
 
 local ROOT = os.getenv('PWD') or '.'
 local BIN = ROOT .. '/bin/dmarc'
@@ -39,9 +39,9 @@ describe('dmarc report command', function()
       assert.truthy(out:find('\n  ' .. name .. ' +%a'), name)
     end
     assert.is_nil(out:find('not installed', 1, true))
-    local cli = require 'dmarc.cli.report'
-    for _, sub in ipairs(cli.LOADED) do
-      assert.is_table(require('dmarc.cli.report_' .. sub.name), sub.name)
+    local common = require 'dmarc.cli.common'
+    for _, sub in ipairs(common.REPORT_LOADED) do
+      assert.is_table(require('dmarc.cli.report.' .. sub.name), sub.name)
     end
   end)
 
@@ -84,8 +84,8 @@ describe('dmarc report command', function()
 
   it('report_cli__other_subcommands_load_from_modules', function()
     local dir = tmpdir()
-    os.execute('mkdir -p ' .. dir .. '/dmarc/cli')
-    assert(xml.write_file(dir .. '/dmarc/cli/report_hello.lua',
+    os.execute('mkdir -p ' .. dir .. '/dmarc/cli/report')
+    assert(xml.write_file(dir .. '/dmarc/cli/report/hello.lua',
                           "return { run = function(args) print('hello ' .. (args[1] or '')) return 7 end }"))
     local st, out = run('hello world', 'LUA_PATH="' .. dir .. '/?.lua;;"')
     assert.equal(7, st)
@@ -93,7 +93,7 @@ describe('dmarc report command', function()
   end)
 
   it('report_cli__parse_time', function()
-    local cli = require 'dmarc.cli.report'
+    local cli = require 'dmarc.cli.common'
     assert.equal(1763683200, cli.parse_time('2025-11-21'))
     assert.equal(1763683200, cli.parse_time('1763683200'))
     assert.is_nil(cli.parse_time('21/11/2025'))

@@ -1,6 +1,6 @@
--- dmarc.cluster: key slots (CRC16/XMODEM) and routing with MOVED/ASK, on
+-- dmarc.redis.cluster: key slots (CRC16/XMODEM) and routing with MOVED/ASK, on
 -- fake nodes; the real 3-master cluster is in tests/integration.
-local cluster = require 'dmarc.cluster'
+local cluster = require 'dmarc.redis.cluster'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 describe('cluster key slots', function()

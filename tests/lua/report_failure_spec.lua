@@ -1,5 +1,5 @@
--- dmarc.failure: RFC 9991 failure reports (AFRF, DMARC profile) [FAIL-1..7].
-local failure = require 'dmarc.failure'
+-- dmarc.report.failure: RFC 9991 failure reports (AFRF, DMARC profile) [FAIL-1..7].
+local failure = require 'dmarc.report.failure'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 local REPORTER = { org_name = 'Example Receiver', email = 'dmarc@receiver.example',

@@ -1,13 +1,13 @@
 -- An in-memory stand-in for a dmarc.redis connection, for the report specs:
 -- the commands the report modules send (hashes, strings, lists, SCAN/HSCAN,
--- SET NX, and the EVAL scripts of dmarc.report, dmarc.report_send and
--- dmarc.failure, emulated).
+-- SET NX, and the EVAL scripts of dmarc.report.rows, dmarc.report.send and
+-- dmarc.report.failure, emulated).
 -- Replies follow dmarc.redis: status {ok=}, false for nil inside tables,
 -- {err=} for error replies in a pipeline. `down = true` makes every call an
 -- I/O failure, `lose_replies = N` applies the next N pipelines and then
 -- reports an I/O failure (a reply lost on the way back); `calls` counts
 -- round trips.
-local report = require 'dmarc.report'
+local report = require 'dmarc.report.rows'
 
 local Fake = {}
 Fake.__index = Fake
@@ -185,7 +185,7 @@ function Fake:exec(cmd)
       if cmd[11] ~= '' then m.lost_messages = tostring((tonumber(m.lost_messages) or 0) + cmd[11]) end
       if cmd[12] ~= '' then m.policy = cmd[12] end
       return 1
-    elseif script == require('dmarc.failure').QUEUE_SCRIPT then
+    elseif script == require('dmarc.report.failure').QUEUE_SCRIPT then
       local n = self:exec({ 'INCR', keys[1] })
       self:exec({ 'EXPIRE', keys[1], argv[2] })
       if n > tonumber(argv[1]) then return -1 end
@@ -199,7 +199,7 @@ function Fake:exec(cmd)
       end
       self:exec({ 'EXPIRE', keys[2], argv[4] })
       return added
-    elseif script == require('dmarc.report_send').REQUEUE_SCRIPT then
+    elseif script == require('dmarc.report.send').REQUEUE_SCRIPT then
       if self:exec({ 'LREM', keys[1], '-1', argv[1] }) == 0 then return 0 end
       if argv[2] ~= '' then self:exec({ 'RPUSH', keys[1], argv[2] }) end
       return 1

@@ -1,9 +1,9 @@
--- dmarc.report_send: destination verification [RUA-3..5], transports,
+-- dmarc.report.send: destination verification [RUA-3..5], transports,
 -- retry/backoff, the sender lock and data deletion, against fake Redis and
 -- fake transports (the real SMTP server is in tests/integration).
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
-local send = require 'dmarc.report_send'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
+local send = require 'dmarc.report.send'
 local cjson = require 'cjson'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
@@ -293,11 +293,11 @@ describe('report_send delivery', function()
   end)
 end)
 
--- Failure reports queued by `dmarc check --failure-reports` (dmarc.failure,
+-- Failure reports queued by `dmarc check --failure-reports` (dmarc.report.failure,
 -- Reporter:queue): delivered under the same lock, destination check and
 -- retry rules as aggregate reports.
 describe('report_send queued failure reports', function()
-  local failure = require 'dmarc.failure'
+  local failure = require 'dmarc.report.failure'
   local QUEUE = 'dmarc:ruf:{example.com}:queue'
   local NOW = DAY * 2
 

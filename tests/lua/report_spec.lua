@@ -1,5 +1,5 @@
--- dmarc.report: rows, their Redis encoding and commands, the collector.
-local report = require 'dmarc.report'
+-- dmarc.report.rows: rows, their Redis encoding and commands, the collector.
+local report = require 'dmarc.report.rows'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 local DAY = 1763683200 -- 2025-11-21 00:00:00 UTC
@@ -339,7 +339,7 @@ describe('report row ids', function()
   end
 
   it('report__row_id_write_is_one_eval_with_its_mark_in_the_same_slot', function()
-    local cluster = require 'dmarc.cluster'
+    local cluster = require 'dmarc.redis.cluster'
     local row = report.prepare_row(one_row(), 'abc.1')
     local c = assert(report.commands(row, { seen_ttl = 600 }))[1]
     assert.equal('3', c[3])

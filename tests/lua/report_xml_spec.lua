@@ -1,8 +1,8 @@
--- dmarc.report_xml: the XML writer (validated with xmllint against the RFC
+-- dmarc.report.xml: the XML writer (validated with xmllint against the RFC
 -- 9990 and RFC 7489 schemas [AGG-9]), identity, file names, messages, and
 -- generation from (fake) Redis data.
-local report = require 'dmarc.report'
-local xml = require 'dmarc.report_xml'
+local report = require 'dmarc.report.rows'
+local xml = require 'dmarc.report.xml'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 local DAY = 1763683200 -- 2025-11-21

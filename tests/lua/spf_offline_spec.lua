@@ -4,7 +4,7 @@
 -- behind dio.resolver, so every result can be compared with the blocking check of the same
 -- zone (resolver:spf).
 local dio = require 'dmarc.io'
-local auth = require 'dmarc.auth'
+local auth = require 'dmarc.receive.auth'
 
 local ZONE = [[
 $ORIGIN example.com.

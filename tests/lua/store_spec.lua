@@ -1,8 +1,8 @@
 -- Override store: key schema and validation, CIDR candidates, the memory store, the Redis
 -- store's round trips / backoff / reconnect (against an in-process fake of the few Redis
 -- commands it uses), the callback store, and `dmarc override` over a memory store.
-local store = require 'dmarc.store'
-local dlog = require 'dmarc.log'
+local store = require 'dmarc.site.store'
+local dlog = require 'dmarc.util.log'
 
 local unpack = table.unpack or unpack
 
@@ -438,10 +438,10 @@ describe('store.redis', function()
     assert.is_table(server.zsets['mx1:{policy}:index'])
   end)
 
-  -- Redis Cluster: a store keeps every key in its {tag} slot, so a router (dmarc.cluster)
+  -- Redis Cluster: a store keeps every key in its {tag} slot, so a router (dmarc.redis.cluster)
   -- sends each MGET and each MULTI ... EXEC to one master.
   it('addresses one cluster slot with every command, transactions included', function()
-    local cluster = require 'dmarc.cluster'
+    local cluster = require 'dmarc.redis.cluster'
     local sent = {}
     local function recording(conf)
       local conn = server.connect(conf)
@@ -635,12 +635,13 @@ describe('dmarc override (over a memory store)', function()
   end)
 
   it('parses Redis addresses', function()
-    assert.same({ host = '127.0.0.1', port = 6380 }, cli.parse_redis_address('127.0.0.1:6380'))
-    assert.same({ host = '::1', port = 6379 }, cli.parse_redis_address('[::1]:6379'))
-    assert.same({ host = 'redis.local', port = 6379 }, cli.parse_redis_address('redis.local'))
-    assert.same({ path = '/run/redis.sock' }, cli.parse_redis_address('unix:/run/redis.sock'))
-    assert.is_nil(cli.parse_redis_address('host:99999'))
-    assert.is_nil(cli.parse_redis_address('a b:1'))
-    assert.is_nil(cli.parse_redis_address(unpack{}))
+    local connect = require 'dmarc.redis.connect'
+    assert.same({ host = '127.0.0.1', port = 6380 }, connect.parse_address('127.0.0.1:6380'))
+    assert.same({ host = '::1', port = 6379 }, connect.parse_address('[::1]:6379'))
+    assert.same({ host = 'redis.local', port = 6379 }, connect.parse_address('redis.local'))
+    assert.same({ path = '/run/redis.sock' }, connect.parse_address('unix:/run/redis.sock'))
+    assert.is_nil(connect.parse_address('host:99999'))
+    assert.is_nil(connect.parse_address('a b:1'))
+    assert.is_nil(connect.parse_address(unpack{}))
   end)
 end)

@@ -373,7 +373,7 @@ describe('dmarc_engine acts on the site\'s decisions', function()
 end)
 
 describe('dmarc_engine with Redis', function()
-  local store = require 'dmarc.store'
+  local store = require 'dmarc.site.store'
 
   local function redis_with(entries)
     local data = {}
@@ -411,7 +411,7 @@ describe('dmarc_engine with Redis', function()
   end)
 
   it('report rows: the row script of dmarc.report with its keys and arguments', function()
-    local report = require 'dmarc.report'
+    local report = require 'dmarc.report.rows'
     local env, x = load({ servers = '127.0.0.1:6379', reporting = { enabled = true, prefix = 'it:' } },
       { redis = { data = {} } })
     assert.equal(report.ROW_SCRIPT, env.redis.scripts[1].script)

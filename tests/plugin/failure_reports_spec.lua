@@ -6,7 +6,7 @@
 -- tests/integration/rspamd_spec.lua.
 package.path = './tests/plugin/?.lua;./lua/?.lua;' .. package.path
 local fake = require 'fake_rspamd'
-local failure = require 'dmarc.failure'
+local failure = require 'dmarc.report.failure'
 
 local DNS = {
   ['_dmarc.ruf.test'] = { results = { 'v=DMARC1; p=quarantine; ruf=mailto:ruf@ruf.test; fo=1' } },
@@ -157,7 +157,7 @@ describe('dmarc_engine failure reports: what is queued', function()
     assert.is_true(e.created >= before and e.created <= after)
     local m = e.message
     -- Arrival-Date: when rspamd received the message (the task's connection time).
-    local arrival = require('dmarc.report_xml').rfc5322_date(1795305600)
+    local arrival = require('dmarc.report.xml').rfc5322_date(1795305600)
     assert.truthy(m:find('\r\nArrival-Date: ' .. arrival .. '\r\n', 1, true))
     assert.truthy(m:find('Content-Type: multipart/report; report-type=feedback-report;', 1, true))
     assert.truthy(m:find('\r\nFeedback-Type: auth-failure\r\n', 1, true))

@@ -12,11 +12,15 @@
 -- a warning goes to stderr.
 -- @module dmarc.cli.check
 
-local auth = require 'dmarc.auth'
-local dio = require 'dmarc.io'
-local policy = require 'dmarc.policy'
-local report = require 'dmarc.report'
-local util = require 'dmarc.util'
+local auth = require 'dmarc.receive.auth'
+-- Loaded at start: without the dmarc.io module this command is not available.
+require 'dmarc.io'
+local policy = require 'dmarc.site.policy'
+local report = require 'dmarc.report.rows'
+local common = require 'dmarc.cli.common'
+local config = require 'dmarc.util.config'
+local json = require 'dmarc.util.json'
+local options = require 'dmarc.util.options'
 
 local M = {}
 
@@ -103,14 +107,14 @@ M.MAX_REPEATS = 100
 -- Options
 -- ===================================================================
 
---- Seed nodes of a cluster (dmarc.cluster.parse_nodes, shared with the other commands).
-M.MAX_CLUSTER_SEEDS = require('dmarc.cluster').MAX_SEEDS
-M.parse_cluster_nodes = require('dmarc.cluster').parse_nodes
+--- Seed nodes of a cluster (dmarc.redis.cluster.parse_nodes, shared with the other commands).
+M.MAX_CLUSTER_SEEDS = require('dmarc.redis.cluster').MAX_SEEDS
+M.parse_cluster_nodes = require('dmarc.redis.cluster').parse_nodes
 
 --- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
 -- @return opts, or nil, message
 function M.parse_args(args)
-  local opts, operands = util.parse_options(args, {
+  local opts, operands = options.parse(args, {
     values = VALUE_OPTIONS, flags = FLAG_OPTIONS, repeated = MULTI_OPTIONS,
     max_repeats = M.MAX_REPEATS, once = true,
     max_operands = 1, too_many_operands = 'more than one message file given',
@@ -175,21 +179,6 @@ function M.parse_args(args)
   return opts
 end
 
---- The resolver the options ask for: a zone file, a server, or resolv.conf.
--- @return resolver, or nil, message
-function M.resolver(opts)
-  local r, err
-  if opts.zone then
-    r, err = dio.resolver{ zone = opts.zone }
-  elseif opts['dns-server'] then
-    r, err = dio.resolver{ server = opts['dns-server'], timeout = opts['dns-timeout'] }
-  else
-    r, err = dio.resolver{ timeout = opts['dns-timeout'] }
-  end
-  if not r then return nil, err end
-  return r
-end
-
 local function read_message(file)
   local f, err
   if file == nil or file == '-' then
@@ -198,7 +187,7 @@ local function read_message(file)
     f, err = io.open(file, 'rb')
     if not f then return nil, 'cannot read message: ' .. tostring(err) end
   end
-  local text = f:read(require('dmarc.message').MAX_MESSAGE_BYTES + 1)
+  local text = f:read(require('dmarc.receive.message').MAX_MESSAGE_BYTES + 1)
   if f ~= io.stdin then f:close() end
   if text == nil then return nil, 'empty message' end
   return text
@@ -235,31 +224,31 @@ end
 
 local function as_arrays(res, decision)
   local dkim = res.dkim or { total = 0, signatures = {} }
-  local sigs = util.json_array()
+  local sigs = json.array()
   for i, s in ipairs(dkim.signatures) do sigs[i] = s end
   local dm = {}
   for k, v in pairs(res.dmarc or {}) do dm[k] = v end
-  dm.flags = util.json_array(dm.flags or {})
-  dm.queries = util.json_array(dm.queries or {})
+  dm.flags = json.array(dm.flags or {})
+  dm.queries = json.array(dm.queries or {})
   local arc
   if res.arc then
     arc = {}
     for k, v in pairs(res.arc) do arc[k] = v end
-    arc.sealers = util.json_array(arc.sealers)
-    arc.aar = util.json_array(arc.aar)
+    arc.sealers = json.array(arc.sealers)
+    arc.aar = json.array(arc.aar)
   end
   local d
   if decision then
     d = {}
     for k, v in pairs(decision) do d[k] = v end
-    d.reasons = util.json_array(d.reasons or {})
-    d.warnings = util.json_array(d.warnings or {})
+    d.reasons = json.array(d.reasons or {})
+    d.warnings = json.array(d.warnings or {})
   end
   return {
     spf = res.spf, helo = res.helo,
     dkim = { total = dkim.total, signatures = sigs },
     arc = arc,
-    ignored_authentication_results = util.json_array(res.ignored_ar or {}),
+    ignored_authentication_results = json.array(res.ignored_ar or {}),
     dmarc = dm,
     decision = d,
   }
@@ -272,7 +261,7 @@ end
 -- ===================================================================
 
 --- Messages for stderr: the site script's log() and every Redis warning.
-M.logger = require('dmarc.log').new {
+M.logger = require('dmarc.util.log').new {
   sink = function(level, msg) io.stderr:write('dmarc check: ', level, ': ', msg, '\n') end,
 }
 
@@ -289,7 +278,7 @@ function M.redis_settings(opts, getenv)
   getenv = getenv or os.getenv
   local conf = {}
   if opts['report-config'] then
-    local c, err = util.load_config(opts['report-config'])
+    local c, err = config.load(opts['report-config'])
     if not c then return nil, '--report-config: ' .. tostring(err) end
     conf = c
   end
@@ -329,7 +318,7 @@ function M.redis_settings(opts, getenv)
     settings.cluster = cluster_nodes
     settings.redis = { cluster = cluster_nodes }
   elseif addr ~= nil and addr ~= '' then
-    local where, err = require('dmarc.cli.override').parse_redis_address(tostring(addr))
+    local where, err = require('dmarc.redis.connect').parse_address(tostring(addr))
     if not where then return nil, err end
     settings.redis = where
   end
@@ -377,7 +366,7 @@ local function redis_link(settings)
     if settings.cluster then
       -- The router has the connection's :command/:pipeline contract, so the store, the
       -- rows and the failure queue use it unchanged; it routes each command by slot.
-      local router, err, code = require('dmarc.cluster').new {
+      local router, err, code = require('dmarc.redis.cluster').new {
         nodes = settings.cluster, timeout = settings.timeout, password = settings.password,
       }
       if not router then
@@ -558,7 +547,7 @@ end
 
 -- Failure reports [FAIL-1..7] of every author domain's evaluation, queued in Redis.
 local function queue_failure_reports(link, settings, res, input, ctx, decision, text, now, out)
-  local failure = require 'dmarc.failure'
+  local failure = require 'dmarc.report.failure'
   local ok_core, core = pcall(require, 'dmarc.core')
   local fr = failure.new {
     enabled = true, reporter = settings.reporter, redis = link.pipeline_proxy,
@@ -621,11 +610,11 @@ end
 -- }==================================================================
 
 local function usage_error(msg)
-  return util.usage_fail('dmarc check', msg)
+  return common.usage_fail('dmarc check', msg)
 end
 
 local function input_error(msg)
-  return util.fail('dmarc check', msg, 2)
+  return common.fail('dmarc check', msg, 2)
 end
 
 --- Entry point: run(args) -> exit status.
@@ -652,7 +641,7 @@ function M.run(args)
   text, err = read_message(opts.file)
   if not text then return input_error(err) end
   local resolver
-  resolver, err = M.resolver(opts)
+  resolver, err = common.resolver(opts)
   if not resolver then return input_error('DNS: ' .. tostring(err)) end
 
   local authserv_id = opts['authserv-id'] or 'localhost'
@@ -678,7 +667,7 @@ function M.run(args)
   if settings.redis then
     link = redis_link(settings)
     -- The store's one MGET per decision goes through the run's connection.
-    st = require('dmarc.store').redis {
+    st = require('dmarc.site.store').redis {
       host = settings.redis.host, port = settings.redis.port, path = settings.redis.path,
       prefix = settings.prefix, tag = settings.tag, timeout = settings.timeout,
       where = settings.cluster and where_text(settings) or nil,
@@ -700,7 +689,7 @@ function M.run(args)
     local out = as_arrays(res, decision)
     out.authentication_results = header
     out.reporting = reporting
-    io.stdout:write(util.json(out), '\n')
+    io.stdout:write(json.encode(out), '\n')
     return 0
   end
   io.stdout:write((header:gsub('\r\n', '\n')), '\n')

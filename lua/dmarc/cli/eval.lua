@@ -7,7 +7,8 @@
 
 local cjson = require 'cjson'
 local dmarc = require 'dmarc'
-local util = require 'dmarc.util'
+local common = require 'dmarc.cli.common'
+local json = require 'dmarc.util.json'
 
 local M = {}
 
@@ -59,22 +60,22 @@ local OUTPUT_KEYS = {
 local ARRAY_KEYS = { flags = true, queries = true }
 
 -- A private cjson instance: its settings do not leak to other users.
-local json = cjson.new()
+local cjson_private = cjson.new()
 -- "inf", "nan" and hex numbers are not JSON.
-if json.decode_invalid_numbers then json.decode_invalid_numbers(false) end
+if cjson_private.decode_invalid_numbers then cjson_private.decode_invalid_numbers(false) end
 local null = cjson.null
 
 -- ---------------------------------------------------------------------------
--- Encoding: the contract's key order, values through util.json (cjson 2.1.0, Debian 12,
+-- Encoding: the contract's key order, values through json.encode (cjson 2.1.0, Debian 12,
 -- writes an empty array as {} and escapes '/' needlessly).
 
 local function encode_scalar(v)
   -- An id may be any JSON value: objects and arrays go back through cjson, as they came.
   if type(v) == 'table' then
-    local ok, text = pcall(json.encode, v)
+    local ok, text = pcall(cjson_private.encode, v)
     return ok and text or 'null'
   end
-  return util.json(v)
+  return json.encode(v)
 end
 
 local function encode_array(list)
@@ -89,14 +90,14 @@ function M.encode_output(out)
   for i, key in ipairs(OUTPUT_KEYS) do
     local value = out[key]
     local text = ARRAY_KEYS[key] and encode_array(value) or encode_scalar(value)
-    parts[i] = util.json(key) .. ':' .. text
+    parts[i] = json.encode(key) .. ':' .. text
   end
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
 --- The output line of an input that could not be evaluated.
 function M.encode_error(id, message)
-  return '{"id":' .. encode_scalar(id) .. ',"error":' .. util.json(message) .. '}'
+  return '{"id":' .. encode_scalar(id) .. ',"error":' .. json.encode(message) .. '}'
 end
 
 -- ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ function M.process_line(line)
   if #line > M.MAX_LINE_BYTES then
     return M.encode_error(nil, string.format('line longer than %d bytes', M.MAX_LINE_BYTES))
   end
-  local ok, input = pcall(json.decode, line)
+  local ok, input = pcall(cjson_private.decode, line)
   if not ok then return M.encode_error(nil, 'invalid JSON: ' .. tostring(input)) end
   if not is_object(input) then return M.encode_error(nil, 'expected a JSON object') end
   local id = input.id
@@ -148,7 +149,7 @@ function M.run(args)
     io.stdout:write(USAGE)
     return 0
   elseif a ~= nil then
-    util.fail('dmarc eval', 'unknown argument "' .. a .. '"')
+    common.fail('dmarc eval', 'unknown argument "' .. a .. '"')
     io.stderr:write(USAGE)
     return 2
   end
@@ -156,7 +157,7 @@ function M.run(args)
     local line, rerr = io.stdin:read('*l')
     if line == nil then
       if rerr then
-        return util.fail('dmarc eval', 'reading standard input: ' .. tostring(rerr), 1)
+        return common.fail('dmarc eval', 'reading standard input: ' .. tostring(rerr), 1)
       end
       return 0
     end
@@ -166,7 +167,7 @@ function M.run(args)
       local ok, werr = io.stdout:write(text, '\n')
       if ok then ok, werr = io.stdout:flush() end
       if not ok then
-        return util.fail('dmarc eval', 'writing standard output: ' .. tostring(werr), 1)
+        return common.fail('dmarc eval', 'writing standard output: ' .. tostring(werr), 1)
       end
     end
   end

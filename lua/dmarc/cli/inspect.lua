@@ -6,8 +6,9 @@
 -- @module dmarc.cli.inspect
 
 local dmarc = require 'dmarc'
-local check = require 'dmarc.cli.check'
-local util = require 'dmarc.util'
+local common = require 'dmarc.cli.common'
+local json = require 'dmarc.util.json'
+local options = require 'dmarc.util.options'
 
 local M = {}
 
@@ -30,7 +31,7 @@ local FLAG_OPTIONS = { json = true, help = true }
 M.MAX_URIS_CHECKED = 8
 
 local function parse_args(args)
-  local opts, operands = util.parse_options(args, {
+  local opts, operands = options.parse(args, {
     values = VALUE_OPTIONS, flags = FLAG_OPTIONS, once = true, dash_operand = false,
     max_operands = 1, too_many_operands = 'one DOMAIN only',
   })
@@ -59,14 +60,14 @@ end
 local function recording(resolver, walk)
   return function(name, qtype)
     local rcode, txts, ttl = resolver:resolve(name, qtype)
-    walk[#walk + 1] = { name = name, type = qtype, rcode = rcode, records = util.json_array(txts) }
+    walk[#walk + 1] = { name = name, type = qtype, rcode = rcode, records = json.array(txts) }
     return rcode, txts, ttl
   end
 end
 
 --- Evaluate mail from @domain: the verdict, the questions asked and their answers.
 local function discover(resolver, domain, mode)
-  local walk = util.json_array()
+  local walk = json.array()
   -- The whole walk, even where mail from the domain would not need it: the Org Domain
   -- and every record up to the TLD are what an inspection is for [DISC-6].
   local engine = dmarc.new{ mode = mode, full_org_walk = true }
@@ -167,7 +168,7 @@ end
 --- Inspect @domain: the report table (see the --json output).
 function M.inspect(resolver, domain, mode)
   local report = {
-    domain = domain, mode = mode, warnings = util.json_array(), errors = util.json_array(),
+    domain = domain, mode = mode, warnings = json.array(), errors = json.array(),
   }
   local out, verdict, walk = discover(resolver, domain, mode)
   if not out then
@@ -180,7 +181,7 @@ function M.inspect(resolver, domain, mode)
   report.applied = out.applied
   report.policy_domain = out.policy_domain
   report.org_domain = out.org_domain
-  report.flags = util.json_array(out.flags or {})
+  report.flags = json.array(out.flags or {})
 
   -- Every record met on the walk: duplicates, near misses, records at a TLD.
   for _, answer in ipairs(walk) do
@@ -280,7 +281,7 @@ end
 
 --- Every tag with its effective value and where it came from.
 function M.effective_tags(rec, mode)
-  local tags = util.json_array()
+  local tags = json.array()
   local function tag(name, value, present, default_note)
     tags[#tags + 1] = { tag = name, value = value, source = present and 'record' or default_note }
   end
@@ -341,23 +342,23 @@ end
 --- Entry point: run(args) -> exit status.
 function M.run(args)
   local opts, err = parse_args(args or {})
-  if not opts then return util.usage_fail('dmarc inspect', err) end
+  if not opts then return common.usage_fail('dmarc inspect', err) end
   if opts.help then
     io.stdout:write(M.USAGE)
     return 0
   end
   local domain, derr = dmarc.normalize_domain(opts.domain)
   if not domain then
-    return util.fail('dmarc inspect',
+    return common.fail('dmarc inspect',
                      'not a domain name: ' .. opts.domain .. ' (' .. tostring(derr) .. ')', 2)
   end
   local resolver
-  resolver, err = check.resolver(opts)
-  if not resolver then return util.fail('dmarc inspect', 'DNS: ' .. tostring(err), 2) end
+  resolver, err = common.resolver(opts)
+  if not resolver then return common.fail('dmarc inspect', 'DNS: ' .. tostring(err), 2) end
   local report = M.inspect(resolver, domain, opts.mode)
   resolver:close()
   if opts.json then
-    io.stdout:write(util.json(report), '\n')
+    io.stdout:write(json.encode(report), '\n')
   else
     print_report(report)
   end

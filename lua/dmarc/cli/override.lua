@@ -2,9 +2,11 @@
 -- Exit status: 0 done, 1 the store failed (or the entry to delete is absent), 2 usage or
 -- invalid input. Key schema: docs/redis-keys.md.
 -- @module dmarc.cli.override
-local store = require 'dmarc.store'
-local policy = require 'dmarc.policy'
-local util = require 'dmarc.util'
+local store = require 'dmarc.site.store'
+local policy = require 'dmarc.site.policy'
+local common = require 'dmarc.cli.common'
+local connect = require 'dmarc.redis.connect'
+local options = require 'dmarc.util.options'
 
 local M = {}
 
@@ -41,34 +43,16 @@ local FLAG_OPTIONS = { json = true, help = true }
 local UNIT = { s = 1, m = 60, h = 3600, d = 86400 }
 
 local function usage_error(sys, msg)
-  return util.usage_fail('dmarc override', msg, sys.stderr)
+  return common.usage_fail('dmarc override', msg, sys.stderr)
 end
 
 -- The store failed (or has no such entry): exit status 1.
 local function store_error(sys, msg)
-  return util.fail('dmarc override', msg, 1, sys.stderr)
+  return common.fail('dmarc override', msg, 1, sys.stderr)
 end
 
 local function parse_args(args)
-  return util.parse_options(args, { values = VALUE_OPTIONS, flags = FLAG_OPTIONS })
-end
-
---- Parses HOST:PORT, [IPv6]:PORT, HOST, unix:PATH or /PATH into connect options.
-function M.parse_redis_address(s)
-  if type(s) ~= 'string' or s == '' then return nil, 'empty Redis address' end
-  if s:sub(1, 5) == 'unix:' then return { path = s:sub(6) } end
-  if s:sub(1, 1) == '/' then return { path = s } end
-  local host, port = s:match('^%[([%x:.]+)%]:(%d+)$')
-  if not host then host, port = s:match('^([%w.-]+):(%d+)$') end
-  if not host then
-    host = s:match('^([%w.-]+)$') or s:match('^%[([%x:.]+)%]$')
-    port = '6379'
-  end
-  port = tonumber(port)
-  if not host or not port or port < 1 or port > 65535 then
-    return nil, 'bad Redis address "' .. s .. '" (HOST:PORT or unix:PATH)'
-  end
-  return { host = host, port = port }
+  return options.parse(args, { values = VALUE_OPTIONS, flags = FLAG_OPTIONS })
 end
 
 local function parse_ttl(s)
@@ -101,18 +85,18 @@ local function describe_entry(entry)
 end
 
 -- The store on a Redis Cluster: every key of the override store carries the one {TAG}
--- hash tag, so the router (dmarc.cluster) sends each command to that slot's master.
+-- hash tag, so the router (dmarc.redis.cluster) sends each command to that slot's master.
 local function open_cluster_store(opts, sys, timeout)
   if opts.redis then return nil, '--redis and --redis-cluster exclude each other', 2 end
   if opts.db then return nil, '--db: a Redis Cluster has no databases', 2 end
-  local nodes, nerr = require('dmarc.cluster').parse_nodes(opts['redis-cluster'])
+  local nodes, nerr = require('dmarc.redis.cluster').parse_nodes(opts['redis-cluster'])
   if not nodes then return nil, '--redis-cluster: ' .. nerr, 2 end
   local password = sys.getenv('DMARC_REDIS_PASSWORD')
   local ok, st = pcall(store.redis, {
     prefix = opts.prefix, tag = opts.tag, timeout = timeout, backoff = 0,
     where = 'cluster ' .. table.concat(nodes, ','),
     connect = function()
-      return require('dmarc.cluster').new { nodes = nodes, timeout = timeout, password = password }
+      return require('dmarc.redis.cluster').new { nodes = nodes, timeout = timeout, password = password }
     end,
   })
   if not ok then return nil, (tostring(st):gsub('^[^:]*:%d+: ', '')), 2 end
@@ -126,7 +110,7 @@ local function open_store(opts, sys)
   if opts.tag and not opts.tag:find('^[%w_.:-]+$') then return nil, 'bad --tag', 2 end
   if opts.prefix and opts.prefix:find('[%c%s{}]') then return nil, 'bad --prefix', 2 end
   if opts['redis-cluster'] then return open_cluster_store(opts, sys, timeout) end
-  local addr, err = M.parse_redis_address(opts.redis or sys.getenv('DMARC_REDIS') or '127.0.0.1:6379')
+  local addr, err = connect.parse_address(opts.redis or sys.getenv('DMARC_REDIS') or '127.0.0.1:6379')
   if not addr then return nil, err, 2 end
   local db
   if opts.db then

@@ -1,7 +1,7 @@
 --- Resolvers for tests: synchronous, asynchronous with a queue the test
 -- pumps, and misbehaving ones. All answer from a `dns` map with the
--- semantics of dmarc.json_dns, and log every question.
-local json_dns = require 'dmarc.json_dns'
+-- semantics of dmarc.receive.json_dns, and log every question.
+local json_dns = require 'dmarc.receive.json_dns'
 
 local M = {}
 

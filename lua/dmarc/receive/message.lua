@@ -1,7 +1,7 @@
 --- Message helpers: the header section of an RFC 5322 message, and the small structured-header
 -- grammars the authentication headers use (comments, quoted strings, tag-lists).
 --
---   local message = require 'dmarc.message'
+--   local message = require 'dmarc.receive.message'
 --   local msg, err, code = message.parse(text)       -- code: 'syntax' | 'limit'
 --   msg:get('from')      --> array of raw values (after the colon, folding kept), top first
 --   msg:first('list-id') --> the first value, or nil
@@ -9,7 +9,7 @@
 --   msg.fields           --> the same flat: name, lower-case name, value, name, ...
 --
 -- Bad data gives nil, message, code (a stable token); misuse (wrong argument types) raises.
--- @module dmarc.message
+-- @module dmarc.receive.message
 
 local M = {}
 
@@ -163,7 +163,7 @@ M.walker = header_fields_c and 'c' or 'lua'
 -- @param text {string} the whole message
 -- @return {Message}, or nil, message, code ('syntax': not a message; 'limit')
 function M.parse(text)
-  if type(text) ~= 'string' then error('dmarc.message.parse: text must be a string', 2) end
+  if type(text) ~= 'string' then error('dmarc.receive.message.parse: text must be a string', 2) end
   if #text > M.MAX_MESSAGE_BYTES then
     return fail(string.format('message larger than %d bytes', M.MAX_MESSAGE_BYTES), 'limit')
   end

@@ -1,11 +1,12 @@
 --- `dmarc report ingest PATH...`: store aggregate reports received from other
 -- receivers (XML, .xml.gz, .zip, report e-mails) in Redis, per policy domain
--- and day, deduplicated by (org_name, report_id). Loaded by the `dmarc
--- report` dispatcher (lua/dmarc/cli/report.lua) as report_<subcommand>.
---
--- Also the shared command-line plumbing of `report summary` and `report
--- serve` (their options, --help and config file; the key prefix).
-local util = require 'dmarc.util'
+-- and day, deduplicated by (org_name, report_id). Run by bin/dmarc as `dmarc
+-- report ingest`; the plumbing it shares with `report summary` and `report
+-- serve` (options, --help, config file, key prefix) is in dmarc.cli.common.
+local common = require 'dmarc.cli.common'
+local connect = require 'dmarc.redis.connect'
+local options = require 'dmarc.util.options'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -41,68 +42,6 @@ failed (the others are still stored), 2 usage.
 ]]
 
 -- ---------------------------------------------------------------------------
--- Shared plumbing
-
-M.COMMON_VALUES = { config = true, redis = true, cluster = true, prefix = true,
-                    ['redis-timeout'] = true }
-
---- Command-line options: `--name value`, `--name=value`, flags; the rest are
--- operands. Unknown options are usage errors.
--- @param spec {table} flags (set), values (set); the common options are added
--- @return options, operands; or nil, message
-function M.parse_args(args, spec)
-  local values = {}
-  for name in pairs(M.COMMON_VALUES) do values[name] = true end
-  for name in pairs(spec.values) do values[name] = true end
-  return util.parse_options(args, { style = 'report', flags = spec.flags, values = values })
-end
-
---- The config file (a Lua chunk returning a table), or {} without --config.
-function M.config(o)
-  if not o.config then return {} end
-  return util.load_config(o.config)
-end
-
---- The start every report subcommand shares: its options and the common ones, --help, and
--- the config file.
--- @param name {string} the subcommand, e.g. 'ingest'
--- @param args {table} its arguments
--- @param spec {table} flags, values (sets) as parse_args; max_operands (nil: any number)
--- @param usage {string} the --help text
--- @return opts, operands, conf; or nil, exit status (--help written, or a usage error told)
-function M.start(name, args, spec, usage)
-  local who = 'dmarc report ' .. name
-  local o, rest = M.parse_args(args, spec)
-  if not o then return nil, util.fail(who, rest .. ' (see --help)', 2) end
-  if o.help then
-    io.stdout:write(usage)
-    return nil, 0
-  end
-  if spec.max_operands and #rest > spec.max_operands then
-    return nil, util.fail(who, 'unexpected argument ' .. util.shown(rest[spec.max_operands + 1]), 2)
-  end
-  local conf, cerr = M.config(o)
-  if not conf then return nil, util.fail(who, 'config: ' .. tostring(cerr), 2) end
-  return o, rest, conf
-end
-
---- The key prefix option, checked.
-function M.prefix(o, conf)
-  local report = require 'dmarc.report'
-  local ingest = require 'dmarc.ingest'
-  local p = util.setting(o, conf, 'prefix', ingest.defaults.prefix)
-  if not report.valid_prefix(p) then return nil end
-  return p
-end
-
---- Wall-clock seconds, sub-second when luasocket is installed.
-function M.clock()
-  local ok, socket = pcall(require, 'socket')
-  if ok and type(socket) == 'table' and socket.gettime then return socket.gettime end
-  return os.time
-end
-
--- ---------------------------------------------------------------------------
 -- ingest
 
 local SPEC = {
@@ -111,11 +50,11 @@ local SPEC = {
 }
 
 local function die(msg, status)
-  return util.fail('dmarc report ingest', msg, status)
+  return common.fail('dmarc report ingest', msg, status)
 end
 
 local function domain_list(v)
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   local out = {}
   local items = type(v) == 'table' and v or {}
   if type(v) == 'string' then
@@ -130,7 +69,7 @@ local function domain_list(v)
 end
 
 local function read_salt(o, conf)
-  local file = util.setting(o, conf, 'salt-file')
+  local file = options.setting(o, conf, 'salt-file')
   if file then
     local f, err = io.open(file, 'rb')
     if not f then return nil, 'salt file: ' .. tostring(err) end
@@ -150,20 +89,20 @@ end
 
 --- Entry point: run(args) → exit status.
 function M.run(args)
-  local ingest = require 'dmarc.ingest'
-  local summary = require 'dmarc.summary'
-  local o, rest, conf = M.start('ingest', args, SPEC, USAGE)
+  local ingest = require 'dmarc.owner.ingest'
+  local summary = require 'dmarc.owner.summary'
+  local o, rest, conf = common.report_start('ingest', args, SPEC, USAGE)
   if not o then return rest end -- --help or a usage error: rest is the exit status
   if #rest == 0 then return die('no PATH given (see --help)', 2) end
-  local prefix = M.prefix(o, conf)
+  local prefix = common.report_prefix(o, conf)
   if not prefix then return die('invalid --prefix', 2) end
-  local own, bad = domain_list(util.setting(o, conf, 'own', conf.own_domains))
-  if not own then return die('invalid domain in --own: ' .. util.shown(bad), 2) end
-  local retention = tonumber(util.setting(o, conf, 'retention-days', ingest.defaults.ttl / 86400))
+  local own, bad = domain_list(options.setting(o, conf, 'own', conf.own_domains))
+  if not own then return die('invalid domain in --own: ' .. text.shown(bad), 2) end
+  local retention = tonumber(options.setting(o, conf, 'retention-days', ingest.defaults.ttl / 86400))
   if not retention or retention < 1 or retention > 3660 or retention % 1 ~= 0 then
     return die('--retention-days must be 1..3660', 2)
   end
-  local max_size = tonumber(util.setting(o, conf, 'max-size', ingest.limits.max_input))
+  local max_size = tonumber(options.setting(o, conf, 'max-size', ingest.limits.max_input))
   if not max_size or max_size < 1024 or max_size > 2 ^ 31 - 1 then
     return die('--max-size must be 1024..2147483647', 2)
   end
@@ -174,10 +113,10 @@ function M.run(args)
     if not salt then return die(serr, 2) end
   end
   local files, missing = ingest.expand_paths(rest)
-  local conn, err = util.connect_redis(o, conf)
+  local conn, err = connect.from_options(o, conf)
   if not conn then return die('Redis: ' .. tostring(err), 1) end
 
-  local clock = M.clock()
+  local clock = common.clock()
   local started = clock()
   local last = started
   local quiet = o.quiet
@@ -200,8 +139,8 @@ function M.run(args)
     progress = progress,
     on_result = function(path, r)
       if r.status == 'error' and not quiet then
-        io.stderr:write('ingest: ', util.shown(path), ': ', util.shown(r.code or 'error'),
-                        ': ', util.shown(r.message), '\n')
+        io.stderr:write('ingest: ', text.shown(path), ': ', text.shown(r.code or 'error'),
+                        ': ', text.shown(r.message), '\n')
       end
     end,
   })
@@ -209,7 +148,7 @@ function M.run(args)
   for _, m in ipairs(missing) do
     stats.errors = stats.errors + 1
     table.insert(stats.failures, { path = m.path, code = 'io', message = m.message })
-    if not quiet then io.stderr:write('ingest: ', util.shown(m.path), ': cannot open\n') end
+    if not quiet then io.stderr:write('ingest: ', text.shown(m.path), ': cannot open\n') end
   end
   stats.seconds = clock() - started
   progress(stats, true)

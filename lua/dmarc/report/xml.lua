@@ -4,7 +4,9 @@
 -- The writer streams: begin() writes the metadata and policy, record() one
 -- record at a time, finish() the closing tag. Output goes to a `write`
 -- function, so a report of any size never sits in memory whole.
-local util = require 'dmarc.util'
+local connect = require 'dmarc.redis.connect'
+local files = require 'dmarc.util.files'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -34,10 +36,10 @@ local SPF_WORDS = {
 -- Text
 
 -- What XML 1.0 cannot carry (C0 controls other than TAB/LF/CR, byte
--- sequences that are not UTF-8) becomes '?' (util.sanitize_text). Strings
+-- sequences that are not UTF-8) becomes '?' (text.sanitize). Strings
 -- in reports come from DNS, headers and site scripts, so this is the guard
 -- that keeps every report well-formed.
-local sanitize = util.sanitize_text
+local sanitize = text.sanitize
 M.sanitize = sanitize
 
 local ENT = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&quot;', ["'"] = '&apos;' }
@@ -60,7 +62,7 @@ function M.expand_ipv6(ip)
   if dc then head, tail = ip:sub(1, dc - 1), ip:sub(dc + 2) end
   local function groups(s)
     local g = {}
-    for _, part in ipairs(util.split(s, ':')) do
+    for _, part in ipairs(text.split(s, ':')) do
       local a, b, c, d = part:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
       if a then
         g[#g + 1] = string.format('%x', tonumber(a) * 256 + tonumber(b))
@@ -285,7 +287,7 @@ end
 -- share built once.
 -- @return true, or nil when the field is not a valid row
 function Writer:record_encoded(field, count, parts)
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   parts = parts or report.split_field(field)
   if not parts then return nil end
   if not self.ev_cache then
@@ -319,7 +321,7 @@ function Writer:record_encoded(field, count, parts)
                       return auth_xml(f, r)
                     end)
   if not ok then return nil end
-  local ip = row and row.source_ip or util.unescape_atom(parts[5])
+  local ip = row and row.source_ip or text.unescape_atom(parts[5])
   self.write(row_xml(f, ip, count, ev, id, au))
   self.records = self.records + 1
   return true
@@ -464,7 +466,7 @@ M.GZIP_BATCH = 200         -- reports compressed per gzip process
 M.MAX_PERIOD_DAYS = 31     -- longest period one run covers
 M.HSCAN_COUNT = 1000
 
-local shell_quote = util.shell_quote
+local shell_quote = text.shell_quote
 M.shell_quote = shell_quote
 
 -- Files are written in place, not through a temporary name and a rename:
@@ -472,7 +474,7 @@ M.shell_quote = shell_quote
 -- times slower. A manifest is written after the messages it names, and a
 -- cut-off manifest is not valid JSON (send skips it), so a crash never
 -- makes send use a half-written file.
-local read_file, write_file = util.read_file, util.write_file
+local read_file, write_file = files.read, files.write
 M.read_file = read_file
 M.write_file = write_file
 
@@ -483,17 +485,17 @@ function M.mailto_address(uri)
   if type(uri) ~= 'string' then return nil, 'bad_uri' end
   local rest = uri:match('^[Mm][Aa][Ii][Ll][Tt][Oo]:(.*)$')
   if not rest then return nil, 'unsupported_scheme' end
-  rest = util.percent_decode(rest:match('^([^?]*)') or '')
+  rest = text.percent_decode(rest:match('^([^?]*)') or '')
   local lp, dom = rest:match('^([^@]+)@([^@]+)$')
   if not lp or #rest > 254 or lp:find('[%c%s<>,;:"\\%(%)%[%]]') then return nil, 'bad_uri' end
   dom = dom:lower()
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   if not report.valid_domain(dom) then return nil, 'bad_uri' end
   return lp .. '@' .. dom, dom
 end
 
 local function day_list(begin, finish)
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   local days = {}
   local t = begin
   while t < finish and #days < M.MAX_PERIOD_DAYS do
@@ -506,7 +508,7 @@ M.day_list = day_list
 
 -- Everything stored for one policy domain over the period's days.
 local function collect_domain(conn, prefix, domain, days, max_rows, state_key)
-  local report = require 'dmarc.report'
+  local report = require 'dmarc.report.rows'
   local agg, nfields = {}, 0
   local meta = { dropped_rows = 0, dropped_messages = 0, lost_messages = 0 }
   local keys = {}
@@ -532,7 +534,7 @@ local function collect_domain(conn, prefix, domain, days, max_rows, state_key)
         return nil, 'HSCAN failed: ' .. tostring(page and page.err), 'redis'
       end
       if first then
-        local m = util.hash_reply(replies[2])
+        local m = connect.hash_reply(replies[2])
         if m.rua and m.rua ~= '' then meta.rua = m.rua end
         if m.policy and m.policy ~= '' then meta.policy = m.policy end
         for _, f in ipairs({ 'dropped_rows', 'dropped_messages', 'lost_messages' }) do
@@ -561,7 +563,7 @@ end
 
 --- Generate the reports of a period.
 -- @param opts {table}
---   redis       a dmarc.redis connection or a dmarc.cluster router
+--   redis       a dmarc.redis connection or a dmarc.redis.cluster router
 --   prefix      key prefix (default report.defaults.prefix)
 --   begin       period start, epoch seconds at 00:00 UTC
 --   ['end']     period end (exclusive), at 00:00 UTC
@@ -575,8 +577,8 @@ end
 -- @return summary {domains, reports, records, messages, skipped_rows,
 --   manifests = {paths}}, or nil, msg, code
 function M.generate(opts)
-  local report = require 'dmarc.report'
-  local cluster = require 'dmarc.cluster'
+  local report = require 'dmarc.report.rows'
+  local cluster = require 'dmarc.redis.cluster'
   local cjson = require 'cjson'
   local conn = opts.redis
   local prefix = opts.prefix or report.defaults.prefix
@@ -754,8 +756,8 @@ function M.generate(opts)
         local f, err = io.open(out .. '/' .. xml_name, 'wb')
         if not f then return nil, err, 'io' end
         local chunks = {}
-        local function put(text)
-          chunks[#chunks + 1] = text
+        local function put(s)
+          chunks[#chunks + 1] = s
           if #chunks >= 256 then
             f:write(table.concat(chunks))
             chunks = {}

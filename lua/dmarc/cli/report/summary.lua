@@ -2,8 +2,10 @@
 -- about one policy domain (volume, pass rate, sources, forwarding, spoofing,
 -- reporters) and whether it is ready for the next policy step. Loaded by the
 -- `dmarc report` dispatcher as report_<subcommand>.
-local cli = require 'dmarc.cli.report_ingest'
-local util = require 'dmarc.util'
+local common = require 'dmarc.cli.common'
+local connect = require 'dmarc.redis.connect'
+local text = require 'dmarc.util.text'
+local time = require 'dmarc.util.time'
 
 local M = {}
 
@@ -25,7 +27,7 @@ exit status: 0 done, 1 Redis error, 2 usage.
 ]]
 
 local function die(msg, status)
-  return util.fail('dmarc report summary', msg, status)
+  return common.fail('dmarc report summary', msg, status)
 end
 
 -- No operands: everything is an option.
@@ -36,28 +38,28 @@ local SPEC = {
 }
 
 local function drill_text(s)
-  local summary = require 'dmarc.summary'
+  local summary = require 'dmarc.owner.summary'
   local d = s.drill
-  local out = { '', 'records of source ' .. util.shown(d.ip) .. ':' }
+  local out = { '', 'records of source ' .. text.shown(d.ip) .. ':' }
   for _, r in ipairs(d.rows) do
     local dk, sp = {}, {}
-    for _, x in ipairs(r.dkim_results) do dk[#dk + 1] = util.shown(x.domain) .. '=' .. x.result end
-    for _, x in ipairs(r.spf_results) do sp[#sp + 1] = util.shown(x.domain) .. '=' .. x.result end
+    for _, x in ipairs(r.dkim_results) do dk[#dk + 1] = text.shown(x.domain) .. '=' .. x.result end
+    for _, x in ipairs(r.spf_results) do sp[#sp + 1] = text.shown(x.domain) .. '=' .. x.result end
     out[#out + 1] = string.format('  %s %6d %-16s from=%s env=%s disp=%s dkim=%s spf=%s [%s] [%s] %s',
                                   summary.day_text(r.day), r.count, r.class,
-                                  util.shown(r.header_from), util.shown(r.envelope_from),
-                                  util.shown(r.disposition), util.shown(r.dkim),
-                                  util.shown(r.spf), table.concat(dk, ' '),
-                                  table.concat(sp, ' '), util.shown(r.org_name))
+                                  text.shown(r.header_from), text.shown(r.envelope_from),
+                                  text.shown(r.disposition), text.shown(r.dkim),
+                                  text.shown(r.spf), table.concat(dk, ' '),
+                                  table.concat(sp, ' '), text.shown(r.org_name))
   end
   return table.concat(out, '\n') .. '\n'
 end
 
 --- Entry point: run(args) → exit status.
 function M.run(args)
-  local summary = require 'dmarc.summary'
-  local report = require 'dmarc.report'
-  local o, rest, conf = cli.start('summary', args, SPEC, USAGE)
+  local summary = require 'dmarc.owner.summary'
+  local report = require 'dmarc.report.rows'
+  local o, rest, conf = common.report_start('summary', args, SPEC, USAGE)
   if not o then return rest end -- --help or a usage error: rest is the exit status
   local dom = o.domain and o.domain:lower():gsub('%.$', '')
   if not dom or not report.valid_domain(dom) then
@@ -69,7 +71,7 @@ function M.run(args)
   end
   local until_time = os.time()
   if o['until'] then
-    until_time = util.parse_day(o['until'])
+    until_time = time.parse_day(o['until'])
     if not until_time then return die('--until needs YYYY-MM-DD', 2) end
   end
   local ntop = tonumber(o.top or summary.limits.top)
@@ -79,9 +81,9 @@ function M.run(args)
   if o.source and not report.valid_ip(o.source:lower()) then
     return die('--source needs an IP address', 2)
   end
-  local prefix = cli.prefix(o, conf)
+  local prefix = common.report_prefix(o, conf)
   if not prefix then return die('invalid --prefix', 2) end
-  local conn, err = util.connect_redis(o, conf)
+  local conn, err = connect.from_options(o, conf)
   if not conn then return die('Redis: ' .. tostring(err), 1) end
   local data, lerr, code = summary.load(conn, { domain = dom, days = days, ['until'] = until_time,
                                                 prefix = prefix })

@@ -13,7 +13,7 @@
 --          with no separator [REC-1] (nil: none)
 --   ttl    seconds for the shared cache [DISC-11] (nil: 0)
 --
--- @module dmarc.resolve
+-- @module dmarc.receive.resolve
 
 local core = require 'dmarc.core'
 
@@ -72,7 +72,7 @@ function M.run_sync(ev, resolve)
     local name, qtype = ev:query()
     feed(ev, resolve(name, qtype))
   end
-  error('dmarc.resolve: the evaluation did not finish within its query bound', 0)
+  error('dmarc.receive.resolve: the evaluation did not finish within its query bound', 0)
 end
 
 --- Run the loop with a callback-style resolver.
@@ -102,7 +102,7 @@ function M.run_async(ev, resolve_async, on_done)
     while not done do
       steps = steps + 1
       if steps > M.MAX_STEPS then
-        return finish(nil, 'dmarc.resolve: the evaluation did not finish within its query bound')
+        return finish(nil, 'dmarc.receive.resolve: the evaluation did not finish within its query bound')
       end
       local ok, finished = pcall(ev.run, ev)
       if not ok then return finish(nil, tostring(finished)) end

@@ -12,9 +12,9 @@
 --   serve         the HTTP/1.1 server on lua-socket: loopback by default,
 --                 one request per connection, bounded request size and time,
 --                 a Host check against DNS rebinding
-local summary = require 'dmarc.summary'
-local report = require 'dmarc.report'
-local util = require 'dmarc.util'
+local summary = require 'dmarc.owner.summary'
+local report = require 'dmarc.report.rows'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -44,7 +44,7 @@ local HTML_ESC = { ['&'] = '&amp;', ['<'] = '&lt;', ['>'] = '&gt;', ['"'] = '&qu
 -- control characters, markup characters escaped.
 function M.html(s)
   s = tostring(s == nil and '' or s)
-  s = util.sanitize_text(s):gsub('[%z\1-\8\11\12\14-\31\127]', '?')
+  s = text.sanitize(s):gsub('[%z\1-\8\11\12\14-\31\127]', '?')
   return (s:gsub('[&<>"\']', HTML_ESC))
 end
 local html = M.html
@@ -505,8 +505,8 @@ function M.render_source(s, opts)
   return page('DMARC: ' .. d.ip .. ' for ' .. dom, table.concat(out))
 end
 
-local function error_page(status, text)
-  return page('Error', '<h1>' .. status .. '</h1><p>' .. html(text) .. '</p>')
+local function error_page(status, message)
+  return page('Error', '<h1>' .. status .. '</h1><p>' .. html(message) .. '</p>')
 end
 
 -- ---------------------------------------------------------------------------
@@ -514,7 +514,7 @@ end
 
 -- A query component: '+' is a space (HTML form encoding), then %XX.
 local function percent_decode(s)
-  return util.percent_decode((s:gsub('+', ' ')))
+  return text.percent_decode((s:gsub('+', ' ')))
 end
 
 --- A request target split into path and query parameters (first value of
@@ -610,8 +610,8 @@ end
 --- The data source of the pages: SCAN for the index, summary.load for a
 -- domain. One connection, reopened after an I/O failure.
 function M.redis_source(opts)
-  local ingest = require 'dmarc.ingest'
-  local cluster = require 'dmarc.cluster'
+  local ingest = require 'dmarc.owner.ingest'
+  local cluster = require 'dmarc.redis.cluster'
   local conn
   local function get()
     if conn and not (conn.is_broken and conn:is_broken()) then return conn end
@@ -774,7 +774,7 @@ local function serve_client(client, ctx, socket)
   client:send(M.encode_response(res, req and req.method == 'HEAD'))
   if ctx.log then
     ctx.log('info', string.format('%s %s %d', req and req.method or '-',
-                                  req and util.shown(req.target) or '-', res.status))
+                                  req and text.shown(req.target) or '-', res.status))
   end
 end
 

@@ -3,12 +3,12 @@
 -- stderr itself, so the CLI, the rspamd plugin (rspamd_logger) and the tests each decide where
 -- messages go.
 --
---   local log = require 'dmarc.log'
+--   local log = require 'dmarc.util.log'
 --   local logger = log.new{ sink = function(level, msg) ... end, level = 'info' }
 --   logger:warn('redis %s unreachable', addr)
 --
 -- A sink is a function (level, message); levels are 'debug' < 'info' < 'warn' < 'error'.
--- @module dmarc.log
+-- @module dmarc.util.log
 local M = {}
 
 local LEVELS = { debug = 1, info = 2, warn = 3, error = 4 }
@@ -46,9 +46,9 @@ end
 function M.new(opts)
   opts = opts or {}
   local threshold = LEVELS[opts.level or 'info']
-  if not threshold then error('dmarc.log: unknown level ' .. tostring(opts.level), 2) end
+  if not threshold then error('dmarc.util.log: unknown level ' .. tostring(opts.level), 2) end
   if opts.sink ~= nil and type(opts.sink) ~= 'function' then
-    error('dmarc.log: sink must be a function', 2)
+    error('dmarc.util.log: sink must be a function', 2)
   end
   return setmetatable({ sink = opts.sink or stderr_sink, threshold = threshold }, Logger)
 end

@@ -19,7 +19,7 @@
 -- Names compare case-insensitively (RFC 4343) and one trailing dot is
 -- ignored [FROM-2].
 --
--- @module dmarc.json_dns
+-- @module dmarc.receive.json_dns
 
 local M = {}
 

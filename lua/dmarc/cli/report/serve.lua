@@ -1,8 +1,10 @@
 --- `dmarc report serve`: the dashboard over the ingested aggregate reports
--- (lua/dmarc/dashboard.lua), served on loopback by default. Loaded by the
+-- (lua/dmarc/owner/dashboard.lua), served on loopback by default. Loaded by the
 -- `dmarc report` dispatcher as report_<subcommand>.
-local cli = require 'dmarc.cli.report_ingest'
-local util = require 'dmarc.util'
+local common = require 'dmarc.cli.common'
+local connect = require 'dmarc.redis.connect'
+local options = require 'dmarc.util.options'
+local time = require 'dmarc.util.time'
 
 local M = {}
 
@@ -28,7 +30,7 @@ exit status: 0 stopped, 1 cannot listen or Redis unusable, 2 usage.
 ]]
 
 local function die(msg, status)
-  return util.fail('dmarc report serve', msg, status)
+  return common.fail('dmarc report serve', msg, status)
 end
 
 -- No operands: everything is an option.
@@ -40,29 +42,29 @@ local SPEC = {
 
 --- Entry point: run(args) → exit status.
 function M.run(args)
-  local dashboard = require 'dmarc.dashboard'
-  local summary = require 'dmarc.summary'
-  local o, rest, conf = cli.start('serve', args, SPEC, USAGE)
+  local dashboard = require 'dmarc.owner.dashboard'
+  local summary = require 'dmarc.owner.summary'
+  local o, rest, conf = common.report_start('serve', args, SPEC, USAGE)
   if not o then return rest end -- --help or a usage error: rest is the exit status
-  local listen = util.setting(o, conf, 'listen', dashboard.defaults.listen)
+  local listen = options.setting(o, conf, 'listen', dashboard.defaults.listen)
   if not dashboard.parse_listen(listen) then return die('bad --listen address', 2) end
   local days = tonumber(o.days or dashboard.defaults.days)
   if not days or days < 1 or days > summary.limits.max_days or days % 1 ~= 0 then
     return die('--days must be 1..' .. summary.limits.max_days, 2)
   end
-  if o['until'] and not util.parse_day(o['until']) then
+  if o['until'] and not time.parse_day(o['until']) then
     return die('--until needs YYYY-MM-DD', 2)
   end
   local max_requests = o['max-requests'] and tonumber(o['max-requests'])
   if o['max-requests'] and (not max_requests or max_requests < 1) then
     return die('--max-requests must be a positive number', 2)
   end
-  local prefix = cli.prefix(o, conf)
+  local prefix = common.report_prefix(o, conf)
   if not prefix then return die('invalid --prefix', 2) end
   local ok_socket = pcall(require, 'socket')
   if not ok_socket then return die('lua-socket is not installed', 1) end
   local source = dashboard.redis_source {
-    prefix = prefix, connect = function() return util.connect_redis(o, conf) end,
+    prefix = prefix, connect = function() return connect.from_options(o, conf) end,
   }
   local log
   if not o.quiet then

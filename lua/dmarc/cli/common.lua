@@ -1,18 +1,76 @@
---- `dmarc report <subcommand>`: aggregate reports from the rows in Redis.
+--- What the commands share (lua/dmarc/cli/*): error lines, the resolver options of `check`
+-- and `inspect`, and the plumbing of the `dmarc report` subcommands (their --help, options,
+-- config file, key prefix, period and reporter, and the generate step `send` also runs).
+-- Commands require this module, never each other.
 --
---   dmarc report generate [--date D | --from T --to T] [--format rfc9990|rfc7489] --out DIR
---   dmarc report send --out DIR [--smtp HOST:PORT | --sendmail CMD] ...
---
--- Subcommands are looked up in a table; one that is not built in is loaded
--- from lua/dmarc/cli/report_<name>.lua (which exports run(args) → status),
--- so other subcommands can be added without touching this file. The ones
--- the project ships are listed in LOADED, with their line of --help.
-local util = require 'dmarc.util'
+--   local common = require 'dmarc.cli.common'
+--   return common.usage_fail('dmarc inspect', 'a DOMAIN is required')
+-- @module dmarc.cli.common
+
+local config = require 'dmarc.util.config'
+local options = require 'dmarc.util.options'
+local text = require 'dmarc.util.text'
+local time = require 'dmarc.util.time'
 
 local M = {}
 
---- Subcommands loaded from dmarc.cli.report_<name>, in the order --help lists them.
-M.LOADED = {
+-- {==================================================================
+-- Error lines
+-- ===================================================================
+
+--- Tell a failure on standard error as "WHO: MESSAGE"; for `return M.fail(...)`.
+-- @param who {string} the command, e.g. 'dmarc check'
+-- @param message {string}
+-- @param status {number|nil} the exit status to return (default 1)
+-- @param stream {file|nil} where to write (default io.stderr)
+-- @return status
+function M.fail(who, message, status, stream)
+  local out = stream or io.stderr
+  out:write(who, ': ', message, '\n')
+  return status or 1
+end
+
+--- Tell a usage error: the message, then where the usage is written; exit status 2.
+-- @param who {string} the command, e.g. 'dmarc check'
+-- @param message {string}
+-- @param stream {file|nil} where to write (default io.stderr)
+-- @return 2
+function M.usage_fail(who, message, stream)
+  local out = stream or io.stderr
+  out:write(who, ': ', message, '\n', 'run "', who, ' --help" for usage\n')
+  return 2
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- DNS (check, inspect)
+-- ===================================================================
+
+--- The resolver the options ask for: a zone file, a server, or resolv.conf.
+-- @return resolver, or nil, message
+function M.resolver(opts)
+  local dio = require 'dmarc.io'
+  local r, err
+  if opts.zone then
+    r, err = dio.resolver{ zone = opts.zone }
+  elseif opts['dns-server'] then
+    r, err = dio.resolver{ server = opts['dns-server'], timeout = opts['dns-timeout'] }
+  else
+    r, err = dio.resolver{ timeout = opts['dns-timeout'] }
+  end
+  if not r then return nil, err end
+  return r
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- dmarc report: usage and dispatch
+-- ===================================================================
+
+--- Subcommands loaded from dmarc.cli.report.<name>, in the order --help lists them.
+M.REPORT_LOADED = {
   { name = 'ingest', text = 'store aggregate reports received from other receivers (XML,\n'
     .. '             .xml.gz, .zip, report e-mails) in Redis, deduplicated' },
   { name = 'summary', text = 'what the ingested reports say about one policy domain, and\n'
@@ -75,43 +133,45 @@ exit status: 0 done (deliveries may be deferred), 1 error, 2 usage,
 
 -- The --help text: the built-in subcommands, then one line each for those
 -- loaded from modules (marked when the module is not installed).
-function M.usage()
+function M.report_usage()
   local lines = { USAGE_HEAD }
-  for _, sub in ipairs(M.LOADED) do
-    local found = package.searchpath('dmarc.cli.report_' .. sub.name, package.path)
+  for _, sub in ipairs(M.REPORT_LOADED) do
+    local found = package.searchpath('dmarc.cli.report.' .. sub.name, package.path)
     lines[#lines + 1] = string.format('  %-9s  %s%s\n', sub.name, sub.text,
                                       found and '' or ' (not installed)')
   end
   lines[#lines + 1] = '  (see "dmarc report <subcommand> --help"; others are loaded from\n'
-    .. '  dmarc.cli.report_<name> when installed)\n'
+    .. '  dmarc.cli.report.<name> when installed)\n'
   lines[#lines + 1] = USAGE
   return table.concat(lines)
 end
 
-local function die(msg, status)
-  return util.fail('dmarc report', msg, status)
-end
+-- }==================================================================
 
--- ---------------------------------------------------------------------------
--- Options
+-- {==================================================================
+-- dmarc report generate, send: options, period, reporter, the generate step
+-- ===================================================================
+
+local function die(msg, status)
+  return M.fail('dmarc report', msg, status)
+end
 
 local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true }
 
 -- Lenient: every --name is taken (the subcommands read the ones they know), and a flag
 -- given a value is just set.
 local function parse_args(args)
-  return util.parse_options(args, { style = 'report', lenient = true, flags = FLAGS })
+  return options.parse(args, { style = 'report', lenient = true, flags = FLAGS })
 end
-M.parse_args = parse_args
 
 -- Option value: command line first, then config file (key with _), then default.
-local get = util.setting
+local get = options.setting
 
 --- A time on the command line: epoch seconds, or YYYY-MM-DD (its 00:00 UTC).
 local function parse_time(s)
   if s == nil then return nil end
   if tostring(s):match('^%d+$') then return tonumber(s) end
-  return util.parse_day(s)
+  return time.parse_day(s)
 end
 M.parse_time = parse_time
 
@@ -149,6 +209,8 @@ local function reporter(o, conf)
   }
 end
 
+M.report_reporter = reporter
+
 local function progress_printer(o, what)
   if o.quiet then return nil end
   local last = 0
@@ -162,7 +224,7 @@ local function progress_printer(o, what)
 end
 
 local function ensure_dir(dir)
-  os.execute('mkdir -p ' .. util.shell_quote(dir))
+  os.execute('mkdir -p ' .. text.shell_quote(dir))
   local probe = dir .. '/.probe'
   local f = io.open(probe, 'w')
   if not f then return false end
@@ -171,12 +233,9 @@ local function ensure_dir(dir)
   return true
 end
 
--- ---------------------------------------------------------------------------
--- Subcommands
-
 -- Checks that need no Redis, so usage errors come before connecting.
 local function check_generate(o, conf)
-  local report_xml = require 'dmarc.report_xml'
+  local report_xml = require 'dmarc.report.xml'
   local begin, finish = period(o, conf, tonumber(o.now) or os.time())
   if not begin then return nil, finish end
   local format = get(o, conf, 'format', 'rfc9990')
@@ -193,7 +252,7 @@ local function check_generate(o, conf)
 end
 
 local function do_generate(o, conf, conn)
-  local report_xml = require 'dmarc.report_xml'
+  local report_xml = require 'dmarc.report.xml'
   local begin, finish, format = o._begin, o._finish, o._format
   local ok_core, core = pcall(require, 'dmarc.core')
   local summary, err, code = report_xml.generate {
@@ -211,139 +270,25 @@ local function do_generate(o, conf, conn)
   end
   return summary
 end
+M.report_generate = do_generate
 
-local function make_resolver(o, conf)
-  local json_file = get(o, conf, 'dns-json')
-  if json_file then
-    local cjson = require 'cjson'
-    local text, err = util.read_file(json_file)
-    if not text then return nil, err end
-    local ok, map = pcall(cjson.decode, text)
-    if not ok or type(map) ~= 'table' then return nil, json_file .. ': not a JSON object' end
-    local json_dns = require 'dmarc.json_dns'
-    return json_dns.resolver(map)
-  end
-  -- The resolvers of dmarc.io (the DNS layer `dmarc check` uses): a zone
-  -- file, a server, or the system's nameservers.
-  local zone, server = get(o, conf, 'zone'), get(o, conf, 'dns-server')
-  local ok, dio = pcall(require, 'dmarc.io')
-  if not ok or type(dio) ~= 'table' or type(dio.resolver) ~= 'function' then
-    return nil, 'no resolver for destination checks: give --dns-json (dmarc.io is not built)'
-  end
-  local r, err = dio.resolver { zone = zone, server = server,
-                                timeout = tonumber(get(o, conf, 'dns-timeout')) }
-  if not r then return nil, err end
-  return function(name, qtype) return r:resolve(name, qtype) end
-end
-
-local function do_send(o, conf, conn)
-  local report_send = require 'dmarc.report_send'
-  if o.date or o.from or o.to then
-    local s, err, st = do_generate(o, conf, conn)
-    if not s then return nil, err, st end
-  end
-  local rep = reporter(o, conf)
-  local from = get(o, conf, 'envelope-from', rep.email)
-  if type(from) ~= 'string' or not from:match('^[^%s<>@]+@[%w%.%-_]+$') then
-    return nil, 'an envelope sender is needed (--envelope-from or the reporter --email)', 2
-  end
-  local transport
-  local sendmail = get(o, conf, 'sendmail')
-  if sendmail then
-    transport = report_send.sendmail_transport { command = sendmail }
-  else
-    local smtp = get(o, conf, 'smtp', '127.0.0.1:25')
-    local host, port
-    if type(smtp) == 'table' then
-      host, port = smtp.host, smtp.port
-    else
-      host, port = tostring(smtp):match('^%[?([^%]]+)%]?:(%d+)$')
-      if not host then host, port = smtp, 25 end
-    end
-    local password = os.getenv('DMARC_SMTP_PASSWORD')
-    local pfile = get(o, conf, 'smtp-password-file')
-    if pfile then
-      password = (util.read_file(pfile) or ''):gsub('[\r\n]+$', '')
-    end
-    local user = get(o, conf, 'smtp-user')
-    if user and not password then return nil, 'AUTH needs a password', 2 end
-    local starttls = get(o, conf, 'starttls', 'try')
-    if starttls ~= 'never' and starttls ~= 'try' and starttls ~= 'require' then
-      return nil, '--starttls must be never, try or require', 2
-    end
-    transport = report_send.smtp_transport {
-      host = host, port = tonumber(port), helo = get(o, conf, 'helo', rep.submitter),
-      starttls = starttls, user = user, password = password,
-      timeout = tonumber(get(o, conf, 'smtp-timeout', 30)),
-    }
-  end
-  local resolve, rerr = make_resolver(o, conf)
-  if not resolve then return nil, rerr, 2 end
-  local now = tonumber(o.now)
-  local clock = now and function() return now end or os.time
-  local format = get(o, conf, 'format', 'rfc9990')
-  local size_limits = o['size-limits'] or conf.size_limits or format == 'rfc7489'
-  local summary, err, code = report_send.send {
-    redis = conn, out = o.out, prefix = get(o, conf, 'prefix'), transport = transport,
-    envelope_from = from, size_limits = size_limits, clock = clock,
-    verify = report_send.verifier { resolve = resolve, clock = clock },
-    retry_base = tonumber(get(o, conf, 'retry-base')),
-    max_attempts = tonumber(get(o, conf, 'max-attempts')),
-    log = function(level, msg)
-      if not o.quiet or level ~= 'info' then io.stderr:write('send: ', level, ': ', msg, '\n') end
-    end,
-  }
-  if not summary then return nil, err, code == 'locked' and 75 or 1 end
-  if not o.quiet then
-    io.stderr:write(string.format('send: %d accepted, %d deferred, %d failed, %d skipped, '
-                                  .. '%d report sets complete\n', summary.accepted,
-                                  summary.deferred, summary.failed, summary.skipped,
-                                  summary.completed))
-    local f = summary.failure_accepted + summary.failure_deferred + summary.failure_failed
-      + summary.failure_skipped + summary.failure_pending
-    if f > 0 then
-      io.stderr:write(string.format('send: failure reports: %d accepted, %d deferred, %d failed, '
-                                    .. '%d skipped, %d waiting\n', summary.failure_accepted,
-                                    summary.failure_deferred, summary.failure_failed,
-                                    summary.failure_skipped, summary.failure_pending))
-    end
-  end
-  return summary
-end
-
-local BUILTIN = { generate = do_generate, send = do_send }
-
---- Entry point: run(args) → exit status.
-function M.run(args)
-  local sub = args[1]
-  if sub == nil then
-    io.stderr:write(M.usage())
-    return 2
-  end
-  if sub == '-h' or sub == '--help' or sub == 'help' then
-    io.stdout:write(M.usage())
-    return 0
-  end
-  local rest = {}
-  for i = 2, #args do rest[#rest + 1] = args[i] end
-  local fn = BUILTIN[sub]
-  if not fn then
-    if not sub:match('^[a-z][a-z0-9_]*$') then return die('unknown subcommand ' .. sub, 2) end
-    local ok, mod = pcall(require, 'dmarc.cli.report_' .. sub)
-    if not ok or type(mod) ~= 'table' or type(mod.run) ~= 'function' then
-      return die('unknown subcommand "' .. sub .. '" (see dmarc report --help)', 2)
-    end
-    return mod.run(rest)
-  end
+--- The run of `dmarc report generate` and `send`: their options, --help, config file and
+-- --out, the checks of a period to generate (before connecting), then @fn over a Redis
+-- connection.
+-- @param sub {string} 'generate' or 'send'
+-- @param rest {table} the arguments after the subcommand
+-- @param fn {function} (opts, conf, conn) -> summary, or nil, message, exit status
+-- @return exit status
+function M.report_run(sub, rest, fn)
   local o, perr = parse_args(rest)
   if not o then return die(perr, 2) end
   if o.help then
-    io.stdout:write(M.usage())
+    io.stdout:write(M.report_usage())
     return 0
   end
   local conf = {}
   if o.config then
-    local c, cerr = util.load_config(o.config)
+    local c, cerr = config.load(o.config)
     if not c then return die('config: ' .. tostring(cerr), 2) end
     conf = c
   end
@@ -354,7 +299,7 @@ function M.run(args)
     if not ok then return die(cerr, 2) end
   end
   if not ensure_dir(o.out) then return die('cannot write to ' .. o.out, 1) end
-  local conn, cerr = util.connect_redis(o, conf)
+  local conn, cerr = require('dmarc.redis.connect').from_options(o, conf)
   if not conn then return die('Redis: ' .. tostring(cerr), 1) end
   local ok, res, err, status = pcall(fn, o, conf, conn)
   if conn.close then pcall(conn.close, conn) end
@@ -362,5 +307,72 @@ function M.run(args)
   if not res then return die(tostring(err), status or 1) end
   return 0
 end
+
+-- }==================================================================
+
+-- {==================================================================
+-- dmarc report ingest, summary, serve: options, config file, key prefix
+-- ===================================================================
+
+M.REPORT_COMMON_VALUES = { config = true, redis = true, cluster = true, prefix = true,
+                    ['redis-timeout'] = true }
+
+--- Command-line options: `--name value`, `--name=value`, flags; the rest are
+-- operands. Unknown options are usage errors.
+-- @param spec {table} flags (set), values (set); the common options are added
+-- @return options, operands; or nil, message
+function M.report_parse_args(args, spec)
+  local values = {}
+  for name in pairs(M.REPORT_COMMON_VALUES) do values[name] = true end
+  for name in pairs(spec.values) do values[name] = true end
+  return options.parse(args, { style = 'report', flags = spec.flags, values = values })
+end
+
+--- The config file (a Lua chunk returning a table), or {} without --config.
+function M.report_config(o)
+  if not o.config then return {} end
+  return config.load(o.config)
+end
+
+--- The start every report subcommand shares: its options and the common ones, --help, and
+-- the config file.
+-- @param name {string} the subcommand, e.g. 'ingest'
+-- @param args {table} its arguments
+-- @param spec {table} flags, values (sets) as parse_args; max_operands (nil: any number)
+-- @param usage {string} the --help text
+-- @return opts, operands, conf; or nil, exit status (--help written, or a usage error told)
+function M.report_start(name, args, spec, usage)
+  local who = 'dmarc report ' .. name
+  local o, rest = M.report_parse_args(args, spec)
+  if not o then return nil, M.fail(who, rest .. ' (see --help)', 2) end
+  if o.help then
+    io.stdout:write(usage)
+    return nil, 0
+  end
+  if spec.max_operands and #rest > spec.max_operands then
+    return nil, M.fail(who, 'unexpected argument ' .. text.shown(rest[spec.max_operands + 1]), 2)
+  end
+  local conf, cerr = M.report_config(o)
+  if not conf then return nil, M.fail(who, 'config: ' .. tostring(cerr), 2) end
+  return o, rest, conf
+end
+
+--- The key prefix option, checked.
+function M.report_prefix(o, conf)
+  local report = require 'dmarc.report.rows'
+  local ingest = require 'dmarc.owner.ingest'
+  local p = options.setting(o, conf, 'prefix', ingest.defaults.prefix)
+  if not report.valid_prefix(p) then return nil end
+  return p
+end
+
+--- Wall-clock seconds, sub-second when luasocket is installed.
+function M.clock()
+  local ok, socket = pcall(require, 'socket')
+  if ok and type(socket) == 'table' and socket.gettime then return socket.gettime end
+  return os.time
+end
+
+-- }==================================================================
 
 return M

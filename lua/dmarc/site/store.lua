@@ -18,7 +18,7 @@
 -- (Redis: `<prefix>{<tag>}:<kind>:<value>`). `found` maps logical key -> entry table; a key
 -- with no entry is absent. Codes: 'invalid' (a value that cannot be a key), 'limit',
 -- 'unavailable' (Redis down or backing off), 'io', 'redis', 'unsupported'.
--- @module dmarc.store
+-- @module dmarc.site.store
 local cjson = require 'cjson.safe'
 
 local M = {}
@@ -552,11 +552,11 @@ local function key_space(opts)
   local prefix = opts.prefix == nil and M.DEFAULT_PREFIX or opts.prefix
   local tag = opts.tag == nil and M.DEFAULT_TAG or opts.tag
   if type(prefix) ~= 'string' or #prefix > M.MAX_PREFIX_LEN or prefix:find('[%c%s{}\128-\255]') then
-    error('dmarc.store: prefix must be at most ' .. M.MAX_PREFIX_LEN ..
+    error('dmarc.site.store: prefix must be at most ' .. M.MAX_PREFIX_LEN ..
       ' characters without whitespace or braces', 3)
   end
   if type(tag) ~= 'string' or tag == '' or #tag > M.MAX_PREFIX_LEN or not tag:find('^[%w_.:-]+$') then
-    error('dmarc.store: tag must be 1-' .. M.MAX_PREFIX_LEN .. ' letters, digits, "_", ".", ":", "-"', 3)
+    error('dmarc.site.store: tag must be 1-' .. M.MAX_PREFIX_LEN .. ' letters, digits, "_", ".", ":", "-"', 3)
   end
   local head = prefix .. '{' .. tag .. '}:'
   return head, head .. 'index'
@@ -592,15 +592,17 @@ end
 
 --- A store in Redis. opts: host, port, path, timeout (seconds, default 0.5), password, db,
 -- prefix ('dmarc:'), tag ('ovr'), backoff (seconds Redis is skipped after a failure,
--- default 10), clock (os.time), log (a dmarc.log logger), connect (conf -> conn: tests, or a
--- caller's own connection such as a dmarc.cluster router, whose every command of one
+-- default 10), clock (os.time), log (a dmarc.util.log logger), connect (conf -> conn: tests, or a
+-- caller's own connection such as a dmarc.redis.cluster router, whose every command of one
 -- decision addresses the one {tag} slot), where (how messages name the server, default
 -- host:port).
 function M.redis(opts)
   opts = opts or {}
   local head, index = key_space(opts)
   local backoff = opts.backoff == nil and M.DEFAULT_BACKOFF or opts.backoff
-  if type(backoff) ~= 'number' or backoff < 0 then error('dmarc.store: backoff must be >= 0 seconds', 2) end
+  if type(backoff) ~= 'number' or backoff < 0 then
+    error('dmarc.site.store: backoff must be >= 0 seconds', 2)
+  end
   return setmetatable({
     kind = 'redis',
     head = head,
@@ -822,7 +824,7 @@ Callback.__index = Callback
 -- absent). Entries are managed with `dmarc override` (store.redis) meanwhile.
 function M.callback(opts)
   opts = opts or {}
-  if type(opts.mget) ~= 'function' then error('dmarc.store.callback: mget function required', 2) end
+  if type(opts.mget) ~= 'function' then error('dmarc.site.store.callback: mget function required', 2) end
   local head, index = key_space(opts)
   return setmetatable({ kind = 'callback', head = head, index = index, mget = opts.mget, log = opts.log },
     Callback)

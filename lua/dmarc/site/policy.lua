@@ -27,9 +27,9 @@
 -- {type=, comment=}), source ('default'|'site'|'override'|'hook'), outcome (the outcome whose
 -- treatment was used), warnings (array of strings), per_rcpt (address -> decision, only when
 -- recipients are treated differently).
--- @module dmarc.policy
-local store = require 'dmarc.store'
-local dlog = require 'dmarc.log'
+-- @module dmarc.site.policy
+local store = require 'dmarc.site.store'
+local dlog = require 'dmarc.util.log'
 
 local M = {}
 
@@ -520,9 +520,9 @@ end
 
 local function check_opts(opts)
   opts = opts or {}
-  if type(opts) ~= 'table' then error('dmarc.policy: opts must be a table', 3) end
+  if type(opts) ~= 'table' then error('dmarc.site.policy: opts must be a table', 3) end
   if opts.log ~= nil and not dlog.is_logger(opts.log) then
-    error('dmarc.policy: opts.log must be a dmarc.log logger', 3)
+    error('dmarc.site.policy: opts.log must be a dmarc.util.log logger', 3)
   end
   return opts, opts.log or dlog.new()
 end
@@ -570,7 +570,7 @@ end
 function M.load_string(source, chunkname, opts)
   local logger
   opts, logger = check_opts(opts)
-  if type(source) ~= 'string' then error('dmarc.policy.load_string: source must be a string', 2) end
+  if type(source) ~= 'string' then error('dmarc.site.policy.load_string: source must be a string', 2) end
   local name = script_name(chunkname)
   local env = make_env(logger, name)
   local chunk, err = load_text(source, chunkname or '=site', env)
@@ -593,7 +593,7 @@ end
 -- @param opts {log=, hook_budget=, load_budget=}
 -- @return site, or nil, msg, code ('io' | 'limit' | 'syntax' | 'runtime' | 'budget' | 'invalid')
 function M.load(path, opts)
-  if type(path) ~= 'string' then error('dmarc.policy.load: path must be a string', 2) end
+  if type(path) ~= 'string' then error('dmarc.site.policy.load: path must be a string', 2) end
   local f, err = io.open(path, 'rb')
   if not f then return nil, 'cannot open site script: ' .. tostring(err), 'io' end
   local source = f:read(M.MAX_SCRIPT_BYTES + 1)
@@ -714,8 +714,8 @@ local Prepared = {}
 Prepared.__index = Prepared
 
 local function prepare(site, verdict, ctx)
-  if type(verdict) ~= 'table' then error('dmarc.policy: verdict must be a table', 3) end
-  if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.policy: ctx must be a table', 3) end
+  if type(verdict) ~= 'table' then error('dmarc.site.policy: verdict must be a table', 3) end
+  if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.site.policy: ctx must be a table', 3) end
   ctx = ctx or {}
   local outcome = outcome_of(verdict)
   local st = setmetatable({
@@ -1157,7 +1157,7 @@ function Site:_decide(st, found, opts)
       '); site defaults apply')
     found = {}
   elseif type(found) ~= 'table' then
-    error('dmarc.policy: found must be a table', 3)
+    error('dmarc.site.policy: found must be a table', 3)
   end
   if st.outcome == 'no_policy' and verdict.result ~= 'none' then
     add_warning(warnings, 'unknown verdict result "' .. tostring(verdict.result) .. '" handled as none')
@@ -1197,7 +1197,7 @@ end
 
 --- The same with store:get_many_async; cb(decision) is called exactly once.
 function Site:evaluate_async(verdict, ctx, st, cb)
-  if type(cb) ~= 'function' then error('dmarc.policy: evaluate_async needs a callback', 2) end
+  if type(cb) ~= 'function' then error('dmarc.site.policy: evaluate_async needs a callback', 2) end
   local state = prepare(self, verdict, ctx)
   local keys = self:_lookups(state)
   if #keys == 0 or st == nil then return cb(self:_decide(state, {})) end

@@ -1,7 +1,7 @@
 --- Message authentication around the DMARC engine: SPF, DKIM, the ARC verdict of a trusted
 -- host, DMARC itself, and the Authentication-Results header that reports them (RFC 8601).
 --
---   local auth = require 'dmarc.auth'
+--   local auth = require 'dmarc.receive.auth'
 --   local dio = require 'dmarc.io'
 --   local r = dio.resolver{ zone = 'examples/example.zone' }
 --   local res, err, code = auth.check(r, message_text, {
@@ -14,10 +14,10 @@
 -- through dmarc.evaluate with the same resolver. No ARC library is packaged, so the ARC
 -- verdict is taken from an Authentication-Results field whose authserv-id is configured as
 -- trusted, never from any other one [AR-5] [ARC-2].
--- @module dmarc.auth
+-- @module dmarc.receive.auth
 
 local dmarc = require 'dmarc'
-local message = require 'dmarc.message'
+local message = require 'dmarc.receive.message'
 
 local M = {}
 
@@ -85,7 +85,7 @@ end
 -- @return {table} {authserv_id=, version=, instance= (ARC), results={{method=, result=,
 --   reason=, props={['header.d']=...}}, ...}}, or nil, msg, 'syntax'
 function M.parse_ar(value, arc)
-  if type(value) ~= 'string' then error('dmarc.auth.parse_ar: value must be a string', 2) end
+  if type(value) ~= 'string' then error('dmarc.receive.auth.parse_ar: value must be a string', 2) end
   local s, err = message.strip_comments(message.unfold(value))
   if not s then return fail(err, 'syntax') end
   local out = { results = {} }
@@ -353,7 +353,7 @@ function M.check(resolver, text, opts)
   return out
 end
 
---- The ctx a site policy (dmarc.policy) decides with, from a check and the SMTP facts.
+--- The ctx a site policy (dmarc.site.policy) decides with, from a check and the SMTP facts.
 function M.policy_ctx(res, opts)
   opts = opts or {}
   local list_id = res.message:first('list-id')
@@ -455,7 +455,7 @@ local NO_SIGNATURES = {}
 --- The Authentication-Results field for a check [AR-1]..[AR-4] [AR-6].
 -- @param res {table} from M.check
 -- @param authserv_id {string}
--- @param decision {table} optional: the site decision (dmarc.policy), whose disposition is
+-- @param decision {table} optional: the site decision (dmarc.site.policy), whose disposition is
 --   what policy.dmarc reports, with the evaluated one and the override reasons as a comment
 -- @return {string} the whole field, folded, without the final CRLF
 function M.format_ar(res, authserv_id, decision)

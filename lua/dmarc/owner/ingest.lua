@@ -13,8 +13,8 @@
 -- Everything read here is hostile until proven otherwise ([MAIL-6], RFC 9990
 -- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
 -- named limits below, and bad input gives nil, message, code (never a raise).
-local report = require 'dmarc.report'
-local util = require 'dmarc.util'
+local report = require 'dmarc.report.rows'
+local text_util = require 'dmarc.util.text'
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
 
@@ -42,7 +42,7 @@ M.limits = {
   max_labels = 127,              -- labels of a domain name (253 bytes / 2)
   max_dkim = 100,                -- DKIM results kept per record [AGG-6]
   max_spf = 8,                   -- SPF results kept per record (7489: 1..n)
-  max_reasons = 8,               -- reasons kept per record (as dmarc.report)
+  max_reasons = 8,               -- reasons kept per record (as dmarc.report.rows)
   max_errors = 8,                -- report_metadata/error kept per report
   max_text = 256,                -- bytes kept of a comment, org name, selector ...
   max_count = 1e12,              -- largest message count believed for one record
@@ -113,7 +113,7 @@ local function word(v, set)
 end
 
 -- A domain as reports carry it: lowercased, trailing dot dropped. nil when
--- it is not a valid host name (valid_domain of dmarc.report).
+-- it is not a valid host name (valid_domain of dmarc.report.rows).
 local function domain(v)
   if type(v) ~= 'string' then return nil end
   v = v:lower():gsub('%.$', '')
@@ -529,12 +529,12 @@ function M.normalize(tree, info)
 end
 
 -- ---------------------------------------------------------------------------
--- Storage encoding. One escape for every atom (util.escape_atom, as
--- dmarc.report's): bytes outside [A-Za-z0-9._@+= -] become %XX, so the
+-- Storage encoding. One escape for every atom (text_util.escape_atom, as
+-- dmarc.report.rows's): bytes outside [A-Za-z0-9._@+= -] become %XX, so the
 -- separators | ; : never occur inside an atom.
 
-local esc, unesc = util.escape_atom, util.unescape_atom
-local split = util.split
+local esc, unesc = text_util.escape_atom, text_util.unescape_atom
+local split = text_util.split
 M.esc = esc
 M.unesc = unesc
 
@@ -751,7 +751,7 @@ end
 local token_counter = 0
 
 --- Store one normalised report.
--- @param conn a dmarc.redis connection or dmarc.cluster router
+-- @param conn a dmarc.redis connection or dmarc.redis.cluster router
 -- @param rep {table} from normalize
 -- @param opts {table|nil} prefix, ttl, max_rows, hash_salt, now, max_args
 -- @return 'stored' | 'duplicate', {records, messages, day}; or nil, msg, code
@@ -841,7 +841,7 @@ function M.expand_paths(paths, opts)
         missing[#missing + 1] = { path = p, message = 'cannot open' }
       elseif is_dir then
         -- At most max_files names are read, however large the tree.
-        local pipe = io.popen('find ' .. util.shell_quote(p) .. ' -type f -print0 2>/dev/null'
+        local pipe = io.popen('find ' .. text_util.shell_quote(p) .. ' -type f -print0 2>/dev/null'
                               .. ' | head -z -n ' .. string.format('%d', max_files))
         local out = pipe and pipe:read('*a') or ''
         if pipe then pipe:close() end

@@ -19,8 +19,8 @@
 -- Redis client of its own (the rspamd plugin) takes the same command from
 -- `Reporter:queue_command`, sends it itself and reads the reply with
 -- `failure.queue_result`.
-local report = require 'dmarc.report'
-local report_xml = require 'dmarc.report_xml'
+local report = require 'dmarc.report.rows'
+local report_xml = require 'dmarc.report.xml'
 
 local M = {}
 

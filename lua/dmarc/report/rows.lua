@@ -11,7 +11,8 @@
 --
 -- Errors follow the project contract: bad data gives `nil, message, code`;
 -- misuse of the API (wrong types) raises.
-local util = require 'dmarc.util'
+local text = require 'dmarc.util.text'
+local time = require 'dmarc.util.time'
 
 local M = {}
 
@@ -113,13 +114,13 @@ end
 M.valid_ip = valid_ip
 
 -- ---------------------------------------------------------------------------
--- Encoding. One escape for every atom (util.escape_atom): bytes outside
+-- Encoding. One escape for every atom (text.escape_atom): bytes outside
 -- [A-Za-z0-9._@+= -] become %XX, so the separators `|`, `,`, `;` and `:`
 -- never occur inside an atom and the field can hold nothing that breaks the
 -- encoding.
 
-local esc, unesc = util.escape_atom, util.unescape_atom
-local split = util.split
+local esc, unesc = text.escape_atom, text.unescape_atom
+local split = text.split
 
 local function clip(s, n)
   if s == nil then return nil end
@@ -288,21 +289,7 @@ function M.day_of(t)
 end
 
 --- Start of the UTC day "YYYYMMDD" in epoch seconds; nil if malformed.
-function M.day_start(day)
-  local y, m, d = tostring(day):match('^(%d%d%d%d)(%d%d)(%d%d)$')
-  if not y then return nil end
-  y, m, d = tonumber(y), tonumber(m), tonumber(d)
-  if m < 1 or m > 12 or d < 1 or d > 31 then return nil end
-  -- Days from the civil date (proleptic Gregorian), independent of the
-  -- process time zone (os.time would apply it).
-  local yy = m <= 2 and y - 1 or y
-  local era = math.floor(yy / 400)
-  local yoe = yy - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return (era * 146097 + doe - 719468) * 86400
-end
+M.day_start = time.day_start
 
 --- Keys of one policy domain and day. The `{domain}` hash tag puts every
 -- key of a domain in one Redis Cluster slot, so a message's commands and a
@@ -1045,11 +1032,11 @@ end
 local function read_spool_file(path, limits)
   local f = io.open(path, 'rb')
   if not f then return nil end
-  local text = f:read(limits.file_bytes) or ''
+  local data = f:read(limits.file_bytes) or ''
   f:close()
   local rows, bad = {}, 0
   local first = true
-  for line in text:gmatch('([^\n]*)\n') do
+  for line in data:gmatch('([^\n]*)\n') do
     if first then
       if line ~= M.SPOOL_MAGIC then return {}, 1 end
       first = false

@@ -8,9 +8,10 @@
 -- without a server. Every string that came from a report is hostile: `shown`
 -- escapes it for a terminal, the dashboard escapes it for HTML, and `json`
 -- writes valid UTF-8 JSON.
-local ingest = require 'dmarc.ingest'
-local report = require 'dmarc.report'
-local util = require 'dmarc.util'
+local ingest = require 'dmarc.owner.ingest'
+local report = require 'dmarc.report.rows'
+local json = require 'dmarc.util.json'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -59,7 +60,7 @@ local BROKEN_DKIM = { fail = true, neutral = true, permerror = true, temperror =
 
 --- A value from a report as a terminal may show it: printable ASCII as is,
 -- every other byte as \xHH (no escape sequences, no bidi tricks).
-M.shown = util.shown
+M.shown = text.shown
 
 --- Whether domain d is the policy domain, below it or above it (the same
 -- organisation as far as a report on this policy domain can tell).
@@ -152,7 +153,7 @@ local function as_pairs(reply)
 end
 
 --- Read one policy domain's days from Redis.
--- @param conn a dmarc.redis connection or dmarc.cluster router
+-- @param conn a dmarc.redis connection or dmarc.redis.cluster router
 -- @param opts {table} domain, days (number, default 30), ['until'] (epoch,
 --   default now), prefix
 -- @return data {domain, days, rows = {rec + count, day}, reports = {org_name,
@@ -476,7 +477,7 @@ local HINTS = {
 
 --- A hint as a sentence (domain values escaped by the caller's escape).
 function M.hint_text(h, dom, escape)
-  escape = escape or util.shown
+  escape = escape or text.shown
   local f = HINTS[h.code]
   if not f then return h.code end
   local d = escape(h.domain or '')
@@ -508,7 +509,7 @@ local function values(list, n)
   local out = {}
   for i, v in ipairs(list) do
     if i > n then break end
-    out[#out + 1] = util.shown(v.value) .. ' (' .. v.messages .. ')'
+    out[#out + 1] = text.shown(v.value) .. ' (' .. v.messages .. ')'
   end
   return table.concat(out, ', ')
 end
@@ -534,14 +535,14 @@ function M.text(s)
     line(string.format('%d messages not itemised (row limit per day reached)', s.dropped_messages))
   end
   line('')
-  line('readiness: p=', util.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
+  line('readiness: p=', text.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
        M.VERDICT_TEXT[r.verdict] or r.verdict)
   line(string.format('  %d of %d legitimate-looking messages (%s) would be hit; %d likely '
                      .. 'spoofed would be stopped', r.at_risk, r.legitimate, pct(r.share),
                      r.spoof_stopped))
   if r.testing then line('  note: the published policy is in testing (t=y or pct<100)') end
   for i, f in ipairs(r.fix_first) do
-    line(string.format('  %d. %s: %d messages (%s of those at risk), %s', i, util.shown(f.ip),
+    line(string.format('  %d. %s: %d messages (%s of those at risk), %s', i, text.shown(f.ip),
                        f.at_risk, pct(f.share), f.class))
     for _, h in ipairs(f.hints) do line('       ', M.hint_text(h, s.domain)) end
   end
@@ -550,7 +551,7 @@ function M.text(s)
   line(string.format('  %-40s %9s %7s  %-16s %s', 'source', 'messages', 'pass', 'class',
                      'header_from / SPF / DKIM'))
   for _, src in ipairs(s.sources) do
-    line(string.format('  %-40s %9d %7s  %-16s %s', util.shown(src.ip), src.messages,
+    line(string.format('  %-40s %9d %7s  %-16s %s', text.shown(src.ip), src.messages,
                        pct(src.pass_rate), src.class, values(src.header_from, 2)))
     if #src.spf > 0 then line(string.rep(' ', 77), 'SPF ', values(src.spf, 2)) end
     if #src.dkim > 0 then line(string.rep(' ', 77), 'DKIM ', values(src.dkim, 2)) end
@@ -560,17 +561,17 @@ function M.text(s)
                      s.forwarding.messages))
   for i, f in ipairs(s.forwarding.sources) do
     if i > 5 then break end
-    line('  ', util.shown(f.ip), ': ', f.messages)
+    line('  ', text.shown(f.ip), ': ', f.messages)
   end
   line(string.format('likely spoofing: %d messages', s.spoofing.messages))
   for i, f in ipairs(s.spoofing.sources) do
     if i > 5 then break end
-    line('  ', util.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
+    line('  ', text.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
   end
   line('')
   line('per reporter:')
   for _, rep in ipairs(s.reporters) do
-    line(string.format('  %-40s %5d reports %9d messages %7s pass', util.shown(rep.org_name),
+    line(string.format('  %-40s %5d reports %9d messages %7s pass', text.shown(rep.org_name),
                        rep.reports, rep.messages, pct(rep.pass_rate)))
   end
   return table.concat(out, '\n') .. '\n'
@@ -592,7 +593,7 @@ local JSON_OPTIONS = { array_keys = ARRAY_KEYS, number = '%.6g', utf8 = true, st
 
 --- Encode a summary (or any table of the same shapes) as JSON text.
 function M.json(v)
-  return util.json(v, JSON_OPTIONS)
+  return json.encode(v, JSON_OPTIONS)
 end
 
 return M

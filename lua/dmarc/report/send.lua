@@ -7,9 +7,11 @@
 -- Delivery state lives in Redis (docs/report-keys.md, "Delivery state"), not
 -- in the local output directory, so two hosts that generated the same
 -- (byte-identical) reports never both send them.
-local report = require 'dmarc.report'
-local report_xml = require 'dmarc.report_xml'
-local util = require 'dmarc.util'
+local report = require 'dmarc.report.rows'
+local report_xml = require 'dmarc.report.xml'
+local connect = require 'dmarc.redis.connect'
+local files = require 'dmarc.util.files'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -187,27 +189,27 @@ function M.smtp_transport(opts)
     sock:settimeout(opts.timeout or M.defaults.smtp_timeout)
     local ok, err = sock:connect(opts.host or '127.0.0.1', opts.port or 25)
     if not ok then return 'temp', nil, 'connect: ' .. tostring(err) end
-    local function fail(code, text)
+    local function fail(code, reply)
       -- A polite QUIT, but never a long wait for its answer.
       sock:settimeout(math.min(2, opts.timeout or M.defaults.smtp_timeout))
       pcall(smtp_cmd, sock, 'QUIT')
       sock:close()
-      if code == nil then return 'temp', nil, text end
-      if code >= 500 then return 'perm', code, text end
-      return 'temp', code, text
+      if code == nil then return 'temp', nil, reply end
+      if code >= 500 then return 'perm', code, reply end
+      return 'temp', code, reply
     end
-    local code, text = smtp_read(sock)
-    if code ~= 220 then return fail(code, text) end
+    local code, reply = smtp_read(sock)
+    if code ~= 220 then return fail(code, reply) end
     local helo = opts.helo or 'localhost'
-    code, text = smtp_cmd(sock, 'EHLO ' .. helo)
-    if code ~= 250 then return fail(code, text) end
-    local caps = text
+    code, reply = smtp_cmd(sock, 'EHLO ' .. helo)
+    if code ~= 250 then return fail(code, reply) end
+    local caps = reply
     local tls = false
     local mode = opts.starttls or 'try'
     if mode ~= 'never' and caps:upper():find('STARTTLS', 1, true) then
-      code, text = smtp_cmd(sock, 'STARTTLS')
+      code, reply = smtp_cmd(sock, 'STARTTLS')
       if code ~= 220 then
-        if mode == 'require' then return fail(code, text) end
+        if mode == 'require' then return fail(code, reply) end
       else
         local ssl = require 'ssl'
         local params = { mode = 'client', protocol = 'any', verify = 'none',
@@ -222,9 +224,9 @@ function M.smtp_transport(opts)
         if not hs then return fail(nil, 'tls handshake: ' .. tostring(herr)) end
         sock = wrapped
         tls = true
-        code, text = smtp_cmd(sock, 'EHLO ' .. helo)
-        if code ~= 250 then return fail(code, text) end
-        caps = text
+        code, reply = smtp_cmd(sock, 'EHLO ' .. helo)
+        if code ~= 250 then return fail(code, reply) end
+        caps = reply
       end
     elseif mode == 'require' then
       return fail(nil, 'STARTTLS required but not offered')
@@ -235,34 +237,34 @@ function M.smtp_transport(opts)
       end
       local upper = caps:upper()
       if upper:find('AUTH[ =][^\n]*PLAIN') then
-        code, text = smtp_cmd(sock, 'AUTH PLAIN ' .. b64('\0' .. opts.user .. '\0' .. opts.password))
+        code, reply = smtp_cmd(sock, 'AUTH PLAIN ' .. b64('\0' .. opts.user .. '\0' .. opts.password))
       elseif upper:find('AUTH[ =][^\n]*LOGIN') then
-        code, text = smtp_cmd(sock, 'AUTH LOGIN')
-        if code == 334 then code, text = smtp_cmd(sock, b64(opts.user)) end
-        if code == 334 then code, text = smtp_cmd(sock, b64(opts.password)) end
+        code, reply = smtp_cmd(sock, 'AUTH LOGIN')
+        if code == 334 then code, reply = smtp_cmd(sock, b64(opts.user)) end
+        if code == 334 then code, reply = smtp_cmd(sock, b64(opts.password)) end
       else
         return fail(nil, 'no supported AUTH mechanism')
       end
       -- A refused login is our configuration, not the destination's
       -- answer: retried (and given up after max_attempts), never final.
       if code ~= 235 then
-        local _, _, t = fail(code, text)
+        local _, _, t = fail(code, reply)
         return 'temp', code, t
       end
     end
-    code, text = smtp_cmd(sock, 'MAIL FROM:<' .. from .. '>')
-    if code ~= 250 then return fail(code, text) end
-    code, text = smtp_cmd(sock, 'RCPT TO:<' .. rcpt .. '>')
-    if code ~= 250 and code ~= 251 then return fail(code, text) end
-    code, text = smtp_cmd(sock, 'DATA')
-    if code ~= 354 then return fail(code, text) end
+    code, reply = smtp_cmd(sock, 'MAIL FROM:<' .. from .. '>')
+    if code ~= 250 then return fail(code, reply) end
+    code, reply = smtp_cmd(sock, 'RCPT TO:<' .. rcpt .. '>')
+    if code ~= 250 and code ~= 251 then return fail(code, reply) end
+    code, reply = smtp_cmd(sock, 'DATA')
+    if code ~= 354 then return fail(code, reply) end
     local sent, serr = sock:send(M.dot_stuff(message))
     if not sent then return fail(nil, 'send: ' .. tostring(serr)) end
-    code, text = smtp_read(sock)
-    if code ~= 250 then return fail(code, text) end
+    code, reply = smtp_read(sock)
+    if code ~= 250 then return fail(code, reply) end
     pcall(smtp_cmd, sock, 'QUIT')
     sock:close()
-    return 'accepted', code, text
+    return 'accepted', code, reply
   end
 end
 
@@ -291,7 +293,7 @@ function M.sendmail_transport(opts)
     if not f then return 'temp', nil, 'cannot write a temporary file' end
     f:write(message)
     f:close()
-    local q = util.shell_quote
+    local q = text.shell_quote
     local st = exit_status(os.execute(command .. ' -oi -f ' .. q(from) .. ' -- ' .. q(rcpt)
                                       .. ' < ' .. q(tmp)))
     os.remove(tmp)
@@ -352,7 +354,7 @@ end
 M.state_key = report.state_key
 
 local function list_manifests(dir)
-  local p = io.popen('ls -1 ' .. util.shell_quote(dir) .. ' 2>/dev/null')
+  local p = io.popen('ls -1 ' .. text.shell_quote(dir) .. ' 2>/dev/null')
   if not p then return {} end
   local out = {}
   for name in p:lines() do
@@ -369,7 +371,7 @@ local function is_final(state)
 end
 
 -- ---------------------------------------------------------------------------
--- Queued failure reports (dmarc.failure, Reporter:queue)
+-- Queued failure reports (dmarc.report.failure, Reporter:queue)
 
 -- Replace a queue entry by its next state (or remove it when ARGV[2] is
 -- empty), only if it is still there: LREM of the exact value, so an entry
@@ -386,8 +388,8 @@ M.REQUEUE_SCRIPT = REQUEUE
 -- rules as aggregate reports; an entry goes once accepted, failed for good,
 -- unauthorized or given up.
 local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
-  local failure = require 'dmarc.failure'
-  local cluster = require 'dmarc.cluster'
+  local failure = require 'dmarc.report.failure'
+  local cluster = require 'dmarc.redis.cluster'
   local keys, err, code = cluster.scan(conn, failure.queue_pattern(prefix),
                                        { max_keys = M.MAX_FAILURE_QUEUES })
   if not keys then return nil, err, code end
@@ -489,8 +491,8 @@ function M.send(opts)
   local function run()
     for _, name in ipairs(list_manifests(o.out)) do
       local path = o.out .. '/' .. name
-      local text = util.read_file(path)
-      local okj, man = pcall(cjson.decode, text or '')
+      local data = files.read(path)
+      local okj, man = pcall(cjson.decode, data or '')
       if not okj or type(man) ~= 'table' or type(man.reports) ~= 'table'
           or not report.valid_domain(man.policy_domain) then
         log('warning', 'skipping unreadable manifest ' .. path)
@@ -500,7 +502,7 @@ function M.send(opts)
         local st_reply, st_err, st_code = conn:command('HGETALL', skey)
         -- Without the delivery state nothing is sent: it could be a resend.
         if type(st_reply) ~= 'table' then return nil, st_err or 'HGETALL failed', st_code or 'redis' end
-        local state = util.hash_reply(st_reply)
+        local state = connect.hash_reply(st_reply)
         local all_final = true
         local now = clock()
         for _, r in ipairs(man.reports) do
@@ -538,7 +540,7 @@ function M.send(opts)
                   if vres == 'temperror' then
                     status, stext = 'temp', 'destination verification: DNS temporary error'
                   else
-                    local msg = util.read_file(o.out .. '/' .. d.message)
+                    local msg = files.read(o.out .. '/' .. d.message)
                     if not msg then
                       status, stext = 'perm', 'message file missing'
                     else

@@ -1,0 +1,76 @@
+--- The Redis connection of the commands: where a Redis address and the connection options
+-- become a connection (a dmarc.redis client, or a dmarc.redis.cluster router).
+--
+--   local connect = require 'dmarc.redis.connect'
+--   local where = connect.parse_address('unix:/run/redis.sock')   --> { path = ... }
+--   local conn, err, code = connect.from_options(opts, conf)
+-- @module dmarc.redis.connect
+
+local options = require 'dmarc.util.options'
+
+local M = {}
+
+--- Parses HOST:PORT, [IPv6]:PORT, HOST, unix:PATH or /PATH into connect options.
+-- @param s {string}
+-- @return {table} { host, port } or { path }; or nil, message
+function M.parse_address(s)
+  if type(s) ~= 'string' or s == '' then return nil, 'empty Redis address' end
+  if s:sub(1, 5) == 'unix:' then return { path = s:sub(6) } end
+  if s:sub(1, 1) == '/' then return { path = s } end
+  local host, port = s:match('^%[([%x:.]+)%]:(%d+)$')
+  if not host then host, port = s:match('^([%w.-]+):(%d+)$') end
+  if not host then
+    host = s:match('^([%w.-]+)$') or s:match('^%[([%x:.]+)%]$')
+    port = '6379'
+  end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then
+    return nil, 'bad Redis address "' .. s .. '" (HOST:PORT or unix:PATH)'
+  end
+  return { host = host, port = port }
+end
+
+--- The Redis connection of the report commands: a dmarc.redis.cluster router with --cluster
+-- (H:P,H:P or a list in the config file), otherwise a dmarc.redis connection to --redis,
+-- $DMARC_REDIS or 127.0.0.1:6379; --redis-timeout seconds (default 5).
+-- @param opts {table} parsed options
+-- @param conf {table} the config file's table
+-- @return connection, or nil, message, code
+function M.from_options(opts, conf)
+  local timeout = tonumber(options.setting(opts, conf, 'redis-timeout', 5))
+  local cluster_nodes = options.setting(opts, conf, 'cluster')
+  if cluster_nodes then
+    local cluster = require 'dmarc.redis.cluster'
+    local nodes = {}
+    if type(cluster_nodes) == 'table' then
+      nodes = cluster_nodes
+    else
+      for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
+    end
+    return cluster.new { nodes = nodes, timeout = timeout }
+  end
+  local addr = tostring(options.setting(opts, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379'))
+  local host, port = addr:match('^%[?([^%]]+)%]?:(%d+)$')
+  if not host then host, port = addr, 6379 end
+  local ok, redis = pcall(require, 'dmarc.redis')
+  if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
+  return redis.connect { host = host, port = tonumber(port), timeout = timeout }
+end
+
+--- A Redis hash as a table: a flat HGETALL reply (field, value, field, value...), or a
+-- reply that is a map already (copied). A reply that is not a table is an empty hash.
+-- @param reply {any}
+-- @return {table} field -> value
+function M.hash_reply(reply)
+  local m = {}
+  if type(reply) ~= 'table' then return m end
+  if reply[1] ~= nil then
+    -- An odd last element (no value) is left out.
+    for i = 1, #reply - 1, 2 do m[reply[i]] = reply[i + 1] end
+  else
+    for k, v in pairs(reply) do m[k] = v end
+  end
+  return m
+end
+
+return M
