@@ -348,7 +348,8 @@ static int lio_buffer_gc(lua_State *L)
 ** @method resolver:query(name, qtype)
 ** @param {string} name
 ** @param {string} qtype 'TXT' (default), 'A', 'AAAA', 'MX', 'PTR', 'CNAME', 'NS', 'SOA'
-** @return {table} {rcode=, ttl=, records={...}, name=, cname_hops=, from_cache=}: records
+** @return {table} {rcode=, ttl=, records={...}, name=, cname_hops=, from_cache=, problem=}:
+**   problem (servfail/timeout only, when known) says what went wrong; records
 **   are TXT text (strings joined [REC-1]), addresses, "PREF NAME" for MX, or names
 */
 static int lio_query(lua_State *L)
@@ -367,6 +368,10 @@ static int lio_query(lua_State *L)
     lua_setfield(L, -2, "cname_hops");
     lua_pushboolean(L, a->from_cache);
     lua_setfield(L, -2, "from_cache");
+    if (a->problem != NULL) {
+        lua_pushstring(L, a->problem);
+        lua_setfield(L, -2, "problem");
+    }
     lua_createtable(L, (int)a->count, 0);
     for (i = 0; i < a->count; i++) {
         lio_push_rdata(L, &a->rrs[i]);

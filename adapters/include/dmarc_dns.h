@@ -85,6 +85,9 @@ typedef struct dmarc_dns_answer {
     const char *cname;       /* backend-internal: a CNAME target still to follow,
                                 or NULL; never set on answers of dmarc_dns_query */
     unsigned cname_hops;     /* CNAME links followed to get here */
+    const char *problem;     /* SERVFAIL/TIMEOUT only: what went wrong when the backend
+                                knows more than the rcode ("malformed reply"), or NULL.
+                                A static string of the backend. */
     bool from_cache;         /* answered from the cache */
     /* private */
     dmarc_allocator alloc_; /* a copy: the answer may outlive its resolver */
@@ -112,8 +115,9 @@ typedef struct dmarc_dns_builder {
     char name[DMARC_DOMAIN_MAX_LEN + 2];
     char cname[DMARC_DOMAIN_MAX_LEN + 2];
     bool has_cname;
-    bool truncated; /* a limit dropped data */
-    bool dropping;  /* the last RR was dropped: drop what is appended to it */
+    const char *problem; /* copied to the answer (a static string) */
+    bool truncated;      /* a limit dropped data */
+    bool dropping;       /* the last RR was dropped: drop what is appended to it */
     bool nomem;
 } dmarc_dns_builder;
 

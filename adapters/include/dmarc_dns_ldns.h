@@ -1,10 +1,13 @@
 /*
-** A DNS-server backend for the DNS layer, on libldns: a recursive server
+** A DNS-server backend for the DNS layer (packets built and parsed by
+** libldns, the exchange on its own sockets): a recursive server
 ** named explicitly (`HOST[:PORT]`, as `--dns-server` gives it, so tests
 ** can use a real server on loopback) or, when none is named, the
 ** nameservers of resolv.conf. Timeouts and retries are explicit; the rcode,
 ** the answer section (CNAME chains followed inside the packet), TTLs and
-** the SOA minimum of negative answers are all kept.
+** the SOA minimum of negative answers are all kept. A reply is used only
+** when it comes from the server asked and matches the query's random ID and
+** its question (RFC 5452); a truncated reply is asked again over TCP.
 */
 #ifndef DMARC_DNS_LDNS_H
 #define DMARC_DNS_LDNS_H
@@ -14,8 +17,15 @@
 /* Nameservers used at most (resolv.conf's MAXNS). */
 #define DMARC_DNS_MAX_SERVERS 3
 /* EDNS0 payload advertised: fits one unfragmented packet on any path
-** (DNS flag day 2020); larger answers come over TCP on truncation. */
+** (DNS flag day 2020), and a 4096-bit RSA DKIM key with room to spare (its
+** TXT record is about 760 bytes; with header, question and OPT about 850).
+** Larger answers come over TCP on truncation. */
 #define DMARC_DNS_EDNS_SIZE 1232
+/* Random source ports tried before the kernel picks one (in use, say). */
+#define DMARC_DNS_PORT_TRIES 16u
+/* Datagrams read per try while waiting for the one that matches: forged
+** or stray ones are dropped, up to this many. */
+#define DMARC_DNS_MAX_DATAGRAMS 64u
 /* Bounds on the per-try timeout (ms) and the retries accepted. */
 #define DMARC_DNS_MAX_TIMEOUT_MS 60000u
 #define DMARC_DNS_MAX_RETRIES 10u

@@ -26,6 +26,7 @@
 typedef struct key_note {
     const DKIM_SIGINFO *sig;
     dmarc_rcode rcode;
+    const char *problem; /* the DNS layer's word on a SERVFAIL/TIMEOUT, or NULL */
     bool too_long;
 } key_note;
 
@@ -65,6 +66,7 @@ static key_note *note_for(dmarc_dkim *k, const DKIM_SIGINFO *sig)
         return NULL;
     k->notes[k->nnotes].sig = sig;
     k->notes[k->nnotes].rcode = DMARC_RCODE_NOERROR;
+    k->notes[k->nnotes].problem = NULL;
     k->notes[k->nnotes].too_long = false;
     return &k->notes[k->nnotes++];
 }
@@ -88,8 +90,10 @@ static DKIM_CBSTAT key_lookup(DKIM *dkim, DKIM_SIGINFO *sig, u_char *buf, size_t
         return DKIM_CBSTAT_NOTFOUND;
     if (dmarc_dns_query(k->dns, name, (size_t)n, DMARC_DNS_T_TXT, &a) != DMARC_OK)
         return DKIM_CBSTAT_TRYAGAIN;
-    if (note != NULL)
+    if (note != NULL) {
         note->rcode = a->rcode;
+        note->problem = a->problem;
+    }
     switch (a->rcode) {
     case DMARC_RCODE_NOERROR:
         break;
@@ -453,7 +457,9 @@ static void classify(dmarc_dkim *k, DKIM *d, DKIM_SIGINFO *sig, size_t froms, dm
     if (note != NULL &&
         (note->rcode == DMARC_RCODE_SERVFAIL || note->rcode == DMARC_RCODE_TIMEOUT)) {
         o->result = DMARC_AUTH_TEMPERROR;
-        snprintf(o->reason, sizeof o->reason, "key lookup: %s", dmarc_rcode_name(note->rcode));
+        /* What went wrong, when the DNS layer knows ("malformed reply"). */
+        snprintf(o->reason, sizeof o->reason, "key lookup: %s",
+                 note->problem != NULL ? note->problem : dmarc_rcode_name(note->rcode));
         return;
     }
     if (bh == DKIM_SIGBH_MISMATCH) {

@@ -136,6 +136,7 @@ dmarc_dns_answer *dmarc_dns_answer_dup(const dmarc_allocator *alloc, const dmarc
     c->rcode = a->rcode;
     c->ttl = a->ttl;
     c->cname_hops = a->cname_hops;
+    c->problem = a->problem;
     c->from_cache = a->from_cache;
     rrs = (dmarc_dns_rr *)(void *)(c + 1);
     p = answer_data(c);
@@ -298,6 +299,8 @@ dmarc_dns_answer *dmarc_dns_builder_finish(dmarc_dns_builder *b, dmarc_rcode rco
         return NULL;
     }
     a->rcode = rcode;
+    if (rcode == DMARC_RCODE_SERVFAIL || rcode == DMARC_RCODE_TIMEOUT)
+        a->problem = b->problem;
     if (rcode == DMARC_RCODE_NOERROR)
         a->ttl = b->ttl;
     else if (rcode == DMARC_RCODE_NODATA || rcode == DMARC_RCODE_NXDOMAIN)

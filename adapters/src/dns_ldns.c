@@ -1,19 +1,53 @@
 /*
-** DNS-server backend on libldns. Each question is one ldns query (with the
-** resolver's own retries and nameserver rotation); the reply packet is
-** turned into a dmarc_dns_answer keeping the four outcomes apart:
-** NXDOMAIN, NODATA, SERVFAIL (any error rcode from the server) and TIMEOUT
-** (no reply at all) [DISC-4] [DISC-10].
+** DNS-server backend. libldns builds and parses the packets; the exchange
+** itself is ours, on our own sockets, because ldns_resolver_send accepts a
+** reply whose transaction ID or question differs from the query (a forged
+** "p=none" or an empty answer for _dmarc.example.com would be taken as
+** the truth) and cannot be told to pick a random source port per query.
+** Here (RFC 5452 §4, §9.1):
+**   - every query gets a random ID and a random source port (getrandom);
+**   - the UDP socket is connected to the server asked, so the kernel drops
+**     datagrams from any other address or port;
+**   - a reply counts only when it is a response with that ID and the same
+**     question (name, type, class); anything else is ignored and the wait
+**     goes on until the per-try timeout;
+**   - a reply with TC set is asked again over TCP (RFC 1035 §4.2.2,
+**     RFC 7766 §5), so a key that does not fit is never "no key";
+**   - queries carry EDNS0 (RFC 6891) with DMARC_DNS_EDNS_SIZE;
+**   - a reply that matches but does not parse is SERVFAIL with the problem
+**     "malformed reply", never a timeout.
+** The answer keeps the four outcomes apart: NXDOMAIN, NODATA, SERVFAIL (any
+** error rcode from the server) and TIMEOUT (no usable reply at all).
 */
+#define _GNU_SOURCE /* getrandom */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <ldns/ldns.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dmarc_dns_ldns.h"
 
+typedef struct server_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+} server_addr;
+
 typedef struct server_backend {
-    ldns_resolver *res;
+    server_addr servers[DMARC_DNS_MAX_SERVERS];
+    size_t nservers;
+    unsigned timeout_ms; /* per try */
+    unsigned tries;      /* the first one plus the retries */
+    bool tcp_only;
+    uint8_t buf[65535]; /* one reply: the largest DNS message (RFC 1035 §4.2.2) */
 } server_backend;
 
 void dmarc_dns_server_options_init(dmarc_dns_server_options *o)
@@ -96,34 +130,6 @@ static dmarc_status parse_server(const char *s, size_t len, char *host, size_t h
         *port = (unsigned)p;
     }
     return DMARC_OK;
-}
-
-static void configure(ldns_resolver *res, const dmarc_dns_server_options *o)
-{
-    struct timeval tv;
-    unsigned ms = o->timeout_ms == 0 ? 2000 : o->timeout_ms;
-    unsigned retries = o->retries;
-    if (ms > DMARC_DNS_MAX_TIMEOUT_MS)
-        ms = DMARC_DNS_MAX_TIMEOUT_MS;
-    if (retries > DMARC_DNS_MAX_RETRIES)
-        retries = DMARC_DNS_MAX_RETRIES;
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
-    ldns_resolver_set_timeout(res, tv);
-    /* ldns counts tries: the first one plus the retries. */
-    ldns_resolver_set_retry(res, (uint8_t)(retries + 1));
-    ldns_resolver_set_retrans(res, 1);
-    ldns_resolver_set_recursive(res, true);
-    ldns_resolver_set_dnssec(res, false);
-    /* Names are asked as given: no search list, no default domain. */
-    ldns_resolver_set_defnames(res, false);
-    ldns_resolver_set_dnsrch(res, false);
-    ldns_resolver_set_fail(res, false);
-    ldns_resolver_set_fallback(res, true);
-    ldns_resolver_set_igntc(res, false);
-    ldns_resolver_set_usevc(res, o->tcp);
-    ldns_resolver_set_edns_udp_size(res, DMARC_DNS_EDNS_SIZE);
-    ldns_resolver_set_random(res, false);
 }
 
 /* Wire form of a normalised name: labels as length + bytes, then 0. Built
@@ -328,110 +334,418 @@ static dmarc_status from_packet(const ldns_pkt *pkt, const char *qname, const ld
     return DMARC_OK;
 }
 
+/* ** {======================================================
+** The exchange: one query, one server
+** ======================================================= */
+
+/* What asking gave so far. */
+typedef struct exchange {
+    ldns_pkt *reply;     /* a reply that matches the query, or NULL */
+    const char *problem; /* why the last datagram or stream that came was not used */
+    bool nomem;
+} exchange;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Milliseconds left before @deadline, for poll (0 when it has passed). */
+static int ms_left(uint64_t deadline)
+{
+    uint64_t now = now_ms();
+    return now >= deadline ? 0 : (int)(deadline - now);
+}
+
+/* The kernel's CSPRNG: an off-path forger must guess ID and port
+** (RFC 5452 §9.2). */
+static bool random_bytes(void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    size_t got = 0;
+    unsigned tries;
+    for (tries = 0; got < len && tries < 8; tries++) {
+        ssize_t n = getrandom(p + got, len - got, 0);
+        if (n > 0)
+            got += (size_t)n;
+        else if (n < 0 && errno != EINTR)
+            return false;
+    }
+    return got == len;
+}
+
+/* Wire form of the query for (@qname, @type) with @id and EDNS0; free(). */
+static uint8_t *build_query(const ldns_rdf *qname, unsigned type, uint16_t id, size_t *len)
+{
+    ldns_rdf *name = ldns_rdf_clone(qname);
+    ldns_pkt *q;
+    uint8_t *wire = NULL;
+    if (name == NULL)
+        return NULL;
+    q = ldns_pkt_query_new(name, (ldns_rr_type)type, LDNS_RR_CLASS_IN, LDNS_RD);
+    if (q == NULL) {
+        ldns_rdf_deep_free(name);
+        return NULL;
+    }
+    ldns_pkt_set_id(q, id);
+    /* RFC 6891 §6.2.3: the payload we can take over UDP. */
+    ldns_pkt_set_edns_udp_size(q, DMARC_DNS_EDNS_SIZE);
+    if (ldns_pkt2wire(&wire, q, len) != LDNS_STATUS_OK)
+        wire = NULL;
+    ldns_pkt_free(q);
+    return wire;
+}
+
+/* The reply in @buf if it answers our query: a response (QR) with our ID
+** and our one question, same name (case-insensitive), type and class
+** (RFC 5452 §9.1). Otherwise NULL with *problem set. */
+static ldns_pkt *match_reply(const uint8_t *buf, size_t len, uint16_t id, const ldns_rdf *qname,
+                             unsigned type, const char **problem)
+{
+    ldns_pkt *p = NULL;
+    const ldns_rr_list *qs;
+    const ldns_rr *q;
+    if (len < LDNS_HEADER_SIZE) {
+        *problem = "malformed reply";
+        return NULL;
+    }
+    if (LDNS_ID_WIRE(buf) != id || !LDNS_QR_WIRE(buf)) {
+        *problem = "reply with another transaction ID";
+        return NULL;
+    }
+    if (ldns_wire2pkt(&p, buf, len) != LDNS_STATUS_OK || p == NULL) {
+        *problem = "malformed reply";
+        return NULL;
+    }
+    qs = ldns_pkt_question(p);
+    q = qs != NULL && ldns_rr_list_rr_count(qs) == 1 ? ldns_rr_list_rr(qs, 0) : NULL;
+    if (ldns_pkt_get_opcode(p) != LDNS_PACKET_QUERY || q == NULL ||
+        ldns_rr_get_type(q) != (ldns_rr_type)type || ldns_rr_get_class(q) != LDNS_RR_CLASS_IN ||
+        ldns_dname_compare(ldns_rr_owner(q), qname) != 0) {
+        ldns_pkt_free(p);
+        *problem = "reply to another question";
+        return NULL;
+    }
+    return p;
+}
+
+/* Bind @fd to a random port >= 1024 (RFC 5452 §9.2, §10); after
+** DMARC_DNS_PORT_TRIES ports in use, the kernel's own choice. */
+static void bind_random_port(int fd, int family)
+{
+    unsigned i;
+    for (i = 0; i < DMARC_DNS_PORT_TRIES; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        uint16_t r;
+        in_port_t port;
+        if (!random_bytes(&r, sizeof r))
+            return;
+        port = htons((uint16_t)(1024u + r % (65536u - 1024u)));
+        memset(&ss, 0, sizeof ss);
+        if (family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)(void *)&ss;
+            a->sin6_family = AF_INET6;
+            a->sin6_addr = in6addr_any;
+            a->sin6_port = port;
+            len = sizeof *a;
+        } else {
+            struct sockaddr_in *a = (struct sockaddr_in *)(void *)&ss;
+            a->sin_family = AF_INET;
+            a->sin_addr.s_addr = htonl(INADDR_ANY);
+            a->sin_port = port;
+            len = sizeof *a;
+        }
+        if (bind(fd, (struct sockaddr *)(void *)&ss, len) == 0)
+            return;
+        if (errno != EADDRINUSE && errno != EACCES)
+            return;
+    }
+}
+
+/* One try over UDP: send, then read what the server sends until a reply
+** matches or the try's time is up. The socket is connected, so datagrams
+** from any other address or port never reach us. */
+static void udp_exchange(server_backend *sb, const server_addr *sv, const uint8_t *wire,
+                         size_t wlen, uint16_t id, const ldns_rdf *qname, unsigned type,
+                         exchange *x)
+{
+    uint64_t deadline = now_ms() + sb->timeout_ms;
+    unsigned datagrams;
+    int fd = socket(sv->ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return;
+    bind_random_port(fd, sv->ss.ss_family);
+    if (connect(fd, (const struct sockaddr *)(const void *)&sv->ss, sv->len) != 0 ||
+        send(fd, wire, wlen, 0) != (ssize_t)wlen) {
+        close(fd);
+        return;
+    }
+    for (datagrams = 0; datagrams < DMARC_DNS_MAX_DATAGRAMS;) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int left = ms_left(deadline), r;
+        ssize_t n;
+        if (left == 0)
+            break;
+        r = poll(&pfd, 1, left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n = recv(fd, sb->buf, sizeof sb->buf, 0);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            break; /* ECONNREFUSED: nothing listens there */
+        }
+        datagrams++;
+        x->reply = match_reply(sb->buf, (size_t)n, id, qname, type, &x->problem);
+        if (x->reply != NULL)
+            break;
+    }
+    close(fd);
+}
+
+/* Read or write all of @buf on non-blocking @fd before @deadline. */
+static bool stream_io(int fd, uint8_t *buf, size_t len, bool writing, uint64_t deadline)
+{
+    size_t done = 0;
+    while (done < len) {
+        struct pollfd pfd = {fd, writing ? POLLOUT : POLLIN, 0};
+        int left = ms_left(deadline), r;
+        ssize_t n;
+        if (left == 0)
+            return false;
+        r = poll(&pfd, 1, left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        n = writing ? send(fd, buf + done, len - done, MSG_NOSIGNAL)
+                    : recv(fd, buf + done, len - done, 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (n <= 0)
+            return false;
+        done += (size_t)n;
+    }
+    return true;
+}
+
+/* One try over TCP (RFC 1035 §4.2.2, RFC 7766): the query and the reply
+** each behind a two-byte length. */
+static void tcp_exchange(server_backend *sb, const server_addr *sv, const uint8_t *wire,
+                         size_t wlen, uint16_t id, const ldns_rdf *qname, unsigned type,
+                         exchange *x)
+{
+    uint64_t deadline = now_ms() + sb->timeout_ms;
+    uint8_t *out;
+    size_t rlen;
+    bool ok = false;
+    int fd = socket(sv->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return;
+    if (connect(fd, (const struct sockaddr *)(const void *)&sv->ss, sv->len) != 0 &&
+        errno != EINPROGRESS) {
+        close(fd);
+        return;
+    }
+    out = malloc(wlen + 2);
+    if (out == NULL) {
+        x->nomem = true;
+        close(fd);
+        return;
+    }
+    out[0] = (uint8_t)(wlen >> 8);
+    out[1] = (uint8_t)wlen;
+    memcpy(out + 2, wire, wlen);
+    /* A connect that failed shows up as a failed write. */
+    if (stream_io(fd, out, wlen + 2, true, deadline) &&
+        stream_io(fd, sb->buf, 2, false, deadline)) {
+        rlen = (size_t)sb->buf[0] << 8 | sb->buf[1];
+        ok = stream_io(fd, sb->buf, rlen, false, deadline);
+    }
+    free(out);
+    close(fd);
+    if (ok)
+        x->reply = match_reply(sb->buf, rlen, id, qname, type, &x->problem);
+}
+
+/* Ask one server once: UDP, then TCP when the reply is truncated (or TCP
+** only when asked to). */
+static void ask_server(server_backend *sb, const server_addr *sv, const ldns_rdf *qname,
+                       unsigned type, exchange *x)
+{
+    uint16_t id;
+    uint8_t *wire;
+    size_t wlen = 0;
+    if (!random_bytes(&id, sizeof id)) {
+        x->problem = "no random source for the query ID";
+        return;
+    }
+    wire = build_query(qname, type, id, &wlen);
+    if (wire == NULL) {
+        x->nomem = true;
+        return;
+    }
+    if (!sb->tcp_only)
+        udp_exchange(sb, sv, wire, wlen, id, qname, type, x);
+    if (sb->tcp_only || (x->reply != NULL && ldns_pkt_tc(x->reply))) {
+        if (x->reply != NULL) {
+            /* Half an RRset is not the RRset: a truncated DKIM key is
+            ** not "no key", a truncated _dmarc answer not "no record". */
+            ldns_pkt_free(x->reply);
+            x->reply = NULL;
+            x->problem = "truncated reply, and none over TCP";
+        }
+        tcp_exchange(sb, sv, wire, wlen, id, qname, type, x);
+        if (x->reply != NULL && ldns_pkt_tc(x->reply)) {
+            ldns_pkt_free(x->reply);
+            x->reply = NULL;
+            x->problem = "truncated reply over TCP";
+        }
+    }
+    free(wire);
+}
+
+/* }====================================================== */
+
 static dmarc_status server_query(void *impl, const char *name, unsigned type,
                                  dmarc_dns_answer **out)
 {
     server_backend *sb = impl;
     ldns_rdf *dname = wire_name(name);
-    ldns_pkt *pkt = NULL;
-    ldns_status s;
+    exchange x = {NULL, NULL, false};
+    dmarc_dns_builder b;
+    unsigned t;
+    size_t i;
     dmarc_status st;
     if (dname == NULL) {
-        dmarc_dns_builder b;
         dmarc_dns_builder_init(&b, NULL, name, strlen(name));
         *out = dmarc_dns_builder_finish(&b, DMARC_RCODE_NXDOMAIN);
         return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
     }
-    /* ldns marks a nameserver unreachable after one timeout and then skips
-    ** it for good; every question deserves a fresh try of each server (a
-    ** dead zone somewhere must not make every later answer a timeout). */
-    {
-        size_t i, n = ldns_resolver_nameserver_count(sb->res);
-        for (i = 0; i < n; i++)
-            ldns_resolver_set_nameserver_rtt(sb->res, i, LDNS_RESOLV_RTT_MIN);
-    }
-    s = ldns_resolver_send(&pkt, sb->res, dname, (ldns_rr_type)type, LDNS_RR_CLASS_IN, LDNS_RD);
-    if (s != LDNS_STATUS_OK || pkt == NULL) {
-        dmarc_dns_builder b;
+    /* Every try asks each server in turn; a server that timed out on one
+    ** question is asked again on the next. */
+    for (t = 0; t < sb->tries && x.reply == NULL && !x.nomem; t++)
+        for (i = 0; i < sb->nservers && x.reply == NULL && !x.nomem; i++)
+            ask_server(sb, &sb->servers[i], dname, type, &x);
+    if (x.nomem) {
         ldns_rdf_deep_free(dname);
-        if (pkt != NULL)
-            ldns_pkt_free(pkt);
-        if (s == LDNS_STATUS_MEM_ERR)
-            return DMARC_ERR_NOMEM;
-        /* No usable reply from any nameserver, after every retry. */
+        return DMARC_ERR_NOMEM;
+    }
+    if (x.reply == NULL) {
+        /* No usable reply from any server after every try: SERVFAIL when
+        ** something unusable came (said what), TIMEOUT when nothing did. */
+        ldns_rdf_deep_free(dname);
         dmarc_dns_builder_init(&b, NULL, name, strlen(name));
-        *out = dmarc_dns_builder_finish(&b, DMARC_RCODE_TIMEOUT);
+        b.problem = x.problem;
+        *out = dmarc_dns_builder_finish(&b, x.problem != NULL ? DMARC_RCODE_SERVFAIL
+                                                              : DMARC_RCODE_TIMEOUT);
         return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
     }
-    st = from_packet(pkt, name, dname, type, out);
-    ldns_pkt_free(pkt);
+    st = from_packet(x.reply, name, dname, type, out);
+    ldns_pkt_free(x.reply);
     ldns_rdf_deep_free(dname);
     return st;
 }
 
 static void server_free(void *impl)
 {
-    server_backend *sb = impl;
-    if (sb == NULL)
-        return;
-    if (sb->res != NULL)
-        ldns_resolver_deep_free(sb->res);
-    free(sb);
+    free(impl);
 }
 
-static dmarc_status add_servers(ldns_resolver *res, const char *list, char *errbuf, size_t errlen)
+/* @host (an IP address literal) and @port into @sv. */
+static bool server_address(const char *host, unsigned port, bool v6, server_addr *sv)
+{
+    memset(sv, 0, sizeof *sv);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)(void *)&sv->ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        sv->len = sizeof *a;
+        return inet_pton(AF_INET6, host, &a->sin6_addr) == 1;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)(void *)&sv->ss;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        sv->len = sizeof *a;
+        return inet_pton(AF_INET, host, &a->sin_addr) == 1;
+    }
+}
+
+static dmarc_status add_servers(server_backend *sb, const char *list, char *errbuf, size_t errlen)
 {
     const char *p = list;
-    unsigned port = 0;
-    size_t count = 0;
     while (*p != '\0') {
         const char *end = strchr(p, ',');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
         char host[64];
-        unsigned this_port;
+        unsigned port;
         bool v6 = false;
-        ldns_rdf *addr;
         while (len > 0 && (*p == ' ' || *p == '\t')) {
             p++;
             len--;
         }
         while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
             len--;
-        if (count >= DMARC_DNS_MAX_SERVERS) {
+        if (sb->nservers >= DMARC_DNS_MAX_SERVERS) {
             set_error(errbuf, errlen, "too many DNS servers", list);
             return DMARC_ERR_SYNTAX;
         }
-        if (parse_server(p, len, host, sizeof host, &this_port, &v6) != DMARC_OK) {
+        if (parse_server(p, len, host, sizeof host, &port, &v6) != DMARC_OK) {
             set_error(errbuf, errlen, "bad DNS server (HOST[:PORT])", list);
             return DMARC_ERR_SYNTAX;
         }
-        /* One port for every nameserver: ldns keeps the port per resolver. */
-        if (port != 0 && this_port != port) {
-            set_error(errbuf, errlen, "all DNS servers must use the same port", list);
-            return DMARC_ERR_SYNTAX;
-        }
-        port = this_port;
-        addr = ldns_rdf_new_frm_str(v6 ? LDNS_RDF_TYPE_AAAA : LDNS_RDF_TYPE_A, host);
-        if (addr == NULL) {
+        if (!server_address(host, port, v6, &sb->servers[sb->nservers])) {
             set_error(errbuf, errlen, "DNS server must be an IP address", host);
             return DMARC_ERR_SYNTAX;
         }
-        if (ldns_resolver_push_nameserver(res, addr) != LDNS_STATUS_OK) {
-            ldns_rdf_deep_free(addr);
-            set_error(errbuf, errlen, "cannot use DNS server", host);
-            return DMARC_ERR_INVAL;
-        }
-        ldns_rdf_deep_free(addr);
-        count++;
+        sb->nservers++;
         if (end == NULL)
             break;
         p = end + 1;
     }
-    if (count == 0) {
+    if (sb->nservers == 0) {
         set_error(errbuf, errlen, "no DNS server given", NULL);
         return DMARC_ERR_SYNTAX;
     }
-    ldns_resolver_set_port(res, (uint16_t)port);
+    return DMARC_OK;
+}
+
+/* The nameservers of a resolv.conf file, read by ldns (at most
+** DMARC_DNS_MAX_SERVERS). */
+static dmarc_status add_resolv_conf(server_backend *sb, const char *path, char *errbuf,
+                                    size_t errlen)
+{
+    ldns_resolver *res = NULL;
+    size_t i, n;
+    if (ldns_resolver_new_frm_file(&res, path) != LDNS_STATUS_OK || res == NULL) {
+        set_error(errbuf, errlen, "cannot read nameservers from", path);
+        return DMARC_ERR_INVAL;
+    }
+    n = ldns_resolver_nameserver_count(res);
+    for (i = 0; i < n && sb->nservers < DMARC_DNS_MAX_SERVERS; i++) {
+        size_t size = 0;
+        struct sockaddr_storage *ss = ldns_rdf2native_sockaddr_storage(
+            ldns_resolver_nameservers(res)[i], ldns_resolver_port(res), &size);
+        if (ss == NULL)
+            continue;
+        if (size <= sizeof sb->servers[0].ss) {
+            memcpy(&sb->servers[sb->nservers].ss, ss, size);
+            sb->servers[sb->nservers].len = (socklen_t)size;
+            sb->nservers++;
+        }
+        free(ss);
+    }
+    ldns_resolver_deep_free(res);
+    if (sb->nservers == 0) {
+        set_error(errbuf, errlen, "no nameserver in", path);
+        return DMARC_ERR_INVAL;
+    }
     return DMARC_OK;
 }
 
@@ -440,42 +754,31 @@ dmarc_status dmarc_dns_server_backend(const dmarc_dns_server_options *o, dmarc_d
 {
     dmarc_dns_server_options defaults;
     server_backend *sb;
-    ldns_resolver *res = NULL;
     dmarc_status st;
+    unsigned ms, retries;
     if (out == NULL)
         return DMARC_ERR_INVAL;
     if (o == NULL) {
         dmarc_dns_server_options_init(&defaults);
         o = &defaults;
     }
-    if (o->servers != NULL && o->servers[0] != '\0') {
-        res = ldns_resolver_new();
-        if (res == NULL)
-            return DMARC_ERR_NOMEM;
-        st = add_servers(res, o->servers, errbuf, errlen);
-        if (st != DMARC_OK) {
-            ldns_resolver_deep_free(res);
-            return st;
-        }
-    } else {
-        const char *path = o->resolv_conf != NULL ? o->resolv_conf : "/etc/resolv.conf";
-        if (ldns_resolver_new_frm_file(&res, path) != LDNS_STATUS_OK || res == NULL) {
-            set_error(errbuf, errlen, "cannot read nameservers from", path);
-            return DMARC_ERR_INVAL;
-        }
-        if (ldns_resolver_nameserver_count(res) == 0) {
-            ldns_resolver_deep_free(res);
-            set_error(errbuf, errlen, "no nameserver in", path);
-            return DMARC_ERR_INVAL;
-        }
-    }
-    configure(res, o);
     sb = calloc(1, sizeof *sb);
-    if (sb == NULL) {
-        ldns_resolver_deep_free(res);
+    if (sb == NULL)
         return DMARC_ERR_NOMEM;
+    if (o->servers != NULL && o->servers[0] != '\0')
+        st = add_servers(sb, o->servers, errbuf, errlen);
+    else
+        st = add_resolv_conf(sb, o->resolv_conf != NULL ? o->resolv_conf : "/etc/resolv.conf",
+                             errbuf, errlen);
+    if (st != DMARC_OK) {
+        free(sb);
+        return st;
     }
-    sb->res = res;
+    ms = o->timeout_ms == 0 ? 2000 : o->timeout_ms;
+    retries = o->retries;
+    sb->timeout_ms = ms > DMARC_DNS_MAX_TIMEOUT_MS ? DMARC_DNS_MAX_TIMEOUT_MS : ms;
+    sb->tries = (retries > DMARC_DNS_MAX_RETRIES ? DMARC_DNS_MAX_RETRIES : retries) + 1;
+    sb->tcp_only = o->tcp;
     out->query = server_query;
     out->free = server_free;
     out->impl = sb;
