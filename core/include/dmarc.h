@@ -52,7 +52,9 @@ extern "C" {
 #define DMARC_WALK_MAX_QUERIES 8
 /* [OPEN-5]: at most 8 distinct author domains are evaluated per message. */
 #define DMARC_MAX_AUTHOR_DOMAINS 8
-/* Mailboxes read from one From field before the rest is ignored and flagged. */
+/* Mailboxes kept from one From field. Past it, a mailbox that repeats a kept
+** domain (or has none) is skipped; one that may bring a new domain ends the
+** field, flagged too_many_domains, and counts as failing [OPEN-5]. */
 #define DMARC_FROM_MAX_MAILBOXES 64
 /* From fields looked at per message. */
 #define DMARC_FROM_MAX_FIELDS 8
@@ -195,12 +197,20 @@ typedef enum dmarc_psd {
 } dmarc_psd;
 
 /* Why the applied policy differs from the requested one (RFC 9990 reason
-** types produced by the core; site overrides add their own in Lua). */
+** types produced by the core; site overrides add their own in Lua), or,
+** for the last four, which bound left part of the message unevaluated: what
+** was not evaluated counts as failing at reject [OPEN-5], so the message
+** verdict is fail whatever the evaluated domains gave. These four are not
+** RFC 9990 reason types and never go into a report. */
 /* clang-format off */
 #define DMARC_REASON_MAP(X) \
     X(NONE, none) \
     X(POLICY_TEST_MODE, policy_test_mode) \
-    X(SAMPLED_OUT, sampled_out)
+    X(SAMPLED_OUT, sampled_out) \
+    X(TOO_MANY_DOMAINS, too_many_domains) /* over options.max_author_domains */ \
+    X(TOO_MANY_MAILBOXES, too_many_mailboxes) /* DMARC_FROM_MAX_MAILBOXES */ \
+    X(TOO_MANY_FROM_FIELDS, too_many_from_fields) /* DMARC_FROM_MAX_FIELDS */ \
+    X(QUERY_LIMIT, query_limit) /* DMARC_EVAL_MAX_QUERIES */
 /* clang-format on */
 typedef enum dmarc_reason {
 #define DMARC__ENUM(U, l) DMARC_REASON_##U,
@@ -467,8 +477,12 @@ typedef struct dmarc_from dmarc_from;
 DMARC_API dmarc_status dmarc_from_parse(const dmarc_allocator *alloc, const char *raw, size_t len,
                                         dmarc_from **out, dmarc_diag *diag);
 DMARC_API void dmarc_from_free(dmarc_from *f);
-/* Number of mailboxes read (at most DMARC_FROM_MAX_MAILBOXES). */
+/* Number of mailboxes kept (at most DMARC_FROM_MAX_MAILBOXES). */
 DMARC_API size_t dmarc_from_count(const dmarc_from *f);
+/* Mailboxes read past DMARC_FROM_MAX_MAILBOXES and left out because they add
+** no author domain: no domain, or a domain a kept mailbox already spells the
+** same way (up to ASCII case). The bound counts distinct domains [OPEN-5]. */
+DMARC_API size_t dmarc_from_skipped(const dmarc_from *f);
 /* Mailbox @i, borrowed from @f until dmarc_from_free; NULL if out of range. */
 DMARC_API const dmarc_mailbox *dmarc_from_mailbox(const dmarc_from *f, size_t i);
 
@@ -550,6 +564,10 @@ typedef struct dmarc_options {
     bool full_org_walk;     /* rfc9989: always find the author's Org Domain (the rest of the walk),
                                even when the result does not need it; for diagnostics. Default
                                false */
+    bool failure_org_walk;  /* rfc9989: for a failure whose applied policy is quarantine or
+                               reject, find the author's real Org Domain (the rest of the walk)
+                               even where discovery stopped at its own record, for whatever acts
+                               on it (a site override keyed by organisation). Default false */
     unsigned max_author_domains; /* 1..DMARC_MAX_AUTHOR_DOMAINS, default 8 */
 } dmarc_options;
 
@@ -659,11 +677,13 @@ typedef struct dmarc_verdict {
     const char *author_domain;   /* A-label, or NULL */
     const char *policy_domain;   /* where the applied record was found (for permerror:
                                     the unusable one), or NULL */
-    const char *org_domain;      /* of the author domain, as far as the evaluation needed
-                                    it: what a tree walk (rfc9989) or the PSL (rfc7489)
-                                    found; in rfc9989 mode the author
-                                    domain itself when it has its own record and no walk
-                                    was needed [ALN-5]; NULL if not determined */
+    const char *org_domain;      /* of the author domain, as far as the evaluation
+                                    determined it: what a tree walk (rfc9989) or the PSL
+                                    (rfc7489) found. NULL if not determined: in rfc9989
+                                    mode a walk that stopped at the author's own record
+                                    (psd=u) has not found it (RFC 9989 §4.10), and the
+                                    author domain is never reported in its place; see
+                                    options.full_org_walk and failure_org_walk */
     bool has_policy;             /* a usable record applies: policy is meaningful */
     dmarc_policy policy;         /* requested: p for the author's own record; else sp,
                                     or np when a failure's existence test found the

@@ -412,59 +412,45 @@ static dmarc_status choose_policy(dmarc_eval *e, dmarc__domain *d)
 
 /* }====================================================== */
 
-/* The Org Domain reported for the author domain: what a walk (or the PSL)
-** established on the way (none is computed for the report alone); in
-** rfc9989 mode with the author's own record and every
-** authenticated identifier equal to it, the author domain itself [ALN-5];
-** otherwise not determined. */
-/* [ALN-5] short cut: the author domain has its own record and every passing
-** identifier equals it, so it is its own Org Domain without a walk. */
-static bool author_is_own_org(const dmarc_eval *e, const dmarc__domain *d)
-{
-    const dmarc__ident *spf = e->has_spf[DMARC__SPF_MFROM]  ? &e->spf[DMARC__SPF_MFROM]
-                              : e->has_spf[DMARC__SPF_HELO] ? &e->spf[DMARC__SPF_HELO]
-                                                            : NULL; /* as spf_identity */
-    size_t i;
-    if (e->mode != DMARC_MODE_RFC9989 || !d->own_record || !d->has_policy)
-        return false;
-    for (i = 0; i < e->ndkim; i++) {
-        if (e->dkim[i].result == DMARC_AUTH_PASS && e->dkim[i].len > 0 && !exact(e, d, &e->dkim[i]))
-            return false;
-    }
-    return spf == NULL || spf->result != DMARC_AUTH_PASS || spf->len == 0 || exact(e, d, spf);
-}
-
-/* Under the PSL the author's Org Domain costs no DNS question, so it is
-** reported even where the result did not need it (the `org_domain`
-** output, reports). In rfc9989 mode it would cost the rest of the walk:
-** there it is reported only as far as alignment and policy selection
-** needed it, or by the [ALN-5] short cut -- unless the context asks for
-** the full walk (options.full_org_walk: `dmarc inspect`), which then runs
-** within budget_for_completion. A DNS failure on that extra walk leaves the
-** Org Domain unreported and cannot touch the settled result [DISC-10]. */
+/*
+** The Org Domain reported for the author domain is only ever one that was
+** determined [DISC-6]. Under the PSL it costs no DNS question, so it is
+** always reported. In rfc9989 mode, discovery that stopped at the author's
+** own record has not found it (the [ALN-5] short cut makes the author its
+** own Org Domain for alignment only, RFC 9989 §4.10.2): it is determined
+** when alignment walked anyway; when the own record says psd=y or psd=n (the
+** walk would stop there at once, so it costs nothing); when the context asks
+** for the whole walk (options.full_org_walk: `dmarc inspect`); or, with
+** options.failure_org_walk, for a failure whose applied policy a site may act
+** on by organisation (quarantine, reject). The extra walk runs within
+** budget_for_completion; a DNS failure on it (or no budget) leaves the Org
+** Domain unreported, which cannot touch the settled result [DISC-10] and can
+** only make an override keyed by organisation not match.
+*/
 static dmarc_status complete_org(dmarc_eval *e, dmarc__domain *d)
 {
+    const dmarc_options *o = &e->ctx->opt;
+    bool wanted;
+
     if (d->org.state != DMARC__ORG_UNKNOWN || !d->own_record)
         return DMARC_OK;
-    if (e->mode == DMARC_MODE_RFC9989 &&
-        (!e->ctx->opt.full_org_walk || !budget_for_completion(e, d)))
-        return DMARC_OK;
+    if (e->mode == DMARC_MODE_RFC9989) {
+        bool terminal =
+            d->record != NULL && (d->record->psd == DMARC_PSD_Y || d->record->psd == DMARC_PSD_N);
+        wanted = terminal || o->full_org_walk ||
+                 (o->failure_org_walk && d->result == DMARC_RESULT_FAIL &&
+                  d->applied != DMARC_POLICY_NONE);
+        /* A terminal own record is answered from the memo: no budget needed. */
+        if (!wanted || (!terminal && !budget_for_completion(e, d)))
+            return DMARC_OK;
+    }
     return dmarc__org_domain(e, dmarc__str(e, d->off), d->len, &d->org);
 }
 
-static void report_org(const dmarc_eval *e, dmarc__domain *d)
+static void report_org(dmarc__domain *d)
 {
-    d->has_org_out = false;
-    if (d->org.state == DMARC__ORG_KNOWN || d->org.state == DMARC__ORG_SUFFIX) {
-        d->has_org_out = true;
-        d->org_out_off = d->org.off;
-        return;
-    }
-    if (d->org.state == DMARC__ORG_UNKNOWN && !e->ctx->opt.full_org_walk &&
-        author_is_own_org(e, d)) {
-        d->has_org_out = true;
-        d->org_out_off = 0;
-    }
+    d->has_org_out = d->org.state == DMARC__ORG_KNOWN || d->org.state == DMARC__ORG_SUFFIX;
+    d->org_out_off = d->has_org_out ? d->org.off : 0;
 }
 
 dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
@@ -521,6 +507,6 @@ dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
         d->applied = DMARC_POLICY_NONE;
         d->reason = DMARC_REASON_NONE;
     }
-    report_org(e, d);
+    report_org(d);
     return DMARC_OK;
 }

@@ -17,6 +17,7 @@ void dmarc_options_init(dmarc_options *o)
     o->psl_ud = NULL;
     o->pct_as_testing = false;
     o->full_org_walk = false;
+    o->failure_org_walk = false;
     o->max_author_domains = DMARC_MAX_AUTHOR_DOMAINS;
 }
 

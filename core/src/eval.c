@@ -68,6 +68,9 @@ void dmarc_eval_reset(dmarc_eval *e)
     e->roll = 0;
     e->now = 0;
     e->ndom = e->ndone = 0;
+    e->has_over = e->mailboxes_cut = e->fields_dropped = e->final_has_author = false;
+    e->over_len = 0;
+    e->over_off = 0;
     e->limit_domain = 0;
     e->ndkim = 0;
     e->has_spf[DMARC__SPF_MFROM] = e->has_spf[DMARC__SPF_HELO] = false;
@@ -141,8 +144,17 @@ static dmarc_status add_domain(dmarc_eval *e, const char *dom, size_t len)
     if (e->ndom >= 1)
         e->in_flags |= DMARC_FLAG_MULTIPLE_DOMAINS;
     if (e->ndom >= max) {
-        /* Not every domain gets checked: the evaluation is incomplete and
-        ** must not pass [FROM-6]. */
+        /* Not every domain gets checked: the evaluation is incomplete, and
+        ** what is not evaluated counts as failing [FROM-6] [OPEN-5]. The
+        ** first such domain is kept to be named in the verdict. */
+        if (!e->has_over) {
+            st = arena_put(e, dom, len, &off);
+            if (st != DMARC_OK)
+                return st;
+            e->has_over = true;
+            e->over_off = off;
+            e->over_len = (uint16_t)len;
+        }
         e->in_flags |= DMARC_FLAG_TOO_MANY_DOMAINS;
         return DMARC_OK;
     }
@@ -227,6 +239,7 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
     dmarc_status st;
     size_t i, n, saved_ndom, saved_arena;
     unsigned saved_flags;
+    bool saved_over, cut = false;
 
     st = check_input(e);
     if (st != DMARC_OK)
@@ -234,8 +247,10 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
     if (raw == NULL && len > 0)
         return DMARC_ERR_INVAL;
     if (e->from_fields >= DMARC_FROM_MAX_FIELDS) {
-        /* Already more than one field: [FROM-5] holds whatever this says. */
+        /* Already more than one field: [FROM-5] holds whatever this says,
+        ** and what it says is not evaluated: it counts as failing [OPEN-5]. */
         e->in_flags |= DMARC_FLAG_MULTIPLE_FROM;
+        e->fields_dropped = true;
         return DMARC_ERR_LIMIT;
     }
     st = dmarc_from_parse(&e->alloc, raw != NULL ? raw : "", len, &f, &diag);
@@ -252,13 +267,15 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
     saved_ndom = e->ndom;
     saved_arena = e->arena_len;
     saved_flags = e->in_flags;
+    saved_over = e->has_over;
     /* Mailboxes past DMARC_FROM_MAX_MAILBOXES were never read: their
     ** domains are unchecked, so the evaluation is incomplete and must not
     ** pass [FROM-6] [OPEN-5] -- the same rule as too many domains. A piece
     ** of the field the parser had to drop is a syntax problem to flag. */
-    if (diag.code == DMARC_DIAG_TOO_MANY_MAILBOXES)
+    if (diag.code == DMARC_DIAG_TOO_MANY_MAILBOXES) {
         e->in_flags |= DMARC_FLAG_TOO_MANY_DOMAINS;
-    else if (diag.code == DMARC_DIAG_SYNTAX || diag.code == DMARC_DIAG_TOO_DEEP)
+        cut = true;
+    } else if (diag.code == DMARC_DIAG_SYNTAX || diag.code == DMARC_DIAG_TOO_DEEP)
         e->in_flags |= DMARC_FLAG_FROM_SYNTAX;
     n = dmarc_from_count(f);
     for (i = 0; i < n && i < DMARC_FROM_MAX_MAILBOXES; i++) {
@@ -272,6 +289,7 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
             e->ndom = saved_ndom;
             e->arena_len = saved_arena;
             e->in_flags = saved_flags;
+            e->has_over = saved_over;
             e->from_fields--;
             if (e->from_fields < 2)
                 e->in_flags &= ~(unsigned)DMARC_FLAG_MULTIPLE_FROM;
@@ -280,6 +298,8 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
         }
     }
     dmarc_from_free(f);
+    if (cut)
+        e->mailboxes_cut = true;
     return DMARC_OK;
 }
 
@@ -393,18 +413,100 @@ dmarc_status dmarc_eval_set_now(dmarc_eval *e, uint64_t now)
 ** The query loop
 ** ======================================================= */
 
+/*
+** Which bound, if any, kept part of the From from evaluation [OPEN-5]. A
+** domain evaluated after the query limit was hit, whose lookups then all
+** failed, was not evaluated either (its temperror says nothing of it).
+*/
+static dmarc_reason unevaluated(const dmarc_eval *e)
+{
+    size_t i;
+
+    if (e->has_over)
+        return DMARC_REASON_TOO_MANY_DOMAINS;
+    if (e->mailboxes_cut)
+        return DMARC_REASON_TOO_MANY_MAILBOXES;
+    if (e->fields_dropped)
+        return DMARC_REASON_TOO_MANY_FROM_FIELDS;
+    if (e->flags & DMARC_FLAG_QUERY_LIMIT) {
+        for (i = e->limit_domain + 1; i < e->ndom; i++) {
+            if (e->dom[i].result == DMARC_RESULT_TEMPERROR)
+                return DMARC_REASON_QUERY_LIMIT;
+        }
+    }
+    return DMARC_REASON_NONE;
+}
+
+static const char *unevaluated_text(dmarc_reason r)
+{
+    switch (r) {
+    case DMARC_REASON_TOO_MANY_DOMAINS:
+        return "more distinct From domains than the bound of author domains evaluated "
+               "(max_author_domains): those not evaluated count as failing at reject";
+    case DMARC_REASON_TOO_MANY_MAILBOXES:
+        return "From field cut at DMARC_FROM_MAX_MAILBOXES (64) mailboxes: the domains not "
+               "read count as failing at reject";
+    case DMARC_REASON_TOO_MANY_FROM_FIELDS:
+        return "more From fields than DMARC_FROM_MAX_FIELDS (8): those not read count as "
+               "failing at reject";
+    case DMARC_REASON_QUERY_LIMIT:
+        return "DMARC_EVAL_MAX_QUERIES (64) reached: the From domains left unevaluated count "
+               "as failing at reject";
+    default:
+        return NULL;
+    }
+}
+
+/*
+** [OPEN-5]: what a bound kept from evaluation counts as failing, at reject
+** since its policy is unknown: the message verdict is a failure at reject,
+** never none or pass, whatever the evaluated domains gave (an attacker picks
+** the order of the domains). An evaluated domain failing at reject already
+** says as much and stays the verdict (a failure made up from passes because
+** of the bound does not); otherwise the verdict names the first
+** domain not evaluated (when one was read) and the bound, with no policy
+** domain and no record.
+*/
+static void count_unevaluated_as_failing(dmarc_eval *e)
+{
+    dmarc_reason why = unevaluated(e);
+
+    if (why == DMARC_REASON_NONE)
+        return;
+    if (e->decider < e->ndom && e->dom[e->decider].result == DMARC_RESULT_FAIL &&
+        e->final.result == DMARC_RESULT_FAIL && e->final.applied == DMARC_POLICY_REJECT)
+        return;
+    memset(&e->final, 0, sizeof e->final);
+    e->final.result = DMARC_RESULT_FAIL;
+    e->final.has_policy = true;
+    e->final.policy = DMARC_POLICY_REJECT;
+    e->final.policy_tag = DMARC_POLICY_TAG_NONE;
+    e->final.applied = DMARC_POLICY_REJECT;
+    e->final.reason = why;
+    e->final.author_exists = true;
+    e->final.error = unevaluated_text(why);
+    e->final_has_author = why == DMARC_REASON_TOO_MANY_DOMAINS;
+    if (e->final_has_author) {
+        e->final.off = e->over_off;
+        e->final.len = e->over_len;
+    }
+    e->decider = e->ndom;
+}
+
 /* [OPEN-5] [FROM-5] [FROM-6] [POL-7]: one verdict for the message. */
 static void decide_message(dmarc_eval *e)
 {
     size_t i, pick = e->ndom;
     bool all_pass = true;
 
+    e->final_has_author = e->ndom > 0;
     if (e->ndom == 0) {
         /* [FROM-4]: DMARC cannot be applied. */
         memset(&e->final, 0, sizeof e->final);
         e->final.result = DMARC_RESULT_NONE;
         e->final.author_exists = true;
         e->decider = 0;
+        count_unevaluated_as_failing(e);
         return;
     }
     /* Any failure: the failing domain with the strictest applied policy,
@@ -453,6 +555,7 @@ static void decide_message(dmarc_eval *e)
         if (e->dom[i].pct_as_testing)
             e->flags |= DMARC_FLAG_PCT_AS_TESTING;
     }
+    count_unevaluated_as_failing(e);
 }
 
 dmarc_status dmarc_eval_run(dmarc_eval *e)
@@ -575,7 +678,7 @@ dmarc_status dmarc_eval_verdict(const dmarc_eval *e, dmarc_verdict *out)
         return DMARC_ERR_INVAL;
     if (e->state != DMARC__EVAL_DONE)
         return DMARC_ERR_STATE;
-    fill_verdict(e, &e->final, e->ndom > 0, out);
+    fill_verdict(e, &e->final, e->final_has_author, out);
     return DMARC_OK;
 }
 

@@ -102,8 +102,18 @@ struct dmarc_eval {
 
     dmarc__domain dom[DMARC_MAX_AUTHOR_DOMAINS];
     size_t ndom;
-    size_t ndone;        /* author domains fully evaluated */
-    size_t limit_domain; /* the one being evaluated when the query limit was hit */
+    /* Parts of the From that a bound kept from evaluation [OPEN-5]: the
+    ** first distinct author domain over max_author_domains (has_over), a
+    ** field cut at DMARC_FROM_MAX_MAILBOXES, From fields past
+    ** DMARC_FROM_MAX_FIELDS. */
+    bool has_over;
+    uint16_t over_len;
+    uint32_t over_off;
+    bool mailboxes_cut;
+    bool fields_dropped;
+    bool final_has_author; /* final.off names the author domain */
+    size_t ndone;          /* author domains fully evaluated */
+    size_t limit_domain;   /* the one being evaluated when the query limit was hit */
 
     dmarc__ident dkim[DMARC_MAX_DKIM];
     size_t ndkim;

@@ -385,6 +385,7 @@ typedef struct parser {
     token tok; /* the current token, not consumed yet */
     mailbox_plan plans[DMARC_FROM_MAX_MAILBOXES];
     size_t count;
+    size_t skipped;       /* mailboxes past the limit that add no domain */
     size_t dropped;       /* unreadable elements left out */
     bool saw_group;       /* a group was read, so an empty list is legitimate */
     bool stopped;         /* DMARC_FROM_MAX_MAILBOXES reached: the rest is ignored */
@@ -424,9 +425,41 @@ static bool fail(parser *p)
     return false;
 }
 
+/*
+** Does a kept mailbox already carry the domain of @plan, byte for byte up to
+** ASCII case? Such a domain normalizes to the same name, so a mailbox past
+** the limit that repeats it adds no author domain [FROM-7]. A different
+** spelling of the same name (a trailing dot, a U-label) is not recognized
+** here: it takes room as a new domain would, which can only end the field
+** early (flagged), never hide a domain. Work: at most
+** DMARC_FROM_MAX_MAILBOXES compares per mailbox past the limit, each bounded
+** by the domain's length.
+*/
+static bool domain_already_kept(const parser *p, const mailbox_plan *plan)
+{
+    const char *s = p->lx.s;
+    size_t i, n = plan->domain.end - plan->domain.start;
+
+    for (i = 0; i < p->count; i++) {
+        const mailbox_plan *k = &p->plans[i];
+        if (k->has_at && !k->domain_literal && k->domain.end - k->domain.start == n &&
+            dmarc__ieq(s + k->domain.start, n, s + plan->domain.start, n))
+            return true;
+    }
+    return false;
+}
+
 static void add_plan(parser *p, const mailbox_plan *plan, size_t at)
 {
     if (p->count == DMARC_FROM_MAX_MAILBOXES) {
+        /* The bound counts distinct domains, not addresses [OPEN-5]: a
+        ** mailbox past it with no domain, or one already kept, cannot add
+        ** an author domain and is skipped. Only a possibly new domain ends
+        ** the field, flagged, so that the evaluation cannot pass. */
+        if (!plan->has_at || plan->domain_literal || domain_already_kept(p, plan)) {
+            p->skipped++;
+            return;
+        }
         p->stopped = true;
         note(p, DMARC_DIAG_TOO_MANY_MAILBOXES, at);
         return;
@@ -872,6 +905,7 @@ struct dmarc_from {
     dmarc_allocator alloc; /* what the block came from */
     size_t size;           /* bytes in the block, for the allocator */
     size_t count;
+    size_t skipped;
     dmarc_mailbox boxes[]; /* then the strings, NUL-terminated */
 };
 
@@ -1093,7 +1127,7 @@ dmarc_status dmarc_from_parse(const dmarc_allocator *alloc, const char *raw, siz
     p.lx.s = raw != NULL ? raw : "";
     p.lx.len = len;
     p.lx.pos = 0;
-    p.count = p.dropped = 0;
+    p.count = p.dropped = p.skipped = 0;
     p.saw_group = p.stopped = p.fatal = false;
     p.err = p.code = DMARC_DIAG_NONE;
     p.err_at = p.code_at = 0;
@@ -1126,6 +1160,7 @@ dmarc_status dmarc_from_parse(const dmarc_allocator *alloc, const char *raw, siz
     }
     f->size = size;
     f->count = p.count;
+    f->skipped = p.skipped;
     arena = (char *)(f->boxes + p.count);
     for (i = 0; i < p.count; i++)
         build_mailbox(&p, &p.plans[i], &f->boxes[i], arena, &used);
@@ -1146,6 +1181,11 @@ void dmarc_from_free(dmarc_from *f)
 size_t dmarc_from_count(const dmarc_from *f)
 {
     return f != NULL ? f->count : 0;
+}
+
+size_t dmarc_from_skipped(const dmarc_from *f)
+{
+    return f != NULL ? f->skipped : 0;
 }
 
 const dmarc_mailbox *dmarc_from_mailbox(const dmarc_from *f, size_t i)

@@ -226,14 +226,17 @@ static size_t scan_value(const char *s, size_t len, size_t pos)
 ** On success *end is the offset of that ";" (or len). On failure *fail is
 ** the offset where the text stopped looking like a record.
 */
-static bool match_version(dmarc_mode mode, const char *s, size_t len, size_t *end, size_t *fail)
+static bool match_version(const char *s, size_t len, size_t *end, size_t *fail)
 {
     static const char version[] = "DMARC1";
     size_t i = 0;
 
-    /* The tag name `v` is case-sensitive under RFC 9989's tag-value syntax,
-    ** a case-insensitive ABNF literal under RFC 7489 [REC-2] [REC-3]. */
-    if (len == 0 || !(s[0] == 'v' || (mode == DMARC_MODE_RFC7489 && s[0] == 'V'))) {
+    /* `v` is a quoted ABNF literal in both RFCs (RFC 9989 §4.8 and RFC 7489
+    ** §6.4 `dmarc-version = "v" equals ...`), so it is case-insensitive (RFC
+    ** 5234 §2.3): `V=DMARC1; p=reject` asks for reject in either mode, and
+    ** ignoring it would leave the domain unprotected [REC-2]. Only the value
+    ** is case-sensitive. */
+    if (len == 0 || (s[0] != 'v' && s[0] != 'V')) {
         *fail = 0;
         return false;
     }
@@ -269,7 +272,7 @@ bool dmarc_record_is_dmarc(dmarc_mode mode, const char *txt, size_t len)
     size_t end, fail;
     if (txt == NULL || (mode != DMARC_MODE_RFC9989 && mode != DMARC_MODE_RFC7489))
         return false;
-    return match_version(mode, txt, len, &end, &fail);
+    return match_version(txt, len, &end, &fail);
 }
 
 /* }====================================================== */
@@ -1116,13 +1119,17 @@ dmarc_status dmarc_record_parse(dmarc_mode mode, const dmarc_allocator *alloc, c
             diag_set(diag, DMARC_DIAG_TOO_LONG, DMARC_RECORD_MAX_LEN, "", 0);
         return DMARC_ERR_SYNTAX;
     }
-    if (!match_version(mode, txt, len, &pos, &fail)) {
+    if (!match_version(txt, len, &pos, &fail)) {
         if (diag != NULL)
             diag_set(diag, DMARC_DIAG_NOT_DMARC, fail, "v", 1);
         return DMARC_ERR_SYNTAX;
     }
 
     state_init(&st, mode, txt, len);
+    /* RFC 9989 spells the other tag names case-sensitively [REC-3]; an
+    ** uppercase `V` is still the version (above), but worth a word. */
+    if (mode == DMARC_MODE_RFC9989 && txt[0] == 'V')
+        warn(&st, DMARC_DIAG_TAG_CASE, 0, txt, 1);
     /* pos is at a ';' or the end. Each turn consumes at least that ';',
     ** so the loop ends within len bytes; tags are capped on top of it. */
     while (pos < len) {

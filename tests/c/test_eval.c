@@ -214,8 +214,9 @@ static void eval__v01_exact_dkim_pass(void **state)
     assert_false(t->v.spf_aligned);
     expect_str(t->v.author_domain, "ex.com");
     expect_str(t->v.policy_domain, "ex.com");
-    /* [ALN-5]: own record, every identifier equal: its own Org Domain. */
-    expect_str(t->v.org_domain, "ex.com");
+    /* [ALN-5]: own record, every identifier equal: aligned without a walk,
+    ** so the Org Domain was not determined and is not reported [DISC-6]. */
+    assert_null(t->v.org_domain);
     assert_int_equal(dmarc_eval_dkim_alignment(t->e, 0), DMARC_ALIGN_STRICT);
     expect_queries(t, "_dmarc.ex.com/TXT");
 }
@@ -1132,7 +1133,9 @@ static void eval__full_org_walk_option(void **state)
 
     from(t, "user@shop.example");
     run(t, zone);
-    expect_str(t->v.org_domain, "shop.example"); /* the [ALN-5] short cut */
+    /* Discovery stopped at the author's own record: the Org Domain is not
+    ** known, and the author domain is never reported in its place [DISC-6]. */
+    assert_null(t->v.org_domain);
     expect_queries(t, "_dmarc.shop.example/TXT");
 
     t->opt.full_org_walk = true;
@@ -1148,6 +1151,73 @@ static void eval__full_org_walk_option(void **state)
     dmarc_eval_reset(t->e);
     from(t, "user@shop.example");
     run(t, broken);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_null(t->v.org_domain);
+}
+
+/* [DISC-6]: never a wrong Org Domain. mail.contoso.net publishes its own
+** record below contoso.net's: without a walk the Org Domain is unknown
+** (null); options.failure_org_walk finds the real one for an enforced
+** failure (a site override keyed by organisation acts on it), not for a
+** pass or an applied none; an own record with psd=n names itself at no cost. */
+static void eval__org_domain_never_the_author_by_default(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.mail.contoso.net", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {"_dmarc.contoso.net", TXT, NOERR, {"v=DMARC1; p=none"}},
+        {"_dmarc.none.contoso.net", TXT, NOERR, {"v=DMARC1; p=none"}},
+        {"_dmarc.own.contoso.net", TXT, NOERR, {"v=DMARC1; p=reject; psd=n"}},
+        {"_dmarc.broken.example", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {"_dmarc.example", 0, DMARC_RCODE_SERVFAIL, {NULL}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+
+    from(t, "ceo@mail.contoso.net");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    expect_str(t->v.policy_domain, "mail.contoso.net");
+    assert_null(t->v.org_domain);
+    expect_queries(t, "_dmarc.mail.contoso.net/TXT");
+
+    dmarc_eval_reset(t->e);
+    from(t, "ceo@own.contoso.net");
+    run(t, zone);
+    expect_str(t->v.org_domain, "own.contoso.net"); /* psd=n: rule (1) */
+    expect_queries(t, "_dmarc.own.contoso.net/TXT");
+
+    t->opt.failure_org_walk = true;
+    t_mode(t, DMARC_MODE_RFC9989);
+    from(t, "ceo@mail.contoso.net");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    expect_str(t->v.policy_domain, "mail.contoso.net");
+    expect_str(t->v.org_domain, "contoso.net");
+    expect_queries(t, "_dmarc.mail.contoso.net/TXT _dmarc.contoso.net/TXT _dmarc.net/TXT");
+
+    /* A pass needs no Org Domain: no walk, none reported. */
+    dmarc_eval_reset(t->e);
+    from(t, "ceo@mail.contoso.net");
+    dkim(t, "mail.contoso.net", DMARC_AUTH_PASS);
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_PASS);
+    assert_null(t->v.org_domain);
+    expect_queries(t, "_dmarc.mail.contoso.net/TXT");
+
+    /* An applied none is not acted on: no walk either. */
+    dmarc_eval_reset(t->e);
+    from(t, "ceo@none.contoso.net");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_NONE);
+    assert_null(t->v.org_domain);
+
+    /* The walk fails: the result stands, the Org Domain stays unknown. */
+    dmarc_eval_reset(t->e);
+    from(t, "ceo@broken.example");
+    run(t, zone);
     assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
     assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
     assert_null(t->v.org_domain);
@@ -2256,6 +2326,7 @@ int main(void)
         T_(eval__helo_only_without_mail_from),
         T_(eval__alignment_walk_servfail),
         T_(eval__full_org_walk_option),
+        T_(eval__org_domain_never_the_author_by_default),
         T_(eval__from_mailbox_cap_never_passes),
         T_(eval__alignment_completion_bounded),
         T_(eval__identifier_own_walk),

@@ -258,16 +258,30 @@ static void record__version_prefix(void **state)
     dmarc_record_free(r);
 }
 
-/* [REC-2] [REC-3]: the name `v` is case-sensitive in rfc9989 only. */
-static void record__v_name_case_depends_on_mode(void **state)
+/* [REC-2]: the name `v` is a case-insensitive ABNF literal in both modes
+** (RFC 9989 §4.8, RFC 5234 §2.3); rfc9989 warns tag_case at offset 0. The
+** value DMARC1 stays case-sensitive. */
+static void record__v_name_case_insensitive_in_both_modes(void **state)
 {
     dmarc_record *r;
+    const dmarc_diag *w;
     (void)state;
-    assert_not_dmarc(R9, "V=DMARC1; p=reject");
+    assert_true(dmarc_record_is_dmarc(R9, "V=DMARC1; p=reject", 18));
     assert_true(dmarc_record_is_dmarc(R7, "V=DMARC1; p=reject", 18));
+    r = parse_ok(R9, "V = DMARC1 ; p=reject");
+    assert_true(r->usable);
+    assert_int_equal(r->p, DMARC_POLICY_REJECT);
+    assert_int_equal(count_warn(r, DMARC_DIAG_TAG_CASE), 1);
+    w = find_warn(r, DMARC_DIAG_TAG_CASE);
+    assert_string_equal(w->tag, "V");
+    assert_int_equal(w->offset, 0);
+    dmarc_record_free(r);
     r = parse_ok(R7, "V=DMARC1; p=reject");
     assert_int_equal(r->p, DMARC_POLICY_REJECT);
+    assert_int_equal(r->warning_count, 0);
     dmarc_record_free(r);
+    assert_not_dmarc(R9, "V=dmarc1; p=reject");
+    assert_not_dmarc(R7, "V=Dmarc1; p=reject");
 }
 
 /* [REC-2]: dmarc_record_is_dmarc agrees with the parser on every input. */
@@ -1582,7 +1596,7 @@ int main(void)
         cmocka_unit_test(record__vector11_split_strings_concatenated),
         cmocka_unit_test(record__vector25_size_suffix_in_both_modes),
         cmocka_unit_test(record__version_prefix),
-        cmocka_unit_test(record__v_name_case_depends_on_mode),
+        cmocka_unit_test(record__v_name_case_insensitive_in_both_modes),
         cmocka_unit_test(record__is_dmarc_agrees_with_parse),
         cmocka_unit_test(record__tag_case_rfc9989),
         cmocka_unit_test(record__tag_case_rfc7489),
