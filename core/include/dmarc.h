@@ -275,7 +275,8 @@ typedef enum dmarc_policy_tag {
     X(TOO_MANY_DOMAINS, too_many_domains, 4) /* not every domain checked: over DMARC_MAX_AUTHOR_DOMAINS, or mailboxes past DMARC_FROM_MAX_MAILBOXES */ \
     X(FROM_SYNTAX, from_syntax, 5) /* a From field did not parse cleanly */ \
     X(QUERY_LIMIT, query_limit, 6) /* DMARC_EVAL_MAX_QUERIES was hit */ \
-    X(PCT_AS_TESTING, pct_as_testing, 7) /* [OPEN-3] mapping was used */
+    X(PCT_AS_TESTING, pct_as_testing, 7) /* [OPEN-3] mapping was used */ \
+    X(FROM_LENIENT, from_lenient, 8) /* a From field that does not parse was read as a mail reader shows it (RFC 9989 §11.5); never a pass */
 /* clang-format on */
 enum {
 #define DMARC__ENUM(U, l, b) DMARC_FLAG_##U = 1u << (b),
@@ -602,7 +603,12 @@ DMARC_API void dmarc_eval_reset(dmarc_eval *e);
 
 /* One From header field's raw value; call once per From field present.
 ** Parse problems are flagged, not fatal: DMARC_OK unless NOMEM/INVAL/LIMIT
-** (more than DMARC_FROM_MAX_FIELDS fields: flagged and ignored). */
+** (more than DMARC_FROM_MAX_FIELDS fields: flagged, and counted as failing
+** [OPEN-5]). A field that does not parse strictly (flag from_syntax) is read
+** as a mail reader would show it when that names one domain unambiguously
+** (RFC 9989 §11.5): the domain is evaluated, flagged from_lenient, and the
+** message can then be a failure at best, never a pass. When nothing can be
+** read the field adds no domain (no_author_domain if it was the only one). */
 DMARC_API dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len);
 /* An Author Domain given directly (a scanner that parsed From itself);
 ** normalized [FROM-2] [FROM-3]. DMARC_ERR_SYNTAX if unusable. */

@@ -31,4 +31,15 @@ DMARC__HIDDEN dmarc_status dmarc__domain_normalize(const char *in, size_t len, c
                                                    size_t outsz, size_t *outlen,
                                                    dmarc_diag_code *why);
 
+/*
+** dmarc__from_lenient: the Author Domain a mail reader would show for a From
+** field value that does not parse strictly, when that is unambiguous
+** (RFC 9989 §11.5). Every '@' in the value must be followed (after optional
+** white space) by a run of host-name bytes that normalizes, and all of them
+** must give the same domain; at most DMARC_FROM_MAX_MAILBOXES '@' are looked
+** at. On true @out (DMARC_DOMAIN_MAX_LEN + 1 bytes) holds the normalized
+** domain and *outlen its length. Linear in @len.
+*/
+DMARC__HIDDEN bool dmarc__from_lenient(const char *raw, size_t len, char *out, size_t *outlen);
+
 #endif /* DMARC_DOMAIN_H */

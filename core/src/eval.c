@@ -260,8 +260,32 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
     if (e->from_fields >= 2)
         e->in_flags |= DMARC_FLAG_MULTIPLE_FROM; /* [FROM-5] [OPEN-5] */
     if (st != DMARC_OK) {
-        /* Unreadable field: flagged, contributes no domain. */
+        /* Unreadable field: flagged. RFC 9989 §11.5 wants it recognised for
+        ** the threat it is: mail readers still show an address in it, so
+        ** when that names one domain unambiguously, the domain is evaluated
+        ** (and the message cannot pass, decide_message); else no domain. */
+        char dom[DMARC_DOMAIN_MAX_LEN + 1];
+        size_t dlen;
+        saved_flags = e->in_flags;
         e->in_flags |= DMARC_FLAG_FROM_SYNTAX;
+        if (raw != NULL && dmarc__from_lenient(raw, len, dom, &dlen)) {
+            saved_ndom = e->ndom;
+            saved_arena = e->arena_len;
+            saved_over = e->has_over;
+            st = add_domain(e, dom, dlen);
+            if (st != DMARC_OK) {
+                /* Back to the state before the call: it can be retried. */
+                e->ndom = saved_ndom;
+                e->arena_len = saved_arena;
+                e->has_over = saved_over;
+                e->in_flags = saved_flags;
+                e->from_fields--;
+                if (e->from_fields < 2)
+                    e->in_flags &= ~(unsigned)DMARC_FLAG_MULTIPLE_FROM;
+                return st;
+            }
+            e->in_flags |= DMARC_FLAG_FROM_LENIENT;
+        }
         return DMARC_OK;
     }
     saved_ndom = e->ndom;
@@ -537,10 +561,12 @@ static void decide_message(dmarc_eval *e)
     e->decider = pick;
     e->final = e->dom[pick];
 
-    /* Two or more From fields, or domains left unchecked: never a pass
-    ** [FROM-5] [FROM-6]. The strictest requested policy among the domains,
+    /* Two or more From fields, domains left unchecked, or a From read only
+    ** leniently: never a pass [FROM-5] [FROM-6] (RFC 9989 §11.5: no better
+    ** than the strict reading). The strictest requested policy among the domains,
     ** applied as for a failure (t=, pct). */
-    if (all_pass && (e->flags & (DMARC_FLAG_MULTIPLE_FROM | DMARC_FLAG_TOO_MANY_DOMAINS))) {
+    if (all_pass && (e->flags & (DMARC_FLAG_MULTIPLE_FROM | DMARC_FLAG_TOO_MANY_DOMAINS |
+                                 DMARC_FLAG_FROM_LENIENT))) {
         pick = 0;
         for (i = 1; i < e->ndom; i++) {
             if (e->dom[i].policy > e->dom[pick].policy)

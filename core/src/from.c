@@ -1194,3 +1194,57 @@ const dmarc_mailbox *dmarc_from_mailbox(const dmarc_from *f, size_t i)
         return NULL;
     return &f->boxes[i];
 }
+
+/* ** {======================================================
+** Lenient reading of a field that does not parse (RFC 9989 §11.5)
+** ======================================================= */
+
+/* Bytes a host name may hold as written in a From: letters, digits, '-',
+** '.', '_' and UTF-8 (U-labels); the normalizer decides the rest. */
+static bool is_host_byte(unsigned char c)
+{
+    return dmarc__is_alpha(c) || dmarc__is_digit(c) || c == '-' || c == '.' || c == '_' ||
+           c >= 0x80;
+}
+
+/*
+** A field the strict parser refuses (a bare CR, comments nested past the
+** bound, a trailing word, an unclosed comment) is still shown by mail
+** readers, which look for the address in it. The structure around the '@'
+** cannot be trusted, so neither quotes nor comments are honoured here:
+** every '@' counts, and the reading stands only when they all name one
+** domain. Several domains, a '@' with no host name after it, or a name that
+** does not normalize: ambiguous, nothing is extracted. Bounded by the input
+** and by DMARC_FROM_MAX_MAILBOXES normalizations.
+*/
+bool dmarc__from_lenient(const char *raw, size_t len, char *out, size_t *outlen)
+{
+    char cand[DMARC_DOMAIN_MAX_LEN + 1];
+    size_t pos = 0, n, found = 0, ats = 0;
+    const char *at;
+
+    while (pos < len && (at = memchr(raw + pos, '@', len - pos)) != NULL) {
+        size_t start = (size_t)(at - raw) + 1, end;
+        if (++ats > DMARC_FROM_MAX_MAILBOXES)
+            return false;
+        while (start < len && dmarc__is_wsp((unsigned char)raw[start]))
+            start++;
+        end = start;
+        while (end < len && is_host_byte((unsigned char)raw[end]))
+            end++;
+        if (end == start || dmarc__domain_normalize(raw + start, end - start, cand, sizeof cand, &n,
+                                                    NULL) != DMARC_OK)
+            return false;
+        if (found == 0) {
+            memcpy(out, cand, n + 1);
+            *outlen = n;
+            found = 1;
+        } else if (n != *outlen || memcmp(out, cand, n) != 0) {
+            return false;
+        }
+        pos = end;
+    }
+    return found == 1;
+}
+
+/* }====================================================== */

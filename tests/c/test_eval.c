@@ -1485,11 +1485,114 @@ static void eval__too_many_domains_never_pass(void **state)
     dkim(t, "b.com", DMARC_AUTH_PASS);
     run(t, zone_two);
     assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
-    expect_str(t->v.author_domain, "b.com");
+    /* [OPEN-5]: c.com was not evaluated; it counts as failing at reject,
+    ** and the verdict names it and the bound. */
+    expect_str(t->v.author_domain, "c.com");
+    assert_null(t->v.policy_domain);
+    assert_null(t->v.record);
     assert_int_equal(t->v.policy, DMARC_POLICY_REJECT);
     assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_int_equal(t->v.reason, DMARC_REASON_TOO_MANY_DOMAINS);
+    assert_non_null(t->v.error);
     assert_int_equal(dmarc_eval_domain_count(t->e), 2);
     assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_TOO_MANY_DOMAINS, 0);
+}
+
+/* [OPEN-5]: bounds never open a door. Eight harmless domains (no record,
+** or p=none failing) before a spoofed p=reject domain: the ninth is not
+** evaluated and counts as failing at reject, never none. A query limit hit
+** on an attacker's own domain leaves the next ones unevaluated: the same. */
+static void eval__unevaluated_counts_as_failing(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.h0.example", TXT, NOERR, {"v=DMARC1; p=none"}},
+        {"_dmarc.example.com", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+    static char names[DMARC_MAX_DKIM][2][48];
+    static fake_rr burn[DMARC_MAX_DKIM + 3];
+    size_t i;
+
+    from(t, "u@h0.example, u@h1.example, u@h2.example, u@h3.example, u@h4.example, "
+            "u@h5.example, u@h6.example, u@h7.example, ceo@example.com");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_int_equal(t->v.reason, DMARC_REASON_TOO_MANY_DOMAINS);
+    expect_str(t->v.author_domain, "example.com");
+
+    /* Nine From fields: the ninth is not read. */
+    dmarc_eval_reset(t->e);
+    for (i = 0; i < DMARC_FROM_MAX_FIELDS; i++)
+        from(t, "u@h1.example");
+    assert_int_equal(dmarc_eval_add_from(t->e, "ceo@example.com", 15), DMARC_ERR_LIMIT);
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_int_equal(t->v.reason, DMARC_REASON_TOO_MANY_FROM_FIELDS);
+    assert_null(t->v.author_domain);
+
+    /* The attacker's own a.example burns the query budget with signatures
+    ** that each need a walk; example.com then gets no answer at all. */
+    dmarc_eval_reset(t->e);
+    burn[0].name = "_dmarc.a.example";
+    burn[0].type = TXT;
+    burn[0].txt[0] = "v=DMARC1; p=none";
+    burn[1].name = "_dmarc.example.com";
+    burn[1].type = TXT;
+    burn[1].txt[0] = "v=DMARC1; p=reject";
+    from(t, "u@a.example, ceo@example.com");
+    for (i = 0; i < DMARC_MAX_DKIM; i++) {
+        snprintf(names[i][0], sizeof names[i][0], "_dmarc.d%zu.a.example", i);
+        snprintf(names[i][1], sizeof names[i][1], "x.d%zu.a.example", i);
+        burn[i + 2].name = names[i][0];
+        burn[i + 2].type = TXT;
+        burn[i + 2].txt[0] = "v=DMARC1; p=none; psd=n";
+        dkim(t, names[i][1], DMARC_AUTH_PASS);
+    }
+    burn[DMARC_MAX_DKIM + 2].name = NULL;
+    run(t, burn);
+    assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_QUERY_LIMIT, 0);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_int_equal(t->v.reason, DMARC_REASON_QUERY_LIMIT);
+}
+
+/* RFC 9989 §11.5: a From that does not parse strictly but shows one address
+** in a mail reader is evaluated on that domain, flagged, never a pass; one
+** that shows nothing unambiguous adds no domain. */
+static void eval__lenient_from(void **state)
+{
+    T *t = *state;
+    static const fake_rr zone[] = {
+        {"_dmarc.example.com", TXT, NOERR, {"v=DMARC1; p=reject"}},
+        {NULL, 0, NOERR, {NULL}},
+    };
+    static const char *const fields[] = {
+        "CEO\r <ceo@example.com>",
+        "<ceo@example.com> CEO",
+        "ceo@example.com (CEO",
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        dmarc_eval_reset(t->e);
+        from(t, fields[i]);
+        dkim(t, "example.com", DMARC_AUTH_PASS);
+        run(t, zone);
+        assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+        expect_str(t->v.author_domain, "example.com");
+        assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+        assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_LENIENT, 0);
+        assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_SYNTAX, 0);
+    }
+    dmarc_eval_reset(t->e);
+    from(t, "\"ceo@example.com\" <x@evil.example");
+    run(t, zone);
+    assert_int_equal(t->v.result, DMARC_RESULT_NONE);
+    assert_int_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_LENIENT, 0);
+    assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_NO_AUTHOR_DOMAIN, 0);
 }
 
 /* [FROM-4]: no From at all; group syntax only; an unparsable field. */
@@ -2342,6 +2445,8 @@ int main(void)
         T_(eval__multi_domain_precedence),
         T_(eval__same_domain_twice_is_one),
         T_(eval__too_many_domains_never_pass),
+        T_(eval__unevaluated_counts_as_failing),
+        T_(eval__lenient_from),
         T_(eval__no_from_and_no_domain),
         T_(eval__add_author_domain),
         T_(eval__names_normalized_like_domain_normalize),

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "dmarc.h"
+#include "domain.h"
 #include "failing_alloc.h"
 
 /* Path of the shared vectors, relative to the repository root. */
@@ -845,6 +846,107 @@ static void from__limits_mailbox_count(void **state)
     free(raw);
 }
 
+/* The mailbox bound counts distinct domains [OPEN-5]: past it, a mailbox
+** repeating a kept domain (any ASCII case) or with no domain is skipped and
+** the field is complete; one that may bring a new domain still ends it. */
+static void from__mailbox_limit_counts_distinct_domains(void **state)
+{
+    size_t n = DMARC_FROM_MAX_MAILBOXES + 6, i, len = 0;
+    char *raw = malloc(n * 32 + 64);
+    dmarc_from *f = NULL;
+    dmarc_diag diag;
+    (void)state;
+
+    assert_non_null(raw);
+    for (i = 0; i < n; i++)
+        len += (size_t)sprintf(raw + len, "u%zu@%s, ", i, i % 2 ? "EXAMPLE.com" : "example.com");
+    len += (size_t)sprintf(raw + len, "postmaster, x@[192.0.2.1]");
+    assert_int_equal(parse_len(raw, len, &f, &diag), DMARC_OK);
+    assert_int_equal(diag.code, DMARC_DIAG_NONE);
+    assert_int_equal(dmarc_from_count(f), DMARC_FROM_MAX_MAILBOXES);
+    assert_int_equal(dmarc_from_skipped(f), n - DMARC_FROM_MAX_MAILBOXES + 2);
+    check_invariants(f);
+    dmarc_from_free(f);
+
+    /* A new domain past the bound: cut, and said so. */
+    len = 0;
+    for (i = 0; i < DMARC_FROM_MAX_MAILBOXES; i++)
+        len += (size_t)sprintf(raw + len, "u%zu@example.com, ", i);
+    len += (size_t)sprintf(raw + len, "ceo@evil.example");
+    assert_int_equal(parse_len(raw, len, &f, &diag), DMARC_OK);
+    assert_int_equal(diag.code, DMARC_DIAG_TOO_MANY_MAILBOXES);
+    assert_int_equal(dmarc_from_skipped(f), 0);
+    dmarc_from_free(f);
+    assert_int_equal(dmarc_from_skipped(NULL), 0);
+    free(raw);
+}
+
+/* RFC 9989 §11.5: a field the strict parser refuses is read as a mail
+** reader shows it when every '@' names the same domain; otherwise nothing. */
+static void from__lenient_reading(void **state)
+{
+    static const struct {
+        const char *raw;
+        const char *want; /* NULL: nothing extracted */
+    } cases[] = {
+        {"CEO <ceo@example.com>\r", "example.com"},
+        {"CEO\r <ceo@example.com>", "example.com"},
+        {"ceo@example.com (CEO", "example.com"},
+        {"CEO (x <ceo@example.com>", "example.com"},
+        {"<ceo@example.com> CEO", "example.com"},
+        {"ceo@example.com (x) y", "example.com"},
+        {"\"ceo@EXAMPLE.com\" <ceo@example.com.", "example.com"},
+        {"ceo@ b\xc3\xbc"
+         "cher.example (x",
+         "xn--bcher-kva.example"},
+        {"\"ceo@example.com\" <x@evil.example", NULL},
+        {"\"Bob @ Home\" <bob@example.com", NULL},
+        {"ceo@ (x", NULL},
+        {"ceo@.example.com (x", NULL},
+        {"ceo@example.com@", NULL},
+        {"no address at all (", NULL},
+        {"", NULL},
+    };
+    char out[DMARC_DOMAIN_MAX_LEN + 1];
+    size_t i, n;
+    char *raw;
+    (void)state;
+
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bool got = dmarc__from_lenient(cases[i].raw, strlen(cases[i].raw), out, &n);
+        if (cases[i].want == NULL) {
+            assert_false(got);
+        } else {
+            assert_true(got);
+            assert_string_equal(out, cases[i].want);
+            assert_int_equal(n, strlen(cases[i].want));
+        }
+    }
+    /* Comments nested one deeper than the bound: refused strictly, read
+    ** leniently. */
+    raw = malloc(2 * (DMARC_FROM_MAX_COMMENT_DEPTH + 1) + 32);
+    assert_non_null(raw);
+    n = 0;
+    for (i = 0; i <= DMARC_FROM_MAX_COMMENT_DEPTH; i++)
+        raw[n++] = '(';
+    for (i = 0; i <= DMARC_FROM_MAX_COMMENT_DEPTH; i++)
+        raw[n++] = ')';
+    n += (size_t)sprintf(raw + n, " ceo@example.com");
+    assert_int_equal(parse_syntax(raw, n), DMARC_DIAG_TOO_DEEP);
+    assert_true(dmarc__from_lenient(raw, n, out, &i));
+    assert_string_equal(out, "example.com");
+    free(raw);
+    /* More '@' than DMARC_FROM_MAX_MAILBOXES: not looked at. */
+    raw = malloc((DMARC_FROM_MAX_MAILBOXES + 1) * 16 + 8);
+    assert_non_null(raw);
+    n = 0;
+    for (i = 0; i <= DMARC_FROM_MAX_MAILBOXES; i++)
+        n += (size_t)sprintf(raw + n, "a@example.com ");
+    raw[n++] = '(';
+    assert_false(dmarc__from_lenient(raw, n, out, &i));
+    free(raw);
+}
+
 /* Mailboxes went unread: that outranks any earlier problem, so an
 ** evaluation never mistakes a truncated list for a complete one [FROM-6]. */
 static void from__mailbox_limit_outranks_other_problems(void **state)
@@ -1186,6 +1288,8 @@ int main(void)
         cmocka_unit_test(from__accessors_accept_null_and_range),
         cmocka_unit_test(from__fails_cleanly_without_memory),
         cmocka_unit_test(from__shared_vectors),
+        cmocka_unit_test(from__mailbox_limit_counts_distinct_domains),
+        cmocka_unit_test(from__lenient_reading),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,12 @@
 ** - a mailbox has a domain exactly when it has no problem, and that domain
 **   is normalized: lowercase host-name characters, 1..253 bytes, no empty
 **   label, no trailing dot, and normalizing it again changes nothing;
-** - the same holds for dmarc_domain_normalize run on the raw input.
+** - the same holds for dmarc_domain_normalize run on the raw input;
+** - the input as the one From field of an evaluation: a field that does not
+**   parse is flagged from_syntax, and read leniently (RFC 9989 §11.5) it
+**   gives at most one author domain, normalized, flagged from_lenient; a
+**   mailbox count past the bound never loses a domain silently (a parse
+**   that kept fewer domains than it read ends in too_many_domains).
 ** A broken invariant aborts, which libFuzzer and tests/fuzz/replay.c report.
 */
 #include <stdint.h>
@@ -83,6 +88,37 @@ static void check_same(const dmarc_from *a, const dmarc_from *b)
     }
 }
 
+/* The input as the one From field of an evaluation (no DNS is answered:
+** only the inputs' flags and domains are looked at). */
+static void check_eval(const char *raw, size_t size)
+{
+    dmarc_options o;
+    dmarc_status st;
+    dmarc_ctx *ctx;
+    dmarc_eval *e;
+    dmarc_from *f = NULL;
+    unsigned flags;
+
+    dmarc_options_init(&o);
+    ctx = dmarc_ctx_new(&o, &st);
+    CHECK(ctx != NULL);
+    e = dmarc_eval_new(ctx, NULL, &st);
+    CHECK(e != NULL);
+    CHECK(dmarc_eval_add_from(e, raw, size) == DMARC_OK);
+    flags = dmarc_eval_flags(e);
+    st = dmarc_from_parse(NULL, raw, size, &f, NULL);
+    if (st != DMARC_OK) {
+        CHECK(flags & DMARC_FLAG_FROM_SYNTAX);
+        CHECK(dmarc_eval_domain_count(e) <= 1);
+        CHECK(((flags & DMARC_FLAG_FROM_LENIENT) != 0) == (dmarc_eval_domain_count(e) == 1));
+    } else {
+        CHECK(!(flags & DMARC_FLAG_FROM_LENIENT));
+        dmarc_from_free(f);
+    }
+    dmarc_eval_free(e);
+    dmarc_ctx_free(ctx);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *raw = (const char *)data;
@@ -112,5 +148,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(st == DMARC_OK || st == DMARC_ERR_SYNTAX);
     if (st == DMARC_OK)
         check_normalized(out, n);
+    check_eval(raw, size);
     return 0;
 }
