@@ -675,7 +675,8 @@ static int ldmarc_opt_field(lua_State *L, int arg, const char *key, int type)
 }
 
 static const char *const ldmarc_ctx_option_names[] = {
-    "mode", "pct_as_testing", "full_org_walk", "max_author_domains", "psl_file", NULL};
+    "mode", "pct_as_testing", "full_org_walk", "failure_org_walk", "max_author_domains",
+    "psl_file", NULL};
 
 /* A misspelt option must not be silently ignored: raises naming it. */
 static void ldmarc_check_option_names(lua_State *L, int arg)
@@ -701,6 +702,7 @@ static void ldmarc_check_option_names(lua_State *L, int arg)
  * @function core.new
  * @param {table} opts mode ('rfc9989'|'rfc7489'), pct_as_testing (boolean),
  *   full_org_walk (boolean: always find the author's Org Domain),
+ *   failure_org_walk (boolean: find it for a failure at quarantine/reject),
  *   max_author_domains (1..8), psl_file (string; rfc7489 mode)
  * @return {dmarc.ctx}; raises on a bad option
  */
@@ -732,6 +734,9 @@ static int ldmarc_new(lua_State *L)
         lua_pop(L, 1);
         if (ldmarc_opt_field(L, 1, "full_org_walk", LUA_TBOOLEAN))
             o.full_org_walk = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (ldmarc_opt_field(L, 1, "failure_org_walk", LUA_TBOOLEAN))
+            o.failure_org_walk = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (ldmarc_opt_field(L, 1, "max_author_domains", LUA_TNUMBER)) {
             lua_Number n = lua_tonumber(L, -1);

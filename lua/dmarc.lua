@@ -307,6 +307,7 @@ local ENGINE_OPTIONS = {
   cache_size = 'number',
   pct_as_testing = 'boolean',
   full_org_walk = 'boolean',
+  failure_org_walk = 'boolean',
   max_author_domains = 'number',
   psl_file = 'string',
   clock = 'function',
@@ -315,7 +316,9 @@ local ENGINE_OPTIONS = {
 --- A new engine.
 -- @param opts {table} mode (default mode of inputs without one; default
 --   'rfc9989'), cache_size (entries of a shared answer cache; 0 or nil:
---   none), pct_as_testing [OPEN-3], max_author_domains (1..8), psl_file
+--   none), pct_as_testing [OPEN-3], failure_org_walk (rfc9989: a failure at
+--   quarantine/reject gets the author's real Org Domain, walking on past its own
+--   record, for site overrides keyed by organisation), max_author_domains (1..8), psl_file
 --   (rfc7489 mode), clock (function returning seconds; default os.time)
 -- @return {engine}; raises with the option name on a bad option
 function M.new(opts)
@@ -337,6 +340,7 @@ function M.new(opts)
     ctx_options = {
       pct_as_testing = opts.pct_as_testing,
       full_org_walk = opts.full_org_walk,
+      failure_org_walk = opts.failure_org_walk,
       max_author_domains = opts.max_author_domains,
       psl_file = opts.psl_file,
     },

@@ -205,3 +205,100 @@ describe('dmarc eval', function()
     assert.is_true(results.temperror)
   end)
 end)
+
+-- Inputs an attacker or a careless publisher chooses must never turn a spoof of a p=reject
+-- domain into "no DMARC" (RFC 9989 §4.8, §4.10, §11.5). Exact output lines.
+describe('dmarc eval fails closed', function()
+  local REJECT = { ['_dmarc.example.com'] = { 'v=DMARC1; p=reject' } }
+  local function eval_one(t)
+    local lines, status = run_eval(line(t) .. '\n')
+    assert.equal(0, status)
+    assert.equal(1, #lines)
+    return lines[1], cjson.decode(lines[1])
+  end
+  local function harmless(n)
+    local t = {}
+    for i = 0, n - 1 do t[#t + 1] = 'u@h' .. i .. '.example' end
+    return t
+  end
+
+  it('reads V=DMARC1 as a record in both modes (the name v is case-insensitive)', function()
+    local raw = eval_one({ id = 'v', from = 'ceo@example.com',
+      dns = { ['_dmarc.example.com'] = { 'V=DMARC1; p=reject' } } })
+    assert.equal('{"id":"v","result":"fail","author_domain":"example.com",' ..
+      '"policy_domain":"example.com","org_domain":null,"policy":"reject","applied":"reject",' ..
+      '"reason":null,"spf_aligned":false,"dkim_aligned":false,"flags":[],' ..
+      '"queries":["_dmarc.example.com/TXT"]}', raw)
+    local _, out = eval_one({ id = 'v7', mode = 'rfc7489', from = 'ceo@example.com',
+      dns = { ['_dmarc.example.com'] = { 'V = DMARC1 ; p=reject' } } })
+    assert.equal('reject', out.applied)
+    _, out = eval_one({ id = 'lc', from = 'ceo@example.com',
+      dns = { ['_dmarc.example.com'] = { 'V=dmarc1; p=reject' } } })
+    assert.equal('none', out.result)
+  end)
+
+  it('never reports the author domain as its own Org Domain without a walk', function()
+    local raw = eval_one({ id = 'org', from = 'ceo@mail.contoso.net',
+      dns = { ['_dmarc.mail.contoso.net'] = { 'v=DMARC1; p=reject' },
+              ['_dmarc.contoso.net'] = { 'v=DMARC1; p=none' } } })
+    assert.equal('{"id":"org","result":"fail","author_domain":"mail.contoso.net",' ..
+      '"policy_domain":"mail.contoso.net","org_domain":null,"policy":"reject","applied":"reject",' ..
+      '"reason":null,"spf_aligned":false,"dkim_aligned":false,"flags":[],' ..
+      '"queries":["_dmarc.mail.contoso.net/TXT"]}', raw)
+    local _, out = eval_one({ id = 'pass', from = 'a@example.com', dns = REJECT,
+      dkim = { { result = 'pass', domain = 'example.com', selector = 's' } } })
+    assert.equal('pass', out.result)
+    assert.equal(cjson.null, out.org_domain)
+  end)
+
+  it('counts distinct domains: 65 addresses of one aligned domain pass', function()
+    local from = {}
+    for i = 1, 65 do from[i] = 'u' .. i .. '@example.com' end
+    local raw = eval_one({ id = 65, from = table.concat(from, ', '), dns = REJECT,
+      dkim = { { result = 'pass', domain = 'example.com', selector = 's' } } })
+    assert.equal('{"id":65,"result":"pass","author_domain":"example.com",' ..
+      '"policy_domain":"example.com","org_domain":null,"policy":"reject","applied":"none",' ..
+      '"reason":null,"spf_aligned":false,"dkim_aligned":true,"flags":[],' ..
+      '"queries":["_dmarc.example.com/TXT"]}', raw)
+  end)
+
+  it('enforces a p=reject domain placed after eight harmless ones, naming the bound', function()
+    local from = harmless(8)
+    from[#from + 1] = 'ceo@example.com'
+    local raw, out = eval_one({ id = 9, from = table.concat(from, ', '), dns = REJECT })
+    assert.equal('fail', out.result)
+    assert.equal('example.com', out.author_domain)
+    assert.equal('reject', out.applied)
+    assert.equal('too_many_domains', out.reason)
+    assert.is_true(field_is_null(raw, 'policy_domain'))
+    -- Past the mailbox bound and the From field bound: the same.
+    from = {}
+    for i = 1, 64 do from[i] = 'u' .. i .. '@example.com' end
+    from[#from + 1] = 'ceo@evil.example'
+    _, out = eval_one({ id = 'mb', from = table.concat(from, ', '), dns = REJECT,
+      dkim = { { result = 'pass', domain = 'example.com', selector = 's' } } })
+    assert.same({ 'fail', 'reject', 'too_many_mailboxes' }, { out.result, out.applied, out.reason })
+    local fields = harmless(8)
+    fields[#fields + 1] = 'ceo@example.com'
+    _, out = eval_one({ id = 'ff', from = fields, dns = REJECT })
+    assert.same({ 'fail', 'reject', 'too_many_from_fields' }, { out.result, out.applied, out.reason })
+  end)
+
+  it('evaluates a From a mail reader still shows, flagged, never better than fail', function()
+    local deep = string.rep('(', 33) .. string.rep(')', 33) .. ' ceo@example.com'
+    for _, from in ipairs({ 'CEO\r <ceo@example.com>', deep, '<ceo@example.com> CEO',
+                            'ceo@example.com (CEO' }) do
+      local raw = eval_one({ id = 'x', from = from, dns = REJECT })
+      assert.equal('{"id":"x","result":"fail","author_domain":"example.com",' ..
+        '"policy_domain":"example.com","org_domain":null,"policy":"reject","applied":"reject",' ..
+        '"reason":null,"spf_aligned":false,"dkim_aligned":false,' ..
+        '"flags":["from_syntax","from_lenient"],"queries":["_dmarc.example.com/TXT"]}', raw)
+    end
+    local _, out = eval_one({ id = 'a', from = 'ceo@example.com (CEO', dns = REJECT,
+      dkim = { { result = 'pass', domain = 'example.com', selector = 's' } } })
+    assert.equal('fail', out.result)
+    _, out = eval_one({ id = 'amb', from = '"ceo@example.com" <x@evil.example', dns = REJECT })
+    assert.equal('none', out.result)
+    assert.same({ 'no_author_domain', 'from_syntax' }, out.flags)
+  end)
+end)

@@ -137,7 +137,9 @@ describe('core.is_record', function()
     assert.is_true(core.is_record('v = DMARC1 ;p=none'))
     assert.is_false(core.is_record('v=spf1 -all'))
     assert.is_false(core.is_record('v=DMARC1 p=none'))
-    assert.is_false(core.is_record('V=DMARC1; p=none', 'rfc9989'))
+    -- The name v is a case-insensitive ABNF literal in both modes (RFC 9989 §4.8).
+    assert.is_true(core.is_record('V=DMARC1; p=none', 'rfc9989'))
+    assert.is_false(core.is_record('V=dmarc1; p=none', 'rfc9989'))
     assert.is_true(core.is_record('V=DMARC1; p=none', 'rfc7489'))
   end)
 

@@ -39,10 +39,13 @@ Input fields:
 
 Output fields:
   id, result (pass fail none temperror permerror), author_domain,
-  policy_domain, org_domain, policy (none quarantine reject, null when no
-  record applies), applied (after t= and pct, null unless the result is pass
-  or fail), reason (null, "policy_test_mode" or "sampled_out"), spf_aligned,
-  dkim_aligned, flags (array), queries (array of "NAME/TYPE").
+  policy_domain, org_domain (null when not determined), policy (none
+  quarantine reject, null when no record applies), applied (after t= and
+  pct, null unless the result is pass or fail), reason (null,
+  "policy_test_mode", "sampled_out", or the bound that left part of the From
+  unevaluated: "too_many_domains", "too_many_mailboxes",
+  "too_many_from_fields", "query_limit"), spf_aligned, dkim_aligned, flags
+  (array), queries (array of "NAME/TYPE").
 
 A line that is not a JSON object, or lacks a required field, gives
 {"id": <id or null>, "error": "..."} and processing goes on. The exit
