@@ -349,6 +349,24 @@ _dmarc.example.com. TXT "v=DMARC1; p=none; pct=50; P=reject; foo=bar; rua=mailto
     assert.same({}, obj.errors)
   end)
 
+  it('reads V=DMARC1 as the record it is, without blaming a missing ";"', function()
+    local z = zone_file([[
+_dmarc.example.com. TXT "V=DMARC1; p=reject; rua=mailto:d@example.com"
+]])
+    local out, _, status = dmarc('inspect --zone ' .. env.shell_quote(z) .. ' example.com')
+    local json = dmarc('inspect --json --zone ' .. env.shell_quote(z) .. ' example.com')
+    os.remove(z)
+    assert.equal(0, status)
+    assert.truthy(out:find('Unauthenticated mail: dmarc=fail, policy reject, applied reject', 1, true))
+    assert.truthy(out:find('Record:         V=DMARC1; p=reject', 1, true))
+    assert.falsy(out:find('then ";"', 1, true))
+    assert.falsy(out:find('unknown tag and ignored', 1, true))
+    assert.truthy(out:find('Warning: tag "V" is not in lowercase: it is read as the version', 1, true))
+    local obj = cjson.decode(json)
+    assert.same({}, obj.errors)
+    assert.equal('example.com', obj.policy_domain)
+  end)
+
   it('accepts an authorised external report address [RUA-3] [RUA-4]', function()
     local z = zone_file([[
 _dmarc.example.com. TXT "v=DMARC1; p=reject; rua=mailto:r@reports.example.net"

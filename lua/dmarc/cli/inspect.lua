@@ -102,6 +102,12 @@ local WARNING_TEXT = {
 }
 
 local function diag_message(d)
+  -- The version's name is a case-insensitive ABNF literal in both modes (RFC 9989 4.8,
+  -- RFC 5234 2.3): an uppercase V still makes a record, unlike any other tag.
+  if d.code == 'tag_case' and d.tag == 'V' then
+    return 'tag "V" is not in lowercase: it is read as the version all the same (RFC 9989 4.8), ' ..
+      'but other tags in uppercase are ignored in RFC 9989 mode; write "v=DMARC1"'
+  end
   local fmt = WARNING_TEXT[d.code]
   if not fmt then return d.code .. (d.tag and (' (' .. d.tag .. ')') or '') end
   return string.format(fmt, d.tag or '?')
