@@ -675,8 +675,8 @@ static int ldmarc_opt_field(lua_State *L, int arg, const char *key, int type)
 }
 
 static const char *const ldmarc_ctx_option_names[] = {
-    "mode", "pct_as_testing", "full_org_walk", "failure_org_walk", "max_author_domains",
-    "psl_file", NULL};
+    "mode", "pct_as_testing", "full_org_walk", "failure_org_walk", "max_author_domains", "psl_file",
+    NULL};
 
 /* A misspelt option must not be silently ignored: raises naming it. */
 static void ldmarc_check_option_names(lua_State *L, int arg)
