@@ -266,6 +266,7 @@ describe('dmarc eval fails closed', function()
     local from = harmless(8)
     from[#from + 1] = 'ceo@example.com'
     local raw, out = eval_one({ id = 9, from = table.concat(from, ', '), dns = REJECT })
+    local _
     assert.equal('fail', out.result)
     assert.equal('example.com', out.author_domain)
     assert.equal('reject', out.applied)
