@@ -13,7 +13,7 @@
 --                 one request per connection, bounded request size and time,
 --                 a Host check against DNS rebinding
 local summary = require 'dmarc.owner.summary'
-local report = require 'dmarc.report.rows'
+local keys = require 'dmarc.redis.keys'
 local text = require 'dmarc.util.text'
 
 local M = {}
@@ -548,7 +548,7 @@ local function period(params, ctx)
   local until_time = ctx.now and ctx.now() or os.time()
   if until_day then
     local y, m, d = until_day:match('^(%d%d%d%d)%-(%d%d)%-(%d%d)$')
-    until_time = y and report.day_start(y .. m .. d)
+    until_time = y and keys.day_start(y .. m .. d)
     if not until_time then return nil, 'until must be YYYY-MM-DD' end
   end
   return days, until_time, until_day
@@ -579,7 +579,7 @@ function M.handle(req, ctx)
   end
   if path == '/domain' or path == '/source' or path == '/api/summary' then
     local dom = (params.d or ''):lower()
-    if not report.valid_domain(dom) then
+    if not keys.valid_domain(dom) then
       return response(400, 'text/html; charset=utf-8', error_page(400, 'invalid domain'))
     end
     local days, until_time, until_day = period(params, ctx)
@@ -587,7 +587,7 @@ function M.handle(req, ctx)
     local ip
     if path == '/source' then
       ip = (params.ip or ''):lower()
-      if not report.valid_ip(ip) then
+      if not keys.valid_ip(ip) then
         return response(400, 'text/html; charset=utf-8', error_page(400, 'invalid source IP'))
       end
     end
@@ -624,10 +624,10 @@ function M.redis_source(opts)
   function src.domains()
     local c, err = get()
     if not c then return nil, 'Redis: ' .. tostring(err) end
-    local keys, serr = cluster.scan(c, ingest.scan_pattern(opts.prefix))
-    if not keys then return nil, 'Redis: ' .. tostring(serr) end
+    local found, serr = cluster.scan(c, ingest.scan_pattern(opts.prefix))
+    if not found then return nil, 'Redis: ' .. tostring(serr) end
     local by = {}
-    for _, k in ipairs(keys) do
+    for _, k in ipairs(found) do
       local d, day = ingest.parse_key(opts.prefix, k)
       if d then
         local e = by[d]

@@ -13,7 +13,7 @@
 -- Everything read here is hostile until proven otherwise ([MAIL-6], RFC 9990
 -- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
 -- named limits below, and bad input gives nil, message, code (never a raise).
-local report = require 'dmarc.report.rows'
+local keys = require 'dmarc.redis.keys'
 local text_util = require 'dmarc.util.text'
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
@@ -117,7 +117,7 @@ end
 local function domain(v)
   if type(v) ~= 'string' then return nil end
   v = v:lower():gsub('%.$', '')
-  if report.valid_domain(v) then return v end
+  if keys.valid_domain(v) then return v end
   return nil
 end
 
@@ -409,7 +409,7 @@ local function normalize_record(r)
   if type(r) ~= 'table' then return nil, 'record without content' end
   local row = type(r.row) == 'table' and r.row or {}
   local ip = type(row.source_ip) == 'string' and row.source_ip:lower() or nil
-  if not report.valid_ip(ip) then return nil, 'record with an invalid source_ip' end
+  if not keys.valid_ip(ip) then return nil, 'record with an invalid source_ip' end
   local count = integer(row.count, limits.max_count)
   if not count then return nil, 'record with an invalid count' end
   local pe = type(row.policy_evaluated) == 'table' and row.policy_evaluated or {}
@@ -607,33 +607,14 @@ end
 -- report of a receiver whose day is not UTC still lands on the day it
 -- mostly covers).
 function M.report_day(rep)
-  return report.day_of(math.floor((rep.begin + rep['end']) / 2))
+  return keys.day_of(math.floor((rep.begin + rep['end']) / 2))
 end
 
---- Keys of one policy domain and day (docs/ingest.md). The {DOMAIN} hash
--- tag keeps every key of a domain in one Cluster slot, so the store script
--- is legal on a Cluster.
-function M.keys(prefix, policy_domain, day)
-  local base = prefix .. 'ing:{' .. policy_domain .. '}:' .. day
-  return { rows = base, reports = base .. ':rep' }
-end
-
-function M.stage_key(prefix, policy_domain, token)
-  return prefix .. 'ing:{' .. policy_domain .. '}:stage:' .. token
-end
-
---- SCAN pattern for every rows key (any day).
-function M.scan_pattern(prefix)
-  return prefix .. 'ing:{*}:????????'
-end
-
---- Policy domain and day of a rows key found by SCAN, or nil.
-function M.parse_key(prefix, key)
-  if key:sub(1, #prefix) ~= prefix then return nil end
-  local d, day = key:sub(#prefix + 1):match('^ing:{([^}]*)}:(%d%d%d%d%d%d%d%d)$')
-  if d and report.valid_domain(d) then return d, day end
-  return nil
-end
+-- Key names (docs/ingest.md) live in dmarc.redis.keys with every other side's.
+M.keys = keys.ingest_day
+M.stage_key = keys.ingest_stage_key
+M.scan_pattern = keys.ingest_scan_pattern
+M.parse_key = keys.parse_ingest_key
 
 -- One atomic step per report (docs/ingest.md, "The store script"):
 -- nothing happens for a report already stored (dedup by org_name and
@@ -758,8 +739,8 @@ local token_counter = 0
 function M.store(conn, rep, opts)
   opts = opts or {}
   local prefix = opts.prefix or M.defaults.prefix
-  if not report.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
-  if not report.valid_domain(rep.domain) then return nil, 'invalid policy domain', 'bad_domain' end
+  if not keys.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
+  if not keys.valid_domain(rep.domain) then return nil, 'invalid policy domain', 'bad_domain' end
   local day = M.report_day(rep)
   local k = M.keys(prefix, rep.domain, day)
   local order, counts, messages = M.fields_of(rep, opts)

@@ -9,7 +9,7 @@
 -- escapes it for a terminal, the dashboard escapes it for HTML, and `json`
 -- writes valid UTF-8 JSON.
 local ingest = require 'dmarc.owner.ingest'
-local report = require 'dmarc.report.rows'
+local keys = require 'dmarc.redis.keys'
 local json = require 'dmarc.util.json'
 local text = require 'dmarc.util.text'
 
@@ -140,7 +140,7 @@ end
 function M.day_list(until_time, n)
   local last = until_time - until_time % 86400
   local days = {}
-  for i = n - 1, 0, -1 do days[#days + 1] = report.day_of(last - i * 86400) end
+  for i = n - 1, 0, -1 do days[#days + 1] = keys.day_of(last - i * 86400) end
   return days
 end
 
@@ -161,13 +161,13 @@ end
 function M.load(conn, opts)
   local cjson = require 'cjson'
   local dom = opts.domain
-  if not report.valid_domain(dom) then return nil, 'invalid domain', 'usage' end
+  if not keys.valid_domain(dom) then return nil, 'invalid domain', 'usage' end
   local n = tonumber(opts.days) or 30
   if n < 1 or n > M.limits.max_days or n % 1 ~= 0 then
     return nil, 'days must be 1..' .. M.limits.max_days, 'usage'
   end
   local prefix = opts.prefix or ingest.defaults.prefix
-  if not report.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
+  if not keys.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
   local days = M.day_list(opts['until'] or os.time(), n)
   local cmds = {}
   for _, day in ipairs(days) do

@@ -12,7 +12,7 @@
 -- Errors follow the project contract: bad data gives `nil, message, code`;
 -- misuse of the API (wrong types) raises.
 local text = require 'dmarc.util.text'
-local time = require 'dmarc.util.time'
+local keys = require 'dmarc.redis.keys'
 
 local M = {}
 
@@ -26,15 +26,15 @@ M.limits = {
   max_rua = 10,            -- rua URIs stored per policy domain (the rest ignored) [RUA-2]
   max_uri = 512,           -- longest URI kept
   max_field = 65536,       -- longest encoded row accepted by decode_row
-  max_prefix = 64,         -- longest key prefix
+  max_prefix = keys.MAX_PREFIX, -- longest key prefix
   max_domains = 8,         -- rows per message (one per author domain) [OPEN-5]
   max_rcpt = 1000,         -- recipients looked at for envelope_to
   max_dkim_input = 400,    -- DKIM results read from the input before ordering
-  max_row_id = 64,         -- longest row id (idempotent writes)
+  max_row_id = keys.MAX_ROW_ID, -- longest row id (idempotent writes)
 }
 
 M.defaults = {
-  prefix = 'dmarc:',
+  prefix = keys.DEFAULT_PREFIX,
   ttl = 8 * 86400,           -- a day bucket outlives generation plus retries
   max_rows = 100000,         -- distinct rows per policy domain and day before the cap
   buffer_max = 10000,        -- distinct rows held in memory while Redis is down
@@ -59,27 +59,6 @@ local REASON_TYPES = {
 -- ---------------------------------------------------------------------------
 -- Validation
 
---- A policy domain or other host name safe to put in a key, a glob pattern
--- and XML: lowercase LDH labels (underscore allowed, as DNS allows it),
--- 1..253 characters, labels 1..63 [FROM-2]. Anything else (braces, spaces,
--- CR/LF, glob characters) is refused, never escaped, because the domain is
--- part of the key's hash tag.
-function M.valid_domain(d)
-  if type(d) ~= 'string' or #d == 0 or #d > 253 then return false end
-  if d:find('[^a-z0-9_%.%-]') then return false end
-  if d:sub(1, 1) == '.' or d:sub(-1) == '.' or d:find('..', 1, true) then return false end
-  for label in d:gmatch('[^.]+') do
-    if #label > 63 then return false end
-  end
-  return true
-end
-
---- A key prefix: word characters and `:_.-`, at most max_prefix bytes. It
--- takes part in SCAN MATCH patterns, so glob characters are refused.
-function M.valid_prefix(p)
-  return type(p) == 'string' and #p <= M.limits.max_prefix and not p:find('[^%w:_%.%-]')
-end
-
 local function lower_domain(d)
   if type(d) ~= 'string' then return nil end
   d = d:lower():gsub('%.$', '')
@@ -96,22 +75,6 @@ function M.domain_of(addr)
   if dom == '' then return nil end
   return dom
 end
-
--- IPv4 dotted quad or an IPv6 text form (RFC 3986 §3.2.2 words); the
--- check is about safety and shape, not about reserved ranges.
-local function valid_ip(ip)
-  if type(ip) ~= 'string' or #ip > 45 then return false end
-  local a, b, c, d = ip:match('^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
-  if a then
-    for _, o in ipairs({ a, b, c, d }) do
-      if #o > 3 or tonumber(o) > 255 then return false end
-    end
-    return true
-  end
-  if not ip:find(':', 1, true) or ip:find('[^%x:%.]') then return false end
-  return select(2, ip:gsub(':', '')) <= 7
-end
-M.valid_ip = valid_ip
 
 -- ---------------------------------------------------------------------------
 -- Encoding. One escape for every atom (text.escape_atom): bytes outside
@@ -283,35 +246,19 @@ end
 -- ---------------------------------------------------------------------------
 -- Keys (docs/report-keys.md)
 
---- UTC day bucket of a time: "YYYYMMDD".
-function M.day_of(t)
-  return os.date('!%Y%m%d', math.floor(t))
-end
-
---- Start of the UTC day "YYYYMMDD" in epoch seconds; nil if malformed.
-M.day_start = time.day_start
-
---- Keys of one policy domain and day. The `{domain}` hash tag puts every
--- key of a domain in one Redis Cluster slot, so a message's commands and a
--- report's reads and deletes never cross slots.
-function M.keys(prefix, policy_domain, day)
-  local base = prefix .. 'rpt:{' .. policy_domain .. '}:' .. day
-  return { rows = base, meta = base .. ':meta' }
-end
-
---- The key that remembers one written row id (idempotent writes, section
--- "Retries" of docs/report-keys.md). Same hash tag as the rows, so the row
--- script may touch it on a Redis Cluster.
-function M.seen_key(prefix, policy_domain, id)
-  return prefix .. 'rpt:{' .. policy_domain .. '}:seen:' .. id
-end
-
---- A row id: letters, digits, `.`, `_`, `-`, at most max_row_id bytes
--- (it is part of a key, so nothing that could change the key's meaning).
-function M.valid_row_id(id)
-  return type(id) == 'string' and #id > 0 and #id <= M.limits.max_row_id
-    and not id:find('[^%w%._%-]')
-end
+-- The key names and the validators of their parts live in dmarc.redis.keys (shared with
+-- the domain owner's side); these are the same functions.
+M.valid_domain = keys.valid_domain
+M.valid_prefix = keys.valid_prefix
+M.valid_ip = keys.valid_ip
+M.day_of = keys.day_of
+M.day_start = keys.day_start
+M.keys = keys.report_day
+M.seen_key = keys.seen_key
+M.valid_row_id = keys.valid_row_id
+M.state_key = keys.state_key
+M.scan_pattern = keys.scan_pattern
+M.domain_of_key = keys.domain_of_key
 
 -- Random bytes as hex, from the kernel; a weaker fallback (time, clock and a
 -- table address) where /dev/urandom cannot be read. Ids only need to be
@@ -342,26 +289,6 @@ function M.id_source()
     n = n + 1
     return string.format('%s.%d', base, n)
   end
-end
-
---- The delivery-state hash of one policy domain and period (written by
--- `dmarc report send`, read by `generate` to skip periods already done).
-function M.state_key(prefix, policy_domain, begin, finish)
-  -- %d: numbers read back from a JSON manifest are floats on Lua 5.4.
-  return string.format('%srpt:{%s}:sent:%d-%d', prefix, policy_domain, begin, finish)
-end
-
---- The SCAN MATCH pattern that finds every rows key of a day.
-function M.scan_pattern(prefix, day)
-  return prefix .. 'rpt:{*}:' .. day
-end
-
---- The policy domain of a rows key found by SCAN, or nil.
-function M.domain_of_key(prefix, key)
-  if key:sub(1, #prefix) ~= prefix then return nil end
-  local d = key:sub(#prefix + 1):match('^rpt:{([^}]*)}:%d+$')
-  if d and M.valid_domain(d) then return d end
-  return nil
 end
 
 -- ---------------------------------------------------------------------------
@@ -601,7 +528,7 @@ function M.build_rows(verdict, input, ctx, decision, opts)
   -- reported on again (docs/report-keys.md, "Loops").
   if is_report_message(ctx, opts) then return {} end
   local ip = ctx.ip or input.ip
-  if not valid_ip(ip) then return nil, 'missing or invalid source IP', 'bad_ip' end
+  if not keys.valid_ip(ip) then return nil, 'missing or invalid source IP', 'bad_ip' end
   local list = verdict.domains
   if type(list) ~= 'table' or #list == 0 then list = { verdict } end
   local rows = {}
