@@ -123,6 +123,7 @@ build = {
     ['dmarc.receive.resolve'] = 'lua/dmarc/receive/resolve.lua',
     ['dmarc.redis.cluster'] = 'lua/dmarc/redis/cluster.lua',
     ['dmarc.redis.connect'] = 'lua/dmarc/redis/connect.lua',
+    ['dmarc.redis.keys'] = 'lua/dmarc/redis/keys.lua',
     ['dmarc.report.failure'] = 'lua/dmarc/report/failure.lua',
     ['dmarc.report.rows'] = 'lua/dmarc/report/rows.lua',
     ['dmarc.report.send'] = 'lua/dmarc/report/send.lua',
