@@ -1380,6 +1380,9 @@ local ok_engine, engine_or_err = pcall(dmarc.new, {
   cache_size = math.floor(settings.cache_size),
   pct_as_testing = settings.pct_as_testing and true or false,
   psl_file = settings.psl_file,
+  -- The site's `org` overrides need the real Org Domain of a failing author domain, also
+  -- where discovery stopped at its own record (RFC 9989 4.10).
+  failure_org_walk = true,
 })
 if not ok_engine then
   return disable('engine options: %s', engine_or_err)

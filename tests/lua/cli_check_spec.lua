@@ -306,6 +306,68 @@ describe('dmarc check with Redis', function()
   end)
 end)
 
+-- Doors that opened the wrong way (RFC 9989 §4.10, §11.5): the lines a person reads.
+describe('dmarc check fails closed', function()
+  local function message(from)
+    return 'From: ' .. from .. '\r\nTo: accounts@example.org\r\nSubject: wire\r\n' ..
+      'Date: Sun, 22 Nov 2026 09:05:00 +0000\r\nMessage-ID: <1@evil.example>\r\n\r\nPay now.\r\n'
+  end
+  local SPOOFER = '--ip 203.0.113.200 --mail-from ceo@evil.example '
+
+  it('matches an org override by the real Org Domain, also below it', function()
+    local z = env.tmpname()
+    env.write_file(z, [[
+_dmarc.example-partner.org. TXT "v=DMARC1; p=reject"
+_dmarc.mail.example-partner.org. TXT "v=DMARC1; p=reject"
+]])
+    for _, dom in ipairs({ 'example-partner.org', 'mail.example-partner.org' }) do
+      local out, _, status = dmarc('check --zone ' .. env.shell_quote(z) .. ' --roll 0 ' ..
+        '--policy examples/site.lua --evidence rbl ' .. SPOOFER, message('CEO <ceo@' .. dom .. '>'))
+      assert.equal(0, status)
+      assert.truthy(out:find('dmarc=fail (p=reject dis=reject applied=quarantine ' ..
+        'override=local_policy: partner, never rejected) header.from=' .. dom ..
+        ' policy.dmarc=quarantine', 1, true), out)
+      assert.truthy(out:find('\nDecision: folder "Junk" (disposition quarantine; local_policy: ' ..
+        'partner, never rejected)\n', 1, true), out)
+    end
+    os.remove(z)
+  end)
+
+  it('enforces p=reject after eight harmless From domains, and passes 65 aligned addresses', function()
+    local from = {}
+    for i = 0, 7 do from[#from + 1] = 'u@h' .. i .. '.example' end
+    from[#from + 1] = 'ceo@example.com'
+    local out, _, status = dmarc('check ' .. EXAMPLE .. '--evidence rbl ' .. SPOOFER,
+      message(table.concat(from, ', ')))
+    assert.equal(0, status)
+    assert.truthy(out:find('dmarc=fail (p=reject dis=reject reason=too_many_domains ' ..
+      'multiple_domains too_many_domains) header.from=example.com policy.dmarc=reject', 1, true), out)
+    assert.truthy(out:find('\nDecision: reject 550 5.7.1 Rejected by DMARC policy for example.com', 1, true))
+    from = {}
+    for i = 1, 65 do from[i] = 'u' .. i .. '@example.com' end
+    out = dmarc('check ' .. EXAMPLE .. '--ip 192.0.2.10 --mail-from news@example.com',
+      message(table.concat(from, ', ')))
+    assert.truthy(out:find('dmarc=pass (p=reject dis=none) header.from=example.com policy.dmarc=none',
+      1, true), out)
+  end)
+
+  it('evaluates a From a mail reader shows; does not accept one nobody can read', function()
+    local deep = string.rep('(', 33) .. string.rep(')', 33) .. ' ceo@example.com'
+    for _, from in ipairs({ 'CEO\r <ceo@example.com>', deep, '<ceo@example.com> CEO',
+                            'ceo@example.com (CEO' }) do
+      local out, _, status = dmarc('check ' .. EXAMPLE .. '--evidence rbl ' .. SPOOFER, message(from))
+      assert.equal(0, status)
+      assert.truthy(out:find('dmarc=fail (p=reject dis=reject from_syntax from_lenient) ' ..
+        'header.from=example.com policy.dmarc=reject', 1, true), out)
+      assert.truthy(out:find('\nDecision: reject 550 5.7.1', 1, true), out)
+    end
+    local out = dmarc('check ' .. EXAMPLE .. SPOOFER, message('"ceo@example.com" <x@evil.example'))
+    assert.truthy(out:find('dmarc=none (no_author_domain from_syntax)', 1, true), out)
+    assert.truthy(out:find('\nDecision: folder "Junk" (disposition quarantine; local_policy: ' ..
+      'From field not read strictly (RFC 9989 11.5))\n', 1, true), out)
+  end)
+end)
+
 describe('dmarc inspect', function()
   local function zone_file(text)
     local z = env.tmpname()

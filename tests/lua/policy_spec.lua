@@ -104,6 +104,42 @@ describe('policy defaults', function()
     assert.equal('no_policy', d.outcome)
   end)
 
+  it('does not accept a From that cannot be read (RFC 9989 11.5); a script may', function()
+    local unread = verdict{ result = 'none', author_domain = nil, policy_domain = nil,
+      org_domain = nil, policy = nil, applied = nil, flags = { 'no_author_domain', 'from_syntax' } }
+    local d = site:decide(unread, {}, {})
+    assert.equal('bad_from', d.outcome)
+    assert.equal('folder', d.action)
+    assert.equal('Junk', d.folder)
+    assert.equal('quarantine', d.disposition)
+    assert.same({ 'local_policy' }, reason_types(d))
+    -- No From at all, or a mailbox without a domain, is not a spoof of anyone: no_policy.
+    d = site:decide(verdict{ result = 'none', policy = nil, applied = nil,
+      flags = { 'no_author_domain' } }, {}, {})
+    assert.equal('no_policy', d.outcome)
+    assert.equal('accept', d.action)
+    local lax = site_of{ treat = { bad_from = 'accept' } }
+    assert.equal('accept', lax:decide(unread, {}, {}).action)
+  end)
+
+  it('never treats a From read leniently better than one not read', function()
+    local lenient = { 'from_syntax', 'from_lenient' }
+    -- p=none would accept; the floor files it in Junk.
+    local d = site:decide(verdict{ policy = 'none', applied = 'none', flags = lenient }, {}, {})
+    assert.equal('folder', d.action)
+    assert.equal('bad_from', d.outcome)
+    assert.equal('quarantine', d.disposition)
+    -- Stricter than the floor stays: p=reject with evidence rejects.
+    d = site:decide(verdict{ flags = lenient }, { evidence = 'rbl' }, {})
+    assert.equal('reject', d.action)
+    -- An override cannot take it below the floor either.
+    local partner = site_of{ overrides = { { domain = 'example.com', at_most = 'none' } } }
+    d = partner:decide(verdict{ flags = lenient }, {}, {})
+    assert.equal('folder', d.action)
+    assert.equal('bad_from', d.outcome)
+    assert.equal('accept', partner:decide(verdict{}, {}, {}).action)
+  end)
+
   it('passes t=y and pct verdicts through with their reason [POL-4] [POL-6]', function()
     local d = site:decide(verdict{ applied = 'quarantine', reason = 'policy_test_mode' }, {}, {})
     assert.equal('folder', d.action)

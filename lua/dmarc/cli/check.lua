@@ -652,6 +652,9 @@ function M.run(args)
     -- Report rows and failure reports are made only with Redis; without it the
     -- evaluation's details would be built for nothing.
     details = settings.redis ~= nil,
+    -- An `org` override must match by the real Org Domain, also where discovery stopped at
+    -- the author's own record: a failure at quarantine or reject walks on (RFC 9989 4.10).
+    engine = require('dmarc').new { failure_org_walk = true },
   }
   local res, code
   res, err, code = auth.check(resolver, text, check_opts)

@@ -44,10 +44,12 @@ M.ACTIONS = { reject = true, defer = true, folder = true, score = true, tag = tr
 local ACTION_RANK = { accept = 1, tag = 2, score = 3, folder = 4, defer = 5, reject = 6 }
 
 --- Outcomes a site script treats. pass: DMARC pass; reject / quarantine / none: DMARC fail
--- with that applied policy (after t= and pct); temperror, permerror; no_policy: result none.
+-- with that applied policy (after t= and pct); temperror, permerror; no_policy: result none;
+-- bad_from: a From field that could not be read (it does not parse strictly and names no one
+-- domain unambiguously, RFC 9989 §11.5), and the floor for one read leniently.
 M.OUTCOMES = {
   pass = true, reject = true, quarantine = true, none = true,
-  temperror = true, permerror = true, no_policy = true,
+  temperror = true, permerror = true, no_policy = true, bad_from = true,
 }
 
 --- RFC 9990 reason types an override may carry [OVR-2].
@@ -212,7 +214,21 @@ M.DEFAULTS = {
   temperror = { action = 'tag', header = 'X-DMARC-Status', value = 'temperror' },
   permerror = { action = 'accept' },                   -- no usable policy [OPEN-4]
   no_policy = { action = 'accept' },                   -- [DISC-9]
+  -- RFC 9989 §11.5: a From no parser can read is how a spoof slips past DMARC, while mail
+  -- readers still show an address; never accepted by default. `treat = { bad_from = ... }`.
+  bad_from = { action = 'folder', folder = 'Junk' },
 }
+
+local BAD_FROM_COMMENT = 'From field not read strictly (RFC 9989 11.5)'
+
+-- The verdict's flags as a set (the evaluation's output array, or nothing).
+local function flag_set(verdict)
+  local set = {}
+  if type(verdict.flags) == 'table' then
+    for _, f in ipairs(verdict.flags) do set[f] = true end
+  end
+  return set
+end
 
 -- }==================================================================
 
@@ -635,7 +651,7 @@ local normalize_domain = memo(store.normalize_domain)
 local normalize_address = memo(store.normalize_address)
 local ip_keys = memo(store.ip_keys)
 
-local function outcome_of(verdict)
+local function outcome_of(verdict, flags)
   local r = verdict.result
   if r == 'pass' then return 'pass' end
   if r == 'fail' then
@@ -644,6 +660,8 @@ local function outcome_of(verdict)
     return 'none'
   end
   if r == 'temperror' or r == 'permerror' then return r end
+  -- No author domain because the From could not be read at all (RFC 9989 §11.5).
+  if flags.from_syntax and flags.no_author_domain then return 'bad_from' end
   return 'no_policy'
 end
 
@@ -717,9 +735,12 @@ local function prepare(site, verdict, ctx)
   if type(verdict) ~= 'table' then error('dmarc.site.policy: verdict must be a table', 3) end
   if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.site.policy: ctx must be a table', 3) end
   ctx = ctx or {}
-  local outcome = outcome_of(verdict)
+  local flags = flag_set(verdict)
+  local outcome = outcome_of(verdict, flags)
   local st = setmetatable({
     site = site, verdict = verdict, ctx = ctx, outcome = outcome, base_reasons = {},
+    -- A From read only leniently is never treated better than one not read at all.
+    lenient = flags.from_lenient or false,
     -- Overrides only lower a failure's enforced disposition; for everything else (most
     -- mail) the matchers are never computed.
     overridable = outcome == 'reject' or outcome == 'quarantine',
@@ -782,6 +803,7 @@ end
 -- Outcomes a decision can end in, for deciding which lookups are worth a round trip.
 local function reachable_outcomes(st)
   local r = { [st.outcome] = true }
+  if st.lenient then r.bad_from = true end
   if st.outcome == 'reject' then r.quarantine = true end
   if st.overridable then r.quarantine, r.none = true, true end
   return r
@@ -931,6 +953,8 @@ local function natural_disposition(outcome, verdict)
     return (verdict.policy == 'quarantine' or verdict.policy == 'reject') and 'pass' or 'none'
   end
   if outcome == 'reject' or outcome == 'quarantine' then return outcome end
+  -- A From that cannot be read: its default treatment quarantines.
+  if outcome == 'bad_from' then return 'quarantine' end
   return 'none'
 end
 
@@ -1013,6 +1037,17 @@ function Site:_decide_one(st, found, r, warnings, kinds)
     local src
     treatment, src = self:_treatment_for(outcome, found, r)
     source = source or src
+  end
+  if outcome == 'bad_from' then
+    reasons[#reasons + 1] = { type = 'local_policy', comment = BAD_FROM_COMMENT }
+  elseif st.lenient then
+    -- RFC 9989 §11.5: the lenient reading may make things stricter, never laxer than the
+    -- From not being read at all; overrides cannot take it below that either.
+    local floor, src = self:_treatment_for('bad_from', found, r)
+    if ACTION_RANK[floor.action] > ACTION_RANK[treatment.action] then
+      treatment, outcome, source = floor, 'bad_from', src
+      reasons[#reasons + 1] = { type = 'local_policy', comment = BAD_FROM_COMMENT }
+    end
   end
   local d = build_decision(treatment, outcome, verdict, reasons, source)
   -- RFC 9990 wants a reason whenever a failing message's disposition differs from the
