@@ -1,5 +1,6 @@
 -- LuaRocks build of lua-dmarc: the C core compiles statically into the
--- dmarc.core module, so Lua users need no libdmarc.so. tests/check-rockspec
+-- dmarc.core module, so Lua users need no libdmarc.so. DMARC_STATIC keeps the
+-- core's functions inside each module: a module exports its luaopen_* only. tests/check-rockspec
 -- keeps the source lists here equal to the Makefile's (make print-sources)
 -- and the Lua module list equal to the files under lua/.
 rockspec_format = '3.0'
@@ -30,6 +31,7 @@ external_dependencies = {
   LIBIDN2 = { header = 'idn2.h', library = 'idn2' },
   LIBPSL = { header = 'libpsl.h', library = 'psl' },
   LIBXML2 = { header = 'libxml2/libxml/parser.h', library = 'xml2' },
+  OPENSSL = { header = 'openssl/hmac.h', library = 'crypto' },
 }
 
 build = {
@@ -54,7 +56,7 @@ build = {
         '$(LIBIDN2_INCDIR)', '$(LIBPSL_INCDIR)' },
       libdirs = { '$(LIBIDN2_LIBDIR)', '$(LIBPSL_LIBDIR)' },
       libraries = { 'idn2', 'psl' },
-      defines = { 'DMARC_WITH_LIBPSL=1', '_POSIX_C_SOURCE=200809L' },
+      defines = { 'DMARC_WITH_LIBPSL=1', 'DMARC_STATIC', '_POSIX_C_SOURCE=200809L' },
     },
 
     -- Further C modules go here, one entry each, with the sources
@@ -84,22 +86,23 @@ build = {
         '$(LIBIDN2_INCDIR)', '$(LIBPSL_INCDIR)' },
       libdirs = { '$(LIBIDN2_LIBDIR)', '$(LIBPSL_LIBDIR)' },
       libraries = { 'spf2', 'opendkim', 'ldns', 'idn2', 'psl' },
-      defines = { 'DMARC_WITH_LIBPSL=1', '_POSIX_C_SOURCE=200809L' },
+      defines = { 'DMARC_WITH_LIBPSL=1', 'DMARC_STATIC', '_POSIX_C_SOURCE=200809L' },
     },
     -- dmarc.redis: the hiredis client (override store, report rows).
     ['dmarc.redis'] = {
       sources = { 'bindings/dmarc_redis.c' },
       incdirs = { 'core/include', 'bindings' },
       libraries = { 'hiredis' },
-      defines = { '_POSIX_C_SOURCE=200809L' },
+      defines = { 'DMARC_STATIC', '_POSIX_C_SOURCE=200809L' },
     },
-    -- dmarc.xml: libxml2 and zlib for `dmarc report ingest` (parse, inflate, unzip).
+    -- dmarc.xml: libxml2, zlib and libcrypto for `dmarc report ingest` (parse, inflate,
+    -- unzip, HMAC-SHA256) and the reports we send (gzip).
     ['dmarc.xml'] = {
       sources = { 'bindings/dmarc_xml.c' },
-      incdirs = { 'core/include', 'bindings', '$(LIBXML2_INCDIR)/libxml2' },
-      libdirs = { '$(LIBXML2_LIBDIR)' },
-      libraries = { 'xml2', 'z' },
-      defines = { '_POSIX_C_SOURCE=200809L' },
+      incdirs = { 'core/include', 'bindings', '$(LIBXML2_INCDIR)/libxml2', '$(OPENSSL_INCDIR)' },
+      libdirs = { '$(LIBXML2_LIBDIR)', '$(OPENSSL_LIBDIR)' },
+      libraries = { 'xml2', 'z', 'crypto' },
+      defines = { 'DMARC_STATIC', '_POSIX_C_SOURCE=200809L' },
     },
 
     -- Pure Lua: the front module and every lua/dmarc/**/*.lua.

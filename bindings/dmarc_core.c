@@ -17,8 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "compat.h"
-#include "dmarc.h"
+#include "binding.h"
 #ifdef DMARC_WITH_LIBPSL
 #include "dmarc_psl.h"
 #endif
@@ -107,78 +106,6 @@ static int ldmarc_raise_status(lua_State *L, const char *what, dmarc_status st)
     return luaL_error(L, "%s: %s", what, dmarc_strerror(st));
 }
 
-/* Stable token for a data error (the third return value). */
-static const char *ldmarc_status_code(dmarc_status st)
-{
-    switch (st) {
-    case DMARC_ERR_SYNTAX:
-        return "syntax";
-    case DMARC_ERR_LIMIT:
-        return "limit";
-    case DMARC_ERR_INVAL:
-        return "invalid";
-    case DMARC_ERR_STATE:
-        return "state";
-    case DMARC_ERR_NOMEM:
-        return "nomem";
-    case DMARC_OK:
-    case DMARC_NEED_DNS:
-        break;
-    }
-    return "error";
-}
-
-/* nil, message, code. @code is a stable token; the message is for humans. */
-static int ldmarc_push_fail(lua_State *L, const char *message, const char *code)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, message);
-    lua_pushstring(L, code);
-    return 3;
-}
-
-/* Data errors return nil, msg, code; NOMEM raises; the rest is a bug in
-** the caller's use of the API and raises too. */
-static int ldmarc_push_status_fail(lua_State *L, const char *what, dmarc_status st)
-{
-    if (st == DMARC_ERR_NOMEM)
-        return ldmarc_raise_status(L, what, st);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", what, dmarc_strerror(st));
-    lua_pushstring(L, ldmarc_status_code(st));
-    return 3;
-}
-
-static void ldmarc_set_string(lua_State *L, const char *key, const char *s, size_t len)
-{
-    lua_pushlstring(L, s, len);
-    lua_setfield(L, -2, key);
-}
-
-static void ldmarc_set_cstring(lua_State *L, const char *key, const char *s)
-{
-    if (s == NULL)
-        return; /* absent field: nil */
-    lua_pushstring(L, s);
-    lua_setfield(L, -2, key);
-}
-
-static void ldmarc_set_bool(lua_State *L, const char *key, bool b)
-{
-    lua_pushboolean(L, b);
-    lua_setfield(L, -2, key);
-}
-
-static void ldmarc_set_integer(lua_State *L, const char *key, uint64_t v)
-{
-    /* Sizes beyond lua_Integer's range go out as floats rather than wrap. */
-    if (v > (uint64_t)INT64_MAX)
-        lua_pushnumber(L, (lua_Number)v);
-    else
-        lua_pushinteger(L, (lua_Integer)v);
-    lua_setfield(L, -2, key);
-}
-
 /* An optional integer argument in [lo, hi]; raises when out of range. */
 static lua_Integer ldmarc_opt_range(lua_State *L, int arg, lua_Integer def, lua_Integer lo,
                                     lua_Integer hi)
@@ -186,24 +113,6 @@ static lua_Integer ldmarc_opt_range(lua_State *L, int arg, lua_Integer def, lua_
     lua_Integer v = luaL_optinteger(L, arg, def);
     luaL_argcheck(L, v >= lo && v <= hi, arg, "out of range");
     return v;
-}
-
-/* Creates a metatable with __index = methods, __gc/__close = @gc and a
-** __tostring that prints "<name>: <address>". Leaves nothing on the stack. */
-static void ldmarc_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
-                             const luaL_Reg *methods)
-{
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, meta, 0);
-    if (methods != NULL) {
-        lua_newtable(L);
-        luaL_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-    }
-    /* LuaJIT does not set __name; messages and __tostring read it. */
-    lua_pushstring(L, name);
-    lua_setfield(L, -2, "__name");
-    lua_pop(L, 1);
 }
 
 /* }==================================================================== */
@@ -365,7 +274,7 @@ static int ldmarc_record_parse(lua_State *L)
         return 3;
     }
     if (st != DMARC_OK)
-        return ldmarc_push_status_fail(L, "record_parse", st);
+        return ldmarc_status_fail(L, "record_parse", st);
     ldmarc_push_record(L, box->rec);
     /* On DMARC_OK the diag says why a record is not usable (none when it is). */
     ldmarc_set_cstring(L, "diag", dmarc_diag_name(diag.code));
@@ -418,7 +327,7 @@ static int ldmarc_from_parse(lua_State *L)
         return 3;
     }
     if (st != DMARC_OK)
-        return ldmarc_push_status_fail(L, "from_parse", st);
+        return ldmarc_status_fail(L, "from_parse", st);
     n = dmarc_from_count(box->from);
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n && i < DMARC_FROM_MAX_MAILBOXES; i++) {
@@ -458,9 +367,9 @@ static int ldmarc_domain_normalize(lua_State *L)
     char out[DMARC_DOMAIN_MAX_LEN + 1];
     dmarc_status st = dmarc_domain_normalize(in, len, out, sizeof out, &outlen);
     if (st == DMARC_ERR_SYNTAX)
-        return ldmarc_push_fail(L, "not a usable domain name", "syntax");
+        return ldmarc_fail(L, "not a usable domain name", "syntax");
     if (st != DMARC_OK)
-        return ldmarc_push_status_fail(L, "domain_normalize", st);
+        return ldmarc_status_fail(L, "domain_normalize", st);
     lua_pushlstring(L, out, outlen);
     return 1;
 }
@@ -528,13 +437,13 @@ static int ldmarc_psl_org_domain(lua_State *L)
     ldmarc_psl *box;
     dmarc_status st = dmarc_domain_normalize(in, len, name, sizeof name, &outlen);
     if (st == DMARC_ERR_SYNTAX)
-        return ldmarc_push_fail(L, "not a usable domain name", "syntax");
+        return ldmarc_fail(L, "not a usable domain name", "syntax");
     if (st != DMARC_OK)
-        return ldmarc_push_status_fail(L, "psl_org_domain", st);
+        return ldmarc_status_fail(L, "psl_org_domain", st);
     box = ldmarc_default_psl(L);
     st = dmarc_psl_orgdomain(box->psl, name, outlen, &org_off, &is_suffix);
     if (st != DMARC_OK)
-        return ldmarc_push_status_fail(L, "psl_org_domain", st);
+        return ldmarc_status_fail(L, "psl_org_domain", st);
     if (org_off > outlen)
         org_off = 0;
     lua_pushlstring(L, name + org_off, outlen - org_off);
@@ -661,41 +570,9 @@ static ldmarc_ctx *ldmarc_check_ctx(lua_State *L, int arg)
     return c;
 }
 
-/* Field @key of the options table at @arg, or nil; a wrong type raises
-** naming the option. Leaves the value on the stack. */
-static int ldmarc_opt_field(lua_State *L, int arg, const char *key, int type)
-{
-    int t;
-    lua_getfield(L, arg, key);
-    t = lua_type(L, -1);
-    if (t != LUA_TNIL && t != type)
-        luaL_error(L, "option '%s': %s expected, got %s", key, lua_typename(L, type),
-                   luaL_typename(L, -1));
-    return t != LUA_TNIL;
-}
-
 static const char *const ldmarc_ctx_option_names[] = {
     "mode", "pct_as_testing", "full_org_walk", "failure_org_walk", "max_author_domains", "psl_file",
     NULL};
-
-/* A misspelt option must not be silently ignored: raises naming it. */
-static void ldmarc_check_option_names(lua_State *L, int arg)
-{
-    lua_pushnil(L);
-    while (lua_next(L, arg) != 0) {
-        int i, known = 0;
-        lua_pop(L, 1); /* the value; the key stays for lua_next */
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *key = lua_tostring(L, -1);
-            for (i = 0; ldmarc_ctx_option_names[i] != NULL; i++)
-                known |= strcmp(key, ldmarc_ctx_option_names[i]) == 0;
-            if (!known)
-                luaL_error(L, "unknown option '%s'", key);
-        } else {
-            luaL_error(L, "option names must be strings");
-        }
-    }
-}
 
 /***
  * A context: immutable configuration.
@@ -717,8 +594,8 @@ static int ldmarc_new(lua_State *L)
     dmarc_options_init(&o);
     if (!lua_isnoneornil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
-        ldmarc_check_option_names(L, 1);
-        if (ldmarc_opt_field(L, 1, "mode", LUA_TSTRING)) {
+        ldmarc_check_options(L, 1, "dmarc.core.new", ldmarc_ctx_option_names);
+        if (ldmarc_opt_field(L, 1, "dmarc.core.new", "mode", LUA_TSTRING)) {
             int i;
             const char *m = lua_tostring(L, -1);
             for (i = 0; ldmarc_mode_names[i] != NULL; i++)
@@ -729,16 +606,16 @@ static int ldmarc_new(lua_State *L)
             o.mode = (dmarc_mode)i;
         }
         lua_pop(L, 1);
-        if (ldmarc_opt_field(L, 1, "pct_as_testing", LUA_TBOOLEAN))
+        if (ldmarc_opt_field(L, 1, "dmarc.core.new", "pct_as_testing", LUA_TBOOLEAN))
             o.pct_as_testing = lua_toboolean(L, -1);
         lua_pop(L, 1);
-        if (ldmarc_opt_field(L, 1, "full_org_walk", LUA_TBOOLEAN))
+        if (ldmarc_opt_field(L, 1, "dmarc.core.new", "full_org_walk", LUA_TBOOLEAN))
             o.full_org_walk = lua_toboolean(L, -1);
         lua_pop(L, 1);
-        if (ldmarc_opt_field(L, 1, "failure_org_walk", LUA_TBOOLEAN))
+        if (ldmarc_opt_field(L, 1, "dmarc.core.new", "failure_org_walk", LUA_TBOOLEAN))
             o.failure_org_walk = lua_toboolean(L, -1);
         lua_pop(L, 1);
-        if (ldmarc_opt_field(L, 1, "max_author_domains", LUA_TNUMBER)) {
+        if (ldmarc_opt_field(L, 1, "dmarc.core.new", "max_author_domains", LUA_TNUMBER)) {
             lua_Number n = lua_tonumber(L, -1);
             if (!(n >= 1 && n <= DMARC_MAX_AUTHOR_DOMAINS) || n != (lua_Number)(unsigned)n)
                 return luaL_error(L, "option 'max_author_domains': must be an integer in 1..%d",
@@ -747,7 +624,7 @@ static int ldmarc_new(lua_State *L)
         }
         lua_pop(L, 1);
         /* Stays on the stack (anchored) until the PSL is loaded. */
-        has_psl_file = ldmarc_opt_field(L, 1, "psl_file", LUA_TSTRING);
+        has_psl_file = ldmarc_opt_field(L, 1, "dmarc.core.new", "psl_file", LUA_TSTRING);
         if (has_psl_file)
             psl_file = lua_tostring(L, -1);
     }
@@ -905,7 +782,7 @@ static int ldmarc_input_result(lua_State *L, const char *what, dmarc_status st)
     }
     if (st == DMARC_ERR_STATE)
         return luaL_error(L, "%s: inputs are not allowed after run() (reset() first)", what);
-    return ldmarc_push_status_fail(L, what, st);
+    return ldmarc_status_fail(L, what, st);
 }
 
 /***
@@ -1419,9 +1296,9 @@ static void ldmarc_push_limits(lua_State *L)
 #undef LDMARC_LIMIT
 }
 
-DMARC_API int luaopen_dmarc_core(lua_State *L);
+LDMARC_EXPORT int luaopen_dmarc_core(lua_State *L);
 
-DMARC_API int luaopen_dmarc_core(lua_State *L)
+LDMARC_EXPORT int luaopen_dmarc_core(lua_State *L)
 {
     ldmarc_new_class(L, LDMARC_EVAL, ldmarc_eval_meta, ldmarc_eval_methods);
     ldmarc_new_class(L, LDMARC_CTX, ldmarc_ctx_meta, ldmarc_ctx_methods);

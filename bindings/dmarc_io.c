@@ -13,10 +13,11 @@
 **   local res = chk:check{ ip =, helo =, mail_from = }
 **   -- res.questions: fetch them (any resolver), chk:answer(...) each, check again
 **
-** Error convention (as dmarc.core): contract misuse raises; bad data
-** (a zone that does not parse, a bad DNS server string, a message that is
-** not one) returns nil, message, code with a stable code ('syntax', 'io',
-** 'limit', 'invalid'); out of memory raises.
+** Error convention (bindings/binding.h, README "Error contract"): contract
+** misuse raises; bad data (a zone that does not parse, a bad DNS server
+** string, a message that is not one) returns nil, message, code with a
+** stable code ('syntax', 'io', 'limit', 'invalid', 'state'); out of memory
+** raises.
 **
 ** Memory rule: C objects are put in their userdata box before the next Lua
 ** call that can raise; large results are built in userdata buffers.
@@ -31,8 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "compat.h"
-#include "dmarc.h"
+#include "binding.h"
 #include "dmarc_dkim.h"
 #include "dmarc_dns.h"
 #include "dmarc_dns_ldns.h"
@@ -72,28 +72,6 @@ static const char *const lio_rcode_names[] = {DMARC_RCODE_MAP(LIO_NAME_ENTRY) NU
 ** Helpers
 ** ===================================================================== */
 
-static int lio_fail(lua_State *L, const char *message, const char *code)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, message);
-    lua_pushstring(L, code);
-    return 3;
-}
-
-static const char *lio_status_code(dmarc_status st)
-{
-    switch (st) {
-    case DMARC_ERR_SYNTAX:
-        return "syntax";
-    case DMARC_ERR_LIMIT:
-        return "limit";
-    case DMARC_ERR_INVAL:
-        return "invalid";
-    default:
-        return "error";
-    }
-}
-
 static lio_resolver *lio_check(lua_State *L, int idx)
 {
     lio_resolver *r = luaL_checkudata(L, idx, LDMARC_IO_RESOLVER);
@@ -110,19 +88,6 @@ static void lio_release(lio_resolver *r)
     r->dkim = NULL;
     dmarc_dns_free(r->dns);
     r->dns = NULL;
-}
-
-/* A field of the options table, of an expected type or nil. Raises on a
-** wrong type (contract misuse). */
-static int lio_opt(lua_State *L, int opts, const char *name, int type)
-{
-    int t;
-    lua_getfield(L, opts, name); /* returns void on 5.1/LuaJIT */
-    t = lua_type(L, -1);
-    if (t != LUA_TNIL && t != type)
-        return luaL_error(L, "dmarc.io.resolver: option '%s': %s expected, got %s", name,
-                          lua_typename(L, type), lua_typename(L, t));
-    return t;
 }
 
 /* }==================================================================== */
@@ -162,43 +127,29 @@ static int lio_resolver_new(lua_State *L)
         lua_newtable(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    /* Unknown options are a contract error. */
-    lua_pushnil(L);
-    while (lua_next(L, 1) != 0) {
-        const char *k;
-        size_t i;
-        if (lua_type(L, -2) != LUA_TSTRING)
-            return luaL_error(L, "dmarc.io.resolver: option names must be strings");
-        k = lua_tostring(L, -2);
-        for (i = 0; lio_option_names[i] != NULL; i++)
-            if (strcmp(k, lio_option_names[i]) == 0)
-                break;
-        if (lio_option_names[i] == NULL)
-            return luaL_error(L, "dmarc.io.resolver: unknown option '%s'", k);
-        lua_pop(L, 1);
-    }
+    ldmarc_check_options(L, 1, "dmarc.io.resolver", lio_option_names);
     /* The option strings stay on the stack (slots 2..) while used. */
-    if (lio_opt(L, 1, "zone", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "zone", LUA_TSTRING))
         zone = lua_tostring(L, -1);
-    if (lio_opt(L, 1, "zone_text", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "zone_text", LUA_TSTRING))
         zone_text = lua_tolstring(L, -1, &zone_text_len);
-    if (lio_opt(L, 1, "origin", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "origin", LUA_TSTRING))
         origin = lua_tostring(L, -1);
-    if (lio_opt(L, 1, "server", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "server", LUA_TSTRING))
         server = lua_tostring(L, -1);
-    if (lio_opt(L, 1, "resolv_conf", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "resolv_conf", LUA_TSTRING))
         resolv_conf = lua_tostring(L, -1);
-    if (lio_opt(L, 1, "receiver", LUA_TSTRING) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "receiver", LUA_TSTRING))
         receiver = lua_tostring(L, -1);
-    if (lio_opt(L, 1, "timeout", LUA_TNUMBER) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "timeout", LUA_TNUMBER))
         timeout = lua_tonumber(L, -1);
-    if (lio_opt(L, 1, "retries", LUA_TNUMBER) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "retries", LUA_TNUMBER))
         retries = lua_tointeger(L, -1);
-    if (lio_opt(L, 1, "cache", LUA_TNUMBER) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "cache", LUA_TNUMBER))
         cache = lua_tointeger(L, -1);
-    if (lio_opt(L, 1, "tcp", LUA_TBOOLEAN) != LUA_TNIL)
+    if (ldmarc_opt_field(L, 1, "dmarc.io.resolver", "tcp", LUA_TBOOLEAN))
         tcp = lua_toboolean(L, -1);
-    has_faults = lio_opt(L, 1, "faults", LUA_TTABLE) != LUA_TNIL;
+    has_faults = ldmarc_opt_field(L, 1, "dmarc.io.resolver", "faults", LUA_TTABLE);
     if ((zone != NULL) + (zone_text != NULL) + (server != NULL) > 1)
         return luaL_error(L, "dmarc.io.resolver: give one of zone, zone_text and server");
     if (!(timeout > 0 && timeout <= DMARC_DNS_MAX_TIMEOUT_MS / 1000.0))
@@ -233,7 +184,8 @@ static int lio_resolver_new(lua_State *L)
                 lua_pushstring(L, zerr.message);
             lua_pushnil(L);
             lua_insert(L, -2);
-            lua_pushstring(L, zerr.code);
+            /* An unreadable file is 'io'; the rest is the status's code. */
+            lua_pushstring(L, strcmp(zerr.code, "io") == 0 ? "io" : ldmarc_status_code(st));
             return 3;
         }
         be = dmarc_zone_backend(z);
@@ -250,8 +202,8 @@ static int lio_resolver_new(lua_State *L)
         if (st == DMARC_ERR_NOMEM)
             return luaL_error(L, "dmarc.io.resolver: out of memory");
         if (st != DMARC_OK)
-            return lio_fail(L, errbuf[0] != '\0' ? errbuf : dmarc_strerror(st),
-                            st == DMARC_ERR_SYNTAX ? "syntax" : "io");
+            return ldmarc_fail(L, errbuf[0] != '\0' ? errbuf : dmarc_strerror(st),
+                               st == DMARC_ERR_SYNTAX ? "syntax" : "io");
     }
     dmarc_dns_options_init(&dopts);
     dopts.cache_entries = (size_t)cache;
@@ -443,7 +395,9 @@ typedef struct lio_spf_args {
 static void lio_spf_args_read(lua_State *L, int arg, lio_spf_args *a)
 {
     static const char *const identities[] = {"mfrom", "helo", NULL};
+    static const char *const names[] = {"ip", "helo", "mail_from", "identity", NULL};
     luaL_checktype(L, arg, LUA_TTABLE);
+    ldmarc_check_options(L, arg, "dmarc.io spf", names);
     a->ip = lio_field_string(L, arg, "ip");
     a->helo = lio_field_string(L, arg, "helo");
     a->mail_from = lio_field_string(L, arg, "mail_from");
@@ -459,10 +413,10 @@ static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
     dmarc_spf_result res;
     dmarc_status st;
     if (a->ip == NULL)
-        return lio_fail(L, "spf: an ip is required", "invalid");
+        return ldmarc_fail(L, "spf: an ip is required", "invalid");
     st = dmarc_spf_check(spf, a->ip, a->helo, a->mail_from, a->helo_identity != 0, &res);
     if (st == DMARC_ERR_INVAL)
-        return lio_fail(L, "spf: not an IP address", "invalid");
+        return ldmarc_fail(L, "spf: not an IP address", "invalid");
     if (st != DMARC_OK)
         return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
     lua_createtable(L, 0, 7);
@@ -526,7 +480,7 @@ static int lio_dkim(lua_State *L)
     dmarc_dkim_result *res;
     dmarc_status st;
     if (len > LDMARC_IO_MAX_MESSAGE)
-        return lio_fail(L, "dkim: message too large", "limit");
+        return ldmarc_fail(L, "dkim: message too large", "limit");
     if (r->dkim == NULL) {
         r->dkim = dmarc_dkim_new(r->dns, &st);
         if (r->dkim == NULL)
@@ -538,9 +492,9 @@ static int lio_dkim(lua_State *L)
     if (st == DMARC_ERR_NOMEM)
         return luaL_error(L, "dmarc.io: dkim: out of memory");
     if (st == DMARC_ERR_SYNTAX)
-        return lio_fail(L, "not a message: a header line without a field name", "syntax");
+        return ldmarc_fail(L, "not a message: a header line without a field name", "syntax");
     if (st != DMARC_OK)
-        return lio_fail(L, dmarc_strerror(st), lio_status_code(st));
+        return ldmarc_fail(L, dmarc_strerror(st), ldmarc_status_code(st));
     lua_createtable(L, 0, 2);
     lua_pushinteger(L, (lua_Integer)res->total);
     lua_setfield(L, -2, "total");
@@ -697,7 +651,7 @@ static int lio_header_fields(lua_State *L)
     pos = (size_t)pos1 - 1;
     nul = memchr(text + pos, '\0', len - pos);
     if (nul != NULL && (size_t)(nul - text) < lio_section_end(text, len, pos))
-        return lio_fail(L, "NUL byte in the header section", "syntax");
+        return ldmarc_fail(L, "NUL byte in the header section", "syntax");
     lua_createtable(L, 48, 0);
     t = lua_gettop(L);
     /* Each line once: every step moves past a LF, so the walk is bounded by the length. */
@@ -800,18 +754,10 @@ static int lio_spf_checker_new(lua_State *L)
     const char *receiver = NULL;
     lio_spf_checker *c;
     dmarc_status st;
-    if (!lua_isnoneornil(L, 1)) {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_pushnil(L);
-        while (lua_next(L, 1) != 0) {
-            if (lua_type(L, -2) != LUA_TSTRING || strcmp(lua_tostring(L, -2), "receiver") != 0)
-                return luaL_error(L, "dmarc.io.spf_checker: unknown option '%s'",
-                                  lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
-            lua_pop(L, 1);
-        }
-        if (lio_opt(L, 1, "receiver", LUA_TSTRING) != LUA_TNIL)
-            receiver = lua_tostring(L, -1);
-    }
+    static const char *const names[] = {"receiver", NULL};
+    ldmarc_check_options(L, 1, "dmarc.io.spf_checker", names);
+    if (ldmarc_opt_field(L, 1, "dmarc.io.spf_checker", "receiver", LUA_TSTRING))
+        receiver = lua_tostring(L, -1);
     if (receiver != NULL && strlen(receiver) > DMARC_DOMAIN_MAX_LEN)
         return luaL_error(L, "dmarc.io.spf_checker: option 'receiver': too long");
     c = lua_newuserdatauv(L, sizeof *c, 0);
@@ -945,16 +891,16 @@ static int lio_checker_answer(lua_State *L)
         rtxt = lua_tolstring(L, -1, &rlen); /* anchored in the records table */
         lua_pop(L, 1);
         if (!lio_checker_rdata(rtxt, rlen, type, &rrs[i], bufs[i], sizeof bufs[i]))
-            return lio_fail(L, "spf_checker: a record that cannot be of its type", "syntax");
+            return ldmarc_fail(L, "spf_checker: a record that cannot be of its type", "syntax");
     }
     st = dmarc_spf_add_answer(c->spf, name, len, type, rc, rrs, count);
     if (st == DMARC_ERR_NOMEM)
         return luaL_error(L, "dmarc.io: spf_checker: out of memory");
     if (st != DMARC_OK)
-        return lio_fail(L,
-                        st == DMARC_ERR_LIMIT ? "spf_checker: too many answers"
-                                              : "spf_checker: not a domain name",
-                        lio_status_code(st));
+        return ldmarc_fail(L,
+                           st == DMARC_ERR_LIMIT ? "spf_checker: too many answers"
+                                                 : "spf_checker: not a domain name",
+                           ldmarc_status_code(st));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1056,9 +1002,9 @@ static const luaL_Reg lio_functions[] = {{"resolver", lio_resolver_new},
                                          {"header_fields", lio_header_fields},
                                          {NULL, NULL}};
 
-DMARC_API int luaopen_dmarc_io(lua_State *L);
+LDMARC_EXPORT int luaopen_dmarc_io(lua_State *L);
 
-DMARC_API int luaopen_dmarc_io(lua_State *L)
+LDMARC_EXPORT int luaopen_dmarc_io(lua_State *L)
 {
     luaL_newmetatable(L, LDMARC_IO_RESOLVER);
     luaL_setfuncs(L, lio_meta, 0);

@@ -8,9 +8,10 @@
 **   - contract misuse (wrong types, a closed connection, too many arguments)
 **     raises;
 **   - a Redis error reply is data: nil, message, 'redis';
-**   - a broken connection (refused, reset, timeout, EOF) gives
-**     nil, message, 'io' (or 'protocol'); the connection stays broken and
-**     every later call on it says so; the caller reconnects.
+**   - a broken connection (refused, reset, timeout, EOF, an unreadable
+**     reply) gives nil, message, 'io'; the connection stays broken and
+**     every later call on it says so; the caller reconnects;
+**   - an unknown option of connect{} raises (bindings/binding.h).
 **
 ** Replies: bulk string -> string, integer -> integer, status -> {ok = text},
 ** array -> table. A nil reply is nil at the top level of :command() and
@@ -31,8 +32,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include "compat.h"
-#include "dmarc.h"
+#include "binding.h"
 
 #define LDMARC_REDIS_CONN_MT "dmarc.redis"
 #define LDMARC_REDIS_GUARD_MT "dmarc.redis.reply"
@@ -199,11 +199,6 @@ static ldmarc_redis_conn *check_conn(lua_State *L, int idx)
     return conn;
 }
 
-static const char *io_code(const redisContext *c)
-{
-    return c->err == REDIS_ERR_PROTOCOL ? "protocol" : "io";
-}
-
 /* Pushes nil, message, code for a broken connection; returns 3. */
 static int push_io_failure(lua_State *L, const ldmarc_redis_conn *conn)
 {
@@ -213,7 +208,7 @@ static int push_io_failure(lua_State *L, const ldmarc_redis_conn *conn)
         lua_pushliteral(L, "io");
     } else if (conn->ctx->err != 0) {
         lua_pushstring(L, conn->ctx->errstr[0] != '\0' ? conn->ctx->errstr : "redis i/o error");
-        lua_pushstring(L, io_code(conn->ctx));
+        lua_pushliteral(L, "io"); /* REDIS_ERR_PROTOCOL too: the message says */
     } else {
         lua_pushliteral(L, "redis i/o error");
         lua_pushliteral(L, "io");
@@ -274,8 +269,11 @@ static int ldmarc_redis_connect(lua_State *L)
     ldmarc_redis_conn *conn;
     sigpipe_guard sg;
 
+    static const char *const names[] = {"host", "path", "port", "timeout", "password", "db", NULL};
+
     /* Read and check every option before anything is allocated. */
     luaL_checktype(L, 1, LUA_TTABLE);
+    ldmarc_check_options(L, 1, "dmarc.redis.connect", names);
     lua_getfield(L, 1, "host");
     host = luaL_optstring(L, -1, LDMARC_REDIS_DEFAULT_HOST);
     lua_getfield(L, 1, "path");
@@ -320,7 +318,7 @@ static int ldmarc_redis_connect(lua_State *L)
     if (conn->ctx->err != 0) {
         lua_pushnil(L);
         lua_pushstring(L, conn->ctx->errstr[0] != '\0' ? conn->ctx->errstr : "connect failed");
-        lua_pushstring(L, io_code(conn->ctx));
+        lua_pushliteral(L, "io");
         redisFree(conn->ctx);
         conn->ctx = NULL;
         return 3;
@@ -362,7 +360,7 @@ static int ldmarc_redis_connect(lua_State *L)
                 lua_pushnil(L);
                 if (*guard == NULL) {
                     lua_pushstring(L, conn->ctx->errstr);
-                    lua_pushstring(L, io_code(conn->ctx));
+                    lua_pushliteral(L, "io");
                 } else {
                     lua_pushlstring(L, (*guard)->str, (*guard)->len);
                     lua_pushstring(L, step == 0 ? "auth" : "redis");
@@ -381,7 +379,7 @@ static int ldmarc_redis_connect(lua_State *L)
 /***
 ** @method conn:command(name, ...)
 ** Sends one command and reads its reply.
-** @return reply (nil for a nil reply) or nil, message, 'redis' | 'io' | 'protocol'
+** @return reply (nil for a nil reply) or nil, message, 'redis' | 'io'
 */
 static int ldmarc_redis_command(lua_State *L)
 {
@@ -420,7 +418,7 @@ static int ldmarc_redis_command(lua_State *L)
 ** Sends every command, then reads every reply: one round trip.
 ** @param {table} commands array of arrays, e.g. {{'SET', 'k', 'v'}, {'GET', 'k'}}
 ** @return array of replies (false for nil, {err=} for an error reply)
-**   or nil, message, 'io' | 'protocol' when the connection broke
+**   or nil, message, 'io' when the connection broke
 */
 static int ldmarc_redis_pipeline(lua_State *L)
 {
@@ -581,9 +579,9 @@ static const luaL_Reg conn_meta[] = {{"__gc", ldmarc_redis_close},
 
 static const luaL_Reg module_functions[] = {{"connect", ldmarc_redis_connect}, {NULL, NULL}};
 
-DMARC_API int luaopen_dmarc_redis(lua_State *L);
+LDMARC_EXPORT int luaopen_dmarc_redis(lua_State *L);
 
-DMARC_API int luaopen_dmarc_redis(lua_State *L)
+LDMARC_EXPORT int luaopen_dmarc_redis(lua_State *L)
 {
     luaL_newmetatable(L, LDMARC_REDIS_GUARD_MT);
     lua_pushcfunction(L, ldmarc_redis_guard_gc);

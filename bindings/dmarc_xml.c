@@ -6,8 +6,9 @@
 **   xml.parse(data [, opts])        libxml2 SAX2 push parse into a small element tree
 **   xml.inflate(data [, opts])      gzip / zlib / raw deflate, output and ratio capped
 **   xml.unzip(data [, opts])        the report entry of a zip archive (stored or deflate)
-**   xml.hmac_sha256(key, message)   keyed hash (RFC 2104, FIPS 180-4) for the
+**   xml.hmac_sha256(key, message)   keyed hash (RFC 2104, FIPS 180-4; libcrypto) for the
 **                                   envelope_to privacy option
+**   xml.gzip(data [, opts])         one gzip member (zlib), for the reports we send
 **
 ** libxml2 is used with XML_PARSE_NONET, without XML_PARSE_NOENT (no entity substitution),
 ** without DTD loading and without XML_PARSE_HUGE. A report never needs a DTD, so a DOCTYPE
@@ -17,9 +18,10 @@
 ** Error contract (style.md, "Error conventions"): bad input gives nil, message, code with
 ** code one of 'xml' (not well-formed, truncated), 'dtd' (a DOCTYPE), 'limit' (size, depth,
 ** element or name count), 'bomb' (decompressed size or ratio), 'truncated' (compressed
-** stream cut short), 'corrupt' (bad compressed data), 'zip' (malformed archive),
-** 'zip_entries' (no single report entry), 'unsupported' (zip64, encryption, method), 'crc';
-** misuse (wrong argument types, bad options) and out of memory raise.
+** stream cut short), 'corrupt' (bad compressed data, a CRC-32 mismatch), 'zip' (malformed
+** archive), 'zip_entries' (no single report entry), 'unsupported' (zip64, encryption,
+** method); misuse (wrong argument types, unknown or bad options) and out of memory raise
+** (bindings/binding.h).
 **
 ** Memory: every C allocation belongs to a userdata (parse state, inflate state) from the
 ** moment it is made, and its __gc frees it, so a Lua error raised while results are pushed
@@ -34,13 +36,15 @@
 
 #include <libxml/parser.h>
 #include <libxml/xmlerror.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <zlib.h>
 
-#include "compat.h"
-#include "dmarc.h"
+#include "binding.h"
 
 #define LDMARC_XML_PARSE_MT "dmarc.xml.parse"
 #define LDMARC_XML_INFLATE_MT "dmarc.xml.inflate"
+#define LDMARC_XML_DEFLATE_MT "dmarc.xml.deflate"
 
 /* Input accepted by xml.parse: RFC 7489 §8 asks receivers to accept reports of 10 MB; a
 ** large receiver's uncompressed XML is several times that. */
@@ -82,17 +86,8 @@
 #define LDMARC_XML_ZIP_CDIR_SIZE 46
 #define LDMARC_XML_ZIP_LOCAL_SIZE 30
 
-#define LDMARC_XML_SHA256_BLOCK 64
-#define LDMARC_XML_SHA256_SIZE 32
-
-/* Pushes nil, message, code; returns 3 (the bad-input convention). */
-static int push_failure(lua_State *L, const char *msg, const char *code)
-{
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    lua_pushstring(L, code);
-    return 3;
-}
+/* Input of xml.gzip: zlib counts in uInt; an aggregate report is far below this. */
+#define LDMARC_XML_MAX_GZIP_INPUT ((size_t)1 << 30)
 
 /* An integer option of table idx, in [lo, hi], default def. Raises on misuse. */
 static size_t opt_size(lua_State *L, int idx, const char *name, size_t def, size_t lo, size_t hi)
@@ -613,10 +608,11 @@ static int ldmarc_xml_parse(lua_State *L)
     xmlSAXHandler sax;
     size_t first;
 
+    static const char *const names[] = {"max_input", "max_depth", "max_elements",
+                                        "max_text",  "arrays",    NULL};
+
     lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
-    if (!lua_isnil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-    }
+    ldmarc_check_options(L, 2, "dmarc.xml.parse", names);
     max_input = opt_size(L, 2, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
     st = (parse_state *)lua_newuserdata(L, sizeof(*st));
     memset(st, 0, sizeof(*st));
@@ -628,7 +624,7 @@ static int ldmarc_xml_parse(lua_State *L)
     st->max_text = opt_size(L, 2, "max_text", LDMARC_XML_DEFAULT_MAX_TEXT, 1, (size_t)INT_MAX);
     read_array_pairs(L, 2, st);
     if (len > max_input) {
-        return push_failure(L, "document larger than max_input", "limit");
+        return ldmarc_fail(L, "document larger than max_input", "limit");
     }
 
     memset(&sax, 0, sizeof(sax));
@@ -662,10 +658,10 @@ static int ldmarc_xml_parse(lua_State *L)
         return luaL_error(L, "dmarc.xml.parse: out of memory");
     }
     if (st->err_code != NULL) {
-        return push_failure(L, st->err_msg, st->err_code);
+        return ldmarc_fail(L, st->err_msg, st->err_code);
     }
     if (!st->ctxt->wellFormed || st->root == NULL) {
-        return push_failure(L, st->err_msg[0] ? st->err_msg : "not a well-formed document", "xml");
+        return ldmarc_fail(L, st->err_msg[0] ? st->err_msg : "not a well-formed document", "xml");
     }
     push_node(L, st, st->root);
     if (!lua_istable(L, -1)) {
@@ -854,9 +850,11 @@ static int ldmarc_xml_inflate(lua_State *L)
     const char *code, *msg = NULL;
     int format = 0;
 
+    static const char *const names[] = {"format", "max_output", "max_ratio", NULL};
+
     lua_settop(L, 2);
+    ldmarc_check_options(L, 2, "dmarc.xml.inflate", names);
     if (!lua_isnil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "format");
         format = luaL_checkoption(L, -1, "auto", formats);
         lua_pop(L, 1);
@@ -869,7 +867,7 @@ static int ldmarc_xml_inflate(lua_State *L)
         return luaL_error(L, "dmarc.xml.inflate: out of memory");
     }
     if (code != NULL) {
-        return push_failure(L, msg, code);
+        return ldmarc_fail(L, msg, code);
     }
     lua_pushlstring(L, (const char *)st->out, st->out_len);
     lua_pushinteger(L, (lua_Integer)st->zs.total_in);
@@ -944,7 +942,7 @@ static const unsigned char *find_eocd(const unsigned char *d, size_t len)
 ** @param {string} data
 ** @param {table} opts max_output, max_ratio (as xml.inflate), max_entries (default 16)
 ** @return {string} content, {string} entry name; or nil, message, code ('zip' |
-**   'zip_entries' | 'unsupported' | 'bomb' | 'crc' | 'corrupt' | 'truncated' | 'limit')
+**   'zip_entries' | 'unsupported' | 'bomb' | 'corrupt' | 'truncated' | 'limit')
 */
 static int ldmarc_xml_unzip(lua_State *L)
 {
@@ -957,10 +955,10 @@ static int ldmarc_xml_unzip(lua_State *L)
     uint16_t total;
     size_t data_off;
 
+    static const char *const names[] = {"max_entries", "max_output", "max_ratio", NULL};
+
     lua_settop(L, 2);
-    if (!lua_isnil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
-    }
+    ldmarc_check_options(L, 2, "dmarc.xml.unzip", names);
     read_inflate_limits(L, 2, &lim);
     max_entries = opt_size(L, 2, "max_entries", LDMARC_XML_DEFAULT_MAX_ENTRIES, 1,
                            LDMARC_XML_HARD_MAX_ENTRIES);
@@ -969,22 +967,22 @@ static int ldmarc_xml_unzip(lua_State *L)
 
     eocd = find_eocd(d, len);
     if (eocd == NULL) {
-        return push_failure(L, "no zip end of central directory", "zip");
+        return ldmarc_fail(L, "no zip end of central directory", "zip");
     }
     if (rd16(eocd + 4) != 0 || rd16(eocd + 6) != 0) {
-        return push_failure(L, "multi-part zip archives are not supported", "unsupported");
+        return ldmarc_fail(L, "multi-part zip archives are not supported", "unsupported");
     }
     total = rd16(eocd + 10);
     cd_size = rd32(eocd + 12);
     cd_off = rd32(eocd + 16);
     if (total == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
-        return push_failure(L, "zip64 archives are not supported", "unsupported");
+        return ldmarc_fail(L, "zip64 archives are not supported", "unsupported");
     }
     if (total > max_entries) {
-        return push_failure(L, "too many zip entries", "zip_entries");
+        return ldmarc_fail(L, "too many zip entries", "zip_entries");
     }
     if ((size_t)cd_off > (size_t)(eocd - d) || (size_t)cd_size > (size_t)(eocd - d) - cd_off) {
-        return push_failure(L, "central directory out of bounds", "zip");
+        return ldmarc_fail(L, "central directory out of bounds", "zip");
     }
     cd_end = (size_t)cd_off + cd_size;
     p = cd_off;
@@ -992,7 +990,7 @@ static int ldmarc_xml_unzip(lua_State *L)
         zip_entry e;
         size_t nlen, xlen, clen;
         if (cd_end - p < LDMARC_XML_ZIP_CDIR_SIZE || rd32(d + p) != 0x02014b50u) {
-            return push_failure(L, "bad central directory entry", "zip");
+            return ldmarc_fail(L, "bad central directory entry", "zip");
         }
         e.flags = rd16(d + p + 8);
         e.method = rd16(d + p + 10);
@@ -1004,7 +1002,7 @@ static int ldmarc_xml_unzip(lua_State *L)
         clen = rd16(d + p + 32);
         e.local_off = rd32(d + p + 42);
         if (cd_end - p - LDMARC_XML_ZIP_CDIR_SIZE < nlen + xlen + clen) {
-            return push_failure(L, "central directory entry out of bounds", "zip");
+            return ldmarc_fail(L, "central directory entry out of bounds", "zip");
         }
         e.name = d + p + LDMARC_XML_ZIP_CDIR_SIZE;
         e.name_len = nlen;
@@ -1024,41 +1022,41 @@ static int ldmarc_xml_unzip(lua_State *L)
     } else if (nxml == 1) {
         chosen = only_xml;
     } else {
-        return push_failure(L, nfiles == 0 ? "empty zip archive" : "no single report in the zip",
-                            "zip_entries");
+        return ldmarc_fail(L, nfiles == 0 ? "empty zip archive" : "no single report in the zip",
+                           "zip_entries");
     }
     if (chosen.flags & 1u) {
-        return push_failure(L, "encrypted zip entry", "unsupported");
+        return ldmarc_fail(L, "encrypted zip entry", "unsupported");
     }
     if (chosen.method != 0 && chosen.method != 8) {
-        return push_failure(L, "zip compression method not supported", "unsupported");
+        return ldmarc_fail(L, "zip compression method not supported", "unsupported");
     }
     if (chosen.csize == 0xffffffffu || chosen.usize == 0xffffffffu) {
-        return push_failure(L, "zip64 entries are not supported", "unsupported");
+        return ldmarc_fail(L, "zip64 entries are not supported", "unsupported");
     }
     /* The sizes the archive declares are checked before anything is inflated. */
     if ((size_t)chosen.usize > lim.max_output) {
-        return push_failure(L, "declared size over the limit", "bomb");
+        return ldmarc_fail(L, "declared size over the limit", "bomb");
     }
     if ((size_t)chosen.usize > LDMARC_XML_RATIO_FLOOR &&
         (size_t)chosen.usize / lim.max_ratio > (size_t)chosen.csize) {
-        return push_failure(L, "declared compression ratio over the limit", "bomb");
+        return ldmarc_fail(L, "declared compression ratio over the limit", "bomb");
     }
     if ((size_t)chosen.local_off > len || len - chosen.local_off < LDMARC_XML_ZIP_LOCAL_SIZE ||
         rd32(d + chosen.local_off) != 0x04034b50u) {
-        return push_failure(L, "bad local header", "zip");
+        return ldmarc_fail(L, "bad local header", "zip");
     }
     data_off = (size_t)chosen.local_off + LDMARC_XML_ZIP_LOCAL_SIZE +
                rd16(d + chosen.local_off + 26) + rd16(d + chosen.local_off + 28);
     if (data_off > len || len - data_off < chosen.csize) {
-        return push_failure(L, "entry data out of bounds", "zip");
+        return ldmarc_fail(L, "entry data out of bounds", "zip");
     }
     if (chosen.method == 0) {
         if (chosen.csize != chosen.usize) {
-            return push_failure(L, "stored entry sizes differ", "zip");
+            return ldmarc_fail(L, "stored entry sizes differ", "zip");
         }
         if (crc32(0L, d + data_off, (uInt)chosen.usize) != chosen.crc) {
-            return push_failure(L, "CRC-32 mismatch", "crc");
+            return ldmarc_fail(L, "CRC-32 mismatch", "corrupt");
         }
         lua_pushlstring(L, (const char *)(d + data_off), chosen.usize);
     } else {
@@ -1073,13 +1071,13 @@ static int ldmarc_xml_unzip(lua_State *L)
         }
         if (code != NULL) {
             /* More output than the directory declares is a lying archive, not a bomb. */
-            return push_failure(L, msg, st->out_len > chosen.usize ? "zip" : code);
+            return ldmarc_fail(L, msg, st->out_len > chosen.usize ? "zip" : code);
         }
         if (st->out_len != chosen.usize) {
-            return push_failure(L, "entry size differs from the directory", "zip");
+            return ldmarc_fail(L, "entry size differs from the directory", "zip");
         }
         if (crc32(0L, st->out, (uInt)st->out_len) != chosen.crc) {
-            return push_failure(L, "CRC-32 mismatch", "crc");
+            return ldmarc_fail(L, "CRC-32 mismatch", "corrupt");
         }
         lua_pushlstring(L, (const char *)st->out, st->out_len);
     }
@@ -1090,130 +1088,9 @@ static int ldmarc_xml_unzip(lua_State *L)
 
 /*
 ** {======================================================================
-** SHA-256 (FIPS 180-4) and HMAC (RFC 2104)
+** HMAC-SHA256 (RFC 2104 over FIPS 180-4) and gzip (RFC 1952): OpenSSL's libcrypto and zlib
 ** =======================================================================
 */
-typedef struct sha256_ctx {
-    uint32_t h[8];
-    uint64_t bytes;
-    unsigned char block[LDMARC_XML_SHA256_BLOCK];
-    size_t fill;
-} sha256_ctx;
-
-static const uint32_t sha256_k[64] = {
-    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
-    0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
-    0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
-    0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
-    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
-    0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
-    0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
-    0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
-    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
-    0xc67178f2u};
-
-static uint32_t ror32(uint32_t x, unsigned n)
-{
-    return (x >> n) | (x << (32u - n));
-}
-
-static void sha256_block(sha256_ctx *c, const unsigned char *p)
-{
-    uint32_t w[64], a, b, cc, d, e, f, g, h;
-    int i;
-    for (i = 0; i < 16; i++) {
-        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) |
-               ((uint32_t)p[4 * i + 2] << 8) | (uint32_t)p[4 * i + 3];
-    }
-    for (i = 16; i < 64; i++) {
-        uint32_t s0 = ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    a = c->h[0];
-    b = c->h[1];
-    cc = c->h[2];
-    d = c->h[3];
-    e = c->h[4];
-    f = c->h[5];
-    g = c->h[6];
-    h = c->h[7];
-    for (i = 0; i < 64; i++) {
-        uint32_t s1 = ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25);
-        uint32_t ch = (e & f) ^ (~e & g);
-        uint32_t t1 = h + s1 + ch + sha256_k[i] + w[i];
-        uint32_t s0 = ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22);
-        uint32_t maj = (a & b) ^ (a & cc) ^ (b & cc);
-        uint32_t t2 = s0 + maj;
-        h = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = cc;
-        cc = b;
-        b = a;
-        a = t1 + t2;
-    }
-    c->h[0] += a;
-    c->h[1] += b;
-    c->h[2] += cc;
-    c->h[3] += d;
-    c->h[4] += e;
-    c->h[5] += f;
-    c->h[6] += g;
-    c->h[7] += h;
-}
-
-static void sha256_init(sha256_ctx *c)
-{
-    static const uint32_t iv[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
-                                   0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
-    memcpy(c->h, iv, sizeof(iv));
-    c->bytes = 0;
-    c->fill = 0;
-}
-
-static void sha256_update(sha256_ctx *c, const unsigned char *p, size_t n)
-{
-    c->bytes += n;
-    while (n > 0) {
-        size_t take = LDMARC_XML_SHA256_BLOCK - c->fill;
-        if (take > n) {
-            take = n;
-        }
-        memcpy(c->block + c->fill, p, take);
-        c->fill += take;
-        p += take;
-        n -= take;
-        if (c->fill == LDMARC_XML_SHA256_BLOCK) {
-            sha256_block(c, c->block);
-            c->fill = 0;
-        }
-    }
-}
-
-static void sha256_final(sha256_ctx *c, unsigned char out[LDMARC_XML_SHA256_SIZE])
-{
-    uint64_t bits = c->bytes * 8u;
-    unsigned char pad = 0x80;
-    unsigned char len_be[8];
-    int i;
-    sha256_update(c, &pad, 1);
-    pad = 0;
-    while (c->fill != LDMARC_XML_SHA256_BLOCK - 8) {
-        sha256_update(c, &pad, 1);
-    }
-    for (i = 0; i < 8; i++) {
-        len_be[i] = (unsigned char)(bits >> (56 - 8 * i));
-    }
-    sha256_update(c, len_be, 8);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (unsigned char)(c->h[i] >> 24);
-        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
-        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
-        out[4 * i + 3] = (unsigned char)c->h[i];
-    }
-}
 
 /***
 ** @function xml.hmac_sha256(key, message)
@@ -1221,49 +1098,96 @@ static void sha256_final(sha256_ctx *c, unsigned char out[LDMARC_XML_SHA256_SIZE
 */
 static int ldmarc_xml_hmac_sha256(lua_State *L)
 {
-    size_t klen, mlen, i;
-    const unsigned char *key = (const unsigned char *)luaL_checklstring(L, 1, &klen);
+    size_t klen, mlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
     const unsigned char *msg = (const unsigned char *)luaL_checklstring(L, 2, &mlen);
-    unsigned char k[LDMARC_XML_SHA256_BLOCK], pad[LDMARC_XML_SHA256_BLOCK];
-    unsigned char inner[LDMARC_XML_SHA256_SIZE], out[LDMARC_XML_SHA256_SIZE];
-    sha256_ctx c;
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int outlen = 0;
 
-    memset(k, 0, sizeof(k));
-    if (klen > LDMARC_XML_SHA256_BLOCK) {
-        sha256_init(&c);
-        sha256_update(&c, key, klen);
-        sha256_final(&c, k);
-    } else {
-        memcpy(k, key, klen);
+    luaL_argcheck(L, klen <= (size_t)INT_MAX, 1, "key too long");
+    if (HMAC(EVP_sha256(), key, (int)klen, msg, mlen, out, &outlen) == NULL) {
+        return luaL_error(L, "dmarc.xml.hmac_sha256: libcrypto failed");
     }
-    for (i = 0; i < sizeof(pad); i++) {
-        pad[i] = (unsigned char)(k[i] ^ 0x36);
+    lua_pushlstring(L, (const char *)out, outlen);
+    return 1;
+}
+
+/* The deflate stream of xml.gzip, owned by a userdata so that a raise frees it. */
+typedef struct deflate_box {
+    z_stream zs;
+    int live;
+    unsigned char *out;
+    size_t cap;
+} deflate_box;
+
+static int deflate_box_gc(lua_State *L)
+{
+    deflate_box *b = (deflate_box *)luaL_checkudata(L, 1, LDMARC_XML_DEFLATE_MT);
+    if (b->live) {
+        deflateEnd(&b->zs);
+        b->live = 0;
     }
-    sha256_init(&c);
-    sha256_update(&c, pad, sizeof(pad));
-    sha256_update(&c, msg, mlen);
-    sha256_final(&c, inner);
-    for (i = 0; i < sizeof(pad); i++) {
-        pad[i] = (unsigned char)(k[i] ^ 0x5c);
+    free(b->out);
+    b->out = NULL;
+    return 0;
+}
+
+/***
+** @function xml.gzip(data [, opts])
+** One gzip member (RFC 1952) holding @data, made in process by zlib: no file name and no
+** time stamp in the header, so the same data always gives the same bytes.
+** @param {table} opts level (1..9, default 6)
+** @return {string} the gzip bytes
+*/
+static int ldmarc_xml_gzip(lua_State *L)
+{
+    static const char *const names[] = {"level", NULL};
+    size_t len, level;
+    const char *data = luaL_checklstring(L, 1, &len);
+    deflate_box *b;
+    uLong bound;
+
+    lua_settop(L, 2);
+    ldmarc_check_options(L, 2, "dmarc.xml.gzip", names);
+    level = opt_size(L, 2, "level", 6, 1, 9);
+    luaL_argcheck(L, len <= (size_t)LDMARC_XML_MAX_GZIP_INPUT, 1, "data too large");
+    b = (deflate_box *)lua_newuserdata(L, sizeof(*b));
+    memset(b, 0, sizeof(*b));
+    luaL_setmetatable(L, LDMARC_XML_DEFLATE_MT);
+    /* windowBits 15 + 16: a gzip wrapper with a zeroed header (no name, mtime 0). */
+    if (deflateInit2(&b->zs, (int)level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+        return luaL_error(L, "dmarc.xml.gzip: out of memory");
     }
-    sha256_init(&c);
-    sha256_update(&c, pad, sizeof(pad));
-    sha256_update(&c, inner, sizeof(inner));
-    sha256_final(&c, out);
-    lua_pushlstring(L, (const char *)out, sizeof(out));
+    b->live = 1;
+    bound = deflateBound(&b->zs, (uLong)len);
+    b->cap = (size_t)bound;
+    b->out = (unsigned char *)malloc(b->cap);
+    if (b->out == NULL) {
+        return luaL_error(L, "dmarc.xml.gzip: out of memory");
+    }
+    b->zs.next_in = (Bytef *)(uintptr_t)data;
+    b->zs.avail_in = (uInt)len;
+    b->zs.next_out = b->out;
+    b->zs.avail_out = (uInt)b->cap;
+    /* deflateBound is enough for one Z_FINISH call: anything else is a zlib fault. */
+    if (deflate(&b->zs, Z_FINISH) != Z_STREAM_END) {
+        return luaL_error(L, "dmarc.xml.gzip: deflate did not finish");
+    }
+    lua_pushlstring(L, (const char *)b->out, b->cap - b->zs.avail_out);
+    deflateEnd(&b->zs);
+    b->live = 0;
     return 1;
 }
 /* }====================================================================== */
 
-static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
-                                            {"inflate", ldmarc_xml_inflate},
-                                            {"unzip", ldmarc_xml_unzip},
-                                            {"hmac_sha256", ldmarc_xml_hmac_sha256},
-                                            {NULL, NULL}};
+static const luaL_Reg module_functions[] = {
+    {"parse", ldmarc_xml_parse}, {"inflate", ldmarc_xml_inflate},
+    {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
+    {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
 
-DMARC_API int luaopen_dmarc_xml(lua_State *L);
+LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L);
 
-DMARC_API int luaopen_dmarc_xml(lua_State *L)
+LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L)
 {
     /* Checks the headers against the loaded library; initialises its tables once. */
     LIBXML_TEST_VERSION
@@ -1274,6 +1198,10 @@ DMARC_API int luaopen_dmarc_xml(lua_State *L)
     lua_pop(L, 1);
     luaL_newmetatable(L, LDMARC_XML_INFLATE_MT);
     lua_pushcfunction(L, inflate_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_XML_DEFLATE_MT);
+    lua_pushcfunction(L, deflate_box_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 

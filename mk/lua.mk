@@ -5,7 +5,8 @@
 #                 libopendkim)
 #   dmarc.xml   : bindings/dmarc_xml.c, libxml2 and zlib (reading aggregate reports: ingest)
 # A module is built when its binding source exists. Modules link -shared without -llua
-# (the host process provides Lua). `make print-sources` lists each module's C sources,
+# (the host process provides Lua) and export luaopen_* only (bindings/exports.map):
+# dmarc.io takes what it needs of the core from libdmarc.a, hidden inside it. `make print-sources` lists each module's C sources,
 # which tests/check-rockspec compares with the rockspec.
 
 LUA_RUNTIMES ?= $(LUA_PC) $(filter-out $(LUA_PC),lua5.4 luajit)
@@ -19,11 +20,12 @@ MOD_redis_LIBS := $(shell $(PKG_CONFIG) --libs hiredis 2>/dev/null)
 MOD_io_SRCS    := $(sort $(wildcard bindings/dmarc_io*.c))
 MOD_io_ADAPTERS := $(filter-out adapters/src/psl.c,$(sort $(wildcard adapters/src/*.c)))
 MOD_io_LIBS     = -lspf2 -lopendkim -lldns $(CORE_LIBS)
-# Built when libxml2 and zlib headers are installed (libxml2-dev, zlib1g-dev); without them
+# Built when libxml2, zlib and libcrypto headers are installed (libxml2-dev, zlib1g-dev,
+# libssl-dev); without them
 # the other modules still build and the ingest specs say the module is missing.
-MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib && echo y),$(wildcard bindings/dmarc_xml.c))
-MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib 2>/dev/null)
-MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib 2>/dev/null)
+MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib libcrypto && echo y),$(wildcard bindings/dmarc_xml.c))
+MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib libcrypto 2>/dev/null)
+MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib libcrypto 2>/dev/null)
 LUA_CMODULES := $(foreach m,core redis io xml,$(if $(MOD_$(m)_SRCS),$(m)))
 
 LUA_TARGETS :=
@@ -31,9 +33,11 @@ LUA_TARGETS :=
 # $(1) runtime, $(2) module name
 define lua_module
 $$(BUILD)/$(1)/dmarc/$(2).so: $$(patsubst bindings/%.c,$$(BUILD)/$(1)/obj/%.o,$$(MOD_$(2)_SRCS)) \
-    $$(patsubst %.c,$$(BUILD)/obj/%.o,$$(MOD_$(2)_ADAPTERS)) $$(if $$(filter core io,$(2)),$$(CORE_OBJS))
+    $$(patsubst %.c,$$(BUILD)/obj/%.o,$$(MOD_$(2)_ADAPTERS)) $$(if $$(filter core,$(2)),$$(CORE_OBJS)) \
+    $$(if $$(filter io,$(2)),$$(LIB_A)) bindings/exports.map
 	@mkdir -p $$(dir $$@)
-	$$(CC) -shared $$(DMARC_LDFLAGS) $$(LDFLAGS) -o $$@ $$^ $$(MOD_$(2)_LIBS)
+	$$(CC) -shared -Wl,--version-script=bindings/exports.map $$(DMARC_LDFLAGS) $$(LDFLAGS) -o $$@ \
+	    $$(filter-out %.map,$$^) $$(MOD_$(2)_LIBS)
 LUA_TARGETS += $$(BUILD)/$(1)/dmarc/$(2).so
 endef
 

@@ -23,7 +23,7 @@ check:
 	@rm -rf $(TEST_LOGS)
 	@$(MAKE) --no-print-directory -k check-all; status=$$?; tests/tally $(TEST_LOGS) || exit 1; exit $$status
 
-check-all: check-lint check-examples check-c check-san check-valgrind check-fuzz check-lua check-memcheck check-plugin check-rockspec check-integration
+check-all: check-lint check-layout check-examples check-c check-san check-valgrind check-fuzz check-lua check-memcheck check-plugin check-rockspec check-integration
 
 check-memcheck: lua
 	@$(RUN_SUITE) memcheck -- tests/memcheck/run
@@ -76,6 +76,10 @@ check-lua: lua
 # ports, inside a network namespace with only `lo`, and stop them by PID.
 check-integration: all
 	@if [ -x tests/integration/run ]; then $(RUN_SUITE) integration -- tests/integration/run; fi
+
+# Layout rules of the C side: modules export luaopen_* only; internal.h stays in core/src.
+check-layout: lua
+	@$(RUN_SUITE) layout -- tests/check-layout $(BUILD)
 
 check-rockspec:
 	@if [ -x tests/check-rockspec ]; then $(RUN_SUITE) rockspec -- tests/check-rockspec; fi

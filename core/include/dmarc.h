@@ -36,8 +36,13 @@ extern "C" {
 #define DMARC_VERSION_PATCH 0
 #define DMARC_VERSION_STRING "0.1.0"
 
+/* DMARC_API marks the library's exported functions. A program or module that
+** compiles the sources into itself (the Lua modules: they export luaopen_* only)
+** defines DMARC_STATIC, which keeps every one of them inside that object. */
 #if defined(_WIN32)
 #define DMARC_API
+#elif defined(__GNUC__) && __GNUC__ >= 4 && defined(DMARC_STATIC)
+#define DMARC_API __attribute__((visibility("hidden")))
 #elif defined(__GNUC__) && __GNUC__ >= 4
 #define DMARC_API __attribute__((visibility("default")))
 #else

@@ -106,11 +106,15 @@ DEFINE_NAMES(dmarc_psd, DMARC_PSD_MAP)
 DEFINE_NAMES(dmarc_reason, DMARC_REASON_MAP)
 DEFINE_NAMES(dmarc_rcode, DMARC_RCODE_MAP)
 DEFINE_NAMES(dmarc_policy_tag, DMARC_POLICY_TAG_MAP)
-DEFINE_NAMES(dmarc_diag_code, DMARC_DIAG_MAP)
+
+/* The diag names keep their public name dmarc_diag_name (no dmarc_diag_code_name). */
+static const char *const dmarc_diag_code_names[] = {DMARC_DIAG_MAP(NAME_STR)};
 
 const char *dmarc_diag_name(dmarc_diag_code v)
 {
-    return dmarc_diag_code_name(v);
+    if ((int)v < 0 || (size_t)v >= sizeof(dmarc_diag_code_names) / sizeof(dmarc_diag_code_names[0]))
+        return NULL;
+    return dmarc_diag_code_names[v];
 }
 
 const char *dmarc_qtype_name(dmarc_qtype v)
