@@ -45,14 +45,13 @@ describe('report delivery over SMTP', function()
   -- Rows for example.com with the given rua list, then `generate`.
   local function prepare(name, rua)
     conn:command('FLUSHALL')
-    local c = report.collector { redis = conn }
     local list = {}
     for i, u in ipairs(rua) do list[i] = { uri = u } end
     for i = 1, 6 do
       local v = { result = 'fail', author_domain = 'example.com', policy_domain = 'example.com',
                   policy = 'reject', applied = 'reject', record = { p = 'reject', rua = list } }
-      assert.is_true(c:add(report.build_rows(v, {}, { ip = '192.0.2.' .. (i % 2) }, nil,
-                                             { time = DAY + i })))
+      assert.equal(1, report.write(conn, report.build_rows(v, {}, { ip = '192.0.2.' .. (i % 2) }, nil,
+                                                           { time = DAY + i })).written)
     end
     local out = dir .. '/out-' .. name
     local dns = dir .. '/dns-' .. name .. '.json'

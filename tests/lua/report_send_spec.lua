@@ -134,10 +134,11 @@ describe('report_send delivery', function()
     local conn = fake_redis.new()
     local rua = {}
     for i = 1, n_rua or 1 do rua[i] = { uri = 'mailto:agg' .. i .. '@example.com' } end
-    local c = report.collector { redis = conn }
     local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                 policy = 'none', record = { p = 'none', rua = rua } }
-    for i = 1, 5 do c:add(report.build_rows(v, {}, { ip = '203.0.113.' .. i }, nil, { time = DAY })) end
+    for i = 1, 5 do
+      report.write(conn, report.build_rows(v, {}, { ip = '203.0.113.' .. i }, nil, { time = DAY }))
+    end
     local dir = tmpdir()
     assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir, reporter = REPORTER })
     return conn, dir
@@ -176,10 +177,9 @@ describe('report_send delivery', function()
     local conn, dir = setup()
     assert(send.send { redis = conn, out = dir, envelope_from = 'dmarc@receiver.example',
                        transport = transport({}, {}) })
-    local c = report.collector { redis = conn }
     local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                 policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
-    c:add(report.build_rows(v, {}, { ip = '203.0.113.99' }, nil, { time = DAY + 5 }))
+    report.write(conn, report.build_rows(v, {}, { ip = '203.0.113.99' }, nil, { time = DAY + 5 }))
     local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
                                     reporter = REPORTER })
     assert.equal(0, s.reports)

@@ -1,4 +1,4 @@
--- dmarc.report.rows: rows, their Redis encoding and commands, the collector.
+-- dmarc.report.rows: rows, their Redis encoding and commands, the writer, the spool.
 local report = require 'dmarc.report.rows'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
@@ -220,16 +220,22 @@ describe('report encoding', function()
   end)
 end)
 
-describe('report collector', function()
+describe('report writer', function()
   local function rows_for(i)
     return report.build_rows(verdict(), INPUT, { ip = '192.0.2.' .. (i % 4), rcpt = { 'u@r.example' } },
                              nil, { time = DAY + i })
   end
 
+  local function tmpdir()
+    local p = os.tmpname()
+    os.remove(p)
+    os.execute('mkdir -p ' .. p)
+    return p
+  end
+
   it('report__identical_rows_aggregate_counts', function()
     local conn = fake_redis.new()
-    local c = report.collector { redis = conn }
-    for i = 1, 40 do assert.is_true(c:add(rows_for(i))) end
+    for i = 1, 40 do assert.equal(1, report.write(conn, rows_for(i)).written) end
     local h = conn.data['dmarc:rpt:{example.com}:20251121']
     local total, n = 0, 0
     for _, v in pairs(h) do
@@ -242,17 +248,22 @@ describe('report collector', function()
   end)
 
   it('report__batch_mode_uses_fewer_round_trips', function()
+    -- The rows of several messages in one write: one round trip for all of them.
     local conn = fake_redis.new()
-    local c = report.collector { redis = conn, batch = 10 }
-    for i = 1, 40 do c:add(rows_for(i)) end
-    assert.is_true(c:flush())
+    local batch = {}
+    for i = 1, 40 do
+      for _, r in ipairs(rows_for(i)) do batch[#batch + 1] = r end
+      if #batch == 10 then
+        assert.equal(10, report.write(conn, batch).written)
+        batch = {}
+      end
+    end
     assert.equal(4, conn.calls)
   end)
 
   it('report__row_cap_counts_instead_of_trimming', function()
     local conn = fake_redis.new()
-    local c = report.collector { redis = conn, max_rows = 2 }
-    for i = 1, 12 do c:add(rows_for(i)) end
+    for i = 1, 12 do report.write(conn, rows_for(i), { max_rows = 2 }) end
     local n, total = 0, 0
     for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do
       n = n + 1
@@ -264,62 +275,51 @@ describe('report collector', function()
     assert.equal('6', meta.dropped_messages)
   end)
 
-  it('report__redis_down_buffers_then_flushes_everything', function()
+  it('report__redis_down_spools_then_writes_everything', function()
+    -- What `dmarc check --spool` does: rows that cannot be written wait in the spool, and
+    -- the first write that reaches Redis takes them first.
     local conn = fake_redis.new()
-    local now = 1000
-    local c = report.collector { redis = conn, clock = function() return now end, retry_interval = 5 }
-    c:add(rows_for(1))
+    local dir = tmpdir()
+    local sp = assert(report.spool(dir))
+    local ids = report.id_source()
+    local function one(i)
+      local out = {}
+      for k, r in ipairs(rows_for(i)) do out[k] = report.prepare_row(r, ids()) end
+      return out
+    end
+    assert.equal(1, report.write(conn, one(1)).written)
     conn.down = true
     for i = 2, 30 do
-      local ok = c:add(rows_for(i))
-      assert.is_false(ok)
+      local rows = one(i)
+      local res = report.write(conn, rows)
+      assert.is_true(res.failed)
+      assert(sp:write(rows))
     end
-    assert.is_true(c:counters().in_buffer > 0)
+    assert.is_true(sp:count() > 0)
     conn.down = false
-    now = now + 10
-    assert.is_true(c:add(rows_for(31)))
+    local all, claims = sp:claim()
+    for _, r in ipairs(one(31)) do all[#all + 1] = r end
+    local res = report.write(conn, all)
+    assert.is_nil(res.failed)
+    sp:finish(claims, true)
     local total = 0
     for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
     assert.equal(31, total)
-    assert.equal(0, c:counters().in_buffer)
+    assert.equal(0, sp:count())
+    os.execute('rm -rf ' .. dir)
   end)
 
-  it('report__buffer_is_bounded_and_losses_are_reported', function()
+  it('report__invalid_rows_are_not_sent', function()
     local conn = fake_redis.new()
-    local now = 1000
-    local c = report.collector { redis = conn, clock = function() return now end, buffer_max = 2 }
-    conn.down = true
-    for i = 1, 20 do c:add(rows_for(i)) end
-    assert.equal(2, c:counters().in_buffer)
-    local dropped = c:counters().buffer_dropped
-    assert.is_true(dropped > 0)
-    conn.down = false
-    now = now + 60
-    assert.is_true(c:flush())
-    local meta = conn.data['dmarc:rpt:{example.com}:20251121:meta']
-    assert.equal(tostring(dropped), meta.lost_messages)
-    local total = 0
-    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
-    assert.equal(20, total + dropped)
-  end)
-
-  it('report__reconnects_through_connect_function', function()
-    local conn = fake_redis.new()
-    local attempts, now = 0, 0
-    local c = report.collector {
-      connect = function()
-        attempts = attempts + 1
-        if attempts == 1 then return nil, 'refused', 'io' end
-        return conn
-      end,
-      clock = function() return now end,
-    }
-    assert.is_false(c:add(rows_for(1)))
-    now = 100
-    assert.is_true(c:add(rows_for(2)))
-    local total = 0
-    for _, v in pairs(conn.data['dmarc:rpt:{example.com}:20251121']) do total = total + tonumber(v) end
-    assert.equal(2, total)
+    local rows = rows_for(1)
+    rows[2] = { policy_domain = 'Not A Domain', time = DAY }
+    local res = report.write(conn, rows)
+    assert.equal(1, res.commands)
+    assert.equal(1, res.written)
+    assert.equal(1, #res.invalid)
+    assert.equal('invalid policy domain', res.invalid[1].message)
+    assert.equal(0, report.write(conn, { rows[2] }).commands)
+    assert.equal(1, conn.calls) -- nothing to send is no round trip
   end)
 end)
 
@@ -389,30 +389,27 @@ describe('report row ids', function()
     end
   end)
 
-  it('report__collector_lost_reply_is_not_counted_twice', function()
+  it('report__writer_lost_reply_is_not_counted_twice', function()
     local conn = fake_redis.new()
-    local now = 1000
-    local c = report.collector { redis = conn, clock = function() return now end }
+    local rows = { report.prepare_row(one_row(1), 'msg1.1') }
     conn.lose_replies = 1 -- applied, but the reply never arrives
-    assert.is_false(c:add({ one_row(1) }))
+    assert.is_true(report.write(conn, rows).failed)
     assert.equal(1, total(conn))
-    -- more of the same row while the collector waits: kept apart from the one in doubt
-    assert.is_false(c:add({ one_row(1) }))
-    now = now + 60
-    assert.is_true(c:flush())
+    -- sent again, as the spool does: the same id counts once
+    assert.is_nil(report.write(conn, rows).failed)
+    assert.equal(1, total(conn))
+    -- the same row of another message counts
+    report.write(conn, { report.prepare_row(one_row(1), 'msg2.1') })
     assert.equal(2, total(conn))
-    assert.equal(0, c:counters().in_buffer)
   end)
 
-  it('report__collector_without_ids_counts_a_lost_reply_twice', function()
+  it('report__writer_without_ids_counts_a_lost_reply_twice', function()
     -- The failure mode the ids prevent, shown with ids turned off.
     local conn = fake_redis.new()
-    local now = 1000
-    local c = report.collector { redis = conn, clock = function() return now end, seen_ttl = 0 }
+    local rows = { report.prepare_row(one_row(1), 'msg1.1') }
     conn.lose_replies = 1
-    c:add({ one_row(1) })
-    now = now + 60
-    assert.is_true(c:flush())
+    report.write(conn, rows, { seen_ttl = 0 })
+    assert.is_nil(report.write(conn, rows, { seen_ttl = 0 }).failed)
     assert.equal(2, total(conn))
   end)
 end)

@@ -184,15 +184,15 @@ describe('report_xml generate', function()
                      submitter = 'receiver.example' }
 
   local function fill(conn, n, policy_over)
-    local c = report.collector { redis = conn }
     for i = 1, n do
       local rec = { mode = 'rfc9989', p = 'none', rua = { { uri = 'mailto:agg@example.com' },
                                                           { uri = 'mailto:agg@reports.example.net' } } }
       for k, v in pairs(policy_over or {}) do rec[k] = v end
       local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                   policy = rec.p, applied = rec.p, dkim_aligned = true, record = rec }
-      c:add(report.build_rows(v, { dkim = { { result = 'pass', domain = 'example.com', selector = 's' } } },
-                              { ip = '198.51.100.' .. (i % 3) }, nil, { time = DAY + i }))
+      report.write(conn, report.build_rows(v, { dkim = { { result = 'pass', domain = 'example.com',
+                                                          selector = 's' } } },
+                                           { ip = '198.51.100.' .. (i % 3) }, nil, { time = DAY + i }))
     end
   end
 
@@ -237,12 +237,12 @@ describe('report_xml generate', function()
 
   it('report_xml__multi_day_period_merges_day_buckets [AGG-4]', function()
     local conn = fake_redis.new()
-    local c = report.collector { redis = conn }
     local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                 policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
     for day = 0, 2 do
       for _ = 1, 3 do
-        c:add(report.build_rows(v, {}, { ip = '198.51.100.1' }, nil, { time = DAY + day * 86400 + 60 }))
+        report.write(conn, report.build_rows(v, {}, { ip = '198.51.100.1' }, nil,
+                                             { time = DAY + day * 86400 + 60 }))
       end
     end
     local dir = tmpdir()
@@ -274,11 +274,11 @@ describe('report_xml generate', function()
 
   it('report_xml__row_cap_is_reported_in_error', function()
     local conn = fake_redis.new()
-    local c = report.collector { redis = conn, max_rows = 1 }
     for i = 1, 4 do
       local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                   policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
-      c:add(report.build_rows(v, {}, { ip = '198.51.100.' .. i }, nil, { time = DAY }))
+      report.write(conn, report.build_rows(v, {}, { ip = '198.51.100.' .. i }, nil, { time = DAY }),
+                   { max_rows = 1 })
     end
     local dir = tmpdir()
     local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,

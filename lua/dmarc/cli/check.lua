@@ -478,22 +478,17 @@ local function write_rows(link, settings, rows, out)
     if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
     return
   end
-  local cmds, cmd_rows = {}, {}
-  for _, row in ipairs(all) do
-    local c, cerr = report.commands(row, ropts)
-    if c then
-      cmds[#cmds + 1] = c[1]
-      cmd_rows[#cmds] = row
-    else
-      log:warn('report row for %s not stored: %s', tostring(row.policy_domain), tostring(cerr))
-    end
+  local res = report.write(conn, all, ropts)
+  for _, skipped in ipairs(res.invalid) do
+    log:warn('report row for %s not stored: %s', tostring(skipped.row.policy_domain),
+             tostring(skipped.message))
   end
-  if #cmds == 0 then
+  if res.commands == 0 then
     if spool then spool:finish(claims, true) end
     return
   end
-  local replies, perr = conn:pipeline(cmds)
-  if not replies then
+  if res.failed then
+    local perr = res.error
     link.broken(perr)
     if spool then
       spool:finish(claims, false)
@@ -510,26 +505,14 @@ local function write_rows(link, settings, rows, out)
              tostring(perr), plural(#rows, 'report row'))
     return
   end
-  -- Each row is its own command: a refused one (an error reply) was not written, and
-  -- writing it again would be refused again. On a cluster, a master that cannot be reached
-  -- gives 'io: ...' replies for its rows only: those are kept like rows of a Redis that is
-  -- down (spooled, or lost and counted), the others are written.
-  local refused, why = 0, nil
-  local unreached, unreached_why = {}, nil
-  for i = 1, #cmds do
-    local r = replies[i]
-    if type(r) == 'table' and r.err then
-      if tostring(r.err):find('^io: ') then
-        unreached[#unreached + 1] = cmd_rows[i]
-        unreached_why = unreached_why or r.err
-      else
-        refused = refused + 1
-        why = why or r.err
-      end
-    end
-  end
+  -- A refused row (an error reply) was not written, and writing it again would be refused
+  -- again. On a cluster, a master that cannot be reached gives 'io: ...' replies for its rows
+  -- only: those are kept like rows of a Redis that is down (spooled, or lost and counted),
+  -- the others are written.
+  local refused, why = res.refused, res.refused_why
+  local unreached, unreached_why = res.unreached, res.unreached_why
   if spool then spool:finish(claims, true) end
-  out.rows_written = #cmds - refused - #unreached
+  out.rows_written = res.written
   out.rows_from_spool = from_spool
   if refused > 0 then log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(why)) end
   if #unreached > 0 then

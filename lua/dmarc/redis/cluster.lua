@@ -5,7 +5,7 @@
 -- key's {hash tag}); MOVED updates the slot map and retries, ASK retries once
 -- on the named node after ASKING. A pipeline is split per node and the
 -- replies are put back in the caller's order, so the router has the same
--- shape as one connection and the report collector uses either unchanged.
+-- shape as one connection and the report-row writer uses either unchanged.
 --
 -- Replies follow dmarc.redis: values, `false` for nil inside tables, and
 -- {err = message} for an error reply inside a pipeline.

@@ -1,5 +1,5 @@
---- Aggregate-report collection: report rows, their Redis encoding, and a
--- buffering collector.
+--- Aggregate-report collection: report rows, their Redis encoding, the one writer
+-- of rows (M.write) and the spool of a process that cannot wait for Redis.
 --
 -- A row is one message's contribution to the aggregate report of one DMARC
 -- Policy Domain (RFC 9990 §3.1, [AGG-1..8]). Rows that are identical apart
@@ -37,10 +37,6 @@ M.defaults = {
   prefix = keys.DEFAULT_PREFIX,
   ttl = 8 * 86400,           -- a day bucket outlives generation plus retries
   max_rows = 100000,         -- distinct rows per policy domain and day before the cap
-  buffer_max = 10000,        -- distinct rows held in memory while Redis is down
-  retry_interval = 5,        -- seconds between reconnection attempts
-  batch = 1,                 -- rows per pipeline: 1 = one round trip per message
-  pipeline_max = 512,        -- commands per pipeline when flushing a buffer
   seen_ttl = 3600,           -- seconds a written row id is remembered (0: ids off)
 }
 
@@ -372,20 +368,6 @@ function M.commands(row, opts)
   }
 end
 
---- The same data as plain commands (HINCRBY, EXPIRE, HSET, EXPIRE) without
--- the cap; only for the benchmark's one-round-trip-per-command baseline.
-function M.plain_commands(row, opts)
-  local o = opts_with_defaults(opts)
-  local k = M.keys(o.prefix, row.policy_domain, row.day or M.day_of(row.time or os.time()))
-  local ttl = tostring(math.floor(o.ttl))
-  return {
-    { 'HINCRBY', k.rows, row.field or M.encode_row(row), tostring(row.count or 1) },
-    { 'EXPIRE', k.rows, ttl },
-    { 'HSET', k.meta, 'rua', row.rua_enc or M.encode_rua(row.rua) },
-    { 'EXPIRE', k.meta, ttl },
-  }
-end
-
 -- ---------------------------------------------------------------------------
 -- Building rows from an evaluation
 
@@ -581,46 +563,8 @@ function M.build_rows(verdict, input, ctx, decision, opts)
 end
 
 -- ---------------------------------------------------------------------------
--- Collector: writes rows, buffers them while Redis is unreachable.
-
-local Collector = {}
-Collector.__index = Collector
-
---- A collector.
--- @param opts {table} redis (a connection with :pipeline) or connect (a
---   function returning one, called again after failures), prefix, ttl,
---   max_rows, buffer_max, retry_interval, batch, clock (default os.time),
---   log (function(level, msg)), seen_ttl (0: writes without row ids)
-function M.collector(opts)
-  local o = opts_with_defaults(opts)
-  if not M.valid_prefix(o.prefix) then error('report.collector: invalid prefix', 2) end
-  local seen_ttl = math.floor(tonumber(o.seen_ttl) or 0)
-  local self = setmetatable({
-    o = o, conn = o.redis, connect = o.connect, clock = o.clock or os.time,
-    log = o.log or function() end,
-    -- Every write carries a row id, so a write whose reply was lost can be
-    -- sent again without counting twice (section "Retries").
-    next_id = seen_ttl > 0 and M.id_source() or nil,
-    seen_ttl = tostring(seen_ttl > 0 and seen_ttl or 0),
-    pending = {},        -- rows waiting for the next pipeline (batch mode)
-    buffer = {},         -- key..'\0'..field -> row, while Redis is down
-    buffer_order = {},   -- insertion order of buffer keys
-    buffered = 0,        -- distinct buffered rows
-    lost = {},           -- policy domain..'\0'..day -> messages dropped by a full buffer
-    down_until = nil,
-    stats = { written = 0, buffered = 0, buffer_dropped = 0, errors = 0, flushes = 0 },
-  }, Collector)
-  return self
-end
-
-local function row_key(row, o)
-  local k = M.keys(o.prefix, row.policy_domain, row.day).rows .. '\0' .. row.field
-  -- A row whose write may have been applied (its reply was lost) keeps its
-  -- id and is never merged with others: resent under the same id it counts
-  -- at most once, whereas a merged count under that id would be lost.
-  if row.in_doubt and row.id then k = k .. '\0' .. row.id end
-  return k
-end
+-- Writing: the one writer of report rows (dmarc check, the tests and benchmarks; the rspamd
+-- plugin sends the same commands, M.commands, through lua_redis).
 
 --- Freeze a row for storage: day, field and encoded rua computed once.
 -- @param row {table} from build_rows (or already prepared: returned as is)
@@ -639,180 +583,54 @@ function M.prepare_row(row, id)
   }
 end
 
-function Collector:_buffer(row)
-  local k = row_key(row, self.o)
-  local b = self.buffer[k]
-  if b then
-    -- The same in-doubt write twice is one write.
-    if not row.in_doubt then b.count = b.count + row.count end
-  elseif self.buffered < self.o.buffer_max then
-    self.buffer[k] = { policy_domain = row.policy_domain, day = row.day, field = row.field,
-                       rua_enc = row.rua_enc, policy_enc = row.policy_enc, count = row.count,
-                       id = row.id, in_doubt = row.in_doubt }
-    self.buffer_order[#self.buffer_order + 1] = k
-    self.buffered = self.buffered + 1
-  else
-    -- Bounded memory: the row is lost, but counted, and the count reaches
-    -- the report as an <error> once Redis is back.
-    local lk = row.policy_domain .. '\0' .. row.day
-    self.lost[lk] = (self.lost[lk] or 0) + row.count
-    self.stats.buffer_dropped = self.stats.buffer_dropped + row.count
-    return
+--- Write rows through one connection in one pipeline, one command per row.
+-- @param conn {table} a dmarc.redis connection or dmarc.redis.cluster router (:pipeline)
+-- @param rows {table} an array of rows (build_rows or prepare_row)
+-- @param opts {table|nil} prefix, ttl, max_rows, seen_ttl (M.defaults)
+-- @return {table} what happened, always:
+--   invalid    {{row =, message =}} rows that must not be stored (never sent)
+--   commands   number of rows sent
+--   written    rows the server stored (or counted against the cap)
+--   failed, error   the pipeline failed (error: its message): nothing is known to be
+--              written, every row sent is in doubt (its id makes sending it again safe)
+--   refused, refused_why   rows the server refused (an error reply: sending again is
+--              refused again)
+--   unreached, unreached_why   rows of a Cluster node that could not be reached ('io: '
+--              error replies): like rows of a Redis that is down
+function M.write(conn, rows, opts)
+  local out = { invalid = {}, commands = 0, written = 0, refused = 0, unreached = {} }
+  local cmds, sent = {}, {}
+  for _, row in ipairs(rows) do
+    local c, cerr = M.commands(row, opts)
+    if c then
+      cmds[#cmds + 1] = c[1]
+      sent[#cmds] = row
+    else
+      out.invalid[#out.invalid + 1] = { row = row, message = cerr }
+    end
   end
-  self.stats.buffered = self.stats.buffered + row.count
-end
-
-function Collector:_get_conn()
-  if self.conn then return self.conn end
-  if not self.connect then return nil, 'no Redis connection configured', 'config' end
-  local conn, err, code = self.connect()
-  if not conn then return nil, err, code end
-  self.conn = conn
-  return conn
-end
-
-local function is_error_reply(r)
-  return type(r) == 'table' and (r.err ~= nil or r.error ~= nil) and r[1] == nil
-end
-
--- Send rows; the ones that could not be written come back.
-function Collector:_send(rows)
-  local conn, err, code = self:_get_conn()
-  if not conn then return rows, err, code end
-  local cmds = {}
-  local o = self.o
-  -- The same command as M.commands(), without re-validating options and
-  -- re-encoding rows the collector prepared already.
-  local max_rows, ttl = tostring(math.floor(o.max_rows)), tostring(math.floor(o.ttl))
-  for i, row in ipairs(rows) do
-    cmds[i] = row_eval(o.prefix, row, row.field, tostring(math.floor(row.count)), max_rows, ttl,
-                       self.seen_ttl)
-  end
-  local replies, perr, pcode = conn:pipeline(cmds)
+  out.commands = #cmds
+  if #cmds == 0 then return out end
+  local replies, perr = conn:pipeline(cmds)
   if not replies then
-    -- An I/O failure: the connection is dropped and reopened later. The
-    -- server may have applied some writes before the connection broke.
-    if conn.close and self.connect then pcall(conn.close, conn) end
-    if self.connect then self.conn = nil end
-    for _, row in ipairs(rows) do row.in_doubt = true end
-    return rows, perr, pcode or 'io'
+    out.failed, out.error = true, perr
+    return out
   end
-  local failed = {}
-  for i, row in ipairs(rows) do
-    if replies[i] == nil or is_error_reply(replies[i]) then
-      row.in_doubt = true
-      failed[#failed + 1] = row
-    end
-  end
-  self.stats.written = self.stats.written + (#rows - #failed)
-  if #failed > 0 then return failed, 'Redis refused some rows', 'redis' end
-  return {}
-end
-
-function Collector:_healthy()
-  return self.down_until == nil or self.clock() >= self.down_until
-end
-
-function Collector:_mark_down(err)
-  self.stats.errors = self.stats.errors + 1
-  self.down_until = self.clock() + self.o.retry_interval
-  self.log('warning', 'report rows buffered, Redis unavailable: ' .. tostring(err))
-end
-
--- Rows carrying the loss counts of a full buffer, attached to the next
--- write of the same domain and day (or written on their own).
-function Collector:_loss_rows()
-  local rows = {}
-  for lk, n in pairs(self.lost) do
-    local z = lk:find('\0', 1, true)
-    local pd, day = lk:sub(1, z - 1), lk:sub(z + 1)
-    rows[#rows + 1] = { policy_domain = pd, day = day, field = '', rua_enc = '', count = 0,
-                        lost = n, loss_key = lk }
-  end
-  return rows
-end
-
---- Flush the buffer (and pending batch) to Redis.
--- @return true, or nil, msg, code (rows stay buffered)
-function Collector:flush()
-  local rows = {}
-  for _, row in ipairs(self.pending) do rows[#rows + 1] = row end
-  self.pending = {}
-  local order = self.buffer_order
-  for _, k in ipairs(order) do rows[#rows + 1] = self.buffer[k] end
-  self.buffer, self.buffer_order, self.buffered = {}, {}, 0
-  if #rows == 0 and next(self.lost) == nil then return true end
-  self.stats.flushes = self.stats.flushes + 1
-  local step = self.o.pipeline_max
-  local i = 1
-  local err, code
-  while i <= #rows do
-    local chunk = {}
-    for j = i, math.min(i + step - 1, #rows) do chunk[#chunk + 1] = rows[j] end
-    local failed
-    failed, err, code = self:_send(chunk)
-    if #failed > 0 then
-      -- Keep everything not yet written, in order, and stop for now.
-      for _, row in ipairs(failed) do self:_buffer(row) end
-      for j = i + step, #rows do self:_buffer(rows[j]) end
-      self:_mark_down(err)
-      return nil, err, code
-    end
-    i = i + step
-  end
-  local loss = self:_loss_rows()
-  if #loss > 0 then
-    local conn = self:_get_conn()
-    local cmds = {}
-    for _, r in ipairs(loss) do
-      local k = M.keys(self.o.prefix, r.policy_domain, r.day)
-      cmds[#cmds + 1] = { 'HINCRBY', k.meta, 'lost_messages', tostring(r.lost) }
-    end
-    local replies = conn and conn:pipeline(cmds)
-    if replies then
-      for j, r in ipairs(loss) do
-        if not is_error_reply(replies[j]) then self.lost[r.loss_key] = nil end
+  for i = 1, #cmds do
+    -- An error reply is { err = ... } (dmarc.redis, dmarc.redis.cluster).
+    local r = replies[i]
+    if type(r) == 'table' and r.err then
+      if tostring(r.err):find('^io: ') then
+        out.unreached[#out.unreached + 1] = sent[i]
+        out.unreached_why = out.unreached_why or r.err
+      else
+        out.refused = out.refused + 1
+        out.refused_why = out.refused_why or r.err
       end
     end
   end
-  self.down_until = nil
-  return true
-end
-
---- Add one message's rows (an array from build_rows, or one row).
--- With batch = 1 this is one pipelined round trip; with batch = N rows wait
--- until N are pending (call flush() at the end, or on a timer).
--- @return true when written or queued, false, msg when buffered
-function Collector:add(rows)
-  if rows.policy_domain then rows = { rows } end
-  for _, row in ipairs(rows) do
-    if M.valid_domain(row.policy_domain) then
-      self.pending[#self.pending + 1] = M.prepare_row(row, self.next_id and self.next_id())
-    end
-  end
-  if not self:_healthy() then
-    for _, row in ipairs(self.pending) do self:_buffer(row) end
-    self.pending = {}
-    return false, 'buffered'
-  end
-  if #self.pending < self.o.batch and self.buffered == 0 then return true end
-  local ok, err = self:flush()
-  if not ok then return false, err end
-  return true
-end
-
---- Counters: written, buffered (messages that went through the buffer),
--- buffer_dropped (lost to a full buffer), errors, flushes, in_buffer.
-function Collector:counters()
-  local s = {}
-  for k, v in pairs(self.stats) do s[k] = v end
-  s.in_buffer = self.buffered
-  return s
-end
-
-function Collector:close()
-  if self.conn and self.conn.close then pcall(self.conn.close, self.conn) end
-  self.conn = nil
+  out.written = #cmds - out.refused - #out.unreached
+  return out
 end
 
 -- ---------------------------------------------------------------------------
