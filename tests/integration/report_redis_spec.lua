@@ -4,6 +4,7 @@
 -- output validated against the RFC 9990 and RFC 7489 schemas [AGG-9].
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
+local socket = require 'socket'
 local dmarc = require 'dmarc'
 local report = require 'dmarc.report.rows'
 local xml = require 'dmarc.report.xml'
@@ -122,6 +123,7 @@ describe('report rows in Redis', function()
         for _, r in ipairs(rows) do all[#all + 1] = r end
         local res = conn and report.write(conn, all)
         if res and not res.failed then
+          assert.equal(0, res.refused)
           sp:finish(claims, true)
         else
           if conn then
@@ -139,6 +141,17 @@ describe('report rows in Redis', function()
     write(50)
     assert.is_true(sp:count() > 0)
     pid = h.start_redis(PORT, dir .. '/redis')
+    -- Listening is not ready: while it loads the append-only file, Redis refuses commands
+    -- (LOADING), and the writer does not send refused rows again.
+    local ready = false
+    for _ = 1, 100 do
+      local c = connect()
+      ready = c and c:command('PING') ~= nil
+      if c then c:close() end
+      if ready then break end
+      socket.sleep(0.05)
+    end
+    assert.is_true(ready)
     write(50)
     assert.equal(0, sp:count())
     if conn then conn:close() end
@@ -153,6 +166,7 @@ describe('report rows in Redis', function()
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/lua5.4/?.so;' .. package.cpath
 local redis = require 'dmarc.redis'
+local socket = require 'socket'
 local report = require 'dmarc.report.rows'
 local conn = assert(redis.connect { host = '127.0.0.1', port = ]] .. PORT .. [[, timeout = 1 })
 local rec = { p = 'none', rua = { { uri = 'mailto:agg@example.com' } } }
