@@ -48,25 +48,73 @@ check-valgrind: $(C_TESTS)
 	@for t in $(C_TESTS); do $(RUN_SUITE) vg-$$(basename $$t) -- valgrind -q --error-exitcode=99 \
 	    --leak-check=full --errors-for-leak-kinds=definite,indirect $$t || fail=1; done; exit $${fail:-0}
 
-# Fuzz targets are libFuzzer harnesses (clang); `make check` replays their seed corpora
-# through a plain driver (tests/fuzz/replay.c), under the sanitizers.
-FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+# Fuzz targets are libFuzzer harnesses (clang): tests/fuzz/fuzz_<name>.c for a C parser,
+# tests/fuzz/lua/<name>.lua for a Lua one (run by tests/fuzz/fuzz_lua.c, which embeds Lua and
+# links the four C modules in). `make check` replays every seed corpus tests/fuzz/corpus/<name>/
+# through a plain driver (tests/fuzz/replay.c), under the sanitizers; tests/fuzz/check-targets
+# fails when a parser of untrusted input has no target. `make fuzz` builds the libFuzzer
+# binaries into build/fuzz, `make fuzz-long` runs each target FUZZ_SECONDS on one core.
+FUZZ_SRCS := $(filter-out tests/fuzz/fuzz_lua.c,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_LUA_TARGETS := $(filter-out common,$(basename $(notdir $(wildcard tests/fuzz/lua/*.lua))))
+FUZZ_ADAPTERS := core/adapters
+# Per-target extras: the adapters a harness needs besides the core (dns_answer compiles
+# dns_ldns.c in itself, to reach its file-local reply parser).
+FUZZ_EXTRA_zone       := $(FUZZ_ADAPTERS)/zone.c $(FUZZ_ADAPTERS)/dns.c
+FUZZ_EXTRA_dns_answer := $(FUZZ_ADAPTERS)/dns.c
+FUZZ_LIBS_dns_answer := -lldns
+FUZZ_LUA_CSRCS = $(foreach m,$(LUA_CMODULES),$(MOD_$(m)_SRCS)) $(MOD_io_ADAPTERS)
+FUZZ_LUA_LIBS  = $(shell $(PKG_CONFIG) --libs lua5.4) $(foreach m,$(LUA_CMODULES),$(MOD_$(m)_LIBS)) -lm
+FUZZ_LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags lua5.4) $(MOD_xml_CFLAGS) -I$(FUZZ_ADAPTERS)
+
 check-fuzz:
 	@$(MAKE) --no-print-directory SANITIZE=address,undefined BUILD=build/san fuzz-replay
+	@$(RUN_SUITE) fuzz-targets -- tests/fuzz/check-targets
 
-fuzz-replay: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz-replay/%,$(FUZZ_SRCS))
-	@for t in $^; do n=$$(basename $$t); $(RUN_SUITE) fuzz-$$n -- $$t tests/fuzz/corpus/$${n#fuzz_} || fail=1; done; exit $${fail:-0}
+fuzz-replay: $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz-replay/%,$(FUZZ_SRCS)) $(BUILD)/fuzz-replay/fuzz_lua
+	@for t in $(filter-out %/fuzz_lua,$^); do n=$$(basename $$t); \
+	  $(RUN_SUITE) fuzz-$$n -- $$t tests/fuzz/corpus/$${n#fuzz_} || fail=1; done; \
+	for n in $(FUZZ_LUA_TARGETS); do ASAN_OPTIONS=detect_leaks=0 DMARC_FUZZ_TARGET=$$n \
+	  $(RUN_SUITE) fuzz-lua-$$n -- $(BUILD)/fuzz-replay/fuzz_lua tests/fuzz/corpus/$$n || fail=1; \
+	done; exit $${fail:-0}
 
 $(BUILD)/fuzz-replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB_A) $(CORE_LIBS) $(DMARC_LDFLAGS)
+	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) -I$(FUZZ_ADAPTERS) $(CFLAGS) -o $@ $< tests/fuzz/replay.c \
+	    $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_EXTRA_$(*:fuzz_%=%))) $(LIB_A) $(CORE_LIBS) \
+	    $(FUZZ_LIBS_$(*:fuzz_%=%)) \
+	    $(DMARC_LDFLAGS)
 
-fuzz:
-	@mkdir -p build/fuzz
-	for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); \
-	  clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -Icore/include -Icore/src $(IDN_CFLAGS) \
-	    $(PSL_CFLAGS) -o build/fuzz/$$n $$f $(CORE_SRCS) $(CORE_LIBS) || exit 1; done
-	@echo "run e.g.: build/fuzz/fuzz_record -max_total_time=60 tests/fuzz/corpus/record"
+$(BUILD)/fuzz-replay/fuzz_zone $(BUILD)/fuzz-replay/fuzz_dns_answer: \
+    $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_EXTRA_zone))
+
+# The Lua driver links the modules' objects of the lua5.4 build (same flags as the .so files).
+$(BUILD)/fuzz-replay/fuzz_lua: tests/fuzz/fuzz_lua.c tests/fuzz/replay.c $(LUA_TARGETS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(FUZZ_LUA_CFLAGS) $(CFLAGS) -o $@ $< tests/fuzz/replay.c \
+	    $(patsubst lua/%.c,$(BUILD)/lua5.4/obj/%.o,$(filter lua/%,$(FUZZ_LUA_CSRCS))) \
+	    $(patsubst %.c,$(BUILD)/obj/%.o,$(MOD_io_ADAPTERS)) $(CORE_OBJS) $(FUZZ_LUA_LIBS) \
+	    $(DMARC_LDFLAGS) -Wl,-E
+
+FUZZ_CC    ?= clang-14
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+              -Icore/include -Icore/src -I$(FUZZ_ADAPTERS) $(IDN_CFLAGS) $(PSL_CFLAGS)
+fuzz: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS)) build/fuzz/fuzz_lua
+	@echo "run e.g.: make fuzz-long FUZZ_SECONDS=60 [FUZZ_TARGETS='record xml']"
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRCS) $(FUZZ_EXTRA_zone)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRCS) $(FUZZ_EXTRA_$*) $(CORE_LIBS) $(FUZZ_LIBS_$*)
+
+build/fuzz/fuzz_lua: tests/fuzz/fuzz_lua.c $(FUZZ_LUA_CSRCS) $(CORE_SRCS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DFUZZ_LUA_COVERAGE $(FUZZ_LUA_CFLAGS) -o $@ $< $(FUZZ_LUA_CSRCS) \
+	    $(CORE_SRCS) $(FUZZ_LUA_LIBS) -Wl,-E
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRCS)) $(FUZZ_LUA_TARGETS)
+.PHONY: fuzz-long
+fuzz-long: fuzz
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/fuzz-long $(FUZZ_TARGETS)
 
 check-lua: lua
 	@for r in $(BUSTED_RUNTIMES); do $(RUN_SUITE) busted-$$r -- env DMARC_BUILD=$(BUILD)/$$r \

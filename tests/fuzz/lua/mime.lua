@@ -1,0 +1,16 @@
+-- Fuzz target: the MIME walker of report e-mails (dmarc.ingest.mime_attachments) on its own,
+-- with the base64 and quoted-printable decoders it calls.
+local ingest = require 'dmarc.ingest'
+local c = require 'common'
+
+return function(data)
+  local parts, err, code = ingest.mime_attachments(data)
+  if not parts then
+    c.check_fail('mime_attachments', parts, err, code)
+  else
+    c.check(#parts <= ingest.limits.max_attachments, 'attachment count bound')
+    for _, p in ipairs(parts) do c.check(type(p.data) == 'string', 'part data') end
+  end
+  c.check(type(ingest.base64_decode(data)) ~= 'table', 'base64 result')
+  c.check(type(ingest.qp_decode(data)) == 'string', 'qp result')
+end
