@@ -56,7 +56,7 @@ check-valgrind: $(C_TESTS)
 # binaries into build/fuzz, `make fuzz-long` runs each target FUZZ_SECONDS on one core.
 FUZZ_SRCS := $(filter-out tests/fuzz/fuzz_lua.c,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
 FUZZ_LUA_TARGETS := $(filter-out common,$(basename $(notdir $(wildcard tests/fuzz/lua/*.lua))))
-FUZZ_ADAPTERS := core/adapters
+FUZZ_ADAPTERS := adapters/src
 # Per-target extras: the adapters a harness needs besides the core (dns_answer compiles
 # dns_ldns.c in itself, to reach its file-local reply parser).
 FUZZ_EXTRA_zone       := $(FUZZ_ADAPTERS)/zone.c $(FUZZ_ADAPTERS)/dns.c
@@ -91,13 +91,13 @@ $(BUILD)/fuzz-replay/fuzz_zone $(BUILD)/fuzz-replay/fuzz_dns_answer: \
 $(BUILD)/fuzz-replay/fuzz_lua: tests/fuzz/fuzz_lua.c tests/fuzz/replay.c $(LUA_TARGETS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(DMARC_CFLAGS) $(FUZZ_LUA_CFLAGS) $(CFLAGS) -o $@ $< tests/fuzz/replay.c \
-	    $(patsubst lua/%.c,$(BUILD)/lua5.4/obj/%.o,$(filter lua/%,$(FUZZ_LUA_CSRCS))) \
+	    $(patsubst bindings/%.c,$(BUILD)/lua5.4/obj/%.o,$(filter bindings/%,$(FUZZ_LUA_CSRCS))) \
 	    $(patsubst %.c,$(BUILD)/obj/%.o,$(MOD_io_ADAPTERS)) $(CORE_OBJS) $(FUZZ_LUA_LIBS) \
 	    $(DMARC_LDFLAGS) -Wl,-E
 
 FUZZ_CC    ?= clang-14
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-              -Icore/include -Icore/src -I$(FUZZ_ADAPTERS) $(IDN_CFLAGS) $(PSL_CFLAGS)
+              -Icore/include -Icore/src -Iadapters/include -I$(FUZZ_ADAPTERS) $(IDN_CFLAGS) $(PSL_CFLAGS)
 fuzz: $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS)) build/fuzz/fuzz_lua
 	@echo "run e.g.: make fuzz-long FUZZ_SECONDS=60 [FUZZ_TARGETS='record xml']"
 
