@@ -66,6 +66,15 @@
 #define LDMARC_XML_CHUNK 65536
 #define LDMARC_XML_ARENA_BLOCK 65536
 #define LDMARC_XML_ERRMSG 256
+/* Attributes on one element (a report's root has three: xmlns, xmlns:xsi and
+** xsi:schemaLocation). libxml2 compares every attribute of a start tag with every earlier one,
+** so an element with n attributes costs n^2: 300,000 of them on one element (3.5 MB) take
+** minutes. They are counted before libxml2 reads a byte, and counted again in the SAX
+** callback. */
+#define LDMARC_XML_DEFAULT_MAX_ATTRIBUTES 64
+#define LDMARC_XML_HARD_MAX_ATTRIBUTES 4096
+/* Code units of the document read to find the XML declaration's encoding. */
+#define LDMARC_XML_DECL_UNITS 256
 
 /* Decompression: output cap, ratio cap, and the output size under which the ratio is not
 ** judged (a tiny report can compress very well). */
@@ -196,7 +205,7 @@ typedef struct parse_state {
     xnode *root;
     char *root_ns; /* the root element's namespace URI, NULL for none */
     size_t elements, skipped, truncated, duplicates;
-    size_t max_depth, max_elements, max_text;
+    size_t max_depth, max_elements, max_text, max_attributes;
     const char *err_code; /* set once; the parse stops */
     char err_msg[LDMARC_XML_ERRMSG];
     int nomem;
@@ -280,10 +289,15 @@ static void sax_start(void *ctx, const xmlChar *localname, const xmlChar *prefix
     (void)prefix;
     (void)nb_namespaces;
     (void)namespaces;
-    (void)nb_attributes;
     (void)nb_defaulted;
     (void)attributes;
     if (st->err_code != NULL) {
+        return;
+    }
+    /* The pre-scan (attribute_scan) refuses such a document before libxml2 reads it; this
+    ** holds the bound should the two ever disagree on where a start tag ends. */
+    if ((size_t)nb_attributes + (size_t)nb_namespaces > st->max_attributes) {
+        state_fail(st, "limit", "too many attributes on one element (max_attributes)");
         return;
     }
     if (++st->elements > st->max_elements) {
@@ -589,6 +603,258 @@ static void read_array_pairs(lua_State *L, int opts, parse_state *st)
     lua_pop(L, 1);
 }
 
+
+/*
+** {======================================================================
+** Attribute pre-scan
+** =======================================================================
+*/
+
+/* How the document's characters are laid out: code units of 1, 2 or 4 bytes, and their
+** byte order. ASCII characters are exactly the units below 0x80. */
+typedef struct unit_reader {
+    const unsigned char *p;
+    size_t len, width;
+    int big_endian;
+} unit_reader;
+
+static uint32_t unit_at(const unit_reader *r, size_t i)
+{
+    const unsigned char *u = r->p + i * r->width;
+    switch (r->width) {
+    case 2:
+        return r->big_endian ? ((uint32_t)u[0] << 8 | u[1]) : ((uint32_t)u[1] << 8 | u[0]);
+    case 4:
+        return r->big_endian ? ((uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 |
+                                (uint32_t)u[2] << 8 | u[3])
+                             : ((uint32_t)u[3] << 24 | (uint32_t)u[2] << 16 |
+                                (uint32_t)u[1] << 8 | u[0]);
+    default:
+        return u[0];
+    }
+}
+
+static int ascii_ieq_prefix(const char *s, size_t len, const char *prefix)
+{
+    size_t i, n = strlen(prefix);
+    if (len < n) {
+        return 0;
+    }
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (char)(c + 32);
+        }
+        if (c != prefix[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* An encoding whose ASCII characters are the bytes (or units) below 0x80 and whose other
+** characters never use such bytes: the pre-scan reads those exactly. */
+static int encoding_scannable(const char *name, size_t len)
+{
+    static const char *const prefixes[] = {"utf-8", "utf8",  "us-ascii", "ascii",   "iso-8859-",
+                                           "iso8859", "latin", "windows-125", "cp125", "utf-16",
+                                           "utf16", "ucs-4", "ucs4", "utf-32", NULL};
+    size_t i;
+    for (i = 0; prefixes[i] != NULL; i++) {
+        if (ascii_ieq_prefix(name, len, prefixes[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The code-unit layout libxml2 will read @data with (XML 1.0 Appendix F: byte order mark or
+** the first characters); 0 when it is one the scan cannot follow (EBCDIC, odd UCS-4 orders,
+** or a declared encoding outside encoding_scannable), with @msg set. */
+static int unit_layout(const unsigned char *data, size_t len, unit_reader *r, char *msg,
+                       size_t msgsz)
+{
+    xmlCharEncoding enc = len >= 4 ? xmlDetectCharEncoding(data, 4) : XML_CHAR_ENCODING_NONE;
+    char decl[LDMARC_XML_DECL_UNITS + 1];
+    size_t i, n = 0, start = 0;
+    const char *e;
+
+    r->p = data;
+    r->len = len;
+    r->width = 1;
+    r->big_endian = 0;
+    switch (enc) {
+    case XML_CHAR_ENCODING_UTF16LE:
+        r->width = 2;
+        break;
+    case XML_CHAR_ENCODING_UTF16BE:
+        r->width = 2;
+        r->big_endian = 1;
+        break;
+    case XML_CHAR_ENCODING_UCS4LE:
+        r->width = 4;
+        break;
+    case XML_CHAR_ENCODING_UCS4BE:
+        r->width = 4;
+        r->big_endian = 1;
+        break;
+    case XML_CHAR_ENCODING_NONE:
+    case XML_CHAR_ENCODING_UTF8:
+        break;
+    default:
+        snprintf(msg, msgsz, "document encoding not read (EBCDIC or an unusual UCS-4 order)");
+        return 0;
+    }
+    r->len = len / r->width;
+    /* The declaration, in ASCII: <?xml version="1.0" encoding="NAME"?>. */
+    if (r->len > 0 && unit_at(r, 0) == 0xFEFF) {
+        start = 1;
+    }
+    for (i = start; i < r->len && n < LDMARC_XML_DECL_UNITS; i++) {
+        uint32_t u = unit_at(r, i);
+        if (u == 0 || u >= 0x80) {
+            break;
+        }
+        decl[n++] = (char)u;
+        if (u == '>') {
+            break;
+        }
+    }
+    decl[n] = '\0';
+    if (n < 5 || memcmp(decl, "<?xml", 5) != 0) {
+        return 1;
+    }
+    e = strstr(decl, "encoding");
+    if (e != NULL) {
+        const char *q;
+        size_t elen;
+        e += 8;
+        while (*e == ' ' || *e == '\t' || *e == '\r' || *e == '\n') {
+            e++;
+        }
+        if (*e != '=') {
+            return 1;
+        }
+        e++;
+        while (*e == ' ' || *e == '\t' || *e == '\r' || *e == '\n') {
+            e++;
+        }
+        if (*e != '"' && *e != '\'') {
+            return 1;
+        }
+        q = strchr(e + 1, *e);
+        elen = q != NULL ? (size_t)(q - e - 1) : strlen(e + 1);
+        if (!encoding_scannable(e + 1, elen)) {
+            snprintf(msg, msgsz, "document encoding %.*s not read (UTF-8, UTF-16, ISO-8859, "
+                                 "windows-125x)",
+                     (int)(elen > 40 ? 40 : elen), e + 1);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* States of the scan over code units. */
+enum { SCAN_TEXT, SCAN_LT, SCAN_TAG, SCAN_QUOTE, SCAN_COMMENT, SCAN_PI, SCAN_CDATA, SCAN_DECL };
+
+static int unit_match(const unit_reader *r, size_t i, const char *s)
+{
+    size_t k;
+    for (k = 0; s[k] != '\0'; k++) {
+        if (i + k >= r->len || unit_at(r, i + k) != (unsigned char)s[k]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Counts the attributes (each one has an '=' outside quotes, XML 1.0 §3.1) of every start
+** tag, skipping comments, PIs, CDATA sections and declarations as XML 1.0 §2.5-2.8 delimit
+** them. Returns 1 when every element has at most @max, else 0 with @msg naming the bound and
+** the byte where the scan stopped: the work is linear, and stops at the bound. */
+static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t msgsz)
+{
+    size_t i, count = 0;
+    uint32_t quote = 0;
+    int state = SCAN_TEXT;
+    for (i = 0; i < r->len; i++) {
+        uint32_t u = unit_at(r, i);
+        switch (state) {
+        case SCAN_TEXT:
+            if (u == '<') {
+                state = SCAN_LT;
+            }
+            break;
+        case SCAN_LT:
+            if (u == '!' && unit_match(r, i, "!--")) {
+                state = SCAN_COMMENT;
+                i += 2;
+            } else if (u == '!' && unit_match(r, i, "![CDATA[")) {
+                state = SCAN_CDATA;
+                i += 7;
+            } else if (u == '!') {
+                state = SCAN_DECL;
+            } else if (u == '?') {
+                state = SCAN_PI;
+            } else {
+                /* A start or end tag: an end tag has no '=' outside quotes. */
+                state = SCAN_TAG;
+                count = 0;
+                i--;
+            }
+            break;
+        case SCAN_TAG:
+            if (u == '"' || u == '\'') {
+                quote = u;
+                state = SCAN_QUOTE;
+            } else if (u == '=') {
+                if (++count > max) {
+                    snprintf(msg, msgsz,
+                             "more than %zu attributes on one element (max_attributes); "
+                             "stopped at byte %zu",
+                             max, (i + 1) * r->width);
+                    return 0;
+                }
+            } else if (u == '>') {
+                state = SCAN_TEXT;
+            } else if (u == '<') {
+                state = SCAN_LT;
+            }
+            break;
+        case SCAN_QUOTE:
+            if (u == quote) {
+                state = SCAN_TAG;
+            }
+            break;
+        case SCAN_COMMENT:
+            if (u == '-' && unit_match(r, i, "-->")) {
+                state = SCAN_TEXT;
+                i += 2;
+            }
+            break;
+        case SCAN_PI:
+            if (u == '?' && unit_match(r, i, "?>")) {
+                state = SCAN_TEXT;
+                i += 1;
+            }
+            break;
+        case SCAN_CDATA:
+            if (u == ']' && unit_match(r, i, "]]>")) {
+                state = SCAN_TEXT;
+                i += 2;
+            }
+            break;
+        default: /* SCAN_DECL: a DOCTYPE, which the parse refuses anyway */
+            if (u == '>') {
+                state = SCAN_TEXT;
+            }
+            break;
+        }
+    }
+    return 1;
+}
+/* }====================================================================== */
+
 /***
 ** @function xml.parse(data [, opts])
 ** Parses one XML document into a tree: an element with children is a table keyed by local
@@ -596,6 +862,7 @@ static void read_array_pairs(lua_State *L, int opts, parse_state *st)
 ** trimmed text. Attributes are ignored.
 ** @param {string} data the document
 ** @param {table} opts max_input (bytes), max_depth, max_elements, max_text (bytes per text),
+**   max_attributes (on one element, default 64),
 **   arrays ({"parent/child", ...}: those children go in arrays, in document order)
 ** @return {table} tree, {table} info (root, ns, elements, skipped, truncated, duplicates);
 **   or nil, message, code ('xml' | 'dtd' | 'limit')
@@ -622,9 +889,21 @@ static int ldmarc_xml_parse(lua_State *L)
     st->max_elements =
         opt_size(L, 2, "max_elements", LDMARC_XML_DEFAULT_MAX_ELEMENTS, 1, (size_t)INT_MAX);
     st->max_text = opt_size(L, 2, "max_text", LDMARC_XML_DEFAULT_MAX_TEXT, 1, (size_t)INT_MAX);
+    st->max_attributes = opt_size(L, 2, "max_attributes", LDMARC_XML_DEFAULT_MAX_ATTRIBUTES, 1,
+                                  LDMARC_XML_HARD_MAX_ATTRIBUTES);
     read_array_pairs(L, 2, st);
     if (len > max_input) {
         return ldmarc_fail(L, "document larger than max_input", "limit");
+    }
+    {
+        unit_reader r;
+        char msg[LDMARC_XML_ERRMSG];
+        if (!unit_layout((const unsigned char *)data, len, &r, msg, sizeof msg)) {
+            return push_failure(L, msg, "xml");
+        }
+        if (!attribute_scan(&r, st->max_attributes, msg, sizeof msg)) {
+            return push_failure(L, msg, "limit");
+        }
     }
 
     memset(&sax, 0, sizeof(sax));

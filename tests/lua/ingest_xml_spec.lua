@@ -108,6 +108,49 @@ describe('dmarc.xml.parse', function()
     assert.is_table(x.parse(doc, { max_elements = 101 }))
   end)
 
+  it('refuses an attribute bomb at the bound, before libxml2 reads it', function()
+    -- 300,000 attributes on one element (3.5 MB): libxml2 compares each attribute with every
+    -- earlier one, so reading them all is quadratic. The scan stops at the 65th.
+    local attrs = {}
+    for i = 1, 300000 do attrs[i] = string.format('a%d="xy"', i) end
+    local bomb = '<feedback ' .. table.concat(attrs, ' ') .. '><version>1.0</version></feedback>'
+    assert.is_true(#bomb > 3.5e6)
+    local tree, msg, code = x.parse(bomb)
+    assert.is_nil(tree)
+    assert.equal('limit', code)
+    assert.matches('more than 64 attributes on one element %(max_attributes%)', msg)
+    -- Where it stopped: right after attribute 65, not at the end of the 3.5 MB.
+    local at = tonumber(msg:match('stopped at byte (%d+)'))
+    assert.equal(#('<feedback ' .. table.concat(attrs, ' ', 1, 64) .. ' a65='), at)
+    -- The same bound in UTF-16 (counted in code units), and the option moves it.
+    local few = '<r ' .. table.concat(attrs, ' ', 1, 10) .. '/>'
+    assert.is_table(x.parse(few))
+    assert.equal('limit', select(3, x.parse(few, { max_attributes = 9 })))
+    local utf16 = '\255\254' .. few:gsub('.', '%0\0')
+    assert.is_table(x.parse(utf16))
+    assert.equal('limit', select(3, x.parse(utf16, { max_attributes = 9 })))
+  end)
+
+  it('counts attributes the way XML delimits tags: quotes, comments, CDATA, PIs', function()
+    local ten = {}
+    for i = 1, 10 do ten[i] = string.format('a%d="="', i) end
+    local tag = '<r ' .. table.concat(ten, ' ') .. '>'
+    -- '=' inside values, comments, CDATA and PIs is no attribute.
+    local doc = '<?xml version="1.0"?><?pi a=b c=d?><!-- <x a=1 b=2 c=3 " -->' .. tag
+                .. '<![CDATA[ <y a=1 b=2 "> ]]></r>'
+    assert.is_table(x.parse(doc, { max_attributes = 10 }))
+    assert.equal('limit', select(3, x.parse(doc, { max_attributes = 9 })))
+  end)
+
+  it('refuses encodings whose markup the attribute count cannot read', function()
+    local doc = '<?xml version="1.0" encoding="UTF-7"?><a/>'
+    local tree, msg, code = x.parse(doc)
+    assert.is_nil(tree)
+    assert.equal('xml', code)
+    assert.matches('encoding UTF%-7 not read', msg)
+    assert.is_table(x.parse('<?xml version="1.0" encoding="ISO-8859-1"?><a>\233</a>'))
+  end)
+
   it('cuts long text and counts it', function()
     local tree, info = x.parse('<a><b>' .. string.rep('z', 100) .. '</b></a>', { max_text = 10 })
     assert.equal(string.rep('z', 10), tree.b)
