@@ -1,8 +1,8 @@
--- Fuzz target: Authentication-Results and ARC parsing (dmarc.auth): parse_ar on every A-R and
+-- Fuzz target: Authentication-Results and ARC parsing (dmarc.receive.auth): parse_ar on every A-R and
 -- ARC-Authentication-Results field of a message, the ARC sealers and the trusted-A-R verdict;
 -- an input that is not a message is parsed as one A-R value.
-local message = require 'dmarc.message'
-local auth = require 'dmarc.auth'
+local message = require 'dmarc.receive.message'
+local auth = require 'dmarc.receive.auth'
 local c = require 'common'
 
 local RESULTS = { pass = true, fail = true, none = true, neutral = true, policy = true,

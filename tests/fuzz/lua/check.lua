@@ -1,7 +1,7 @@
--- Fuzz target: the whole-message path of `dmarc check` (dmarc.auth.check): header walk, DKIM
+-- Fuzz target: the whole-message path of `dmarc check` (dmarc.receive.auth.check): header walk, DKIM
 -- (libopendkim reads every DKIM-Signature tag-list, the adapter copies d=, s=, h=, b=), the
 -- trusted-A-R ARC path, From parsing and DMARC evaluation, answered from a fixed zone.
-local auth = require 'dmarc.auth'
+local auth = require 'dmarc.receive.auth'
 local dio = require 'dmarc.io'
 local c = require 'common'
 

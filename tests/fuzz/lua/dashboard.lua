@@ -1,14 +1,14 @@
--- Fuzz target: the dashboard server's HTTP request parsing (dmarc.dashboard.parse_request,
+-- Fuzz target: the dashboard server's HTTP request parsing (dmarc.owner.dashboard.parse_request,
 -- parse_target, host_allowed) and the handler over a fixed data source, as a client on the
 -- listening socket drives them.
-local dashboard = require 'dmarc.dashboard'
+local dashboard = require 'dmarc.owner.dashboard'
 local c = require 'common'
 
 local STATUS = { [200] = true, [204] = true, [400] = true, [404] = true, [405] = true,
                  [431] = true, [503] = true }
 
-local ingest = require 'dmarc.ingest'
-local summary = require 'dmarc.summary'
+local ingest = require 'dmarc.owner.ingest'
+local summary = require 'dmarc.owner.summary'
 
 -- The rows of the bundled RFC 9990 report fixture, as the Redis source would load them.
 local function data_of(domain, days, until_time)

@@ -1,6 +1,6 @@
--- Fuzz target: the header reader of the failure-report builder (dmarc.failure.parse_headers),
+-- Fuzz target: the header reader of the failure-report builder (dmarc.report.failure.parse_headers),
 -- which reads the failed message's header block, and the redaction of its addresses.
-local failure = require 'dmarc.failure'
+local failure = require 'dmarc.report.failure'
 local c = require 'common'
 
 return function(data)

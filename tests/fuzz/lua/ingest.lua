@@ -1,7 +1,7 @@
 -- Fuzz target: a received aggregate report end to end as `dmarc report ingest` reads it
--- (dmarc.ingest.extract: sniffing, the MIME walker of report e-mails, base64 / quoted-printable,
+-- (dmarc.owner.ingest.extract: sniffing, the MIME walker of report e-mails, base64 / quoted-printable,
 -- gzip and zip readers; then the XML SAX parse and normalisation of every document).
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 local c = require 'common'
 
 local OPTS = { max_xml = 4 * 1024 * 1024 }

@@ -1,7 +1,7 @@
--- Fuzz target: the header-field walker (dmarc.message.parse; the C walk in dmarc.io and the
+-- Fuzz target: the header-field walker (dmarc.receive.message.parse; the C walk in dmarc.io and the
 -- Lua walk, which must agree byte for byte) and the structured-header helpers run on every
 -- field (unfold, strip_comments, unquote, parse_tags: DKIM-Signature / ARC tag-lists).
-local message = require 'dmarc.message'
+local message = require 'dmarc.receive.message'
 local c = require 'common'
 
 local function walk(data, walker)

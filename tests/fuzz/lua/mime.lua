@@ -1,6 +1,6 @@
--- Fuzz target: the MIME walker of report e-mails (dmarc.ingest.mime_attachments) on its own,
+-- Fuzz target: the MIME walker of report e-mails (dmarc.owner.ingest.mime_attachments) on its own,
 -- with the base64 and quoted-printable decoders it calls.
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 local c = require 'common'
 
 return function(data)

@@ -1,6 +1,6 @@
 -- Fuzz target: the report XML SAX parse (dmarc.xml.parse, libxml2 push parser into the small
 -- element tree) with the options ingest uses, then ingest's normalisation of the tree.
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 local c = require 'common'
 
 return function(data)
