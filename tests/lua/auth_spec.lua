@@ -356,6 +356,14 @@ describe('dmarc.receive.message', function()
     assert.equal('a   b "x(y)"', message.strip_comments('a (c (nested)) b "x(y)"'))
     assert.equal('syntax', select(3, message.strip_comments('a (open')))
   end)
+
+  it('trims a field with a long run of blanks inside in one pass (was quadratic)', function()
+    local inner = 'a' .. string.rep(' \t', 30000) .. 'b'
+    assert.equal(inner, message.unfold('  ' .. inner .. ' \t '))
+    assert.equal('', message.unfold(string.rep(' ', 60000)))
+    local tags = assert(message.parse_tags('x=1;' .. string.rep(' ', 60000) .. ' ; y=2'))
+    assert.same({ x = '1', y = '2' }, tags)
+  end)
 end)
 
 describe('dmarc.receive.auth', function()

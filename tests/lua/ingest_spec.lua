@@ -120,6 +120,15 @@ describe('ingest: unwrapping', function()
     assert.equal('gzip', ingest.sniff(parts[1].data))
   end)
 
+  it('reads MIME header values with a long run of blanks in one pass (was quadratic)', function()
+    local msg = 'Content-Type: multipart/mixed;' .. string.rep(' ', 100000) .. 'boundary=b  \r\n'
+                .. 'Subject: x' .. string.rep(' ', 100000) .. 'y\r\n\r\n'
+                .. '--b\r\nContent-Type: text/xml\r\n\r\n<feedback/>\r\n--b--\r\n'
+    local parts = assert(ingest.mime_attachments(msg))
+    assert.equal(1, #parts)
+    assert.equal('text/xml', parts[1].content_type)
+  end)
+
   it('finds an XML attachment in quoted-printable and a forwarded report', function()
     local docs = assert(ingest.extract(read('report-qp.eml')))
     -- The text part travels with CRLF line ends (RFC 2045 canonical form).

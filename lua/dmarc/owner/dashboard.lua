@@ -702,8 +702,10 @@ function M.parse_request(head)
   for hl in rest:gmatch('([^\r\n]+)') do
     n = n + 1
     if n > M.limits.max_headers then return nil, 431 end
-    local k, v = hl:match('^([%w%-]+):%s*(.-)%s*$')
+    -- Value trimmed by anchored greedy matches: linear in the line, whatever its blanks.
+    local k, v = hl:match('^([%w%-]+):%s*(.*)$')
     if not k then return nil, 400 end
+    v = v:match('^.*%S') or ''
     headers[k:lower()] = v
   end
   if target:sub(1, 1) ~= '/' then return nil, 400 end

@@ -211,8 +211,11 @@ local function parse_headers(block)
   for line in block:gmatch('[^\r\n]+') do
     lines = lines + 1
     if lines > M.limits.max_header_lines then break end
-    local name, value = line:match('^([!-9;-~]+):%s*(.-)%s*$')
+    -- '(.-)%s*$' would be quadratic in a long run of blanks inside the value: the value is
+    -- taken whole, then cut after its last non-blank by one anchored greedy match.
+    local name, value = line:match('^([!-9;-~]+):%s*(.*)$')
     if name then
+      value = value:match('^.*%S') or ''
       name = name:lower()
       if h[name] == nil then h[name] = value end
     end

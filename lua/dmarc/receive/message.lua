@@ -217,7 +217,10 @@ end
 
 --- A value with its folding removed (RFC 5322 §2.2.3) and outer whitespace trimmed.
 function M.unfold(value)
-  return (value:gsub('\r?\n([ \t])', '%1'):gsub('^[ \t]+', ''):gsub('[ \t]+$', ''))
+  -- Trailing whitespace goes with one anchored greedy match: gsub('[ \t]+$', '') would retry
+  -- from every blank of a long inner run (quadratic on a 64 KB field of spaces).
+  value = value:gsub('\r?\n([ \t])', '%1'):gsub('^[ \t]+', '')
+  return value:match('^.*[^ \t]') or ''
 end
 
 --- Remove CFWS comments (RFC 5322 §3.2.2) from a structured value, keeping quoted strings
@@ -277,7 +280,8 @@ function M.parse_tags(value)
   local tags = {}
   local count = 0
   for item in (value .. ';'):gmatch('([^;]*);') do
-    local trimmed = item:gsub('^[ \t\r\n]+', ''):gsub('[ \t\r\n]+$', '')
+    -- (Trimmed by anchored matches, linear whatever the blanks inside; see unfold.)
+    local trimmed = item:gsub('^[ \t\r\n]+', ''):match('^.*[^ \t\r\n]') or ''
     if trimmed ~= '' then
       count = count + 1
       if count > M.MAX_TAGS then return fail('more than ' .. M.MAX_TAGS .. ' tags', 'syntax') end
