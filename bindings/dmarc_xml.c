@@ -603,7 +603,6 @@ static void read_array_pairs(lua_State *L, int opts, parse_state *st)
     lua_pop(L, 1);
 }
 
-
 /*
 ** {======================================================================
 ** Attribute pre-scan
@@ -625,10 +624,9 @@ static uint32_t unit_at(const unit_reader *r, size_t i)
     case 2:
         return r->big_endian ? ((uint32_t)u[0] << 8 | u[1]) : ((uint32_t)u[1] << 8 | u[0]);
     case 4:
-        return r->big_endian ? ((uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 |
-                                (uint32_t)u[2] << 8 | u[3])
-                             : ((uint32_t)u[3] << 24 | (uint32_t)u[2] << 16 |
-                                (uint32_t)u[1] << 8 | u[0]);
+        return r->big_endian
+                   ? ((uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3])
+                   : ((uint32_t)u[3] << 24 | (uint32_t)u[2] << 16 | (uint32_t)u[1] << 8 | u[0]);
     default:
         return u[0];
     }
@@ -656,9 +654,9 @@ static int ascii_ieq_prefix(const char *s, size_t len, const char *prefix)
 ** characters never use such bytes: the pre-scan reads those exactly. */
 static int encoding_scannable(const char *name, size_t len)
 {
-    static const char *const prefixes[] = {"utf-8", "utf8",  "us-ascii", "ascii",   "iso-8859-",
-                                           "iso8859", "latin", "windows-125", "cp125", "utf-16",
-                                           "utf16", "ucs-4", "ucs4", "utf-32", NULL};
+    static const char *const prefixes[] = {"utf-8",   "utf8",  "us-ascii",    "ascii",  "iso-8859-",
+                                           "iso8859", "latin", "windows-125", "cp125",  "utf-16",
+                                           "utf16",   "ucs-4", "ucs4",        "utf-32", NULL};
     size_t i;
     for (i = 0; prefixes[i] != NULL; i++) {
         if (ascii_ieq_prefix(name, len, prefixes[i])) {
@@ -745,8 +743,9 @@ static int unit_layout(const unsigned char *data, size_t len, unit_reader *r, ch
         q = strchr(e + 1, *e);
         elen = q != NULL ? (size_t)(q - e - 1) : strlen(e + 1);
         if (!encoding_scannable(e + 1, elen)) {
-            snprintf(msg, msgsz, "document encoding %.*s not read (UTF-8, UTF-16, ISO-8859, "
-                                 "windows-125x)",
+            snprintf(msg, msgsz,
+                     "document encoding %.*s not read (UTF-8, UTF-16, ISO-8859, "
+                     "windows-125x)",
                      (int)(elen > 40 ? 40 : elen), e + 1);
             return 0;
         }
