@@ -874,8 +874,8 @@ static int ldmarc_xml_parse(lua_State *L)
     xmlSAXHandler sax;
     size_t first;
 
-    static const char *const names[] = {"max_input", "max_depth", "max_elements",
-                                        "max_text",  "arrays",    NULL};
+    static const char *const names[] = {
+        "max_input", "max_depth", "max_elements", "max_text", "max_attributes", "arrays", NULL};
 
     lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
     ldmarc_check_options(L, 2, "dmarc.xml.parse", names);
@@ -898,10 +898,10 @@ static int ldmarc_xml_parse(lua_State *L)
         unit_reader r;
         char msg[LDMARC_XML_ERRMSG];
         if (!unit_layout((const unsigned char *)data, len, &r, msg, sizeof msg)) {
-            return push_failure(L, msg, "xml");
+            return ldmarc_fail(L, msg, "xml");
         }
         if (!attribute_scan(&r, st->max_attributes, msg, sizeof msg)) {
-            return push_failure(L, msg, "limit");
+            return ldmarc_fail(L, msg, "limit");
         }
     }
 
