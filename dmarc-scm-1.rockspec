@@ -98,8 +98,8 @@ build = {
     -- dmarc.xml: libxml2, zlib and libcrypto for `dmarc report ingest` (parse, inflate,
     -- unzip, HMAC-SHA256) and the reports we send (gzip).
     ['dmarc.xml'] = {
-      sources = { 'bindings/dmarc_xml.c' },
-      incdirs = { 'core/include', 'bindings', '$(LIBXML2_INCDIR)/libxml2', '$(OPENSSL_INCDIR)' },
+      sources = { 'bindings/dmarc_xml.c', 'core/src/util.c' },
+      incdirs = { 'core/include', 'core/src', 'bindings', '$(LIBXML2_INCDIR)/libxml2', '$(OPENSSL_INCDIR)' },
       libdirs = { '$(LIBXML2_LIBDIR)', '$(OPENSSL_LIBDIR)' },
       libraries = { 'xml2', 'z', 'crypto' },
       defines = { 'DMARC_STATIC', '_POSIX_C_SOURCE=200809L' },

@@ -230,21 +230,11 @@ static void state_nomem(parse_state *st)
     state_fail(st, "nomem", "out of memory");
 }
 
-static unsigned name_hash(const char *s, size_t len)
-{
-    unsigned h = 2166136261u; /* FNV-1a */
-    size_t i;
-    for (i = 0; i < len; i++) {
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    }
-    return h;
-}
-
 /* The interned name for s, created when new; NULL when the name table is full (a 'limit'
 ** failure is recorded) or memory ran out. */
 static const xname *intern(parse_state *st, const char *s, size_t len)
 {
-    unsigned h = name_hash(s, len);
+    unsigned h = dmarc_hash(0, s, len); /* the core's one hash */
     xname **slot = &st->buckets[h % LDMARC_XML_NAME_BUCKETS];
     xname *n;
     char *copy;

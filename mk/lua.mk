@@ -3,7 +3,8 @@
 #   dmarc.redis : bindings/dmarc_redis.c, the hiredis client (override store, report rows)
 #   dmarc.io    : bindings/dmarc_io*.c + adapters/src/{dns,zone,spf,dkim}* (resolvers, libspf2,
 #                 libopendkim)
-#   dmarc.xml   : bindings/dmarc_xml.c, libxml2 and zlib (reading aggregate reports: ingest)
+#   dmarc.xml   : bindings/dmarc_xml.c + core/src/util.c, libxml2, zlib, libcrypto (reading
+#                 aggregate reports: ingest; gzip and HMAC for the reports we send)
 # A module is built when its binding source exists. Modules link -shared without -llua
 # (the host process provides Lua) and export luaopen_* only (bindings/exports.map):
 # dmarc.io takes what it needs of the core from libdmarc.a, hidden inside it. `make print-sources` lists each module's C sources,
@@ -26,6 +27,7 @@ MOD_io_LIBS     = -lspf2 -lopendkim -lldns $(CORE_LIBS)
 MOD_xml_SRCS   := $(if $(shell $(PKG_CONFIG) --exists libxml-2.0 zlib libcrypto && echo y),$(wildcard bindings/dmarc_xml.c))
 MOD_xml_CFLAGS := $(shell $(PKG_CONFIG) --cflags libxml-2.0 zlib libcrypto 2>/dev/null)
 MOD_xml_LIBS   := $(shell $(PKG_CONFIG) --libs libxml-2.0 zlib libcrypto 2>/dev/null)
+MOD_xml_ADAPTERS := core/src/util.c # dmarc_hash, the library's one hash
 LUA_CMODULES := $(foreach m,core redis io xml,$(if $(MOD_$(m)_SRCS),$(m)))
 
 LUA_TARGETS :=

@@ -144,7 +144,8 @@ soak: all
 check-integration: all
 	@if [ -x tests/integration/run ]; then $(RUN_SUITE) integration -- tests/integration/run; fi
 
-# Layout rules of the C side: modules export luaopen_* only; internal.h stays in core/src.
+# Layout rules of the C side: modules export luaopen_* only; the core's private header is
+# used in core/src only.
 check-layout: lua
 	@$(RUN_SUITE) layout -- tests/check-layout $(BUILD)
 

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "adapter.h"
 #include "dmarc_dns.h"
-#include "internal.h"
 
 /* ** {======================================================
 ** RR type names
@@ -39,7 +39,7 @@ unsigned dmarc_dns_type_from_name(const char *s, size_t len)
     if (s == NULL)
         return 0;
     for (i = 0; i < TYPE_NAME_COUNT; i++)
-        if (dmarc__ieq(s, len, type_names[i].name, strlen(type_names[i].name)))
+        if (adapter_ieq(s, len, type_names[i].name, strlen(type_names[i].name)))
             return type_names[i].type;
     return 0;
 }
@@ -72,7 +72,7 @@ dmarc_status dmarc_dns_name_normalize(const char *in, size_t len, char *out, siz
         } else if (++label > 63) {
             return DMARC_ERR_SYNTAX;
         }
-        out[i] = (char)dmarc__lower(c);
+        out[i] = (char)adapter_lower(c);
     }
     out[len] = '\0';
     *outlen = len;
@@ -88,7 +88,7 @@ dmarc_status dmarc_dns_name_normalize(const char *in, size_t len, char *out, siz
 void dmarc_dns_answer_free(dmarc_dns_answer *a)
 {
     if (a != NULL)
-        dmarc__free(&a->alloc_, a, a->size_);
+        adapter_free(&a->alloc_, a, a->size_);
 }
 
 /* Layout of an answer block: the struct, the RR array, the RR data, the
@@ -101,7 +101,7 @@ static dmarc_dns_answer *answer_alloc(const dmarc_allocator *alloc, size_t count
     if (count > DMARC_DNS_MAX_RRS || data_len > DMARC_DNS_MAX_ANSWER_BYTES + DMARC_DNS_MAX_RRS)
         return NULL;
     size += count * sizeof(dmarc_dns_rr) + data_len + name_len + 1 + cname_len + 1;
-    a = dmarc__alloc(alloc, size);
+    a = adapter_alloc(alloc, size);
     if (a == NULL)
         return NULL;
     memset(a, 0, sizeof *a);
@@ -163,7 +163,7 @@ static void copy_name(char *dst, const char *src, size_t len)
     if (len > DMARC_DOMAIN_MAX_LEN + 1)
         len = DMARC_DOMAIN_MAX_LEN + 1;
     for (i = 0; i < len; i++)
-        dst[i] = (char)dmarc__lower((unsigned char)src[i]);
+        dst[i] = (char)adapter_lower((unsigned char)src[i]);
     dst[len] = '\0';
 }
 
@@ -186,7 +186,7 @@ static bool builder_reserve(dmarc_dns_builder *b, size_t more)
     cap = b->cap == 0 ? 256 : b->cap;
     while (cap < b->len + more)
         cap *= 2;
-    p = dmarc__realloc(b->alloc, b->buf, b->cap, cap);
+    p = adapter_realloc(b->alloc, b->buf, b->cap, cap);
     if (p == NULL) {
         b->nomem = true;
         return false;
@@ -270,7 +270,7 @@ void dmarc_dns_builder_discard(dmarc_dns_builder *b)
 {
     if (b == NULL)
         return;
-    dmarc__free(b->alloc, b->buf, b->cap);
+    adapter_free(b->alloc, b->buf, b->cap);
     b->buf = NULL;
     b->cap = b->len = 0;
 }
@@ -335,16 +335,6 @@ dmarc_dns_answer *dmarc_dns_builder_finish(dmarc_dns_builder *b, dmarc_rcode rco
 ** The resolver and its cache
 ** ======================================================= */
 
-typedef struct cache_entry {
-    struct cache_entry *hnext;       /* bucket chain */
-    struct cache_entry *prev, *next; /* LRU list, most recent first */
-    uint64_t expires;
-    unsigned type;
-    size_t name_len;
-    dmarc_dns_answer *answer;
-    char name[DMARC_DOMAIN_MAX_LEN + 1];
-} cache_entry;
-
 typedef struct fault {
     char name[DMARC_DOMAIN_MAX_LEN + 1];
     size_t len;
@@ -355,10 +345,7 @@ struct dmarc_dns {
     dmarc_allocator alloc;
     dmarc_dns_backend backend;
     dmarc_dns_options opts;
-    cache_entry **buckets;
-    size_t nbuckets; /* a power of two, 0 without a cache */
-    size_t entries;
-    cache_entry *lru_head, *lru_tail;
+    dmarc_cache *cache; /* the core's answer cache; NULL without one */
     dmarc_dns_stats stats;
     fault faults[DMARC_DNS_MAX_FAULTS];
     size_t nfaults;
@@ -399,7 +386,7 @@ dmarc_dns *dmarc_dns_new(const dmarc_dns_options *o, dmarc_dns_backend backend, 
         *st = DMARC_ERR_INVAL;
         return NULL;
     }
-    d = dmarc__alloc(&o->alloc, sizeof *d);
+    d = adapter_alloc(&o->alloc, sizeof *d);
     if (d == NULL) {
         if (backend.free != NULL)
             backend.free(backend.impl);
@@ -415,104 +402,36 @@ dmarc_dns *dmarc_dns_new(const dmarc_dns_options *o, dmarc_dns_backend backend, 
         d->opts.max_ttl = DMARC_DNS_MAX_TTL;
     d->backend = backend;
     if (o->cache_entries > 0) {
-        size_t n = 16;
-        while (n < o->cache_entries && n < ((size_t)1 << 20))
-            n *= 2;
-        d->buckets = dmarc__alloc_array(&d->alloc, n, sizeof *d->buckets);
-        if (d->buckets == NULL) {
+        /* The core's answer cache holds our answers as opaque values. */
+        d->cache = dmarc_cache_new(&d->alloc, o->cache_entries, st);
+        if (d->cache == NULL) {
             dmarc_dns_free(d);
-            *st = DMARC_ERR_NOMEM;
             return NULL;
         }
-        memset(d->buckets, 0, n * sizeof *d->buckets);
-        d->nbuckets = n;
     }
     *st = DMARC_OK;
     return d;
 }
 
-static void entry_unlink_lru(dmarc_dns *d, cache_entry *e)
-{
-    if (e->prev != NULL)
-        e->prev->next = e->next;
-    else
-        d->lru_head = e->next;
-    if (e->next != NULL)
-        e->next->prev = e->prev;
-    else
-        d->lru_tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void entry_push_front(dmarc_dns *d, cache_entry *e)
-{
-    e->prev = NULL;
-    e->next = d->lru_head;
-    if (d->lru_head != NULL)
-        d->lru_head->prev = e;
-    d->lru_head = e;
-    if (d->lru_tail == NULL)
-        d->lru_tail = e;
-}
-
-/* FNV-1a over the (already lowercase) name, mixed with the type. */
-static size_t entry_hash(const char *name, size_t len, unsigned type)
-{
-    uint32_t h = 2166136261u;
-    size_t i;
-    for (i = 0; i < len; i++) {
-        h ^= (unsigned char)name[i];
-        h *= 16777619u;
-    }
-    h ^= type;
-    h *= 16777619u;
-    return (size_t)h;
-}
-
-static void entry_remove(dmarc_dns *d, cache_entry *e)
-{
-    cache_entry **pp = &d->buckets[entry_hash(e->name, e->name_len, e->type) & (d->nbuckets - 1)];
-    while (*pp != NULL && *pp != e)
-        pp = &(*pp)->hnext;
-    if (*pp == e)
-        *pp = e->hnext;
-    entry_unlink_lru(d, e);
-    dmarc_dns_answer_free(e->answer);
-    dmarc__free(&d->alloc, e, sizeof *e);
-    d->entries--;
-}
-
 void dmarc_dns_cache_clear(dmarc_dns *d)
 {
-    if (d == NULL)
-        return;
-    while (d->lru_head != NULL)
-        entry_remove(d, d->lru_head);
+    if (d != NULL)
+        dmarc_cache_clear(d->cache);
 }
 
 void dmarc_dns_free(dmarc_dns *d)
 {
     if (d == NULL)
         return;
-    if (d->buckets != NULL) {
-        dmarc_dns_cache_clear(d);
-        dmarc__free(&d->alloc, d->buckets, d->nbuckets * sizeof *d->buckets);
-    }
+    dmarc_cache_free(d->cache);
     if (d->backend.free != NULL)
         d->backend.free(d->backend.impl);
-    dmarc__free(&d->alloc, d, sizeof *d);
+    adapter_free(&d->alloc, d, sizeof *d);
 }
 
-static cache_entry *cache_find(dmarc_dns *d, const char *name, size_t len, unsigned type)
+static void cached_answer_free(void *value)
 {
-    cache_entry *e;
-    if (d->nbuckets == 0)
-        return NULL;
-    e = d->buckets[entry_hash(name, len, type) & (d->nbuckets - 1)];
-    for (; e != NULL; e = e->hnext)
-        if (e->type == type && e->name_len == len && memcmp(e->name, name, len) == 0)
-            return e;
-    return NULL;
+    dmarc_dns_answer_free(value);
 }
 
 /* Keep a copy of @a for its lifetime. Caching is best effort: running out
@@ -520,41 +439,20 @@ static cache_entry *cache_find(dmarc_dns *d, const char *name, size_t len, unsig
 static void cache_store(dmarc_dns *d, const char *name, size_t len, unsigned type,
                         const dmarc_dns_answer *a, uint64_t now)
 {
-    cache_entry *e;
-    size_t slot;
+    dmarc_dns_answer *copy;
     uint32_t ttl = a->ttl;
     /* [DISC-11]: positive and negative answers; failures are not answers. */
-    if (d->nbuckets == 0 || a->rcode == DMARC_RCODE_SERVFAIL || a->rcode == DMARC_RCODE_TIMEOUT)
+    if (d->cache == NULL || a->rcode == DMARC_RCODE_SERVFAIL || a->rcode == DMARC_RCODE_TIMEOUT)
         return;
     if (ttl > d->opts.max_ttl)
         ttl = d->opts.max_ttl;
     if (ttl == 0) /* RFC 1035 §3.2.1: zero means "do not cache" */
         return;
-    e = cache_find(d, name, len, type);
-    if (e != NULL)
-        entry_remove(d, e);
-    while (d->entries >= d->opts.cache_entries && d->lru_tail != NULL)
-        entry_remove(d, d->lru_tail);
-    e = dmarc__alloc(&d->alloc, sizeof *e);
-    if (e == NULL)
+    copy = dmarc_dns_answer_dup(&d->alloc, a);
+    if (copy == NULL)
         return;
-    memset(e, 0, sizeof *e);
-    e->answer = dmarc_dns_answer_dup(&d->alloc, a);
-    if (e->answer == NULL) {
-        dmarc__free(&d->alloc, e, sizeof *e);
-        return;
-    }
-    e->answer->from_cache = true;
-    e->type = type;
-    e->name_len = len;
-    memcpy(e->name, name, len);
-    e->name[len] = '\0';
-    e->expires = now + ttl;
-    slot = entry_hash(name, len, type) & (d->nbuckets - 1);
-    e->hnext = d->buckets[slot];
-    d->buckets[slot] = e;
-    entry_push_front(d, e);
-    d->entries++;
+    copy->from_cache = true;
+    (void)dmarc_cache_put_value(d->cache, type, name, len, copy, cached_answer_free, now, ttl);
 }
 
 /* An answer with no data: NXDOMAIN for impossible names, injected faults,
@@ -589,7 +487,6 @@ static dmarc_status lookup(dmarc_dns *d, const char *name, size_t len, unsigned 
                            dmarc_dns_answer **out)
 {
     const fault *f;
-    cache_entry *e;
     dmarc_dns_answer *a = NULL, *next = NULL;
     dmarc_status st;
     uint64_t now;
@@ -599,24 +496,19 @@ static dmarc_status lookup(dmarc_dns *d, const char *name, size_t len, unsigned 
         return empty_answer(d, name, len, f->rcode, out);
 
     now = d->opts.clock(d->opts.clock_ud);
-    e = cache_find(d, name, len, type);
-    if (e != NULL) {
-        if (now < e->expires) {
-            a = dmarc_dns_answer_dup(&d->alloc, e->answer);
+    if (d->cache != NULL) {
+        uint32_t left = 0;
+        const dmarc_dns_answer *hit = dmarc_cache_get_value(d->cache, type, name, len, now, &left);
+        if (hit != NULL) {
+            a = dmarc_dns_answer_dup(&d->alloc, hit);
             if (a == NULL)
                 return DMARC_ERR_NOMEM;
             /* The TTL left, for anyone passing it on (the DMARC core's cache). */
-            a->ttl = (uint32_t)(e->expires - now);
-            entry_unlink_lru(d, e);
-            entry_push_front(d, e);
-            d->stats.hits++;
+            a->ttl = left;
             *out = a;
             return DMARC_OK;
         }
-        entry_remove(d, e);
     }
-    if (d->nbuckets > 0)
-        d->stats.misses++;
 
     d->stats.upstream++;
     st = d->backend.query(d->backend.impl, name, type, &a);
@@ -691,7 +583,9 @@ void dmarc_dns_get_stats(const dmarc_dns *d, dmarc_dns_stats *out)
     if (d == NULL || out == NULL)
         return;
     *out = d->stats;
-    out->entries = d->entries;
+    /* Hits and misses are the cache's own count: every question it was asked. */
+    dmarc_cache_stats(d->cache, &out->hits, &out->misses);
+    out->entries = dmarc_cache_size(d->cache);
 }
 
 /* }====================================================== */

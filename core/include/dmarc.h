@@ -358,6 +358,12 @@ typedef struct dmarc_allocator {
     void *ud;          /* passed to fn as is */
 } dmarc_allocator;
 
+/* Allocation as the library does it, for code beside the core (adapters)
+** that takes a dmarc_allocator from its caller: through @a's hook when it
+** has one, libc otherwise (@a NULL or a->fn NULL). @nsize 0 frees @p and
+** returns NULL. */
+DMARC_API void *dmarc_realloc(const dmarc_allocator *a, void *p, size_t osize, size_t nsize);
+
 /* }==================================================================== */
 
 /* ** {====================================================================
@@ -543,6 +549,39 @@ DMARC_API size_t dmarc_cache_size(const dmarc_cache *c);
 DMARC_API void dmarc_cache_clear(dmarc_cache *c);
 /* Hits and misses since creation, for monitoring (NULL out-params allowed). */
 DMARC_API void dmarc_cache_stats(const dmarc_cache *c, uint64_t *hits, uint64_t *misses);
+
+/*
+** The same cache for a DNS layer beside the core. A resolver that answers
+** more than DMARC questions (SPF, DKIM keys: adapters/src/dns.c) keeps its
+** answers in a dmarc_cache too, so there is one answer cache, one bound and
+** one eviction order. Its entries hold a value the cache does not look into
+** (the layer's own answer), keyed by (@type, @name) in a space of their own:
+** they never answer the core's questions, nor the core's entries theirs.
+**
+** dmarc_cache_put_value: store @value until @now + @ttl, replacing an entry
+** for the same key and evicting the least recently used one when full. The
+** cache owns @value from the call on and frees it with @free_value; when it
+** is not stored (@ttl 0, out of memory) it is freed at once. Returns
+** DMARC_OK, DMARC_ERR_NOMEM or DMARC_ERR_INVAL (name over
+** DMARC_DOMAIN_MAX_LEN, type over 0xffff).
+**
+** dmarc_cache_get_value: the live value for (@type, @name) at @now, or NULL
+** (an expired entry is dropped); *ttl_left (optional) gets the seconds left.
+** The value is borrowed until the next call that changes the cache. Counts a
+** hit or a miss in dmarc_cache_stats.
+*/
+typedef void (*dmarc_cache_free_fn)(void *value);
+DMARC_API dmarc_status dmarc_cache_put_value(dmarc_cache *c, unsigned type, const char *name,
+                                             size_t len, void *value,
+                                             dmarc_cache_free_fn free_value, uint64_t now,
+                                             uint32_t ttl);
+DMARC_API const void *dmarc_cache_get_value(dmarc_cache *c, unsigned type, const char *name,
+                                            size_t len, uint64_t now, uint32_t *ttl_left);
+
+/* A 32-bit hash of @len bytes mixed with @seed: the one the cache keys its
+** table with, for other tables keyed by names (a zone's index, XML element
+** names). Fast, not cryptographic. */
+DMARC_API uint32_t dmarc_hash(uint32_t seed, const void *data, size_t len);
 
 /* }==================================================================== */
 

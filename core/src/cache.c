@@ -35,30 +35,12 @@ struct dmarc_cache {
 ** Answers
 ** ======================================================= */
 
-uint32_t dmarc__qhash(dmarc_qtype type, const char *name, size_t len)
+uint32_t dmarc__qhash(unsigned type, const char *name, size_t len)
 {
-    /* Eight bytes per step (a multiply-xorshift mix): every lookup of every
-    ** walk hashes its name, so this is on the hot path of a cached run. */
-    const uint64_t k = 0x9e3779b97f4a7c15u;
-    uint64_t h = ((uint64_t)type << 32 | (uint64_t)len) * k, w;
-    while (len >= 8) {
-        memcpy(&w, name, 8);
-        h = (h ^ w) * k;
-        h ^= h >> 32;
-        name += 8;
-        len -= 8;
-    }
-    if (len > 0) {
-        w = 0;
-        memcpy(&w, name, len);
-        h = (h ^ w) * k;
-        h ^= h >> 32;
-    }
-    h *= k;
-    return (uint32_t)(h >> 32);
+    return dmarc__hash(type, name, len);
 }
 
-dmarc__answer *dmarc__answer_new(const dmarc_allocator *a, dmarc_qtype type, const char *name,
+dmarc__answer *dmarc__answer_new(const dmarc_allocator *a, unsigned type, const char *name,
                                  size_t len, uint32_t hash, dmarc_rcode rc, const dmarc_txt *txt,
                                  size_t n)
 {
@@ -123,6 +105,8 @@ void dmarc__answer_release(dmarc__answer *ans)
         return;
     for (m = 0; m < DMARC_MODE__COUNT; m++)
         dmarc_record_free(ans->view[m].record);
+    if (ans->free_value != NULL)
+        ans->free_value(ans->value);
     a = ans->alloc;
     dmarc__free(&a, ans, ans->block_size);
 }
@@ -248,8 +232,8 @@ static void cache_remove(dmarc_cache *c, dmarc__answer *ans)
     dmarc__answer_release(ans);
 }
 
-static dmarc__answer *cache_find(const dmarc_cache *c, dmarc_qtype type, const char *name,
-                                 size_t len, uint32_t hash)
+static dmarc__answer *cache_find(const dmarc_cache *c, unsigned type, const char *name, size_t len,
+                                 uint32_t hash)
 {
     dmarc__answer *ans = c->buckets[hash & (c->nbuckets - 1)];
     for (; ans != NULL; ans = ans->chain) {
@@ -260,7 +244,7 @@ static dmarc__answer *cache_find(const dmarc_cache *c, dmarc_qtype type, const c
     return NULL;
 }
 
-dmarc__answer *dmarc__cache_get(dmarc_cache *c, dmarc_qtype type, const char *name, size_t len,
+dmarc__answer *dmarc__cache_get(dmarc_cache *c, unsigned type, const char *name, size_t len,
                                 uint32_t hash, uint64_t now)
 {
     dmarc__answer *ans = cache_find(c, type, name, len, hash);
@@ -382,6 +366,57 @@ void dmarc__cache_psl_put(dmarc_cache *c, const dmarc_options *o, const char *na
     ans->org_suffix = is_suffix;
     dmarc__cache_put(c, ans, now, DMARC__PSL_TTL);
     dmarc__answer_release(ans);
+}
+
+/* The key type of a DNS layer's entry: above every DNS type, so that its
+** entries and the core's never meet (dmarc_cache_put_value). */
+#define VALUE_KEY(type) (DMARC__QTYPE_VALUE | (type))
+
+dmarc_status dmarc_cache_put_value(dmarc_cache *c, unsigned type, const char *name, size_t len,
+                                   void *value, dmarc_cache_free_fn free_value, uint64_t now,
+                                   uint32_t ttl)
+{
+    dmarc__answer *ans;
+    unsigned key = VALUE_KEY(type);
+
+    if (c == NULL || name == NULL || len > DMARC__DNS_NAME_MAX || type > 0xffff) {
+        if (free_value != NULL)
+            free_value(value);
+        return DMARC_ERR_INVAL;
+    }
+    if (ttl == 0) {
+        if (free_value != NULL)
+            free_value(value);
+        return DMARC_OK;
+    }
+    ans = dmarc__answer_new(&c->alloc, key, name, len, dmarc__qhash(key, name, len),
+                            DMARC_RCODE_NOERROR, NULL, 0);
+    if (ans == NULL) {
+        if (free_value != NULL)
+            free_value(value);
+        return DMARC_ERR_NOMEM;
+    }
+    ans->value = value;
+    ans->free_value = free_value;
+    dmarc__cache_put(c, ans, now, ttl);
+    dmarc__answer_release(ans); /* the cache's reference is the one left */
+    return DMARC_OK;
+}
+
+const void *dmarc_cache_get_value(dmarc_cache *c, unsigned type, const char *name, size_t len,
+                                  uint64_t now, uint32_t *ttl_left)
+{
+    dmarc__answer *ans;
+    unsigned key = VALUE_KEY(type);
+
+    if (c == NULL || name == NULL || len > DMARC__DNS_NAME_MAX || type > 0xffff)
+        return NULL;
+    ans = dmarc__cache_get(c, key, name, len, dmarc__qhash(key, name, len), now);
+    if (ans == NULL)
+        return NULL;
+    if (ttl_left != NULL)
+        *ttl_left = (uint32_t)(ans->expires - now);
+    return ans->value;
 }
 
 const dmarc_allocator *dmarc__cache_allocator(const dmarc_cache *c)

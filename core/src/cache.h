@@ -27,6 +27,9 @@
 ** after dmarc_cache_clear. [PSL-6]: lists are refreshed about daily. */
 #define DMARC__QTYPE_PSL 0
 #define DMARC__PSL_TTL 3600
+/* A DNS layer's entries (dmarc_cache_put_value) are keyed by this bit or'd
+** with their DNS type: no DNS type (16 bits) and no PSL entry has it. */
+#define DMARC__QTYPE_VALUE 0x10000u
 
 /* What discovery needs from one TXT answer under one mode [WALK-1]. */
 typedef struct dmarc__txtview {
@@ -41,7 +44,7 @@ struct dmarc__answer {
     uint32_t hash;         /* dmarc__qhash of (type, name) */
     dmarc_allocator alloc; /* allocated with this; frees with it */
     size_t block_size;     /* size of the block the answer lives in */
-    dmarc_qtype type;      /* the question */
+    unsigned type;         /* the question: a dmarc_qtype, or a pseudo type above */
     const char *name;      /* NUL-terminated, inside the block */
     size_t name_len;
     dmarc_rcode rcode;    /* NOERROR only with data; NOERROR + 0 RRs is stored as NODATA */
@@ -56,14 +59,17 @@ struct dmarc__answer {
     /* DMARC__QTYPE_PSL entries: what the callback said. */
     uint16_t org_off;
     bool org_suffix;
+    /* DMARC__QTYPE_VALUE entries: the layer's value, freed with the entry. */
+    void *value;
+    dmarc_cache_free_fn free_value;
 };
 
 /* Hash of a question; the same function keys the cache and the memo. */
-DMARC__HIDDEN uint32_t dmarc__qhash(dmarc_qtype type, const char *name, size_t len);
+DMARC__HIDDEN uint32_t dmarc__qhash(unsigned type, const char *name, size_t len);
 
 /* A new answer with one reference, data copied; NULL on NOMEM. For a
 ** non-TXT type, or an rcode other than NOERROR, @txt is not kept. */
-DMARC__HIDDEN dmarc__answer *dmarc__answer_new(const dmarc_allocator *a, dmarc_qtype type,
+DMARC__HIDDEN dmarc__answer *dmarc__answer_new(const dmarc_allocator *a, unsigned type,
                                                const char *name, size_t len, uint32_t hash,
                                                dmarc_rcode rc, const dmarc_txt *txt, size_t n);
 DMARC__HIDDEN void dmarc__answer_release(dmarc__answer *ans);
@@ -75,7 +81,7 @@ DMARC__HIDDEN dmarc_status dmarc__answer_view(dmarc__answer *ans, dmarc_mode mod
 
 /* A live entry for the question at time @now, or NULL (an expired entry is
 ** dropped). Counts a hit or a miss. The caller takes its own reference. */
-DMARC__HIDDEN dmarc__answer *dmarc__cache_get(dmarc_cache *c, dmarc_qtype type, const char *name,
+DMARC__HIDDEN dmarc__answer *dmarc__cache_get(dmarc_cache *c, unsigned type, const char *name,
                                               size_t len, uint32_t hash, uint64_t now);
 /* Store @ans (the cache takes a reference) until now + ttl, replacing an
 ** entry for the same question and evicting the least recently used one when

@@ -17,6 +17,16 @@ void *dmarc__realloc(const dmarc_allocator *a, void *p, size_t osize, size_t nsi
     return realloc(p, nsize);
 }
 
+void *dmarc_realloc(const dmarc_allocator *a, void *p, size_t osize, size_t nsize)
+{
+    return dmarc__realloc(a, p, osize, nsize);
+}
+
+uint32_t dmarc_hash(uint32_t seed, const void *data, size_t len)
+{
+    return dmarc__hash(seed, data, len);
+}
+
 void *dmarc__alloc(const dmarc_allocator *a, size_t n)
 {
     /* A zero-size request would mean "free" to a lua_Alloc-shaped hook. */

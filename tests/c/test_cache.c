@@ -298,6 +298,81 @@ static void cache__answer_view_per_mode(void **state)
 /* Cache creation, answers, parsing and table growth with the n-th
 ** allocation failing: NOMEM or a NULL where documented, the cache always
 ** consistent, nothing leaked. Table growth that fails is harmless. */
+/* The public side for a DNS layer (dmarc_cache_put_value): one cache, one
+** bound, its own key space; the cache frees what it owns exactly once. */
+static int freed_values;
+
+static void count_free(void *value)
+{
+    freed_values++;
+    free(value);
+}
+
+static void *value_of(int n)
+{
+    int *p = malloc(sizeof *p);
+    assert_non_null(p);
+    *p = n;
+    return p;
+}
+
+static void cache__values_for_a_dns_layer(void **state)
+{
+    dmarc_status st;
+    dmarc_cache *c = dmarc_cache_new(NULL, 2, &st);
+    const int *v;
+    uint32_t left = 0;
+    uint64_t hits = 0, misses = 0;
+    (void)state;
+    freed_values = 0;
+    assert_int_equal(dmarc_cache_put_value(c, 16, "a.example", 9, value_of(1), count_free, 100, 60),
+                     DMARC_OK);
+    v = dmarc_cache_get_value(c, 16, "a.example", 9, 130, &left);
+    assert_non_null(v);
+    assert_int_equal(*v, 1);
+    assert_int_equal(left, 30);
+    /* Another type is another key; the core's own TXT entry for the same
+    ** name neither answers nor replaces the layer's. */
+    assert_null(dmarc_cache_get_value(c, 1, "a.example", 9, 130, NULL));
+    put(c, "a.example", DMARC_RCODE_NOERROR, "v=DMARC1; p=none", 100, 60);
+    assert_non_null(dmarc_cache_get_value(c, 16, "a.example", 9, 130, NULL));
+    assert_int_equal(freed_values, 0);
+    /* Expired: dropped and freed. */
+    assert_null(dmarc_cache_get_value(c, 16, "a.example", 9, 160, NULL));
+    assert_int_equal(freed_values, 1);
+    /* TTL 0 and bad keys: not stored, freed at once. */
+    assert_int_equal(dmarc_cache_put_value(c, 16, "b", 1, value_of(2), count_free, 100, 0),
+                     DMARC_OK);
+    assert_int_equal(dmarc_cache_put_value(c, 0x10000, "b", 1, value_of(3), count_free, 100, 9),
+                     DMARC_ERR_INVAL);
+    assert_int_equal(freed_values, 3);
+    /* Replacement and LRU eviction free the old value; free() frees the rest. */
+    assert_int_equal(dmarc_cache_put_value(c, 16, "b", 1, value_of(4), count_free, 100, 60),
+                     DMARC_OK);
+    assert_int_equal(dmarc_cache_put_value(c, 16, "b", 1, value_of(5), count_free, 100, 60),
+                     DMARC_OK);
+    assert_int_equal(freed_values, 4);
+    assert_int_equal(dmarc_cache_put_value(c, 16, "c", 1, value_of(6), count_free, 100, 60),
+                     DMARC_OK);
+    assert_int_equal(dmarc_cache_put_value(c, 16, "d", 1, value_of(7), count_free, 100, 60),
+                     DMARC_OK);
+    assert_int_equal(dmarc_cache_size(c), 2);
+    dmarc_cache_stats(c, &hits, &misses);
+    assert_true(hits >= 2);
+    assert_true(misses >= 2);
+    dmarc_cache_free(c);
+    assert_int_equal(freed_values, 7);
+}
+
+/* dmarc_hash is the hash the cache keys with: the same bytes, the same seed. */
+static void cache__one_hash(void **state)
+{
+    (void)state;
+    assert_int_equal(dmarc_hash(TXT, "_dmarc.example.com", 18),
+                     dmarc__qhash(TXT, "_dmarc.example.com", 18));
+    assert_int_not_equal(dmarc_hash(1, "x", 1), dmarc_hash(2, "x", 1));
+}
+
 static void cache__nomem_loop(void **state)
 {
     long n;
@@ -368,6 +443,8 @@ int main(void)
         cmocka_unit_test(cache__answer_copies_and_limits),
         cmocka_unit_test(cache__answer_view_per_mode),
         cmocka_unit_test(cache__nomem_loop),
+        cmocka_unit_test(cache__values_for_a_dns_layer),
+        cmocka_unit_test(cache__one_hash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
