@@ -439,8 +439,12 @@ dmarc_status dmarc_eval_set_now(dmarc_eval *e, uint64_t now)
 
 /*
 ** Which bound, if any, kept part of the From from evaluation [OPEN-5]. A
-** domain evaluated after the query limit was hit, whose lookups then all
-** failed, was not evaluated either (its temperror says nothing of it).
+** domain whose evaluation met the query limit with earlier domains having
+** spent the budget, and that ended in temperror, was not evaluated either:
+** its temperror says nothing of it, and the earlier domains (an attacker's
+** own, with signatures of its own) chose how much was left. The first
+** domain can only spend the budget on identifiers under its own Org Domain,
+** so its temperror stays one.
 */
 static dmarc_reason unevaluated(const dmarc_eval *e)
 {
@@ -453,7 +457,7 @@ static dmarc_reason unevaluated(const dmarc_eval *e)
     if (e->fields_dropped)
         return DMARC_REASON_TOO_MANY_FROM_FIELDS;
     if (e->flags & DMARC_FLAG_QUERY_LIMIT) {
-        for (i = e->limit_domain + 1; i < e->ndom; i++) {
+        for (i = e->limit_domain > 0 ? e->limit_domain : 1; i < e->ndom; i++) {
             if (e->dom[i].result == DMARC_RESULT_TEMPERROR)
                 return DMARC_REASON_QUERY_LIMIT;
         }

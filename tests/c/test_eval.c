@@ -1557,6 +1557,19 @@ static void eval__unevaluated_counts_as_failing(void **state)
     assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
     assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
     assert_int_equal(t->v.reason, DMARC_REASON_QUERY_LIMIT);
+
+    /* Two signatures fewer: the budget runs out in the middle of the walk
+    ** from mail.example.com, the domain after the attacker's. */
+    dmarc_eval_reset(t->e);
+    from(t, "u@a.example, ceo@mail.example.com");
+    for (i = 0; i < DMARC_MAX_DKIM - 2; i++)
+        dkim(t, names[i][1], DMARC_AUTH_PASS);
+    run(t, burn);
+    assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_QUERY_LIMIT, 0);
+    assert_int_equal(dmarc_eval_query_count(t->e), DMARC_EVAL_MAX_QUERIES);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    assert_int_equal(t->v.applied, DMARC_POLICY_REJECT);
+    assert_int_equal(t->v.reason, DMARC_REASON_QUERY_LIMIT);
 }
 
 /* RFC 9989 §11.5: a From that does not parse strictly but shows one address
