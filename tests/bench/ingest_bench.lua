@@ -20,7 +20,7 @@ local socket = require 'socket'
 local redis = require 'dmarc.redis'
 local ingest = require 'dmarc.owner.ingest'
 local summary = require 'dmarc.owner.summary'
-local report_xml = require 'dmarc.report.xml'
+local text = require 'dmarc.util.text'
 
 local PORT = tonumber(arg[1]) or 16399
 local PHASE = arg[2] or 'ingest'
@@ -142,7 +142,7 @@ local function phase_ingest()
     assert(os.execute('cd ' .. dir .. ' && gzip -n -6 *.xml'))
     t0 = socket.gettime()
     local p = io.popen('./bin/dmarc report ingest --quiet --json --redis 127.0.0.1:' .. PORT
-                       .. ' ' .. report_xml.shell_quote(dir))
+                       .. ' ' .. text.shell_quote(dir))
     local out = p:read('*a')
     p:close()
     dt = socket.gettime() - t0
@@ -151,7 +151,7 @@ local function phase_ingest()
     io.write(string.format('ingest %-40s %10.0f records/s %8.0f reports/s  (%d of %d stored, '
                            .. '%.2f s)\n', 'dmarc report ingest on .xml.gz files', recs / dt,
                            stored / dt, stored, gz_reports, dt))
-    os.execute('rm -rf ' .. report_xml.shell_quote(dir))
+    os.execute('rm -rf ' .. text.shell_quote(dir))
   end
 end
 

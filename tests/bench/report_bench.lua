@@ -18,7 +18,7 @@ package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') ..
 local socket = require 'socket'
 local redis = require 'dmarc.redis'
 local report = require 'dmarc.report.rows'
-local xml = require 'dmarc.report.xml'
+local generate = require 'dmarc.report.generate'
 
 local PORT = tonumber(arg[1]) or 16399
 local PHASE = arg[2] or 'write'
@@ -126,7 +126,7 @@ local function phase_generate()
   os.execute('rm -rf ' .. out .. ' && mkdir -p ' .. out)
   local rss_before = rss_peak_kb()
   local t0 = socket.gettime()
-  local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = out,
+  local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = out,
                                   reporter = { org_name = 'Bench', email = 'dmarc@bench.example',
                                                submitter = 'bench.example' } })
   local dt = socket.gettime() - t0

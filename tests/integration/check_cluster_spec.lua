@@ -13,7 +13,8 @@ local store = require 'dmarc.site.store'
 local policy = require 'dmarc.site.policy'
 local report = require 'dmarc.report.rows'
 local failure = require 'dmarc.report.failure'
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
+local util_text = require 'dmarc.util.text'
 local cjson = require 'cjson'
 
 local PORTS = { 17021, 17022, 17023 }
@@ -23,14 +24,14 @@ local IDENTITY = ' --org-name "Example Receiver" --email dmarc@receiver.example'
   .. ' --submitter receiver.example'
 local SPOOF = '--ip 203.0.113.200 --mail-from ceo@example.com '
 
-local function q(s) return xml.shell_quote(s) end
+local function q(s) return util_text.shell_quote(s) end
 
 -- `dmarc check` on the spoofed example message; status, stdout, stderr.
 local function check(args, zone)
   local err = os.tmpname()
   local status, out = h.run(h.BIN .. ' check --zone ' .. q(zone or 'examples/example.zone')
                             .. ' --roll 0 ' .. args .. ' examples/spoofed.eml 2>' .. q(err))
-  local text = xml.read_file(err) or ''
+  local text = files.read(err) or ''
   os.remove(err)
   return status, out, text
 end
@@ -164,17 +165,17 @@ describe('dmarc check with a Redis Cluster', function()
     assert.equal(1, #gz)
     assert.truthy(gz[1]:find('^receiver%.example!example%.com!'))
     local xmlfile = out .. '/report.xml'
-    assert(xml.write_file(xmlfile, h.gunzip(out .. '/' .. gz[1])))
+    assert(files.write(xmlfile, h.gunzip(out .. '/' .. gz[1])))
     assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', xmlfile))
     local sum = 0
-    for n in xml.read_file(xmlfile):gmatch('<count>(%d+)</count>') do sum = sum + tonumber(n) end
+    for n in files.read(xmlfile):gmatch('<count>(%d+)</count>') do sum = sum + tonumber(n) end
     assert.equal(4, sum)
   end)
 
   it('check_cluster__failure_report_queued_in_the_cluster [FAIL-1]', function()
     local prefix = 'itcc3:'
     local zone = dir .. '/ruf.zone'
-    assert(xml.write_file(zone, (xml.read_file('examples/example.zone'):gsub(
+    assert(files.write(zone, (files.read('examples/example.zone'):gsub(
       'rua=mailto:dmarc%-reports@example%.com"',
       'rua=mailto:dmarc-reports@example.com; ruf=mailto:ruf@example.com"'))))
     local status, out, err = check(SPOOF .. '--redis-cluster ' .. seeds .. ' --redis-prefix ' .. prefix
@@ -207,7 +208,7 @@ describe('dmarc check with a Redis Cluster', function()
       "'" .. seeds .. "'",
     } do
       local conf = dir .. '/report' .. n .. '.conf'
-      assert(xml.write_file(conf, 'return { cluster = ' .. nodes .. ", prefix = '" .. prefix
+      assert(files.write(conf, 'return { cluster = ' .. nodes .. ", prefix = '" .. prefix
                                   .. "', email = 'dmarc@receiver.example' }\n"))
       local status, out, err = check('--ip 203.0.113.230 --mail-from ceo@example.com'
                                      .. ' --report-config ' .. q(conf) .. ' --time ' .. (DAY + 800 + n)

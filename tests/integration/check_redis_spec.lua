@@ -9,7 +9,8 @@ local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local report = require 'dmarc.report.rows'
 local failure = require 'dmarc.report.failure'
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
+local util_text = require 'dmarc.util.text'
 local cjson = require 'cjson'
 
 local REDIS = os.getenv('DMARC_TEST_REDIS') or '127.0.0.1:16379'
@@ -21,14 +22,14 @@ local DATE = '2025-11-21'
 local IDENTITY = ' --org-name "Example Receiver" --email dmarc@receiver.example'
   .. ' --submitter receiver.example'
 
-local function q(s) return xml.shell_quote(s) end
+local function q(s) return util_text.shell_quote(s) end
 
 -- `dmarc check` on the spoofed example message; status, stdout, stderr.
 local function check(args, zone)
   local err = os.tmpname()
   local status, out = h.run(h.BIN .. ' check --zone ' .. q(zone or 'examples/example.zone')
                             .. ' --roll 0 ' .. args .. ' examples/spoofed.eml 2>' .. q(err))
-  local text = xml.read_file(err) or ''
+  local text = files.read(err) or ''
   os.remove(err)
   return status, out, text
 end
@@ -117,9 +118,9 @@ describe('dmarc check with a real Redis', function()
     assert.equal(1, #gz)
     assert.truthy(gz[1]:find('^receiver%.example!example%.com!'))
     local xmlfile = out .. '/report.xml'
-    assert(xml.write_file(xmlfile, h.gunzip(out .. '/' .. gz[1])))
+    assert(files.write(xmlfile, h.gunzip(out .. '/' .. gz[1])))
     assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', xmlfile))
-    local body = xml.read_file(xmlfile)
+    local body = files.read(xmlfile)
     local sum = 0
     for n in body:gmatch('<count>(%d+)</count>') do sum = sum + tonumber(n) end
     assert.equal(4, sum)
@@ -131,7 +132,7 @@ describe('dmarc check with a real Redis', function()
     local prefix = 'itck3:'
     clear(prefix)
     local zone = dir .. '/ruf.zone'
-    assert(xml.write_file(zone, (xml.read_file('examples/example.zone'):gsub(
+    assert(files.write(zone, (files.read('examples/example.zone'):gsub(
       'rua=mailto:dmarc%-reports@example%.com"',
       'rua=mailto:dmarc-reports@example.com; ruf=mailto:ruf@example.com,mailto:ruf@outside.example"'))))
     local maildir = dir .. '/mail'
@@ -150,7 +151,7 @@ describe('dmarc check with a real Redis', function()
 
     -- outside.example gives no consent: only the same-organisation destination gets it
     local dns = dir .. '/dns.json'
-    assert(xml.write_file(dns, '{}'))
+    assert(files.write(dns, '{}'))
     local send_out = dir .. '/send'
     local text
     status, text = h.run(h.BIN .. ' report send --redis ' .. REDIS .. ' --prefix ' .. prefix
@@ -159,9 +160,9 @@ describe('dmarc check with a real Redis', function()
     assert.equal(0, status, text)
     local envs = h.ls(maildir, '%.env$')
     assert.equal(1, #envs, text)
-    local env = xml.read_file(maildir .. '/' .. envs[1])
+    local env = files.read(maildir .. '/' .. envs[1])
     assert.equal('dmarc@receiver.example\nruf@example.com\n', env:match('^[^\n]*\n[^\n]*\n'))
-    local msg = xml.read_file(maildir .. '/' .. envs[1]:gsub('%.env$', '.eml'))
+    local msg = files.read(maildir .. '/' .. envs[1]:gsub('%.env$', '.eml'))
     assert.truthy(msg:find('report-type=feedback-report', 1, true))
     assert.truthy(msg:find('Auth-Failure: dmarc', 1, true))
     assert.truthy(msg:find('Source-IP: 203.0.113.200', 1, true))

@@ -6,7 +6,7 @@ local h = dofile('tests/integration/report_helpers.lua')
 local ch = dofile('tests/integration/cluster_helpers.lua')
 local cluster = require 'dmarc.redis.cluster'
 local report = require 'dmarc.report.rows'
-local xml = require 'dmarc.report.xml'
+local util_files = require 'dmarc.util.files'
 
 local PORTS = { 17001, 17002, 17003 }
 local DAY = 1763683200
@@ -96,17 +96,17 @@ describe('report rows on a Redis Cluster', function()
     end
     assert.equal(DOMAINS * 5, total)
     local one = out .. '/check.xml'
-    assert(xml.write_file(one, h.gunzip(out .. '/' .. files[1])))
+    assert(util_files.write(one, h.gunzip(out .. '/' .. files[1])))
     assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', one))
 
     -- Deliver through a sendmail-compatible command that keeps the messages.
     local box = dir .. '/box'
     os.execute('mkdir -p ' .. box)
     local fake = dir .. '/sendmail'
-    assert(xml.write_file(fake, '#!/bin/sh\ncat > "' .. box .. '/$$.eml"\n'))
+    assert(util_files.write(fake, '#!/bin/sh\ncat > "' .. box .. '/$$.eml"\n'))
     os.execute('chmod +x ' .. fake)
     local dns = dir .. '/dns.json'
-    assert(xml.write_file(dns, '{}'))
+    assert(util_files.write(dns, '{}'))
     status, text = h.run(h.BIN .. ' report send --quiet --cluster 127.0.0.1:' .. PORTS[3]
                          .. ' --email dmarc@receiver.example --sendmail ' .. fake
                          .. ' --dns-json ' .. dns .. ' --out ' .. out .. ' 2>&1')

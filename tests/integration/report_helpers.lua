@@ -2,7 +2,8 @@
 -- loopback ports (redis-server, a Redis Cluster, the test SMTP server),
 -- started here and stopped by PID; paths; running the CLI.
 local socket = require 'socket'
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
+local text = require 'dmarc.util.text'
 
 local M = {}
 
@@ -83,7 +84,7 @@ function M.start_redis(port, dir, extra)
   assert(M.wait_port(port), 'redis-server not listening on ' .. port)
   local pid
   for _ = 1, 50 do
-    pid = tonumber((xml.read_file(pidfile) or ''):match('%d+'))
+    pid = tonumber((files.read(pidfile) or ''):match('%d+'))
     if pid then break end
     socket.sleep(0.1)
   end
@@ -103,31 +104,31 @@ end
 --- The RFC 7489 schema with the two fixes it needs to compile and to accept
 -- IPv4 (see tests/lua/report_xml_spec.lua).
 function M.schema_7489(dir)
-  local src = xml.read_file(M.SCHEMAS .. '/dmarc-0.1-rfc7489.xsd')
+  local src = files.read(M.SCHEMAS .. '/dmarc-0.1-rfc7489.xsd')
   src = src:gsub('targetNamespace="http://dmarc.org/dmarc%-xml/0.1">',
                  'targetNamespace="http://dmarc.org/dmarc-xml/0.1" xmlns="http://dmarc.org/dmarc-xml/0.1">')
   src = src:gsub('(<xs:pattern value=")([^"]*)(")', function(a, v, b) return a .. v:gsub('%s+', '') .. b end)
   local path = dir .. '/rfc7489-fixed.xsd'
-  assert(xml.write_file(path, src))
+  assert(files.write(path, src))
   return path
 end
 
 function M.xmllint(schema, file)
-  local status = M.run('xmllint --noout --schema ' .. xml.shell_quote(schema) .. ' '
-                       .. xml.shell_quote(file) .. ' 2>&1')
+  local status = M.run('xmllint --noout --schema ' .. text.shell_quote(schema) .. ' '
+                       .. text.shell_quote(file) .. ' 2>&1')
   return status == 0
 end
 
 --- Decompress a .xml.gz to text.
 function M.gunzip(path)
-  local _, out = M.run('gzip -dc ' .. xml.shell_quote(path))
+  local _, out = M.run('gzip -dc ' .. text.shell_quote(path))
   return out
 end
 
 --- Files of a directory matching a Lua pattern, sorted.
 function M.ls(dir, pattern)
   local out = {}
-  local p = io.popen('ls -1 ' .. xml.shell_quote(dir) .. ' 2>/dev/null')
+  local p = io.popen('ls -1 ' .. text.shell_quote(dir) .. ' 2>/dev/null')
   for name in p:lines() do
     if not pattern or name:match(pattern) then out[#out + 1] = name end
   end

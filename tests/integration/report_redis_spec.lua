@@ -8,6 +8,7 @@ local socket = require 'socket'
 local dmarc = require 'dmarc'
 local report = require 'dmarc.report.rows'
 local xml = require 'dmarc.report.xml'
+local util_files = require 'dmarc.util.files'
 
 local PORT = 16391
 local DAY = 1763683200 -- 2025-11-21 00:00 UTC
@@ -162,7 +163,7 @@ describe('report rows in Redis', function()
 
   it('report__two_writer_processes_agree', function()
     local script = dir .. '/writer.lua'
-    assert(xml.write_file(script, [[
+    assert(util_files.write(script, [[
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/lua5.4/?.so;' .. package.cpath
 local redis = require 'dmarc.redis'
@@ -239,7 +240,7 @@ end
                      :gsub('</feedback>', '</dmarc:feedback>', 1)
           schema = h.schema_7489(dir)
         end
-        assert(xml.write_file(check, text))
+        assert(util_files.write(check, text))
         assert.is_true(h.xmllint(schema, check), f)
       end
       assert.equal(300 - 60, total) -- every message of a domain with rua

@@ -5,7 +5,7 @@
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local report = require 'dmarc.report.rows'
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
 local send = require 'dmarc.report.send'
 
 local REDIS_PORT = 16392
@@ -55,7 +55,7 @@ describe('report delivery over SMTP', function()
     end
     local out = dir .. '/out-' .. name
     local dns = dir .. '/dns-' .. name .. '.json'
-    assert(xml.write_file(dns, [[{
+    assert(files.write(dns, [[{
       "example.com._report._dmarc.reports.example.net": ["v=DMARC1"],
       "example.com._report._dmarc.noconsent.example": ["v=spf1 -all"],
       "example.com._report._dmarc.broken.example": "SERVFAIL"
@@ -78,10 +78,10 @@ describe('report delivery over SMTP', function()
   local function received(name)
     local out = {}
     for _, f in ipairs(h.ls(maildir(name), '%.env$')) do
-      local env = xml.read_file(maildir(name) .. '/' .. f)
+      local env = files.read(maildir(name) .. '/' .. f)
       local mail_from, rcpt, tls = env:match('^(.-)\n(.-)\nTLS (%a+)')
       out[#out + 1] = { mail_from = mail_from, rcpt = rcpt, tls = tls,
-                        message = xml.read_file(maildir(name) .. '/' .. f:gsub('%.env$', '.eml')) }
+                        message = files.read(maildir(name) .. '/' .. f:gsub('%.env$', '.eml')) }
     end
     return out
   end
@@ -102,9 +102,9 @@ describe('report delivery over SMTP', function()
     local b64 = m.message:match('Content%-Transfer%-Encoding: base64\r?\n\r?\n(.-)\r?\n%-%-')
     assert.is_string(b64)
     local gz = dir .. '/got.xml.gz'
-    assert(xml.write_file(dir .. '/got.b64', (b64:gsub('\r', ''))))
+    assert(files.write(dir .. '/got.b64', (b64:gsub('\r', ''))))
     assert.equal(0, (h.run('base64 -d ' .. dir .. '/got.b64 > ' .. gz)))
-    assert(xml.write_file(dir .. '/got.xml', h.gunzip(gz)))
+    assert(files.write(dir .. '/got.xml', h.gunzip(gz)))
     assert.is_true(h.xmllint(h.SCHEMAS .. '/dmarc-2.0.xsd', dir .. '/got.xml'))
     assert.is_nil(conn:command('EXISTS', ROWS) == 1 or nil)
   end)
@@ -147,7 +147,7 @@ describe('report delivery over SMTP', function()
   it('report_send__consent_through_a_zone_file_resolver [RUA-3]', function()
     local out = prepare('zone', { 'mailto:zone@reports.example.net', 'mailto:zone@noconsent.example' })
     local zone = dir .. '/consent.zone'
-    assert(xml.write_file(zone, '$ORIGIN example.net.\n$TTL 300\n'
+    assert(files.write(zone, '$ORIGIN example.net.\n$TTL 300\n'
                           .. 'example.com._report._dmarc.reports IN TXT "v=DMARC1"\n'))
     local status, text = h.run(h.BIN .. ' report send --quiet --redis 127.0.0.1:' .. REDIS_PORT
                                .. ' --email dmarc@receiver.example --submitter receiver.example'

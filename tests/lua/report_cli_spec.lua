@@ -1,7 +1,7 @@
 -- `dmarc report`: dispatch, usage errors (exit 2, no traceback), the
 -- pluggable subcommand table. Runs bin/dmarc; needs no Redis (usage errors
 -- come before connecting; a dead Redis is exit 1).
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
 
 local ROOT = os.getenv('PWD') or '.'
 local BIN = ROOT .. '/bin/dmarc'
@@ -72,20 +72,20 @@ describe('dmarc report command', function()
   it('report_cli__config_file_supplies_options', function()
     local dir = tmpdir()
     local conf = dir .. '/report.lua'
-    assert(xml.write_file(conf, "return { org_name = 'R', email = 'd@r.example', submitter = 'r.example',"
+    assert(files.write(conf, "return { org_name = 'R', email = 'd@r.example', submitter = 'r.example',"
                           .. " redis = '127.0.0.1:1', out = '" .. dir .. "/out' }"))
     -- everything comes from the file: only Redis is missing
     assert.equal(1, (run('generate --date 2025-11-21 --config ' .. conf)))
-    assert(xml.write_file(conf, 'return 42'))
+    assert(files.write(conf, 'return 42'))
     assert.equal(2, (run('generate --date 2025-11-21 --config ' .. conf)))
-    assert(xml.write_file(conf, 'os.exit(3)'))
+    assert(files.write(conf, 'os.exit(3)'))
     assert.equal(2, (run('generate --date 2025-11-21 --config ' .. conf))) -- no globals in configs
   end)
 
   it('report_cli__other_subcommands_load_from_modules', function()
     local dir = tmpdir()
     os.execute('mkdir -p ' .. dir .. '/dmarc/cli/report')
-    assert(xml.write_file(dir .. '/dmarc/cli/report/hello.lua',
+    assert(files.write(dir .. '/dmarc/cli/report/hello.lua',
                           "return { run = function(args) print('hello ' .. (args[1] or '')) return 7 end }"))
     local st, out = run('hello world', 'LUA_PATH="' .. dir .. '/?.lua;;"')
     assert.equal(7, st)

@@ -2,7 +2,8 @@
 -- retry/backoff, the sender lock and data deletion, against fake Redis and
 -- fake transports (the real SMTP server is in tests/integration).
 local report = require 'dmarc.report.rows'
-local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
+local generate = require 'dmarc.report.generate'
 local send = require 'dmarc.report.send'
 local cjson = require 'cjson'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
@@ -114,7 +115,7 @@ describe('report_send transports', function()
       return (t('dmarc@receiver.example', 'agg@example.com', 'Subject: x\r\n\r\nbody\r\n'))
     end
     assert.equal('accepted', run(0))
-    local args = xml.read_file(dir .. '/args'):gsub('\n$', '')
+    local args = files.read(dir .. '/args'):gsub('\n$', '')
     assert.equal('-oi -f dmarc@receiver.example -- agg@example.com', args)
     assert.equal('temp', run(75))
     assert.equal('perm', run(67))
@@ -140,7 +141,7 @@ describe('report_send delivery', function()
       report.write(conn, report.build_rows(v, {}, { ip = '203.0.113.' .. i }, nil, { time = DAY }))
     end
     local dir = tmpdir()
-    assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir, reporter = REPORTER })
+    assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir, reporter = REPORTER })
     return conn, dir
   end
 
@@ -180,11 +181,11 @@ describe('report_send delivery', function()
     local v = { result = 'pass', author_domain = 'example.com', policy_domain = 'example.com',
                 policy = 'none', record = { p = 'none', rua = { { uri = 'mailto:a@example.com' } } } }
     report.write(conn, report.build_rows(v, {}, { ip = '203.0.113.99' }, nil, { time = DAY + 5 }))
-    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
+    local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
                                     reporter = REPORTER })
     assert.equal(0, s.reports)
     assert.equal(1, s.already_sent)
-    s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
+    s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = tmpdir(),
                               reporter = REPORTER, force = true })
     assert.equal(1, s.reports)
   end)
@@ -250,9 +251,9 @@ describe('report_send delivery', function()
     local conn, dir = setup()
     local name
     for n in io.popen('ls ' .. dir):lines() do if n:match('%.json$') then name = n end end
-    local man = cjson.decode(xml.read_file(dir .. '/' .. name))
+    local man = cjson.decode(files.read(dir .. '/' .. name))
     man.reports[1].destinations[1].max_size = 100
-    xml.write_file(dir .. '/' .. name, cjson.encode(man))
+    files.write(dir .. '/' .. name, cjson.encode(man))
     local sent = {}
     local s = assert(send.send { redis = conn, out = dir, envelope_from = 'dmarc@receiver.example',
                                  transport = transport({}, sent), size_limits = true })

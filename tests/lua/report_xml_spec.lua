@@ -3,6 +3,10 @@
 -- generation from (fake) Redis data.
 local report = require 'dmarc.report.rows'
 local xml = require 'dmarc.report.xml'
+local files = require 'dmarc.util.files'
+local generate = require 'dmarc.report.generate'
+local mail = require 'dmarc.report.mail'
+local util_text = require 'dmarc.util.text'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 local DAY = 1763683200 -- 2025-11-21
@@ -21,18 +25,18 @@ end
 -- line-break whitespace (errata 5221/7865): validate against a copy with
 -- exactly those two fixes.
 local function schema_7489(dir)
-  local src = xml.read_file(SCHEMAS .. '/dmarc-0.1-rfc7489.xsd')
+  local src = files.read(SCHEMAS .. '/dmarc-0.1-rfc7489.xsd')
   src = src:gsub('targetNamespace="http://dmarc.org/dmarc%-xml/0.1">',
                  'targetNamespace="http://dmarc.org/dmarc-xml/0.1" xmlns="http://dmarc.org/dmarc-xml/0.1">')
   src = src:gsub('(<xs:pattern value=")([^"]*)(")', function(a, v, b) return a .. v:gsub('%s+', '') .. b end)
   local path = dir .. '/rfc7489-fixed.xsd'
-  assert(xml.write_file(path, src))
+  assert(files.write(path, src))
   return path
 end
 
 local function xmllint(schema, file)
-  local ok = os.execute('xmllint --noout --schema ' .. xml.shell_quote(schema) .. ' '
-                        .. xml.shell_quote(file) .. ' 2>/dev/null')
+  local ok = os.execute('xmllint --noout --schema ' .. util_text.shell_quote(schema) .. ' '
+                        .. util_text.shell_quote(file) .. ' 2>/dev/null')
   return ok == true or ok == 0
 end
 
@@ -80,7 +84,7 @@ describe('report_xml writer', function()
     local dir = tmpdir()
     local path = write_report('rfc9990', dir)
     assert.is_true(xmllint(SCHEMAS .. '/dmarc-2.0.xsd', path))
-    local text = xml.read_file(path)
+    local text = files.read(path)
     assert.truthy(text:find('<feedback xmlns="urn:ietf:params:xml:ns:dmarc-2.0">', 1, true))
     assert.truthy(text:find('<testing>y</testing>', 1, true))
     assert.truthy(text:find('<discovery_method>treewalk</discovery_method>', 1, true))
@@ -94,13 +98,13 @@ describe('report_xml writer', function()
     local dir = tmpdir()
     local path = write_report('rfc7489', dir, { xmlns_7489 = true })
     assert.is_true(xmllint(schema_7489(dir), path))
-    local text = xml.read_file(path)
+    local text = files.read(path)
     assert.is_nil(text:find('<testing>', 1, true))
     assert.truthy(text:find('<pct>100</pct>', 1, true))
     assert.truthy(text:find('<source_ip>2001:db8:0:0:0:0:0:7</source_ip>', 1, true))
     -- no namespace by default, as reports in the wild
     path = write_report('rfc7489', dir)
-    assert.truthy(xml.read_file(path):find('\n<feedback>\n', 1, true))
+    assert.truthy(files.read(path):find('\n<feedback>\n', 1, true))
   end)
 
   it('report_xml__record_encoded_matches_record', function()
@@ -137,12 +141,12 @@ describe('report_xml writer', function()
 
   it('report_xml__base64_vectors', function()
     -- RFC 4648 §10
-    assert.equal('', xml.base64(''))
-    assert.equal('Zg==\r\n', xml.base64('f'))
-    assert.equal('Zm8=\r\n', xml.base64('fo'))
-    assert.equal('Zm9v\r\n', xml.base64('foo'))
-    assert.equal('Zm9vYmFy\r\n', xml.base64('foobar'))
-    local long = xml.base64(('x'):rep(100))
+    assert.equal('', mail.base64(''))
+    assert.equal('Zg==\r\n', mail.base64('f'))
+    assert.equal('Zm8=\r\n', mail.base64('fo'))
+    assert.equal('Zm9v\r\n', mail.base64('foo'))
+    assert.equal('Zm9vYmFy\r\n', mail.base64('foobar'))
+    local long = mail.base64(('x'):rep(100))
     assert.equal(76, #long:match('^([^\r]*)'))
   end)
 
@@ -156,7 +160,7 @@ describe('report_xml writer', function()
   end)
 
   it('report_xml__message_has_mail3_subject [MAIL-1] [MAIL-3]', function()
-    local m = xml.message { report_id = 'r1', domain = 'example.com', submitter = 'receiver.example',
+    local m = mail.message { report_id = 'r1', domain = 'example.com', submitter = 'receiver.example',
                             org_name = 'Receiver "R"', email = 'dmarc@receiver.example', begin = DAY,
                             ['end'] = DAY + 86399, filename = 'f.xml.gz', gz = 'GZDATA',
                             to = 'agg@example.com\r\nBcc: x@evil.example', format = 'rfc9990' }
@@ -170,12 +174,12 @@ describe('report_xml writer', function()
   end)
 
   it('report_xml__mailto_addresses_are_checked', function()
-    assert.equal('agg@example.com', (xml.mailto_address('mailto:agg@EXAMPLE.com')))
-    assert.equal('a+b@example.com', (xml.mailto_address('mailto:a%2Bb@example.com?subject=x')))
-    assert.equal('unsupported_scheme', select(2, xml.mailto_address('https://example.com/r')))
-    assert.equal('bad_uri', select(2, xml.mailto_address('mailto:a@b.example%0d%0aRCPT')))
-    assert.equal('bad_uri', select(2, xml.mailto_address('mailto:a>b@example.com')))
-    assert.equal('bad_uri', select(2, xml.mailto_address('mailto:nobody')))
+    assert.equal('agg@example.com', (mail.mailto_address('mailto:agg@EXAMPLE.com')))
+    assert.equal('a+b@example.com', (mail.mailto_address('mailto:a%2Bb@example.com?subject=x')))
+    assert.equal('unsupported_scheme', select(2, mail.mailto_address('https://example.com/r')))
+    assert.equal('bad_uri', select(2, mail.mailto_address('mailto:a@b.example%0d%0aRCPT')))
+    assert.equal('bad_uri', select(2, mail.mailto_address('mailto:a>b@example.com')))
+    assert.equal('bad_uri', select(2, mail.mailto_address('mailto:nobody')))
   end)
 end)
 
@@ -200,22 +204,22 @@ describe('report_xml generate', function()
     local conn = fake_redis.new()
     fill(conn, 30)
     local dir = tmpdir()
-    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
+    local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
                                     reporter = REPORTER })
     assert.equal(1, s.domains)
     assert.equal(1, s.reports)
     assert.equal(3, s.records)
     assert.equal(2, s.messages)
-    local man = require('cjson').decode(xml.read_file(s.manifests[1]))
+    local man = require('cjson').decode(files.read(s.manifests[1]))
     assert.equal('example.com', man.policy_domain)
     assert.equal(2, #man.reports[1].destinations)
     local gz = dir .. '/' .. man.reports[1].file
-    assert.is_true(os.execute('gzip -dc ' .. xml.shell_quote(gz) .. ' > ' .. dir .. '/r.xml') == true
+    assert.is_true(os.execute('gzip -dc ' .. util_text.shell_quote(gz) .. ' > ' .. dir .. '/r.xml') == true
                    or true)
     assert.is_true(xmllint(SCHEMAS .. '/dmarc-2.0.xsd', dir .. '/r.xml'))
     -- the counts add up
     local total = 0
-    for c in xml.read_file(dir .. '/r.xml'):gmatch('<count>(%d+)</count>') do total = total + tonumber(c) end
+    for c in files.read(dir .. '/r.xml'):gmatch('<count>(%d+)</count>') do total = total + tonumber(c) end
     assert.equal(30, total)
   end)
 
@@ -223,15 +227,15 @@ describe('report_xml generate', function()
     local conn = fake_redis.new()
     fill(conn, 10)
     local d1, d2 = tmpdir(), tmpdir()
-    local s1 = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = d1,
+    local s1 = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = d1,
                                      reporter = REPORTER })
-    local s2 = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = d2,
+    local s2 = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = d2,
                                      reporter = REPORTER })
-    local man = require('cjson').decode(xml.read_file(s1.manifests[1]))
+    local man = require('cjson').decode(files.read(s1.manifests[1]))
     local r = man.reports[1]
-    assert.equal(xml.read_file(d1 .. '/' .. r.file), xml.read_file(d2 .. '/' .. r.file))
+    assert.equal(files.read(d1 .. '/' .. r.file), files.read(d2 .. '/' .. r.file))
     local m = r.destinations[1].message
-    assert.equal(xml.read_file(d1 .. '/' .. m), xml.read_file(d2 .. '/' .. m))
+    assert.equal(files.read(d1 .. '/' .. m), files.read(d2 .. '/' .. m))
     assert.equal(s1.records, s2.records)
   end)
 
@@ -246,15 +250,16 @@ describe('report_xml generate', function()
       end
     end
     local dir = tmpdir()
-    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 2 * 86400, out = dir,
+    local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 2 * 86400, out = dir,
                                     reporter = REPORTER })
     assert.equal(1, s.reports)
     assert.equal(1, s.records)
-    local man = require('cjson').decode(xml.read_file(s.manifests[1]))
+    local man = require('cjson').decode(files.read(s.manifests[1]))
     assert.equal(DAY + 2 * 86400 - 1, man['end'])
     assert.equal(4, #man.keys) -- rows and meta of both days, deleted after delivery
-    os.execute('gzip -dc ' .. xml.shell_quote(dir .. '/' .. man.reports[1].file) .. ' > ' .. dir .. '/r.xml')
-    local text = xml.read_file(dir .. '/r.xml')
+    os.execute('gzip -dc ' .. util_text.shell_quote(dir .. '/' .. man.reports[1].file) .. ' > '
+               .. dir .. '/r.xml')
+    local text = files.read(dir .. '/r.xml')
     assert.truthy(text:find('<count>6</count>', 1, true)) -- the third day is outside
     assert.truthy(text:find('<end>' .. (DAY + 2 * 86400 - 1) .. '</end>', 1, true))
   end)
@@ -264,10 +269,10 @@ describe('report_xml generate', function()
     fill(conn, 5, { p = 'none' })
     fill(conn, 7, { p = 'quarantine' })
     local dir = tmpdir()
-    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
+    local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
                                     reporter = REPORTER })
     assert.equal(2, s.reports)
-    local man = require('cjson').decode(xml.read_file(s.manifests[1]))
+    local man = require('cjson').decode(files.read(s.manifests[1]))
     assert.equal(2, #man.reports)
     assert.are_not.equal(man.reports[1].report_id, man.reports[2].report_id)
   end)
@@ -281,23 +286,24 @@ describe('report_xml generate', function()
                    { max_rows = 1 })
     end
     local dir = tmpdir()
-    local s = assert(xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
+    local s = assert(generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = dir,
                                     reporter = REPORTER, format = 'rfc7489' })
-    local man = require('cjson').decode(xml.read_file(s.manifests[1]))
-    os.execute('gzip -dc ' .. xml.shell_quote(dir .. '/' .. man.reports[1].file) .. ' > ' .. dir .. '/r.xml')
-    local text = xml.read_file(dir .. '/r.xml')
+    local man = require('cjson').decode(files.read(s.manifests[1]))
+    os.execute('gzip -dc ' .. util_text.shell_quote(dir .. '/' .. man.reports[1].file) .. ' > '
+               .. dir .. '/r.xml')
+    local text = files.read(dir .. '/r.xml')
     assert.truthy(text:find('<error>3 messages in 3 distinct rows are not itemised', 1, true))
   end)
 
   it('report_xml__generate_refuses_bad_periods_and_identity', function()
     local conn = fake_redis.new()
-    local _, _, code = xml.generate { redis = conn, begin = DAY + 1, ['end'] = DAY + 86400, out = '/tmp',
+    local _, _, code = generate.run { redis = conn, begin = DAY + 1, ['end'] = DAY + 86400, out = '/tmp',
                                       reporter = REPORTER }
     assert.equal('usage', code)
-    _, _, code = xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = '/tmp',
+    _, _, code = generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = '/tmp',
                                 reporter = { org_name = 'x', email = 'y' } }
     assert.equal('usage', code)
-    _, _, code = xml.generate { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = '/tmp',
+    _, _, code = generate.run { redis = conn, begin = DAY, ['end'] = DAY + 86400, out = '/tmp',
                                 reporter = REPORTER, format = 'rfc1234' }
     assert.equal('usage', code)
   end)

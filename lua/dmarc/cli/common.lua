@@ -252,10 +252,10 @@ local function check_generate(o, conf)
 end
 
 local function do_generate(o, conf, conn)
-  local report_xml = require 'dmarc.report.xml'
+  local generate = require 'dmarc.report.generate'
   local begin, finish, format = o._begin, o._finish, o._format
   local ok_core, core = pcall(require, 'dmarc.core')
-  local summary, err, code = report_xml.generate {
+  local summary, err, code = generate.run {
     redis = conn, prefix = get(o, conf, 'prefix'), begin = begin, ['end'] = finish,
     format = format, out = o.out, reporter = reporter(o, conf),
     max_rows = tonumber(get(o, conf, 'max-rows')), force = o.force,

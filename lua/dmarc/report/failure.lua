@@ -20,6 +20,7 @@
 -- `Reporter:queue_command`, sends it itself and reads the reply with
 -- `failure.queue_result`.
 local report = require 'dmarc.report.rows'
+local mail = require 'dmarc.report.mail'
 local report_xml = require 'dmarc.report.xml'
 
 local M = {}
@@ -101,7 +102,7 @@ function M.decode_entry(s)
   local domain, to, created, attempts, next_at =
     s:sub(1, nl - 1):match('^ruf1 (%S+) (%S+) (%d+) (%d+) (%d+)$')
   if not domain or not report.valid_domain(domain) then return nil end
-  local addr = report_xml.mailto_address('mailto:' .. to)
+  local addr = mail.mailto_address('mailto:' .. to)
   if addr ~= to then return nil end
   return { domain = domain, to = to, created = tonumber(created), attempts = tonumber(attempts),
            next_at = tonumber(next_at), message = s:sub(nl + 1) }
@@ -243,7 +244,7 @@ function M.build(r)
     if i > M.MAX_RCPT_FIELDS then break end
     add('Original-Rcpt-To', '<' .. redact(rcpt) .. '>')
   end
-  add('Arrival-Date', report_xml.rfc5322_date(ctx.arrival or now))
+  add('Arrival-Date', mail.rfc5322_date(ctx.arrival or now))
   if ctx.ip then add('Source-IP', ctx.ip) end
   add('Reporting-MTA', 'dns; ' .. rep.submitter)
   add('Incidents', string.format('%d', r.incidents or 1))
@@ -292,7 +293,7 @@ function M.build(r)
   local lines = {
     'From: "' .. header_safe(rep.org_name):gsub('["\\]', '') .. '" <' .. header_safe(rep.email) .. '>',
     'To: <' .. header_safe(r.to) .. '>',
-    'Date: ' .. report_xml.rfc5322_date(now),
+    'Date: ' .. mail.rfc5322_date(now),
     'Subject: ' .. header_safe(subject),
     'Message-ID: <' .. id .. '.afrf@' .. rep.submitter .. '>',
     'MIME-Version: 1.0',
@@ -400,7 +401,7 @@ function Reporter:prepare(verdict, input, ctx, decision, headers)
   local out, why = {}, 'unverified'
   for i, u in ipairs(record.ruf) do
     if i > o.max_ruf then break end
-    local addr = report_xml.mailto_address(u.uri or u)
+    local addr = mail.mailto_address(u.uri or u)
     if addr then
       local st, final = 'ok', addr
       -- [RUA-5]: the same external-destination check as for rua.
@@ -429,7 +430,7 @@ function Reporter:_queue_command(due, verdict, input, ctx, decision)
   local entries = {}
   for i, u in ipairs(verdict.record.ruf) do
     if i > o.max_ruf then break end
-    local addr = report_xml.mailto_address(type(u) == 'table' and u.uri or u)
+    local addr = mail.mailto_address(type(u) == 'table' and u.uri or u)
     if addr then
       local message = M.build {
         reporter = o.reporter, to = addr, policy_domain = due.domain, verdict = verdict,

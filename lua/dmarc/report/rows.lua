@@ -634,6 +634,98 @@ function M.write(conn, rows, opts)
 end
 
 -- ---------------------------------------------------------------------------
+-- Reading: the rows of a period, for the report generator
+
+--- Fields per HSCAN page.
+M.HSCAN_COUNT = 1000
+
+--- Everything stored for one policy domain over a period's days, read with HSCAN in pages
+-- of HSCAN_COUNT: the rows (encoded field -> count, at most max_rows distinct ones; the rest
+-- are counted as dropped) and the meta hashes summed.
+-- @param conn a dmarc.redis connection or dmarc.redis.cluster router
+-- @param prefix {string} key prefix
+-- @param domain {string} the policy domain
+-- @param days {table} "YYYYMMDD" days
+-- @param max_rows {number}
+-- @param state_key {string|nil} the delivery state: when it says complete, nothing is read
+-- @return rows, meta {rua, policy, dropped_rows, dropped_messages, lost_messages}, keys read;
+--   or 'complete'; or nil, message, code
+function M.read_period(conn, prefix, domain, days, max_rows, state_key)
+  -- Loaded here: the rspamd plugin writes rows and never reads them.
+  local connect = require 'dmarc.redis.connect'
+  local agg, nfields = {}, 0
+  local meta = { dropped_rows = 0, dropped_messages = 0, lost_messages = 0 }
+  local read = {}
+  for _, day in ipairs(days) do
+    local k = M.keys(prefix, domain, day)
+    read[#read + 1] = k.rows
+    read[#read + 1] = k.meta
+    local cursor = '0'
+    local first = true
+    repeat
+      local cmds = { { 'HSCAN', k.rows, cursor, 'COUNT', tostring(M.HSCAN_COUNT) } }
+      if first then cmds[2] = { 'HGETALL', k.meta } end
+      if first and state_key and day == days[1] then
+        cmds[3] = { 'HGET', state_key, 'complete' }
+      end
+      local replies, err, code = conn:pipeline(cmds)
+      if not replies then return nil, err, code end
+      -- A period whose reports were all delivered is not generated again:
+      -- rows that arrived after that are not reported twice (or differently).
+      if replies[3] == '1' then return 'complete' end
+      local page = replies[1]
+      if type(page) ~= 'table' or page.err then
+        return nil, 'HSCAN failed: ' .. tostring(page and page.err), 'redis'
+      end
+      if first then
+        local m = connect.hash_reply(replies[2])
+        if m.rua and m.rua ~= '' then meta.rua = m.rua end
+        if m.policy and m.policy ~= '' then meta.policy = m.policy end
+        for _, f in ipairs({ 'dropped_rows', 'dropped_messages', 'lost_messages' }) do
+          meta[f] = meta[f] + (tonumber(m[f]) or 0)
+        end
+        first = false
+      end
+      cursor = tostring(page[1])
+      local items = type(page[2]) == 'table' and page[2] or {}
+      for i = 1, #items - 1, 2 do
+        local field, n = items[i], tonumber(items[i + 1]) or 0
+        if agg[field] then
+          agg[field] = agg[field] + n
+        elseif nfields < max_rows then
+          agg[field] = n
+          nfields = nfields + 1
+        else
+          meta.dropped_rows = meta.dropped_rows + 1
+          meta.dropped_messages = meta.dropped_messages + n
+        end
+      end
+    until cursor == '0'
+  end
+  return agg, meta, read
+end
+
+
+--- The policy domains that have rows on any of @days (SCAN, on every master of a Cluster).
+-- @return {table} domains (unsorted, each once), or nil, message, code
+function M.policy_domains(conn, prefix, days)
+  local cluster = require 'dmarc.redis.cluster'
+  local domains, seen = {}, {}
+  for _, day in ipairs(days) do
+    local found, err, code = cluster.scan(conn, M.scan_pattern(prefix, day))
+    if not found then return nil, err, code end
+    for _, k in ipairs(found) do
+      local d = M.domain_of_key(prefix, k)
+      if d and not seen[d] then
+        seen[d] = true
+        domains[#domains + 1] = d
+      end
+    end
+  end
+  return domains
+end
+
+-- ---------------------------------------------------------------------------
 -- Spool: the rows of a process that lives for one message (`dmarc check`)
 -- cannot wait in memory for Redis to come back. They are written to a
 -- directory instead, one file per message, and the next run that reaches

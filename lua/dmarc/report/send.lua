@@ -8,7 +8,7 @@
 -- in the local output directory, so two hosts that generated the same
 -- (byte-identical) reports never both send them.
 local report = require 'dmarc.report.rows'
-local report_xml = require 'dmarc.report.xml'
+local mail = require 'dmarc.report.mail'
 local connect = require 'dmarc.redis.connect'
 local files = require 'dmarc.util.files'
 local text = require 'dmarc.util.text'
@@ -131,7 +131,7 @@ function M.verifier(opts)
       -- [RUA-3] step 6: the record's own rua replaces the URI only when it
       -- names the same host; otherwise the report goes to neither.
       for _, uri in ipairs(c.rua) do
-        local addr, dom = report_xml.mailto_address(uri)
+        local addr, dom = mail.mailto_address(uri)
         if addr and dom == host then return 'ok', addr end
       end
       if #c.rua > 0 then return 'unauthorized' end
@@ -161,10 +161,6 @@ local function smtp_cmd(sock, line)
   local ok, err = sock:send(line .. '\r\n')
   if not ok then return nil, err end
   return smtp_read(sock)
-end
-
-local function b64(s)
-  return (report_xml.base64(s):gsub('\r\n', ''))
 end
 
 --- The message with CRLF line ends and leading dots doubled (RFC 5321
@@ -237,11 +233,12 @@ function M.smtp_transport(opts)
       end
       local upper = caps:upper()
       if upper:find('AUTH[ =][^\n]*PLAIN') then
-        code, reply = smtp_cmd(sock, 'AUTH PLAIN ' .. b64('\0' .. opts.user .. '\0' .. opts.password))
+        local plain = '\0' .. opts.user .. '\0' .. opts.password
+        code, reply = smtp_cmd(sock, 'AUTH PLAIN ' .. mail.base64_line(plain))
       elseif upper:find('AUTH[ =][^\n]*LOGIN') then
         code, reply = smtp_cmd(sock, 'AUTH LOGIN')
-        if code == 334 then code, reply = smtp_cmd(sock, b64(opts.user)) end
-        if code == 334 then code, reply = smtp_cmd(sock, b64(opts.password)) end
+        if code == 334 then code, reply = smtp_cmd(sock, mail.base64_line(opts.user)) end
+        if code == 334 then code, reply = smtp_cmd(sock, mail.base64_line(opts.password)) end
       else
         return fail(nil, 'no supported AUTH mechanism')
       end
