@@ -15,7 +15,7 @@ local PORTS = { 17011, 17012, 17013 }
 local FIX = h.ROOT .. '/tests/fixtures/reports/'
 local DOMAINS = 30
 
-local function q(s) return require('dmarc.report.xml').shell_quote(s) end
+local function q(s) return require('dmarc.util.text').shell_quote(s) end
 
 describe('ingest into a Redis Cluster', function()
   local dir, started, router, seeds

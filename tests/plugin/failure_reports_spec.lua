@@ -157,7 +157,7 @@ describe('dmarc_engine failure reports: what is queued', function()
     assert.is_true(e.created >= before and e.created <= after)
     local m = e.message
     -- Arrival-Date: when rspamd received the message (the task's connection time).
-    local arrival = require('dmarc.report.xml').rfc5322_date(1795305600)
+    local arrival = require('dmarc.report.mail').rfc5322_date(1795305600)
     assert.truthy(m:find('\r\nArrival-Date: ' .. arrival .. '\r\n', 1, true))
     assert.truthy(m:find('Content-Type: multipart/report; report-type=feedback-report;', 1, true))
     assert.truthy(m:find('\r\nFeedback-Type: auth-failure\r\n', 1, true))
