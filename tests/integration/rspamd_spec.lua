@@ -23,6 +23,8 @@ describe('rspamd harness', function()
     assert.is_string(h.instances.engine)
     assert.is_string(h.instances.strict)
     assert.is_string(h.instances.legacy)
+    assert.is_string(h.instances.broken)
+    assert.is_string(h.instances.sandbox)
   end)
 end)
 
@@ -470,8 +472,9 @@ end)
 describe('dmarc_engine plugin at startup', function()
   -- The engine instance's configuration with another site script, checked by rspamadm
   -- configtest (which loads the plugins as rspamd does at startup, LuaJIT and lualib
-  -- included: lupa.lua's `load`, which drops chunk names, is in place there).
-  local function configtest(script_text)
+  -- included: lupa.lua's `load`, which drops chunk names, is in place there). The
+  -- configuration has the `lua = ".../dmarc_engine/check.lua";` line of the README.
+  local function configtest(script_text, extra_args)
     local dir = os.getenv('RSPAMD_IT_DIR') .. '/engine'
     local script = dir .. '/broken-site.lua'
     local f = assert(io.open(script, 'w'))
@@ -481,22 +484,138 @@ describe('dmarc_engine plugin at startup', function()
     local n
     conf, n = conf:gsub('site_script = "[^"]*";', 'site_script = "' .. script .. '";')
     assert.equal(1, n)
+    assert.truthy(conf:find('dmarc_engine/check.lua', 1, true))
     local path = dir .. '/broken.conf'
     f = assert(io.open(path, 'w'))
     f:write(conf)
     f:close()
     h.run('chmod 644 ' .. h.q(script) .. ' ' .. h.q(path))
-    return h.run('rspamadm configtest -c ' .. h.q(path) .. ' 2>&1'), script
+    local out, ok = h.run('rspamadm configtest ' .. (extra_args or '') .. ' -c ' .. h.q(path) .. ' 2>&1')
+    return out, ok, script
   end
 
-  it('a broken site script disables the plugin with one line naming file:line', function()
-    local out, script = configtest('return {\n  treat = { quarantine = "folder:Junk" },\n  x = = 1,\n}\n')
-    assert.matches('dmarc_engine: module disabled: site script ' .. script .. ': ' .. script ..
+  it('a good site script: configtest says syntax OK', function()
+    local out, ok = configtest('return { treat = { quarantine = "folder:Junk" } }\n')
+    assert.is_true(ok, out)
+    assert.matches('syntax OK', out, 1, true)
+  end)
+
+  it('a broken site script makes configtest fail, naming file:line', function()
+    local out, ok, script = configtest('return {\n  treat = { quarantine = "folder:Junk" },\n  x = = 1,\n}\n')
+    assert.is_false(ok)
+    assert.matches('syntax BAD', out, 1, true)
+    assert.matches('dmarc_engine: site script ' .. script .. ' does not load: ' .. script ..
       ':3: ', out, 1, true)
-    out, script = configtest('local t = {}\nreturn {\n  treat = { quarantine = t.x.y },\n}\n')
-    assert.matches('dmarc_engine: module disabled: site script ' .. script .. ': ' .. script ..
+    out, ok, script = configtest('local t = {}\nreturn {\n  treat = { quarantine = t.x.y },\n}\n')
+    assert.is_false(ok)
+    assert.matches('dmarc_engine: site script ' .. script .. ' does not load: ' .. script ..
       ':3: ', out, 1, true)
     assert.is_nil(out:find('[string', 1, true))
+  end)
+
+  it('any setting the plugin would refuse makes configtest fail too', function()
+    local dir = os.getenv('RSPAMD_IT_DIR') .. '/engine'
+    local conf = assert(io.open(dir .. '/rspamd.conf')):read('*a')
+    conf = conf:gsub('authserv_id = "[^"]*";', 'authserv_id = "two words";')
+    local path = dir .. '/badopt.conf'
+    local f = assert(io.open(path, 'w'))
+    f:write(conf)
+    f:close()
+    h.run('chmod 644 ' .. h.q(path))
+    local out, ok = h.run('rspamadm configtest -c ' .. h.q(path) .. ' 2>&1')
+    assert.is_false(ok)
+    assert.matches('dmarc_engine: the plugin would not start: authserv_id', out, 1, true)
+  end)
+end)
+
+-- A site script that does not load never leaves a message unevaluated: the `broken`
+-- instance's script has a syntax error on line 5 (site-broken.lua).
+describe('dmarc_engine plugin (site script that does not load)', function()
+  local addr = h.instances.broken
+  local script = (os.getenv('RSPAMD_IT_DIR') or '') .. '/broken/site.lua'
+
+  it('a spoof of p=reject gets DMARC_POLICY_REJECT, the default treatment and the mark', function()
+    local r = h.scan(addr, { file = 'reject-spoof.eml', ip = SPOOFER, from = 'ceo@reject.test' })
+    assert.same({ 'reject.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    assert.same({ script .. ':5', 'load' }, h.options(r, 'DMARC_SITE_SCRIPT_ERROR'))
+    -- The documented default: p=reject without other evidence handled as quarantine.
+    assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+    assert.matches('policy.dmarc=quarantine$', h.added_headers(r)['Authentication-Results'])
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/broken/log/rspamd.log'))
+    assert.truthy(log:find('dmarc_engine: site script ' .. script .. ' did not load (' .. script ..
+      ':5); the default treatments apply', 1, true))
+    assert.truthy(log:find('dmarc_engine: site script ' .. script .. ' did not load: ' .. script ..
+      ':5:', 1, true))
+  end)
+
+  it('a pass stays a pass, marked too', function()
+    local r = h.scan(addr, { file = 'spf-pass.eml', ip = '192.0.2.10', from = 'alice@pass.test' })
+    assert.same({ 'pass.test', 'reject' }, h.options(r, 'DMARC_POLICY_ALLOW'))
+    assert.is_table(h.options(r, 'DMARC_SITE_SCRIPT_ERROR'))
+  end)
+end)
+
+-- The Authentication-Results field of milter_headers' routine, with the plugin's dmarc= entry
+-- (auth_results = "milter_headers"): one field, one dmarc= result (RFC 8601 §5).
+describe('dmarc_engine plugin with milter_headers (one Authentication-Results field)', function()
+  local addr = h.instances.sandbox
+
+  local function ar_fields(r)
+    local v = ((r.milter or {}).add_headers or {})['Authentication-Results']
+    if type(v) ~= 'table' then return v and { v } or {} end
+    if v.value then return { v.value } end
+    local out = {}
+    for i, x in ipairs(v) do out[i] = type(x) == 'table' and x.value or x end
+    return out
+  end
+
+  it('a spoof: one field with SPF and one dmarc= entry, the plugin\'s', function()
+    local r = h.scan(addr, { file = 'quarantine.eml', ip = SPOOFER, from = 'info@quar.test' })
+    assert.is_table(h.options(r, 'DMARC_POLICY_QUARANTINE'))
+    local fields = ar_fields(r)
+    assert.equal(1, #fields)
+    local f = fields[1]
+    -- (policy.dmarc= is a property of that one result.)
+    assert.equal(1, select(2, f:gsub('[%s;]dmarc=', '')))
+    assert.truthy(f:find('dmarc=fail (p=quarantine dis=quarantine) header.from=quar.test ' ..
+      'policy.dmarc=quarantine', 1, true), f)
+    assert.truthy(f:find('spf=fail', 1, true), f)
+  end)
+
+  it('a pass: one field, one dmarc=pass', function()
+    local r = h.scan(addr, { file = 'spf-pass.eml', ip = '192.0.2.10', from = 'alice@pass.test' })
+    local fields = ar_fields(r)
+    assert.equal(1, #fields)
+    assert.equal(1, select(2, fields[1]:gsub('[%s;]dmarc=', '')))
+    assert.truthy(fields[1]:find('dmarc=pass (p=reject dis=none) header.from=pass.test', 1, true))
+  end)
+end)
+
+-- pct in the default mode: historic (RFC 9989), so p=quarantine; pct=0 is applied, where
+-- rspamd's module (and rfc7489 mode) sample the message out to SOFTFAIL
+-- (plugins/rspamd/README.md, "Switching from the built-in dmarc module").
+describe('p=quarantine; pct=0 when switching from the built-in module', function()
+  local case = { file = 'pct0.eml', ip = SPOOFER, from = 'info@pct0.test' }
+
+  it('the built-in module: DMARC_POLICY_SOFTFAIL', function()
+    local r = h.scan(h.instances.builtin, case)
+    assert.is_table(h.options(r, 'DMARC_POLICY_SOFTFAIL'))
+    assert.is_nil(r.symbols.DMARC_POLICY_QUARANTINE)
+  end)
+
+  it('the plugin in its default mode: DMARC_POLICY_QUARANTINE', function()
+    local r = h.scan(h.instances.engine, case)
+    assert.same({ 'pct0.test : No valid SPF, No valid DKIM', 'quarantine' },
+      h.options(r, 'DMARC_POLICY_QUARANTINE'))
+    assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+  end)
+
+  it('the plugin in rfc7489 mode: DMARC_POLICY_SOFTFAIL, sampled_out', function()
+    local r = h.scan(h.instances.legacy, case)
+    local opts = h.options(r, 'DMARC_POLICY_SOFTFAIL')
+    assert.is_table(opts)
+    assert.is_true(has(opts, 'sampled_out'))
   end)
 end)
 

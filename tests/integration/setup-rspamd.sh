@@ -9,6 +9,9 @@
 #                             a Redis that is down
 #   legacy   127.0.0.1:11463  our plugin in rfc7489 mode, DKIM checked by the engine
 #                             (rspamd's dkim filter not loaded)
+#   broken   127.0.0.1:11473  our plugin with a site script that does not load
+#   sandbox  127.0.0.1:11483  our plugin with a site hook the sandbox must stop, and its
+#                             dmarc= entry in milter_headers' Authentication-Results field
 #
 # A failure here does not stop the other suites: it is recorded in DMARC_TEST_RSPAMD_ERROR
 # and rspamd_spec.lua reports it as a failed test. Every daemon's PID is in SERVER_PIDS.
@@ -62,6 +65,22 @@ rspamd_it_setup() {
         export DMARC_TEST_RSPAMD_LEGACY=127.0.0.1:11463
     else
         DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin (rfc7489 mode) did not start"
+        return 0
+    fi
+    if rspamd_it_conf broken 11473 engine "$RSPAMD_IT_SRC/broken.conf.in" &&
+        cp "$RSPAMD_IT_SRC/site-broken.lua.in" "$RSPAMD_IT_DIR/broken/site.lua" &&
+        rspamd_it_start broken 11473; then
+        export DMARC_TEST_RSPAMD_BROKEN=127.0.0.1:11473
+    else
+        DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin (broken site script) did not start"
+        return 0
+    fi
+    if rspamd_it_conf sandbox 11483 engine "$RSPAMD_IT_SRC/sandbox.conf.in" &&
+        cp "$RSPAMD_IT_SRC/site-sandbox.lua" "$RSPAMD_IT_DIR/sandbox/site.lua" &&
+        rspamd_it_start sandbox 11483; then
+        export DMARC_TEST_RSPAMD_SANDBOX=127.0.0.1:11483
+    else
+        DMARC_TEST_RSPAMD_ERROR="rspamd with the dmarc_engine plugin (sandbox) did not start"
     fi
     return 0
 }

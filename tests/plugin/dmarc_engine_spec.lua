@@ -111,24 +111,58 @@ describe('dmarc_engine misconfiguration disables it with one log line', function
     refused({ evidence_symbols = { 1, 2 } }, nil, 'evidence_symbols')
   end)
 
-  it('with a site script that does not load, naming the problem', function()
-    -- file:line, as policy.load gives it, also where the host replaced `load` (rspamd).
-    local path = site_file('syntax.lua', 'return {\n  treat = }')
-    refused({ site_script = path }, nil, 'site script ' .. path:gsub('%p', '%%%0') .. ': ' ..
-      path:gsub('%p', '%%%0') .. ':2: ')
-    path = site_file('runtime.lua', 'local t = {}\nlocal x = t.a.b\nreturn {}')
-    refused({ site_script = path }, nil, 'site script .*: ' .. path:gsub('%p', '%%%0') .. ':2: ')
-    refused({ site_script = SITE_DIR .. '/missing.lua' }, nil, 'site script')
-    refused({ site_script = site_file('unknown.lua', 'return { nonsense = 1 }') }, nil,
-      'site script .*nonsense')
-  end)
-
   it('with reporting on and no Redis servers', function()
     refused({ reporting = { enabled = true } }, nil, 'reporting')
   end)
 
   it('with an authserv-id that is not a token (RFC 8601)', function()
     refused({ authserv_id = 'two words' }, nil, 'authserv_id')
+  end)
+end)
+
+describe('dmarc_engine with a site script that does not load', function()
+  -- Every message is still evaluated: the default treatments apply, each message gets
+  -- DMARC_SITE_SCRIPT_ERROR and a log line naming the script and line.
+  local function broken(path, where_pattern)
+    local env, x = load({ site_script = path })
+    assert.is_nil(x.disabled)
+    assert.same({}, env.disabled)
+    assert.is_table(env.symbols.DMARC_CHECK)
+    assert.equal('DMARC_CHECK', env.symbols.DMARC_SITE_SCRIPT_ERROR.parent)
+    assert.matches('dmarc_engine: site script ' .. path:gsub('%p', '%%%0') .. ' did not load: ' ..
+      where_pattern, env.log_text('error'))
+    -- A spoof of p=reject: DMARC_POLICY_REJECT, handled as quarantine by default (folder).
+    env.log = {}
+    local t = scan(x, spoof('pass.test'))
+    assert.equal('pass.test : No valid SPF, No valid DKIM', t:options('DMARC_POLICY_REJECT')[1])
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    local mark = t:options('DMARC_SITE_SCRIPT_ERROR')
+    assert.equal('load', mark[2])
+    assert.matches('did not load', env.log_text('error'))
+    assert.matches(path:gsub('%p', '%%%0'), env.log_text('error'))
+    return mark[1]
+  end
+
+  it('a syntax error: file:line in the start-up line and on each message', function()
+    -- file:line, as policy.load gives it, also where the host replaced `load` (rspamd).
+    local path = site_file('syntax.lua', 'return {\n  treat = }')
+    local where = broken(path, path:gsub('%p', '%%%0') .. ':2: ')
+    assert.equal(path .. ':2', where)
+  end)
+
+  it('a runtime error at load, a missing file, an unknown field', function()
+    local path = site_file('runtime.lua', 'local t = {}\nlocal x = t.a.b\nreturn {}')
+    assert.equal(path .. ':2', broken(path, path:gsub('%p', '%%%0') .. ':2: '))
+    path = SITE_DIR .. '/missing.lua'
+    assert.equal(path, broken(path, 'cannot open'))
+    path = site_file('unknown.lua', 'return { nonsense = 1 }')
+    assert.equal(path, broken(path, '.*nonsense'))
+  end)
+
+  it('a good site script marks nothing', function()
+    local _, x = load({ site_script = site_file('good.lua', 'return {}') })
+    local t = scan(x, spoof('pass.test'))
+    assert.is_nil(t:options('DMARC_SITE_SCRIPT_ERROR'))
   end)
 end)
 
@@ -545,5 +579,49 @@ describe('dmarc_engine DKIM fallback', function()
     end
     assert.is_true(asked)
     assert.is_table(t:options('DMARC_POLICY_REJECT'))
+  end)
+end)
+
+describe('dmarc_engine Authentication-Results with milter_headers', function()
+  -- A stand-in for rspamd's lua_auth_results: one field from the symbols it is given.
+  local function fake_ar()
+    local ar = { default_settings = { dmarc_symbols = { reject = 'DMARC_POLICY_REJECT' } } }
+    function ar.gen_auth_results(_, s)
+      local parts = { 'mx.host' }
+      if next(s.dmarc_symbols) then parts[#parts + 1] = 'dmarc=fail header.from=policy.domain' end
+      if #parts == 1 then parts[2] = 'none' end
+      return table.concat(parts, '; ')
+    end
+    return ar
+  end
+
+  it('puts the plugin\'s dmarc= entry into the routine\'s one field', function()
+    local ar = fake_ar()
+    package.loaded.lua_auth_results = ar
+    local _, x = load({ auth_results = 'milter_headers' })
+    package.loaded.lua_auth_results = nil
+    assert.is_nil(x.disabled)
+    local t = scan(x, spoof('pass.test'))
+    -- No field of the plugin's own ...
+    assert.is_nil(t:added_headers()['Authentication-Results'])
+    -- ... its entry in the routine's, instead of the one from the symbols.
+    assert.equal('mx.host; dmarc=fail (p=reject dis=quarantine) header.from=pass.test ' ..
+      'policy.dmarc=quarantine', ar.gen_auth_results(t, ar.default_settings))
+    -- A message the plugin did not evaluate: the routine's own field.
+    assert.equal('mx.host; dmarc=fail header.from=policy.domain',
+      ar.gen_auth_results(fake.task({}), ar.default_settings))
+  end)
+
+  it('keeps the entry of a field that holds other results', function()
+    local _, x = load()
+    local x_with_entry = x.with_dmarc_entry
+    assert.equal('h; spf=pass; dmarc=pass', x_with_entry('h; spf=pass', 'dmarc=pass'))
+    assert.equal('h; dmarc=pass', x_with_entry('h; none', 'dmarc=pass'))
+  end)
+
+  it('refuses an unknown auth_results value', function()
+    local env, x = load({ auth_results = 'both' })
+    assert.is_string(x.disabled)
+    assert.matches('auth_results', env.log_text('error'))
   end)
 end)

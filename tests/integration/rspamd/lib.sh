@@ -145,7 +145,9 @@ rspamd_it_conf() {
         builtin=true
         ;;
     engine)
+        # The plugin and its parts, as installed (plugins/rspamd/README.md).
         ln -sf "$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine.lua" "$d/plugins/dmarc_engine.lua"
+        ln -sfn "$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine" "$d/plugins/dmarc_engine"
         ;;
     none) ;;
     *)

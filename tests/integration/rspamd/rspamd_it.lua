@@ -13,6 +13,8 @@ M.instances = {
   engine = os.getenv('DMARC_TEST_RSPAMD_ENGINE'),
   strict = os.getenv('DMARC_TEST_RSPAMD_STRICT'),
   legacy = os.getenv('DMARC_TEST_RSPAMD_LEGACY'),
+  broken = os.getenv('DMARC_TEST_RSPAMD_BROKEN'),
+  sandbox = os.getenv('DMARC_TEST_RSPAMD_SANDBOX'),
 }
 M.setup_error = os.getenv('DMARC_TEST_RSPAMD_ERROR') or ''
 
