@@ -134,6 +134,7 @@ build = {
     ['dmarc.report.send'] = 'lua/dmarc/report/send.lua',
     ['dmarc.report.xml'] = 'lua/dmarc/report/xml.lua',
     ['dmarc.site.policy'] = 'lua/dmarc/site/policy.lua',
+    ['dmarc.site.sandbox'] = 'lua/dmarc/site/sandbox.lua',
     ['dmarc.site.store'] = 'lua/dmarc/site/store.lua',
     ['dmarc.util.config'] = 'lua/dmarc/util/config.lua',
     ['dmarc.util.files'] = 'lua/dmarc/util/files.lua',

@@ -29,6 +29,7 @@
 -- recipients are treated differently).
 -- @module dmarc.site.policy
 local store = require 'dmarc.site.store'
+local sandbox = require 'dmarc.site.sandbox'
 local dlog = require 'dmarc.util.log'
 
 local M = {}
@@ -281,47 +282,14 @@ end
 -- }==================================================================
 
 -- {==================================================================
--- Running site code: restricted environment, instruction budget
+-- Running site code: the sandbox (dmarc.site.sandbox)
 -- ===================================================================
 
--- Raised by the count hook. A table, so no script can produce it, and the pcall of the
--- environment re-raises it: a script cannot catch its way past its budget.
-local BUDGET = setmetatable({}, { __tostring = function() return 'instruction budget exceeded' end })
-
 local pack = table.pack or function(...) return { n = select('#', ...), ... } end
-local unpack = table.unpack or unpack
-
-local function safe_pcall(f, ...)
-  local r = pack(pcall(f, ...))
-  if not r[1] and r[2] == BUDGET then error(BUDGET, 0) end
-  return unpack(r, 1, r.n)
-end
-
-local function copy_lib(lib, drop)
-  local t = {}
-  for k, v in pairs(lib) do
-    if not (drop and drop[k]) then t[k] = v end
-  end
-  return t
-end
 
 local function script_name(chunkname)
   if type(chunkname) == 'string' and chunkname:sub(1, 1) == '@' then return chunkname:sub(2) end
   return chunkname or 'site'
-end
-
--- The environment of a site script: no io, os, require, load, debug, package, setmetatable,
--- coroutine; fresh copies of string, table and math, so a script cannot alter the host's.
-local function make_env(logger, name)
-  local env = {
-    pairs = pairs, ipairs = ipairs, next = next, tostring = tostring, tonumber = tonumber,
-    type = type, select = select, error = error, assert = assert, rawequal = rawequal,
-    pcall = safe_pcall, unpack = unpack,
-    string = copy_lib(string, { dump = true }), table = copy_lib(table), math = copy_lib(math),
-    log = function(msg) logger:info('%s: %s', name, tostring(msg)) end,
-  }
-  for k, f in pairs(DSL) do env[k] = f end
-  return env
 end
 
 local function where_of(info, fallback)
@@ -331,39 +299,12 @@ local function where_of(info, fallback)
   return src .. ':' .. tostring(info.currentline or 0)
 end
 
--- Calls fn(...) in a coroutine under a count hook: true, results... or false, msg, code
--- ('runtime' | 'budget'). The hook raises after `budget` VM instructions; the message names
--- the file and line that was running. LuaJIT counts instructions only in interpreted code:
--- site script chunks are loaded with jit.off(chunk, true), so none of their functions is
--- compiled; LuaJIT's hook is also global rather than per coroutine, so the previous hook is
--- put back afterwards.
-local function guarded_call(budget, name, fn, ...)
-  local args = pack(...)
-  local co = coroutine.create(function() return fn(unpack(args, 1, args.n)) end)
-  local where
-  local function on_count()
-    if not where then where = where_of(debug.getinfo(2, 'Sl'), name) end
-    error(BUDGET, 0)
-  end
-  local global_hook = type(jit) == 'table'
-  local old
-  if global_hook then old = pack(debug.gethook()) end
-  debug.sethook(co, on_count, '', budget)
-  local res = pack(coroutine.resume(co))
-  if global_hook then
-    if old[1] then debug.sethook(old[1], old[2], old[3]) else debug.sethook() end
-  else
-    debug.sethook(co)
-  end
-  if res[1] then return true, unpack(res, 2, res.n) end
-  local err = res[2]
-  if err == BUDGET then
-    return false, string.format('%s: instruction budget of %d exceeded', where or name, budget), 'budget'
-  end
-  if type(err) ~= 'string' then
-    return false, name .. ': raised a ' .. type(err) .. ' value, not an error message', 'runtime'
-  end
-  return false, err, 'runtime'
+-- Site code runs in dmarc.site.sandbox: a restricted environment (no io, os, require, load,
+-- debug ...) with the DSL, under bounds on Lua instructions, on the work the string and
+-- table functions do in C, and on memory (docs/site-policy.md, "Bounds"). A site's hook
+-- runs in its script's environment; a hook given as a Lua function (M.new) in a default one.
+local function make_env(logger, name)
+  return sandbox.env(logger, name, DSL)
 end
 
 -- }==================================================================
@@ -513,7 +454,7 @@ local function build_site(config, opts, name, logger)
 
   if config.decide ~= nil then
     if type(config.decide) ~= 'function' then return bad('decide must be a function') end
-    -- LuaJIT only counts instructions of interpreted code (see guarded_call).
+    -- LuaJIT only counts instructions of interpreted code (dmarc.site.sandbox).
     if type(jit) == 'table' and jit.off then jit.off(config.decide, true) end
     site.hook = config.decide
   end
@@ -592,13 +533,14 @@ function M.load_string(source, chunkname, opts)
   local chunk, err = load_text(source, chunkname or '=site', env)
   if not chunk then return nil, err, 'syntax' end
   if type(jit) == 'table' and jit.off then jit.off(chunk, true) end
-  local res = pack(guarded_call(opts.load_budget or M.DEFAULT_LOAD_BUDGET, name, chunk))
+  local res = pack(sandbox.call(env, opts.load_budget or M.DEFAULT_LOAD_BUDGET, name, chunk))
   if not res[1] then return nil, res[2], res[3] end
   if type(res[2]) ~= 'table' then return bad(name .. ': the site script must return a table') end
   local site
   site, err = build_site(res[2], opts, name, logger)
   if not site then return bad(name .. ': ' .. err) end
   site.from_script = true
+  site.env = env
   return site
 end
 
@@ -1146,7 +1088,7 @@ end
 
 function Site:_run_hook(verdict, ctx, proposed)
   local copy = deep_copy(proposed, 0)
-  local ok, result, code = guarded_call(self.budget, self.name, self.hook, verdict, ctx, copy)
+  local ok, result, code = sandbox.call(self.env, self.budget, self.name, self.hook, verdict, ctx, copy)
   local msg
   if not ok then
     msg = result .. (code == 'budget' and '' or ' (in decide)')
@@ -1165,10 +1107,13 @@ function Site:_run_hook(verdict, ctx, proposed)
       currentline = info.linedefined }, self.name) or self.name
     msg = where .. ': decide returned ' .. err
   end
-  -- Contained: the decision without the hook applies, and the failure is logged.
+  -- Contained: the decision without the hook applies, and the failure is logged. The
+  -- decision says where the hook failed (a scanner marks such messages).
+  local where = tostring(msg):match('^(.-:%d+):') or self.name
   msg = msg .. '; the site decision applies'
   self.log:warn('%s', msg)
   add_warning(proposed.warnings, msg)
+  proposed.site_error = { where = where, message = msg }
   return proposed
 end
 
