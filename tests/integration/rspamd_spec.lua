@@ -513,6 +513,15 @@ describe('dmarc_engine plugin at startup', function()
     assert.is_nil(out:find('[string', 1, true))
   end)
 
+  it('a script that would allocate 2 GB at load is refused at once', function()
+    local t0 = os.time()
+    local out, ok, script = configtest('local pad = string.rep("x", 2^31 - 64)\nreturn {}\n')
+    assert.is_true(os.time() - t0 <= 10)
+    assert.is_false(ok)
+    assert.matches('dmarc_engine: site script ' .. script .. ' does not load: ' .. script ..
+      ':1: string.rep: a result of 2147483584 bytes is over the limit', out, 1, true)
+  end)
+
   it('any setting the plugin would refuse makes configtest fail too', function()
     local dir = os.getenv('RSPAMD_IT_DIR') .. '/engine'
     local conf = assert(io.open(dir .. '/rspamd.conf')):read('*a')
@@ -589,6 +598,32 @@ describe('dmarc_engine plugin with milter_headers (one Authentication-Results fi
     assert.equal(1, #fields)
     assert.equal(1, select(2, fields[1]:gsub('[%s;]dmarc=', '')))
     assert.truthy(fields[1]:find('dmarc=pass (p=reject dis=none) header.from=pass.test', 1, true))
+  end)
+end)
+
+-- The sandbox instance's decide hook runs a pattern bomb for mail from reject.test
+-- (site-sandbox.lua, line 12): the sandbox refuses it at once, the scan goes on with the
+-- default treatment, and the message is marked.
+describe('dmarc_engine plugin: a site hook the sandbox stops', function()
+  local addr = h.instances.sandbox
+  local script = (os.getenv('RSPAMD_IT_DIR') or '') .. '/sandbox/site.lua'
+
+  it('finishes at once with a sandbox error and the default treatment', function()
+    local t0 = os.time()
+    local r = h.scan(addr, { file = 'reject-spoof.eml', ip = SPOOFER, from = 'ceo@reject.test' })
+    assert.is_true(os.time() - t0 <= 2)
+    assert.same({ 'reject.test : No valid SPF, No valid DKIM', 'reject' },
+      h.options(r, 'DMARC_POLICY_REJECT'))
+    assert.equal('Junk', h.added_headers(r)['X-DMARC-Folder'])
+    assert.same({ script .. ':12', 'decide' }, h.options(r, 'DMARC_SITE_SCRIPT_ERROR'))
+    local log = h.run('cat ' .. h.q(os.getenv('RSPAMD_IT_DIR') .. '/sandbox/log/rspamd.log'))
+    local _, n = log:gsub('string%.find: pattern "a%-a%-a%-a%-a%-a%-a%-b" is too costly', '')
+    assert.equal(1, n)
+  end)
+
+  it('other mail is not marked', function()
+    local r = h.scan(addr, { file = 'quarantine.eml', ip = SPOOFER, from = 'info@quar.test' })
+    assert.is_nil(r.symbols.DMARC_SITE_SCRIPT_ERROR)
   end)
 end)
 

@@ -404,6 +404,69 @@ describe('dmarc_engine acts on the site\'s decisions', function()
     local t = scan(x, spoof('quar.test'))
     assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
   end)
+
+  -- Lines that name @needle, with what they were logged for.
+  local function lines_with(env, needle)
+    local out = {}
+    for _, e in ipairs(env.log) do
+      if e.msg:find(needle, 1, true) then out[#out + 1] = e end
+    end
+    return out
+  end
+
+  it('a decide hook\'s error is logged once, with the task, and the message marked', function()
+    local path = site_file('raise-line.lua',
+      'return {\n  decide = function()\n    error("boom")\n  end,\n}\n')
+    local env, x = load({ site_script = path })
+    env.log = {}
+    local t = scan(x, spoof('quar.test'))
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    local lines = lines_with(env, 'boom')
+    assert.equal(1, #lines)
+    assert.equal(t, lines[1].target)
+    assert.matches(path:gsub('%p', '%%%0') .. ':3: boom', lines[1].msg)
+    assert.same({ path .. ':3', 'decide' }, t:options('DMARC_SITE_SCRIPT_ERROR'))
+    -- The next message, once more (not twice), and a good decision marks nothing.
+    env.log = {}
+    scan(x, spoof('quar.test'))
+    assert.equal(1, #lines_with(env, 'boom'))
+  end)
+
+  it('a hook\'s pattern bomb ends at once with a sandbox error; the default treatment applies', function()
+    local path = site_file('bomb.lua', [[
+return {
+  decide = function(verdict)
+    local s = ("a"):rep(30000)
+    local found = s:find("a-a-a-a-a-a-a-b")
+    if found then return 'accept' end
+  end,
+}
+]])
+    local env, x = load({ site_script = path })
+    env.log = {}
+    local t0 = os.clock()
+    local t = scan(x, spoof('pass.test'))
+    assert.is_true(os.clock() - t0 < 1)
+    -- p=reject handled as quarantine: the default treatment, folder Junk.
+    assert.equal('Junk', t:added_headers()['X-DMARC-Folder'])
+    assert.is_table(t:options('DMARC_POLICY_REJECT'))
+    assert.same({ path .. ':4', 'decide' }, t:options('DMARC_SITE_SCRIPT_ERROR'))
+    local lines = lines_with(env, 'too costly')
+    assert.equal(1, #lines)
+    assert.matches('site script sandbox', lines[1].msg, 1, true)
+  end)
+
+  it('a script that allocates 2 GB at load is refused at once; the defaults apply', function()
+    local path = site_file('rep.lua', 'local pad = string.rep("x", 2^31 - 64)\nreturn {}\n')
+    local t0 = os.clock()
+    local env, x = load({ site_script = path })
+    assert.is_true(os.clock() - t0 < 1)
+    assert.is_nil(x.disabled)
+    assert.matches('did not load: ' .. path:gsub('%p', '%%%0') .. ':1: string.rep: a result of ' ..
+      '2147483584 bytes is over the limit', env.log_text('error'))
+    local t = scan(x, spoof('pass.test'))
+    assert.same({ path .. ':1', 'load' }, t:options('DMARC_SITE_SCRIPT_ERROR'))
+  end)
 end)
 
 describe('dmarc_engine with Redis', function()

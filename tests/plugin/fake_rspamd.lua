@@ -49,9 +49,10 @@ function M.new(opts)
   env.redis.requests = env.redis.requests or {}
   env.redis.scripts = env.redis.scripts or {}
 
+  -- Each entry keeps what it was logged for (rspamd_config or a task: the task id).
   local function logf(level)
-    return function(_, fmt, ...)
-      env.log[#env.log + 1] = { level = level, msg = format(fmt, ...) }
+    return function(target, fmt, ...)
+      env.log[#env.log + 1] = { level = level, msg = format(fmt, ...), target = target }
     end
   end
 
