@@ -81,8 +81,8 @@ local function send_row_command(task, cmd)
 end
 
 --- The report rows of an evaluation, through rspamd's redis client: the same commands the
--- report module gives the CLI. A row that cannot be written is logged and dropped (the
--- CLI's collector is the buffering writer).
+-- report module gives the CLI. A row that cannot be written is logged and dropped
+-- (`dmarc check --spool` is the writer that keeps rows).
 function M.store_rows(task, verdict, input, ctx, decision)
   if not P.reporting_redis or not M.redis_healthy() then return end
   if settings.reporting.skip_rspamc and lua_util.is_rspamc_or_controller(task) then return end
