@@ -18,6 +18,7 @@ require 'dmarc.io'
 local policy = require 'dmarc.site.policy'
 local report = require 'dmarc.report.rows'
 local common = require 'dmarc.cli.common'
+local connect = require 'dmarc.redis.connect'
 local config = require 'dmarc.util.config'
 local json = require 'dmarc.util.json'
 local options = require 'dmarc.util.options'
@@ -318,7 +319,7 @@ function M.redis_settings(opts, getenv)
     settings.cluster = cluster_nodes
     settings.redis = { cluster = cluster_nodes }
   elseif addr ~= nil and addr ~= '' then
-    local where, err = require('dmarc.redis.connect').parse_address(tostring(addr))
+    local where, err = connect.parse_address(tostring(addr))
     if not where then return nil, err end
     settings.redis = where
   end
@@ -357,28 +358,12 @@ local function redis_link(settings)
       link.failed = link.failed or 'the connection to Redis broke'
     end
     if link.failed then return nil, link.failed, 'io' end
-    local ok, redis = pcall(require, 'dmarc.redis')
-    if not ok then
-      link.failed = 'the dmarc.redis module is not built'
-      return nil, link.failed, 'unavailable'
-    end
+    -- A Cluster router has the connection's :command/:pipeline contract, so the store, the
+    -- rows and the failure queue use it unchanged; it routes each command by slot.
     local where = settings.redis
-    if settings.cluster then
-      -- The router has the connection's :command/:pipeline contract, so the store, the
-      -- rows and the failure queue use it unchanged; it routes each command by slot.
-      local router, err, code = require('dmarc.redis.cluster').new {
-        nodes = settings.cluster, timeout = settings.timeout, password = settings.password,
-      }
-      if not router then
-        link.failed = tostring(err)
-        return nil, link.failed, code or 'io'
-      end
-      link.conn = router
-      return router
-    end
-    local conn, err, code = redis.connect {
-      host = where.host, port = where.port, path = where.path, timeout = settings.timeout,
-      password = settings.password, db = settings.db,
+    local conn, err, code = connect.open {
+      cluster = settings.cluster, host = where.host, port = where.port, path = where.path,
+      timeout = settings.timeout, password = settings.password, db = settings.db,
     }
     if not conn then
       link.failed = tostring(err)

@@ -96,7 +96,7 @@ local function open_cluster_store(opts, sys, timeout)
     prefix = opts.prefix, tag = opts.tag, timeout = timeout, backoff = 0,
     where = 'cluster ' .. table.concat(nodes, ','),
     connect = function()
-      return require('dmarc.redis.cluster').new { nodes = nodes, timeout = timeout, password = password }
+      return connect.open { cluster = nodes, timeout = timeout, password = password }
     end,
   })
   if not ok then return nil, (tostring(st):gsub('^[^:]*:%d+: ', '')), 2 end

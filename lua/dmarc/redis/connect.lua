@@ -1,9 +1,11 @@
---- The Redis connection of the commands: where a Redis address and the connection options
--- become a connection (a dmarc.redis client, or a dmarc.redis.cluster router).
+--- The one place where Redis options become a connection: a dmarc.redis client, or a
+-- dmarc.redis.cluster router (which has the same :command/:pipeline contract). The override
+-- store, `dmarc check`, `dmarc override` and the report commands all connect through open().
 --
 --   local connect = require 'dmarc.redis.connect'
 --   local where = connect.parse_address('unix:/run/redis.sock')   --> { path = ... }
---   local conn, err, code = connect.from_options(opts, conf)
+--   local conn, err, code = connect.open { host = '127.0.0.1', port = 6379, timeout = 0.5 }
+--   local conn, err, code = connect.from_options(opts, conf)      -- the report commands
 -- @module dmarc.redis.connect
 
 local options = require 'dmarc.util.options'
@@ -30,6 +32,24 @@ function M.parse_address(s)
   return { host = host, port = port }
 end
 
+--- A connection.
+-- @param conf {table} the connection options, all optional:
+--   cluster   a list of seed nodes ("HOST:PORT"): a Redis Cluster router instead of one server
+--   host, port, path   one server (TCP, or a unix socket path)
+--   password, db, timeout (seconds)
+-- @return connection, or nil, message, code ('unavailable': dmarc.redis is not built; else
+--   the codes of dmarc.redis.connect and dmarc.redis.cluster.new)
+function M.open(conf)
+  if conf.cluster then
+    local cluster = require 'dmarc.redis.cluster'
+    return cluster.new { nodes = conf.cluster, timeout = conf.timeout, password = conf.password }
+  end
+  local ok, redis = pcall(require, 'dmarc.redis')
+  if not ok then return nil, 'the dmarc.redis module is not built', 'unavailable' end
+  return redis.connect { host = conf.host, port = conf.port, path = conf.path, timeout = conf.timeout,
+                         password = conf.password, db = conf.db }
+end
+
 --- The Redis connection of the report commands: a dmarc.redis.cluster router with --cluster
 -- (H:P,H:P or a list in the config file), otherwise a dmarc.redis connection to --redis,
 -- $DMARC_REDIS or 127.0.0.1:6379; --redis-timeout seconds (default 5).
@@ -40,21 +60,18 @@ function M.from_options(opts, conf)
   local timeout = tonumber(options.setting(opts, conf, 'redis-timeout', 5))
   local cluster_nodes = options.setting(opts, conf, 'cluster')
   if cluster_nodes then
-    local cluster = require 'dmarc.redis.cluster'
     local nodes = {}
     if type(cluster_nodes) == 'table' then
       nodes = cluster_nodes
     else
       for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
     end
-    return cluster.new { nodes = nodes, timeout = timeout }
+    return M.open { cluster = nodes, timeout = timeout }
   end
   local addr = tostring(options.setting(opts, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379'))
   local host, port = addr:match('^%[?([^%]]+)%]?:(%d+)$')
   if not host then host, port = addr, 6379 end
-  local ok, redis = pcall(require, 'dmarc.redis')
-  if not ok then return nil, 'the dmarc.redis module is not built', 'config' end
-  return redis.connect { host = host, port = tonumber(port), timeout = timeout }
+  return M.open { host = host, port = tonumber(port), timeout = timeout }
 end
 
 --- A Redis hash as a table: a flat HGETALL reply (field, value, field, value...), or a

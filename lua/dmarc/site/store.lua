@@ -584,10 +584,9 @@ local Redis = {}
 Redis.__index = Redis
 Redis.get_many_async = sync_get_many_async
 
+-- The one Redis connector (dmarc.redis.connect), loaded when the store first connects.
 local function default_connect(conf)
-  local ok, redis = pcall(require, 'dmarc.redis')
-  if not ok then return nil, 'the dmarc.redis module is not available: ' .. tostring(redis), 'unavailable' end
-  return redis.connect(conf)
+  return require('dmarc.redis.connect').open(conf)
 end
 
 --- A store in Redis. opts: host, port, path, timeout (seconds, default 0.5), password, db,
