@@ -281,7 +281,8 @@ typedef enum dmarc_policy_tag {
     X(FROM_SYNTAX, from_syntax, 5) /* a From field did not parse cleanly */ \
     X(QUERY_LIMIT, query_limit, 6) /* DMARC_EVAL_MAX_QUERIES was hit */ \
     X(PCT_AS_TESTING, pct_as_testing, 7) /* [OPEN-3] mapping was used */ \
-    X(FROM_LENIENT, from_lenient, 8) /* a From field that does not parse was read as a mail reader shows it (RFC 9989 §11.5); never a pass */
+    X(FROM_LENIENT, from_lenient, 8) /* a From field that does not parse was read as a mail reader shows it (RFC 9989 §11.5); never a pass */ \
+    X(FROM_UNREAD, from_unread, 9) /* a From field that does not parse named no one domain: nothing was read from it (RFC 9989 §11.5) */
 /* clang-format on */
 enum {
 #define DMARC__ENUM(U, l, b) DMARC_FLAG_##U = 1u << (b),
@@ -652,7 +653,8 @@ DMARC_API void dmarc_eval_reset(dmarc_eval *e);
 ** as a mail reader would show it when that names one domain unambiguously
 ** (RFC 9989 §11.5): the domain is evaluated, flagged from_lenient, and the
 ** message can then be a failure at best, never a pass. When nothing can be
-** read the field adds no domain (no_author_domain if it was the only one). */
+** read the field adds no domain, flagged from_unread (and no_author_domain
+** if no field gave one). */
 DMARC_API dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len);
 /* An Author Domain given directly (a scanner that parsed From itself);
 ** normalized [FROM-2] [FROM-3]. DMARC_ERR_SYNTAX if unusable. */

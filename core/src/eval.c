@@ -285,6 +285,8 @@ dmarc_status dmarc_eval_add_from(dmarc_eval *e, const char *raw, size_t len)
                 return st;
             }
             e->in_flags |= DMARC_FLAG_FROM_LENIENT;
+        } else {
+            e->in_flags |= DMARC_FLAG_FROM_UNREAD;
         }
         return DMARC_OK;
     }

@@ -1606,6 +1606,12 @@ static void eval__lenient_from(void **state)
     assert_int_equal(t->v.result, DMARC_RESULT_NONE);
     assert_int_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_LENIENT, 0);
     assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_NO_AUTHOR_DOMAIN, 0);
+    assert_int_not_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_UNREAD, 0);
+    /* Read strictly, or leniently: not unread. */
+    dmarc_eval_reset(t->e);
+    from(t, "ceo@example.com (CEO");
+    run(t, zone);
+    assert_int_equal(dmarc_eval_flags(t->e) & DMARC_FLAG_FROM_UNREAD, 0);
 }
 
 /* [FROM-4]: no From at all; group syntax only; an unparsable field. */

@@ -362,9 +362,19 @@ _dmarc.mail.example-partner.org. TXT "v=DMARC1; p=reject"
       assert.truthy(out:find('\nDecision: reject 550 5.7.1', 1, true), out)
     end
     local out = dmarc('check ' .. EXAMPLE .. SPOOFER, message('"ceo@example.com" <x@evil.example'))
-    assert.truthy(out:find('dmarc=none (no_author_domain from_syntax)', 1, true), out)
+    assert.truthy(out:find('dmarc=none (no_author_domain from_syntax from_unread)', 1, true), out)
     assert.truthy(out:find('\nDecision: folder "Junk" (disposition quarantine; local_policy: ' ..
       'From field not read strictly (RFC 9989 11.5))\n', 1, true), out)
+    -- Beside a readable From field of a p=none domain: not accepted either.
+    local z = env.tmpname()
+    env.write_file(z, '_dmarc.attacker.example. TXT "v=DMARC1; p=none"\n')
+    out = dmarc('check --zone ' .. env.shell_quote(z) .. ' --roll 0 ' .. SPOOFER,
+      message('"ceo@example.com" <x@evil.example\r\nFrom: me@attacker.example'))
+    os.remove(z)
+    assert.truthy(out:find('dmarc=fail (p=none dis=none applied=quarantine override=local_policy: ' ..
+      'From field not read strictly \\(RFC 9989 11.5\\) multiple_from from_syntax from_unread) ' ..
+      'header.from=attacker.example policy.dmarc=quarantine', 1, true), out)
+    assert.truthy(out:find('\nDecision: folder "Junk"', 1, true), out)
   end)
 end)
 

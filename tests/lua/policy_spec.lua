@@ -106,7 +106,8 @@ describe('policy defaults', function()
 
   it('does not accept a From that cannot be read (RFC 9989 11.5); a script may', function()
     local unread = verdict{ result = 'none', author_domain = nil, policy_domain = nil,
-      org_domain = nil, policy = nil, applied = nil, flags = { 'no_author_domain', 'from_syntax' } }
+      org_domain = nil, policy = nil, applied = nil,
+      flags = { 'no_author_domain', 'from_syntax', 'from_unread' } }
     local d = site:decide(unread, {}, {})
     assert.equal('bad_from', d.outcome)
     assert.equal('folder', d.action)
@@ -138,6 +139,11 @@ describe('policy defaults', function()
     assert.equal('folder', d.action)
     assert.equal('bad_from', d.outcome)
     assert.equal('accept', partner:decide(verdict{}, {}, {}).action)
+    -- Another From field not read at all: the same floor under a readable one's p=none.
+    d = site:decide(verdict{ policy = 'none', applied = 'none',
+      flags = { 'multiple_from', 'from_syntax', 'from_unread' } }, {}, {})
+    assert.equal('folder', d.action)
+    assert.equal('bad_from', d.outcome)
   end)
 
   it('passes t=y and pct verdicts through with their reason [POL-4] [POL-6]', function()

@@ -47,7 +47,8 @@ local ACTION_RANK = { accept = 1, tag = 2, score = 3, folder = 4, defer = 5, rej
 --- Outcomes a site script treats. pass: DMARC pass; reject / quarantine / none: DMARC fail
 -- with that applied policy (after t= and pct); temperror, permerror; no_policy: result none;
 -- bad_from: a From field that could not be read (it does not parse strictly and names no one
--- domain unambiguously, RFC 9989 §11.5), and the floor for one read leniently.
+-- domain unambiguously, RFC 9989 §11.5; flag from_unread), and the floor for a message with
+-- such a field or one read leniently (flag from_lenient).
 M.OUTCOMES = {
   pass = true, reject = true, quarantine = true, none = true,
   temperror = true, permerror = true, no_policy = true, bad_from = true,
@@ -602,8 +603,8 @@ local function outcome_of(verdict, flags)
     return 'none'
   end
   if r == 'temperror' or r == 'permerror' then return r end
-  -- No author domain because the From could not be read at all (RFC 9989 §11.5).
-  if flags.from_syntax and flags.no_author_domain then return 'bad_from' end
+  -- A From field that could not be read at all (RFC 9989 §11.5).
+  if flags.from_unread then return 'bad_from' end
   return 'no_policy'
 end
 
@@ -681,8 +682,9 @@ local function prepare(site, verdict, ctx)
   local outcome = outcome_of(verdict, flags)
   local st = setmetatable({
     site = site, verdict = verdict, ctx = ctx, outcome = outcome, base_reasons = {},
-    -- A From read only leniently is never treated better than one not read at all.
-    lenient = flags.from_lenient or false,
+    -- A From read only leniently, or one of several From fields not read at all, is never
+    -- treated better than a From not read at all.
+    lenient = (flags.from_lenient or flags.from_unread) or false,
     -- Overrides only lower a failure's enforced disposition; for everything else (most
     -- mail) the matchers are never computed.
     overridable = outcome == 'reject' or outcome == 'quarantine',
