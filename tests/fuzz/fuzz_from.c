@@ -14,7 +14,8 @@
 ** - the same holds for dmarc_domain_normalize run on the raw input;
 ** - the input as the one From field of an evaluation: a field that does not
 **   parse is flagged from_syntax, and read leniently (RFC 9989 §11.5) it
-**   gives at most one author domain, normalized, flagged from_lenient; a
+**   gives at most one author domain, flagged from_lenient, or none, flagged
+**   from_unread; a
 **   mailbox count past the bound never loses a domain silently (a parse
 **   that kept fewer domains than it read ends in too_many_domains).
 ** A broken invariant aborts, which libFuzzer and tests/fuzz/replay.c report.
@@ -111,8 +112,9 @@ static void check_eval(const char *raw, size_t size)
         CHECK(flags & DMARC_FLAG_FROM_SYNTAX);
         CHECK(dmarc_eval_domain_count(e) <= 1);
         CHECK(((flags & DMARC_FLAG_FROM_LENIENT) != 0) == (dmarc_eval_domain_count(e) == 1));
+        CHECK(((flags & DMARC_FLAG_FROM_UNREAD) != 0) == (dmarc_eval_domain_count(e) == 0));
     } else {
-        CHECK(!(flags & DMARC_FLAG_FROM_LENIENT));
+        CHECK(!(flags & (DMARC_FLAG_FROM_LENIENT | DMARC_FLAG_FROM_UNREAD)));
         dmarc_from_free(f);
     }
     dmarc_eval_free(e);
