@@ -24,7 +24,7 @@
 -- policy, applied, reason, spf_aligned, dkim_aligned, flags, queries
 -- (fields that are JSON null are nil here).
 --
--- Errors: a malformed input object gives nil, message, 'input'; misuse of
+-- Errors: a malformed input object gives nil, message, 'invalid'; misuse of
 -- the API (wrong types of arguments, bad engine options) raises.
 --
 -- @module dmarc
@@ -133,7 +133,7 @@ local MAX_FROM_FIELDS = core.limits.from_max_fields + 1
 local MAX_DKIM = core.limits.max_dkim
 
 local function input_error(msg)
-  return nil, msg, 'input'
+  return nil, msg, 'invalid'
 end
 
 local function is_integer(n)
@@ -159,7 +159,7 @@ local function check_auth(where, t)
   return result
 end
 
---- Check an input object; returns the normalized form or nil, msg, 'input'.
+--- Check an input object; returns the normalized form or nil, msg, 'invalid'.
 function M.check_input(input)
   if type(input) ~= 'table' then return input_error('input: expected an object') end
   local spec = { id = input.id }
@@ -387,7 +387,7 @@ end
 -- @param input {table} a `dmarc eval` input object
 -- @param opts {table} optional: details = true adds a second return value
 --   {verdict=, domains=, dkim_alignment=, spf_alignment=}
--- @return {table} the output object; or nil, message, 'input'
+-- @return {table} the output object; or nil, message, 'invalid'
 function Engine:evaluate(input, opts)
   local spec, err, code = M.check_input(input)
   if not spec then return nil, err, code end
@@ -406,7 +406,7 @@ end
 --- Evaluate one input object with a callback-style resolver.
 -- resolve_async(name, qtype, cb) must call cb(rcode, txts, ttl) once, now
 -- or later. on_done(out, details) is called exactly once with the output
--- object, or on_done(nil, message, code) ('input' for a bad input object,
+-- object, or on_done(nil, message, code) ('invalid' for a bad input object,
 -- 'error' when the resolver or the evaluation failed). Input errors are
 -- reported through on_done too.
 -- @param input {table} input object (its dns/resolve fields are ignored)

@@ -226,7 +226,7 @@ describe('dmarc.evaluate (synchronous)', function()
       local out, msg, code = dmarc.evaluate(case)
       assert.is_nil(out, 'case ' .. i)
       assert.equal('string', type(msg), 'case ' .. i)
-      assert.equal('input', code, 'case ' .. i)
+      assert.equal('invalid', code, 'case ' .. i)
     end
   end)
 
@@ -341,7 +341,7 @@ describe('dmarc.evaluate_async (callback driver)', function()
     dmarc.evaluate_async({ dns = ZONE }, fake.async(ZONE).fn, on_done)
     assert.equal(1, #calls)
     assert.is_nil(calls[1][1])
-    assert.equal('input', calls[1][3])
+    assert.equal('invalid', calls[1][3])
   end)
 
   it('raises on contract misuse', function()

@@ -343,7 +343,7 @@ end
 function M.extract(data, opts)
   opts = opts or {}
   local x = xmlmod()
-  if not x then return nil, 'the dmarc.xml module is not built', 'config' end
+  if not x then return nil, 'the dmarc.xml module is not built', 'unavailable' end
   local zopts = { max_output = opts.max_xml or M.limits.max_xml,
                   max_ratio = opts.max_ratio or M.limits.max_ratio }
 
@@ -393,7 +393,7 @@ end
 function M.parse(xml_text, opts)
   opts = opts or {}
   local x = xmlmod()
-  if not x then return nil, 'the dmarc.xml module is not built', 'config' end
+  if not x then return nil, 'the dmarc.xml module is not built', 'unavailable' end
   -- A declaration after white space is not well-formed; senders do that.
   if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
   return x.parse(xml_text, { max_input = opts.max_xml or M.limits.max_xml,

@@ -291,11 +291,11 @@ local EVAL_OPTS_LIGHT = { details = false }
 --   details (default true; false: no `details` in the result, for a check that writes
 --   no report rows)
 -- @return {table} {message=, spf=, helo=, dkim=, arc=, ignored_ar=, from=, dmarc=, details=},
---   or nil, msg, code ('syntax' | 'limit': the message; 'input': an option)
+--   or nil, msg, code ('syntax' | 'limit': the message; 'invalid': an option)
 function M.check(resolver, text, opts)
   opts = opts or {}
   if opts.mode ~= nil and not MODES[opts.mode] then
-    return fail('mode must be rfc9989 or rfc7489', 'input')
+    return fail('mode must be rfc9989 or rfc7489', 'invalid')
   end
   local msg, err, code = message.parse(text)
   if not msg then return nil, err, code end
@@ -307,7 +307,7 @@ function M.check(resolver, text, opts)
   local spf_input
   if ip then
     local spf, serr, scode = resolver:spf{ ip = ip, helo = helo, mail_from = opts.mail_from }
-    if not spf then return nil, serr, scode == 'invalid' and 'input' or scode end
+    if not spf then return nil, serr, scode end
     out.spf = spf
     if helo and spf.scope == 'mfrom' then
       out.helo = resolver:spf{ ip = ip, helo = helo, identity = 'helo' }
@@ -348,7 +348,7 @@ function M.check(resolver, text, opts)
   else
     result, details = dmarc.evaluate(input, eval_opts)
   end
-  if not result then return nil, details, 'input' end
+  if not result then return nil, details, 'invalid' end
   out.dmarc, out.details = result, details
   return out
 end

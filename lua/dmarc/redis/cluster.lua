@@ -122,7 +122,7 @@ function Router:_conn(addr)
   if c then pcall(c.close, c) end
   self.conns[addr] = nil
   local host, port = parse_addr(addr)
-  if not host then return nil, 'bad node address ' .. tostring(addr), 'config' end
+  if not host then return nil, 'bad node address ' .. tostring(addr), 'invalid' end
   local conn, err, code = self.connect(host, port)
   if not conn then return nil, err, code end
   self.conns[addr] = conn
