@@ -1,5 +1,6 @@
 --- Report generation: the rows of a period in Redis become one aggregate report per policy
--- domain and policy configuration [AGG-1] (XML through dmarc.report.xml, gzip'd), one
+-- domain and policy configuration [AGG-1] (XML through dmarc.report.xml, gzip'd in process by
+-- zlib through dmarc.xml.gzip), one
 -- message per mailto destination (dmarc.report.mail) and a manifest per policy domain that
 -- `dmarc report send` works from.
 --
@@ -12,12 +13,10 @@ local mail = require 'dmarc.report.mail'
 local rows = require 'dmarc.report.rows'
 local xml = require 'dmarc.report.xml'
 local files = require 'dmarc.util.files'
-local text = require 'dmarc.util.text'
 
 local M = {}
 
 M.GENERATOR = 'lua-dmarc'
-M.GZIP_BATCH = 200         -- reports compressed per gzip process
 M.MAX_PERIOD_DAYS = 31     -- longest period one run covers
 
 -- Files are written in place, not through a temporary name and a rename:
@@ -25,7 +24,7 @@ M.MAX_PERIOD_DAYS = 31     -- longest period one run covers
 -- times slower. A manifest is written after the messages it names, and a
 -- cut-off manifest is not valid JSON (send skips it), so a crash never
 -- makes send use a half-written file.
-local read_file, write_file = files.read, files.write
+local write_file = files.write
 
 -- {==================================================================
 -- Options and the period
@@ -152,16 +151,15 @@ local function destinations_of(meta)
   return destinations
 end
 
--- Write one report's XML file (uncompressed; gzip comes later, per batch).
--- @return records written, or nil, message, 'io'
-local function write_xml(job, path, head, domain, g, agg)
-  local f, err = io.open(path, 'wb')
-  if not f then return nil, err, 'io' end
-  local chunks = {}
+-- One report: its XML, built in memory and gzip'd in process (dmarc.xml.gzip: zlib, level 6,
+-- no name or time stamp in the header), written to @path.
+-- @return records written, the gzip bytes; or nil, message, 'io'
+local function write_report(job, path, head, domain, g, agg)
+  local pieces, chunks = {}, {}
   local function put(s)
     chunks[#chunks + 1] = s
     if #chunks >= 256 then
-      f:write(table.concat(chunks))
+      pieces[#pieces + 1] = table.concat(chunks)
       chunks = {}
     end
   end
@@ -176,13 +174,15 @@ local function write_xml(job, path, head, domain, g, agg)
     end
   end
   w:finish()
-  f:write(table.concat(chunks))
-  f:close()
-  return written
+  pieces[#pieces + 1] = table.concat(chunks)
+  local gz = job.zlib.gzip(table.concat(pieces))
+  local ok, err = write_file(path, gz)
+  if not ok then return nil, err, 'io' end
+  return written, gz
 end
 
--- The reports of one policy domain, one per policy configuration, written as XML; their
--- manifest (without sizes and messages: those come once the batch is compressed).
+-- The reports of one policy domain, one per policy configuration, written gzip'd; their
+-- manifest (each report's gzip bytes in r.gz until its messages are written).
 -- @return manifest, or nil (no report), or nil, message, code
 local function domain_reports(job, domain, agg, meta, read_keys)
   local groups, group_keys = group_rows(agg, job.summary)
@@ -200,13 +200,12 @@ local function domain_reports(job, domain, agg, meta, read_keys)
     table.sort(g.fields)
     local rid = xml.report_id(job.submitter, domain, job.begin, pk, job.format)
     local file = xml.filename(job.submitter, domain, job.begin, job.last, rid)
-    local xml_name = file:sub(1, -4)
     local head = { org_name = rep.org_name, email = rep.email,
                    extra_contact_info = rep.extra_contact_info, report_id = rid, begin = job.begin,
                    ['end'] = job.last, errors = pk == final and errors or nil,
                    generator = job.generator }
-    local written, err, code = write_xml(job, job.out .. '/' .. xml_name, head, domain, g, agg)
-    if not written then return nil, err, code end
+    local written, gz, code = write_report(job, job.out .. '/' .. file, head, domain, g, agg)
+    if not written then return nil, gz, code end
     job.summary.records = job.summary.records + written
     job.summary.reports = job.summary.reports + 1
     local dests = {}
@@ -214,7 +213,7 @@ local function domain_reports(job, domain, agg, meta, read_keys)
       dests[i] = { uri = d.uri, max_size = d.max_size, address = d.address,
                    skipped = d.skipped }
     end
-    man.reports[#man.reports + 1] = { report_id = rid, file = file, xml = xml_name,
+    man.reports[#man.reports + 1] = { report_id = rid, file = file, gz = gz,
                                       destinations = dests }
   end
   return man
@@ -223,28 +222,10 @@ end
 -- }==================================================================
 
 -- {==================================================================
--- Compression, messages and manifests, per batch of reports
+-- Messages and manifests, per policy domain
 -- ===================================================================
 
---- Compress files in place (FILE becomes FILE.gz) with the gzip command @gzip, in a
--- process that runs while the caller goes on: the returned function waits for it.
--- @param paths {table} the files
--- @param gzip {string} command prefix, e.g. 'gzip -n -f -6 --'
--- @return wait function () -> true, or nil, message, 'io'; or nil, message, 'io'
-function M.compress(paths, gzip)
-  local args = {}
-  for i, path in ipairs(paths) do args[i] = text.shell_quote(path) end
-  local h = io.popen(gzip .. ' ' .. table.concat(args, ' ') .. ' </dev/null; echo "gzip=$?"')
-  if not h then return nil, 'cannot run gzip', 'io' end
-  return function()
-    local status = tonumber((h:read('*a') or ''):match('gzip=(%d+)'))
-    h:close()
-    if status ~= 0 then return nil, 'gzip failed with status ' .. tostring(status), 'io' end
-    return true
-  end
-end
-
--- The messages of one compressed report, one per destination with an address.
+-- The messages of one report, one per destination with an address.
 local function write_messages(job, man, r, gz)
   local rep = job.rep
   for k, d in ipairs(r.destinations) do
@@ -264,68 +245,22 @@ local function write_messages(job, man, r, gz)
   return true
 end
 
--- A compressed batch: each report's size and messages, then its domain's manifest.
-local function finish_batch(job, batch)
+-- A domain's reports are written: each one's size and messages, then the manifest.
+local function finish_domain(job, man)
   local cjson = require 'cjson'
-  for _, man in ipairs(batch) do
-    for _, r in ipairs(man.reports) do
-      local gz, err = read_file(job.out .. '/' .. r.file)
-      if not gz then return nil, err, 'io' end
-      r.size = #gz
-      local ok, werr, code = write_messages(job, man, r, gz)
-      if not ok then return nil, werr, code end
-      r.xml = nil
-    end
-    local path = job.out .. '/' .. man.policy_domain .. '!' .. man.begin .. '!' .. man['end']
-      .. '.json'
-    local okw, werr = write_file(path, cjson.encode(man))
-    if not okw then return nil, werr, 'io' end
-    job.summary.manifests[#job.summary.manifests + 1] = path
+  for _, r in ipairs(man.reports) do
+    local gz = r.gz
+    r.gz = nil
+    r.size = #gz
+    local ok, werr, code = write_messages(job, man, r, gz)
+    if not ok then return nil, werr, code end
   end
+  local path = job.out .. '/' .. man.policy_domain .. '!' .. man.begin .. '!' .. man['end']
+    .. '.json'
+  local okw, werr = write_file(path, cjson.encode(man))
+  if not okw then return nil, werr, 'io' end
+  job.summary.manifests[#job.summary.manifests + 1] = path
   return true
-end
-
--- Compression runs per batch of reports while the next batch is written (M.compress);
--- a batch's messages and manifests are written once it is compressed.
-local function batcher(job, gzip)
-  local pending, in_flight = {}, nil -- manifests whose XML waits; { wait, batch }
-  local b = {}
-
-  function b.wait()
-    if not in_flight then return true end
-    local wait, batch = in_flight[1], in_flight[2]
-    in_flight = nil
-    local ok, err, code = wait()
-    if not ok then return nil, err, code end
-    return finish_batch(job, batch)
-  end
-
-  function b.flush()
-    if #pending == 0 then return true end
-    local ok, err, code = b.wait()
-    if not ok then return nil, err, code end
-    local paths = {}
-    for _, man in ipairs(pending) do
-      for _, r in ipairs(man.reports) do paths[#paths + 1] = job.out .. '/' .. r.xml end
-    end
-    local wait
-    wait, err, code = M.compress(paths, gzip)
-    if not wait then return nil, err, code end
-    in_flight = { wait, pending }
-    pending = {}
-    return true
-  end
-
-  -- Add a domain's manifest; a full batch goes to compression.
-  function b.add(man)
-    pending[#pending + 1] = man
-    local n = 0
-    for _, m in ipairs(pending) do n = n + #m.reports end
-    if n >= M.GZIP_BATCH then return b.flush() end
-    return true
-  end
-
-  return b
 end
 
 -- }==================================================================
@@ -342,7 +277,6 @@ end
 --   max_rows    rows read per domain (default report.defaults.max_rows)
 --   domains     optional array: only these policy domains
 --   progress    function(done, total) called as domains complete
---   gzip        command prefix (default 'gzip -n -f -6 --')
 --   force       also periods whose reports were all delivered
 --   version     the engine's version, for <generator>
 -- @return summary {domains, reports, records, messages, skipped_rows,
@@ -353,7 +287,11 @@ function M.run(opts)
   local domains, derr, dcode = domains_of(job, opts.domains)
   if not domains then return nil, derr, dcode end
   local summary = job.summary
-  local batch = batcher(job, opts.gzip or 'gzip -n -f -6 --')
+  local has_zlib, zlib = pcall(require, 'dmarc.xml')
+  if not has_zlib then
+    return nil, 'the dmarc.xml module is not built (it gzips the reports)', 'config'
+  end
+  job.zlib = zlib
   for di, domain in ipairs(domains) do
     local state_key = not job.force and rows.state_key(job.prefix, domain, job.begin, job.last) or nil
     local agg, meta, read_keys = rows.read_period(job.conn, job.prefix, domain, job.days,
@@ -368,14 +306,11 @@ function M.run(opts)
     if man then
       summary.domains = summary.domains + 1
       local ok
-      ok, err, code = batch.add(man)
+      ok, err, code = finish_domain(job, man)
       if not ok then return nil, err, code end
     end
     if opts.progress then opts.progress(di, #domains) end
   end
-  local ok, err, code = batch.flush()
-  if ok then ok, err, code = batch.wait() end
-  if not ok then return nil, err, code end
   return summary
 end
 
