@@ -688,3 +688,23 @@ describe('dmarc_engine Authentication-Results with milter_headers', function()
     assert.matches('auth_results', env.log_text('error'))
   end)
 end)
+
+describe('dmarc_engine and pct (switching from the built-in module)', function()
+  local dns = { ['_dmarc.pct0.test'] = { results = { 'v=DMARC1; p=quarantine; pct=0' } } }
+
+  it('default mode: pct is historic, p=quarantine; pct=0 gives DMARC_POLICY_QUARANTINE', function()
+    local _, x = load()
+    local t = scan(x, spoof('pct0.test', { dns = dns }))
+    assert.same({ 'pct0.test : No valid SPF, No valid DKIM', 'quarantine' },
+      t:options('DMARC_POLICY_QUARANTINE'))
+  end)
+
+  it('pct_as_testing: pct=0 read as t=y, DMARC_POLICY_SOFTFAIL as the built-in module', function()
+    local _, x = load({ pct_as_testing = true })
+    local t = scan(x, spoof('pct0.test', { dns = dns }))
+    assert.is_nil(t:options('DMARC_POLICY_QUARANTINE'))
+    -- (The last option, a flag of the engine's, says why t=y applied.)
+    assert.same({ 'pct0.test : No valid SPF, No valid DKIM', 'quarantine', 'policy_test_mode',
+                  'pct_as_testing' }, t:options('DMARC_POLICY_SOFTFAIL'))
+  end)
+end)
