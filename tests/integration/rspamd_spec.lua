@@ -474,7 +474,7 @@ describe('dmarc_engine plugin at startup', function()
   -- configtest (which loads the plugins as rspamd does at startup, LuaJIT and lualib
   -- included: lupa.lua's `load`, which drops chunk names, is in place there). The
   -- configuration has the `lua = ".../dmarc_engine/check.lua";` line of the README.
-  local function configtest(script_text, extra_args)
+  local function configtest(script_text, extra_args, without_check)
     local dir = os.getenv('RSPAMD_IT_DIR') .. '/engine'
     local script = dir .. '/broken-site.lua'
     local f = assert(io.open(script, 'w'))
@@ -485,6 +485,10 @@ describe('dmarc_engine plugin at startup', function()
     conf, n = conf:gsub('site_script = "[^"]*";', 'site_script = "' .. script .. '";')
     assert.equal(1, n)
     assert.truthy(conf:find('dmarc_engine/check.lua', 1, true))
+    if without_check then
+      conf, n = conf:gsub('\nlua = "[^"]*/dmarc_engine/check%.lua";', '\n')
+      assert.equal(1, n)
+    end
     local path = dir .. '/broken.conf'
     f = assert(io.open(path, 'w'))
     f:write(conf)
@@ -520,6 +524,20 @@ describe('dmarc_engine plugin at startup', function()
     assert.is_false(ok)
     assert.matches('dmarc_engine: site script ' .. script .. ' does not load: ' .. script ..
       ':1: string.rep: a result of 2147483584 bytes is over the limit', out, 1, true)
+  end)
+
+  it('without the check line: configtest --strict fails, plain configtest cannot', function()
+    local broken = 'return {\n  x = = 1,\n}\n'
+    -- rspamd 3.4 ignores an error inside a Lua plugin ...
+    local out, ok = configtest(broken, '', true)
+    assert.is_true(ok, out)
+    assert.matches('syntax OK', out, 1, true)
+    -- ... unless --strict, which fails on any error logged.
+    local script
+    out, ok, script = configtest(broken, '--strict', true)
+    assert.is_false(ok)
+    assert.matches('dmarc_engine: site script ' .. script .. ' did not load: ' .. script .. ':2:', out,
+      1, true)
   end)
 
   it('any setting the plugin would refuse makes configtest fail too', function()
