@@ -516,7 +516,9 @@ describe('dmarc_engine with Redis', function()
     local runs = env.redis.scripts[1].runs
     assert.equal(1, #runs)
     local keys = report.keys('it:', 'pass.test', report.day_of(1795305600))
-    assert.same({ keys.rows, keys.meta }, runs[1].keys)
+    -- The third key marks the row's id: a retried write counts once.
+    assert.same({ keys.rows, keys.meta }, { runs[1].keys[1], runs[1].keys[2] })
+    assert.matches('^it:rpt:{pass%.test}:seen:%x+%.1$', runs[1].keys[3])
     local row = assert(report.decode_row(runs[1].args[1]))
     assert.equal('quarantine', row.disposition)
     assert.equal('203.0.113.66', row.source_ip)
@@ -524,6 +526,39 @@ describe('dmarc_engine with Redis', function()
     local t = fake.task(spoof('pass.test', { dns = DNS, rspamc = true }))
     x.dmarc_check(t)
     assert.equal(1, #runs)
+  end)
+end)
+
+describe('dmarc_engine report rows while Redis is down', function()
+  -- (Only pass.test publishes rua in this spec's DNS: every scan below adds one row.)
+  it('keeps the rows and writes them, oldest first and once each, when Redis is back', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', redis_backoff = 0,
+                          reporting = { enabled = true, prefix = 'it:' } }, { redis = redis })
+    scan(x, spoof('pass.test'))
+    scan(x, spoof('pass.test'))
+    local runs = env.redis.scripts[1].runs
+    assert.equal(0, #runs)
+    redis.down = false
+    scan(x, spoof('pass.test'))
+    assert.equal(3, #runs)
+    -- Each row under its own id, in the order the messages came.
+    for i, r in ipairs(runs) do
+      assert.matches('^it:rpt:{pass%.test}:seen:%x+%.' .. i .. '$', r.keys[3])
+    end
+  end)
+
+  it('drops a row beyond reporting.max_pending with a log line, never silently', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', redis_backoff = 0,
+                          reporting = { enabled = true, prefix = 'it:', max_pending = 1 } },
+                        { redis = redis })
+    scan(x, spoof('pass.test'))
+    scan(x, spoof('pass.test'))
+    assert.matches('report row for pass.test dropped: 1 rows already wait', env.log_text('warn'))
+    redis.down = false
+    scan(x, spoof('pass.test'))
+    assert.equal(2, #env.redis.scripts[1].runs)
   end)
 end)
 

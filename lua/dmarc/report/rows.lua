@@ -299,7 +299,7 @@ end
 -- With a third key (the row id's `seen` key, see M.seen_key) the write is
 -- idempotent: SET NX EX marks the id, and a retry of a write whose reply
 -- was lost finds the mark and changes nothing (returns 0). ARGV[8] is the
--- mark's TTL. Without it (the rspamd plugin) the script counts as before.
+-- mark's TTL. Without it the script counts as before.
 M.ROW_SCRIPT = [[
 if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[8]) then return 0 end
 local n = tonumber(ARGV[2])

@@ -100,6 +100,8 @@ function M.defaults()
       timeout = 1.0,
       skip_rspamc = true,           -- as rspamd's module: not for rspamc/controller scans
       reporter_address = nil,       -- our own report sender: its mail is never reported on
+      max_pending = 20000,          -- rows kept per worker while Redis is down (then dropped,
+                                    -- each with a log line)
     },
     -- RFC 9991 failure reports, off by default: queued in Redis (docs/report-keys.md,
     -- "Failure reports"), where `dmarc report send` checks the ruf destinations and

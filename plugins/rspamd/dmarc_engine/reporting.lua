@@ -6,6 +6,13 @@ raises, and after a failure Redis is left alone for redis_backoff seconds, so a 
 costs no time per message. Report rows are the report module's own commands (the rows
 `dmarc report generate` reads, docs/report-keys.md), its row script run with EVALSHA.
 
+A report row is never dropped silently: rows of messages scanned while Redis is down or
+backing off, and rows whose write failed, wait in a bounded per-worker queue
+(reporting.max_pending) and are written first, oldest first, once Redis answers again: by the
+next messages, by a timer when no mail comes, and once more when the worker exits (reload).
+Every row carries an id (report.id_source), so the row script counts a retried write once
+even when the first attempt did reach Redis. Beyond the bound a row is dropped with a log line.
+
 Loaded by dmarc_engine.lua with the plugin's state P (config.lua).
 ]]
 
@@ -63,28 +70,83 @@ function M.arrival_time(task)
   return math.floor(task:get_date({ format = 'connect', gmt = true }) or os.time())
 end
 
--- One command of a report row: the row script with EVALSHA, anything else as it is.
-local function send_row_command(task, cmd)
-  local function done(err)
-    if err then M.redis_failed(task, 'report row', err) end
+local pending_rows, pending_first, pending_last = {}, 1, 0
+local next_row_id -- report.id_source(), made in the worker on first use
+-- Queued rows written per scanned message, and per tick of the timer, once Redis is back:
+-- the backlog drains at a bounded cost per step.
+local ROWS_FLUSHED_PER_STEP = 256
+-- Seconds between two ticks of the timer that drains the backlog when no mail comes.
+local PENDING_FLUSH_INTERVAL = 1.0
+
+local function pending_count() return pending_last - pending_first + 1 end
+
+-- @param log a task, or rspamd_config outside a task
+local function queue_row(log, row)
+  if pending_count() >= settings.reporting.max_pending then
+    rspamd_logger.warnx(log, '%s: report row for %s dropped: %s rows already wait for Redis',
+      N, row.policy_domain, pending_count())
+    return
   end
-  if cmd[1] == 'EVAL' and cmd[2] == P.report.ROW_SCRIPT and P.row_script_id then
-    local keys, args = M.script_parts(cmd)
-    local ok, perr = pcall(lua_redis.exec_redis_script, P.row_script_id,
-      { task = task, is_write = true, key = keys[1] }, done, keys, args)
-    if not ok then done(tostring(perr)) end
-  else
-    local args = {}
-    for i = 2, #cmd do args[#args + 1] = cmd[i] end
-    M.redis_request(task, P.reporting_redis, cmd[2], true, cmd[1], args, done)
+  pending_last = pending_last + 1
+  pending_rows[pending_last] = row
+end
+
+local function row_opts()
+  return {
+    prefix = settings.reporting.prefix,
+    ttl = settings.reporting.ttl,
+    max_rows = settings.reporting.max_rows,
+  }
+end
+
+-- One row: within a task (@task), or from the worker's timer (@ev_base: the row script only).
+-- A failed write puts the row back in the queue.
+local function write_row(task, ev_base, row, opts)
+  local log = task or rspamd_config
+  local cmds, cerr = P.report.commands(row, opts)
+  if not cmds then
+    rspamd_logger.infox(log, '%s: report row for %s not stored: %s', N, row.policy_domain, cerr)
+    return
+  end
+  for _, cmd in ipairs(cmds) do
+    local function done(err)
+      if err then
+        M.redis_failed(log, 'report row', err)
+        queue_row(log, row)
+      end
+    end
+    if cmd[1] == 'EVAL' and cmd[2] == P.report.ROW_SCRIPT and P.row_script_id then
+      local keys, args = M.script_parts(cmd)
+      local ok, perr = pcall(lua_redis.exec_redis_script, P.row_script_id,
+        { task = task, ev_base = ev_base, is_write = true, key = keys[1] }, done, keys, args)
+      if not ok then done(tostring(perr)) end
+    elseif task then
+      local args = {}
+      for i = 2, #cmd do args[#args + 1] = cmd[i] end
+      M.redis_request(task, P.reporting_redis, cmd[2], true, cmd[1], args, done)
+    else
+      queue_row(log, row)
+    end
+  end
+end
+
+-- Up to @max queued rows, oldest first, while Redis is healthy (or @force: the worker exits,
+-- and a last try costs nothing).
+local function flush_pending(task, ev_base, max, force)
+  if pending_count() == 0 or not (force or M.redis_healthy()) then return end
+  local opts = row_opts()
+  for _ = 1, math.min(pending_count(), max) do
+    local row = pending_rows[pending_first]
+    pending_rows[pending_first] = nil
+    pending_first = pending_first + 1
+    write_row(task, ev_base, row, opts)
   end
 end
 
 --- The report rows of an evaluation, through rspamd's redis client: the same commands the
--- report module gives the CLI. A row that cannot be written is logged and dropped
--- (`dmarc check --spool` is the writer that keeps rows).
+-- report module gives the CLI, each row under its own id; queued while Redis is away.
 function M.store_rows(task, verdict, input, ctx, decision)
-  if not P.reporting_redis or not M.redis_healthy() then return end
+  if not P.reporting_redis then return end
   if settings.reporting.skip_rspamc and lua_util.is_rspamc_or_controller(task) then return end
   local report = P.report
   local rows, err = report.build_rows(verdict, input, ctx, decision, {
@@ -95,18 +157,38 @@ function M.store_rows(task, verdict, input, ctx, decision)
     rspamd_logger.infox(task, '%s: no report row: %s', N, err)
     return
   end
-  local opts = {
-    prefix = settings.reporting.prefix,
-    ttl = settings.reporting.ttl,
-    max_rows = settings.reporting.max_rows,
-  }
-  for _, row in ipairs(rows) do
-    local cmds, cerr = report.commands(row, opts)
-    if not cmds then
-      rspamd_logger.infox(task, '%s: report row for %s not stored: %s', N, row.policy_domain, cerr)
-    else
-      for _, cmd in ipairs(cmds) do send_row_command(task, cmd) end
-    end
+  next_row_id = next_row_id or report.id_source()
+  for _, row in ipairs(rows) do row.id = next_row_id() end
+  if not M.redis_healthy() then
+    for _, row in ipairs(rows) do queue_row(task, row) end
+    return
+  end
+  -- The backlog first, oldest rows first.
+  flush_pending(task, nil, ROWS_FLUSHED_PER_STEP)
+  local opts = row_opts()
+  for _, row in ipairs(rows) do write_row(task, nil, row, opts) end
+end
+
+-- Rows queued while Redis was away are written by a timer when no mail comes, and by the
+-- worker's finish script when it exits (reload, shutdown).
+if P.row_script_id and rspamd_config then
+  if rspamd_config.add_on_load and rspamd_config.add_periodic then
+    rspamd_config:add_on_load(function(_, ev_base, worker)
+      if worker and worker.is_scanner and not worker:is_scanner() then return end
+      rspamd_config:add_periodic(ev_base, PENDING_FLUSH_INTERVAL, function(_, base)
+        flush_pending(nil, base, ROWS_FLUSHED_PER_STEP)
+        return true
+      end, true)
+    end)
+  end
+  if rspamd_config.register_finish_script then
+    rspamd_config:register_finish_script(function(task)
+      if pending_count() > 0 then
+        rspamd_logger.infox(task, '%s: worker exits: writing %s queued report rows', N,
+          pending_count())
+      end
+      flush_pending(task, nil, settings.reporting.max_pending, true)
+    end)
   end
 end
 
