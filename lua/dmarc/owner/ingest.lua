@@ -13,6 +13,7 @@
 -- Everything read here is hostile until proven otherwise ([MAIL-6], RFC 9990
 -- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
 -- named limits below, and bad input gives nil, message, code (never a raise).
+local mime = require 'mime'
 local keys = require 'dmarc.redis.keys'
 local text_util = require 'dmarc.util.text'
 
@@ -160,44 +161,24 @@ function M.sniff(data)
   return nil
 end
 
-local B64 = {}
-do
-  local alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
-  for i = 1, 64 do B64[alphabet:sub(i, i)] = i - 1 end
-end
-
 --- Base64 (RFC 2045 §6.8): characters outside the alphabet are skipped,
--- decoding stops at padding.
+-- decoding stops at padding; a last incomplete group gives the bytes it holds.
+-- The decoding is LuaSocket's mime (the project's one base64 codec).
 function M.base64_decode(s)
   s = s:gsub('[^%w%+/=]', '')
   local pad = s:find('=', 1, true)
   if pad then s = s:sub(1, pad - 1) end
-  local out = {}
-  local n = #s - #s % 4
-  local chunk = {}
-  for i = 1, n, 4 do
-    local a, b, c, d = B64[s:sub(i, i)], B64[s:sub(i + 1, i + 1)], B64[s:sub(i + 2, i + 2)],
-      B64[s:sub(i + 3, i + 3)]
-    local v = ((a * 64 + b) * 64 + c) * 64 + d
-    chunk[#chunk + 1] = string.char(math.floor(v / 65536), math.floor(v / 256) % 256, v % 256)
-    if #chunk >= 4096 then
-      out[#out + 1] = table.concat(chunk)
-      chunk = {}
-    end
+  local rest = #s % 4
+  if rest == 1 then
+    s = s:sub(1, -2)
+  elseif rest > 1 then
+    s = s .. ('='):rep(4 - rest)
   end
-  local rest = #s - n
-  if rest >= 2 then
-    local a, b = B64[s:sub(n + 1, n + 1)], B64[s:sub(n + 2, n + 2)]
-    local c = rest == 3 and B64[s:sub(n + 3, n + 3)] or 0
-    local v = (a * 64 + b) * 4096 + c * 64
-    local bytes = string.char(math.floor(v / 65536), math.floor(v / 256) % 256)
-    chunk[#chunk + 1] = rest == 3 and bytes or bytes:sub(1, 1)
-  end
-  out[#out + 1] = table.concat(chunk)
-  return table.concat(out)
+  return (mime.unb64(s)) or ''
 end
 
---- Quoted-printable (RFC 2045 §6.7).
+--- Quoted-printable (RFC 2045 §6.7): soft line breaks and =XX only. Not mime.unqp, which
+-- also rewrites line ends and drops trailing blanks: the decoded bytes would change.
 function M.qp_decode(s)
   s = s:gsub('=\r?\n', '')
   return (s:gsub('=(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
