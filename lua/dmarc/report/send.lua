@@ -454,6 +454,151 @@ local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
   return true
 end
 
+-- The manifest at @path, or nil when it cannot be read or is not one.
+local function read_manifest(path)
+  local cjson = require 'cjson'
+  local okj, man = pcall(cjson.decode, files.read(path) or '')
+  if not okj or type(man) ~= 'table' or type(man.reports) ~= 'table'
+      or not report.valid_domain(man.policy_domain) then
+    return nil
+  end
+  return man
+end
+
+-- Send one report to one destination now: the new state of the destination, and whether
+-- it is final (accepted, failed, skipped) or waits for a retry.
+local function attempt(job, man, r, d, attempts, now)
+  local o, summary, log = job.o, job.summary, job.log
+  if d.skipped or not d.address or not d.message then
+    summary.skipped = summary.skipped + 1
+    return 'skipped:' .. tostring(d.skipped or 'bad_uri'), true
+  end
+  if o.size_limits and (tonumber(d.max_size) or 0) > 0
+      and (tonumber(d.message_size) or 0) > tonumber(d.max_size) then
+    -- [RUA-6]: a report larger than the URI's limit is not sent there.
+    summary.skipped = summary.skipped + 1
+    return 'skipped:too_big', true
+  end
+  local vres, addr = 'ok', d.address
+  if o.verify then vres, addr = o.verify(man.policy_domain, d.address) end
+  if vres == 'unauthorized' then
+    summary.skipped = summary.skipped + 1
+    return 'skipped:unauthorized', true
+  end
+  local status, scode, stext
+  if vres == 'temperror' then
+    status, stext = 'temp', 'destination verification: DNS temporary error'
+  else
+    local msg = files.read(o.out .. '/' .. d.message)
+    if not msg then
+      status, stext = 'perm', 'message file missing'
+    else
+      status, scode, stext = o.transport(o.envelope_from, addr, msg)
+    end
+  end
+  if status == 'accepted' then
+    summary.accepted = summary.accepted + 1
+    log('info', string.format('report %s sent to %s', r.report_id, addr))
+    return 'accepted', true
+  elseif status == 'perm' or attempts + 1 >= o.max_attempts then
+    summary.failed = summary.failed + 1
+    log('warning', string.format('report %s to %s failed: %s', r.report_id,
+                                 tostring(addr), tostring(stext)))
+    return 'failed:' .. tostring(scode or 'gave_up'), true
+  end
+  local delay = math.min(o.retry_base * 2 ^ attempts, o.retry_max_delay)
+  summary.deferred = summary.deferred + 1
+  log('info', string.format('report %s to %s deferred: %s', r.report_id,
+                            tostring(addr), tostring(stext)))
+  return string.format('retry:%d:%d', attempts + 1, math.floor(now + delay)), false
+end
+
+-- One destination of one report, given its stored state: the new state to store (nil:
+-- none), and whether the destination is final.
+local function deliver_destination(job, man, r, d, st, now)
+  if is_final(st) then return nil, true end
+  local attempts, next_at = 0, 0
+  if st then
+    local a, n = st:match('^retry:(%d+):(%d+)')
+    attempts, next_at = tonumber(a) or 0, tonumber(n) or 0
+  end
+  if next_at > now then
+    job.summary.pending = job.summary.pending + 1
+    return nil, false
+  end
+  return attempt(job, man, r, d, attempts, now)
+end
+
+-- Every destination accepted or gave up: the data goes, the state stays (marked
+-- complete) so no stale copy is sent again.
+local function complete(job, man, skey, path)
+  local cmds = {}
+  for _, key in ipairs(man.keys or {}) do
+    if key:find('{' .. man.policy_domain .. '}', 1, true) then cmds[#cmds + 1] = { 'DEL', key } end
+  end
+  cmds[#cmds + 1] = { 'HSET', skey, 'complete', '1' }
+  cmds[#cmds + 1] = { 'EXPIRE', skey, tostring(job.o.state_ttl) }
+  local ok, err, code = job.conn:pipeline(cmds)
+  if not ok then return nil, err, code end
+  os.rename(path, path .. '.done')
+  job.summary.completed = job.summary.completed + 1
+  return true
+end
+
+-- The reports of one manifest, each destination that is due.
+local function send_manifest(job, man, path)
+  local conn, o = job.conn, job.o
+  local skey = M.state_key(man.prefix or job.prefix, man.policy_domain, man.begin, man['end'])
+  local st_reply, st_err, st_code = conn:command('HGETALL', skey)
+  -- Without the delivery state nothing is sent: it could be a resend.
+  if type(st_reply) ~= 'table' then return nil, st_err or 'HGETALL failed', st_code or 'redis' end
+  local state = connect.hash_reply(st_reply)
+  local all_final = true
+  local now = job.clock()
+  for _, r in ipairs(man.reports) do
+    for k, d in ipairs(r.destinations or {}) do
+      local fid = r.report_id .. '|' .. k
+      local new, final = deliver_destination(job, man, r, d, state[fid], now)
+      if not final then all_final = false end
+      if new then
+        -- A slow relay must not let the lock lapse under a long run.
+        M.extend_lock(conn, job.prefix, job.token, o.lock_ttl)
+        state[fid] = new
+        local ok, err, code = conn:pipeline({ { 'HSET', skey, fid, new },
+                                              { 'EXPIRE', skey, tostring(o.state_ttl) } })
+        if not ok then return nil, err, code end
+      end
+    end
+  end
+  if all_final then
+    local ok, err, code = complete(job, man, skey, path)
+    if not ok then return nil, err, code end
+  end
+  M.extend_lock(conn, job.prefix, job.token, o.lock_ttl)
+  return true
+end
+
+-- Under the lock: every manifest in the output directory, then the failure queue.
+local function send_all(job)
+  local o = job.o
+  for _, name in ipairs(list_manifests(o.out)) do
+    local path = o.out .. '/' .. name
+    local man = read_manifest(path)
+    if not man then
+      job.log('warning', 'skipping unreadable manifest ' .. path)
+    else
+      local ok, err, code = send_manifest(job, man, path)
+      if not ok then return nil, err, code end
+    end
+  end
+  if o.failure_queue ~= false then
+    local ok, ferr, fcode = deliver_failure_queue(job.conn, o, job.prefix, job.token, job.summary,
+                                                  job.log, job.clock)
+    if not ok then return nil, ferr, fcode end
+  end
+  return job.summary
+end
+
 --- Deliver every report of the manifests in a directory.
 -- @param opts {table}
 --   redis        connection or cluster router (state, lock, deletion)
@@ -476,128 +621,17 @@ function M.send(opts)
   for k, v in pairs(M.defaults) do o[k] = v end
   for k, v in pairs(opts) do o[k] = v end
   local conn = o.redis
-  local clock = o.clock or os.time
-  local log = o.log or function() end
-  local cjson = require 'cjson'
   local prefix = o.prefix or report.defaults.prefix
   local t, err, code = M.lock(conn, prefix, o.lock_ttl)
   if not t then return nil, err, code end
-  local summary = { accepted = 0, deferred = 0, failed = 0, skipped = 0, completed = 0,
-                    pending = 0, failure_accepted = 0, failure_deferred = 0, failure_failed = 0,
-                    failure_skipped = 0, failure_pending = 0 }
-  local function run()
-    for _, name in ipairs(list_manifests(o.out)) do
-      local path = o.out .. '/' .. name
-      local data = files.read(path)
-      local okj, man = pcall(cjson.decode, data or '')
-      if not okj or type(man) ~= 'table' or type(man.reports) ~= 'table'
-          or not report.valid_domain(man.policy_domain) then
-        log('warning', 'skipping unreadable manifest ' .. path)
-      else
-        local mprefix = man.prefix or prefix
-        local skey = M.state_key(mprefix, man.policy_domain, man.begin, man['end'])
-        local st_reply, st_err, st_code = conn:command('HGETALL', skey)
-        -- Without the delivery state nothing is sent: it could be a resend.
-        if type(st_reply) ~= 'table' then return nil, st_err or 'HGETALL failed', st_code or 'redis' end
-        local state = connect.hash_reply(st_reply)
-        local all_final = true
-        local now = clock()
-        for _, r in ipairs(man.reports) do
-          for k, d in ipairs(r.destinations or {}) do
-            local fid = r.report_id .. '|' .. k
-            local st = state[fid]
-            local new
-            if is_final(st) then
-              new = nil
-            else
-              local attempts, next_at = 0, 0
-              if st then
-                local a, n = st:match('^retry:(%d+):(%d+)')
-                attempts, next_at = tonumber(a) or 0, tonumber(n) or 0
-              end
-              if next_at > now then
-                all_final = false
-                summary.pending = summary.pending + 1
-              elseif d.skipped or not d.address or not d.message then
-                new = 'skipped:' .. tostring(d.skipped or 'bad_uri')
-                summary.skipped = summary.skipped + 1
-              elseif o.size_limits and (tonumber(d.max_size) or 0) > 0
-                  and (tonumber(d.message_size) or 0) > tonumber(d.max_size) then
-                -- [RUA-6]: a report larger than the URI's limit is not sent there.
-                new = 'skipped:too_big'
-                summary.skipped = summary.skipped + 1
-              else
-                local vres, addr = 'ok', d.address
-                if o.verify then vres, addr = o.verify(man.policy_domain, d.address) end
-                local status, scode, stext
-                if vres == 'unauthorized' then
-                  new = 'skipped:unauthorized'
-                  summary.skipped = summary.skipped + 1
-                else
-                  if vres == 'temperror' then
-                    status, stext = 'temp', 'destination verification: DNS temporary error'
-                  else
-                    local msg = files.read(o.out .. '/' .. d.message)
-                    if not msg then
-                      status, stext = 'perm', 'message file missing'
-                    else
-                      status, scode, stext = o.transport(o.envelope_from, addr, msg)
-                    end
-                  end
-                  if status == 'accepted' then
-                    new = 'accepted'
-                    summary.accepted = summary.accepted + 1
-                    log('info', string.format('report %s sent to %s', r.report_id, addr))
-                  elseif status == 'perm' or attempts + 1 >= o.max_attempts then
-                    new = 'failed:' .. tostring(scode or 'gave_up')
-                    summary.failed = summary.failed + 1
-                    log('warning', string.format('report %s to %s failed: %s', r.report_id,
-                                                 tostring(addr), tostring(stext)))
-                  else
-                    local delay = math.min(o.retry_base * 2 ^ attempts, o.retry_max_delay)
-                    new = string.format('retry:%d:%d', attempts + 1, math.floor(now + delay))
-                    all_final = false
-                    summary.deferred = summary.deferred + 1
-                    log('info', string.format('report %s to %s deferred: %s', r.report_id,
-                                              tostring(addr), tostring(stext)))
-                  end
-                end
-              end
-            end
-            if new then
-              -- A slow relay must not let the lock lapse under a long run.
-              M.extend_lock(conn, prefix, t, o.lock_ttl)
-              state[fid] = new
-              local ok2, e2, c2 = conn:pipeline({ { 'HSET', skey, fid, new },
-                                                  { 'EXPIRE', skey, tostring(o.state_ttl) } })
-              if not ok2 then return nil, e2, c2 end
-            end
-          end
-        end
-        if all_final then
-          -- Every destination accepted or gave up: the data goes, the state
-          -- stays (marked complete) so no stale copy is sent again.
-          local cmds = {}
-          for _, key in ipairs(man.keys or {}) do
-            if key:find('{' .. man.policy_domain .. '}', 1, true) then cmds[#cmds + 1] = { 'DEL', key } end
-          end
-          cmds[#cmds + 1] = { 'HSET', skey, 'complete', '1' }
-          cmds[#cmds + 1] = { 'EXPIRE', skey, tostring(o.state_ttl) }
-          local ok3, e3, c3 = conn:pipeline(cmds)
-          if not ok3 then return nil, e3, c3 end
-          os.rename(path, path .. '.done')
-          summary.completed = summary.completed + 1
-        end
-        M.extend_lock(conn, prefix, t, o.lock_ttl)
-      end
-    end
-    if o.failure_queue ~= false then
-      local ok, ferr, fcode = deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
-      if not ok then return nil, ferr, fcode end
-    end
-    return summary
-  end
-  local ok, res, e, c = pcall(run)
+  local job = {
+    o = o, conn = conn, prefix = prefix, token = t, clock = o.clock or os.time,
+    log = o.log or function() end,
+    summary = { accepted = 0, deferred = 0, failed = 0, skipped = 0, completed = 0,
+                pending = 0, failure_accepted = 0, failure_deferred = 0, failure_failed = 0,
+                failure_skipped = 0, failure_pending = 0 },
+  }
+  local ok, res, e, c = pcall(send_all, job)
   M.unlock(conn, prefix, t)
   if not ok then error(res, 0) end
   if not res then return nil, e, c end
