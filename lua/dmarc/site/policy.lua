@@ -353,24 +353,8 @@ local function add_static(static, key, entry, what)
 end
 
 -- Turns a site table into a Site; nil, msg, 'invalid' on anything unexpected (typos too).
-local function build_site(config, opts, name, logger)
-  for k in pairs(config) do
-    if not SITE_FIELDS[k] then
-      return bad('unknown field "' .. tostring(k) .. '" in the site table')
-    end
-  end
-  local site = setmetatable({
-    name = name,
-    log = logger,
-    unconditional_reject = false,
-    treat = {},
-    sets = {},
-    set_names = {},
-    static = {},
-    hook = nil,
-    budget = opts.hook_budget or M.DEFAULT_HOOK_BUDGET,
-  }, Site)
-
+-- The switches of the site table: unconditional_reject, treat.
+local function site_switches(site, config)
   -- [OPEN-6]: the one-line switch from the [POL-3] default to unconditional reject.
   if config.unconditional_reject ~= nil then
     if type(config.unconditional_reject) ~= 'boolean' then
@@ -383,7 +367,11 @@ local function build_site(config, opts, name, logger)
     if not t then return bad(err) end
     site.treat = t
   end
+  return true
+end
 
+-- recipient_sets: each set's treatment, and the members written in the script.
+local function site_recipient_sets(site, config)
   if config.recipient_sets ~= nil then
     if type(config.recipient_sets) ~= 'table' then return bad('recipient_sets must be a table') end
     local names = sorted_keys(config.recipient_sets)
@@ -413,7 +401,11 @@ local function build_site(config, opts, name, logger)
     end
     table.sort(site.set_names)
   end
+  return true
+end
 
+-- overrides: the entries written in the script, each under its store key.
+local function site_overrides(site, config)
   if config.overrides ~= nil then
     if type(config.overrides) ~= 'table' or #config.overrides > M.MAX_OVERRIDES then
       return bad('overrides must be an array of at most ' .. M.MAX_OVERRIDES .. ' entries')
@@ -438,7 +430,11 @@ local function build_site(config, opts, name, logger)
       if not ok then return bad(aerr) end
     end
   end
+  return true
+end
 
+-- trusted_arc_sealers: an override per sealer domain.
+local function site_arc_sealers(site, config)
   if config.trusted_arc_sealers ~= nil then
     if type(config.trusted_arc_sealers) ~= 'table' or #config.trusted_arc_sealers > M.MAX_OVERRIDES then
       return bad('trusted_arc_sealers must be an array of domains')
@@ -452,7 +448,11 @@ local function build_site(config, opts, name, logger)
       if not ok then return bad(aerr) end
     end
   end
+  return true
+end
 
+-- decide (the hook) and its instruction budget.
+local function site_hook(site, config)
   if config.decide ~= nil then
     if type(config.decide) ~= 'function' then return bad('decide must be a function') end
     -- LuaJIT only counts instructions of interpreted code (dmarc.site.sandbox).
@@ -466,13 +466,46 @@ local function build_site(config, opts, name, logger)
     end
     site.budget = b
   end
-  -- Which override kinds the script has entries of: without a store answer, only those can
-  -- match, and the keys of the others are never built.
-  site.static_kinds = {}
-  for key in pairs(site.static) do
+  return true
+end
+
+-- Which override kinds the script has entries of: without a store answer, only those can
+-- match, and the keys of the others are never built.
+local function static_kinds(static)
+  local kinds = {}
+  for key in pairs(static) do
     local kind = key:match('^([%w_]+):')
-    if ALL_KINDS[kind] then site.static_kinds[kind] = true end
+    if ALL_KINDS[kind] then kinds[kind] = true end
   end
+  return kinds
+end
+
+-- The steps of a site table, in order; each gives true or nil, message, code.
+local SITE_STEPS = { site_switches, site_recipient_sets, site_overrides, site_arc_sealers, site_hook }
+
+local function build_site(config, opts, name, logger)
+  for k in pairs(config) do
+    if not SITE_FIELDS[k] then
+      return bad('unknown field "' .. tostring(k) .. '" in the site table')
+    end
+  end
+  local site = setmetatable({
+    name = name,
+    log = logger,
+    unconditional_reject = false,
+    treat = {},
+    sets = {},
+    set_names = {},
+    static = {},
+    hook = nil,
+    budget = opts.hook_budget or M.DEFAULT_HOOK_BUDGET,
+  }, Site)
+
+  for _, step in ipairs(SITE_STEPS) do
+    local ok, err, code = step(site, config)
+    if not ok then return nil, err, code end
+  end
+  site.static_kinds = static_kinds(site.static)
   return site
 end
 
