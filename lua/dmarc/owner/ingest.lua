@@ -13,7 +13,7 @@
 -- Everything read here is hostile until proven otherwise ([MAIL-6], RFC 9990
 -- §8): sizes, ratios, nesting, counts and string lengths are bounded by the
 -- named limits below, and bad input gives nil, message, code (never a raise).
-local mime = require 'mime'
+local mime = require 'mime.core' -- LuaSocket's codec (mime.lua only adds filters)
 local keys = require 'dmarc.redis.keys'
 local text_util = require 'dmarc.util.text'
 

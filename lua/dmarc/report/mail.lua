@@ -6,7 +6,7 @@
 --   local msg = mail.message { report_id = ..., to = 'dmarc@example.com', gz = bytes, ... }
 -- @module dmarc.report.mail
 
-local mime = require 'mime'
+local mime = require 'mime.core' -- LuaSocket's codec (mime.lua only adds filters)
 local keys = require 'dmarc.redis.keys'
 local text = require 'dmarc.util.text'
 
