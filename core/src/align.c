@@ -447,66 +447,13 @@ static dmarc_status complete_org(dmarc_eval *e, dmarc__domain *d)
     return dmarc__org_domain(e, dmarc__str(e, d->off), d->len, &d->org);
 }
 
-static void report_org(dmarc__domain *d)
+dmarc_status dmarc__align_domain(dmarc_eval *e, dmarc__domain *d)
 {
-    d->has_org_out = d->org.state == DMARC__ORG_KNOWN || d->org.state == DMARC__ORG_SUFFIX;
-    d->org_out_off = d->has_org_out ? d->org.off : 0;
-}
-
-dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d)
-{
-    bool decided;
-    dmarc_status st;
-
-    /* A rerun recomputes the verdict from the memo: start clean. */
-    if (!d->memo_started) {
-        d->memo_started = true;
-        d->memo_base = e->nmemo;
-    }
-    e->memo_used = d->memo_base;
-    d->result = DMARC_RESULT_NONE;
-    d->has_policy_domain = false;
-    d->policy_off = 0;
-    d->own_record = false;
-    d->has_org_out = false;
-    d->org_out_off = 0;
-    d->has_policy = false;
-    d->policy = DMARC_POLICY_NONE;
-    d->policy_tag = DMARC_POLICY_TAG_NONE;
-    d->applied = DMARC_POLICY_NONE;
-    d->reason = DMARC_REASON_NONE;
-    d->spf_aligned = d->dkim_aligned = false;
-    d->testing = false;
-    d->author_exists = true;
-    d->pct_as_testing = false;
-    d->record = NULL;
-    d->error = NULL;
-    d->spf_align = DMARC_ALIGN_NONE;
-    memset(d->dkim_align, DMARC_ALIGN_NONE, sizeof d->dkim_align);
-
-    st = dmarc__discover(e, d, &decided);
+    dmarc_status st = align(e, d);
     if (st != DMARC_OK)
         return st;
-    if (!decided) {
-        st = align(e, d);
-        if (st != DMARC_OK)
-            return st;
-        st = choose_policy(e, d);
-        if (st != DMARC_OK)
-            return st;
-        st = complete_org(e, d);
-        if (st != DMARC_OK)
-            return st;
-    }
-    /* DMARC_EVAL_MAX_QUERIES: once the limit was hit while this domain was
-    ** evaluated it cannot pass, even on answers the memo already held. */
-    if ((e->flags & DMARC_FLAG_QUERY_LIMIT) && e->limit_domain == (size_t)(d - e->dom) &&
-        d->result == DMARC_RESULT_PASS) {
-        d->result = DMARC_RESULT_TEMPERROR;
-        d->error = "query limit reached";
-        d->applied = DMARC_POLICY_NONE;
-        d->reason = DMARC_REASON_NONE;
-    }
-    report_org(d);
-    return DMARC_OK;
+    st = choose_policy(e, d);
+    if (st != DMARC_OK)
+        return st;
+    return complete_org(e, d);
 }

@@ -1,7 +1,9 @@
 /*
-** Evaluations: private types shared by eval.c (API, inputs, the run loop,
-** the message verdict), walk.c (lookups, the RFC 9989 tree walk, Org
-** Domains, discovery) and align.c (alignment, existence test, policy).
+** Evaluations: private types shared by eval.c (API, inputs, the run loop
+** that drives each author domain, the message verdict), walk.c (lookups,
+** the RFC 9989 tree walk, Org Domains, discovery) and align.c (alignment,
+** existence test, policy). eval.c calls walk.c and align.c; align.c calls
+** walk.c; nothing calls back up.
 **
 ** The run is restartable: each dmarc_eval_run recomputes the evaluation of
 ** the current author domain from the start, and every DNS lookup is first
@@ -207,8 +209,10 @@ DMARC__HIDDEN dmarc_status dmarc__discover(dmarc_eval *e, dmarc__domain *d, bool
 ** align.c
 ** ======================================================= */
 
-/* Evaluate one author domain to its verdict. */
-DMARC__HIDDEN dmarc_status dmarc__eval_domain(dmarc_eval *e, dmarc__domain *d);
+/* Alignment and policy for one author domain whose discovery found a
+** record to apply (d->record): identifier alignment, the existence test
+** behind np, the policy requested and applied, the Org Domain to report. */
+DMARC__HIDDEN dmarc_status dmarc__align_domain(dmarc_eval *e, dmarc__domain *d);
 
 /* Apply t= or pct to a requested policy [POL-4] [POL-6] [OPEN-3]. */
 DMARC__HIDDEN void dmarc__apply_policy(const dmarc_eval *e, dmarc__domain *d);
