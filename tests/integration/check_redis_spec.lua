@@ -222,4 +222,87 @@ describe('dmarc check with a real Redis', function()
     assert.same({ ['203.0.113.210'] = 1, ['203.0.113.211'] = 1 }, counts)
     clear(prefix)
   end)
+  -- A Redis restarted with a large AOF answers -LOADING until it has read it all. The fill
+  -- is 100000 keys; key-load-delay (a redis-server setting for tests) keeps the replay going
+  -- for seconds however fast the machine, and a small loading-process-events-interval-bytes
+  -- makes it answer -LOADING at once rather than after a timeout.
+  it('check_redis__rows_survive_a_redis_that_is_loading', function()
+    local port, ldir = 16395, dir .. '/loading'
+    local pid = h.start_redis(port, ldir)
+    finally(function() h.stop(pid) end)
+    local fill = assert(redis.connect { host = '127.0.0.1', port = port, timeout = 30 })
+    for chunk = 0, 99 do
+      local cmd = { 'MSET' }
+      for i = 1, 1000 do
+        cmd[#cmd + 1] = 'fill:' .. (chunk * 1000 + i)
+        cmd[#cmd + 1] = string.rep('x', 32)
+      end
+      assert(fill:command(table.unpack(cmd)))
+    end
+    assert(fill:command('BGREWRITEAOF'))
+    for _ = 1, 300 do
+      local info = fill:command('INFO', 'persistence') or ''
+      if info:find('aof_rewrite_in_progress:0', 1, true)
+          and info:find('aof_rewrite_scheduled:0', 1, true) then break end
+      h.run('sleep 0.1')
+    end
+    fill:close()
+    h.stop(pid)
+    pid = h.start_redis(port, ldir, '--key-load-delay 20 --loading-process-events-interval-bytes 1024')
+    local function ping()
+      local _, out = h.run('redis-cli -p ' .. port .. ' PING 2>&1')
+      return out
+    end
+    assert.truthy(ping():find('LOADING', 1, true), 'redis-server was not loading')
+
+    local prefix, spool = 'itck6:', dir .. '/spool-loading'
+    local where = ' --redis 127.0.0.1:' .. port .. ' --redis-prefix ' .. prefix .. ' --spool '
+      .. q(spool) .. ' --time ' .. (DAY + 600) .. ' --json'
+    for i = 1, 5 do
+      local status, out, err = check('--ip 203.0.113.22' .. i .. ' --mail-from ceo@example.com'
+                                     .. where)
+      assert.equal(0, status, err)
+      local rep = cjson.decode(out).reporting
+      assert.truthy(err:find('LOADING', 1, true), err) -- still loading: the test means something
+      assert.equal(0, rep.rows_lost, err)
+      assert.equal(0, rep.rows_written, err)
+      assert.equal(1, rep.rows_spooled, err)
+      assert.equal(i - 1, rep.rows_from_spool, err)
+      assert.equal(i, #h.ls(spool, '%.rows$'), err)
+    end
+    for _ = 1, 1200 do
+      if ping():find('PONG', 1, true) then break end
+      h.run('sleep 0.1')
+    end
+    assert.truthy(ping():find('PONG', 1, true), 'redis-server never finished loading')
+    local status, out, err = check('--ip 203.0.113.226 --mail-from ceo@example.com' .. where)
+    assert.equal(0, status, err)
+    local rep = cjson.decode(out).reporting
+    assert.equal(0, rep.rows_lost, err)
+    assert.equal(5, rep.rows_from_spool, err)
+    assert.equal(6, rep.rows_written, err)
+    assert.equal(0, #h.ls(spool, '%.rows$'))
+    local c6 = assert(redis.connect { host = '127.0.0.1', port = port })
+    local all = c6:command('HGETALL', report.keys(prefix, 'example.com', '20251121').rows) or {}
+    local total = 0
+    for i = 2, #all, 2 do total = total + tonumber(all[i]) end
+    c6:close()
+    assert.equal(6, total)
+  end)
+
+  it('check_redis__a_row_redis_refuses_for_good_is_counted_lost', function()
+    local prefix = 'itck7:'
+    clear(prefix)
+    -- The rows key holds a string: the row's HINCRBY fails with WRONGTYPE, every time.
+    assert(conn:command('SET', report.keys(prefix, 'example.com', '20251121').rows, 'x'))
+    local status, out, err = check('--ip 203.0.113.230 --mail-from ceo@example.com --redis '
+                                   .. REDIS .. ' --redis-prefix ' .. prefix .. ' --time '
+                                   .. (DAY + 700) .. ' --json')
+    assert.equal(0, status, err)
+    local rep = cjson.decode(out).reporting
+    assert.equal(1, rep.rows_lost, err)
+    assert.equal(0, rep.rows_written, err)
+    assert.truthy(err:find('lost', 1, true), err)
+    clear(prefix)
+  end)
 end)

@@ -72,10 +72,11 @@ $DMARC_REDIS gives a server):
   report generate`). Redis down: the site defaults apply, the exit status and decision
   are the same, and a warning goes to stderr. Rows of a message checked while Redis is
   down are lost (counted in the warning) unless --spool keeps them.
-  --spool DIR                keep the rows of messages checked while Redis is down (on
-                             a cluster: while the master of their slot is) in DIR (one
-                             file per message, at most 10000 files); the next run that
-                             reaches Redis writes them first
+  --spool DIR                keep the rows of messages checked while Redis is down or
+                             not ready (LOADING, BUSY, READONLY...; on a cluster: while
+                             the master of their slot is) in DIR (one file per message,
+                             at most 10000 files); the next run that reaches Redis
+                             writes them first
   --no-report-rows           write no report rows (another scanner collects them)
   --failure-reports          queue RFC 9991 failure reports as the record's fo asks;
                              `dmarc report send` verifies the ruf destinations and
@@ -458,6 +459,8 @@ local function write_rows(link, settings, rows, out)
   if spool then all, claims, bad = spool:claim() end
   if bad > 0 then log:warn('spool: %s dropped', plural(bad, 'malformed row')) end
   local from_spool = #all
+  local spooled = {} -- the rows that came from the spool
+  for _, row in ipairs(all) do spooled[row] = true end
   for _, row in ipairs(rows) do all[#all + 1] = row end
   if #all == 0 then
     if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
@@ -490,25 +493,49 @@ local function write_rows(link, settings, rows, out)
              tostring(perr), plural(#rows, 'report row'))
     return
   end
-  -- A refused row (an error reply) was not written, and writing it again would be refused
-  -- again. On a cluster, a master that cannot be reached gives 'io: ...' replies for its rows
-  -- only: those are kept like rows of a Redis that is down (spooled, or lost and counted),
-  -- the others are written.
+  -- A row refused for good (an error reply that writing again would get again) is lost,
+  -- and counted. Rows Redis was not ready for (LOADING while it replays its AOF, BUSY,
+  -- READONLY after a failover...; on a cluster, 'io: ...' replies for the rows of a master
+  -- that cannot be reached) are kept like rows of a Redis that is down: spooled, or lost and
+  -- counted.
   local refused, why = res.refused, res.refused_why
-  local unreached, unreached_why = res.unreached, res.unreached_why
-  if spool then spool:finish(claims, true) end
+  local unreached, unreached_why, spool_unreached = res.unreached, res.unreached_why, 0
+  for _, row in ipairs(unreached) do
+    if spooled[row] then spool_unreached = spool_unreached + 1 end
+  end
+  if spool and spool_unreached > 0 then
+    -- The claimed files go back whole: their rows keep their ids, so the ones written now
+    -- count once when the files are written again (report rows: "Retries").
+    spool:finish(claims, false)
+    local mine = {}
+    for _, row in ipairs(unreached) do
+      if not spooled[row] then mine[#mine + 1] = row end
+    end
+    unreached = mine
+  elseif spool then
+    spool:finish(claims, true)
+  end
   out.rows_written = res.written
   out.rows_from_spool = from_spool
-  if refused > 0 then log:warn('Redis refused %s (%s)', plural(refused, 'report row'), tostring(why)) end
+  if refused > 0 then
+    out.rows_lost = (out.rows_lost or 0) + refused
+    log:warn('Redis refused %s (%s): lost', plural(refused, 'report row'), tostring(why))
+  end
+  if spool_unreached > 0 then
+    log:warn('Redis %s not ready (%s): %s kept in %s', where_text(settings),
+             tostring(unreached_why), plural(spool_unreached, 'spooled report row'),
+             settings.spool)
+  end
   if #unreached > 0 then
     if spool and spool:write(unreached) then
       out.rows_spooled = #unreached
-      log:warn('Redis %s: a node is unreachable (%s): %s kept in %s', where_text(settings),
+      log:warn('Redis %s not ready (%s): %s kept in %s', where_text(settings),
                tostring(unreached_why), plural(#unreached, 'report row'), settings.spool)
     else
-      out.rows_lost = #unreached
-      log:warn('Redis %s: a node is unreachable (%s): %s lost', where_text(settings),
-               tostring(unreached_why), plural(#unreached, 'report row'))
+      out.rows_lost = (out.rows_lost or 0) + #unreached
+      log:warn('Redis %s not ready (%s): %s lost%s', where_text(settings),
+               tostring(unreached_why), plural(#unreached, 'report row'),
+               spool and '' or ' (--spool DIR keeps them until Redis is ready)')
     end
   end
 end

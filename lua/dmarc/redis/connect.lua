@@ -74,6 +74,26 @@ function M.from_options(opts, conf)
   return M.open { host = host, port = tonumber(port), timeout = timeout }
 end
 
+-- Error replies that say "not now" rather than "never": the same command may succeed later
+-- (a server replaying its AOF or RDB, a script running, a replica without its master, a
+-- cluster resharding or without a quorum, a replica after a failover).
+local TEMPORARY = {
+  LOADING = true, BUSY = true, MASTERDOWN = true, TRYAGAIN = true, CLUSTERDOWN = true,
+  READONLY = true,
+}
+
+--- Whether a Redis error is temporary: one of the error replies above, or a connection
+-- failure ('io: ...', what the Cluster router puts in the replies of a node it could not
+-- reach). Rows refused temporarily are kept and written again; others are lost (counted).
+-- @param err {string|table|nil} an error message or an error reply ({err = message})
+-- @return {boolean}
+function M.temporary_error(err)
+  if type(err) == 'table' then err = err.err or err.error end
+  if type(err) ~= 'string' then return false end
+  if err:find('^io: ') then return true end
+  return TEMPORARY[err:match('^(%u+)')] == true
+end
+
 --- A Redis hash as a table: a flat HGETALL reply (field, value, field, value...), or a
 -- reply that is a map already (copied). A reply that is not a table is an empty hash.
 -- @param reply {any}

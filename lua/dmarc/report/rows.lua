@@ -593,10 +593,12 @@ end
 --   written    rows the server stored (or counted against the cap)
 --   failed, error   the pipeline failed (error: its message): nothing is known to be
 --              written, every row sent is in doubt (its id makes sending it again safe)
---   refused, refused_why   rows the server refused (an error reply: sending again is
---              refused again)
---   unreached, unreached_why   rows of a Cluster node that could not be reached ('io: '
---              error replies): like rows of a Redis that is down
+--   refused, refused_why   rows the server refused for good (an error reply that sending
+--              again would get again): lost
+--   unreached, unreached_why   rows Redis was not ready for: a temporary error reply
+--              (LOADING while it replays its AOF, BUSY, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
+--              READONLY; dmarc.redis.connect.temporary_error) or a Cluster node that could
+--              not be reached ('io: ' replies): like rows of a Redis that is down
 function M.write(conn, rows, opts)
   local out = { invalid = {}, commands = 0, written = 0, refused = 0, unreached = {} }
   local cmds, sent = {}, {}
@@ -616,11 +618,12 @@ function M.write(conn, rows, opts)
     out.failed, out.error = true, perr
     return out
   end
+  local temporary = require('dmarc.redis.connect').temporary_error
   for i = 1, #cmds do
     -- An error reply is { err = ... } (dmarc.redis, dmarc.redis.cluster).
     local r = replies[i]
     if type(r) == 'table' and r.err then
-      if tostring(r.err):find('^io: ') then
+      if temporary(r.err) then
         out.unreached[#out.unreached + 1] = sent[i]
         out.unreached_why = out.unreached_why or r.err
       else
