@@ -1,7 +1,8 @@
 -- `dmarc report send` against a real SMTP server on loopback (aiosmtpd, see
 -- report_smtpd.py): delivery, a temporary failure followed by success (data
 -- kept, then deleted), a permanent failure, external-destination consent
--- [RUA-3], STARTTLS, and the sender lock.
+-- [RUA-3], STARTTLS (the relay's certificate verified with AUTH or --starttls require,
+-- opportunistic without), and the sender lock.
 local h = dofile('tests/integration/report_helpers.lua')
 local redis = require 'dmarc.redis'
 local report = require 'dmarc.report.rows'
@@ -12,11 +13,12 @@ local REDIS_PORT = 16392
 local SMTP_PORT = 16525
 local TLS_PORT = 16526
 local AUTH_PORT = 16527
+local WRONG_PORT = 16528 -- a certificate for another name
 local DAY = 1763683200
 local ROWS = 'dmarc:rpt:{example.com}:20251121'
 
 describe('report delivery over SMTP', function()
-  local dir, redis_pid, smtp_pid, tls_pid, auth_pid, conn
+  local dir, redis_pid, smtp_pid, tls_pid, auth_pid, wrong_pid, conn
 
   local function maildir(name) return dir .. '/mail-' .. name end
 
@@ -24,10 +26,21 @@ describe('report delivery over SMTP', function()
     dir = h.tmpdir()
     redis_pid = h.start_redis(REDIS_PORT, dir .. '/redis')
     smtp_pid = h.start_smtpd(SMTP_PORT, maildir('plain'))
-    local status = h.run('openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost'
-                         .. ' -keyout ' .. dir .. '/key.pem -out ' .. dir .. '/cert.pem 2>/dev/null')
-    assert(status == 0, 'openssl could not make a test certificate')
+    -- Self-signed: trusted only through --tls-ca. The relay is reached as 127.0.0.1.
+    local function make_cert(name, san)
+      local status = h.run('openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=' .. san
+                           .. ' -addext subjectAltName=' .. san:gsub('^', 'DNS:')
+                           .. (san == 'localhost' and ',IP:127.0.0.1' or '')
+                           .. ' -keyout ' .. dir .. '/' .. name .. '-key.pem -out ' .. dir .. '/'
+                           .. name .. '.pem 2>/dev/null')
+      assert(status == 0, 'openssl could not make a test certificate')
+    end
+    make_cert('cert', 'localhost')
+    make_cert('wrong', 'relay.other.example')
+    os.rename(dir .. '/cert-key.pem', dir .. '/key.pem')
     tls_pid = h.start_smtpd(TLS_PORT, maildir('tls'), dir .. '/cert.pem', dir .. '/key.pem')
+    wrong_pid = h.start_smtpd(WRONG_PORT, maildir('wrong'), dir .. '/wrong.pem',
+                              dir .. '/wrong-key.pem')
     auth_pid = h.start_smtpd(AUTH_PORT, maildir('auth'), dir .. '/cert.pem', dir .. '/key.pem',
                              'reporter:s3cret')
     conn = assert(redis.connect { host = '127.0.0.1', port = REDIS_PORT })
@@ -38,6 +51,7 @@ describe('report delivery over SMTP', function()
     h.stop(smtp_pid)
     h.stop(tls_pid)
     h.stop(auth_pid)
+    h.stop(wrong_pid)
     h.stop(redis_pid)
     os.execute('rm -rf ' .. dir)
   end)
@@ -161,7 +175,8 @@ describe('report delivery over SMTP', function()
 
   it('report_send__starttls_when_offered [MAIL-4]', function()
     local out, dns = prepare('tls', { 'mailto:dmarc-tls@example.com' })
-    local status, text = send_cmd(out, dns, TLS_PORT, '--starttls require')
+    local status, text = send_cmd(out, dns, TLS_PORT, '--starttls require --tls-ca '
+                                  .. dir .. '/cert.pem')
     assert.equal(0, status, text)
     local m = find(received('tls'), 'dmarc-tls@example.com')
     assert.is_table(m)
@@ -171,17 +186,65 @@ describe('report delivery over SMTP', function()
   it('report_send__smtp_auth_over_starttls', function()
     local out, dns = prepare('auth', { 'mailto:dmarc-auth@example.com' })
     -- a wrong password is a temporary failure: the data stays
-    local status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0',
+    local ca = ' --tls-ca ' .. dir .. '/cert.pem'
+    local status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0' .. ca,
                                   'DMARC_SMTP_PASSWORD=wrong')
     assert.equal(0, status, text)
     assert.is_nil(find(received('auth'), 'dmarc-auth@example.com'))
     assert.equal(1, conn:command('EXISTS', ROWS))
-    status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0',
+    status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0' .. ca,
                             'DMARC_SMTP_PASSWORD=s3cret')
     assert.equal(0, status, text)
     local m = find(received('auth'), 'dmarc-auth@example.com')
     assert.is_table(m)
     assert.equal('yes', m.tls)
+    assert.equal(0, conn:command('EXISTS', ROWS))
+  end)
+
+  it('report_send__starttls_require_refuses_an_untrusted_certificate', function()
+    local out, dns = prepare('untrusted', { 'mailto:dmarc-untrusted@example.com' })
+    local status, text = send_cmd(out, dns, TLS_PORT, '--starttls require --retry-base 0')
+    assert.equal(1, status, text)
+    assert.truthy(text:find('certificate of 127.0.0.1 is not trusted', 1, true), text)
+    assert.truthy(text:find('the reports stay queued', 1, true), text)
+    assert.is_nil(find(received('tls'), 'dmarc-untrusted@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS))
+    -- The same relay with its certificate as the trust anchor: delivered, then deleted.
+    status, text = send_cmd(out, dns, TLS_PORT, '--starttls require --tls-ca ' .. dir .. '/cert.pem')
+    assert.equal(0, status, text)
+    assert.equal('yes', find(received('tls'), 'dmarc-untrusted@example.com').tls)
+    assert.equal(0, conn:command('EXISTS', ROWS))
+  end)
+
+  it('report_send__auth_is_never_sent_to_an_untrusted_relay', function()
+    local out, dns = prepare('authuntrusted', { 'mailto:dmarc-authuntrusted@example.com' })
+    local status, text = send_cmd(out, dns, AUTH_PORT, '--smtp-user reporter --retry-base 0',
+                                  'DMARC_SMTP_PASSWORD=s3cret')
+    assert.equal(1, status, text)
+    assert.truthy(text:find('not trusted', 1, true), text)
+    assert.is_nil(find(received('auth'), 'dmarc-authuntrusted@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS))
+  end)
+
+  it('report_send__a_certificate_for_another_name_is_refused', function()
+    local out, dns = prepare('wrongname', { 'mailto:dmarc-wrongname@example.com' })
+    local status, text = send_cmd(out, dns, WRONG_PORT, '--starttls require --retry-base 0'
+                                  .. ' --tls-ca ' .. dir .. '/wrong.pem')
+    assert.equal(1, status, text)
+    assert.truthy(text:find('is for another name (relay.other.example)', 1, true), text)
+    assert.is_nil(find(received('wrong'), 'dmarc-wrongname@example.com'))
+    assert.equal(1, conn:command('EXISTS', ROWS))
+    -- The documented opt-out: delivered over TLS without verification.
+    status, text = send_cmd(out, dns, WRONG_PORT, '--starttls require --tls-no-verify')
+    assert.equal(0, status, text)
+    assert.equal('yes', find(received('wrong'), 'dmarc-wrongname@example.com').tls)
+  end)
+
+  it('report_send__opportunistic_tls_without_auth_takes_any_certificate', function()
+    local out, dns = prepare('try', { 'mailto:dmarc-try@example.com' })
+    local status, text = send_cmd(out, dns, WRONG_PORT, '--starttls try')
+    assert.equal(0, status, text)
+    assert.equal('yes', find(received('wrong'), 'dmarc-try@example.com').tls)
     assert.equal(0, conn:command('EXISTS', ROWS))
   end)
 

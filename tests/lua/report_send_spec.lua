@@ -130,6 +130,44 @@ describe('report_send transports', function()
   end)
 end)
 
+describe('report_send relay certificate names (RFC 6125)', function()
+  -- A stand-in for a LuaSec x509 object: its subjectAltName and subject CN.
+  local function cert(dns, ips, cn)
+    local san = { dNSName = dns, iPAddress = ips }
+    return {
+      extensions = function() return { ['2.5.29.17'] = san } end,
+      subject = function() return { { name = 'commonName', value = cn } } end,
+    }
+  end
+
+  it('matches a dNSName, ignoring case and a trailing dot', function()
+    assert.is_true(send.cert_matches_host(cert({ 'Relay.Example.NET' }), 'relay.example.net.'))
+    assert.is_false(send.cert_matches_host(cert({ 'relay.example.net' }), 'other.example.net'))
+  end)
+
+  it('takes a wildcard for exactly one leftmost label', function()
+    local c = cert({ '*.example.net' })
+    assert.is_true(send.cert_matches_host(c, 'smtp.example.net'))
+    assert.is_false(send.cert_matches_host(c, 'a.smtp.example.net'))
+    assert.is_false(send.cert_matches_host(c, 'example.net'))
+    assert.is_false(send.cert_matches_host(cert({ 'smtp*.example.net' }), 'smtp1.example.net'))
+    assert.is_false(send.cert_matches_host(cert({ '*.net' }), 'example.net'))
+  end)
+
+  it('matches an address literal only against iPAddress', function()
+    assert.is_true(send.cert_matches_host(cert({ 'localhost' }, { '127.0.0.1' }), '127.0.0.1'))
+    assert.is_false(send.cert_matches_host(cert({ '127.0.0.1' }), '127.0.0.1'))
+  end)
+
+  it('reads the CN only when there is no dNSName', function()
+    assert.is_true(send.cert_matches_host(cert({}, {}, 'relay.example.net'), 'relay.example.net'))
+    local ok, names = send.cert_matches_host(cert({ 'a.example.net' }, {}, 'relay.example.net'),
+                                             'relay.example.net')
+    assert.is_false(ok)
+    assert.equal('a.example.net', names)
+  end)
+end)
+
 describe('report_send delivery', function()
   local function setup(n_rua)
     local conn = fake_redis.new()

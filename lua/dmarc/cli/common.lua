@@ -117,6 +117,14 @@ send (also without --date: retries, and the queued failure reports):
   --sendmail CMD         a sendmail-compatible command
   --helo NAME            EHLO name (default: the submitter domain)
   --starttls MODE        never | try (default) | require
+  --tls-ca FILE          trust anchors (PEM) for the relay's certificate instead
+                         of the system CA store. The certificate and the relay's
+                         name (as given to --smtp) are verified whenever AUTH is
+                         used or --starttls is require; with try and no AUTH, TLS
+                         is opportunistic and any certificate is taken (RFC 7435)
+  --tls-no-verify        never verify the relay's certificate (not even with AUTH
+                         or require): only for a relay you reach over a path you
+                         trust
   --smtp-user USER       AUTH user; password from $DMARC_SMTP_PASSWORD or
   --smtp-password-file F
   --envelope-from ADDR   MAIL FROM (default: the reporter email)
@@ -127,8 +135,9 @@ send (also without --date: retries, and the queued failure reports):
   --retry-base SEC       first retry delay (default 300), doubling
   --max-attempts N       then the destination is given up (default 8)
 
-exit status: 0 done (deliveries may be deferred), 1 error, 2 usage,
-75 another sender holds the lock.
+exit status: 0 done (deliveries may be deferred), 1 error (also: the relay's
+certificate was refused; its reports stay queued), 2 usage, 75 another sender
+holds the lock.
 ]]
 
 -- The --help text: the built-in subcommands, then one line each for those
@@ -156,7 +165,8 @@ local function die(msg, status)
   return M.fail('dmarc report', msg, status)
 end
 
-local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true }
+local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true,
+                ['tls-no-verify'] = true }
 
 -- Lenient: every --name is taken (the subcommands read the ones they know), and a flag
 -- given a value is just set.

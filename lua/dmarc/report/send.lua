@@ -24,7 +24,12 @@ M.defaults = {
   verify_ttl = 3600,         -- seconds a verification result is cached
   verify_cache_max = 10000,  -- entries in the verification cache
   smtp_timeout = 30,
+  -- Trust anchors for relays whose certificate is verified: the system CA store (Debian's
+  -- bundle, or the hashed directory when the bundle is missing).
+  tls_cafile = '/etc/ssl/certs/ca-certificates.crt',
+  tls_capath = '/etc/ssl/certs',
 }
+M.MAX_CERT_NAMES = 100       -- subjectAltName entries of a certificate looked at
 M.MAX_MANIFESTS = 100000     -- manifests read per run
 M.MAX_FAILURE_QUEUES = 10000 -- policy domains whose queued failure reports are read per run
 M.MAX_FAILURE_PER_QUEUE = 100 -- queued failure reports read per policy domain per run
@@ -172,12 +177,97 @@ function M.dot_stuff(message)
   return m .. '.\r\n'
 end
 
+-- ---------------------------------------------------------------------------
+-- The relay's certificate
+
+local function is_ip_literal(host)
+  return host:match('^%d+%.%d+%.%d+%.%d+$') ~= nil or host:find(':', 1, true) ~= nil
+end
+
+-- One DNS-ID of a certificate against the host name (RFC 6125 §6.4.1, §6.4.3): equal
+-- ignoring case, or a wildcard that is the whole leftmost label and stands for exactly
+-- one label of the host.
+local function name_matches(pattern, host)
+  pattern = pattern:lower():gsub('%.$', '')
+  if pattern == host then return true end
+  local rest = pattern:match('^%*(%..+%..+)$')
+  if not rest then return false end
+  local label, tail = host:match('^([^.]+)(%..+)$')
+  return label ~= nil and tail == rest
+end
+
+--- Whether a certificate (a LuaSec x509 object) names the host it was reached as:
+-- a subjectAltName dNSName (or iPAddress for an address literal); the subject's CN only
+-- when the certificate has no dNSName at all (RFC 6125 §6.4.4).
+-- @return true, or false, what the certificate names instead
+function M.cert_matches_host(cert, host)
+  if not cert then return false, 'no certificate' end
+  host = tostring(host):lower():gsub('%.$', '')
+  local ip = is_ip_literal(host)
+  local ok, ext = pcall(cert.extensions, cert)
+  local san = ok and type(ext) == 'table' and ext['2.5.29.17'] or {}
+  local seen, dns_names = {}, 0
+  for _, n in ipairs(san.dNSName or {}) do
+    dns_names = dns_names + 1
+    if dns_names > M.MAX_CERT_NAMES then break end
+    seen[#seen + 1] = n
+    if not ip and name_matches(n, host) then return true end
+  end
+  for i, a in ipairs(san.iPAddress or {}) do
+    if i > M.MAX_CERT_NAMES then break end
+    seen[#seen + 1] = a
+    if ip and a:lower() == host then return true end
+  end
+  if dns_names == 0 and not ip then
+    local sok, subject = pcall(cert.subject, cert)
+    for _, e in ipairs(sok and subject or {}) do
+      if e.name == 'commonName' and type(e.value) == 'string' then
+        seen[#seen + 1] = e.value
+        if name_matches(e.value, host) then return true end
+      end
+    end
+  end
+  return false, #seen > 0 and table.concat(seen, ', ', 1, math.min(#seen, 5)) or 'no names'
+end
+
+local function readable(path)
+  local f = io.open(path, 'rb')
+  if not f then return false end
+  f:close()
+  return true
+end
+
+-- LuaSec parameters of the STARTTLS handshake. Verified: the peer's chain against the CA
+-- store or @opts.tls_ca; otherwise any certificate (opportunistic TLS, RFC 7435).
+local function tls_params(opts, verify)
+  local params = { mode = 'client', protocol = 'any', verify = 'none',
+                   options = { 'all', 'no_sslv2', 'no_sslv3' } }
+  if verify then
+    params.verify = { 'peer', 'fail_if_no_peer_cert' }
+    if opts.tls_ca then
+      params.cafile = opts.tls_ca
+    elseif readable(M.defaults.tls_cafile) then
+      params.cafile = M.defaults.tls_cafile
+    else
+      params.capath = M.defaults.tls_capath
+    end
+  end
+  for k, v in pairs(opts.tls or {}) do params[k] = v end
+  return params
+end
+
 --- An SMTP transport to one relay.
 -- @param opts {table} host, port (25), helo (default 'localhost'),
 --   starttls ('never' | 'try' (default) | 'require'), tls (LuaSec params
---   table merged over {mode='client', protocol='any', verify='none'}),
---   user, password (AUTH PLAIN, or LOGIN when only that is offered; only
---   over TLS unless allow_plain_auth), timeout
+--   table merged over the defaults), user, password (AUTH PLAIN, or LOGIN when only that
+--   is offered; only over TLS unless allow_plain_auth), timeout,
+--   tls_ca (a PEM file of trust anchors instead of the system CA store),
+--   tls_no_verify (true: never verify the relay's certificate).
+--   The certificate and its name (the host as given) are verified whenever credentials
+--   are sent or starttls is 'require', unless tls_no_verify; with 'try' and no
+--   credentials TLS is opportunistic and any certificate is taken (RFC 7435).
+-- @return function(from, rcpt, message) → status ('accepted'|'temp'|'perm'), code, text,
+--   and 'untrusted' as a fourth value when the relay's certificate was refused
 function M.smtp_transport(opts)
   local socket = require 'socket'
   return function(from, rcpt, message)
@@ -185,12 +275,12 @@ function M.smtp_transport(opts)
     sock:settimeout(opts.timeout or M.defaults.smtp_timeout)
     local ok, err = sock:connect(opts.host or '127.0.0.1', opts.port or 25)
     if not ok then return 'temp', nil, 'connect: ' .. tostring(err) end
-    local function fail(code, reply)
+    local function fail(code, reply, kind)
       -- A polite QUIT, but never a long wait for its answer.
       sock:settimeout(math.min(2, opts.timeout or M.defaults.smtp_timeout))
       pcall(smtp_cmd, sock, 'QUIT')
       sock:close()
-      if code == nil then return 'temp', nil, reply end
+      if code == nil then return 'temp', nil, reply, kind end
       if code >= 500 then return 'perm', code, reply end
       return 'temp', code, reply
     end
@@ -202,22 +292,38 @@ function M.smtp_transport(opts)
     local caps = reply
     local tls = false
     local mode = opts.starttls or 'try'
+    local host = tostring(opts.host or '127.0.0.1')
+    -- Credentials and a required TLS go only to the relay we meant; opportunistic TLS
+    -- without credentials takes any certificate (RFC 7435 §1.3).
+    local verify = (opts.user ~= nil or mode == 'require') and not opts.tls_no_verify
     if mode ~= 'never' and caps:upper():find('STARTTLS', 1, true) then
       code, reply = smtp_cmd(sock, 'STARTTLS')
       if code ~= 220 then
         if mode == 'require' then return fail(code, reply) end
       else
         local ssl = require 'ssl'
-        local params = { mode = 'client', protocol = 'any', verify = 'none',
-                         options = { 'all', 'no_sslv2', 'no_sslv3' } }
-        for k, v in pairs(opts.tls or {}) do params[k] = v end
-        local wrapped, werr = ssl.wrap(sock, params)
+        local wrapped, werr = ssl.wrap(sock, tls_params(opts, verify))
         if not wrapped then return fail(nil, 'tls: ' .. tostring(werr)) end
         -- The TLS socket does not inherit the timeout.
         wrapped:settimeout(opts.timeout or M.defaults.smtp_timeout)
-        if wrapped.sni then wrapped:sni(opts.host) end
+        -- RFC 6066 §3: no SNI for an address literal.
+        if wrapped.sni and not is_ip_literal(host) then wrapped:sni(host) end
         local hs, herr = wrapped:dohandshake()
-        if not hs then return fail(nil, 'tls handshake: ' .. tostring(herr)) end
+        if not hs then
+          if verify then
+            return fail(nil, 'TLS: the certificate of ' .. host .. ' is not trusted ('
+                        .. tostring(herr) .. ')', 'untrusted')
+          end
+          return fail(nil, 'tls handshake: ' .. tostring(herr))
+        end
+        if verify then
+          local named, names = M.cert_matches_host(wrapped:getpeercertificate(), host)
+          if not named then
+            sock = wrapped
+            return fail(nil, 'TLS: the certificate of ' .. host .. ' is for another name ('
+                        .. tostring(names) .. ')', 'untrusted')
+          end
+        end
         sock = wrapped
         tls = true
         code, reply = smtp_cmd(sock, 'EHLO ' .. helo)

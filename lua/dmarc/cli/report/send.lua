@@ -47,7 +47,7 @@ local function do_send(o, conf, conn)
   if type(from) ~= 'string' or not from:match('^[^%s<>@]+@[%w%.%-_]+$') then
     return nil, 'an envelope sender is needed (--envelope-from or the reporter --email)', 2
   end
-  local transport
+  local transport, untrusted
   local sendmail = get(o, conf, 'sendmail')
   if sendmail then
     transport = report_send.sendmail_transport { command = sendmail }
@@ -71,11 +71,19 @@ local function do_send(o, conf, conn)
     if starttls ~= 'never' and starttls ~= 'try' and starttls ~= 'require' then
       return nil, '--starttls must be never, try or require', 2
     end
-    transport = report_send.smtp_transport {
+    local smtp_send = report_send.smtp_transport {
       host = host, port = tonumber(port), helo = get(o, conf, 'helo', rep.submitter),
       starttls = starttls, user = user, password = password,
       timeout = tonumber(get(o, conf, 'smtp-timeout', 30)),
+      tls_ca = get(o, conf, 'tls-ca'), tls_no_verify = get(o, conf, 'tls-no-verify') == true,
     }
+    -- A relay whose certificate is refused is our configuration (or someone in the way),
+    -- not the destination's answer: the reports stay queued and the run fails, saying why.
+    transport = function(...)
+      local status, code, text, kind = smtp_send(...)
+      if kind == 'untrusted' then untrusted = text end
+      return status, code, text
+    end
   end
   local resolve, rerr = make_resolver(o, conf)
   if not resolve then return nil, rerr, 2 end
@@ -107,6 +115,10 @@ local function do_send(o, conf, conn)
                                     summary.failure_deferred, summary.failure_failed,
                                     summary.failure_skipped, summary.failure_pending))
     end
+  end
+  if untrusted then
+    return nil, untrusted .. '; the reports stay queued (--tls-ca FILE names the trust'
+      .. ' anchors, --tls-no-verify turns verification off)', 1
   end
   return summary
 end
