@@ -62,6 +62,8 @@ FUZZ_ADAPTERS := adapters/src
 FUZZ_EXTRA_zone       := $(FUZZ_ADAPTERS)/zone.c $(FUZZ_ADAPTERS)/dns.c
 FUZZ_EXTRA_dns_answer := $(FUZZ_ADAPTERS)/dns.c
 FUZZ_LIBS_dns_answer := -lldns
+FUZZ_EXTRA_dns_reply  := $(FUZZ_ADAPTERS)/dns.c $(FUZZ_ADAPTERS)/dns_ldns.c
+FUZZ_LIBS_dns_reply  := -lldns
 FUZZ_LUA_CSRCS = $(foreach m,$(LUA_CMODULES),$(MOD_$(m)_SRCS)) $(MOD_io_ADAPTERS)
 FUZZ_LUA_LIBS  = $(shell $(PKG_CONFIG) --libs lua5.4) $(foreach m,$(LUA_CMODULES),$(MOD_$(m)_LIBS)) -lm
 FUZZ_LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags lua5.4) $(MOD_xml_CFLAGS) -I$(FUZZ_ADAPTERS)
@@ -86,6 +88,7 @@ $(BUILD)/fuzz-replay/%: tests/fuzz/%.c tests/fuzz/replay.c $(LIB_A)
 
 $(BUILD)/fuzz-replay/fuzz_zone $(BUILD)/fuzz-replay/fuzz_dns_answer: \
     $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_EXTRA_zone))
+$(BUILD)/fuzz-replay/fuzz_dns_reply: $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_EXTRA_dns_reply))
 
 # The Lua driver links the modules' objects of the lua5.4 build (same flags as the .so files).
 $(BUILD)/fuzz-replay/fuzz_lua: tests/fuzz/fuzz_lua.c tests/fuzz/replay.c $(LUA_TARGETS)

@@ -52,4 +52,20 @@ DMARC_API dmarc_status dmarc_dns_server_backend(const dmarc_dns_server_options *
                                                 dmarc_dns_backend *out, char *errbuf,
                                                 size_t errlen);
 
+/*
+** dmarc_dns_server_reply: read one reply (@wire, @len bytes, as received)
+** to the query with ID @id for (@name, @type) (@name lowercase, no trailing
+** dot). It counts only when it is a response with that ID and that one
+** question, same name (any case), type and class IN (RFC 5452 §9.1).
+** DMARC_OK: *out is the answer (free with dmarc_dns_answer_free), or NULL
+** with *truncated set when the reply has TC (ask again over TCP).
+** DMARC_ERR_SYNTAX: not a reply to this query, or not a DNS message;
+** *problem (a static string) says which. DMARC_ERR_NOMEM, DMARC_ERR_INVAL.
+** The backend uses it for every datagram and stream it receives.
+*/
+DMARC_API dmarc_status dmarc_dns_server_reply(const uint8_t *wire, size_t len, uint16_t id,
+                                              const char *name, unsigned type,
+                                              dmarc_dns_answer **out, bool *truncated,
+                                              const char **problem);
+
 #endif /* DMARC_DNS_LDNS_H */

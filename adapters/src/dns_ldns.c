@@ -340,8 +340,9 @@ static dmarc_status from_packet(const ldns_pkt *pkt, const char *qname, const ld
 
 /* What asking gave so far. */
 typedef struct exchange {
-    ldns_pkt *reply;     /* a reply that matches the query, or NULL */
-    const char *problem; /* why the last datagram or stream that came was not used */
+    dmarc_dns_answer *answer; /* from a reply that matches the query, or NULL */
+    bool truncated;           /* a matching reply had TC set: ask over TCP */
+    const char *problem;      /* why the last datagram or stream that came was not used */
     bool nomem;
 } exchange;
 
@@ -432,6 +433,48 @@ static ldns_pkt *match_reply(const uint8_t *buf, size_t len, uint16_t id, const 
     return p;
 }
 
+dmarc_status dmarc_dns_server_reply(const uint8_t *wire, size_t len, uint16_t id, const char *name,
+                                    unsigned type, dmarc_dns_answer **out, bool *truncated,
+                                    const char **problem)
+{
+    ldns_rdf *qname;
+    ldns_pkt *p;
+    dmarc_status st = DMARC_OK;
+    if (wire == NULL || name == NULL || out == NULL || truncated == NULL || problem == NULL)
+        return DMARC_ERR_INVAL;
+    *out = NULL;
+    *truncated = false;
+    qname = wire_name(name);
+    if (qname == NULL) {
+        *problem = "reply to another question";
+        return DMARC_ERR_SYNTAX;
+    }
+    p = match_reply(wire, len, id, qname, type, problem);
+    if (p == NULL) {
+        ldns_rdf_deep_free(qname);
+        return DMARC_ERR_SYNTAX;
+    }
+    /* Half an RRset is not the RRset: a truncated DKIM key is not "no
+    ** key", a truncated _dmarc answer not "no record". */
+    if (ldns_pkt_tc(p))
+        *truncated = true;
+    else
+        st = from_packet(p, name, qname, type, out);
+    ldns_pkt_free(p);
+    ldns_rdf_deep_free(qname);
+    return st;
+}
+
+/* One datagram or stream from the server into @x. */
+static void take_reply(exchange *x, const uint8_t *buf, size_t len, uint16_t id, const char *name,
+                       unsigned type)
+{
+    dmarc_status st =
+        dmarc_dns_server_reply(buf, len, id, name, type, &x->answer, &x->truncated, &x->problem);
+    if (st == DMARC_ERR_NOMEM)
+        x->nomem = true;
+}
+
 /* Bind @fd to a random port >= 1024 (RFC 5452 §9.2, §10); after
 ** DMARC_DNS_PORT_TRIES ports in use, the kernel's own choice. */
 static void bind_random_port(int fd, int family)
@@ -470,8 +513,7 @@ static void bind_random_port(int fd, int family)
 ** matches or the try's time is up. The socket is connected, so datagrams
 ** from any other address or port never reach us. */
 static void udp_exchange(server_backend *sb, const server_addr *sv, const uint8_t *wire,
-                         size_t wlen, uint16_t id, const ldns_rdf *qname, unsigned type,
-                         exchange *x)
+                         size_t wlen, uint16_t id, const char *name, unsigned type, exchange *x)
 {
     uint64_t deadline = now_ms() + sb->timeout_ms;
     unsigned datagrams;
@@ -502,8 +544,8 @@ static void udp_exchange(server_backend *sb, const server_addr *sv, const uint8_
             break; /* ECONNREFUSED: nothing listens there */
         }
         datagrams++;
-        x->reply = match_reply(sb->buf, (size_t)n, id, qname, type, &x->problem);
-        if (x->reply != NULL)
+        take_reply(x, sb->buf, (size_t)n, id, name, type);
+        if (x->answer != NULL || x->truncated || x->nomem)
             break;
     }
     close(fd);
@@ -538,8 +580,7 @@ static bool stream_io(int fd, uint8_t *buf, size_t len, bool writing, uint64_t d
 /* One try over TCP (RFC 1035 §4.2.2, RFC 7766): the query and the reply
 ** each behind a two-byte length. */
 static void tcp_exchange(server_backend *sb, const server_addr *sv, const uint8_t *wire,
-                         size_t wlen, uint16_t id, const ldns_rdf *qname, unsigned type,
-                         exchange *x)
+                         size_t wlen, uint16_t id, const char *name, unsigned type, exchange *x)
 {
     uint64_t deadline = now_ms() + sb->timeout_ms;
     uint8_t *out;
@@ -571,13 +612,13 @@ static void tcp_exchange(server_backend *sb, const server_addr *sv, const uint8_
     free(out);
     close(fd);
     if (ok)
-        x->reply = match_reply(sb->buf, rlen, id, qname, type, &x->problem);
+        take_reply(x, sb->buf, rlen, id, name, type);
 }
 
 /* Ask one server once: UDP, then TCP when the reply is truncated (or TCP
 ** only when asked to). */
-static void ask_server(server_backend *sb, const server_addr *sv, const ldns_rdf *qname,
-                       unsigned type, exchange *x)
+static void ask_server(server_backend *sb, const server_addr *sv, const char *name,
+                       const ldns_rdf *qname, unsigned type, exchange *x)
 {
     uint16_t id;
     uint8_t *wire;
@@ -591,20 +632,16 @@ static void ask_server(server_backend *sb, const server_addr *sv, const ldns_rdf
         x->nomem = true;
         return;
     }
+    x->truncated = false;
     if (!sb->tcp_only)
-        udp_exchange(sb, sv, wire, wlen, id, qname, type, x);
-    if (sb->tcp_only || (x->reply != NULL && ldns_pkt_tc(x->reply))) {
-        if (x->reply != NULL) {
-            /* Half an RRset is not the RRset: a truncated DKIM key is
-            ** not "no key", a truncated _dmarc answer not "no record". */
-            ldns_pkt_free(x->reply);
-            x->reply = NULL;
+        udp_exchange(sb, sv, wire, wlen, id, name, type, x);
+    if (!x->nomem && (sb->tcp_only || x->truncated)) {
+        if (x->truncated)
             x->problem = "truncated reply, and none over TCP";
-        }
-        tcp_exchange(sb, sv, wire, wlen, id, qname, type, x);
-        if (x->reply != NULL && ldns_pkt_tc(x->reply)) {
-            ldns_pkt_free(x->reply);
-            x->reply = NULL;
+        x->truncated = false;
+        tcp_exchange(sb, sv, wire, wlen, id, name, type, x);
+        if (x->truncated) {
+            x->truncated = false;
             x->problem = "truncated reply over TCP";
         }
     }
@@ -618,11 +655,10 @@ static dmarc_status server_query(void *impl, const char *name, unsigned type,
 {
     server_backend *sb = impl;
     ldns_rdf *dname = wire_name(name);
-    exchange x = {NULL, NULL, false};
+    exchange x = {NULL, false, NULL, false};
     dmarc_dns_builder b;
     unsigned t;
     size_t i;
-    dmarc_status st;
     if (dname == NULL) {
         dmarc_dns_builder_init(&b, NULL, name, strlen(name));
         *out = dmarc_dns_builder_finish(&b, DMARC_RCODE_NXDOMAIN);
@@ -630,27 +666,25 @@ static dmarc_status server_query(void *impl, const char *name, unsigned type,
     }
     /* Every try asks each server in turn; a server that timed out on one
     ** question is asked again on the next. */
-    for (t = 0; t < sb->tries && x.reply == NULL && !x.nomem; t++)
-        for (i = 0; i < sb->nservers && x.reply == NULL && !x.nomem; i++)
-            ask_server(sb, &sb->servers[i], dname, type, &x);
+    for (t = 0; t < sb->tries && x.answer == NULL && !x.nomem; t++)
+        for (i = 0; i < sb->nservers && x.answer == NULL && !x.nomem; i++)
+            ask_server(sb, &sb->servers[i], name, dname, type, &x);
+    ldns_rdf_deep_free(dname);
     if (x.nomem) {
-        ldns_rdf_deep_free(dname);
+        dmarc_dns_answer_free(x.answer);
         return DMARC_ERR_NOMEM;
     }
-    if (x.reply == NULL) {
-        /* No usable reply from any server after every try: SERVFAIL when
-        ** something unusable came (said what), TIMEOUT when nothing did. */
-        ldns_rdf_deep_free(dname);
-        dmarc_dns_builder_init(&b, NULL, name, strlen(name));
-        b.problem = x.problem;
-        *out = dmarc_dns_builder_finish(&b, x.problem != NULL ? DMARC_RCODE_SERVFAIL
-                                                              : DMARC_RCODE_TIMEOUT);
-        return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
+    if (x.answer != NULL) {
+        *out = x.answer;
+        return DMARC_OK;
     }
-    st = from_packet(x.reply, name, dname, type, out);
-    ldns_pkt_free(x.reply);
-    ldns_rdf_deep_free(dname);
-    return st;
+    /* No usable reply from any server after every try: SERVFAIL when
+    ** something unusable came (said what), TIMEOUT when nothing did. */
+    dmarc_dns_builder_init(&b, NULL, name, strlen(name));
+    b.problem = x.problem;
+    *out = dmarc_dns_builder_finish(&b,
+                                    x.problem != NULL ? DMARC_RCODE_SERVFAIL : DMARC_RCODE_TIMEOUT);
+    return *out != NULL ? DMARC_OK : DMARC_ERR_NOMEM;
 }
 
 static void server_free(void *impl)
