@@ -309,6 +309,34 @@ describe('report writer', function()
     os.execute('rm -rf ' .. dir)
   end)
 
+  it('report__rows_redis_is_not_ready_for_are_unreached_others_refused', function()
+    local conn = fake_redis.new()
+    local rows = rows_for(1)
+    local function replying(err)
+      return { pipeline = function(_, cmds)
+        local replies = {}
+        for i = 1, #cmds do replies[i] = { err = err } end
+        return replies
+      end }
+    end
+    for _, err in ipairs({ 'LOADING Redis is loading the dataset in memory',
+                           'BUSY Redis is busy running a script.', 'MASTERDOWN Link with MASTER is down',
+                           'TRYAGAIN Multiple keys request during rehashing of slot',
+                           'CLUSTERDOWN The cluster is down',
+                           "READONLY You can't write against a read only replica.",
+                           'io: connection refused' }) do
+      local res = report.write(replying(err), rows)
+      assert.equal(#rows, #res.unreached, err)
+      assert.equal(0, res.refused, err)
+      assert.equal(0, res.written, err)
+    end
+    local wrongtype = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+    local res = report.write(replying(wrongtype), rows)
+    assert.equal(0, #res.unreached)
+    assert.equal(#rows, res.refused)
+    assert.equal(0, report.write(conn, rows).refused)
+  end)
+
   it('report__invalid_rows_are_not_sent', function()
     local conn = fake_redis.new()
     local rows = rows_for(1)
