@@ -34,9 +34,13 @@ M.limits = {
   max_depth = 16,                -- XML nesting (a report needs 5)
   max_records = 200000,          -- <record> elements in one report
   max_files = 100000,            -- files taken from the paths of one run
-  max_attachments = 8,           -- reports taken from one e-mail
-  max_mime_parts = 64,           -- MIME parts looked at in one e-mail
-  max_mime_depth = 4,            -- nested multiparts / message/rfc822
+  max_attachments = 100,         -- report attachments read from one e-mail (more: 'limit')
+  max_mime_parts = 256,          -- MIME parts looked at in one e-mail (more: 'limit')
+  max_mime_depth = 8,            -- nested multiparts / message/rfc822 (forwarded twice: 5)
+  max_layers = 3,                -- compression layers (gzip inside gzip: 2)
+  max_messages = 100000,         -- messages read from one mbox file (more: 'limit')
+  max_mbox = 16 * 1024 * 1024 * 1024, -- bytes of one mbox file (read one message at a time)
+  max_failures = 1000,           -- failures listed in --json (all are counted and printed)
   max_header = 256 * 1024,       -- bytes of one MIME header block
   max_header_lines = 1000,       -- header fields of one MIME header block
   max_header_params = 32,        -- parameters of one structured header field
@@ -47,7 +51,7 @@ M.limits = {
   max_errors = 8,                -- report_metadata/error kept per report
   max_text = 256,                -- bytes kept of a comment, org name, selector ...
   max_count = 1e12,              -- largest message count believed for one record
-  max_range = 31 * 86400,        -- longest date_range accepted (RFC 9990: one day normally)
+  max_range = 31 * 86400,        -- longer date_range: stored with the warning long_range
 }
 
 M.defaults = {
@@ -148,14 +152,22 @@ end
 -- ---------------------------------------------------------------------------
 -- Unwrapping: gzip, zip, MIME
 
---- What the bytes are: 'gzip', 'zip', 'xml', 'mime' or nil.
+--- What the bytes are: 'gzip', 'zip', 'xml', 'xml16' (UTF-16 with a
+-- byte-order mark, which libxml2 reads), 'mbox', 'mime' or nil.
 function M.sniff(data)
   if type(data) ~= 'string' or #data < 2 then return nil end
   local a, b, c, d = data:byte(1, 4)
   if a == 0x1f and b == 0x8b then return 'gzip' end
   if a == 0x50 and b == 0x4b and (c == 3 and d == 4 or c == 5 and d == 6) then return 'zip' end
+  if (a == 0xff and b == 0xfe or a == 0xfe and b == 0xff) and #data >= 4 then
+    -- '<' (or white space) as the first UTF-16 character.
+    local ch = a == 0xff and c + 256 * d or d + 256 * c
+    if ch == 0x3c or ch == 0x20 or ch == 0x0a or ch == 0x0d or ch == 0x09 then return 'xml16' end
+  end
   local head = data:sub(1, 512):gsub('^\239\187\191', '')
   if head:match('^%s*<') then return 'xml' end
+  -- The "From " separator line mail tools write first in an mbox file.
+  if head:match('^From [^\r\n]*\r?\n') then return 'mbox' end
   -- An RFC 5322 header field: a name, a colon.
   if head:match('^[!-9;-~]+:') then return 'mime' end
   return nil
@@ -244,126 +256,222 @@ end
 
 --- Report attachments of an e-mail (RFC 5322 + MIME): the decoded content
 -- of every part that is gzip, zip or XML by media type or file name, in
--- order, at most max_attachments; multipart and message/rfc822 are walked
--- to max_mime_depth, max_mime_parts parts in all.
--- @return array of {content_type, filename, data}, or nil, msg, code
+-- order; multipart and message/rfc822 (forwarded reports, forwarded again)
+-- are walked. Every bound that stops the walk (max_attachments,
+-- max_mime_parts, max_mime_depth, max_header, an attachment over the size
+-- limit) is an entry of its own, {error = message, code = 'limit'}, so the
+-- caller reports it: nothing is dropped silently.
+-- @return array of {content_type, filename, data} or {error, code}; or nil,
+--   msg, code when the message carries nothing to read
 function M.mime_attachments(msg)
   local limits = M.limits
-  local found, parts_seen = {}, 0
-  local too_big = false
+  local found, parts_seen, attachments = {}, 0, 0
+  local told = {}
 
-  local function walk(entity, depth)
-    if depth > limits.max_mime_depth or #found >= limits.max_attachments then return end
-    parts_seen = parts_seen + 1
-    if parts_seen > limits.max_mime_parts then return end
-    local head, body = split_entity(entity)
-    if #head > limits.max_header then return end
-    local h = parse_headers(head)
-    local ctype, cparams = header_params(h['content-type'] or 'text/plain')
-    if ctype:match('^multipart/') then
-      local boundary = cparams.boundary
-      if not boundary or boundary == '' or #boundary > 200 then return end
-      local delim = '--' .. boundary
-      body = '\n' .. body
-      local pos = 1
-      local starts = {}
-      while #starts <= limits.max_mime_parts do
-        local s, e = body:find('\n' .. delim, pos, true)
-        if not s then break end
-        local closing = body:sub(e + 1, e + 2) == '--'
-        local line_end = body:find('\n', e + 1, true)
-        starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
-                                closing = closing }
-        if closing or not line_end then break end
-        pos = line_end
+  -- One failure entry per bound: the first time it is hit.
+  local function over(key, message)
+    if told[key] then return end
+    told[key] = true
+    found[#found + 1] = { error = message, code = 'limit' }
+  end
+
+  local walk
+
+  local function walk_multipart(body, cparams, depth)
+    local boundary = cparams.boundary
+    if not boundary or boundary == '' or #boundary > 200 then return end
+    local delim = '--' .. boundary
+    body = '\n' .. body
+    local pos = 1
+    local starts = {}
+    while true do
+      if #starts > limits.max_mime_parts then
+        over('parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
+        break
       end
-      for i = 1, #starts - 1 do
-        if starts[i].closing then break end
-        local part = body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', '')
-        walk(part, depth + 1)
-      end
-      return
+      local s, e = body:find('\n' .. delim, pos, true)
+      if not s then break end
+      local closing = body:sub(e + 1, e + 2) == '--'
+      local line_end = body:find('\n', e + 1, true)
+      starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
+                              closing = closing }
+      if closing or not line_end then break end
+      pos = line_end
     end
-    if ctype == 'message/rfc822' then
-      walk(body, depth + 1)
-      return
+    for i = 1, #starts - 1 do
+      if starts[i].closing then break end
+      local part = body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', '')
+      walk(part, depth + 1)
     end
+  end
+
+  local function take_leaf(h, ctype, cparams, body)
     local _, dparams = header_params(h['content-disposition'])
     local filename = dparams.filename or cparams.name or ''
     local lname = filename:lower()
     local by_name = lname:match('%.xml$') or lname:match('%.gz$') or lname:match('%.zip$')
     if not REPORT_TYPES[ctype] and not by_name then return end
+    attachments = attachments + 1
+    if attachments > limits.max_attachments then
+      over('attachments', 'more than ' .. limits.max_attachments
+           .. ' report attachments in one message; the rest not read')
+      return
+    end
+    local name = clip(filename, limits.max_text)
     local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
     local data
     if cte == 'base64' then
-      if #body > limits.max_input * 4 / 3 + 4096 then too_big = true return end
+      if #body > limits.max_input * 4 / 3 + 4096 then
+        found[#found + 1] = { error = 'attachment ' .. text_util.shown(name)
+                              .. ' over the size limit', code = 'limit' }
+        return
+      end
       data = M.base64_decode(body)
     elseif cte == 'quoted-printable' then
       data = M.qp_decode(body)
     else
       data = body
     end
-    found[#found + 1] = { content_type = ctype, filename = clip(filename, limits.max_text),
-                          data = data }
+    found[#found + 1] = { content_type = ctype, filename = name, data = data }
+  end
+
+  walk = function(entity, depth)
+    if depth > limits.max_mime_depth then
+      over('depth', 'a part nested deeper than ' .. limits.max_mime_depth
+           .. ' MIME levels (forwarded too many times); not read')
+      return
+    end
+    parts_seen = parts_seen + 1
+    if parts_seen > limits.max_mime_parts then
+      over('parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
+      return
+    end
+    local head, body = split_entity(entity)
+    if #head > limits.max_header then
+      over('header', 'a MIME header block over ' .. limits.max_header .. ' bytes; part not read')
+      return
+    end
+    local h = parse_headers(head)
+    local ctype, cparams = header_params(h['content-type'] or 'text/plain')
+    if ctype:match('^multipart/') then return walk_multipart(body, cparams, depth) end
+    if ctype == 'message/rfc822' then return walk(body, depth + 1) end
+    take_leaf(h, ctype, cparams, body)
   end
 
   if type(msg) ~= 'string' then error('mime_attachments: string expected', 2) end
   walk(msg, 1)
-  if #found == 0 then
-    if too_big then return nil, 'attachment over the size limit', 'limit' end
-    return nil, 'no report attachment in the message', 'no_report'
-  end
+  if #found == 0 then return nil, 'no report attachment in the message', 'no_report' end
   return found
 end
 
---- The XML documents in some bytes: plain XML, gzip, zip, or an e-mail
--- carrying any of those.
+-- Whether bytes are a zlib stream (RFC 1950 §2.2: CM 8, the check bits).
+local function is_zlib(data)
+  local cmf, flg = data:byte(1, 2)
+  if not flg then return false end
+  -- FDICT (a preset dictionary) is never used for a report: also keeps
+  -- text such as "x?" from looking like zlib.
+  return cmf % 16 == 8 and math.floor(cmf / 16) <= 7 and (cmf * 256 + flg) % 31 == 0
+    and math.floor(flg / 32) % 2 == 0
+end
+
+--- The report documents in some bytes: plain XML, gzip (also gzip inside
+-- gzip), a zlib stream, zip, or an e-mail carrying any of those. Every
+-- attachment gives one item, read or failed: a broken attachment beside a
+-- good one is reported, never skipped.
 -- @param data {string}
 -- @param opts {table|nil} max_xml, max_ratio (limits by default)
--- @return array of XML strings, or nil, msg, code ('format', 'bomb', 'zip', ...)
-function M.extract(data, opts)
+-- @return array of {xml = string, warnings = {code...}, part = label} or
+--   {error = message, code = code, part = label}; never empty
+function M.unwrap(data, opts)
   opts = opts or {}
   local x = xmlmod()
-  if not x then return nil, 'the dmarc.xml module is not built', 'unavailable' end
-  local zopts = { max_output = opts.max_xml or M.limits.max_xml,
-                  max_ratio = opts.max_ratio or M.limits.max_ratio }
+  if not x then return { { error = 'the dmarc.xml module is not built', code = 'unavailable' } } end
+  local max_output = opts.max_xml or M.limits.max_xml
+  local max_ratio = opts.max_ratio or M.limits.max_ratio
 
-  local function unwrap(bytes, allow_mime)
+  -- bytes → {xml, warnings} or nil, message, code
+  local function decompress(bytes, layer, warnings)
     local kind = M.sniff(bytes)
-    if kind == 'gzip' then
-      local out, err, code = x.inflate(bytes, { format = 'gzip', max_output = zopts.max_output,
-                                                max_ratio = zopts.max_ratio })
-      if not out then return nil, 'gzip: ' .. err, code end
-      if M.sniff(out) ~= 'xml' then return nil, 'gzip content is not XML', 'format' end
-      return { out }
-    elseif kind == 'zip' then
-      local out, err, code = x.unzip(bytes, zopts)
-      if not out then return nil, 'zip: ' .. err, code end
-      if M.sniff(out) ~= 'xml' then return nil, 'zip entry is not XML', 'format' end
-      return { out }
-    elseif kind == 'xml' then
-      if #bytes > zopts.max_output then return nil, 'XML over the size limit', 'limit' end
-      return { bytes }
-    elseif kind == 'mime' and allow_mime then
-      local parts, err, code = M.mime_attachments(bytes)
-      if not parts then return nil, err, code end
-      local docs, first_err, first_code = {}, nil, nil
-      for _, p in ipairs(parts) do
-        local got, e, c = unwrap(p.data, false)
-        if got then
-          docs[#docs + 1] = got[1]
-        elseif not first_err then
-          first_err, first_code = e, c
-        end
-      end
-      if #docs == 0 then return nil, first_err or 'no report in the message', first_code end
-      return docs
+    if kind == 'xml' or kind == 'xml16' then
+      if #bytes > max_output then return nil, 'XML over the size limit', 'limit' end
+      if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
+      return bytes
     end
-    return nil, 'not a report (XML, gzip, zip or e-mail)', 'format'
+    local zlib = kind == nil and is_zlib(bytes)
+    if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
+      if layer > 1 then return nil, 'compressed content is not XML', 'format' end
+      return nil, nil, 'format'
+    end
+    if layer > M.limits.max_layers then
+      return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
+    end
+    local out, err, code
+    if kind == 'zip' then
+      out, err, code = x.unzip(bytes, { max_output = max_output, max_ratio = max_ratio })
+      if not out then return nil, 'zip: ' .. err, code end
+    else
+      out, err, code = x.inflate(bytes, { format = zlib and 'zlib' or 'gzip',
+                                          max_output = max_output, max_ratio = max_ratio })
+      if not out then return nil, (zlib and 'zlib: ' or 'gzip: ') .. err, code end
+      if zlib then warnings[#warnings + 1] = 'zlib' end
+    end
+    if layer > 1 then warnings[#warnings + 1] = 'nested_compression' end
+    local got, e, c = decompress(out, layer + 1, warnings)
+    if not got and not e then
+      return nil, (kind or 'zlib') .. ' content is not XML', 'format'
+    end
+    return got, e, c
   end
 
+  local function item(bytes, part)
+    local warnings = {}
+    local xml, err, code = decompress(bytes, 1, warnings)
+    if xml then return { xml = xml, warnings = warnings, part = part } end
+    return { error = err or 'not a report (XML, gzip, zip or e-mail)', code = code, part = part }
+  end
+
+  if type(data) ~= 'string' then error('ingest.unwrap: string expected', 2) end
+  local kind = M.sniff(data)
+  if kind == 'mbox' then
+    return { { error = 'an mbox file: give its path (or use ingest_mbox)', code = 'format' } }
+  end
+  if kind ~= 'mime' then
+    local it = item(data)
+    if it.code == 'format' and data:sub(1, 2) == 'PK' then
+      it.error, it.code = 'corrupt zip: ' .. it.error, 'corrupt'
+    end
+    return { it }
+  end
+  local parts, err, code = M.mime_attachments(data)
+  if not parts then return { { error = err, code = code } } end
+  local items = {}
+  for i, p in ipairs(parts) do
+    local label = 'attachment ' .. i .. (p.filename and p.filename ~= ''
+                                          and (' (' .. p.filename .. ')') or '')
+    if p.error then
+      items[#items + 1] = { error = p.error, code = p.code, part = p.filename and label or nil }
+    else
+      local it = item(p.data, label)
+      if it.code == 'format' and not it.error:find('^compressed') then
+        it.error = 'attachment is not a report (XML, gzip or zip)'
+      end
+      items[#items + 1] = it
+    end
+  end
+  return items
+end
+
+--- The XML documents in some bytes (M.unwrap without the per-item detail).
+-- @return array of XML strings and the array of failed items; or nil, msg,
+--   code when nothing could be read
+function M.extract(data, opts)
   if type(data) ~= 'string' then error('ingest.extract: string expected', 2) end
-  return unwrap(data, true)
+  local docs, failed = {}, {}
+  for _, it in ipairs(M.unwrap(data, opts)) do
+    if it.xml then docs[#docs + 1] = it.xml else failed[#failed + 1] = it end
+  end
+  if #docs == 0 then return nil, failed[1].error, failed[1].code end
+  return docs, failed
 end
 
 -- ---------------------------------------------------------------------------
@@ -441,12 +549,53 @@ local function normalize_record(r)
   return rec
 end
 
+-- A date_range time: whole seconds since the epoch; some receivers write a
+-- decimal (`1337270400.0`), read as its whole part with the warning
+-- decimal_timestamp.
+local function timestamp(v, warnings)
+  local n = integer(v, 1e11)
+  if n then return n end
+  if type(v) ~= 'string' then return nil end
+  local whole = v:match('^(%d+)%.%d*$')
+  n = integer(whole, 1e11)
+  if n then M.warn(warnings, 'decimal_timestamp') end
+  return n
+end
+
+--- Adds a warning code once.
+function M.warn(warnings, code)
+  for _, w in ipairs(warnings) do
+    if w == code then return end
+  end
+  warnings[#warnings + 1] = code
+end
+
+-- org_name, report_id, date_range of report_metadata, quirks accepted with
+-- a warning: an empty org_name is named after the e-mail's domain.
+local function read_metadata(md, warnings)
+  local org = text(md.org_name)
+  local rid = text(md.report_id)
+  if not org or org:find('^%s*$') then
+    local from = type(md.email) == 'string' and md.email:match('@([%w%.%-]+)%s*$')
+    org = from and from:lower() or 'unknown reporter'
+    M.warn(warnings, 'empty_org_name')
+  end
+  if not rid or rid == '' then return nil, 'no report_id', 'invalid' end
+  local dr = type(md.date_range) == 'table' and md.date_range or {}
+  local begin, finish = timestamp(dr.begin, warnings), timestamp(dr['end'], warnings)
+  if not begin or not finish or finish < begin then
+    return nil, 'no valid date_range', 'invalid'
+  end
+  if finish - begin > M.limits.max_range then M.warn(warnings, 'long_range') end
+  return { org = org, rid = rid, begin = begin, finish = finish }
+end
+
 --- Check and normalise a parsed report.
 -- @param tree {table} from parse
 -- @param info {table} from parse (root, ns)
 -- @return report {format, org_name, email, report_id, begin, ['end'], domain,
---   policy, errors, generator, records, bad_records}, or nil, msg, code
---   ('not_report', 'invalid', 'bad_domain', 'limit')
+--   policy, errors, generator, records, bad_records, warnings}, or nil, msg,
+--   code ('not_report', 'invalid', 'bad_domain', 'limit')
 function M.normalize(tree, info)
   local limits = M.limits
   if type(tree) ~= 'table' or type(info) ~= 'table' or info.root ~= 'feedback' then
@@ -456,18 +605,9 @@ function M.normalize(tree, info)
   local format = info.ns == M.NS_9990 and 'rfc9990' or 'rfc7489'
   local md = tree.report_metadata
   if type(md) ~= 'table' then return nil, 'no report_metadata', 'invalid' end
-  local org = text(md.org_name)
-  local rid = text(md.report_id)
-  if not org or org == '' then return nil, 'no org_name', 'invalid' end
-  if not rid or rid == '' then return nil, 'no report_id', 'invalid' end
-  local dr = type(md.date_range) == 'table' and md.date_range or {}
-  local begin, finish = integer(dr.begin, 1e11), integer(dr['end'], 1e11)
-  if not begin or not finish or finish < begin then
-    return nil, 'no valid date_range', 'invalid'
-  end
-  if finish - begin > limits.max_range then
-    return nil, 'date_range longer than ' .. limits.max_range / 86400 .. ' days', 'invalid'
-  end
+  local warnings = {}
+  local meta, merr, mcode = read_metadata(md, warnings)
+  if not meta then return nil, merr, mcode end
   local pp = tree.policy_published
   if type(pp) ~= 'table' then return nil, 'no policy_published', 'invalid' end
   local dom = domain(pp.domain)
@@ -479,12 +619,12 @@ function M.normalize(tree, info)
   end
   local rep = {
     format = format,
-    org_name = org,
+    org_name = meta.org,
     email = text(md.email) or '',
     extra_contact_info = text(md.extra_contact_info),
-    report_id = rid,
-    begin = begin,
-    ['end'] = finish,
+    report_id = meta.rid,
+    begin = meta.begin,
+    ['end'] = meta.finish,
     generator = text(md.generator),
     errors = errors,
     domain = dom,
@@ -496,6 +636,7 @@ function M.normalize(tree, info)
     },
     records = {},
     bad_records = 0,
+    warnings = warnings,
   }
   local recs = list(tree.record)
   if #recs > limits.max_records then
@@ -509,6 +650,7 @@ function M.normalize(tree, info)
       rep.bad_records = rep.bad_records + 1
     end
   end
+  if rep.bad_records > 0 then M.warn(warnings, 'bad_records') end
   return rep
 end
 
@@ -590,7 +732,13 @@ end
 --- The UTC day a report is filed under: the middle of its date_range (a
 -- report of a receiver whose day is not UTC still lands on the day it
 -- mostly covers).
+-- A range longer than max_range (a receiver's quirk: 47 days, 3 years) is
+-- filed whole under the last day it covers, where a summary of recent days
+-- sees it, instead of a middle day that may be long gone.
 function M.report_day(rep)
+  if rep['end'] - rep.begin > M.limits.max_range then
+    return keys.day_of(math.max(rep.begin, rep['end'] - 1))
+  end
   return keys.day_of(math.floor((rep.begin + rep['end']) / 2))
 end
 
@@ -668,13 +816,75 @@ function M.hash_envelope_to(salt, value)
   return 'h:' .. hex(x.hmac_sha256(salt, value:lower())):sub(1, 16)
 end
 
+-- ---------------------------------------------------------------------------
+-- Classes (docs/ingest.md, summary): kept here because the store keeps a
+-- per-report tally of them, so totals stay whole past the daily row cap.
+
+local FORWARD_REASONS = { forwarded = true, trusted_forwarder = true, mailing_list = true }
+local BROKEN_DKIM = { fail = true, neutral = true, permerror = true, temperror = true,
+                      policy = true }
+
+--- Whether domain d is the policy domain, below it or above it (the same
+-- organisation as far as a report on this policy domain can tell).
+function M.related(d, dom)
+  if d == nil or d == '' then return false end
+  if d == dom then return true end
+  return d:sub(-#dom - 1) == '.' .. dom or dom:sub(-#d - 1) == '.' .. d
+end
+local related = M.related
+
+--- The class of one record (pass, forwarded, unaligned, forwarded_broken,
+-- spoof; see dmarc.summary) and the raw passes that were not aligned:
+-- {spf = {domain...}, dkim = {domain...}}.
+function M.classify(rec, dom)
+  local spf_pass, dkim_pass = false, false
+  local unaligned = { spf = {}, dkim = {} }
+  local own_broken = false
+  for _, s in ipairs(rec.spf_results or {}) do
+    if s.result == 'pass' then
+      spf_pass = true
+      unaligned.spf[#unaligned.spf + 1] = s.domain
+    end
+  end
+  for _, d in ipairs(rec.dkim_results or {}) do
+    if d.result == 'pass' then
+      dkim_pass = true
+      unaligned.dkim[#unaligned.dkim + 1] = d.domain
+    elseif BROKEN_DKIM[d.result] and (related(d.domain, rec.header_from)
+                                      or related(d.domain, dom)) then
+      own_broken = true
+    end
+  end
+  if rec.dkim == 'pass' or rec.spf == 'pass' then
+    if rec.dkim == 'pass' and rec.spf ~= 'pass' and not spf_pass then
+      return 'forwarded'
+    end
+    return 'pass'
+  end
+  if spf_pass or dkim_pass then return 'unaligned', unaligned end
+  for _, r in ipairs(rec.reasons or {}) do
+    if FORWARD_REASONS[r.type] then return 'forwarded_broken' end
+  end
+  if own_broken then return 'forwarded_broken' end
+  return 'spoof'
+end
+
+--- The tally key of a record: what the totals need of it when it is not
+-- itemised (class|disposition|dkim|spf).
+function M.tally_key(cls, rec)
+  return cls .. '|' .. rec.disposition .. '|' .. rec.dkim .. '|' .. rec.spf
+end
+
 --- Records of a report aggregated into hash fields (identical rows add up).
--- @return fields (array, in first-seen order), counts (field → count), messages
+-- @return fields (array, in first-seen order), counts (field → count),
+--   messages, tally (tally_key → count)
 function M.fields_of(rep, opts)
   opts = opts or {}
-  local order, counts, messages = {}, {}, 0
+  local order, counts, messages, tally = {}, {}, 0, {}
   for _, rec in ipairs(rep.records) do
     if rec.count > 0 then
+      local key = M.tally_key((M.classify(rec, rep.domain)), rec)
+      tally[key] = (tally[key] or 0) + rec.count
       local r = rec
       if opts.hash_salt and rec.envelope_to then
         r = setmetatable({ envelope_to = M.hash_envelope_to(opts.hash_salt, rec.envelope_to) },
@@ -690,13 +900,15 @@ function M.fields_of(rep, opts)
       messages = messages + rec.count
     end
   end
-  return order, counts, messages
+  return order, counts, messages, tally
 end
 
-local function report_info(rep, records, messages, now)
+local function report_info(rep, records, messages, tally, now)
   local cjson = require 'cjson'
   local p = rep.policy
   return cjson.encode({
+    tally = next(tally) and tally or nil,
+    warnings = rep.warnings and #rep.warnings > 0 and rep.warnings or nil,
     v = M.VERSION, begin = rep.begin, ['end'] = rep['end'], records = records,
     messages = messages, format = rep.format, email = rep.email, p = p.p, sp = p.sp, np = p.np,
     adkim = p.adkim, aspf = p.aspf, pct = p.pct, testing = p.testing,
@@ -727,10 +939,10 @@ function M.store(conn, rep, opts)
   if not keys.valid_domain(rep.domain) then return nil, 'invalid policy domain', 'bad_domain' end
   local day = M.report_day(rep)
   local k = M.keys(prefix, rep.domain, day)
-  local order, counts, messages = M.fields_of(rep, opts)
+  local order, counts, messages, tally = M.fields_of(rep, opts)
   local ttl = fmt_int(opts.ttl or M.defaults.ttl)
   local max_rows = fmt_int(opts.max_rows or M.defaults.max_rows)
-  local info = report_info(rep, #order, messages, opts.now or os.time())
+  local info = report_info(rep, #order, messages, tally, opts.now or os.time())
   local rfield = M.report_field(rep.org_name, rep.report_id)
   local max_args = opts.max_args or 4000
   local reply, err, code
@@ -784,18 +996,27 @@ end
 
 --- The files named by command-line paths: files as given, directories
 -- walked (regular files, sorted, symbolic links not followed), '-' for
--- standard input. At most max_files.
--- @return array of paths, array of {path, message} for paths not found
+-- standard input. At most max_files: the paths past the bound are one
+-- failure of their own, never skipped silently.
+-- @return array of paths, array of {path, message, code} for paths not read
 function M.expand_paths(paths, opts)
   opts = opts or {}
   local max_files = opts.max_files or M.limits.max_files
   local files, missing = {}, {}
+  local full = false
+  local function add(name)
+    if #files >= max_files then
+      full = true
+      return false
+    end
+    files[#files + 1] = name
+    return true
+  end
   for _, p in ipairs(paths) do
-    if #files >= max_files then break end
     if p == '-' then
-      files[#files + 1] = '-'
+      add('-')
     else
-      local f = io.open(p, 'rb')
+      local f, err = io.open(p, 'rb')
       local is_dir = false
       if f then
         local _, _, errno = f:read(1)
@@ -803,24 +1024,30 @@ function M.expand_paths(paths, opts)
         f:close()
       end
       if not f then
-        missing[#missing + 1] = { path = p, message = 'cannot open' }
+        -- io.open says "PATH: reason"; the reason is what the user needs.
+        local reason = tostring(err)
+        if reason:sub(1, #p + 2) == p .. ': ' then reason = reason:sub(#p + 3) end
+        missing[#missing + 1] = { path = p, message = 'cannot open: ' .. reason, code = 'io' }
       elseif is_dir then
-        -- At most max_files names are read, however large the tree.
+        -- At most max_files + 1 names are read, however large the tree.
         local pipe = io.popen('find ' .. text_util.shell_quote(p) .. ' -type f -print0 2>/dev/null'
-                              .. ' | head -z -n ' .. string.format('%d', max_files))
+                              .. ' | head -z -n ' .. string.format('%d', max_files + 1))
         local out = pipe and pipe:read('*a') or ''
         if pipe then pipe:close() end
         local found = {}
         for name in out:gmatch('([^%z]+)%z') do found[#found + 1] = name end
         table.sort(found)
         for _, name in ipairs(found) do
-          if #files >= max_files then break end
-          files[#files + 1] = name
+          if not add(name) then break end
         end
       else
-        files[#files + 1] = p
+        add(p)
       end
     end
+  end
+  if full then
+    missing[#missing + 1] = { path = '(paths)', code = 'limit',
+                              message = 'more than ' .. max_files .. ' files: the rest not read' }
   end
   return files, missing
 end
@@ -834,114 +1061,244 @@ function M.read_input(path, opts)
     f = io.stdin
   else
     f, err = io.open(path, 'rb')
-    if not f then return nil, tostring(err), 'io' end
+    if not f then return nil, 'cannot open: ' .. tostring(err), 'io' end
     local size = f:seek('end')
     if size and size > max then
       f:close()
-      return nil, 'file over the size limit', 'limit'
+      return nil, 'file over the size limit (' .. max .. ' bytes)', 'limit'
     end
     f:seek('set')
   end
   local data = f:read(max + 1) or ''
   if path ~= '-' then f:close() end
-  if #data > max then return nil, 'input over the size limit', 'limit' end
+  if #data > max then return nil, 'input over the size limit (' .. max .. ' bytes)', 'limit' end
   return data
 end
 
---- Ingest the bytes of one input (file, message): every report in it.
+local MBOX_CHUNK = 1024 * 1024
+
+--- The messages of an mbox (the "From " separated format mail tools write),
+-- read one chunk at a time: a message is held only up to max_input bytes,
+-- so any mbox size within max_mbox is read in bounded memory. The "From "
+-- line is dropped and ">From " lines are unquoted (mboxrd).
+-- @param read function(n) → the next bytes, or nil at the end
+-- @param opts {table|nil} max_input, max_messages, max_mbox
+-- @param fn function(index, message) or function(index, nil, msg, code) for
+--   a message over a bound; a bound that stops the file is reported last
+function M.each_mbox_message(read, opts, fn)
+  opts = opts or {}
+  local max_msg = opts.max_input or M.limits.max_input
+  local max_messages = opts.max_messages or M.limits.max_messages
+  local max_total = opts.max_mbox or M.limits.max_mbox
+  local parts, size, index, total, carry = {}, 0, 0, 0, ''
+
+  local function add(piece)
+    size = size + #piece
+    if size <= max_msg then parts[#parts + 1] = piece else parts = {} end
+  end
+  local function deliver()
+    if size == 0 then return true end
+    index = index + 1
+    if index > max_messages then
+      fn(index, nil, 'more than ' .. max_messages .. ' messages in one mbox: the rest not read',
+         'limit')
+      return false
+    end
+    if size > max_msg then
+      fn(index, nil, 'message over the size limit (' .. max_msg .. ' bytes)', 'limit')
+    else
+      local msg = table.concat(parts):gsub('^From [^\n]*\n', '', 1)
+      fn(index, (msg:gsub('\n>(>*From )', '\n%1')))
+    end
+    parts, size = {}, 0
+    return true
+  end
+
+  while true do
+    local chunk = read(MBOX_CHUNK)
+    if not chunk or chunk == '' then break end
+    total = total + #chunk
+    if total > max_total then
+      fn(index + 1, nil, 'mbox over ' .. max_total .. ' bytes: the rest not read', 'limit')
+      return
+    end
+    local buf = carry .. chunk
+    local pos = 1
+    while true do
+      local s = buf:find('\nFrom ', pos, true)
+      if not s then break end
+      add(buf:sub(pos, s))
+      if not deliver() then return end
+      pos = s + 1
+    end
+    -- The last 5 bytes wait for the next chunk: a separator may straddle it.
+    local keep = math.max(pos, #buf - 4)
+    add(buf:sub(pos, keep - 1))
+    carry = buf:sub(keep)
+  end
+  add(carry)
+  deliver()
+end
+
+-- One report document: parsed, normalised, checked for ownership, stored.
+local function ingest_doc(conn, it, opts)
+  local tree, info, pcode = M.parse(it.xml, opts)
+  if not tree then return { status = 'error', message = info, code = pcode, part = it.part } end
+  local rep, nerr, ncode = M.normalize(tree, info)
+  if not rep then return { status = 'error', message = nerr, code = ncode, part = it.part } end
+  for _, w in ipairs(it.warnings or {}) do M.warn(rep.warnings, w) end
+  local res = { domain = rep.domain, org_name = rep.org_name, report_id = rep.report_id,
+                format = rep.format, records = #rep.records, bad_records = rep.bad_records,
+                warnings = rep.warnings, part = it.part }
+  res.foreign = not M.owned(rep.domain, opts.own)
+  if res.foreign and opts.refuse_foreign then
+    res.status = 'refused'
+    res.code = 'foreign'
+    res.message = 'report for a domain this site does not own'
+    return res
+  end
+  local status, r, scode = M.store(conn, rep, opts)
+  if status then
+    res.status = status
+    res.messages = r.messages
+    res.rows = r.records
+    res.day = r.day
+  else
+    res.status = 'error'
+    res.message = r
+    res.code = scode
+  end
+  return res
+end
+
+--- Ingest the bytes of one input (file, message): every report in it, and
+-- one result per attachment that could not be read.
 -- @param conn redis connection or router
 -- @param data {string}
 -- @param opts {table} prefix, ttl, max_rows, hash_salt, own (domains),
 --   refuse_foreign, now, max_xml, max_ratio
 -- @return array of per-report results {status = 'stored' | 'duplicate' |
 --   'refused' | 'error', domain, org_name, report_id, records, messages,
---   foreign, message, code}
+--   foreign, warnings, part, message, code}
 function M.ingest_data(conn, data, opts)
   opts = opts or {}
   local results = {}
-  local docs, err, code = M.extract(data, opts)
-  if not docs then
-    return { { status = 'error', message = err, code = code } }
-  end
-  for _, doc in ipairs(docs) do
-    local tree, info, pcode = M.parse(doc, opts)
-    if not tree then
-      results[#results + 1] = { status = 'error', message = info, code = pcode }
+  for _, it in ipairs(M.unwrap(data, opts)) do
+    if it.xml then
+      results[#results + 1] = ingest_doc(conn, it, opts)
     else
-      local rep, nerr, ncode = M.normalize(tree, info)
-      if not rep then
-        results[#results + 1] = { status = 'error', message = nerr, code = ncode }
-      else
-        local res = { domain = rep.domain, org_name = rep.org_name, report_id = rep.report_id,
-                      format = rep.format, records = #rep.records, bad_records = rep.bad_records }
-        res.foreign = not M.owned(rep.domain, opts.own)
-        if res.foreign and opts.refuse_foreign then
-          res.status = 'refused'
-          res.code = 'foreign'
-          res.message = 'report for a domain this site does not own'
-        else
-          local status, r, scode = M.store(conn, rep, opts)
-          if status then
-            res.status = status
-            res.messages = r.messages
-            res.rows = r.records
-            res.day = r.day
-          else
-            res.status = 'error'
-            res.message = r
-            res.code = scode
-          end
-        end
-        results[#results + 1] = res
-      end
+      results[#results + 1] = { status = 'error', message = it.error, code = it.code,
+                                part = it.part }
     end
   end
   return results
+end
+
+--- New run statistics (the --json object of docs/ingest.md).
+function M.new_stats()
+  return { files = 0, reports = 0, stored = 0, duplicates = 0, refused = 0, foreign = 0,
+           errors = 0, records = 0, messages = 0, failures = {}, failures_not_listed = 0,
+           warnings = {}, warning_counts = {} }
+end
+
+--- Counts one result in stats; every failure and warning is listed (up to
+-- max_failures each; the rest counted) and passed to opts.on_result.
+function M.account(stats, path, r, opts)
+  local max = M.limits.max_failures
+  if r.status == 'error' then
+    stats.errors = stats.errors + 1
+    if #stats.failures < max then
+      stats.failures[#stats.failures + 1] = { path = path, code = r.code or 'error',
+                                              message = r.message, part = r.part }
+    else
+      stats.failures_not_listed = stats.failures_not_listed + 1
+    end
+  else
+    stats.reports = stats.reports + 1
+    if r.foreign then stats.foreign = stats.foreign + 1 end
+    if r.status == 'stored' then
+      stats.stored = stats.stored + 1
+      stats.records = stats.records + (r.records or 0)
+      stats.messages = stats.messages + (r.messages or 0)
+    elseif r.status == 'duplicate' then
+      stats.duplicates = stats.duplicates + 1
+    elseif r.status == 'refused' then
+      stats.refused = stats.refused + 1
+    end
+    for _, w in ipairs(r.warnings or {}) do
+      stats.warning_counts[w] = (stats.warning_counts[w] or 0) + 1
+      if #stats.warnings < max then
+        stats.warnings[#stats.warnings + 1] = { path = path, code = w, report_id = r.report_id,
+                                                org_name = r.org_name, part = r.part }
+      end
+    end
+  end
+  if opts and opts.on_result then opts.on_result(path, r) end
+end
+
+-- One mbox file: every message ingested as an input of its own, named
+-- PATH:N (its place in the file).
+local function ingest_mbox(conn, f, head, path, stats, opts)
+  local first = true
+  local function read(n)
+    if first then
+      first = false
+      return head
+    end
+    return f:read(n)
+  end
+  M.each_mbox_message(read, opts, function(index, msg, err, code)
+    local name = path .. ':' .. index
+    if not msg then
+      M.account(stats, name, { status = 'error', message = err, code = code }, opts)
+      return
+    end
+    for _, r in ipairs(M.ingest_data(conn, msg, opts)) do M.account(stats, name, r, opts) end
+  end)
+end
+
+-- The results of one path: an mbox is streamed, anything else read whole.
+local function ingest_path(conn, path, stats, opts)
+  if path ~= '-' then
+    local f = io.open(path, 'rb')
+    local head = f and f:read(512)
+    if head and M.sniff(head) == 'mbox' then
+      ingest_mbox(conn, f, head, path, stats, opts)
+      f:close()
+      return
+    end
+    if f then f:close() end
+  end
+  local data, err, code = M.read_input(path, opts)
+  if not data then
+    M.account(stats, path, { status = 'error', message = err, code = code }, opts)
+    return
+  end
+  if M.sniff(data) == 'mbox' then
+    local done = false
+    ingest_mbox(conn, { read = function()
+      if done then return nil end
+      done = true
+      return ''
+    end }, data, path, stats, opts)
+    return
+  end
+  for _, r in ipairs(M.ingest_data(conn, data, opts)) do M.account(stats, path, r, opts) end
 end
 
 --- Ingest files. Each file's failure is its own: the rest of the batch is
 -- still ingested.
 -- @param conn redis connection or router
 -- @param files {table} paths (or '-')
--- @param opts {table} as ingest_data, plus progress (function(stats))
--- @return stats {files, reports, stored, duplicates, refused, foreign, errors,
---   records, messages, failures = {{path, code, message}}}
+-- @param opts {table} as ingest_data, plus progress (function(stats)),
+--   on_result (function(path, result))
+-- @return stats (M.new_stats)
 function M.ingest_files(conn, files, opts)
   opts = opts or {}
-  local stats = { files = 0, reports = 0, stored = 0, duplicates = 0, refused = 0, foreign = 0,
-                  errors = 0, records = 0, messages = 0, failures = {} }
-  local max_failures = 1000
+  local stats = M.new_stats()
   for _, path in ipairs(files) do
     stats.files = stats.files + 1
-    local data, err, code = M.read_input(path, opts)
-    local results
-    if not data then
-      results = { { status = 'error', message = err, code = code } }
-    else
-      results = M.ingest_data(conn, data, opts)
-    end
-    for _, r in ipairs(results) do
-      if r.status == 'error' then
-        stats.errors = stats.errors + 1
-        if #stats.failures < max_failures then
-          stats.failures[#stats.failures + 1] = { path = path, code = r.code or 'error',
-                                                  message = r.message }
-        end
-      else
-        stats.reports = stats.reports + 1
-        if r.foreign then stats.foreign = stats.foreign + 1 end
-        if r.status == 'stored' then
-          stats.stored = stats.stored + 1
-          stats.records = stats.records + (r.records or 0)
-          stats.messages = stats.messages + (r.messages or 0)
-        elseif r.status == 'duplicate' then
-          stats.duplicates = stats.duplicates + 1
-        elseif r.status == 'refused' then
-          stats.refused = stats.refused + 1
-        end
-      end
-      if opts.on_result then opts.on_result(path, r) end
-    end
+    ingest_path(conn, path, stats, opts)
     if opts.progress then opts.progress(stats) end
   end
   return stats

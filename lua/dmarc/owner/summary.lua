@@ -586,7 +586,7 @@ local ARRAY_KEYS = {
   sources = true, reporters = true, daily = true, fix_first = true, hints = true,
   header_from = true, envelope_from = true, spf = true, dkim = true, dispositions = true,
   rows = true, reasons = true, dkim_results = true, spf_results = true, failures = true,
-  domains = true, results = true,
+  domains = true, results = true, warnings = true,
 }
 
 local JSON_OPTIONS = { array_keys = ARRAY_KEYS, number = '%.6g', utf8 = true, strict = true }

@@ -87,6 +87,20 @@ local function read_salt(o, conf)
   return s
 end
 
+-- The stderr line of one input's result: a failure (the input is not
+-- stored), or the warnings of a report stored despite a quirk.
+local function tell(path, r)
+  local where = text.shown(path) .. (r.part and (' ' .. text.shown(r.part)) or '')
+  if r.status == 'error' then
+    io.stderr:write('ingest: ', where, ': ', text.shown(r.code or 'error'), ': ',
+                    text.shown(r.message), '\n')
+  elseif r.warnings and #r.warnings > 0 then
+    io.stderr:write('ingest: ', where, ': ', r.status, ' with warning ',
+                    text.shown(table.concat(r.warnings, ',')), ' (report ',
+                    text.shown(r.report_id), ' of ', text.shown(r.org_name), ')\n')
+  end
+end
+
 --- Entry point: run(args) → exit status.
 function M.run(args)
   local ingest = require 'dmarc.owner.ingest'
@@ -138,17 +152,13 @@ function M.run(args)
     max_input = max_size, max_xml = max_size,
     progress = progress,
     on_result = function(path, r)
-      if r.status == 'error' and not quiet then
-        io.stderr:write('ingest: ', text.shown(path), ': ', text.shown(r.code or 'error'),
-                        ': ', text.shown(r.message), '\n')
-      end
+      if not quiet then tell(path, r) end
     end,
   })
   if conn.close then pcall(conn.close, conn) end
   for _, m in ipairs(missing) do
-    stats.errors = stats.errors + 1
-    table.insert(stats.failures, { path = m.path, code = 'io', message = m.message })
-    if not quiet then io.stderr:write('ingest: ', text.shown(m.path), ': cannot open\n') end
+    ingest.account(stats, m.path, { status = 'error', code = m.code, message = m.message },
+                   { on_result = not quiet and tell or nil })
   end
   stats.seconds = clock() - started
   progress(stats, true)
