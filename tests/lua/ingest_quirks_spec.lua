@@ -213,7 +213,7 @@ describe('ingest: mbox', function()
       if done then return nil end
       done = true
       return text
-    end, { max_input = 1000 }, function(i, msg, err, code)
+    end, { max_input = 1000 }, function(i, msg, _, code)
       if msg then got[#got + 1] = i else failed[#failed + 1] = code .. ' ' .. i end
     end)
     assert.same({ 'limit 1' }, failed)
@@ -228,7 +228,9 @@ describe('ingest: mbox', function()
       if done then return nil end
       done = true
       return text
-    end, { max_messages = 3 }, function(_, msg, err) if not msg then failed[#failed + 1] = err end end)
+    end, { max_messages = 3 }, function(_, msg, err)
+      if not msg then failed[#failed + 1] = err end
+    end)
     assert.equal(1, #failed)
     assert.truthy(failed[1]:find('more than 3 messages', 1, true))
   end)

@@ -25,6 +25,8 @@ M.limits = {
   max_headers = 100,       -- header fields of a request
   max_target = 4096,       -- bytes of a request target
   max_domains = 5000,      -- domains listed on the index page
+  page_size = summary.limits.top, -- sources per page of a domain's sources table
+  max_page = 10000,        -- highest page number asked for
   max_days = summary.limits.max_days,
 }
 
@@ -55,9 +57,8 @@ function M.url_encode(s)
 end
 local url = M.url_encode
 
-local function pct(x)
-  return string.format('%.1f%%', (x or 0) * 100)
-end
+-- Rounded down: 84,889 of 84,890 is 99.9 %, never 100.0 %.
+local pct = summary.percent
 
 local function day_label(day)
   return summary.day_text(day)
@@ -331,6 +332,28 @@ local function source_link(dom, ip, q)
                        html(ip))
 end
 
+-- Which sources the table shows, and links to the other pages of it: every
+-- source stays reachable however many there are.
+local function sources_pager(s, dom, q)
+  local size = M.limits.page_size
+  if s.source_count <= #s.sources and s.source_offset == 0 then return '' end
+  local n = math.floor(s.source_offset / size) + 1
+  local pages = math.max(1, math.ceil(s.source_count / size))
+  local function link(to, label)
+    return string.format('<a href="/domain?d=%s%s&amp;page=%d#sources">%s</a>', url(dom), q, to,
+                         label)
+  end
+  local out = { string.format('<p class="hint" id="sources-page">Sources %d to %d of %d '
+                              .. '(page %d of %d).', s.source_offset + 1,
+                              s.source_offset + #s.sources, s.source_count, n, pages) }
+  if n > 1 then out[#out + 1] = ' ' .. link(1, 'first') .. ' ' .. link(n - 1, 'previous') end
+  if n < pages then
+    out[#out + 1] = ' ' .. link(n + 1, 'next') .. ' ' .. link(pages, 'last')
+  end
+  out[#out + 1] = '</p>'
+  return table.concat(out)
+end
+
 --- The dashboard of one policy domain.
 -- @param s {table} summary.compute result
 -- @param opts {table} days, until_day ('YYYY-MM-DD' or nil)
@@ -406,9 +429,7 @@ function M.render_domain(s, opts)
                       values_cell(src.reporters, 3)))
   end
   add('</tbody></table>')
-  if s.source_count > #s.sources then
-    add('<p class="hint">' .. (s.source_count - #s.sources) .. ' more sources not shown.</p>')
-  end
+  add(sources_pager(s, dom, q))
   add('</section>')
 
   local function list_section(id, title, part)
@@ -439,7 +460,18 @@ function M.render_domain(s, opts)
   end
   add('</tbody></table>')
   if s.dropped_messages > 0 then
-    add('<p class="hint">' .. s.dropped_messages .. ' messages were not itemised (row limit per day).</p>')
+    add('<p class="hint" id="not-itemised">' .. s.dropped_messages .. ' messages were not itemised'
+        .. ' by source (row limit per day); ' .. s.not_itemised.messages .. ' of them are counted in'
+        .. ' every total above from their reports.</p>')
+  end
+  local warned = {}
+  for code, n in pairs(s.report_warnings or {}) do warned[#warned + 1] = { code = code, n = n } end
+  table.sort(warned, function(a, b) return a.code < b.code end)
+  if #warned > 0 then
+    local w = {}
+    for i, x in ipairs(warned) do w[i] = html(x.code) .. ' ' .. x.n end
+    add('<p class="hint" id="report-warnings">Reports stored with a warning (read despite a '
+        .. 'sender quirk): ' .. table.concat(w, ', ') .. '.</p>')
   end
   add('</section>')
   return page('DMARC: ' .. dom, table.concat(out))
@@ -484,8 +516,12 @@ function M.render_source(s, opts)
   for _, r in ipairs(d.rows) do
     local dk, sp, rs = {}, {}, {}
     for _, x in ipairs(r.dkim_results) do
-      dk[#dk + 1] = html(x.domain) .. (x.selector ~= '' and (' s=' .. html(x.selector)) or '') .. ': '
-        .. html(x.result)
+      if x.domain == '' and x.result == 'none' then
+        dk[#dk + 1] = 'no signature'
+      else
+        dk[#dk + 1] = (x.domain ~= '' and html(x.domain) or '(no domain)')
+          .. (x.selector ~= '' and (' s=' .. html(x.selector)) or '') .. ': ' .. html(x.result)
+      end
     end
     for _, x in ipairs(r.spf_results) do
       sp[#sp + 1] = html(x.domain) .. ' (' .. html(x.scope) .. '): ' .. html(x.result)
@@ -591,9 +627,14 @@ function M.handle(req, ctx)
         return response(400, 'text/html; charset=utf-8', error_page(400, 'invalid source IP'))
       end
     end
+    local page_no = tonumber(params.page or '1')
+    if not page_no or page_no < 1 or page_no > M.limits.max_page or page_no % 1 ~= 0 then
+      return response(400, 'text/html; charset=utf-8', error_page(400, 'invalid page'))
+    end
     local data, err = ctx.source.load(dom, days, until_time)
     if not data then return response(503, 'text/html; charset=utf-8', error_page(503, err)) end
-    local s = summary.compute(data, { source = ip })
+    local s = summary.compute(data, { source = ip, top = M.limits.page_size,
+                                      offset = (page_no - 1) * M.limits.page_size })
     if path == '/api/summary' then
       return response(200, 'application/json', summary.json(s) .. '\n')
     elseif path == '/source' then

@@ -51,60 +51,19 @@ local FIX_FIRST = 10 -- sources listed to fix before the next policy step
 --   spoof            DMARC fail and nothing of ours: likely spoofing
 M.CLASSES = { 'pass', 'forwarded', 'unaligned', 'forwarded_broken', 'spoof' }
 
-local FORWARD_REASONS = { forwarded = true, trusted_forwarder = true, mailing_list = true }
-local BROKEN_DKIM = { fail = true, neutral = true, permerror = true, temperror = true,
-                      policy = true }
-
--- ---------------------------------------------------------------------------
--- Helpers
-
 --- A value from a report as a terminal may show it: printable ASCII as is,
 -- every other byte as \xHH (no escape sequences, no bidi tricks).
 M.shown = text.shown
 
 --- Whether domain d is the policy domain, below it or above it (the same
 -- organisation as far as a report on this policy domain can tell).
-local function related(d, dom)
-  if d == nil or d == '' then return false end
-  if d == dom then return true end
-  return d:sub(-#dom - 1) == '.' .. dom or dom:sub(-#d - 1) == '.' .. d
-end
+local related = ingest.related
 M.related = related
 
 --- The class of one decoded record (see M.CLASSES) and the raw passes that
--- were not aligned: {spf = {domain...}, dkim = {domain...}}.
-function M.classify(rec, dom)
-  local spf_pass, dkim_pass = false, false
-  local unaligned = { spf = {}, dkim = {} }
-  local own_broken = false
-  for _, s in ipairs(rec.spf_results or {}) do
-    if s.result == 'pass' then
-      spf_pass = true
-      unaligned.spf[#unaligned.spf + 1] = s.domain
-    end
-  end
-  for _, d in ipairs(rec.dkim_results or {}) do
-    if d.result == 'pass' then
-      dkim_pass = true
-      unaligned.dkim[#unaligned.dkim + 1] = d.domain
-    elseif BROKEN_DKIM[d.result] and (related(d.domain, rec.header_from)
-                                      or related(d.domain, dom)) then
-      own_broken = true
-    end
-  end
-  if rec.dkim == 'pass' or rec.spf == 'pass' then
-    if rec.dkim == 'pass' and rec.spf ~= 'pass' and not spf_pass then
-      return 'forwarded'
-    end
-    return 'pass'
-  end
-  if spf_pass or dkim_pass then return 'unaligned', unaligned end
-  for _, r in ipairs(rec.reasons or {}) do
-    if FORWARD_REASONS[r.type] then return 'forwarded_broken' end
-  end
-  if own_broken then return 'forwarded_broken' end
-  return 'spoof'
-end
+-- were not aligned: {spf = {domain...}, dkim = {domain...}}. The ingest
+-- classifies too (its per-report tally), so the rule lives there.
+M.classify = ingest.classify
 
 local function bump(t, k, n)
   if k == nil then return end
@@ -135,6 +94,15 @@ local function rate(part, whole)
   return part / whole
 end
 
+--- A share as a percentage with one decimal, rounded down: 84,889 of 84,890
+-- is 99.9 %, never 100.0 % (which only all of them is).
+function M.percent(x)
+  x = x or 0
+  local tenths = math.floor(x * 1000 + 1e-9)
+  if tenths >= 1000 and x < 1 then tenths = 999 end
+  return string.format('%.1f%%', tenths / 10)
+end
+
 --- The UTC days a summary covers: n days ending with the day of `until`
 -- (epoch seconds), oldest first, as YYYYMMDD.
 function M.day_list(until_time, n)
@@ -157,7 +125,8 @@ end
 -- @param opts {table} domain, days (number, default 30), ['until'] (epoch,
 --   default now), prefix
 -- @return data {domain, days, rows = {rec + count, day}, reports = {org_name,
---   report_id, day, info}, dropped_messages, bad_rows}, or nil, msg, code
+--   report_id, day, info}, dropped_messages, dropped_days (set of days whose
+--   row cap was reached), bad_rows}, or nil, msg, code
 function M.load(conn, opts)
   local cjson = require 'cjson'
   local dom = opts.domain
@@ -178,7 +147,7 @@ function M.load(conn, opts)
   local replies, err, code = conn:pipeline(cmds)
   if not replies then return nil, err, code or 'io' end
   local data = { domain = dom, days = days, rows = {}, reports = {}, dropped_messages = 0,
-                 bad_rows = 0 }
+                 dropped_days = {}, bad_rows = 0 }
   for i, day in ipairs(days) do
     local rows, reps = replies[2 * i - 1], replies[2 * i]
     for _, r in ipairs({ rows, reps }) do
@@ -200,6 +169,7 @@ function M.load(conn, opts)
       local field, value = reps[j], reps[j + 1]
       if field == '#dropped_messages' then
         data.dropped_messages = data.dropped_messages + (tonumber(value) or 0)
+        data.dropped_days[day] = true
       elseif field:sub(1, 1) ~= '#' then
         local org, rid = ingest.decode_report_field(field)
         local ok, info = pcall(cjson.decode, value)
@@ -246,22 +216,34 @@ local function finish_source(s, n)
   }
 end
 
---- The summary of loaded data.
--- @param data {table} from load (or built by hand: domain, days, rows, reports)
--- @param opts {table|nil} top (sources listed), source (only this IP: the
---   drill-down keeps its rows)
--- @return summary table (docs/ingest.md, "Summary")
-function M.compute(data, opts)
-  opts = opts or {}
-  local dom = data.domain
-  local ntop = opts.top or M.limits.top
-  local nvalues = M.limits.top_values
+-- A DKIM or SPF result as a source lists it; a result without a domain
+-- says so (a DKIM "none" without a domain: no signature at all).
+local function result_label(x, kind)
+  if x.domain ~= '' then return x.domain .. ' ' .. x.result end
+  if kind == 'dkim' and x.result == 'none' then return '(no signature)' end
+  return '(no domain) ' .. x.result
+end
+M.result_label = result_label
+
+-- The hint for a raw pass that was not aligned, from what the report says:
+-- a reporter that gave no evaluated (aligned) result cannot be second-guessed,
+-- and a pass for the From domain itself is aligned in any mode, so a fail
+-- there is the reporter's to explain, not strict alignment.
+local function hint_code(kind, evaluated, passed_for, header_from, dom)
+  if evaluated ~= 'pass' and evaluated ~= 'fail' then return kind .. '_not_evaluated' end
+  if passed_for ~= '' and passed_for == header_from then return kind .. '_exact' end
+  if related(passed_for, dom) then return kind .. '_strict' end
+  return kind .. '_unaligned'
+end
+
+-- A fresh summary and the working state compute fills step by step.
+local function new_state(data, opts)
   local s = {
-    domain = dom, days = #data.days, first_day = data.days[1], last_day = data.days[#data.days],
-    messages = 0, records = 0, dmarc_pass = 0,
-    classes = {}, aligned = { spf = 0, dkim = 0, both = 0 },
-    unaligned_pass = { spf = 0, dkim = 0 },
+    domain = data.domain, days = #data.days, first_day = data.days[1],
+    last_day = data.days[#data.days], messages = 0, records = 0, dmarc_pass = 0,
+    classes = {}, aligned = { spf = 0, dkim = 0, both = 0 }, unaligned_pass = { spf = 0, dkim = 0 },
     dispositions = {}, dropped_messages = data.dropped_messages or 0,
+    not_itemised = { messages = 0 }, report_warnings = {},
   }
   for _, c in ipairs(M.CLASSES) do s.classes[c] = 0 end
   local daily, day_index = {}, {}
@@ -270,150 +252,213 @@ function M.compute(data, opts)
     for _, c in ipairs(M.CLASSES) do daily[i][c] = 0 end
     day_index[day] = daily[i]
   end
-  local sources, nsources = {}, 0
-  local other_sources = nil
-  local reporters = {}
-  local drill = opts.source and { rows = {} } or nil
+  return { s = s, dom = data.domain, opts = opts, daily = daily, day_index = day_index,
+           sources = {}, nsources = 0, other = nil, reporters = {},
+           dropped_days = data.dropped_days or {}, itemised = {},
+           drill = opts.source and { rows = {} } or nil }
+end
 
-  for _, rec in ipairs(data.rows) do
-    local n = rec.count
-    local cls, unaligned = M.classify(rec, dom)
-    s.messages = s.messages + n
-    s.records = s.records + 1
-    s.classes[cls] = s.classes[cls] + n
-    local passed = cls == 'pass' or cls == 'forwarded'
-    if passed then s.dmarc_pass = s.dmarc_pass + n end
-    if rec.spf == 'pass' then s.aligned.spf = s.aligned.spf + n end
-    if rec.dkim == 'pass' then s.aligned.dkim = s.aligned.dkim + n end
-    if rec.spf == 'pass' and rec.dkim == 'pass' then s.aligned.both = s.aligned.both + n end
-    if unaligned then
-      if #unaligned.spf > 0 then s.unaligned_pass.spf = s.unaligned_pass.spf + n end
-      if #unaligned.dkim > 0 then s.unaligned_pass.dkim = s.unaligned_pass.dkim + n end
-    end
-    bump(s.dispositions, rec.disposition, n)
-    local d = day_index[rec.day]
-    if d then
-      d.messages = d.messages + n
-      d[cls] = d[cls] + n
-      if passed then d.dmarc_pass = d.dmarc_pass + n end
-    end
-    local src = sources[rec.source_ip]
-    if not src then
-      if nsources < M.limits.max_sources then
-        src = new_source(rec.source_ip)
-        sources[rec.source_ip] = src
-        nsources = nsources + 1
-      else
-        other_sources = other_sources or new_source('other')
-        src = other_sources
-      end
-    end
-    src.messages = src.messages + n
-    if passed then src.pass = src.pass + n end
-    bump(src.classes, cls, n)
-    bump(src.header_from, rec.header_from, n)
-    bump(src.envelope_from, rec.envelope_from ~= '' and rec.envelope_from or nil, n)
-    for _, x in ipairs(rec.spf_results) do bump(src.spf, x.domain .. ' ' .. x.result, n) end
-    for _, x in ipairs(rec.dkim_results) do bump(src.dkim, x.domain .. ' ' .. x.result, n) end
-    bump(src.reporters, rec.org_name, n)
-    bump(src.days, rec.day, n)
-    bump(src.dispositions, rec.disposition, n)
-    if cls == 'unaligned' or cls == 'forwarded_broken' then
-      src.at_risk = src.at_risk + n
-      if unaligned then
-        for _, x in ipairs(unaligned.spf) do
-          add_hint(src, related(x, dom) and 'spf_strict' or 'spf_unaligned', x)
+local function reporter(st, org)
+  local rep = st.reporters[org]
+  if not rep then
+    rep = { org_name = org, reports = 0, messages = 0, pass = 0 }
+    st.reporters[org] = rep
+  end
+  return rep
+end
+
+-- The totals a record counts in, itemised or not: volume, classes, DMARC
+-- pass, aligned passes, dispositions, its day, its reporter.
+local function count_totals(st, rec, cls, n)
+  local s = st.s
+  s.messages = s.messages + n
+  s.classes[cls] = s.classes[cls] + n
+  local passed = cls == 'pass' or cls == 'forwarded'
+  if passed then s.dmarc_pass = s.dmarc_pass + n end
+  if rec.spf == 'pass' then s.aligned.spf = s.aligned.spf + n end
+  if rec.dkim == 'pass' then s.aligned.dkim = s.aligned.dkim + n end
+  if rec.spf == 'pass' and rec.dkim == 'pass' then s.aligned.both = s.aligned.both + n end
+  bump(s.dispositions, rec.disposition, n)
+  local d = st.day_index[rec.day]
+  if d then
+    d.messages = d.messages + n
+    d[cls] = d[cls] + n
+    if passed then d.dmarc_pass = d.dmarc_pass + n end
+  end
+  local rep = reporter(st, rec.org_name)
+  rep.messages = rep.messages + n
+  if passed then rep.pass = rep.pass + n end
+  return passed
+end
+
+local function source_of(st, ip)
+  local src = st.sources[ip]
+  if src then return src end
+  if st.nsources < M.limits.max_sources then
+    src = new_source(ip)
+    st.sources[ip] = src
+    st.nsources = st.nsources + 1
+    return src
+  end
+  st.other = st.other or new_source('other')
+  return st.other
+end
+
+-- The per-source view of an itemised record, with its hints when at risk.
+local function count_source(st, rec, cls, unaligned, n, passed)
+  local src = source_of(st, rec.source_ip)
+  src.messages = src.messages + n
+  if passed then src.pass = src.pass + n end
+  bump(src.classes, cls, n)
+  bump(src.header_from, rec.header_from, n)
+  bump(src.envelope_from, rec.envelope_from ~= '' and rec.envelope_from or nil, n)
+  for _, x in ipairs(rec.spf_results) do bump(src.spf, result_label(x, 'spf'), n) end
+  for _, x in ipairs(rec.dkim_results) do bump(src.dkim, result_label(x, 'dkim'), n) end
+  bump(src.reporters, rec.org_name, n)
+  bump(src.days, rec.day, n)
+  bump(src.dispositions, rec.disposition, n)
+  if cls ~= 'unaligned' and cls ~= 'forwarded_broken' then return end
+  src.at_risk = src.at_risk + n
+  if not unaligned then
+    add_hint(src, 'dkim_broken', rec.header_from)
+    return
+  end
+  for _, x in ipairs(unaligned.spf) do
+    add_hint(src, hint_code('spf', rec.spf, x, rec.header_from, st.dom), x)
+  end
+  for _, x in ipairs(unaligned.dkim) do
+    add_hint(src, hint_code('dkim', rec.dkim, x, rec.header_from, st.dom), x)
+  end
+end
+
+-- One stored row: totals, unaligned passes, its source, and (on a day past
+-- its row cap) the itemised part add_not_itemised subtracts.
+local function add_row(st, rec)
+  local n = rec.count
+  local cls, unaligned = M.classify(rec, st.dom)
+  local s = st.s
+  s.records = s.records + 1
+  local passed = count_totals(st, rec, cls, n)
+  if unaligned then
+    if #unaligned.spf > 0 then s.unaligned_pass.spf = s.unaligned_pass.spf + n end
+    if #unaligned.dkim > 0 then s.unaligned_pass.dkim = s.unaligned_pass.dkim + n end
+  end
+  count_source(st, rec, cls, unaligned, n, passed)
+  if st.dropped_days[rec.day] then
+    bump(st.itemised, rec.day .. '\n' .. rec.org_name .. '\n' .. ingest.tally_key(cls, rec), n)
+  end
+  if st.drill and rec.source_ip == st.opts.source then
+    local r = {}
+    for k, v in pairs(rec) do r[k] = v end
+    r.class = cls
+    st.drill.rows[#st.drill.rows + 1] = r
+  end
+end
+
+-- What a day's row cap left out: the tallies of that day's reports (kept
+-- by the ingest per report) minus its itemised rows, per reporter, class,
+-- disposition and aligned results. Counted in every total, itemised in no
+-- source: the cap limits the itemisation, never the count.
+local function add_not_itemised(st, data)
+  if next(st.dropped_days) == nil then return end
+  local expected = {}
+  for _, r in ipairs(data.reports) do
+    if st.dropped_days[r.day] and type(r.info.tally) == 'table' then
+      for key, n in pairs(r.info.tally) do
+        if type(key) == 'string' then
+          bump(expected, r.day .. '\n' .. r.org_name .. '\n' .. key,
+               math.floor(tonumber(n) or 0))
         end
-        for _, x in ipairs(unaligned.dkim) do
-          add_hint(src, related(x, dom) and 'dkim_strict' or 'dkim_unaligned', x)
-        end
-      else
-        add_hint(src, 'dkim_broken', rec.header_from)
       end
-    end
-    local rep = reporters[rec.org_name]
-    if not rep then
-      rep = { org_name = rec.org_name, reports = 0, messages = 0, pass = 0 }
-      reporters[rec.org_name] = rep
-    end
-    rep.messages = rep.messages + n
-    if passed then rep.pass = rep.pass + n end
-    if drill and rec.source_ip == opts.source then
-      local r = {}
-      for k, v in pairs(rec) do r[k] = v end
-      r.class = cls
-      drill.rows[#drill.rows + 1] = r
     end
   end
+  local keys = {}
+  for k in pairs(expected) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local rest = expected[k] - (st.itemised[k] or 0)
+    local day, org, cls, disp, dkim, spf =
+      k:match('^(%d+)\n(.-)\n([^|\n]*)|([^|\n]*)|([^|\n]*)|([^|\n]*)$')
+    if rest > 0 and day and st.s.classes[cls] then
+      count_totals(st, { day = day, org_name = org, disposition = disp, dkim = dkim, spf = spf },
+                   cls, rest)
+      st.s.not_itemised.messages = st.s.not_itemised.messages + rest
+    end
+  end
+end
 
-  -- Reports: per reporter, per day, and the policy in force (the latest).
+-- Reports: per reporter and day, their warnings, and the policy in force
+-- (that of the latest report).
+local function add_reports(st, data)
+  local s = st.s
   local latest
   s.reports = #data.reports
   for _, r in ipairs(data.reports) do
-    local rep = reporters[r.org_name]
-    if not rep then
-      rep = { org_name = r.org_name, reports = 0, messages = 0, pass = 0 }
-      reporters[r.org_name] = rep
-    end
+    local rep = reporter(st, r.org_name)
     rep.reports = rep.reports + 1
-    local d = day_index[r.day]
+    local d = st.day_index[r.day]
     if d then d.reports = d.reports + 1 end
     local b = tonumber(r.info.begin) or 0
     if not latest or b > latest.b or (b == latest.b and r.org_name < latest.org) then
       latest = { b = b, org = r.org_name, info = r.info }
     end
+    if type(r.info.warnings) == 'table' then
+      for _, w in ipairs(r.info.warnings) do
+        if type(w) == 'string' then bump(s.report_warnings, w, 1) end
+      end
+    end
   end
-  s.pass_rate = rate(s.dmarc_pass, s.messages)
-  s.daily = daily
-  s.dispositions = top(s.dispositions, 8)
   local info = latest and latest.info or {}
   s.policy = { p = info.p, sp = info.sp, np = info.np, adkim = info.adkim, aspf = info.aspf,
                pct = info.pct, testing = info.testing, reported_by = latest and latest.org }
+end
 
-  local rlist = {}
-  for _, r in pairs(reporters) do
-    r.pass_rate = rate(r.pass, r.messages)
-    rlist[#rlist + 1] = r
+-- The sources of some classes (forwarding, spoofing), largest first.
+local function by_class(slist, classes, limit)
+  local out, total = {}, 0
+  for _, src in ipairs(slist) do
+    local v = 0
+    for _, c in ipairs(classes) do v = v + (src.classes[c] or 0) end
+    if v > 0 then
+      total = total + v
+      out[#out + 1] = { ip = src.ip, messages = v, header_from = top(src.header_from, 3),
+                        reporters = top(src.reporters, 3) }
+    end
   end
-  s.reporters = rank(rlist, 'messages', 'org_name')
+  return { messages = total, sources = rank(out, 'messages', 'ip', limit) }
+end
 
+-- The sources table: ranked, one page of it (offset, ntop) itemised.
+local function list_sources(st, ntop, offset)
+  local s = st.s
   local slist = {}
-  for _, src in pairs(sources) do slist[#slist + 1] = src end
-  if other_sources then slist[#slist + 1] = other_sources end
+  for _, src in pairs(st.sources) do slist[#slist + 1] = src end
+  if st.other then slist[#slist + 1] = st.other end
   rank(slist, 'messages', 'ip')
   s.source_count = #slist
+  s.source_offset = offset
   s.sources = {}
-  for i = 1, math.min(ntop, #slist) do s.sources[i] = finish_source(slist[i], nvalues) end
-
-  local function by_class(classes, limit)
-    local out, total = {}, 0
-    for _, src in ipairs(slist) do
-      local v = 0
-      for _, c in ipairs(classes) do v = v + (src.classes[c] or 0) end
-      if v > 0 then
-        total = total + v
-        out[#out + 1] = { ip = src.ip, messages = v, header_from = top(src.header_from, 3),
-                          reporters = top(src.reporters, 3) }
-      end
-    end
-    return { messages = total, sources = rank(out, 'messages', 'ip', limit) }
+  for i = offset + 1, math.min(offset + ntop, #slist) do
+    s.sources[#s.sources + 1] = finish_source(slist[i], M.limits.top_values)
   end
-  s.forwarding = by_class({ 'forwarded', 'forwarded_broken' }, ntop)
-  s.spoofing = by_class({ 'spoof' }, ntop)
+  return slist
+end
 
-  -- Readiness for the next policy step.
+-- Readiness for the next policy step, and the sources to fix first.
+local function readiness(st, slist, ndays)
+  local s = st.s
   local t = M.thresholds
   local legit = s.classes.pass + s.classes.forwarded + s.classes.unaligned
     + s.classes.forwarded_broken
   local at_risk = s.classes.unaligned + s.classes.forwarded_broken
   local days_with_data = 0
-  for _, d in ipairs(daily) do
+  for _, d in ipairs(st.daily) do
     if d.messages > 0 then days_with_data = days_with_data + 1 end
   end
   local current = s.policy.p or 'none'
   local verdict
   local share = rate(at_risk, legit)
-  if s.messages < t.min_messages or days_with_data < math.min(t.min_days, #data.days) then
+  if s.messages < t.min_messages or days_with_data < math.min(t.min_days, ndays) then
     verdict = 'insufficient_data'
   elseif current == 'reject' then
     verdict = 'enforced'
@@ -435,27 +480,62 @@ function M.compute(data, opts)
     end
   end
   rank(fix, 'at_risk', 'ip', FIX_FIRST)
-  s.readiness = {
+  return {
     current = current, next = M.NEXT_POLICY[current], verdict = verdict,
     legitimate = legit, at_risk = at_risk, share = share, spoof_stopped = s.classes.spoof,
     days_with_data = days_with_data, fix_first = fix,
     testing = s.policy.testing == 'y' or (s.policy.pct ~= nil and s.policy.pct < 100),
   }
+end
 
-  if drill then
-    local src = sources[opts.source]
-    drill.ip = opts.source
-    drill.source = src and finish_source(src, 50) or nil
-    local per_day = {}
-    for i, day in ipairs(data.days) do per_day[i] = { day = day, messages = src and src.days[day] or 0 } end
-    drill.daily = per_day
-    table.sort(drill.rows, function(a, b)
-      if a.count ~= b.count then return a.count > b.count end
-      if a.day ~= b.day then return a.day < b.day end
-      return a.org_name < b.org_name
-    end)
-    s.drill = drill
+-- The records and days of the one source asked for.
+local function drill_down(st, data)
+  local drill = st.drill
+  local ip = st.opts.source
+  local src = st.sources[ip]
+  drill.ip = ip
+  drill.source = src and finish_source(src, 50) or nil
+  local per_day = {}
+  for i, day in ipairs(data.days) do
+    per_day[i] = { day = day, messages = src and src.days[day] or 0 }
   end
+  drill.daily = per_day
+  table.sort(drill.rows, function(a, b)
+    if a.count ~= b.count then return a.count > b.count end
+    if a.day ~= b.day then return a.day < b.day end
+    return a.org_name < b.org_name
+  end)
+  return drill
+end
+
+--- The summary of loaded data.
+-- @param data {table} from load (or built by hand: domain, days, rows, reports)
+-- @param opts {table|nil} top (sources listed), offset (sources skipped
+--   before those listed: a page), source (only this IP: the drill-down
+--   keeps its rows)
+-- @return summary table (docs/ingest.md, "Summary")
+function M.compute(data, opts)
+  opts = opts or {}
+  local st = new_state(data, opts)
+  for _, rec in ipairs(data.rows) do add_row(st, rec) end
+  add_not_itemised(st, data)
+  add_reports(st, data)
+  local s = st.s
+  s.pass_rate = rate(s.dmarc_pass, s.messages)
+  s.daily = st.daily
+  s.dispositions = top(s.dispositions, 8)
+  local rlist = {}
+  for _, r in pairs(st.reporters) do
+    r.pass_rate = rate(r.pass, r.messages)
+    rlist[#rlist + 1] = r
+  end
+  s.reporters = rank(rlist, 'messages', 'org_name')
+  local ntop = opts.top or M.limits.top
+  local slist = list_sources(st, ntop, math.max(0, math.floor(tonumber(opts.offset) or 0)))
+  s.forwarding = by_class(slist, { 'forwarded', 'forwarded_broken' }, ntop)
+  s.spoofing = by_class(slist, { 'spoof' }, ntop)
+  s.readiness = readiness(st, slist, #data.days)
+  if st.drill then s.drill = drill_down(st, data) end
   return s
 end
 
@@ -473,6 +553,14 @@ local HINTS = {
     .. '(adkim=s) needs the exact domain',
   dkim_broken = 'a DKIM signature of %s fails: the message was changed in transit (mailing '
     .. 'list, forwarder) or the signer or its key is broken',
+  spf_exact = 'SPF passes for %s, the From domain itself, yet the reporter evaluated SPF '
+    .. 'alignment as fail: the report does not say why',
+  dkim_exact = 'DKIM passes for d=%s, the From domain itself, yet the reporter evaluated DKIM '
+    .. 'alignment as fail: the report does not say why',
+  spf_not_evaluated = 'SPF passes for %s, but the reporter left out its evaluated (aligned) SPF '
+    .. 'result: whether %s is aligned cannot be told from these reports',
+  dkim_not_evaluated = 'DKIM passes for d=%s, but the reporter left out its evaluated (aligned) '
+    .. 'DKIM result: whether %s is aligned cannot be told from these reports',
 }
 
 --- A hint as a sentence (domain values escaped by the caller's escape).
@@ -483,7 +571,12 @@ function M.hint_text(h, dom, escape)
   local d = escape(h.domain or '')
   if h.code == 'spf_unaligned' then return string.format(f, d, dom, dom, dom) end
   if h.code == 'dkim_unaligned' then return string.format(f, d, dom, dom) end
-  if h.code == 'dkim_broken' then return string.format(f, d) end
+  if h.code == 'dkim_broken' or h.code == 'spf_exact' or h.code == 'dkim_exact' then
+    return string.format(f, d)
+  end
+  if h.code == 'spf_not_evaluated' or h.code == 'dkim_not_evaluated' then
+    return string.format(f, d, d)
+  end
   return string.format(f, d, dom)
 end
 
@@ -495,9 +588,7 @@ M.VERDICT_TEXT = {
   not_ready = 'not ready: fix the sources below first',
 }
 
-local function pct(x)
-  return string.format('%.1f%%', x * 100)
-end
+local pct = M.percent
 
 local function day_text(day)
   if not day then return '' end
@@ -532,7 +623,15 @@ function M.text(s)
                      s.classes.pass, s.classes.forwarded, s.classes.unaligned,
                      s.classes.forwarded_broken, s.classes.spoof))
   if s.dropped_messages > 0 then
-    line(string.format('%d messages not itemised (row limit per day reached)', s.dropped_messages))
+    line(string.format('%d messages not itemised by source (row limit per day reached); '
+                       .. '%d of them counted in the totals from their reports', s.dropped_messages,
+                       s.not_itemised.messages))
+  end
+  local warned = top(s.report_warnings)
+  if #warned > 0 then
+    local w = {}
+    for i, x in ipairs(warned) do w[i] = util.shown(x.value) .. ' ' .. x.messages end
+    line('reports stored with a warning (docs/ingest.md): ', table.concat(w, ', '))
   end
   line('')
   line('readiness: p=', text.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
@@ -555,6 +654,11 @@ function M.text(s)
                        pct(src.pass_rate), src.class, values(src.header_from, 2)))
     if #src.spf > 0 then line(string.rep(' ', 77), 'SPF ', values(src.spf, 2)) end
     if #src.dkim > 0 then line(string.rep(' ', 77), 'DKIM ', values(src.dkim, 2)) end
+  end
+  local shown_to = s.source_offset + #s.sources
+  if shown_to < s.source_count or s.source_offset > 0 then
+    line(string.format('  (sources %d to %d of %d; --top N lists more)', s.source_offset + 1,
+                       shown_to, s.source_count))
   end
   line('')
   line(string.format('forwarding (SPF fails, DKIM passes or breaks): %d messages',
