@@ -380,9 +380,10 @@ end
 -- good one is reported, never skipped.
 -- @param data {string}
 -- @param opts {table|nil} max_xml, max_ratio (limits by default)
+-- @param name {string|nil} the file name, for a better reason
 -- @return array of {xml = string, warnings = {code...}, part = label} or
 --   {error = message, code = code, part = label}; never empty
-function M.unwrap(data, opts)
+function M.unwrap(data, opts, name)
   opts = opts or {}
   local x = xmlmod()
   if not x then return { { error = 'the dmarc.xml module is not built', code = 'unavailable' } } end
@@ -408,7 +409,10 @@ function M.unwrap(data, opts)
     local out, err, code
     if kind == 'zip' then
       out, err, code = x.unzip(bytes, { max_output = max_output, max_ratio = max_ratio })
-      if not out then return nil, 'zip: ' .. err, code end
+      if not out then
+        local broken = code == 'zip' or code == 'corrupt' or code == 'truncated' or code == 'crc'
+        return nil, (broken and 'corrupt zip: ' or 'zip: ') .. err, code
+      end
     else
       out, err, code = x.inflate(bytes, { format = zlib and 'zlib' or 'gzip',
                                           max_output = max_output, max_ratio = max_ratio })
@@ -423,11 +427,24 @@ function M.unwrap(data, opts)
     return got, e, c
   end
 
-  local function item(bytes, part)
+  -- A name that says zip or gzip for bytes that are neither is a broken
+  -- archive, not "not a report".
+  local function item(bytes, part, name)
     local warnings = {}
     local xml, err, code = decompress(bytes, 1, warnings)
     if xml then return { xml = xml, warnings = warnings, part = part } end
-    return { error = err or 'not a report (XML, gzip, zip or e-mail)', code = code, part = part }
+    if not err then
+      local lname = (name or ''):lower()
+      if bytes:sub(1, 2) == 'PK' or lname:match('%.zip$') then
+        err, code = 'corrupt zip: no zip signature', 'corrupt'
+      elseif lname:match('%.gz$') or lname:match('%.gzip$') then
+        err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
+      else
+        err = part and 'attachment is not a report (XML, gzip or zip)'
+          or 'not a report (XML, gzip, zip, e-mail or mbox)'
+      end
+    end
+    return { error = err, code = code, part = part }
   end
 
   if type(data) ~= 'string' then error('ingest.unwrap: string expected', 2) end
@@ -435,13 +452,7 @@ function M.unwrap(data, opts)
   if kind == 'mbox' then
     return { { error = 'an mbox file: give its path (or use ingest_mbox)', code = 'format' } }
   end
-  if kind ~= 'mime' then
-    local it = item(data)
-    if it.code == 'format' and data:sub(1, 2) == 'PK' then
-      it.error, it.code = 'corrupt zip: ' .. it.error, 'corrupt'
-    end
-    return { it }
-  end
+  if kind ~= 'mime' then return { item(data, nil, name) } end
   local parts, err, code = M.mime_attachments(data)
   if not parts then return { { error = err, code = code } } end
   local items = {}
@@ -451,11 +462,7 @@ function M.unwrap(data, opts)
     if p.error then
       items[#items + 1] = { error = p.error, code = p.code, part = p.filename and label or nil }
     else
-      local it = item(p.data, label)
-      if it.code == 'format' and not it.error:find('^compressed') then
-        it.error = 'attachment is not a report (XML, gzip or zip)'
-      end
-      items[#items + 1] = it
+      items[#items + 1] = item(p.data, label, p.filename)
     end
   end
   return items
@@ -1177,13 +1184,14 @@ end
 -- @param data {string}
 -- @param opts {table} prefix, ttl, max_rows, hash_salt, own (domains),
 --   refuse_foreign, now, max_xml, max_ratio
+-- @param name {string|nil} the file name (a .zip that is no zip: corrupt)
 -- @return array of per-report results {status = 'stored' | 'duplicate' |
 --   'refused' | 'error', domain, org_name, report_id, records, messages,
 --   foreign, warnings, part, message, code}
-function M.ingest_data(conn, data, opts)
+function M.ingest_data(conn, data, opts, name)
   opts = opts or {}
   local results = {}
-  for _, it in ipairs(M.unwrap(data, opts)) do
+  for _, it in ipairs(M.unwrap(data, opts, name)) do
     if it.xml then
       results[#results + 1] = ingest_doc(conn, it, opts)
     else
@@ -1283,7 +1291,7 @@ local function ingest_path(conn, path, stats, opts)
     end }, data, path, stats, opts)
     return
   end
-  for _, r in ipairs(M.ingest_data(conn, data, opts)) do M.account(stats, path, r, opts) end
+  for _, r in ipairs(M.ingest_data(conn, data, opts, path)) do M.account(stats, path, r, opts) end
 end
 
 --- Ingest files. Each file's failure is its own: the rest of the batch is
