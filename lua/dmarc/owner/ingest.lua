@@ -429,12 +429,12 @@ function M.unwrap(data, opts, name)
 
   -- A name that says zip or gzip for bytes that are neither is a broken
   -- archive, not "not a report".
-  local function item(bytes, part, name)
+  local function item(bytes, part, file_name)
     local warnings = {}
     local xml, err, code = decompress(bytes, 1, warnings)
     if xml then return { xml = xml, warnings = warnings, part = part } end
     if not err then
-      local lname = (name or ''):lower()
+      local lname = (file_name or ''):lower()
       if bytes:sub(1, 2) == 'PK' or lname:match('%.zip$') then
         err, code = 'corrupt zip: no zip signature', 'corrupt'
       elseif lname:match('%.gz$') or lname:match('%.gzip$') then
