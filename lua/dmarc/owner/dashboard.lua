@@ -15,6 +15,7 @@
 local summary = require 'dmarc.owner.summary'
 local keys = require 'dmarc.redis.keys'
 local text = require 'dmarc.util.text'
+local failures = require 'dmarc.owner.failures'
 
 local M = {}
 
@@ -332,6 +333,70 @@ local function source_link(dom, ip, q)
                        html(ip))
 end
 
+-- A link from an aggregate source to its failure reports, when it has any.
+local function failure_link(s, dom, ip, q)
+  local n = s.failure_reports and s.failure_reports.by_ip[ip]
+  if not n then return '' end
+  return string.format(' <a class="fail-link" href="/source?d=%s&amp;ip=%s%s#failures">%d '
+                       .. 'failure report%s</a>', url(dom), url(ip), q or '', n,
+                       n == 1 and '' or 's')
+end
+
+-- The failure reports of a domain (per source IP and day) or of one source.
+local function failures_section(fr, dom, q, one_source)
+  local out = {}
+  local function add(x) out[#out + 1] = x end
+  add(string.format('<section id="failures"><h2>Failure reports: <span id="failure-reports">%d'
+                    .. '</span> (<span id="failure-incidents">%d</span> messages)</h2>',
+                    fr.reports, fr.incidents))
+  if fr.not_itemised > 0 then
+    add('<p class="hint">' .. fr.not_itemised .. ' more failure reports were counted but not '
+        .. 'stored (limit per day).</p>')
+  end
+  if one_source then
+    if fr.rows and #fr.rows > 0 then
+      add('<table id="failure-rows"><thead><tr><th>arrival (UTC)</th><th class="n">messages</th>'
+          .. '<th>what failed</th><th>header From</th><th>DKIM</th><th>SPF record</th>'
+          .. '<th>delivery</th><th>reporter</th></tr></thead><tbody>')
+      for _, r in ipairs(fr.rows) do
+        add(string.format('<tr><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td><td>%s</td>'
+                          .. '<td>%s</td><td>%s</td><td>%s</td></tr>',
+                          html(os.date('!%Y-%m-%d %H:%M', tonumber(r.arrival) or 0)),
+                          tonumber(r.incidents) or 1, html(failures.what_failed(r)),
+                          html(r.header_from or ''),
+                          r.dkim_domain and (html(r.dkim_domain) .. (r.dkim_selector and
+                            (' s=' .. html(r.dkim_selector)) or '')) or '',
+                          html(r.spf_dns or ''), html(r.delivery_result or ''),
+                          html(r.reporter or r.reporting_mta or '')))
+      end
+      add('</tbody></table>')
+    end
+  elseif #fr.sources > 0 then
+    add('<table id="failure-sources"><thead><tr><th>source IP</th><th class="n">reports</th>'
+        .. '<th class="n">messages</th><th>what failed</th><th>per day</th></tr></thead><tbody>')
+    for _, f in ipairs(fr.sources) do
+      local days = {}
+      for i, d in ipairs(f.days) do
+        if i > 7 then break end
+        days[#days + 1] = html(day_label(d.day)) .. ': ' .. d.incidents
+      end
+      add(string.format('<tr data-ip="%s"><td>%s</td><td class="n">%d</td><td class="n">%d</td>'
+                        .. '<td>%s</td><td>%s</td></tr>', html(f.ip),
+                        string.format('<a href="/source?d=%s&amp;ip=%s%s#failures">%s</a>',
+                                      url(dom), url(f.ip), q, html(f.ip)),
+                        f.reports, f.incidents, values_cell(f.failed, 3),
+                        table.concat(days, '<br>')))
+    end
+    add('</tbody></table>')
+    if fr.source_count > #fr.sources then
+      add('<p class="hint">' .. (fr.source_count - #fr.sources) .. ' more sources with failure '
+          .. 'reports; each is listed on its source page.</p>')
+    end
+  end
+  add('</section>')
+  return table.concat(out)
+end
+
 -- Which sources the table shows, and links to the other pages of it: every
 -- source stays reachable however many there are.
 local function sources_pager(s, dom, q)
@@ -423,7 +488,9 @@ function M.render_domain(s, opts)
     add(string.format('<tr data-ip="%s" data-messages="%d"><td>%s</td><td class="n">%d</td>'
                       .. '<td class="n">%s</td><td><span class="tag">%s</span></td><td>%s</td>'
                       .. '<td>%s</td><td>%s</td><td>%s</td></tr>', html(src.ip), src.messages,
-                      src.ip == 'other' and 'other' or source_link(dom, src.ip, q), src.messages,
+                      src.ip == 'other' and 'other' or (source_link(dom, src.ip, q)
+                                                          .. failure_link(s, dom, src.ip, q)),
+                      src.messages,
                       pct(src.pass_rate), html(src.class), values_cell(src.header_from, 3),
                       values_cell(src.spf, 3), values_cell(src.dkim, 3),
                       values_cell(src.reporters, 3)))
@@ -449,6 +516,9 @@ function M.render_domain(s, opts)
   end
   list_section('forwarding', 'Forwarding (SPF fails, DKIM passes or breaks)', s.forwarding)
   list_section('spoofing', 'Likely spoofing', s.spoofing)
+  if s.failure_reports and s.failure_reports.reports > 0 then
+    add(failures_section(s.failure_reports, dom, q, false))
+  end
 
   add('<section><h2>Reporters</h2><table id="reporters"><thead><tr><th>reporter</th>'
       .. '<th class="n">reports</th><th class="n">messages</th><th class="n">DMARC pass</th>'
@@ -488,8 +558,10 @@ function M.render_source(s, opts)
   add('<p><a href="/domain?d=' .. url(dom) .. q .. '">&larr; ' .. html(dom) .. '</a></p>')
   add('<h1>Source <span id="source-ip">' .. html(d.ip) .. '</span> for ' .. html(dom) .. '</h1>')
   local src = d.source
+  local fr = s.failure_reports
   if not src then
     add('<section><p id="no-data">No records of this source in the period.</p></section>')
+    if fr and fr.rows and #fr.rows > 0 then add(failures_section(fr, dom, q, true)) end
     return page('DMARC: ' .. d.ip, table.concat(out))
   end
   add('<div class="cards">')
@@ -538,6 +610,7 @@ function M.render_source(s, opts)
                       table.concat(sp, '<br>'), table.concat(rs, '<br>'), html(r.org_name)))
   end
   add('</tbody></table></section>')
+  if fr and fr.rows and #fr.rows > 0 then add(failures_section(fr, dom, q, true)) end
   return page('DMARC: ' .. d.ip .. ' for ' .. dom, table.concat(out))
 end
 

@@ -16,6 +16,7 @@
 local mime = require 'mime.core' -- LuaSocket's codec (mime.lua only adds filters)
 local keys = require 'dmarc.redis.keys'
 local text_util = require 'dmarc.util.text'
+local failures = require 'dmarc.owner.failures'
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
 
@@ -277,9 +278,10 @@ function M.mime_attachments(msg)
 
   local walk
 
-  local function walk_multipart(body, cparams, depth)
+  -- The body parts of a multipart entity (RFC 2046 §5.1), at most max_mime_parts.
+  local function split_parts(body, cparams)
     local boundary = cparams.boundary
-    if not boundary or boundary == '' or #boundary > 200 then return end
+    if not boundary or boundary == '' or #boundary > 200 then return {} end
     local delim = '--' .. boundary
     body = '\n' .. body
     local pos = 1
@@ -298,11 +300,57 @@ function M.mime_attachments(msg)
       if closing or not line_end then break end
       pos = line_end
     end
+    local parts = {}
     for i = 1, #starts - 1 do
       if starts[i].closing then break end
-      local part = body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', '')
-      walk(part, depth + 1)
+      parts[#parts + 1] = (body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', ''))
     end
+    return parts
+  end
+
+  local function decode_body(h, body)
+    local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
+    if cte == 'base64' then return M.base64_decode(body) end
+    if cte == 'quoted-printable' then return M.qp_decode(body) end
+    return body
+  end
+
+  -- A failure report (RFC 6591: multipart/report; report-type=
+  -- feedback-report): its feedback fields and the original message's header
+  -- block; the original body is never taken.
+  local function take_feedback(outer, body, cparams)
+    local fb = { outer = outer }
+    for _, part in ipairs(split_parts(body, cparams)) do
+      local ph, pb = split_entity(part)
+      if #ph <= limits.max_header then
+        local h = parse_headers(ph)
+        local ctype = header_params(h['content-type'] or 'text/plain')
+        if ctype == 'message/feedback-report' and not fb.feedback then
+          fb.feedback = decode_body(h, pb):sub(1, limits.max_header)
+        elseif ctype == 'text/rfc822-headers' and not fb.headers then
+          fb.headers = decode_body(h, pb):sub(1, limits.max_header)
+        elseif (ctype == 'message/rfc822' or ctype == 'message/rfc822-headers')
+            and not fb.headers then
+          fb.headers = (split_entity(pb)):sub(1, limits.max_header)
+        end
+      end
+    end
+    attachments = attachments + 1
+    if attachments > limits.max_attachments then
+      over('attachments', 'more than ' .. limits.max_attachments
+           .. ' reports in one message; the rest not read')
+      return
+    end
+    if not fb.feedback then
+      found[#found + 1] = { error = 'a multipart/report without a message/feedback-report part',
+                            code = 'invalid' }
+      return
+    end
+    found[#found + 1] = { failure = fb }
+  end
+
+  local function walk_multipart(body, cparams, depth)
+    for _, part in ipairs(split_parts(body, cparams)) do walk(part, depth + 1) end
   end
 
   local function take_leaf(h, ctype, cparams, body)
@@ -318,21 +366,12 @@ function M.mime_attachments(msg)
       return
     end
     local name = clip(filename, limits.max_text)
-    local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
-    local data
-    if cte == 'base64' then
-      if #body > limits.max_input * 4 / 3 + 4096 then
-        found[#found + 1] = { error = 'attachment ' .. text_util.shown(name)
-                              .. ' over the size limit', code = 'limit' }
-        return
-      end
-      data = M.base64_decode(body)
-    elseif cte == 'quoted-printable' then
-      data = M.qp_decode(body)
-    else
-      data = body
+    if #body > limits.max_input * 4 / 3 + 4096 then
+      found[#found + 1] = { error = 'attachment ' .. text_util.shown(name) .. ' over the size limit',
+                            code = 'limit' }
+      return
     end
-    found[#found + 1] = { content_type = ctype, filename = name, data = data }
+    found[#found + 1] = { content_type = ctype, filename = name, data = decode_body(h, body) }
   end
 
   walk = function(entity, depth)
@@ -353,6 +392,10 @@ function M.mime_attachments(msg)
     end
     local h = parse_headers(head)
     local ctype, cparams = header_params(h['content-type'] or 'text/plain')
+    if ctype == 'multipart/report'
+        and (cparams['report-type'] or ''):lower() == 'feedback-report' then
+      return take_feedback(head, body, cparams)
+    end
     if ctype:match('^multipart/') then return walk_multipart(body, cparams, depth) end
     if ctype == 'message/rfc822' then return walk(body, depth + 1) end
     take_leaf(h, ctype, cparams, body)
@@ -459,7 +502,9 @@ function M.unwrap(data, opts, name)
   for i, p in ipairs(parts) do
     local label = 'attachment ' .. i .. (p.filename and p.filename ~= ''
                                           and (' (' .. p.filename .. ')') or '')
-    if p.error then
+    if p.failure then
+      items[#items + 1] = { failure = p.failure, part = #parts > 1 and ('report ' .. i) or nil }
+    elseif p.error then
       items[#items + 1] = { error = p.error, code = p.code, part = p.filename and label or nil }
     else
       items[#items + 1] = item(p.data, label, p.filename)
@@ -1194,6 +1239,12 @@ function M.ingest_data(conn, data, opts, name)
   for _, it in ipairs(M.unwrap(data, opts, name)) do
     if it.xml then
       results[#results + 1] = ingest_doc(conn, it, opts)
+    elseif it.failure then
+      local r = failures.ingest(conn, it.failure, {
+        prefix = opts.prefix, failure_ttl = opts.failure_ttl, refuse_foreign = opts.refuse_foreign,
+      }, opts.own and function(d) return M.owned(d, opts.own) end or nil)
+      r.part = it.part
+      results[#results + 1] = r
     else
       results[#results + 1] = { status = 'error', message = it.error, code = it.code,
                                 part = it.part }
@@ -1206,7 +1257,8 @@ end
 function M.new_stats()
   return { files = 0, reports = 0, stored = 0, duplicates = 0, refused = 0, foreign = 0,
            errors = 0, records = 0, messages = 0, failures = {}, failures_not_listed = 0,
-           warnings = {}, warning_counts = {} }
+           warnings = {}, warning_counts = {},
+           failure_reports = { stored = 0, duplicates = 0, refused = 0 } }
 end
 
 --- Counts one result in stats; every failure and warning is listed (up to
@@ -1221,6 +1273,16 @@ function M.account(stats, path, r, opts)
     else
       stats.failures_not_listed = stats.failures_not_listed + 1
     end
+  elseif r.kind == 'failure' then
+    local fr = stats.failure_reports
+    if r.foreign then stats.foreign = stats.foreign + 1 end
+    if r.status == 'stored' then
+      fr.stored = fr.stored + 1
+    elseif r.status == 'duplicate' then
+      fr.duplicates = fr.duplicates + 1
+    else
+      fr.refused = fr.refused + 1
+    end
   else
     stats.reports = stats.reports + 1
     if r.foreign then stats.foreign = stats.foreign + 1 end
@@ -1233,6 +1295,8 @@ function M.account(stats, path, r, opts)
     elseif r.status == 'refused' then
       stats.refused = stats.refused + 1
     end
+  end
+  if r.status ~= 'error' then
     for _, w in ipairs(r.warnings or {}) do
       stats.warning_counts[w] = (stats.warning_counts[w] or 0) + 1
       if #stats.warnings < max then

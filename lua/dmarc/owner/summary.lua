@@ -12,6 +12,7 @@ local ingest = require 'dmarc.owner.ingest'
 local keys = require 'dmarc.redis.keys'
 local json = require 'dmarc.util.json'
 local text = require 'dmarc.util.text'
+local failures = require 'dmarc.owner.failures'
 
 local M = {}
 
@@ -144,6 +145,8 @@ function M.load(conn, opts)
     cmds[#cmds + 1] = { 'HGETALL', k.rows }
     cmds[#cmds + 1] = { 'HGETALL', k.reports }
   end
+  local nagg = #cmds
+  for _, c in ipairs(failures.load_commands(prefix, dom, days)) do cmds[#cmds + 1] = c end
   local replies, err, code = conn:pipeline(cmds)
   if not replies then return nil, err, code or 'io' end
   local data = { domain = dom, days = days, rows = {}, reports = {}, dropped_messages = 0,
@@ -180,6 +183,9 @@ function M.load(conn, opts)
       end
     end
   end
+  local fail_replies = {}
+  for i = nagg + 1, #cmds do fail_replies[#fail_replies + 1] = replies[i] end
+  data.failure_reports = failures.decode(fail_replies, days)
   return data
 end
 
@@ -536,6 +542,8 @@ function M.compute(data, opts)
   s.spoofing = by_class(slist, { 'spoof' }, ntop)
   s.readiness = readiness(st, slist, #data.days)
   if st.drill then s.drill = drill_down(st, data) end
+  s.failure_reports = failures.summarize(data.failure_reports or { records = {}, over = 0 },
+                                         data.days, { top = ntop, source = opts.source })
   return s
 end
 
@@ -630,7 +638,7 @@ function M.text(s)
   local warned = top(s.report_warnings)
   if #warned > 0 then
     local w = {}
-    for i, x in ipairs(warned) do w[i] = util.shown(x.value) .. ' ' .. x.messages end
+    for i, x in ipairs(warned) do w[i] = text.shown(x.value) .. ' ' .. x.messages end
     line('reports stored with a warning (docs/ingest.md): ', table.concat(w, ', '))
   end
   line('')
@@ -671,6 +679,16 @@ function M.text(s)
   for i, f in ipairs(s.spoofing.sources) do
     if i > 5 then break end
     line('  ', text.shown(f.ip), ': ', f.messages, ' (From ', values(f.header_from, 2), ')')
+  end
+  local fr = s.failure_reports
+  line('')
+  line(string.format('failure reports: %d (%d messages)%s', fr.reports, fr.incidents,
+                     fr.not_itemised > 0 and string.format('; %d more counted, not stored '
+                                                           .. '(limit per day)', fr.not_itemised)
+                       or ''))
+  for i, f in ipairs(fr.sources) do
+    if i > 5 then break end
+    line('  ', text.shown(f.ip), ': ', f.incidents, ' (', values(f.failed, 2), ')')
   end
   line('')
   line('per reporter:')

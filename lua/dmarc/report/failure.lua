@@ -275,8 +275,13 @@ function M.build(r)
       break
     end
   end
+  -- SPF-DNS (RFC 6591 §3.2) carries the SPF record that was evaluated, as
+  -- the caller knows it (input.spf.record or r.spf_dns); it is never made up:
+  -- without the record only the type and domain are given.
   if input.spf and input.spf.result ~= 'pass' and aligned(input.spf.domain) then
-    add('SPF-DNS', 'txt : ' .. (input.spf.domain or '') .. ' : ' .. (r.spf_dns or 'v=spf1'))
+    local record = r.spf_dns or input.spf.record
+    add('SPF-DNS', 'txt : ' .. (input.spf.domain or '')
+        .. (type(record) == 'string' and record ~= '' and (' : ' .. record) or ''))
   end
 
   local hdrs = {}

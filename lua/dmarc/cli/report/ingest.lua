@@ -14,12 +14,13 @@ local USAGE = [[
 usage: dmarc report ingest [options] PATH...
 
 Stores DMARC aggregate reports (RFC 9990 and RFC 7489 XML, .xml.gz, .zip, or
-whole report e-mails) in Redis, per policy domain and day. Reports already
-stored (same org_name and report_id) are skipped, so ingesting again is
-harmless. See docs/ingest.md.
+whole report e-mails) and failure reports (RFC 9991, AFRF) in Redis, per
+policy domain and day. Reports already stored are skipped, so ingesting
+again is harmless. Every input is stored, a duplicate, or refused with a
+reason. See docs/ingest.md.
 
 PATH                     a file, a directory (walked, symbolic links not
-                         followed) or - for standard input
+                         followed), an mbox file, or - for standard input
 options:
   --own D[,D...]         the domains this site owns (config: own_domains);
                          reports for other domains are counted as foreign
@@ -27,6 +28,8 @@ options:
   --hash-envelope-to     store envelope_to as a keyed hash (HMAC-SHA256); the
                          salt from $DMARC_INGEST_SALT or --salt-file FILE
   --retention-days N     keep ingested data N days (default 180)
+  --failure-retention-days N
+                         keep failure reports (redacted) N days (default 30)
   --max-size BYTES       largest input file and decompressed report
                          (default 67108864)
   --json                 print the result as one JSON object on stdout
@@ -46,7 +49,8 @@ failed (the others are still stored), 2 usage.
 
 local SPEC = {
   flags = { json = true, quiet = true, ['refuse-foreign'] = true, ['hash-envelope-to'] = true },
-  values = { own = true, ['salt-file'] = true, ['retention-days'] = true, ['max-size'] = true },
+  values = { own = true, ['salt-file'] = true, ['retention-days'] = true, ['max-size'] = true,
+             ['failure-retention-days'] = true },
 }
 
 local function die(msg, status)
@@ -116,6 +120,12 @@ function M.run(args)
   if not retention or retention < 1 or retention > 3660 or retention % 1 ~= 0 then
     return die('--retention-days must be 1..3660', 2)
   end
+  local failures = require 'dmarc.owner.failures'
+  local fail_days = tonumber(options.setting(o, conf, 'failure-retention-days',
+                                          failures.defaults.ttl / 86400))
+  if not fail_days or fail_days < 1 or fail_days > 3660 or fail_days % 1 ~= 0 then
+    return die('--failure-retention-days must be 1..3660', 2)
+  end
   local max_size = tonumber(options.setting(o, conf, 'max-size', ingest.limits.max_input))
   if not max_size or max_size < 1024 or max_size > 2 ^ 31 - 1 then
     return die('--max-size must be 1024..2147483647', 2)
@@ -140,14 +150,19 @@ function M.run(args)
     if not final and now - last < 2 then return end
     last = now
     local secs = now - started
+    local fr = stats.failure_reports
     io.stderr:write(string.format('ingest: %d/%d files, %d reports (%d new, %d duplicate, '
-                                  .. '%d refused), %d records, %d failed, %.0f records/s\n',
+                                  .. '%d refused), %d records, %d failed, %.0f records/s%s\n',
                                   stats.files, #files, stats.reports, stats.stored,
                                   stats.duplicates, stats.refused, stats.records, stats.errors,
-                                  secs > 0 and stats.records / secs or 0))
+                                  secs > 0 and stats.records / secs or 0,
+                                  (fr.stored + fr.duplicates + fr.refused > 0) and string.format(
+                                    '; failure reports %d new, %d duplicate, %d refused',
+                                    fr.stored, fr.duplicates, fr.refused) or ''))
   end
   local stats = ingest.ingest_files(conn, files, {
     prefix = prefix, ttl = retention * 86400, own = #own > 0 and own or nil,
+    failure_ttl = fail_days * 86400,
     refuse_foreign = o['refuse-foreign'] or conf.refuse_foreign, hash_salt = salt,
     max_input = max_size, max_xml = max_size,
     progress = progress,
