@@ -118,6 +118,7 @@ build = {
     ['dmarc.cli.report.serve'] = 'lua/dmarc/cli/report/serve.lua',
     ['dmarc.cli.report.summary'] = 'lua/dmarc/cli/report/summary.lua',
     ['dmarc.owner.dashboard'] = 'lua/dmarc/owner/dashboard.lua',
+    ['dmarc.owner.failures'] = 'lua/dmarc/owner/failures.lua',
     ['dmarc.owner.ingest'] = 'lua/dmarc/owner/ingest.lua',
     ['dmarc.owner.summary'] = 'lua/dmarc/owner/summary.lua',
     ['dmarc.receive.auth'] = 'lua/dmarc/receive/auth.lua',

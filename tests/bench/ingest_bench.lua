@@ -10,7 +10,14 @@
 --            `summary.compute` over DAYS days for SAMPLES domains: latency
 --            min / median / p95 / max
 --
+--   write-large / large  one report of RECORDS records written to FILE, then
+--            ingested from it by a fresh process: records/s beside that
+--            process's peak RSS (the largest report the defaults allow, and
+--            1,000,000 records under raised limits)
+--
 -- usage: lua5.4 tests/bench/ingest_bench.lua PORT ingest [REPORTS] [RECORDS] [GZ_REPORTS]
+--        lua5.4 tests/bench/ingest_bench.lua PORT write-large RECORDS FILE
+--        lua5.4 tests/bench/ingest_bench.lua PORT large FILE RECORDS
 --        lua5.4 tests/bench/ingest_bench.lua PORT summary [DOMAINS] [DAYS] [SAMPLES]
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') .. '/?.so;'
@@ -215,8 +222,51 @@ local function phase_summary()
                          'dmarc report summary (one domain)', ms(socket.gettime() - c0)))
 end
 
+-- One report of RECORDS records (distinct sources) written to FILE a record
+-- at a time, so the writer holds none of it.
+local function phase_write_large()
+  local records, file = tonumber(arg[3]), arg[4]
+  local f = assert(io.open(file, 'wb'))
+  f:write(string.format(HEAD, 1, 1, 1000000 + records, DAY, DAY + 86399, 'large.example'))
+  for i = 1, records do
+    local ip = string.format('10.%d.%d.%d', math.floor(i / 65536) % 256, math.floor(i / 256) % 256,
+                             i % 256)
+    f:write(string.format(RECORD, ip, 1 + i % 9, 'pass', 'pass', 'large.example', 'large.example',
+                          'large.example', 1, 'pass', 'large.example', 'pass'))
+  end
+  f:write('</feedback>\n')
+  f:close()
+end
+
+-- Ingest FILE (one large report) in this fresh process: records/s and the
+-- process's peak RSS. RECORDS above the default record limit raise it (and
+-- the size limits with it).
+local function phase_large()
+  local file, records = arg[3], tonumber(arg[4])
+  local f = assert(io.open(file, 'rb'))
+  local size = f:seek('end')
+  f:close()
+  local opts = { max_input = math.max(size + 1, ingest.limits.max_input),
+                 max_xml = math.max(size + 1, ingest.limits.max_xml), max_rows = records + 1 }
+  if records > ingest.limits.max_records then ingest.limits.max_records = records end
+  conn:command('FLUSHALL')
+  local t0 = socket.gettime()
+  local stats = ingest.ingest_files(conn, { file }, opts)
+  local dt = socket.gettime() - t0
+  if stats.stored ~= 1 then
+    error('large report not stored: ' .. tostring(stats.failures[1] and stats.failures[1].message))
+  end
+  io.write(string.format('ingest %-40s %10.0f records/s  (%d records, %.1f MB XML, %.2f s, '
+                         .. 'peak RSS %.0f MB)\n', 'one large report from a file', stats.records / dt,
+                         stats.records, size / 1e6, dt, rss_peak_mb()))
+end
+
 if PHASE == 'ingest' then
   phase_ingest()
+elseif PHASE == 'write-large' then
+  phase_write_large()
+elseif PHASE == 'large' then
+  phase_large()
 elseif PHASE == 'summary' then
   phase_summary()
 else
