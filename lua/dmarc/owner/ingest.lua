@@ -33,6 +33,7 @@ M.limits = {
   max_xml = 64 * 1024 * 1024,    -- bytes of XML after decompression (RFC 7489 §8: 10 MB+)
   max_ratio = 200,               -- decompressed / compressed ([MAIL-6] bombs)
   max_depth = 16,                -- XML nesting (a report needs 5)
+  max_elements = 4000000,        -- XML elements of one report (a record has about 20)
   max_records = 200000,          -- <record> elements in one report
   max_files = 100000,            -- files taken from the paths of one run
   max_attachments = 100,         -- report attachments read from one e-mail (more: 'limit')
@@ -539,6 +540,7 @@ function M.parse(xml_text, opts)
   if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
   return x.parse(xml_text, { max_input = opts.max_xml or M.limits.max_xml,
                              max_depth = opts.max_depth or M.limits.max_depth,
+                             max_elements = opts.max_elements or M.limits.max_elements,
                              max_text = 4096, arrays = ARRAY_PAIRS })
 end
 
