@@ -3,7 +3,7 @@
 -- must be reported instead of lost (a bound hit, a broken attachment beside a
 -- good one, a corrupt archive), each a failure with its reason. No input may
 -- vanish: every one is stored, a duplicate, or refused with a code.
-local ingest = require 'dmarc.ingest'
+local ingest = require 'dmarc.owner.ingest'
 local fake_redis = require 'ingest_fake_redis'
 
 local DIR = 'tests/fixtures/ingest/'

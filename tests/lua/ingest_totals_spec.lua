@@ -3,8 +3,8 @@
 -- itemised, and says so), advice follows from what the report says, shares
 -- are never rounded up to 100 %, the sources table pages, and a DKIM result
 -- without a domain is named as such.
-local ingest = require 'dmarc.ingest'
-local summary = require 'dmarc.summary'
+local ingest = require 'dmarc.owner.ingest'
+local summary = require 'dmarc.owner.summary'
 local fake_redis = require 'ingest_fake_redis'
 
 local UNTIL = 1763769600 -- 2025-11-22
@@ -149,7 +149,7 @@ describe('summary: advice follows from what the report says', function()
 end)
 
 describe('dashboard: every source reachable, totals whole', function()
-  local dashboard = require 'dmarc.dashboard'
+  local dashboard = require 'dmarc.owner.dashboard'
 
   local function serve(conn, target)
     return dashboard.handle({ method = 'GET', target = target }, { source = {
