@@ -81,3 +81,53 @@ describe('ingest: quirks and failures against Redis', function()
     assert.truthy(err:find('no%-such%.xml: io: cannot open: No such file or directory'))
   end)
 end)
+
+describe('ingest: failure reports against Redis', function()
+  it('ingest_failure__stored_redacted_once_with_ttl_and_summarised', function()
+    local failure = require 'dmarc.report.failure'
+    local redis = require 'dmarc.redis'
+    local now = 1763683200 + 7200
+    local r = failure.new({ enabled = true, clock = function() return now end,
+                            reporter = { org_name = 'R', email = 'dmarc@receiver.example',
+                                         submitter = 'receiver.example' } })
+    local list = r:prepare({ result = 'fail', author_domain = 'example.org',
+                             policy_domain = 'example.org', org_domain = 'example.org',
+                             policy = 'reject', applied = 'reject', spf_aligned = false,
+                             dkim_aligned = false,
+                             record = { p = 'reject', fo = { '1' }, fo_text = '1', psd = 'u',
+                                        ruf = { { uri = 'mailto:ruf@example.org' } }, rua = {} } },
+                           { spf = { result = 'fail', domain = 'example.org', record = 'v=spf1 -all' },
+                             dkim = {} },
+                           { ip = '192.0.2.99', mail_from = 'someone@example.org', arrival = now },
+                           nil, 'From: Someone <someone@example.org>\r\nSubject: secret\r\n\r\n')
+    assert.equal(1, #list)
+    local dir = h.tmpdir()
+    local f = assert(io.open(dir .. '/failure.eml', 'wb'))
+    f:write(list[1].message)
+    f:close()
+    local p = prefix('failure')
+    local status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. dir)
+    assert.equal(0, status)
+    local stats = cjson.decode(out)
+    assert.equal(1, stats.failure_reports.stored)
+    status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. dir)
+    assert.equal(0, status)
+    assert.equal(1, cjson.decode(out).failure_reports.duplicates)
+    local host, port = REDIS:match('^(.+):(%d+)$')
+    local conn = assert(redis.connect { host = host, port = tonumber(port), timeout = 5 })
+    local key = p .. 'fail:{example.org}:20251121'
+    local ttl = conn:command('TTL', key)
+    assert.truthy(ttl > 29 * 86400 and ttl <= 30 * 86400)
+    local all = conn:command('HGETALL', key)
+    conn:close()
+    assert.equal(2, #all)
+    assert.is_nil(all[2]:find('someone', 1, true))
+    assert.is_nil(all[2]:find('secret', 1, true))
+    local s_status, s_out = dmarc('report summary --json --prefix ' .. p
+                                  .. ' --domain example.org --until 2025-11-22 --days 7')
+    assert.equal(0, s_status)
+    local s = cjson.decode(s_out)
+    assert.equal(1, s.failure_reports.reports)
+    assert.equal('192.0.2.99', s.failure_reports.sources[1].ip)
+  end)
+end)

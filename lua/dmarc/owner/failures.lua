@@ -9,7 +9,7 @@
 -- Privacy (RFC 9991 §7, RFC 6591 §8): no message body is ever kept, and of
 -- the headers only what docs/ingest.md lists: domains, never local parts;
 -- no Subject, no recipients; the Message-ID only inside the hashed id.
-local report = require 'dmarc.report.rows'
+local keys = require 'dmarc.redis.keys'
 
 local M = {}
 
@@ -68,7 +68,7 @@ local function domain_of(v)
   local d = v:match('@([%w%.%-]+)>?%s*$') or v:match('^<?([%w%.%-]+)>?$')
   if not d then return nil end
   d = d:lower():gsub('%.$', '')
-  if report.valid_domain(d) then return d end
+  if keys.valid_domain(d) then return d end
   return nil
 end
 
@@ -150,7 +150,7 @@ function M.read(feedback, headers, outer)
   local h = fields_of(headers or '')
   local o = fields_of(outer or '')
   local ip = (first(f, 'source-ip') or ''):lower()
-  if not report.valid_ip(ip) then return nil, 'no valid Source-IP', 'invalid' end
+  if not keys.valid_ip(ip) then return nil, 'no valid Source-IP', 'invalid' end
   local from_domain = domain_of(first(h, 'from'))
   local dom = domain_of(first(f, 'reported-domain')) or from_domain
   if not dom then return nil, 'no valid Reported-Domain', 'bad_domain' end
@@ -203,9 +203,7 @@ function M.read(feedback, headers, outer)
 end
 
 --- The key of a policy domain's failure records of one day.
-function M.key(prefix, dom, day)
-  return prefix .. 'fail:{' .. dom .. '}:' .. day
-end
+M.key = keys.failure_day
 
 -- Stores one record once: nothing for an id already there (0), the record
 -- (1), or, past max_per_day, only a count in '#over' (2). TTL on every write.
@@ -230,7 +228,7 @@ function M.store(conn, rec, opts)
   opts = opts or {}
   local cjson = require 'cjson'
   local prefix = opts.prefix or 'dmarc:'
-  local day = report.day_of(rec.arrival)
+  local day = keys.day_of(rec.arrival)
   local reply, err, code = conn:command('EVAL', M.STORE_SCRIPT, '1', M.key(prefix, rec.domain, day),
                                         rec.id, cjson.encode(rec),
                                         string.format('%d', opts.failure_ttl or M.defaults.ttl),
@@ -289,7 +287,7 @@ function M.decode(replies, days)
           out.over = out.over + (tonumber(r[j + 1]) or 0)
         else
           local ok, rec = pcall(cjson.decode, r[j + 1])
-          if ok and type(rec) == 'table' and report.valid_ip(rec.source_ip) then
+          if ok and type(rec) == 'table' and keys.valid_ip(rec.source_ip) then
             rec.day = day
             out.records[#out.records + 1] = rec
           end

@@ -378,10 +378,10 @@ local function add_not_itemised(st, data)
       end
     end
   end
-  local keys = {}
-  for k in pairs(expected) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do
+  local order = {}
+  for k in pairs(expected) do order[#order + 1] = k end
+  table.sort(order)
+  for _, k in ipairs(order) do
     local rest = expected[k] - (st.itemised[k] or 0)
     local day, org, cls, disp, dkim, spf =
       k:match('^(%d+)\n(.-)\n([^|\n]*)|([^|\n]*)|([^|\n]*)|([^|\n]*)$')

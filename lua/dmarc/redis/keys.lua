@@ -146,6 +146,12 @@ function M.parse_ingest_key(prefix, key)
   return nil
 end
 
+--- The failure reports received for a policy domain and day: one hash, in
+-- the same {DOMAIN} slot as the domain's aggregate data.
+function M.failure_day(prefix, policy_domain, day)
+  return prefix .. 'fail:{' .. policy_domain .. '}:' .. day
+end
+
 -- }==================================================================
 
 return M
