@@ -521,10 +521,15 @@ function M.extract(data, opts)
   if type(data) ~= 'string' then error('ingest.extract: string expected', 2) end
   local docs, failed = {}, {}
   for _, it in ipairs(M.unwrap(data, opts)) do
-    if it.xml then docs[#docs + 1] = it.xml else failed[#failed + 1] = it end
+    if it.xml then
+      docs[#docs + 1] = it.xml
+    elseif it.error then
+      failed[#failed + 1] = it
+    end
   end
-  if #docs == 0 then return nil, failed[1].error, failed[1].code end
-  return docs, failed
+  if #docs > 0 then return docs, failed end
+  if failed[1] then return nil, failed[1].error, failed[1].code or 'format' end
+  return nil, 'a failure report, not an aggregate report', 'failure_report'
 end
 
 -- ---------------------------------------------------------------------------

@@ -8,8 +8,17 @@ return function(data)
   if not parts then
     c.check_fail('mime_attachments', parts, err, code)
   else
-    c.check(#parts <= ingest.limits.max_attachments, 'attachment count bound')
-    for _, p in ipairs(parts) do c.check(type(p.data) == 'string', 'part data') end
+    -- at most max_attachments read, plus one failure entry per bound reached (4 kinds)
+    c.check(#parts <= ingest.limits.max_attachments + 4, 'attachment count bound')
+    for _, p in ipairs(parts) do
+      if p.error then
+        c.check(type(p.error) == 'string' and type(p.code) == 'string', 'failure entry')
+      elseif p.failure then
+        c.check(type(p.failure.feedback) == 'string', 'failure report entry')
+      else
+        c.check(type(p.data) == 'string', 'part data')
+      end
+    end
   end
   c.check(type(ingest.base64_decode(data)) ~= 'table', 'base64 result')
   c.check(type(ingest.qp_decode(data)) == 'string', 'qp result')
