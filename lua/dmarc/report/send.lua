@@ -517,7 +517,7 @@ local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
         else
           local vres, addr = 'ok', e.to
           if o.verify then vres, addr = o.verify(domain, e.to) end
-          local status, scode, stext
+          local status, scode, stext, kind
           if vres == 'unauthorized' then
             next_state = ''
             summary.failure_skipped = summary.failure_skipped + 1
@@ -527,9 +527,14 @@ local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
             if vres == 'temperror' then
               status, stext = 'temp', 'destination verification: DNS temporary error'
             else
-              status, scode, stext = o.transport(o.envelope_from, addr, e.message)
+              status, scode, stext, kind = o.transport(o.envelope_from, addr, e.message)
             end
-            if status == 'accepted' then
+            if kind == 'untrusted' then
+              -- Our relay is in question, not the destination: no attempt counted.
+              summary.failure_deferred = summary.failure_deferred + 1
+              log('warning', string.format('failure report for %s to %s kept: %s', domain,
+                                           tostring(addr), tostring(stext)))
+            elseif status == 'accepted' then
               next_state = ''
               summary.failure_accepted = summary.failure_accepted + 1
               log('info', string.format('failure report for %s sent to %s', domain, addr))
@@ -591,7 +596,7 @@ local function attempt(job, man, r, d, attempts, now)
     summary.skipped = summary.skipped + 1
     return 'skipped:unauthorized', true
   end
-  local status, scode, stext
+  local status, scode, stext, kind
   if vres == 'temperror' then
     status, stext = 'temp', 'destination verification: DNS temporary error'
   else
@@ -599,8 +604,16 @@ local function attempt(job, man, r, d, attempts, now)
     if not msg then
       status, stext = 'perm', 'message file missing'
     else
-      status, scode, stext = o.transport(o.envelope_from, addr, msg)
+      status, scode, stext, kind = o.transport(o.envelope_from, addr, msg)
     end
+  end
+  if kind == 'untrusted' then
+    -- Our relay, not the destination, is in question: no attempt is counted, so a
+    -- certificate problem never makes a report give up; the state stays as it was.
+    summary.deferred = summary.deferred + 1
+    log('warning', string.format('report %s to %s kept: %s', r.report_id, tostring(addr),
+                                 tostring(stext)))
+    return nil, false
   end
   if status == 'accepted' then
     summary.accepted = summary.accepted + 1

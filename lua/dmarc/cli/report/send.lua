@@ -79,10 +79,12 @@ local function do_send(o, conf, conn)
     }
     -- A relay whose certificate is refused is our configuration (or someone in the way),
     -- not the destination's answer: the reports stay queued and the run fails, saying why.
+    -- Once refused, the relay is not asked again in this run: the answer would be the same.
     transport = function(...)
+      if untrusted then return 'temp', nil, untrusted, 'untrusted' end
       local status, code, text, kind = smtp_send(...)
       if kind == 'untrusted' then untrusted = text end
-      return status, code, text
+      return status, code, text, kind
     end
   end
   local resolve, rerr = make_resolver(o, conf)
