@@ -6,6 +6,7 @@
 local policy = require 'dmarc.site.policy'
 local store = require 'dmarc.site.store'
 local dlog = require 'dmarc.util.log'
+local capture_log = require 'capture_log'
 local redis = require 'dmarc.redis'
 
 local addr = os.getenv('DMARC_TEST_REDIS') or ''
@@ -232,7 +233,7 @@ describe('override store when Redis dies and comes back', function()
   it('applies the site defaults with a warning while Redis is down, and the overrides after', function()
     local own = '127.0.0.1:' .. own_port
     assert.is_true(cli('add org example.org --comment "known forwarder"', own))
-    local logger, entries = dlog.capture()
+    local logger, entries = capture_log()
     local site = assert(policy.load('examples/site.lua', { log = logger }))
     local now = 1000000
     local connects = 0

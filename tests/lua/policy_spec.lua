@@ -5,6 +5,7 @@
 local policy = require 'dmarc.site.policy'
 local store = require 'dmarc.site.store'
 local dlog = require 'dmarc.util.log'
+local capture_log = require 'capture_log'
 
 -- Verdict tables in the shape of dmarc.evaluate / `dmarc eval`.
 local function verdict(over)
@@ -582,7 +583,7 @@ end)
 
 describe('policy hooks', function()
   local logger, entries
-  before_each(function() logger, entries = dlog.capture() end)
+  before_each(function() logger, entries = capture_log() end)
 
   it('lets decide() change the decision', function()
     local site = script([[return { decide = function(v, ctx, proposed)
@@ -767,7 +768,7 @@ end)
 
 describe('policy and the store', function()
   it('falls back to the site rules when the store fails, with a warning', function()
-    local logger, entries = dlog.capture()
+    local logger, entries = capture_log()
     local site = site_of({ overrides = { { domain = 'example.com', at_most = 'quarantine' } } },
       { log = logger })
     local failing = {

@@ -2,7 +2,7 @@
 -- store's round trips / backoff / reconnect (against an in-process fake of the few Redis
 -- commands it uses), the callback store, and `dmarc override` over a memory store.
 local store = require 'dmarc.site.store'
-local dlog = require 'dmarc.util.log'
+local capture_log = require 'capture_log'
 
 local unpack = table.unpack or unpack
 
@@ -320,7 +320,7 @@ describe('store.redis', function()
   before_each(function()
     server = fake_redis()
     now = 1000
-    logger, entries = dlog.capture()
+    logger, entries = capture_log()
     st = store.redis{ connect = server.connect, clock = function() return now end, log = logger,
       backoff = 10 }
   end)

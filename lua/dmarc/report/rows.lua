@@ -167,7 +167,6 @@ function M.split_field(field)
   return f
 end
 
-M.unescape = unesc
 
 --- Decode a hash field back to a row table; nil, msg, code on a field this
 -- version does not understand (the generator counts and skips those).

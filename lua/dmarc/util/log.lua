@@ -53,17 +53,6 @@ function M.new(opts)
   return setmetatable({ sink = opts.sink or stderr_sink, threshold = threshold }, Logger)
 end
 
---- A logger that keeps every entry in memory (tests, `--verbose` summaries).
--- @return logger, entries (array of {level=, msg=}, filled as messages arrive)
-function M.capture(level)
-  local entries = {}
-  local logger = M.new{
-    level = level or 'debug',
-    sink = function(lvl, msg) entries[#entries + 1] = { level = lvl, msg = msg } end,
-  }
-  return logger, entries
-end
-
 --- A logger that drops everything.
 function M.null()
   return M.new{ sink = function() end, level = 'error' }
