@@ -159,11 +159,8 @@ local function check_auth(where, t)
   return result
 end
 
---- Check an input object; returns the normalized form or nil, msg, 'invalid'.
-function M.check_input(input)
-  if type(input) ~= 'table' then return input_error('input: expected an object') end
-  local spec = { id = input.id }
-
+-- mode: rfc9989 or rfc7489 (any case).
+local function input_mode(spec, input)
   -- Absent: the engine's mode (rfc9989 unless the engine says otherwise).
   local mode = input.mode
   if mode ~= nil then
@@ -172,7 +169,11 @@ function M.check_input(input)
     end
     spec.mode = mode:lower()
   end
+  return true
+end
 
+-- from: the From field values.
+local function input_from(spec, input)
   -- `from` is required: [] says "no From field" explicitly, and a missing or
   -- misspelt key must not silently read as a message without From [FROM-4].
   local from = input.from
@@ -194,7 +195,11 @@ function M.check_input(input)
   else
     return input_error('from: expected a string or an array of strings')
   end
+  return true
+end
 
+-- spf: the SPF result and its scope.
+local function input_spf(spec, input)
   if input.spf ~= nil then
     local result, err = check_auth('spf', input.spf)
     if not result then return input_error(err) end
@@ -206,7 +211,11 @@ function M.check_input(input)
     end
     spec.spf = { result = result, domain = input.spf.domain, helo = scope:lower() == 'helo' }
   end
+  return true
+end
 
+-- dkim: the DKIM results, at most MAX_DKIM.
+local function input_dkim(spec, input)
   spec.dkim = {}
   if input.dkim ~= nil then
     if type(input.dkim) ~= 'table' then return input_error('dkim: expected an array') end
@@ -224,7 +233,11 @@ function M.check_input(input)
       spec.dkim[i] = { result = result, domain = sig.domain, selector = sig.selector }
     end
   end
+  return true
+end
 
+-- roll (pct sampling) and now.
+local function input_numbers(spec, input)
   if input.roll ~= nil then
     if not is_integer(input.roll) or input.roll < 0 or input.roll > 99 then
       return input_error('roll: expected an integer in 0..99')
@@ -238,7 +251,11 @@ function M.check_input(input)
     end
     spec.now = math.floor(input.now)
   end
+  return true
+end
 
+-- resolve (a function) or dns (a JSON answer map).
+local function input_resolver(spec, input)
   if input.resolve ~= nil then
     if not is_callable(input.resolve) then
       return input_error('resolve: expected a function')
@@ -248,6 +265,20 @@ function M.check_input(input)
     local resolver, err = json_dns.resolver(input.dns)
     if not resolver then return input_error(err) end
     spec.resolve = resolver
+  end
+  return true
+end
+
+-- The steps of check_input, in order; each gives true or nil, message, 'invalid'.
+local INPUT_STEPS = { input_mode, input_from, input_spf, input_dkim, input_numbers, input_resolver }
+
+--- Check an input object; returns the normalized form or nil, msg, 'invalid'.
+function M.check_input(input)
+  if type(input) ~= 'table' then return input_error('input: expected an object') end
+  local spec = { id = input.id }
+  for _, step in ipairs(INPUT_STEPS) do
+    local ok, err, code = step(spec, input)
+    if not ok then return nil, err, code end
   end
   return spec
 end
