@@ -171,25 +171,8 @@ local function check_destinations(resolver, report, rec, mode, policy_domain, po
   end
 end
 
---- Inspect @domain: the report table (see the --json output).
-function M.inspect(resolver, domain, mode)
-  local report = {
-    domain = domain, mode = mode, warnings = json.array(), errors = json.array(),
-  }
-  local out, verdict, walk = discover(resolver, domain, mode)
-  if not out then
-    add(report.errors, 'input', tostring(verdict))
-    return report
-  end
-  report.walk = walk
-  report.result = out.result
-  report.policy = out.policy
-  report.applied = out.applied
-  report.policy_domain = out.policy_domain
-  report.org_domain = out.org_domain
-  report.flags = json.array(out.flags or {})
-
-  -- Every record met on the walk: duplicates, near misses, records at a TLD.
+-- Every record met on the walk: duplicates, near misses, records at a TLD.
+local function lint_walk(report, walk, mode)
   for _, answer in ipairs(walk) do
     if answer.type == 'TXT' and answer.name:find('^_dmarc%.') then
       local at = answer.name:sub(8)
@@ -219,14 +202,20 @@ function M.inspect(resolver, domain, mode)
       end
     end
   end
+end
 
+-- The errors the outcome itself says: no record, a DNS failure.
+local function outcome_errors(report, out, verdict, domain)
   if out.result == 'none' then
     add(report.errors, 'no_record', 'no DMARC record applies to ' .. domain .. ' [DISC-9]')
   elseif out.result == 'temperror' then
     add(report.errors, 'temperror', 'DNS failure during discovery: ' .. tostring(verdict.error))
   end
+end
 
-  -- The applied record, as published and as the engine reads it.
+-- The applied record, as published (report.record) and as the engine reads it: the
+-- parsed record, or the verdict's when the published one is not found.
+local function applied_record(report, out, verdict, walk, mode)
   local rec = verdict.record
   if out.policy_domain then
     for _, answer in ipairs(walk) do
@@ -255,33 +244,60 @@ function M.inspect(resolver, domain, mode)
   if out.result == 'permerror' then
     add(report.errors, 'permerror', 'the record is not usable: ' .. tostring(verdict.error))
   end
-  if rec then
-    for _, d in ipairs(rec.warnings or {}) do
-      local code = d.code
-      if code ~= 'duplicate_tag' and code ~= 'invalid_policy' and code ~= 'missing_p' then
-        add(report.warnings, code, diag_message(d))
-      end
-    end
-    report.tags = M.effective_tags(rec, mode)
-    if rec.p == 'none' and #(rec.rua or {}) == 0 then
-      add(report.warnings, 'none_without_rua',
-        'p=none without rua: no reports are sent, so the record only says "do nothing"')
-    end
-    if rec.as_none then
-      add(report.warnings, 'as_none', 'an invalid p/sp/np with a valid rua: the whole record acts ' ..
-        'as p=none [EVAL-7]')
-    end
-    if rec.testing then
-      add(report.warnings, 'testing', 't=y: failing mail gets the policy one level lower [POL-4]')
-    end
-    if mode == 'rfc7489' and rec.pct < 100 then
-      add(report.warnings, 'pct', string.format('pct=%d: the policy applies to %d%% of failing mail ' ..
-        '(the rest is treated one level lower) [POL-6]', rec.pct, rec.pct))
-    end
-    if out.policy_domain and out.org_domain then
-      check_destinations(resolver, report, rec, mode, out.policy_domain, out.org_domain)
+  return rec
+end
+
+-- What the applied record's tags mean for a receiver: warnings, the effective tags, the
+-- report destinations checked.
+local function record_warnings(report, rec, mode, out, resolver)
+  for _, d in ipairs(rec.warnings or {}) do
+    local code = d.code
+    if code ~= 'duplicate_tag' and code ~= 'invalid_policy' and code ~= 'missing_p' then
+      add(report.warnings, code, diag_message(d))
     end
   end
+  report.tags = M.effective_tags(rec, mode)
+  if rec.p == 'none' and #(rec.rua or {}) == 0 then
+    add(report.warnings, 'none_without_rua',
+      'p=none without rua: no reports are sent, so the record only says "do nothing"')
+  end
+  if rec.as_none then
+    add(report.warnings, 'as_none', 'an invalid p/sp/np with a valid rua: the whole record acts ' ..
+      'as p=none [EVAL-7]')
+  end
+  if rec.testing then
+    add(report.warnings, 'testing', 't=y: failing mail gets the policy one level lower [POL-4]')
+  end
+  if mode == 'rfc7489' and rec.pct < 100 then
+    add(report.warnings, 'pct', string.format('pct=%d: the policy applies to %d%% of failing mail ' ..
+      '(the rest is treated one level lower) [POL-6]', rec.pct, rec.pct))
+  end
+  if out.policy_domain and out.org_domain then
+    check_destinations(resolver, report, rec, mode, out.policy_domain, out.org_domain)
+  end
+end
+
+--- Inspect @domain: the report table (see the --json output).
+function M.inspect(resolver, domain, mode)
+  local report = {
+    domain = domain, mode = mode, warnings = json.array(), errors = json.array(),
+  }
+  local out, verdict, walk = discover(resolver, domain, mode)
+  if not out then
+    add(report.errors, 'input', tostring(verdict))
+    return report
+  end
+  report.walk = walk
+  report.result = out.result
+  report.policy = out.policy
+  report.applied = out.applied
+  report.policy_domain = out.policy_domain
+  report.org_domain = out.org_domain
+  report.flags = json.array(out.flags or {})
+  lint_walk(report, walk, mode)
+  outcome_errors(report, out, verdict, domain)
+  local rec = applied_record(report, out, verdict, walk, mode)
+  if rec then record_warnings(report, rec, mode, out, resolver) end
   return report
 end
 
