@@ -419,32 +419,33 @@ local function sources_pager(s, dom, q)
   return table.concat(out)
 end
 
---- The dashboard of one policy domain.
--- @param s {table} summary.compute result
--- @param opts {table} days, until_day ('YYYY-MM-DD' or nil)
-function M.render_domain(s, opts)
-  opts = opts or {}
+-- The parts of a domain's page, each a string; `q` is the period part of
+-- the links (HTML-escaped query).
+
+local function domain_head(s, opts)
   local dom = s.domain
-  local q = '&amp;days=' .. s.days .. (opts.until_day and ('&amp;until=' .. url(opts.until_day)) or '')
-  local r = s.readiness
-  local out = {}
-  local function add(x) out[#out + 1] = x end
-  add('<h1>' .. html(dom) .. '</h1>')
-  add(period_form('/domain', { d = dom }, s.days, opts.until_day))
-  add('<p class="hint">' .. html(day_label(s.first_day)) .. ' to ' .. html(day_label(s.last_day))
+  return table.concat({
+    '<h1>' .. html(dom) .. '</h1>',
+    period_form('/domain', { d = dom }, s.days, opts.until_day),
+    '<p class="hint">' .. html(day_label(s.first_day)) .. ' to ' .. html(day_label(s.last_day))
       .. ', ' .. s.days .. ' days; published policy p=' .. html(s.policy.p or 'unknown')
       .. (s.policy.reported_by and (' (latest report: ' .. html(s.policy.reported_by) .. ')') or '')
-      .. '</p>')
-  add('<div class="cards">')
-  add(card('total-messages', s.messages, 'messages'))
-  add(card('pass-rate', pct(s.pass_rate), 'DMARC pass'))
-  add(card('report-count', s.reports, 'reports'))
-  add(card('reporter-count', #s.reporters, 'reporters'))
-  add(card('unaligned-count', s.classes.unaligned, 'SPF/DKIM pass, not aligned'))
-  add(card('spoof-count', s.classes.spoof, 'likely spoofing'))
-  add('</div>')
+      .. '</p>',
+    '<div class="cards">',
+    card('total-messages', s.messages, 'messages'),
+    card('pass-rate', pct(s.pass_rate), 'DMARC pass'),
+    card('report-count', s.reports, 'reports'),
+    card('reporter-count', #s.reporters, 'reporters'),
+    card('unaligned-count', s.classes.unaligned, 'SPF/DKIM pass, not aligned'),
+    card('spoof-count', s.classes.spoof, 'likely spoofing'),
+    '</div>',
+  })
+end
 
-  add('<section id="readiness"><h2>Readiness</h2>')
+local function readiness_section(s, q)
+  local dom, r = s.domain, s.readiness
+  local out = { '<section id="readiness"><h2>Readiness</h2>' }
+  local function add(x) out[#out + 1] = x end
   add(string.format('<div class="verdict %s" id="verdict" data-verdict="%s">p=%s%s: %s</div>',
                     r.verdict, r.verdict, html(r.current), r.next and (' &rarr; ' .. r.next) or '',
                     html(summary.VERDICT_TEXT[r.verdict] or r.verdict)))
@@ -465,64 +466,72 @@ function M.render_domain(s, opts)
     add('</tbody></table>')
   end
   add('</section>')
+  return table.concat(out)
+end
 
-  add('<section><h2>Messages per day</h2>')
-  add(M.volume_chart(s.daily))
-  add('<div class="legend"><span><i class="cls-pass"></i>DMARC pass</span>'
-      .. '<span><i class="cls-spoof"></i>DMARC fail</span></div>')
-  add('<h2>DMARC pass rate</h2>')
-  add(M.rate_chart(s.daily))
-  add('<h2>By class</h2>')
-  add(M.class_chart(s.classes, s.messages))
-  add('<div class="legend">')
+local function charts_section(s)
+  local out = {
+    '<section><h2>Messages per day</h2>', M.volume_chart(s.daily),
+    '<div class="legend"><span><i class="cls-pass"></i>DMARC pass</span>'
+      .. '<span><i class="cls-spoof"></i>DMARC fail</span></div>',
+    '<h2>DMARC pass rate</h2>', M.rate_chart(s.daily),
+    '<h2>By class</h2>', M.class_chart(s.classes, s.messages), '<div class="legend">',
+  }
   for _, c in ipairs(summary.CLASSES) do
-    add(string.format('<span><i class="cls-%s"></i>%s: <b data-class="%s">%d</b></span>', c,
-                      M.CLASS_LABEL[c], c, s.classes[c]))
+    out[#out + 1] = string.format('<span><i class="cls-%s"></i>%s: <b data-class="%s">%d</b></span>',
+                                  c, M.CLASS_LABEL[c], c, s.classes[c])
   end
-  add('</div></section>')
+  out[#out + 1] = '</div></section>'
+  return table.concat(out)
+end
 
-  add('<section><h2>Sources</h2><table id="sources"><thead><tr><th>source IP</th>'
-      .. '<th class="n">messages</th><th class="n">DMARC pass</th><th>class</th>'
-      .. '<th>header From</th><th>SPF</th><th>DKIM</th><th>reporters</th></tr></thead><tbody>')
+local function sources_section(s, q)
+  local dom = s.domain
+  local out = { '<section><h2>Sources</h2><table id="sources"><thead><tr><th>source IP</th>'
+                .. '<th class="n">messages</th><th class="n">DMARC pass</th><th>class</th>'
+                .. '<th>header From</th><th>SPF</th><th>DKIM</th><th>reporters</th></tr></thead>'
+                .. '<tbody>' }
   for _, src in ipairs(s.sources) do
-    add(string.format('<tr data-ip="%s" data-messages="%d"><td>%s</td><td class="n">%d</td>'
-                      .. '<td class="n">%s</td><td><span class="tag">%s</span></td><td>%s</td>'
-                      .. '<td>%s</td><td>%s</td><td>%s</td></tr>', html(src.ip), src.messages,
-                      src.ip == 'other' and 'other' or (source_link(dom, src.ip, q)
-                                                          .. failure_link(s, dom, src.ip, q)),
-                      src.messages,
-                      pct(src.pass_rate), html(src.class), values_cell(src.header_from, 3),
-                      values_cell(src.spf, 3), values_cell(src.dkim, 3),
-                      values_cell(src.reporters, 3)))
+    out[#out + 1] = string.format(
+      '<tr data-ip="%s" data-messages="%d"><td>%s</td><td class="n">%d</td>'
+        .. '<td class="n">%s</td><td><span class="tag">%s</span></td><td>%s</td>'
+        .. '<td>%s</td><td>%s</td><td>%s</td></tr>', html(src.ip), src.messages,
+      src.ip == 'other' and 'other'
+        or (source_link(dom, src.ip, q) .. failure_link(s, dom, src.ip, q)),
+      src.messages, pct(src.pass_rate), html(src.class), values_cell(src.header_from, 3),
+      values_cell(src.spf, 3), values_cell(src.dkim, 3), values_cell(src.reporters, 3))
   end
-  add('</tbody></table>')
-  add(sources_pager(s, dom, q))
-  add('</section>')
+  out[#out + 1] = '</tbody></table>'
+  out[#out + 1] = sources_pager(s, dom, q)
+  out[#out + 1] = '</section>'
+  return table.concat(out)
+end
 
-  local function list_section(id, title, part)
-    add(string.format('<section><h2>%s: <span id="%s-messages">%d</span> messages</h2>', title, id,
-                      part.messages))
-    if #part.sources > 0 then
-      add('<table id="' .. id .. '"><thead><tr><th>source IP</th><th class="n">messages</th>'
-          .. '<th>header From</th><th>reporters</th></tr></thead><tbody>')
-      for _, f in ipairs(part.sources) do
-        add(string.format('<tr><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td></tr>',
-                          source_link(dom, f.ip, q), f.messages, values_cell(f.header_from, 3),
-                          values_cell(f.reporters, 3)))
-      end
-      add('</tbody></table>')
+-- Forwarding or likely spoofing: its messages and sources.
+local function class_section(id, title, part, dom, q)
+  local out = { string.format('<section><h2>%s: <span id="%s-messages">%d</span> messages</h2>',
+                              title, id, part.messages) }
+  if #part.sources > 0 then
+    out[#out + 1] = '<table id="' .. id .. '"><thead><tr><th>source IP</th><th class="n">'
+      .. 'messages</th><th>header From</th><th>reporters</th></tr></thead><tbody>'
+    for _, f in ipairs(part.sources) do
+      out[#out + 1] = string.format('<tr><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td>'
+                                    .. '</tr>', source_link(dom, f.ip, q), f.messages,
+                                    values_cell(f.header_from, 3), values_cell(f.reporters, 3))
     end
-    add('</section>')
+    out[#out + 1] = '</tbody></table>'
   end
-  list_section('forwarding', 'Forwarding (SPF fails, DKIM passes or breaks)', s.forwarding)
-  list_section('spoofing', 'Likely spoofing', s.spoofing)
-  if s.failure_reports and s.failure_reports.reports > 0 then
-    add(failures_section(s.failure_reports, dom, q, false))
-  end
+  out[#out + 1] = '</section>'
+  return table.concat(out)
+end
 
-  add('<section><h2>Reporters</h2><table id="reporters"><thead><tr><th>reporter</th>'
-      .. '<th class="n">reports</th><th class="n">messages</th><th class="n">DMARC pass</th>'
-      .. '</tr></thead><tbody>')
+-- Reporters, and what the totals hold beyond the itemised rows: messages
+-- past the row cap, reports read despite a sender quirk.
+local function reporters_section(s)
+  local out = { '<section><h2>Reporters</h2><table id="reporters"><thead><tr><th>reporter</th>'
+                .. '<th class="n">reports</th><th class="n">messages</th><th class="n">DMARC pass'
+                .. '</th></tr></thead><tbody>' }
+  local function add(x) out[#out + 1] = x end
   for _, rep in ipairs(s.reporters) do
     add(string.format('<tr><td>%s</td><td class="n">%d</td><td class="n">%d</td>'
                       .. '<td class="n">%s</td></tr>', html(rep.org_name), rep.reports,
@@ -544,7 +553,54 @@ function M.render_domain(s, opts)
         .. 'sender quirk): ' .. table.concat(w, ', ') .. '.</p>')
   end
   add('</section>')
+  return table.concat(out)
+end
+
+--- The dashboard of one policy domain.
+-- @param s {table} summary.compute result
+-- @param opts {table} days, until_day ('YYYY-MM-DD' or nil)
+function M.render_domain(s, opts)
+  opts = opts or {}
+  local dom = s.domain
+  local q = '&amp;days=' .. s.days .. (opts.until_day and ('&amp;until=' .. url(opts.until_day)) or '')
+  local out = {
+    domain_head(s, opts), readiness_section(s, q), charts_section(s), sources_section(s, q),
+    class_section('forwarding', 'Forwarding (SPF fails, DKIM passes or breaks)', s.forwarding,
+                  dom, q),
+    class_section('spoofing', 'Likely spoofing', s.spoofing, dom, q),
+  }
+  if s.failure_reports and s.failure_reports.reports > 0 then
+    out[#out + 1] = failures_section(s.failure_reports, dom, q, false)
+  end
+  out[#out + 1] = reporters_section(s)
   return page('DMARC: ' .. dom, table.concat(out))
+end
+
+-- One record of a source's drill-down; a DKIM result without a domain is
+-- named as such ("no signature" when its result is none).
+local function source_row(r)
+  local dk, sp, rs = {}, {}, {}
+  for _, x in ipairs(r.dkim_results) do
+    if x.domain == '' and x.result == 'none' then
+      dk[#dk + 1] = 'no signature'
+    else
+      dk[#dk + 1] = (x.domain ~= '' and html(x.domain) or '(no domain)')
+        .. (x.selector ~= '' and (' s=' .. html(x.selector)) or '') .. ': ' .. html(x.result)
+    end
+  end
+  for _, x in ipairs(r.spf_results) do
+    sp[#sp + 1] = html(x.domain) .. ' (' .. html(x.scope) .. '): ' .. html(x.result)
+  end
+  for _, x in ipairs(r.reasons) do
+    rs[#rs + 1] = html(x.type) .. (x.comment and (': ' .. html(x.comment)) or '')
+  end
+  return string.format('<tr data-count="%d"><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td>'
+                       .. '<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>'
+                       .. '<td>%s</td><td>%s</td><td>%s</td></tr>', r.count,
+                       html(day_label(r.day)), r.count, html(r.class), html(r.header_from),
+                       html(r.envelope_from), html(r.envelope_to or ''), html(r.disposition),
+                       html(r.dkim), html(r.spf), table.concat(dk, '<br>'),
+                       table.concat(sp, '<br>'), table.concat(rs, '<br>'), html(r.org_name))
 end
 
 --- The drill-down of one source of a domain.
@@ -585,30 +641,7 @@ function M.render_source(s, opts)
       .. '<th>envelope To</th><th>disposition</th><th>DKIM aligned</th><th>SPF aligned</th>'
       .. '<th>DKIM results</th><th>SPF results</th><th>reasons</th><th>reporter</th></tr></thead>'
       .. '<tbody>')
-  for _, r in ipairs(d.rows) do
-    local dk, sp, rs = {}, {}, {}
-    for _, x in ipairs(r.dkim_results) do
-      if x.domain == '' and x.result == 'none' then
-        dk[#dk + 1] = 'no signature'
-      else
-        dk[#dk + 1] = (x.domain ~= '' and html(x.domain) or '(no domain)')
-          .. (x.selector ~= '' and (' s=' .. html(x.selector)) or '') .. ': ' .. html(x.result)
-      end
-    end
-    for _, x in ipairs(r.spf_results) do
-      sp[#sp + 1] = html(x.domain) .. ' (' .. html(x.scope) .. '): ' .. html(x.result)
-    end
-    for _, x in ipairs(r.reasons) do
-      rs[#rs + 1] = html(x.type) .. (x.comment and (': ' .. html(x.comment)) or '')
-    end
-    add(string.format('<tr data-count="%d"><td>%s</td><td class="n">%d</td><td>%s</td><td>%s</td>'
-                      .. '<td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td>'
-                      .. '<td>%s</td><td>%s</td><td>%s</td></tr>', r.count,
-                      html(day_label(r.day)), r.count, html(r.class), html(r.header_from),
-                      html(r.envelope_from), html(r.envelope_to or ''), html(r.disposition),
-                      html(r.dkim), html(r.spf), table.concat(dk, '<br>'),
-                      table.concat(sp, '<br>'), table.concat(rs, '<br>'), html(r.org_name)))
-  end
+  for _, r in ipairs(d.rows) do add(source_row(r)) end
   add('</tbody></table></section>')
   if fr and fr.rows and #fr.rows > 0 then add(failures_section(fr, dom, q, true)) end
   return page('DMARC: ' .. d.ip .. ' for ' .. dom, table.concat(out))

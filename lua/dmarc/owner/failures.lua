@@ -133,6 +133,17 @@ function M.is_feedback_report(ctype, params)
     and (params['report-type'] or ''):lower() == 'feedback-report'
 end
 
+-- The id that deduplicates: the same report received twice (or sent to two
+-- ruf addresses) is one record. The Message-ID goes in hashed, never kept.
+local function record_id(rec, message_id)
+  local x = require 'dmarc.xml'
+  local key = table.concat({ rec.reporter or '', rec.source_ip, tostring(rec.arrival), rec.domain,
+                             message_id or '', table.concat(rec.auth_failure, ',') }, '\n')
+  return (x.hmac_sha256('dmarc failure report', key):gsub('.', function(c)
+    return string.format('%02x', c:byte())
+  end)):sub(1, 32)
+end
+
 --- Read one failure report into the record that is kept (redacted).
 -- @param feedback {string} the message/feedback-report part
 -- @param headers {string|nil} the original message's header block
@@ -190,15 +201,7 @@ function M.read(feedback, headers, outer)
     warnings = #warnings > 0 and warnings or nil,
   }
   if rec.delivery_result and not DELIVERY[rec.delivery_result] then rec.delivery_result = 'other' end
-  -- The id that deduplicates: the same report received twice (or sent to two
-  -- ruf addresses) is one record. The Message-ID goes in hashed, never kept.
-  local x = require 'dmarc.xml'
-  local key = table.concat({ rec.reporter or '', ip, tostring(rec.arrival), dom,
-                             first(h, 'message-id') or first(o, 'message-id') or '',
-                             table.concat(rec.auth_failure, ',') }, '\n')
-  rec.id = (x.hmac_sha256('dmarc failure report', key):gsub('.', function(c)
-    return string.format('%02x', c:byte())
-  end)):sub(1, 32)
+  rec.id = record_id(rec, first(h, 'message-id') or first(o, 'message-id'))
   return rec
 end
 
@@ -319,6 +322,40 @@ local function what_failed(rec)
 end
 M.what_failed = what_failed
 
+local function top_values(map)
+  local out = {}
+  for k, v in pairs(map) do out[#out + 1] = { value = k, messages = v } end
+  table.sort(out, function(a, b)
+    if a.messages ~= b.messages then return a.messages > b.messages end
+    return a.value < b.value
+  end)
+  return out
+end
+
+-- One stored record into the totals, its day and its source.
+local function add_record(s, day_index, by_ip, list, rec)
+  local n = tonumber(rec.incidents) or 1
+  s.reports = s.reports + 1
+  s.incidents = s.incidents + n
+  local d = day_index[rec.day]
+  if d then
+    d.reports = d.reports + 1
+    d.incidents = d.incidents + n
+  end
+  local src = by_ip[rec.source_ip]
+  if not src then
+    src = { ip = rec.source_ip, reports = 0, incidents = 0, days = {}, failed = {},
+            header_from = {} }
+    by_ip[rec.source_ip] = src
+    list[#list + 1] = src
+  end
+  src.reports = src.reports + 1
+  src.incidents = src.incidents + n
+  bump(src.days, rec.day, n)
+  bump(src.failed, what_failed(rec), n)
+  bump(src.header_from, rec.header_from, n)
+end
+
 --- Per source IP and day: what the failure reports of the period say.
 -- @param loaded {records, over} from decode
 -- @param days {table} the period's days
@@ -326,7 +363,7 @@ M.what_failed = what_failed
 function M.summarize(loaded, days, opts)
   opts = opts or {}
   local s = { reports = 0, incidents = 0, not_itemised = loaded.over or 0, daily = {},
-              sources = {} }
+              sources = {}, by_ip = {} }
   local day_index = {}
   for i, day in ipairs(days) do
     s.daily[i] = { day = day, reports = 0, incidents = 0 }
@@ -335,26 +372,7 @@ function M.summarize(loaded, days, opts)
   local by_ip, list = {}, {}
   local rows = opts.source and {} or nil
   for _, rec in ipairs(loaded.records) do
-    local n = tonumber(rec.incidents) or 1
-    s.reports = s.reports + 1
-    s.incidents = s.incidents + n
-    local d = day_index[rec.day]
-    if d then
-      d.reports = d.reports + 1
-      d.incidents = d.incidents + n
-    end
-    local src = by_ip[rec.source_ip]
-    if not src then
-      src = { ip = rec.source_ip, reports = 0, incidents = 0, days = {}, failed = {},
-              header_from = {} }
-      by_ip[rec.source_ip] = src
-      list[#list + 1] = src
-    end
-    src.reports = src.reports + 1
-    src.incidents = src.incidents + n
-    bump(src.days, rec.day, n)
-    bump(src.failed, what_failed(rec), n)
-    bump(src.header_from, rec.header_from, n)
+    add_record(s, day_index, by_ip, list, rec)
     if rows and rec.source_ip == opts.source then rows[#rows + 1] = rec end
   end
   table.sort(list, function(a, b)
@@ -362,17 +380,7 @@ function M.summarize(loaded, days, opts)
     return a.ip < b.ip
   end)
   s.source_count = #list
-  s.by_ip = {}
   for _, src in ipairs(list) do s.by_ip[src.ip] = src.reports end
-  local function top(map)
-    local out = {}
-    for k, v in pairs(map) do out[#out + 1] = { value = k, messages = v } end
-    table.sort(out, function(a, b)
-      if a.messages ~= b.messages then return a.messages > b.messages end
-      return a.value < b.value
-    end)
-    return out
-  end
   for i = 1, math.min(opts.top or 20, #list) do
     local src = list[i]
     local per_day = {}
@@ -380,7 +388,7 @@ function M.summarize(loaded, days, opts)
       if src.days[day] then per_day[#per_day + 1] = { day = day, incidents = src.days[day] } end
     end
     s.sources[i] = { ip = src.ip, reports = src.reports, incidents = src.incidents,
-                     failed = top(src.failed), header_from = top(src.header_from),
+                     failed = top_values(src.failed), header_from = top_values(src.header_from),
                      days = per_day }
   end
   if rows then

@@ -256,156 +256,158 @@ local function split_entity(data)
   return data:sub(1, s - 1), data:sub(e + 1)
 end
 
+-- The MIME walk of one message: `w` holds what it found, the parts and
+-- report attachments counted so far, and the bounds already told.
+
+-- One failure entry per bound: the first time it is hit.
+local function over(w, key, message)
+  if w.told[key] then return end
+  w.told[key] = true
+  w.found[#w.found + 1] = { error = message, code = 'limit' }
+end
+
+-- The body parts of a multipart entity (RFC 2046 §5.1), at most max_mime_parts.
+local function split_parts(w, body, cparams)
+  local limits = M.limits
+  local boundary = cparams.boundary
+  if not boundary or boundary == '' or #boundary > 200 then return {} end
+  local delim = '--' .. boundary
+  body = '\n' .. body
+  local pos = 1
+  local starts = {}
+  while true do
+    if #starts > limits.max_mime_parts then
+      over(w, 'parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
+      break
+    end
+    local s, e = body:find('\n' .. delim, pos, true)
+    if not s then break end
+    local closing = body:sub(e + 1, e + 2) == '--'
+    local line_end = body:find('\n', e + 1, true)
+    starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
+                            closing = closing }
+    if closing or not line_end then break end
+    pos = line_end
+  end
+  local parts = {}
+  for i = 1, #starts - 1 do
+    if starts[i].closing then break end
+    parts[#parts + 1] = (body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', ''))
+  end
+  return parts
+end
+
+local function decode_body(h, body)
+  local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
+  if cte == 'base64' then return M.base64_decode(body) end
+  if cte == 'quoted-printable' then return M.qp_decode(body) end
+  return body
+end
+
+-- Counts one report found; false (and a failure entry) past max_attachments.
+local function count_attachment(w)
+  w.attachments = w.attachments + 1
+  if w.attachments <= M.limits.max_attachments then return true end
+  over(w, 'attachments', 'more than ' .. M.limits.max_attachments
+       .. ' report attachments in one message; the rest not read')
+  return false
+end
+
+-- A failure report (RFC 6591: multipart/report; report-type=
+-- feedback-report): its feedback fields and the original message's header
+-- block; the original body is never taken.
+local function take_feedback(w, outer, body, cparams)
+  local limits = M.limits
+  local fb = { outer = outer }
+  for _, part in ipairs(split_parts(w, body, cparams)) do
+    local ph, pb = split_entity(part)
+    if #ph <= limits.max_header then
+      local h = parse_headers(ph)
+      local ctype = header_params(h['content-type'] or 'text/plain')
+      if ctype == 'message/feedback-report' and not fb.feedback then
+        fb.feedback = decode_body(h, pb):sub(1, limits.max_header)
+      elseif ctype == 'text/rfc822-headers' and not fb.headers then
+        fb.headers = decode_body(h, pb):sub(1, limits.max_header)
+      elseif (ctype == 'message/rfc822' or ctype == 'message/rfc822-headers')
+          and not fb.headers then
+        fb.headers = (split_entity(pb)):sub(1, limits.max_header)
+      end
+    end
+  end
+  if not count_attachment(w) then return end
+  if not fb.feedback then
+    w.found[#w.found + 1] = { error = 'a multipart/report without a message/feedback-report part',
+                              code = 'invalid' }
+    return
+  end
+  w.found[#w.found + 1] = { failure = fb }
+end
+
+-- A leaf part: taken when it is gzip, zip or XML by media type or file name.
+local function take_leaf(w, h, ctype, cparams, body)
+  local limits = M.limits
+  local _, dparams = header_params(h['content-disposition'])
+  local filename = dparams.filename or cparams.name or ''
+  local lname = filename:lower()
+  local by_name = lname:match('%.xml$') or lname:match('%.gz$') or lname:match('%.zip$')
+  if not REPORT_TYPES[ctype] and not by_name then return end
+  if not count_attachment(w) then return end
+  local name = clip(filename, limits.max_text)
+  if #body > limits.max_input * 4 / 3 + 4096 then
+    w.found[#w.found + 1] = { error = 'attachment ' .. text_util.shown(name)
+                              .. ' over the size limit', code = 'limit' }
+    return
+  end
+  w.found[#w.found + 1] = { content_type = ctype, filename = name, data = decode_body(h, body) }
+end
+
+local function walk(w, entity, depth)
+  local limits = M.limits
+  if depth > limits.max_mime_depth then
+    over(w, 'depth', 'a part nested deeper than ' .. limits.max_mime_depth
+         .. ' MIME levels (forwarded too many times); not read')
+    return
+  end
+  w.parts_seen = w.parts_seen + 1
+  if w.parts_seen > limits.max_mime_parts then
+    over(w, 'parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
+    return
+  end
+  local head, body = split_entity(entity)
+  if #head > limits.max_header then
+    over(w, 'header', 'a MIME header block over ' .. limits.max_header .. ' bytes; part not read')
+    return
+  end
+  local h = parse_headers(head)
+  local ctype, cparams = header_params(h['content-type'] or 'text/plain')
+  if ctype == 'multipart/report' and (cparams['report-type'] or ''):lower() == 'feedback-report' then
+    return take_feedback(w, head, body, cparams)
+  end
+  if ctype:match('^multipart/') then
+    for _, part in ipairs(split_parts(w, body, cparams)) do walk(w, part, depth + 1) end
+    return
+  end
+  if ctype == 'message/rfc822' then return walk(w, body, depth + 1) end
+  take_leaf(w, h, ctype, cparams, body)
+end
+
 --- Report attachments of an e-mail (RFC 5322 + MIME): the decoded content
 -- of every part that is gzip, zip or XML by media type or file name, in
--- order; multipart and message/rfc822 (forwarded reports, forwarded again)
--- are walked. Every bound that stops the walk (max_attachments,
--- max_mime_parts, max_mime_depth, max_header, an attachment over the size
--- limit) is an entry of its own, {error = message, code = 'limit'}, so the
--- caller reports it: nothing is dropped silently.
--- @return array of {content_type, filename, data} or {error, code}; or nil,
---   msg, code when the message carries nothing to read
+-- order, and every failure report (multipart/report); multipart and
+-- message/rfc822 (forwarded reports, forwarded again) are walked. Every
+-- bound that stops the walk (max_attachments, max_mime_parts,
+-- max_mime_depth, max_header, an attachment over the size limit) is an
+-- entry of its own, {error = message, code = 'limit'}, so the caller reports
+-- it: nothing is dropped silently.
+-- @return array of {content_type, filename, data}, {failure = {feedback,
+--   headers, outer}} or {error, code}; or nil, msg, code when the message
+--   carries nothing to read
 function M.mime_attachments(msg)
-  local limits = M.limits
-  local found, parts_seen, attachments = {}, 0, 0
-  local told = {}
-
-  -- One failure entry per bound: the first time it is hit.
-  local function over(key, message)
-    if told[key] then return end
-    told[key] = true
-    found[#found + 1] = { error = message, code = 'limit' }
-  end
-
-  local walk
-
-  -- The body parts of a multipart entity (RFC 2046 §5.1), at most max_mime_parts.
-  local function split_parts(body, cparams)
-    local boundary = cparams.boundary
-    if not boundary or boundary == '' or #boundary > 200 then return {} end
-    local delim = '--' .. boundary
-    body = '\n' .. body
-    local pos = 1
-    local starts = {}
-    while true do
-      if #starts > limits.max_mime_parts then
-        over('parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
-        break
-      end
-      local s, e = body:find('\n' .. delim, pos, true)
-      if not s then break end
-      local closing = body:sub(e + 1, e + 2) == '--'
-      local line_end = body:find('\n', e + 1, true)
-      starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
-                              closing = closing }
-      if closing or not line_end then break end
-      pos = line_end
-    end
-    local parts = {}
-    for i = 1, #starts - 1 do
-      if starts[i].closing then break end
-      parts[#parts + 1] = (body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', ''))
-    end
-    return parts
-  end
-
-  local function decode_body(h, body)
-    local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
-    if cte == 'base64' then return M.base64_decode(body) end
-    if cte == 'quoted-printable' then return M.qp_decode(body) end
-    return body
-  end
-
-  -- A failure report (RFC 6591: multipart/report; report-type=
-  -- feedback-report): its feedback fields and the original message's header
-  -- block; the original body is never taken.
-  local function take_feedback(outer, body, cparams)
-    local fb = { outer = outer }
-    for _, part in ipairs(split_parts(body, cparams)) do
-      local ph, pb = split_entity(part)
-      if #ph <= limits.max_header then
-        local h = parse_headers(ph)
-        local ctype = header_params(h['content-type'] or 'text/plain')
-        if ctype == 'message/feedback-report' and not fb.feedback then
-          fb.feedback = decode_body(h, pb):sub(1, limits.max_header)
-        elseif ctype == 'text/rfc822-headers' and not fb.headers then
-          fb.headers = decode_body(h, pb):sub(1, limits.max_header)
-        elseif (ctype == 'message/rfc822' or ctype == 'message/rfc822-headers')
-            and not fb.headers then
-          fb.headers = (split_entity(pb)):sub(1, limits.max_header)
-        end
-      end
-    end
-    attachments = attachments + 1
-    if attachments > limits.max_attachments then
-      over('attachments', 'more than ' .. limits.max_attachments
-           .. ' reports in one message; the rest not read')
-      return
-    end
-    if not fb.feedback then
-      found[#found + 1] = { error = 'a multipart/report without a message/feedback-report part',
-                            code = 'invalid' }
-      return
-    end
-    found[#found + 1] = { failure = fb }
-  end
-
-  local function walk_multipart(body, cparams, depth)
-    for _, part in ipairs(split_parts(body, cparams)) do walk(part, depth + 1) end
-  end
-
-  local function take_leaf(h, ctype, cparams, body)
-    local _, dparams = header_params(h['content-disposition'])
-    local filename = dparams.filename or cparams.name or ''
-    local lname = filename:lower()
-    local by_name = lname:match('%.xml$') or lname:match('%.gz$') or lname:match('%.zip$')
-    if not REPORT_TYPES[ctype] and not by_name then return end
-    attachments = attachments + 1
-    if attachments > limits.max_attachments then
-      over('attachments', 'more than ' .. limits.max_attachments
-           .. ' report attachments in one message; the rest not read')
-      return
-    end
-    local name = clip(filename, limits.max_text)
-    if #body > limits.max_input * 4 / 3 + 4096 then
-      found[#found + 1] = { error = 'attachment ' .. text_util.shown(name) .. ' over the size limit',
-                            code = 'limit' }
-      return
-    end
-    found[#found + 1] = { content_type = ctype, filename = name, data = decode_body(h, body) }
-  end
-
-  walk = function(entity, depth)
-    if depth > limits.max_mime_depth then
-      over('depth', 'a part nested deeper than ' .. limits.max_mime_depth
-           .. ' MIME levels (forwarded too many times); not read')
-      return
-    end
-    parts_seen = parts_seen + 1
-    if parts_seen > limits.max_mime_parts then
-      over('parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
-      return
-    end
-    local head, body = split_entity(entity)
-    if #head > limits.max_header then
-      over('header', 'a MIME header block over ' .. limits.max_header .. ' bytes; part not read')
-      return
-    end
-    local h = parse_headers(head)
-    local ctype, cparams = header_params(h['content-type'] or 'text/plain')
-    if ctype == 'multipart/report'
-        and (cparams['report-type'] or ''):lower() == 'feedback-report' then
-      return take_feedback(head, body, cparams)
-    end
-    if ctype:match('^multipart/') then return walk_multipart(body, cparams, depth) end
-    if ctype == 'message/rfc822' then return walk(body, depth + 1) end
-    take_leaf(h, ctype, cparams, body)
-  end
-
   if type(msg) ~= 'string' then error('mime_attachments: string expected', 2) end
-  walk(msg, 1)
-  if #found == 0 then return nil, 'no report attachment in the message', 'no_report' end
-  return found
+  local w = { found = {}, parts_seen = 0, attachments = 0, told = {} }
+  walk(w, msg, 1)
+  if #w.found == 0 then return nil, 'no report attachment in the message', 'no_report' end
+  return w.found
 end
 
 -- Whether bytes are a zlib stream (RFC 1950 §2.2: CM 8, the check bits).
@@ -418,85 +420,88 @@ local function is_zlib(data)
     and math.floor(flg / 32) % 2 == 0
 end
 
+-- Bytes to XML through up to max_layers of compression (z: the dmarc.xml
+-- module and the output bounds); warnings collect the quirks met.
+-- @return xml, or nil, message, code (nil, nil, 'format' for bytes that are
+--   no archive at the first layer)
+local function decompress(z, bytes, layer, warnings)
+  local kind = M.sniff(bytes)
+  if kind == 'xml' or kind == 'xml16' then
+    if #bytes > z.max_output then return nil, 'XML over the size limit', 'limit' end
+    if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
+    return bytes
+  end
+  local zlib = kind == nil and is_zlib(bytes)
+  if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
+    if layer > 1 then return nil, 'compressed content is not XML', 'format' end
+    return nil, nil, 'format'
+  end
+  if layer > M.limits.max_layers then
+    return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
+  end
+  local out, err, code
+  if kind == 'zip' then
+    out, err, code = z.x.unzip(bytes, { max_output = z.max_output, max_ratio = z.max_ratio })
+    if not out then
+      local broken = code == 'zip' or code == 'corrupt' or code == 'truncated' or code == 'crc'
+      return nil, (broken and 'corrupt zip: ' or 'zip: ') .. err, code
+    end
+  else
+    out, err, code = z.x.inflate(bytes, { format = zlib and 'zlib' or 'gzip',
+                                          max_output = z.max_output, max_ratio = z.max_ratio })
+    if not out then return nil, (zlib and 'zlib: ' or 'gzip: ') .. err, code end
+    if zlib then warnings[#warnings + 1] = 'zlib' end
+  end
+  if layer > 1 then warnings[#warnings + 1] = 'nested_compression' end
+  local got, e, c = decompress(z, out, layer + 1, warnings)
+  if not got and not e then
+    return nil, (kind or 'zlib') .. ' content is not XML', 'format'
+  end
+  return got, e, c
+end
+
+-- One document or attachment as an item. A name that says zip or gzip for
+-- bytes that are neither is a broken archive, not "not a report".
+local function unwrap_item(z, bytes, part, file_name)
+  local warnings = {}
+  local xml, err, code = decompress(z, bytes, 1, warnings)
+  if xml then return { xml = xml, warnings = warnings, part = part } end
+  if not err then
+    local lname = (file_name or ''):lower()
+    if bytes:sub(1, 2) == 'PK' or lname:match('%.zip$') then
+      err, code = 'corrupt zip: no zip signature', 'corrupt'
+    elseif lname:match('%.gz$') or lname:match('%.gzip$') then
+      err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
+    else
+      err = part and 'attachment is not a report (XML, gzip or zip)'
+        or 'not a report (XML, gzip, zip, e-mail or mbox)'
+    end
+  end
+  return { error = err, code = code, part = part }
+end
+
 --- The report documents in some bytes: plain XML, gzip (also gzip inside
--- gzip), a zlib stream, zip, or an e-mail carrying any of those. Every
--- attachment gives one item, read or failed: a broken attachment beside a
--- good one is reported, never skipped.
+-- gzip), a zlib stream, zip, or an e-mail carrying any of those (and
+-- failure reports). Every attachment gives one item, read or failed: a
+-- broken attachment beside a good one is reported, never skipped.
 -- @param data {string}
 -- @param opts {table|nil} max_xml, max_ratio (limits by default)
 -- @param name {string|nil} the file name, for a better reason
--- @return array of {xml = string, warnings = {code...}, part = label} or
---   {error = message, code = code, part = label}; never empty
+-- @return array of {xml = string, warnings = {code...}, part = label},
+--   {failure = ..., part = label} or {error = message, code = code, part =
+--   label}; never empty
 function M.unwrap(data, opts, name)
   opts = opts or {}
   local x = xmlmod()
-  if not x then return { { error = 'the dmarc.xml module is not built', code = 'unavailable' } } end
-  local max_output = opts.max_xml or M.limits.max_xml
-  local max_ratio = opts.max_ratio or M.limits.max_ratio
-
-  -- bytes → {xml, warnings} or nil, message, code
-  local function decompress(bytes, layer, warnings)
-    local kind = M.sniff(bytes)
-    if kind == 'xml' or kind == 'xml16' then
-      if #bytes > max_output then return nil, 'XML over the size limit', 'limit' end
-      if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
-      return bytes
-    end
-    local zlib = kind == nil and is_zlib(bytes)
-    if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
-      if layer > 1 then return nil, 'compressed content is not XML', 'format' end
-      return nil, nil, 'format'
-    end
-    if layer > M.limits.max_layers then
-      return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
-    end
-    local out, err, code
-    if kind == 'zip' then
-      out, err, code = x.unzip(bytes, { max_output = max_output, max_ratio = max_ratio })
-      if not out then
-        local broken = code == 'zip' or code == 'corrupt' or code == 'truncated' or code == 'crc'
-        return nil, (broken and 'corrupt zip: ' or 'zip: ') .. err, code
-      end
-    else
-      out, err, code = x.inflate(bytes, { format = zlib and 'zlib' or 'gzip',
-                                          max_output = max_output, max_ratio = max_ratio })
-      if not out then return nil, (zlib and 'zlib: ' or 'gzip: ') .. err, code end
-      if zlib then warnings[#warnings + 1] = 'zlib' end
-    end
-    if layer > 1 then warnings[#warnings + 1] = 'nested_compression' end
-    local got, e, c = decompress(out, layer + 1, warnings)
-    if not got and not e then
-      return nil, (kind or 'zlib') .. ' content is not XML', 'format'
-    end
-    return got, e, c
-  end
-
-  -- A name that says zip or gzip for bytes that are neither is a broken
-  -- archive, not "not a report".
-  local function item(bytes, part, file_name)
-    local warnings = {}
-    local xml, err, code = decompress(bytes, 1, warnings)
-    if xml then return { xml = xml, warnings = warnings, part = part } end
-    if not err then
-      local lname = (file_name or ''):lower()
-      if bytes:sub(1, 2) == 'PK' or lname:match('%.zip$') then
-        err, code = 'corrupt zip: no zip signature', 'corrupt'
-      elseif lname:match('%.gz$') or lname:match('%.gzip$') then
-        err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
-      else
-        err = part and 'attachment is not a report (XML, gzip or zip)'
-          or 'not a report (XML, gzip, zip, e-mail or mbox)'
-      end
-    end
-    return { error = err, code = code, part = part }
-  end
-
+  if not x then return { { error = 'the dmarc.xml module is not built', code = 'config' } } end
+  local z = { x = x, max_output = opts.max_xml or M.limits.max_xml,
+              max_ratio = opts.max_ratio or M.limits.max_ratio }
   if type(data) ~= 'string' then error('ingest.unwrap: string expected', 2) end
   local kind = M.sniff(data)
   if kind == 'mbox' then
     return { { error = 'an mbox file: give its path (or use ingest_mbox)', code = 'format' } }
   end
-  if kind ~= 'mime' then return { item(data, nil, name) } end
+  if kind ~= 'mime' then return { unwrap_item(z, data, nil, name) } end
   local parts, err, code = M.mime_attachments(data)
   if not parts then return { { error = err, code = code } } end
   local items = {}
@@ -508,7 +513,7 @@ function M.unwrap(data, opts, name)
     elseif p.error then
       items[#items + 1] = { error = p.error, code = p.code, part = p.filename and label or nil }
     else
-      items[#items + 1] = item(p.data, label, p.filename)
+      items[#items + 1] = unwrap_item(z, p.data, label, p.filename)
     end
   end
   return items

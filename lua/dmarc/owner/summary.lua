@@ -613,11 +613,9 @@ local function values(list, n)
   return table.concat(out, ', ')
 end
 
---- The summary as text for a terminal.
-function M.text(s)
-  local out = {}
-  local function line(...) out[#out + 1] = table.concat({ ... }) end
-  local r = s.readiness
+-- The parts of the text summary; each adds lines through line(...).
+
+local function text_totals(s, line)
   line('DMARC summary for ', s.domain, ': ', day_text(s.first_day), ' to ', day_text(s.last_day),
        ' (', s.days, ' days)')
   line('')
@@ -641,6 +639,10 @@ function M.text(s)
     for i, x in ipairs(warned) do w[i] = text.shown(x.value) .. ' ' .. x.messages end
     line('reports stored with a warning (docs/ingest.md): ', table.concat(w, ', '))
   end
+end
+
+local function text_readiness(s, line)
+  local r = s.readiness
   line('')
   line('readiness: p=', text.shown(r.current), r.next and (' -> ' .. r.next) or '', ': ',
        M.VERDICT_TEXT[r.verdict] or r.verdict)
@@ -653,6 +655,9 @@ function M.text(s)
                        f.at_risk, pct(f.share), f.class))
     for _, h in ipairs(f.hints) do line('       ', M.hint_text(h, s.domain)) end
   end
+end
+
+local function text_sources(s, line)
   line('')
   line('top sources:')
   line(string.format('  %-40s %9s %7s  %-16s %s', 'source', 'messages', 'pass', 'class',
@@ -664,10 +669,13 @@ function M.text(s)
     if #src.dkim > 0 then line(string.rep(' ', 77), 'DKIM ', values(src.dkim, 2)) end
   end
   local shown_to = s.source_offset + #s.sources
-  if shown_to < s.source_count or s.source_offset > 0 then
+  if s.source_count > 0 and (shown_to < s.source_count or s.source_offset > 0) then
     line(string.format('  (sources %d to %d of %d; --top N lists more)', s.source_offset + 1,
                        shown_to, s.source_count))
   end
+end
+
+local function text_failing(s, line)
   line('')
   line(string.format('forwarding (SPF fails, DKIM passes or breaks): %d messages',
                      s.forwarding.messages))
@@ -690,12 +698,26 @@ function M.text(s)
     if i > 5 then break end
     line('  ', text.shown(f.ip), ': ', f.incidents, ' (', values(f.failed, 2), ')')
   end
+end
+
+local function text_reporters(s, line)
   line('')
   line('per reporter:')
   for _, rep in ipairs(s.reporters) do
     line(string.format('  %-40s %5d reports %9d messages %7s pass', text.shown(rep.org_name),
                        rep.reports, rep.messages, pct(rep.pass_rate)))
   end
+end
+
+--- The summary as text for a terminal.
+function M.text(s)
+  local out = {}
+  local function line(...) out[#out + 1] = table.concat({ ... }) end
+  text_totals(s, line)
+  text_readiness(s, line)
+  text_sources(s, line)
+  text_failing(s, line)
+  text_reporters(s, line)
   return table.concat(out, '\n') .. '\n'
 end
 

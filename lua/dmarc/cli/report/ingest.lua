@@ -105,47 +105,47 @@ local function tell(path, r)
   end
 end
 
---- Entry point: run(args) → exit status.
-function M.run(args)
+-- A whole number of days in 1..3660 from an option (or the config file).
+local function days_option(o, conf, name, default)
+  local n = tonumber(options.setting(o, conf, name, default))
+  if not n or n < 1 or n > 3660 or n % 1 ~= 0 then return nil end
+  return n
+end
+
+-- The ingest options from the command line and the config file.
+-- @return opts for ingest.ingest_files (without progress/on_result), or nil, message
+local function ingest_options(o, conf)
   local ingest = require 'dmarc.owner.ingest'
-  local summary = require 'dmarc.owner.summary'
-  local o, rest, conf = common.report_start('ingest', args, SPEC, USAGE)
-  if not o then return rest end -- --help or a usage error: rest is the exit status
-  if #rest == 0 then return die('no PATH given (see --help)', 2) end
-  local prefix = common.report_prefix(o, conf)
-  if not prefix then return die('invalid --prefix', 2) end
-  local own, bad = domain_list(options.setting(o, conf, 'own', conf.own_domains))
-  if not own then return die('invalid domain in --own: ' .. text.shown(bad), 2) end
-  local retention = tonumber(options.setting(o, conf, 'retention-days', ingest.defaults.ttl / 86400))
-  if not retention or retention < 1 or retention > 3660 or retention % 1 ~= 0 then
-    return die('--retention-days must be 1..3660', 2)
-  end
   local failures = require 'dmarc.owner.failures'
-  local fail_days = tonumber(options.setting(o, conf, 'failure-retention-days',
-                                          failures.defaults.ttl / 86400))
-  if not fail_days or fail_days < 1 or fail_days > 3660 or fail_days % 1 ~= 0 then
-    return die('--failure-retention-days must be 1..3660', 2)
-  end
+  local prefix = common.report_prefix(o, conf)
+  if not prefix then return nil, 'invalid --prefix' end
+  local own, bad = domain_list(options.setting(o, conf, 'own', conf.own_domains))
+  if not own then return nil, 'invalid domain in --own: ' .. text.shown(bad) end
+  local retention = days_option(o, conf, 'retention-days', ingest.defaults.ttl / 86400)
+  if not retention then return nil, '--retention-days must be 1..3660' end
+  local fail_days = days_option(o, conf, 'failure-retention-days', failures.defaults.ttl / 86400)
+  if not fail_days then return nil, '--failure-retention-days must be 1..3660' end
   local max_size = tonumber(options.setting(o, conf, 'max-size', ingest.limits.max_input))
   if not max_size or max_size < 1024 or max_size > 2 ^ 31 - 1 then
-    return die('--max-size must be 1024..2147483647', 2)
+    return nil, '--max-size must be 1024..2147483647'
   end
   local salt
   if o['hash-envelope-to'] or conf.hash_envelope_to then
     local serr
     salt, serr = read_salt(o, conf)
-    if not salt then return die(serr, 2) end
+    if not salt then return nil, serr end
   end
-  local files, missing = ingest.expand_paths(rest)
-  local conn, err = connect.from_options(o, conf)
-  if not conn then return die('Redis: ' .. tostring(err), 1) end
+  return { prefix = prefix, ttl = retention * 86400, own = #own > 0 and own or nil,
+           failure_ttl = fail_days * 86400,
+           refuse_foreign = o['refuse-foreign'] or conf.refuse_foreign, hash_salt = salt,
+           max_input = max_size, max_xml = max_size }
+end
 
-  local clock = common.clock()
+-- The progress line on stderr, at most every 2 seconds (and a final one).
+local function progress_writer(clock, nfiles)
   local started = clock()
   local last = started
-  local quiet = o.quiet
-  local function progress(stats, final)
-    if quiet then return end
+  return function(stats, final)
     local now = clock()
     if not final and now - last < 2 then return end
     last = now
@@ -153,27 +153,39 @@ function M.run(args)
     local fr = stats.failure_reports
     io.stderr:write(string.format('ingest: %d/%d files, %d reports (%d new, %d duplicate, '
                                   .. '%d refused), %d records, %d failed, %.0f records/s%s\n',
-                                  stats.files, #files, stats.reports, stats.stored,
+                                  stats.files, nfiles, stats.reports, stats.stored,
                                   stats.duplicates, stats.refused, stats.records, stats.errors,
                                   secs > 0 and stats.records / secs or 0,
                                   (fr.stored + fr.duplicates + fr.refused > 0) and string.format(
                                     '; failure reports %d new, %d duplicate, %d refused',
                                     fr.stored, fr.duplicates, fr.refused) or ''))
   end
-  local stats = ingest.ingest_files(conn, files, {
-    prefix = prefix, ttl = retention * 86400, own = #own > 0 and own or nil,
-    failure_ttl = fail_days * 86400,
-    refuse_foreign = o['refuse-foreign'] or conf.refuse_foreign, hash_salt = salt,
-    max_input = max_size, max_xml = max_size,
-    progress = progress,
-    on_result = function(path, r)
-      if not quiet then tell(path, r) end
-    end,
-  })
+end
+
+--- Entry point: run(args) → exit status.
+function M.run(args)
+  local ingest = require 'dmarc.owner.ingest'
+  local summary = require 'dmarc.owner.summary'
+  local o, rest, conf = common.report_start('ingest', args, SPEC, USAGE)
+  if not o then return rest end -- --help or a usage error: rest is the exit status
+  if #rest == 0 then return die('no PATH given (see --help)', 2) end
+  local opts, oerr = ingest_options(o, conf)
+  if not opts then return die(oerr, 2) end
+  local files, missing = ingest.expand_paths(rest)
+  local conn, err = connect.from_options(o, conf)
+  if not conn then return die('Redis: ' .. tostring(err), 1) end
+
+  local clock = common.clock()
+  local started = clock()
+  local quiet = o.quiet
+  local progress = quiet and function() end or progress_writer(clock, #files)
+  opts.progress = progress
+  opts.on_result = not quiet and tell or nil
+  local stats = ingest.ingest_files(conn, files, opts)
   if conn.close then pcall(conn.close, conn) end
   for _, m in ipairs(missing) do
     ingest.account(stats, m.path, { status = 'error', code = m.code, message = m.message },
-                   { on_result = not quiet and tell or nil })
+                   { on_result = opts.on_result })
   end
   stats.seconds = clock() - started
   progress(stats, true)
