@@ -310,19 +310,15 @@ static int lio_query(lua_State *L)
     const dmarc_dns_answer *a = lio_ask(L, r, 2, 3);
     size_t i;
     lua_createtable(L, 0, 6);
-    lua_pushstring(L, dmarc_rcode_name(a->rcode));
-    lua_setfield(L, -2, "rcode");
+    ldmarc_set_cstring(L, "rcode", dmarc_rcode_name(a->rcode));
     lua_pushinteger(L, (lua_Integer)a->ttl);
     lua_setfield(L, -2, "ttl");
-    lua_pushstring(L, a->name);
-    lua_setfield(L, -2, "name");
+    ldmarc_set_cstring(L, "name", a->name);
     lua_pushinteger(L, (lua_Integer)a->cname_hops);
     lua_setfield(L, -2, "cname_hops");
-    lua_pushboolean(L, a->from_cache);
-    lua_setfield(L, -2, "from_cache");
+    ldmarc_set_bool(L, "from_cache", a->from_cache);
     if (a->problem != NULL) {
-        lua_pushstring(L, a->problem);
-        lua_setfield(L, -2, "problem");
+        ldmarc_set_cstring(L, "problem", a->problem);
     }
     lua_createtable(L, (int)a->count, 0);
     for (i = 0; i < a->count; i++) {
@@ -420,14 +416,10 @@ static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
     if (st != DMARC_OK)
         return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
     lua_createtable(L, 0, 7);
-    lua_pushstring(L, dmarc_auth_name(res.result));
-    lua_setfield(L, -2, "result");
-    lua_pushstring(L, res.domain);
-    lua_setfield(L, -2, "domain");
-    lua_pushstring(L, res.is_helo ? "helo" : "mfrom");
-    lua_setfield(L, -2, "scope");
-    lua_pushstring(L, res.reason);
-    lua_setfield(L, -2, "reason");
+    ldmarc_set_cstring(L, "result", dmarc_auth_name(res.result));
+    ldmarc_set_cstring(L, "domain", res.domain);
+    ldmarc_set_cstring(L, "scope", res.is_helo ? "helo" : "mfrom");
+    ldmarc_set_cstring(L, "reason", res.reason);
     lua_pushinteger(L, (lua_Integer)res.dns_terms);
     lua_setfield(L, -2, "dns_terms");
     lua_pushinteger(L, (lua_Integer)res.void_lookups);
@@ -439,10 +431,8 @@ static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
             const dmarc_spf_question *q = dmarc_spf_question_at(spf, i);
             const char *tname = dmarc_dns_type_name(q->type);
             lua_createtable(L, 0, 2);
-            lua_pushstring(L, q->name);
-            lua_setfield(L, -2, "name");
-            lua_pushstring(L, tname != NULL ? tname : "TXT");
-            lua_setfield(L, -2, "type");
+            ldmarc_set_cstring(L, "name", q->name);
+            ldmarc_set_cstring(L, "type", tname != NULL ? tname : "TXT");
             lua_rawseti(L, -2, (int)i + 1);
         }
         lua_setfield(L, -2, "questions");
@@ -502,26 +492,17 @@ static int lio_dkim(lua_State *L)
     for (i = 0; i < res->count; i++) {
         const dmarc_dkim_sig *s = &res->sigs[i];
         lua_createtable(L, 0, 10);
-        lua_pushstring(L, s->domain);
-        lua_setfield(L, -2, "domain");
-        lua_pushstring(L, s->selector);
-        lua_setfield(L, -2, "selector");
-        lua_pushstring(L, dmarc_auth_name(s->result));
-        lua_setfield(L, -2, "result");
-        lua_pushstring(L, s->reason);
-        lua_setfield(L, -2, "reason");
-        lua_pushstring(L, s->algorithm);
-        lua_setfield(L, -2, "algorithm");
-        lua_pushstring(L, s->b);
-        lua_setfield(L, -2, "b");
+        ldmarc_set_cstring(L, "domain", s->domain);
+        ldmarc_set_cstring(L, "selector", s->selector);
+        ldmarc_set_cstring(L, "result", dmarc_auth_name(s->result));
+        ldmarc_set_cstring(L, "reason", s->reason);
+        ldmarc_set_cstring(L, "algorithm", s->algorithm);
+        ldmarc_set_cstring(L, "b", s->b);
         lua_pushinteger(L, (lua_Integer)s->key_bits);
         lua_setfield(L, -2, "key_bits");
-        lua_pushboolean(L, s->verified);
-        lua_setfield(L, -2, "verified");
-        lua_pushboolean(L, s->body_truncated);
-        lua_setfield(L, -2, "body_truncated");
-        lua_pushboolean(L, s->unsigned_from);
-        lua_setfield(L, -2, "unsigned_from");
+        ldmarc_set_bool(L, "verified", s->verified);
+        ldmarc_set_bool(L, "body_truncated", s->body_truncated);
+        ldmarc_set_bool(L, "unsigned_from", s->unsigned_from);
         lua_rawseti(L, -2, (int)i + 1);
     }
     lua_setfield(L, -2, "signatures");

@@ -136,8 +136,7 @@ static void release_reply_guard(lua_State *L, redisReply **box, int idx)
 static void push_error_marker(lua_State *L, const char *msg, size_t len)
 {
     lua_createtable(L, 0, 1);
-    lua_pushlstring(L, msg, len);
-    lua_setfield(L, -2, "err");
+    ldmarc_set_string(L, "err", msg, len);
 }
 
 /* Pushes one reply. in_table: nil -> false and error -> {err=} (no holes in
@@ -155,8 +154,7 @@ static void push_reply(lua_State *L, const redisReply *r, int depth, int in_tabl
         break;
     case REDIS_REPLY_STATUS:
         lua_createtable(L, 0, 1);
-        lua_pushlstring(L, r->str, r->len);
-        lua_setfield(L, -2, "ok");
+        ldmarc_set_string(L, "ok", r->str, r->len);
         break;
     case REDIS_REPLY_ERROR:
         push_error_marker(L, r->str, r->len);

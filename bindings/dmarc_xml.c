@@ -937,11 +937,9 @@ static int ldmarc_xml_parse(lua_State *L)
         lua_newtable(L);
     }
     lua_createtable(L, 0, 6);
-    lua_pushlstring(L, st->root->name->s, st->root->name->len);
-    lua_setfield(L, -2, "root");
+    ldmarc_set_string(L, "root", st->root->name->s, st->root->name->len);
     if (st->root_ns != NULL) {
-        lua_pushstring(L, st->root_ns);
-        lua_setfield(L, -2, "ns");
+        ldmarc_set_cstring(L, "ns", st->root_ns);
     }
     lua_pushinteger(L, (lua_Integer)st->elements);
     lua_setfield(L, -2, "elements");
