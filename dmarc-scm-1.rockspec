@@ -21,6 +21,7 @@ callback-style drivers run the query loop, and `dmarc eval` evaluates
 messages described as JSON lines.
 ]],
   labels = { 'email', 'dmarc', 'rspamd' },
+  license = 'MIT',
 }
 
 dependencies = {

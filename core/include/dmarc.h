@@ -18,7 +18,10 @@
 ** - Objects are not thread-safe; a `dmarc_ctx` is immutable after creation
 **   and may be shared read-only across threads.
 **
-** Rule IDs in brackets ([DISC-5], ...) refer to the project's standards digest.
+** Rule IDs in brackets ([DISC-5], ...) are listed with their RFC sections in
+** docs/conformance.md.
+**
+** SPDX-License-Identifier: MIT (see LICENSE; copyright lua-dmarc contributors)
 */
 #ifndef DMARC_H
 #define DMARC_H

@@ -2,7 +2,7 @@
 ** Evaluations end to end through the NEED_DNS loop: discovery (RFC 9989
 ** tree walk, RFC 7489 PSL), alignment, policy, several author domains, the
 ** query loop's contract, the cache, limits and failing allocations.
-** Rule IDs refer to /work/shared/standards.md; "#n" to its section 15.
+** Rule IDs and the acceptance vectors "#n" are listed in docs/conformance.md.
 */
 #include <stdarg.h>
 #include <stddef.h>

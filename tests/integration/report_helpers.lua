@@ -9,7 +9,7 @@ local M = {}
 
 M.ROOT = os.getenv('PWD') or '.'
 M.BIN = M.ROOT .. '/bin/dmarc'
-M.SCHEMAS = M.ROOT .. '/../shared/schemas'
+M.SCHEMAS = M.ROOT .. '/tests/fixtures/schemas'
 
 function M.tmpdir()
   local p = os.tmpname()

@@ -10,8 +10,8 @@ local util_text = require 'dmarc.util.text'
 local fake_redis = dofile('tests/lua/report_fake_redis.lua')
 
 local DAY = 1763683200 -- 2025-11-21
--- CI keeps the schemas beside the repository: ../shared/schemas.
-local SCHEMAS = '../shared/schemas'
+-- The public IETF schemas, copied into the repository (tests/fixtures/schemas).
+local SCHEMAS = 'tests/fixtures/schemas'
 
 local function tmpdir()
   local p = os.tmpname()

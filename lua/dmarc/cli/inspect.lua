@@ -86,19 +86,20 @@ end
 -- ===================================================================
 
 local WARNING_TEXT = {
-  unknown_tag = 'unknown tag "%s" is ignored (RFC 9989 4.7) [REC-4]',
-  tag_case = 'tag "%s" is not in lowercase: in RFC 9989 mode it is an unknown tag and ignored [REC-3]',
-  bad_value = 'tag "%s" has a value that is not allowed; its default applies [REC-5]',
-  empty_value = 'tag "%s" has an empty value and is ignored [REC-3]',
-  syntax = 'syntax error near tag "%s"; the tag is ignored [REC-5]',
-  historic_tag = 'tag "%s" is historic in RFC 9989 (App. C.5.2) and is not processed [POL-5]',
-  p_not_second = 'p is not the tag right after v (RFC 7489 6.4 order) [REC-6]',
-  bad_uri = 'a %s URI is malformed and dropped [REC-7]',
+  unknown_tag = 'unknown tag "%s" is ignored (RFC 9989 §4.7)',
+  tag_case = 'tag "%s" is not in lowercase: in RFC 9989 mode it is an unknown tag and ignored ' ..
+    '(RFC 9989 §4.7)',
+  bad_value = 'tag "%s" has a value that is not allowed; its default applies (RFC 9989 §4.7)',
+  empty_value = 'tag "%s" has an empty value and is ignored (RFC 9989 §4.7)',
+  syntax = 'syntax error near tag "%s"; the tag is ignored (RFC 9989 §4.7)',
+  historic_tag = 'tag "%s" is historic in RFC 9989 (App. C.5.2) and is not processed',
+  p_not_second = 'p is not the tag right after v (the order of RFC 7489 §6.4)',
+  bad_uri = 'a %s URI is malformed and dropped (RFC 9990 §3.5)',
   too_many_uris = 'too many %s URIs: the excess is ignored',
   too_many_tags = 'too many tags: the excess is ignored',
-  duplicate_tag = 'tag "%s" appears twice: the record is invalid [OPEN-1]',
-  invalid_policy = 'p, sp or np has an invalid value [EVAL-7]',
-  missing_p = 'no p tag [EVAL-7]',
+  duplicate_tag = 'tag "%s" appears twice: the record is invalid (the tag-list rule of RFC 6376 §3.2)',
+  invalid_policy = 'p, sp or np has an invalid value (RFC 9989 §4.10.1)',
+  missing_p = 'no p tag (RFC 9989 §4.7)',
 }
 
 local function diag_message(d)
@@ -159,11 +160,11 @@ local function check_destinations(resolver, report, rec, mode, policy_domain, po
           end
           if rcode == 'servfail' or rcode == 'timeout' then
             add(report.warnings, 'rua_unverified', string.format(
-              '%s %s: could not check the authorisation at %s (%s) [RUA-3]', kind, u.uri, name, rcode))
+              '%s %s: could not check the authorisation at %s (%s) (RFC 9990 §4)', kind, u.uri, name, rcode))
           elseif not ok then
             add(report.warnings, 'rua_unauthorised', string.format(
               '%s %s: %s is outside %s and publishes no authorisation at %s: receivers send no ' ..
-              'reports there [RUA-3]', kind, u.uri, norm, policy_org, name))
+              'reports there (RFC 9990 §4)', kind, u.uri, norm, policy_org, name))
           end
         end
       end
@@ -178,18 +179,18 @@ local function lint_walk(report, walk, mode)
       local at = answer.name:sub(8)
       local records, near = dmarc_rrs(answer, mode)
       if answer.rcode == 'servfail' or answer.rcode == 'timeout' then
-        add(report.errors, 'dns', string.format('%s: %s: the policy cannot be known now [DISC-10]',
+        add(report.errors, 'dns', string.format('%s: %s: the policy cannot be known now (RFC 9989 §5.3.6)',
           answer.name, answer.rcode))
       end
       if #records > 1 then
         add(report.errors, 'duplicate_records', string.format(
-          '%s has %d DMARC records: all of them are discarded (%s) [DISC-3] [WALK-1]',
-          answer.name, #records, mode == 'rfc9989' and 'the walk goes on to the parent'
-          or 'DMARC is not applied'))
+          '%s has %d DMARC records: all of them are discarded (%s)',
+          answer.name, #records, mode == 'rfc9989' and 'the walk goes on to the parent, RFC 9989 §4.10'
+          or 'DMARC is not applied, RFC 7489 §6.6.3'))
       end
       for _, txt in ipairs(near) do
         add(report.warnings, 'not_dmarc', string.format(
-          '%s: "%s" looks like a DMARC record but is not one (v=DMARC1 then ";") [REC-2]',
+          '%s: "%s" looks like a DMARC record but is not one (v=DMARC1 then ";", RFC 9989 §4.8)',
           answer.name, txt:sub(1, 60)))
       end
       if #records == 1 and not at:find('%.') then
@@ -197,7 +198,7 @@ local function lint_walk(report, walk, mode)
         if rec and rec.psd ~= 'y' then
           add(report.warnings, 'tld_record', string.format(
             '%s is a record at a top-level domain without psd=y: it makes %s the Org Domain of ' ..
-            'everything below it [DISC-6]', answer.name, at))
+            'everything below it (RFC 9989 §4.10.2)', answer.name, at))
         end
       end
     end
@@ -207,7 +208,7 @@ end
 -- The errors the outcome itself says: no record, a DNS failure.
 local function outcome_errors(report, out, verdict, domain)
   if out.result == 'none' then
-    add(report.errors, 'no_record', 'no DMARC record applies to ' .. domain .. ' [DISC-9]')
+    add(report.errors, 'no_record', 'no DMARC record applies to ' .. domain .. ' (RFC 9989 §4.10.1)')
   elseif out.result == 'temperror' then
     add(report.errors, 'temperror', 'DNS failure during discovery: ' .. tostring(verdict.error))
   end
@@ -263,14 +264,14 @@ local function record_warnings(report, rec, mode, out, resolver)
   end
   if rec.as_none then
     add(report.warnings, 'as_none', 'an invalid p/sp/np with a valid rua: the whole record acts ' ..
-      'as p=none [EVAL-7]')
+      'as p=none (RFC 9989 §4.10.1)')
   end
   if rec.testing then
-    add(report.warnings, 'testing', 't=y: failing mail gets the policy one level lower [POL-4]')
+    add(report.warnings, 'testing', 't=y: failing mail gets the policy one level lower (RFC 9989 §4.7)')
   end
   if mode == 'rfc7489' and rec.pct < 100 then
     add(report.warnings, 'pct', string.format('pct=%d: the policy applies to %d%% of failing mail ' ..
-      '(the rest is treated one level lower) [POL-6]', rec.pct, rec.pct))
+      '(the rest is treated one level lower, RFC 7489 §6.6.4)', rec.pct, rec.pct))
   end
   if out.policy_domain and out.org_domain then
     check_destinations(resolver, report, rec, mode, out.policy_domain, out.org_domain)
@@ -307,7 +308,7 @@ function M.effective_tags(rec, mode)
   local function tag(name, value, present, default_note)
     tags[#tags + 1] = { tag = name, value = value, source = present and 'record' or default_note }
   end
-  tag('p', rec.p, rec.has_p, rec.as_none and 'as none [EVAL-7]' or 'default')
+  tag('p', rec.p, rec.has_p, rec.as_none and 'as none (RFC 9989 §4.10.1)' or 'default')
   tag('sp', rec.sp, rec.has_sp, 'inherits p')
   tag('np', rec.np, rec.has_np, 'inherits sp')
   tag('adkim', rec.adkim == 'strict' and 's' or 'r', rec.has_adkim, 'default')
