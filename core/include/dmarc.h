@@ -113,6 +113,11 @@ typedef enum dmarc_status {
 /* Static text, never NULL. */
 DMARC_API const char *dmarc_strerror(dmarc_status st);
 
+/* The version of the library actually loaded ("MAJOR.MINOR.PATCH"), which may
+** differ from the DMARC_VERSION_STRING a program was compiled against. Static
+** text, never NULL. */
+DMARC_API const char *dmarc_version(void);
+
 /* Requested or applied policy (RFC 9989 §4.7 p/sp/np). */
 /* clang-format off */
 #define DMARC_POLICY_MAP(X) \

@@ -71,6 +71,11 @@ bool dmarc__ieq(const char *a, size_t alen, const char *b, size_t blen)
     return true;
 }
 
+const char *dmarc_version(void)
+{
+    return DMARC_VERSION_STRING;
+}
+
 const char *dmarc_strerror(dmarc_status st)
 {
     switch (st) {

@@ -1277,6 +1277,18 @@ static void record__failing_allocator_each_step(void **state)
 }
 
 /* The record is freed through the allocator it was made with. */
+/* The runtime version call reports the version this library was built as,
+** which the macros spell out part by part. */
+static void record__version_matches_header(void **state)
+{
+    char expect[32];
+    (void)state;
+    snprintf(expect, sizeof expect, "%d.%d.%d", DMARC_VERSION_MAJOR, DMARC_VERSION_MINOR,
+             DMARC_VERSION_PATCH);
+    assert_string_equal(dmarc_version(), DMARC_VERSION_STRING);
+    assert_string_equal(dmarc_version(), expect);
+}
+
 static void record__custom_allocator_balanced(void **state)
 {
     failing_alloc ca;
@@ -1639,6 +1651,7 @@ int main(void)
         cmocka_unit_test(record__free_null_is_noop),
         cmocka_unit_test(record__strings_owned_and_terminated),
         cmocka_unit_test(record__failing_allocator_each_step),
+        cmocka_unit_test(record__version_matches_header),
         cmocka_unit_test(record__custom_allocator_balanced),
         cmocka_unit_test(record__vectors_file),
     };
