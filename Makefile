@@ -2,6 +2,7 @@
 #
 # Variables a user may set (never overwritten here):
 #   PREFIX (/usr/local)  DESTDIR  CC  CFLAGS  LDFLAGS  PKG_CONFIG
+#   LIBDIR INCLUDEDIR BINDIR MANDIR (under PREFIX unless set)
 #   LUA_PC      pkg-config name of the Lua to build the module for: lua5.4 (default) or luajit
 #   WITH_LIBPSL 1 (default): build the libpsl Org Domain adapter into libdmarc (RFC 7489 mode)
 #   WERROR      1: warnings are errors (CI sets it; the default too)
@@ -14,6 +15,7 @@ PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
 PKG_CONFIG ?= pkg-config
 LUA_PC     ?= lua5.4
 WITH_LIBPSL ?= 1
@@ -59,7 +61,7 @@ CORE_LIBS    := $(IDN_LIBS) $(PSL_LIBS)
 LIB_A  := $(BUILD)/libdmarc.a
 LIB_SO := $(BUILD)/libdmarc.so
 
-.PHONY: all lib lua check check-all check-lint check-layout check-examples check-memcheck san-tests fuzz-replay print-sources install-lua check-c check-lua check-integration check-rockspec check-san \
+.PHONY: all lib lua check check-all check-lint check-layout check-examples check-memcheck san-tests fuzz-replay print-sources install-lua man check-packages check-c check-lua check-integration check-rockspec check-san \
         check-valgrind check-fuzz install bench lint fuzz coverage clean format
 
 all: lib lua
@@ -78,10 +80,21 @@ $(LIB_A): $(CORE_OBJS)
 $(LIB_SO): $(CORE_OBJS)
 	$(CC) -shared -Wl,-soname,libdmarc.so.0 $(DMARC_LDFLAGS) $(LDFLAGS) -o $@ $^ $(CORE_LIBS)
 
+# dmarc.pc names the directories of the install, so `make install` writes it again with the
+# PREFIX/LIBDIR/INCLUDEDIR given then (`make && make install PREFIX=P` must say P).
+PC_SED = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(CORE_LIBS)|' core/dmarc.pc.in
 $(BUILD)/dmarc.pc: core/dmarc.pc.in core/include/dmarc.h
 	@mkdir -p $(dir $@)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
-	    -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(CORE_LIBS)|' $< > $@
+	$(PC_SED) > $@
+
+# Installed headers: every one that declares symbols libdmarc.so exports.
+PUBLIC_HEADERS := core/include/dmarc.h $(if $(filter 1,$(WITH_LIBPSL)),adapters/include/dmarc_psl.h)
+
+# Man pages, generated from the `--help` text of bin/dmarc and each command (tools/gen-man).
+man: lua
+	@rm -rf $(BUILD)/man
+	DMARC_BUILD=$(BUILD)/lua5.4 tools/gen-man bin/dmarc $(BUILD)/man
 
 # ---------------------------------------------------------------------------
 # Lua modules: one build per runtime, side by side (build/lua5.4, build/luajit)
@@ -97,14 +110,16 @@ include mk/bench-rspamd.mk
 
 # ---------------------------------------------------------------------------
 
-install: all
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR)
-	install -m 644 core/include/dmarc.h $(DESTDIR)$(INCLUDEDIR)/dmarc.h
+install: all man
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	    $(DESTDIR)$(MANDIR)/man1
+	install -m 644 $(PUBLIC_HEADERS) $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 $(LIB_A) $(DESTDIR)$(LIBDIR)/libdmarc.a
 	install -m 755 $(LIB_SO) $(DESTDIR)$(LIBDIR)/libdmarc.so.$(VERSION)
 	ln -sf libdmarc.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libdmarc.so.0
 	ln -sf libdmarc.so.0 $(DESTDIR)$(LIBDIR)/libdmarc.so
-	install -m 644 $(BUILD)/dmarc.pc $(DESTDIR)$(LIBDIR)/pkgconfig/dmarc.pc
+	$(PC_SED) > $(DESTDIR)$(LIBDIR)/pkgconfig/dmarc.pc
+	install -m 644 $(BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	$(MAKE) install-lua
 
 lint:

@@ -8,7 +8,8 @@ package = 'dmarc'
 version = 'scm-1'
 
 source = {
-  url = 'git+file:///lua-dmarc',
+  url = 'git+https://github.com/lua-dmarc/lua-dmarc.git',
+  branch = 'main',
 }
 
 description = {
@@ -24,15 +25,28 @@ messages described as JSON lines.
   license = 'MIT',
 }
 
+-- Lua modules the Lua layer and the command line require. Debian ships them as lua-cjson,
+-- lua-socket and lua-sec; with those installed, `luarocks make --deps-mode=none` builds
+-- offline (README, "Install").
 dependencies = {
   'lua >= 5.1, < 5.5',
+  'lua-cjson >= 2.1',
+  'luasocket >= 3.0',
+  'luasec >= 1.0',
 }
 
+-- C libraries the modules link: dmarc.core (idn2, psl), dmarc.io (spf2, opendkim, ldns),
+-- dmarc.redis (hiredis), dmarc.xml (xml2, z).
 external_dependencies = {
   LIBIDN2 = { header = 'idn2.h', library = 'idn2' },
   LIBPSL = { header = 'libpsl.h', library = 'psl' },
+  LIBSPF2 = { header = 'spf2/spf.h', library = 'spf2' },
+  OPENDKIM = { header = 'opendkim/dkim.h', library = 'opendkim' },
+  LDNS = { header = 'ldns/ldns.h', library = 'ldns' },
+  HIREDIS = { header = 'hiredis/hiredis.h', library = 'hiredis' },
   LIBXML2 = { header = 'libxml2/libxml/parser.h', library = 'xml2' },
   OPENSSL = { header = 'openssl/hmac.h', library = 'crypto' },
+  ZLIB = { header = 'zlib.h', library = 'z' },
 }
 
 build = {

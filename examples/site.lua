@@ -16,6 +16,6 @@ return {
     -- Never reject mail from our partner, whatever other evidence says.
     { org = 'example-partner.org', at_most = 'quarantine', comment = 'partner, never rejected' },
   },
-  -- Trust ARC chains sealed by our mailing-list server, when they pass [ARC-2].
+  -- Trust ARC chains sealed by our mailing-list server, when they pass (RFC 8617 §7.2).
   trusted_arc_sealers = { 'lists.example.net' },
 }

@@ -24,6 +24,8 @@ check:
 	@$(MAKE) --no-print-directory -k check-all; status=$$?; tests/tally $(TEST_LOGS) || exit 1; exit $$status
 
 check-all: check-lint check-layout check-examples check-c check-san check-valgrind check-fuzz check-lua check-lua-san check-memcheck check-plugin check-rockspec check-integration
+# CI (tools/setup check) also builds, installs and tests the Debian packages.
+check-all: $(if $(filter 1,$(DMARC_CHECK_PACKAGES)),check-packages)
 
 check-memcheck: lua
 	@$(RUN_SUITE) memcheck -- tests/memcheck/run
@@ -157,3 +159,9 @@ check-rockspec:
 
 bench: all
 	@if [ -x tests/bench/run ]; then tests/bench/run; fi
+
+# The Debian packages, built, installed on this machine and tested as installed
+# (tests/packages/run; root). Part of `make check` when DMARC_CHECK_PACKAGES=1, as
+# tools/setup check (CI) sets it.
+check-packages: all
+	@$(RUN_SUITE) packages -- tests/packages/run

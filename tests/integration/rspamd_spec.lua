@@ -87,7 +87,7 @@ end)
 -- a trusted ARC forwarder. The `strict` instance adds the one-line reject switch and has a
 -- Redis that is down.
 local ROOT = h.run('pwd'):gsub('%s+$', '')
-local DMARC = ROOT .. '/bin/dmarc'
+local DMARC = os.getenv('DMARC_IT_BIN') or (ROOT .. '/bin/dmarc') -- an installed one: tests/packages/run
 local DAY = os.date('!%Y%m%d')
 
 local function dmarc_cli(args)
@@ -492,7 +492,9 @@ describe('dmarc_engine plugin at startup', function()
     f:write(conf)
     f:close()
     h.run('chmod 644 ' .. h.q(script) .. ' ' .. h.q(path))
-    local out, ok = h.run('rspamadm configtest ' .. (extra_args or '') .. ' -c ' .. h.q(path) .. ' 2>&1')
+    -- With the packaged plugin (RSPAMD_IT_PLUGIN), the source tree's Lua paths stay out.
+    local env = os.getenv('RSPAMD_IT_PLUGIN') and 'env -u LUA_PATH -u LUA_CPATH ' or ''
+    local out, ok = h.run(env .. 'rspamadm configtest ' .. (extra_args or '') .. ' -c ' .. h.q(path) .. ' 2>&1')
     return out, ok, script
   end
 

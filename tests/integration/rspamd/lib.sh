@@ -145,9 +145,12 @@ rspamd_it_conf() {
         builtin=true
         ;;
     engine)
-        # The plugin and its parts, as installed (plugins/rspamd/README.md).
-        ln -sf "$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine.lua" "$d/plugins/dmarc_engine.lua"
-        ln -sfn "$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine" "$d/plugins/dmarc_engine"
+        # The plugin and its parts, as installed (plugins/rspamd/README.md). RSPAMD_IT_PLUGIN:
+        # an installed plugin (tests/packages/run), which then loads the installed engine from
+        # rspamd's default Lua paths, not the source tree's.
+        plugin=${RSPAMD_IT_PLUGIN:-$RSPAMD_IT_ROOT/plugins/rspamd/dmarc_engine.lua}
+        ln -sf "$plugin" "$d/plugins/dmarc_engine.lua"
+        ln -sfn "${plugin%.lua}" "$d/plugins/dmarc_engine"
         ;;
     none) ;;
     *)
@@ -161,7 +164,8 @@ rspamd_it_conf() {
         -e "s|@BUILTIN@|$builtin|g" -e "s|@FILTERS@|${RSPAMD_IT_FILTERS-dkim}|g" \
         "$RSPAMD_IT_SRC/rspamd.conf.in" >"$d/rspamd.conf"
     if [ -n "$extra" ]; then
-        sed -e "s|@ROOT@|$RSPAMD_IT_ROOT|g" -e "s|@DIR@|$d|g" -e "s|@SRC@|$RSPAMD_IT_SRC|g" \
+        sed -e "${RSPAMD_IT_PLUGIN:+/^ *lua_c*path = \"@ROOT@/d}" \
+            -e "s|@ROOT@|$RSPAMD_IT_ROOT|g" -e "s|@DIR@|$d|g" -e "s|@SRC@|$RSPAMD_IT_SRC|g" \
             -e "s|@REDIS@|$RSPAMD_IT_REDIS|g" -e "s|@NAME@|$name|g" "$extra" >>"$d/rspamd.conf"
     fi
     chown -R _rspamd:_rspamd "$d/db" "$d/run" "$d/log"
@@ -173,7 +177,9 @@ rspamd_it_conf() {
 rspamd_it_start() {
     name=$1 port=$2
     d=$RSPAMD_IT_DIR/$name
-    rspamd -f -u _rspamd -g _rspamd -c "$d/rspamd.conf" >"$d/log/stdout.log" 2>&1 &
+    # With an installed plugin, nothing from the source tree may be on its Lua paths.
+    env ${RSPAMD_IT_PLUGIN:+-u LUA_PATH -u LUA_CPATH} \
+        rspamd -f -u _rspamd -g _rspamd -c "$d/rspamd.conf" >"$d/log/stdout.log" 2>&1 &
     pid=$!
     SERVER_PIDS="$SERVER_PIDS $pid"
     echo "$pid" >"$d/main.pid"
