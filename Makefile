@@ -61,7 +61,7 @@ CORE_LIBS    := $(IDN_LIBS) $(PSL_LIBS)
 LIB_A  := $(BUILD)/libdmarc.a
 LIB_SO := $(BUILD)/libdmarc.so
 
-.PHONY: all lib lua check check-all check-lint check-layout check-examples check-memcheck san-tests fuzz-replay print-sources install-lua man check-packages check-c check-lua check-integration check-rockspec check-san \
+.PHONY: all lib lua check check-all check-lint check-layout check-examples check-memcheck san-tests fuzz-replay print-sources install-lua man check-install check-packages check-c check-lua check-integration check-rockspec check-san \
         check-valgrind check-fuzz install bench lint fuzz coverage clean format
 
 all: lib lua

@@ -11,8 +11,17 @@
 # which tests/check-rockspec compares with the rockspec.
 
 LUA_RUNTIMES ?= $(LUA_PC) $(filter-out $(LUA_PC),lua5.4 luajit)
-LUA_CMOD := $(shell $(PKG_CONFIG) --variable=INSTALL_CMOD $(LUA_PC))
-LUA_LMOD := $(shell $(PKG_CONFIG) --variable=INSTALL_LMOD $(LUA_PC))
+# Install directories, under PREFIX/LIBDIR unless set (LuaRocks' and dh-lua's layout):
+# Lua 5.4 modules in LUA_CMOD/LUA_LMOD, LuaJIT (Lua 5.1 ABI, rspamd's Lua) in
+# LUAJIT_CMOD/LUAJIT_LMOD. Debian: make install PREFIX=/usr LIBDIR=/usr/lib/<multiarch>.
+LUA_CMOD    ?= $(LIBDIR)/lua/5.4
+LUA_LMOD    ?= $(PREFIX)/share/lua/5.4
+LUAJIT_CMOD ?= $(LIBDIR)/lua/5.1
+LUAJIT_LMOD ?= $(PREFIX)/share/lua/5.1
+CMOD_lua5.4 = $(LUA_CMOD)
+LMOD_lua5.4 = $(LUA_LMOD)
+CMOD_luajit = $(LUAJIT_CMOD)
+LMOD_luajit = $(LUAJIT_LMOD)
 
 MOD_core_SRCS  := bindings/dmarc_core.c
 MOD_core_LIBS   = $(CORE_LIBS)
@@ -58,13 +67,22 @@ lua: $(LUA_TARGETS)
 print-sources:
 	@$(foreach m,$(LUA_CMODULES),echo "dmarc.$(m): $(sort $(MOD_$(m)_SRCS) $(MOD_$(m)_ADAPTERS) $(if $(filter core io,$(m)),$(CORE_SRCS)))";)
 
+# Every runtime built (lua5.4, luajit) into its own directories; bin/dmarc runs on LUA_PC
+# and is told where that runtime's modules went, so an install under any PREFIX works.
 install-lua: lua
-	install -d $(DESTDIR)$(LUA_CMOD)/dmarc $(DESTDIR)$(BINDIR)
-	install -m 755 $(BUILD)/$(LUA_PC)/dmarc/*.so $(DESTDIR)$(LUA_CMOD)/dmarc/
-	install -m 644 lua/dmarc.lua $(DESTDIR)$(LUA_LMOD)/dmarc.lua
-	# Every module under lua/dmarc/ (receive/, site/, report/, owner/, redis/, util/, cli/...).
-	cd lua && find dmarc -name '*.lua' | while read -r f; do \
-	  install -d "$(DESTDIR)$(LUA_LMOD)/$$(dirname "$$f")" && \
-	  install -m 644 "$$f" "$(DESTDIR)$(LUA_LMOD)/$$f" || exit 1; done
-	sed -e '1s|.*|#!/usr/bin/env $(LUA_PC)|' bin/dmarc > $(DESTDIR)$(BINDIR)/dmarc
+	@set -e; for r in $(LUA_RUNTIMES); do \
+	  [ -d $(BUILD)/$$r/dmarc ] || continue; \
+	  case $$r in lua5.4) c='$(CMOD_lua5.4)' l='$(LMOD_lua5.4)';; \
+	              luajit) c='$(CMOD_luajit)' l='$(LMOD_luajit)';; *) continue;; esac; \
+	  install -d "$(DESTDIR)$$c/dmarc" "$(DESTDIR)$$l"; \
+	  install -m 755 $(BUILD)/$$r/dmarc/*.so "$(DESTDIR)$$c/dmarc/"; \
+	  install -m 644 lua/dmarc.lua "$(DESTDIR)$$l/dmarc.lua"; \
+	  (cd lua && find dmarc -name '*.lua') | while read -r f; do \
+	    install -d "$(DESTDIR)$$l/$$(dirname "$$f")"; \
+	    install -m 644 "lua/$$f" "$(DESTDIR)$$l/$$f"; done; \
+	done
+	install -d $(DESTDIR)$(BINDIR)
+	sed -e '1s|.*|#!/usr/bin/env $(LUA_PC)|' \
+	    -e "s|^local INSTALL_LMOD, INSTALL_CMOD = nil, nil\$$|local INSTALL_LMOD, INSTALL_CMOD = '$(LMOD_$(LUA_PC))', '$(CMOD_$(LUA_PC))'|" \
+	    bin/dmarc > $(DESTDIR)$(BINDIR)/dmarc
 	chmod 755 $(DESTDIR)$(BINDIR)/dmarc

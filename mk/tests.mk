@@ -24,6 +24,7 @@ check:
 	@$(MAKE) --no-print-directory -k check-all; status=$$?; tests/tally $(TEST_LOGS) || exit 1; exit $$status
 
 check-all: check-lint check-layout check-examples check-c check-san check-valgrind check-fuzz check-lua check-lua-san check-memcheck check-plugin check-rockspec check-integration
+check-all: check-install
 # CI (tools/setup check) also builds, installs and tests the Debian packages.
 check-all: $(if $(filter 1,$(DMARC_CHECK_PACKAGES)),check-packages)
 
@@ -165,3 +166,7 @@ bench: all
 # tools/setup check (CI) sets it.
 check-packages: all
 	@$(RUN_SUITE) packages -- tests/packages/run
+
+# `make install` under a temporary PREFIX (and with DESTDIR), tested as installed.
+check-install: all
+	@$(RUN_SUITE) install -- tests/install-check
