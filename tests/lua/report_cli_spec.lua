@@ -4,7 +4,7 @@
 local files = require 'dmarc.util.files'
 
 local ROOT = os.getenv('PWD') or '.'
-local BIN = ROOT .. '/bin/dmarc'
+local BIN = os.getenv('DMARC_TEST_BIN') or (ROOT .. '/bin/dmarc') -- a luarocks tree's: tests/check-rockspec
 local RUNTIME = type(jit) == 'table' and 'luajit' or 'lua5.4'
 
 local function run(args, env)
@@ -87,7 +87,8 @@ describe('dmarc report command', function()
     os.execute('mkdir -p ' .. dir .. '/dmarc/cli/report')
     assert(files.write(dir .. '/dmarc/cli/report/hello.lua',
                           "return { run = function(args) print('hello ' .. (args[1] or '')) return 7 end }"))
-    local st, out = run('hello world', 'LUA_PATH="' .. dir .. '/?.lua;;"')
+    local lua_path = dir .. '/?.lua;' .. (os.getenv('LUA_PATH') or ';')
+    local st, out = run('hello world', 'LUA_PATH="' .. lua_path .. '"')
     assert.equal(7, st)
     assert.truthy(out:find('hello world', 1, true))
   end)

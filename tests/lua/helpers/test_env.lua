@@ -50,9 +50,13 @@ function M.run(cmd)
 end
 
 --- The command line of `dmarc <args>` with this runtime and this build.
+--- The dmarc script: bin/dmarc, or DMARC_TEST_BIN, the one a `luarocks make` tree installed
+-- (tests/check-rockspec runs the suites against that tree, its paths in LUA_PATH/LUA_CPATH).
+M.bin = os.getenv('DMARC_TEST_BIN') or './bin/dmarc'
+
 function M.dmarc_cmd(args)
-  return string.format('cd %s && DMARC_BUILD=%s %s ./bin/dmarc %s', shell_quote(M.root),
-    shell_quote(M.build), M.runtime, args)
+  return string.format('cd %s && DMARC_BUILD=%s %s %s %s', shell_quote(M.root),
+    shell_quote(M.build), M.runtime, shell_quote(M.bin), args)
 end
 
 --- Lines of a string (without newlines).
