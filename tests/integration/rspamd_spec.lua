@@ -494,7 +494,8 @@ describe('dmarc_engine plugin at startup', function()
     h.run('chmod 644 ' .. h.q(script) .. ' ' .. h.q(path))
     -- With the packaged plugin (RSPAMD_IT_PLUGIN), the source tree's Lua paths stay out.
     local env = os.getenv('RSPAMD_IT_PLUGIN') and 'env -u LUA_PATH -u LUA_CPATH ' or ''
-    local out, ok = h.run(env .. 'rspamadm configtest ' .. (extra_args or '') .. ' -c ' .. h.q(path) .. ' 2>&1')
+    local out, ok = h.run(env .. 'rspamadm configtest ' .. (extra_args or '') .. ' -c ' .. h.q(path)
+      .. ' 2>&1')
     return out, ok, script
   end
 
