@@ -1343,28 +1343,28 @@ end
 
 -- The results of one path: an mbox is streamed, anything else read whole.
 local function ingest_path(conn, path, stats, opts)
-  if path ~= '-' then
-    local f = io.open(path, 'rb')
-    local head = f and f:read(512)
-    if head and M.sniff(head) == 'mbox' then
-      ingest_mbox(conn, f, head, path, stats, opts)
-      f:close()
-      return
-    end
-    if f then f:close() end
-  end
-  local data, err, code = M.read_input(path, opts)
-  if not data then
-    M.account(stats, path, { status = 'error', message = err, code = code }, opts)
+  local stdin = path == '-'
+  local f = stdin and io.stdin or io.open(path, 'rb')
+  local head = f and f:read(512)
+  if head and M.sniff(head) == 'mbox' then
+    -- An mbox is read a message at a time, from a file or standard input.
+    ingest_mbox(conn, f, head, path, stats, opts)
+    if not stdin then f:close() end
     return
   end
-  if M.sniff(data) == 'mbox' then
-    local done = false
-    ingest_mbox(conn, { read = function()
-      if done then return nil end
-      done = true
-      return ''
-    end }, data, path, stats, opts)
+  local data, err, code
+  if stdin then
+    local max = opts.max_input or M.limits.max_input
+    data = (head or '') .. (head and f:read(math.max(0, max + 1 - #head)) or '')
+    if #data > max then
+      data, err, code = nil, 'input over the size limit (' .. max .. ' bytes)', 'limit'
+    end
+  else
+    if f then f:close() end
+    data, err, code = M.read_input(path, opts)
+  end
+  if not data then
+    M.account(stats, path, { status = 'error', message = err, code = code }, opts)
     return
   end
   for _, r in ipairs(M.ingest_data(conn, data, opts, path)) do M.account(stats, path, r, opts) end
