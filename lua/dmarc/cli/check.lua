@@ -612,6 +612,67 @@ local function input_error(msg)
   return common.fail('dmarc check', msg, 2)
 end
 
+-- The site: the script of --policy, or the documented defaults.
+-- @return site, or nil, exit status (the input error told)
+local function load_site(opts)
+  if not opts.policy then return assert(policy.new({}, { log = M.logger })) end
+  local site, err, code = policy.load(opts.policy, { log = M.logger })
+  if not site then
+    return nil, input_error('site script: ' .. tostring(err) .. ' (' .. tostring(code) .. ')')
+  end
+  return site
+end
+
+-- Authenticate the message: auth.check with the options of the command line.
+-- @return result, or nil, exit status (the input error told)
+local function authenticate(opts, settings, resolver, text)
+  local check_opts = {
+    ip = opts.ip, helo = opts.helo, mail_from = opts['mail-from'],
+    authserv_id = opts['authserv-id'] or 'localhost', trusted_authserv_ids = opts['trusted-authserv-id'],
+    mode = opts.mode, roll = opts.roll,
+    -- Report rows and failure reports are made only with Redis; without it the
+    -- evaluation's details would be built for nothing.
+    details = settings.redis ~= nil,
+    -- An `org` override must match by the real Org Domain, also where discovery stopped at
+    -- the author's own record: a failure at quarantine or reject walks on (RFC 9989 4.10).
+    engine = require('dmarc').new { failure_org_walk = true },
+  }
+  local res, err, code = auth.check(resolver, text, check_opts)
+  if res then return res end
+  if code == 'syntax' or code == 'limit' then
+    return nil, input_error('malformed message: ' .. tostring(err))
+  end
+  return nil, input_error(tostring(err))
+end
+
+-- The store of the run's Redis connection: its one MGET per decision goes through the link.
+local function open_store(settings, link)
+  return require('dmarc.site.store').redis {
+    host = settings.redis.host, port = settings.redis.port, path = settings.redis.path,
+    prefix = settings.prefix, tag = settings.tag, timeout = settings.timeout,
+    where = settings.cluster and where_text(settings) or nil,
+    connect = function() return link.get() end,
+  }
+end
+
+-- The answer on standard output: the A-R field and the decision, or one JSON object.
+local function print_result(opts, res, decision, header, reporting)
+  if opts.json then
+    local out = as_arrays(res, decision)
+    out.authentication_results = header
+    out.reporting = reporting
+    io.stdout:write(json.encode(out), '\n')
+    return
+  end
+  io.stdout:write((header:gsub('\r\n', '\n')), '\n')
+  io.stdout:write('Decision: ', M.describe_decision(decision), '\n')
+  for _, w in ipairs(decision.warnings or {}) do io.stdout:write('Warning: ', w, '\n') end
+  for _, ig in ipairs(res.ignored_ar or {}) do
+    io.stdout:write('Ignored: Authentication-Results', ig.authserv_id and (' from ' .. ig.authserv_id) or '',
+      ' (', ig.why, ')\n')
+  end
+end
+
 --- Entry point: run(args) -> exit status.
 function M.run(args)
   local opts, err = M.parse_args(args or {})
@@ -624,39 +685,19 @@ function M.run(args)
   settings, err = M.redis_settings(opts)
   if not settings then return usage_error(err) end
   if settings.warning then M.logger:warn('%s', settings.warning) end
-  local site
-  if opts.policy then
-    local code
-    site, err, code = policy.load(opts.policy, { log = M.logger })
-    if not site then return input_error('site script: ' .. tostring(err) .. ' (' .. tostring(code) .. ')') end
-  else
-    site = assert(policy.new({}, { log = M.logger }))
-  end
+  local site, status = load_site(opts)
+  if not site then return status end
   local text
   text, err = read_message(opts.file)
   if not text then return input_error(err) end
   local resolver
   resolver, err = common.resolver(opts)
   if not resolver then return input_error('DNS: ' .. tostring(err)) end
-
-  local authserv_id = opts['authserv-id'] or 'localhost'
-  local check_opts = {
-    ip = opts.ip, helo = opts.helo, mail_from = opts['mail-from'],
-    authserv_id = authserv_id, trusted_authserv_ids = opts['trusted-authserv-id'],
-    mode = opts.mode, roll = opts.roll,
-    -- Report rows and failure reports are made only with Redis; without it the
-    -- evaluation's details would be built for nothing.
-    details = settings.redis ~= nil,
-    -- An `org` override must match by the real Org Domain, also where discovery stopped at
-    -- the author's own record: a failure at quarantine or reject walks on (RFC 9989 4.10).
-    engine = require('dmarc').new { failure_org_walk = true },
-  }
-  local res, code
-  res, err, code = auth.check(resolver, text, check_opts)
+  local res
+  res, status = authenticate(opts, settings, resolver, text)
   if not res then
     resolver:close()
-    if code == 'syntax' or code == 'limit' then return input_error('malformed message: ' .. tostring(err)) end
-    return input_error(tostring(err))
+    return status
   end
   local ctx = auth.policy_ctx(res, { ip = opts.ip, helo = opts.helo, mail_from = opts['mail-from'],
     rcpt = opts.rcpt })
@@ -664,16 +705,10 @@ function M.run(args)
   local link, st
   if settings.redis then
     link = redis_link(settings)
-    -- The store's one MGET per decision goes through the run's connection.
-    st = require('dmarc.site.store').redis {
-      host = settings.redis.host, port = settings.redis.port, path = settings.redis.path,
-      prefix = settings.prefix, tag = settings.tag, timeout = settings.timeout,
-      where = settings.cluster and where_text(settings) or nil,
-      connect = function() return link.get() end,
-    }
+    st = open_store(settings, link)
   end
   local decision = site:evaluate(res.dmarc, ctx, st)
-  local header = auth.format_ar(res, authserv_id, decision)
+  local header = auth.format_ar(res, opts['authserv-id'] or 'localhost', decision)
   resolver:close()
   local reporting
   if link then
@@ -682,21 +717,7 @@ function M.run(args)
     reporting = report_to_redis(link, settings, res, ctx, decision, text, now)
     link.close()
   end
-
-  if opts.json then
-    local out = as_arrays(res, decision)
-    out.authentication_results = header
-    out.reporting = reporting
-    io.stdout:write(json.encode(out), '\n')
-    return 0
-  end
-  io.stdout:write((header:gsub('\r\n', '\n')), '\n')
-  io.stdout:write('Decision: ', M.describe_decision(decision), '\n')
-  for _, w in ipairs(decision.warnings or {}) do io.stdout:write('Warning: ', w, '\n') end
-  for _, ig in ipairs(res.ignored_ar or {}) do
-    io.stdout:write('Ignored: Authentication-Results', ig.authserv_id and (' from ' .. ig.authserv_id) or '',
-      ' (', ig.why, ')\n')
-  end
+  print_result(opts, res, decision, header, reporting)
   return 0
 end
 
