@@ -223,6 +223,79 @@ local function transaction_keys(cmds)
 end
 M.transaction_keys = transaction_keys
 
+-- The pending commands grouped by the node that serves them, nodes in first-seen order.
+function Router:_by_node(pending)
+  local by_node, order = {}, {}
+  for _, t in ipairs(pending) do
+    local addr = t.ask or self:_node_for(t.cmd, t.key)
+    if not by_node[addr] then
+      by_node[addr] = {}
+      order[#order + 1] = addr
+    end
+    local list = by_node[addr]
+    list[#list + 1] = t
+  end
+  return by_node, order
+end
+
+-- The replies of one node's batch: each one into replies, or (a redirection) into again.
+function Router:_take_replies(list, res, replies, again)
+  -- A transaction sent to a node that no longer owns its slot was refused there
+  -- (MOVED for its commands, EXECABORT for its EXEC): the whole of it is sent again,
+  -- never its commands one by one outside the transaction.
+  local got, moved_tx = {}, {}
+  local j = 0
+  for k, t in ipairs(list) do
+    if t.ask then j = j + 1 end
+    j = j + 1
+    got[k] = res[j]
+    local kind, slot, target = redirect(got[k])
+    if kind == 'MOVED' then
+      self.slots[slot] = target
+      self.stale = true
+      if t.tx then moved_tx[t.tx] = true end
+    end
+  end
+  for k, t in ipairs(list) do
+    local r = got[k]
+    local kind, _, target = redirect(r)
+    if t.tx and moved_tx[t.tx] then
+      again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, tx = t.tx }
+    elseif kind == 'MOVED' then
+      again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key }
+    elseif kind == 'ASK' then
+      again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, ask = target }
+    else
+      replies[t.i] = r
+    end
+  end
+end
+
+-- One round: every pending command sent to its node, one pipeline per node.
+-- @return the commands to send again (redirected)
+function Router:_round(pending, replies)
+  local by_node, order = self:_by_node(pending)
+  local again = {}
+  for _, addr in ipairs(order) do
+    local list = by_node[addr]
+    local conn, err = self:_conn(addr)
+    local batch = {}
+    for _, t in ipairs(list) do
+      if t.ask then batch[#batch + 1] = { 'ASKING' } end
+      batch[#batch + 1] = t.cmd
+    end
+    local res
+    if conn then res, err = conn:pipeline(batch) end
+    if not res then
+      for _, t in ipairs(list) do replies[t.i] = { err = 'io: ' .. tostring(err) } end
+      self.stale = true
+    else
+      self:_take_replies(list, res, replies, again)
+    end
+  end
+  return again
+end
+
 --- Send commands; same contract as dmarc.redis conn:pipeline(), except that
 -- a node that cannot be reached gives {err=...} replies for its commands
 -- only, so the caller can retry exactly those. A MULTI ... EXEC goes to the
@@ -234,63 +307,7 @@ function Router:pipeline(cmds)
   for i = 1, #cmds do pending[i] = { i = i, cmd = cmds[i], key = route[i], tx = tx[i] } end
   for _ = 0, M.MAX_REDIRECTS do
     if #pending == 0 then break end
-    local by_node, order = {}, {}
-    for _, t in ipairs(pending) do
-      local addr = t.ask or self:_node_for(t.cmd, t.key)
-      if not by_node[addr] then
-        by_node[addr] = {}
-        order[#order + 1] = addr
-      end
-      local list = by_node[addr]
-      list[#list + 1] = t
-    end
-    local again = {}
-    for _, addr in ipairs(order) do
-      local list = by_node[addr]
-      local conn, err = self:_conn(addr)
-      local batch = {}
-      for _, t in ipairs(list) do
-        if t.ask then batch[#batch + 1] = { 'ASKING' } end
-        batch[#batch + 1] = t.cmd
-      end
-      local res
-      if conn then res, err = conn:pipeline(batch) end
-      if not res then
-        for _, t in ipairs(list) do replies[t.i] = { err = 'io: ' .. tostring(err) } end
-        self.stale = true
-      else
-        -- A transaction sent to a node that no longer owns its slot was refused there
-        -- (MOVED for its commands, EXECABORT for its EXEC): the whole of it is sent again,
-        -- never its commands one by one outside the transaction.
-        local got, moved_tx = {}, {}
-        local j = 0
-        for k, t in ipairs(list) do
-          if t.ask then j = j + 1 end
-          j = j + 1
-          got[k] = res[j]
-          local kind, slot, target = redirect(got[k])
-          if kind == 'MOVED' then
-            self.slots[slot] = target
-            self.stale = true
-            if t.tx then moved_tx[t.tx] = true end
-          end
-        end
-        for k, t in ipairs(list) do
-          local r = got[k]
-          local kind, _, target = redirect(r)
-          if t.tx and moved_tx[t.tx] then
-            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, tx = t.tx }
-          elseif kind == 'MOVED' then
-            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key }
-          elseif kind == 'ASK' then
-            again[#again + 1] = { i = t.i, cmd = t.cmd, key = t.key, ask = target }
-          else
-            replies[t.i] = r
-          end
-        end
-      end
-    end
-    pending = again
+    pending = self:_round(pending, replies)
   end
   for _, t in ipairs(pending) do replies[t.i] = { err = 'too many redirections' } end
   if self.stale then
