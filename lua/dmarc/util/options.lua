@@ -11,6 +11,40 @@ local M = {}
 -- Command lines
 -- ===================================================================
 
+-- One option at args[i] (--name, --name=VALUE, -h): sets st.opts.
+-- @return the index of the last argument it took (i, or i + 1 for a separate value), or
+--   nil, message
+local function take_option(st, name, inline, a, i)
+  local spec, opts = st.spec, st.opts
+  if name == 'help' or st.flags[name] then
+    if inline ~= nil and not spec.lenient then
+      if st.report_style then return nil, 'option --' .. name .. ' takes no value' end
+      return nil, st.unknown(a)
+    end
+    opts[name] = true
+    return i
+  end
+  if not (st.values[name] or st.repeated[name] or spec.lenient) then return nil, st.unknown(a, name) end
+  local v = inline
+  if v == nil then
+    i = i + 1
+    v = st.args[i]
+    if v == nil then
+      return nil, (st.report_style and 'option --' or '--') .. name .. ' needs a value'
+    end
+  end
+  if st.repeated[name] then
+    local list = opts[name]
+    if #list >= st.max_repeats then return nil, 'too many --' .. name end
+    list[#list + 1] = v
+  elseif spec.once and opts[name] ~= nil then
+    return nil, '--' .. name .. ' given twice'
+  else
+    opts[name] = v
+  end
+  return i
+end
+
 --- Parse command-line arguments: `--name VALUE`, `--name=VALUE`, flags, `-h` (--help), and
 -- operands. --help is always a flag. Problems come back as a message in the wording of the
 -- command family (spec.style), never as a raise.
@@ -34,13 +68,15 @@ local M = {}
 -- @return opts (name -> value, true or list), operands (array); or nil, message
 function M.parse(args, spec)
   local report_style = spec.style == 'report'
-  local values, flags = spec.values or {}, spec.flags or {}
-  local repeated = spec.repeated or {}
-  local max_repeats = spec.max_repeats or 100
-  local opts, operands = {}, {}
-  for name in pairs(repeated) do opts[name] = {} end
+  local st = {
+    spec = spec, args = args, opts = {}, report_style = report_style,
+    values = spec.values or {}, flags = spec.flags or {}, repeated = spec.repeated or {},
+    max_repeats = spec.max_repeats or 100,
+  }
+  local opts, operands = st.opts, {}
+  for name in pairs(st.repeated) do opts[name] = {} end
   -- An unknown option, named by its name (report style) or as it was given.
-  local function unknown(arg, name)
+  function st.unknown(arg, name)
     if not report_style then return 'unknown option "' .. arg .. '"' end
     if name then return 'unknown option --' .. name end
     return 'unknown option ' .. arg
@@ -58,33 +94,9 @@ function M.parse(args, spec)
     if not name then name = a:match('^%-%-([%w-]+)$') end
     if a == '-h' then name = 'help' end
     if name then
-      if name == 'help' or flags[name] then
-        if inline ~= nil and not spec.lenient then
-          if report_style then return nil, 'option --' .. name .. ' takes no value' end
-          return nil, unknown(a)
-        end
-        opts[name] = true
-      elseif values[name] or repeated[name] or spec.lenient then
-        local v = inline
-        if v == nil then
-          i = i + 1
-          v = args[i]
-          if v == nil then
-            return nil, (report_style and 'option --' or '--') .. name .. ' needs a value'
-          end
-        end
-        if repeated[name] then
-          local list = opts[name]
-          if #list >= max_repeats then return nil, 'too many --' .. name end
-          list[#list + 1] = v
-        elseif spec.once and opts[name] ~= nil then
-          return nil, '--' .. name .. ' given twice'
-        else
-          opts[name] = v
-        end
-      else
-        return nil, unknown(a, name)
-      end
+      local last, err = take_option(st, name, inline, a, i)
+      if not last then return nil, err end
+      i = last
     elseif a == '--' and report_style and not spec.lenient then
       for j = i + 1, #args do
         if not add_operand(args[j]) then return nil, spec.too_many_operands end
@@ -92,7 +104,7 @@ function M.parse(args, spec)
       break
     elseif a:sub(1, 1) == '-' and not spec.lenient
         and (a ~= '-' or spec.dash_operand == false) then
-      return nil, unknown(a)
+      return nil, st.unknown(a)
     elseif not add_operand(a) then
       return nil, spec.too_many_operands
     end
