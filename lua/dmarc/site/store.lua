@@ -664,8 +664,9 @@ function Redis:_connect()
   return conn, true
 end
 
+-- dmarc.redis says 'io' for every broken connection (an unreadable reply too).
 local function is_io(code)
-  return code == 'io' or code == 'protocol'
+  return code == 'io'
 end
 
 -- Runs fn(conn) -> result or nil, msg, code. A reused connection that fails with an I/O
