@@ -237,7 +237,7 @@ describe('override store when Redis dies and comes back', function()
     local site = assert(policy.load('examples/site.lua', { log = logger }))
     local now = 1000000
     local connects = 0
-    local st = store.redis{ host = '127.0.0.1', port = own_port, prefix = PREFIX, timeout = 0.3,
+    local st = store.redis{ host = '127.0.0.1', port = own_port, prefix = PREFIX, timeout = 2,
       backoff = 30, clock = function() return now end, log = logger,
       connect = function(conf)
         connects = connects + 1
