@@ -113,16 +113,8 @@ M.MAX_REPEATS = 100
 M.MAX_CLUSTER_SEEDS = require('dmarc.redis.cluster').MAX_SEEDS
 M.parse_cluster_nodes = require('dmarc.redis.cluster').parse_nodes
 
---- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
--- @return opts, or nil, message
-function M.parse_args(args)
-  local opts, operands = options.parse(args, {
-    values = VALUE_OPTIONS, flags = FLAG_OPTIONS, repeated = MULTI_OPTIONS,
-    max_repeats = M.MAX_REPEATS, once = true,
-    max_operands = 1, too_many_operands = 'more than one message file given',
-  })
-  if not opts then return nil, operands end
-  opts.file = operands[1]
+-- The options of the evaluation: site script, DNS, mode, roll, authserv-ids.
+local function check_eval_options(opts)
   if opts.site then
     if opts.policy then return nil, '--policy and --site are the same option' end
     opts.policy = opts.site
@@ -147,6 +139,11 @@ function M.parse_args(args)
   for _, id in ipairs(opts['trusted-authserv-id']) do
     if not id:find('^[%w%.%-_]+$') then return nil, '--trusted-authserv-id must be a host name' end
   end
+  return true
+end
+
+-- The Redis options: a cluster or one server, prefix, tag, db, timeout.
+local function check_redis_options(opts)
   if opts['redis-cluster'] then
     if opts.redis then return nil, '--redis and --redis-cluster exclude each other' end
     if opts['redis-db'] then return nil, '--redis-db: a Redis Cluster has only database 0' end
@@ -170,6 +167,11 @@ function M.parse_args(args)
     if not n or n < 0.001 or n > 60 then return nil, '--redis-timeout must be 0.001-60 seconds' end
     opts['redis-timeout'] = n
   end
+  return true
+end
+
+-- --time and --spool.
+local function check_run_options(opts)
   if opts.time then
     local n = tonumber(opts.time)
     if not opts.time:find('^%d+$') or not n or n > 253402300799 then
@@ -178,6 +180,23 @@ function M.parse_args(args)
     opts.time = n
   end
   if opts.spool == '' then return nil, '--spool needs a directory' end
+  return true
+end
+
+--- Parse the command line: options (--name VALUE, --name=VALUE) and at most one FILE.
+-- @return opts, or nil, message
+function M.parse_args(args)
+  local opts, operands = options.parse(args, {
+    values = VALUE_OPTIONS, flags = FLAG_OPTIONS, repeated = MULTI_OPTIONS,
+    max_repeats = M.MAX_REPEATS, once = true,
+    max_operands = 1, too_many_operands = 'more than one message file given',
+  })
+  if not opts then return nil, operands end
+  opts.file = operands[1]
+  for _, step in ipairs({ check_eval_options, check_redis_options, check_run_options }) do
+    local ok, err = step(opts)
+    if not ok then return nil, err end
+  end
   return opts
 end
 
@@ -271,6 +290,45 @@ local function valid_email(s)
   return type(s) == 'string' and #s <= 254 and s:find('^[^%s<>@"]+@[%w%.%-_]+$') ~= nil
 end
 
+-- Where Redis is: a cluster (settings.cluster, settings.redis = { cluster }) or one server
+-- (settings.redis = connect options), or none.
+local function redis_where(settings, opts, conf, getenv)
+  -- A cluster on the command line wins over any single server; a single server on the
+  -- command line wins over a cluster in the config file.
+  local cluster_nodes = opts['redis-cluster']
+  if not cluster_nodes and not opts.redis and conf.cluster ~= nil and conf.cluster ~= '' then
+    local nodes, nerr = M.parse_cluster_nodes(conf.cluster)
+    if not nodes then return nil, '--report-config cluster: ' .. nerr end
+    cluster_nodes = nodes
+  end
+  local addr = opts.redis or conf.redis or getenv('DMARC_REDIS')
+  if cluster_nodes then
+    settings.cluster = cluster_nodes
+    settings.redis = { cluster = cluster_nodes }
+  elseif addr ~= nil and addr ~= '' then
+    local where, err = connect.parse_address(tostring(addr))
+    if not where then return nil, err end
+    settings.redis = where
+  end
+  return true
+end
+
+-- The reporter of failure reports, checked.
+local function check_reporter(settings)
+  local rep = settings.reporter
+  if rep.email ~= nil and not valid_email(rep.email) then return nil, '--email must be an address' end
+  if rep.submitter ~= nil and not report.valid_domain(rep.submitter) then
+    return nil, '--submitter must be a lowercase domain name'
+  end
+  if settings.failure_reports then
+    if not rep.email or not rep.submitter then
+      return nil, '--failure-reports needs the reporter --email and --submitter (or --report-config)'
+    end
+    rep.org_name = rep.org_name or rep.submitter
+  end
+  return true
+end
+
 --- Where Redis is and what to do with it: the options first, then the report config file,
 -- then $DMARC_REDIS. settings.redis is nil when no server is configured.
 -- @param opts parsed options
@@ -307,34 +365,10 @@ function M.redis_settings(opts, getenv)
   if not report.valid_prefix(settings.prefix) then
     return nil, 'the key prefix must be at most 64 letters, digits and ":_.-"'
   end
-  -- A cluster on the command line wins over any single server; a single server on the
-  -- command line wins over a cluster in the config file.
-  local cluster_nodes = opts['redis-cluster']
-  if not cluster_nodes and not opts.redis and conf.cluster ~= nil and conf.cluster ~= '' then
-    local nodes, nerr = M.parse_cluster_nodes(conf.cluster)
-    if not nodes then return nil, '--report-config cluster: ' .. nerr end
-    cluster_nodes = nodes
-  end
-  local addr = opts.redis or conf.redis or getenv('DMARC_REDIS')
-  if cluster_nodes then
-    settings.cluster = cluster_nodes
-    settings.redis = { cluster = cluster_nodes }
-  elseif addr ~= nil and addr ~= '' then
-    local where, err = connect.parse_address(tostring(addr))
-    if not where then return nil, err end
-    settings.redis = where
-  end
-  local rep = settings.reporter
-  if rep.email ~= nil and not valid_email(rep.email) then return nil, '--email must be an address' end
-  if rep.submitter ~= nil and not report.valid_domain(rep.submitter) then
-    return nil, '--submitter must be a lowercase domain name'
-  end
-  if settings.failure_reports then
-    if not rep.email or not rep.submitter then
-      return nil, '--failure-reports needs the reporter --email and --submitter (or --report-config)'
-    end
-    rep.org_name = rep.org_name or rep.submitter
-  end
+  local ok, err = redis_where(settings, opts, conf, getenv)
+  if not ok then return nil, err end
+  ok, err = check_reporter(settings)
+  if not ok then return nil, err end
   -- Without a server (e.g. $DMARC_REDIS missing from an MTA's environment) the check still
   -- runs: a warning, never an exit status that would hold up mail.
   if not settings.redis and (settings.failure_reports or settings.spool) then
