@@ -136,5 +136,15 @@ describe('ingest: failure reports against Redis', function()
     local s = cjson.decode(s_out)
     assert.equal(1, s.failure_reports.reports)
     assert.equal('192.0.2.99', s.failure_reports.sources[1].ip)
+    -- the dashboard's index lists a domain that has only failure reports
+    local dashboard = require 'dmarc.owner.dashboard'
+    local src = dashboard.redis_source({ prefix = p, connect = function()
+      return redis.connect { host = host, port = tonumber(port), timeout = 5 }
+    end })
+    local index = assert(src.domains())
+    src.close()
+    assert.equal(1, #index)
+    assert.equal('example.org', index[1].domain)
+    assert.equal('20251121', index[1].last_day)
   end)
 end)

@@ -786,6 +786,17 @@ function M.redis_source(opts)
         if day > e.last_day then e.last_day = day end
       end
     end
+    -- A domain with failure reports and no aggregate report is listed too.
+    local failed, ferr = cluster.scan(c, keys.failure_scan_pattern(opts.prefix))
+    if not failed then return nil, 'Redis: ' .. tostring(ferr) end
+    for _, k in ipairs(failed) do
+      local d, day = keys.parse_failure_key(opts.prefix, k)
+      if d then
+        local e = by[d] or { domain = d, days = 0, last_day = day }
+        by[d] = e
+        if day > e.last_day then e.last_day = day end
+      end
+    end
     local list = {}
     for _, e in pairs(by) do list[#list + 1] = e end
     table.sort(list, function(a, b) return a.domain < b.domain end)

@@ -152,6 +152,19 @@ function M.failure_day(prefix, policy_domain, day)
   return prefix .. 'fail:{' .. policy_domain .. '}:' .. day
 end
 
+--- SCAN pattern for every failure-report key (any day).
+function M.failure_scan_pattern(prefix)
+  return prefix .. 'fail:{*}:????????'
+end
+
+--- Policy domain and day of a failure-report key found by SCAN, or nil.
+function M.parse_failure_key(prefix, key)
+  if key:sub(1, #prefix) ~= prefix then return nil end
+  local d, day = key:sub(#prefix + 1):match('^fail:{([^}]*)}:(%d%d%d%d%d%d%d%d)$')
+  if d and M.valid_domain(d) then return d, day end
+  return nil
+end
+
 -- }==================================================================
 
 return M
