@@ -223,13 +223,18 @@ M.DEFAULTS = {
 
 local BAD_FROM_COMMENT = 'From field not read strictly (RFC 9989 11.5)'
 
--- The verdict's flags as a set (the evaluation's output array, or nothing).
-local function flag_set(verdict)
-  local set = {}
-  if type(verdict.flags) == 'table' then
-    for _, f in ipairs(verdict.flags) do set[f] = true end
+-- The two From flags the site decision reads (the evaluation's output array, or nothing):
+-- from_lenient, from_unread. A scan rather than a set: this runs for every message.
+local function from_flags(verdict)
+  local lenient, unread = false, false
+  local flags = verdict.flags
+  if type(flags) == 'table' then
+    for i = 1, #flags do
+      local f = flags[i]
+      if f == 'from_lenient' then lenient = true elseif f == 'from_unread' then unread = true end
+    end
   end
-  return set
+  return lenient, unread
 end
 
 -- }==================================================================
@@ -627,7 +632,7 @@ local normalize_domain = memo(store.normalize_domain)
 local normalize_address = memo(store.normalize_address)
 local ip_keys = memo(store.ip_keys)
 
-local function outcome_of(verdict, flags)
+local function outcome_of(verdict, from_unread)
   local r = verdict.result
   if r == 'pass' then return 'pass' end
   if r == 'fail' then
@@ -637,7 +642,7 @@ local function outcome_of(verdict, flags)
   end
   if r == 'temperror' or r == 'permerror' then return r end
   -- A From field that could not be read at all (RFC 9989 §11.5).
-  if flags.from_unread then return 'bad_from' end
+  if from_unread then return 'bad_from' end
   return 'no_policy'
 end
 
@@ -711,13 +716,13 @@ local function prepare(site, verdict, ctx)
   if type(verdict) ~= 'table' then error('dmarc.site.policy: verdict must be a table', 3) end
   if ctx ~= nil and type(ctx) ~= 'table' then error('dmarc.site.policy: ctx must be a table', 3) end
   ctx = ctx or {}
-  local flags = flag_set(verdict)
-  local outcome = outcome_of(verdict, flags)
+  local from_lenient, from_unread = from_flags(verdict)
+  local outcome = outcome_of(verdict, from_unread)
   local st = setmetatable({
     site = site, verdict = verdict, ctx = ctx, outcome = outcome, base_reasons = {},
     -- A From read only leniently, or one of several From fields not read at all, is never
     -- treated better than a From not read at all.
-    lenient = (flags.from_lenient or flags.from_unread) or false,
+    lenient = from_lenient or from_unread,
     -- Overrides only lower a failure's enforced disposition; for everything else (most
     -- mail) the matchers are never computed.
     overridable = outcome == 'reject' or outcome == 'quarantine',

@@ -350,10 +350,8 @@ local function new_run(budget, name)
   return {
     name = name,
     budget = budget,
-    count = 0,
     work = math.min(budget * M.WORK_FACTOR, M.MAX_WORK),
     heap = collectgarbage('count'),
-    recheck = 0,
   }
 end
 
@@ -361,19 +359,31 @@ end
 -- the bound is checked again after a full collection (garbage is not growth); the next
 -- collection waits until the heap grew by another quarter of the bound, so a script that
 -- makes garbage does not make the host collect every few instructions.
-local function on_count(run)
-  run.count = run.count + M.CHECK_EVERY
-  if run.count > run.budget then stop(run, 'instructions') end
-  local now = collectgarbage('count')
-  -- Garbage of the host's freed during the call must not hide the call's own growth: the
-  -- growth is counted from the lowest heap seen.
-  if now < run.heap then run.heap = now end
-  if now - run.heap > M.MAX_MEMORY_KB and now > run.recheck then
-    collectgarbage('collect')
-    now = collectgarbage('count')
-    if now - run.heap > M.MAX_MEMORY_KB then stop(run, 'memory') end
-    run.recheck = now + M.MAX_MEMORY_KB / 4
+-- The hook runs every few instructions of site code, so it is one closure over locals (no
+-- table fields, no second call): its cost is most of what the bounds cost a decide hook.
+local gc = collectgarbage
+local function count_hook(run, co, global_hook)
+  local budget, step, limit = run.budget, M.CHECK_EVERY, M.MAX_MEMORY_KB
+  local count, low, recheck = 0, run.heap, 0
+  local function on_count()
+    count = count + step
+    if count > budget then stop(run, 'instructions') end
+    local now = gc('count')
+    -- Garbage of the host's freed during the call must not hide the call's own growth: the
+    -- growth is counted from the lowest heap seen.
+    if now < low then
+      low = now
+    elseif now - low > limit and now > recheck then
+      gc('collect')
+      now = gc('count')
+      if now - low > limit then stop(run, 'memory') end
+      recheck = now + limit / 4
+    end
   end
+  if not global_hook then return on_count end
+  -- LuaJIT's hook also fires in the host's own code while it is set: count the call's only.
+  local running = coroutine.running
+  return function() if running() == co then on_count() end end
 end
 
 local MESSAGES = {
@@ -397,9 +407,7 @@ function M.call(env, budget, name, fn, ...)
   local outer, old_index = current, STRING_MT.__index
   current = run
   STRING_MT.__index = (env and string_libs[env]) or DEFAULT_STRING
-  -- LuaJIT's hook also fires in the host's own code while it is set: count the call's only.
-  local running = coroutine.running
-  debug.sethook(co, function() if running() == co then on_count(run) end end, '', M.CHECK_EVERY)
+  debug.sethook(co, count_hook(run, co, global_hook), '', M.CHECK_EVERY)
   local res = pack(coroutine.resume(co))
   if global_hook then
     if old[1] then debug.sethook(old[1], old[2], old[3]) else debug.sethook() end
