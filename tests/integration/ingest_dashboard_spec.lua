@@ -43,7 +43,9 @@ describe('dashboard served over HTTP', function()
     local status = h.run(h.BIN .. ' report ingest --quiet --redis ' .. REDIS .. ' --prefix ' .. PREFIX
                          .. ' ' .. FIX .. 'rfc9990.xml.gz ' .. FIX .. 'report-qp.eml ' .. FIX
                          .. 'rfc7489-ns.xml ' .. FIX .. 'hostile.xml')
-    assert.equal(0, status)
+    -- hostile.xml carries records with an invalid source_ip: stored without them, and the
+    -- run fails so the loss is not silent.
+    assert.equal(1, status)
     local out = dir .. '/serve.out'
     pid = h.spawn('exec ' .. h.BIN .. ' report serve --quiet --redis ' .. REDIS .. ' --prefix '
                   .. PREFIX .. ' --listen 127.0.0.1:0 --until ' .. UNTIL .. ' --days ' .. DAYS

@@ -59,6 +59,9 @@ describe('ingest into Redis', function()
     -- rfc7489-ns, hostile, foreign
     assert.equal(5, stats.stored)
     assert.equal(6, stats.duplicates)
+    -- hostile.xml's unreadable records: counted, and named on stderr (the run exits 1).
+    assert.truthy(stats.records_dropped > 0)
+    assert.truthy(err:find('records could not be read', 1, true))
     assert.equal(180 + 55 + 7 + 3 + 180, stats.messages)
     local codes = {}
     for _, f in ipairs(stats.failures) do codes[f.code] = (codes[f.code] or 0) + 1 end

@@ -1268,7 +1268,8 @@ end
 --- New run statistics (the --json object of docs/ingest.md).
 function M.new_stats()
   return { files = 0, reports = 0, stored = 0, duplicates = 0, refused = 0, foreign = 0,
-           errors = 0, records = 0, messages = 0, failures = {}, failures_not_listed = 0,
+           errors = 0, records = 0, records_dropped = 0, messages = 0, failures = {},
+           failures_not_listed = 0,
            warnings = {}, warning_counts = {},
            failure_reports = { stored = 0, duplicates = 0, refused = 0 } }
 end
@@ -1301,6 +1302,8 @@ function M.account(stats, path, r, opts)
     if r.status == 'stored' then
       stats.stored = stats.stored + 1
       stats.records = stats.records + (r.records or 0)
+      -- Records that could not be read are not in the totals: the run says so and fails.
+      stats.records_dropped = stats.records_dropped + (r.bad_records or 0)
       stats.messages = stats.messages + (r.messages or 0)
     elseif r.status == 'duplicate' then
       stats.duplicates = stats.duplicates + 1

@@ -41,7 +41,8 @@ common options:
   --prefix P             key prefix (default dmarc:)
 
 exit status: 0 every input ingested (duplicates included), 1 some input
-failed (the others are still stored), 2 usage.
+failed (the others are still stored) or a stored report had records that
+could not be read (invalid source_ip or count: not in the totals), 2 usage.
 ]]
 
 -- ---------------------------------------------------------------------------
@@ -190,7 +191,11 @@ function M.run(args)
   stats.seconds = clock() - started
   progress(stats, true)
   if o.json then io.stdout:write(summary.json(stats), '\n') end
-  return stats.errors > 0 and 1 or 0
+  if stats.records_dropped > 0 and not quiet then
+    io.stderr:write(string.format('ingest: %d records could not be read (invalid source_ip or '
+                                  .. 'count) and are not counted\n', stats.records_dropped))
+  end
+  return (stats.errors > 0 or stats.records_dropped > 0) and 1 or 0
 end
 
 return M
