@@ -104,25 +104,88 @@ local TREATMENT_FIELDS = {
 
 local DSL_BARE -- filled below: DSL functions usable without a call (`accept`)
 
+-- A treatment written as a string ('reject', 'folder:Junk', 'score:5') or a bare DSL word,
+-- as the table it stands for; a table is returned as it is.
+local function treatment_table(spec)
+  if type(spec) == 'function' and DSL_BARE[spec] then spec = DSL_BARE[spec]() end
+  if type(spec) ~= 'string' then return spec end
+  local action, arg = spec:match('^(%a+):(.*)$')
+  if action == 'folder' then return { action = 'folder', folder = arg } end
+  if action == 'score' then return { action = 'score', score = tonumber(arg) } end
+  if action == nil then return { action = spec } end
+  return bad('unknown treatment "' .. spec .. '"')
+end
+
+-- The fields of each action, checked into the treatment @t: true, or nil, message, code.
+local ACTION_FIELDS = {}
+
+function ACTION_FIELDS.folder(t, spec)
+  if not is_text(spec.folder, M.MAX_FOLDER_LEN) then return bad('folder needs a folder name') end
+  t.folder = spec.folder
+  return true
+end
+
+function ACTION_FIELDS.score(t, spec)
+  local n = spec.score
+  if type(n) ~= 'number' or n ~= n or n < -M.MAX_SCORE or n > M.MAX_SCORE then
+    return bad('score needs a number between -' .. M.MAX_SCORE .. ' and ' .. M.MAX_SCORE)
+  end
+  t.score = n
+  return true
+end
+
+function ACTION_FIELDS.tag(t, spec)
+  if spec.subject ~= nil then
+    if spec.header ~= nil then return bad('tag takes a header or a subject, not both') end
+    if not is_text(spec.subject, M.MAX_SUBJECT_TAG_LEN) then
+      return bad('tag subject must be short text')
+    end
+    t.subject = spec.subject
+    return true
+  end
+  if type(spec.header) ~= 'string' or #spec.header > M.MAX_HEADER_NAME_LEN
+      or not spec.header:find('^[%w][%w-]*$') then
+    return bad('tag needs a header name (letters, digits, "-") or a subject')
+  end
+  if not is_text(spec.value, M.MAX_HEADER_VALUE_LEN) then return bad('tag header needs a value') end
+  t.header, t.value = spec.header, spec.value
+  return true
+end
+
+-- reject and defer: an SMTP reply code of their class and a one-line text.
+local function reply_fields(t, spec)
+  local action = t.action
+  local class = action == 'reject' and 5 or 4
+  if spec.code ~= nil then
+    if type(spec.code) ~= 'number' or spec.code % 1 ~= 0 or math.floor(spec.code / 100) ~= class then
+      return bad(action .. ' code must be ' .. class .. 'xx')
+    end
+    t.code = spec.code
+  end
+  if spec.message ~= nil then
+    if not is_text(spec.message, M.MAX_TEXT_LEN) then
+      return bad(action .. ' message must be one line of text')
+    end
+    -- [POL-3]: a reject done because of DMARC SHOULD say so in its text.
+    if action == 'reject' and not spec.message:find('DMARC', 1, true) then
+      return bad('reject message must contain "DMARC" (RFC 9989 7.4)')
+    end
+    t.message = spec.message
+  end
+  return true
+end
+ACTION_FIELDS.reject = reply_fields
+ACTION_FIELDS.defer = reply_fields
+
 --- Validates a treatment and returns a clean copy, or nil, msg, 'invalid'.
 -- Forms: 'accept' | 'reject' | 'defer' | 'folder:NAME' | 'score:N' | a table
 -- {action=, folder=, score=, header=, value=, subject=, code=, message=} | a DSL value
 -- (accept, reject(msg), defer(msg), folder(name), score(n), tag(header, value),
 -- tag{subject=}).
 function M.treatment(spec)
-  if type(spec) == 'function' and DSL_BARE[spec] then spec = DSL_BARE[spec]() end
-  if type(spec) == 'string' then
-    local action, arg = spec:match('^(%a+):(.*)$')
-    if action == 'folder' then
-      spec = { action = 'folder', folder = arg }
-    elseif action == 'score' then
-      spec = { action = 'score', score = tonumber(arg) }
-    elseif action == nil then
-      spec = { action = spec }
-    else
-      return bad('unknown treatment "' .. spec .. '"')
-    end
-  end
+  local err, code
+  spec, err, code = treatment_table(spec)
+  if err then return nil, err, code end
   if type(spec) ~= 'table' then return bad('a treatment must be a string or a table') end
   for k in pairs(spec) do
     if not TREATMENT_FIELDS[k] then return bad('unknown treatment field "' .. tostring(k) .. '"') end
@@ -133,48 +196,10 @@ function M.treatment(spec)
       tostring(action) .. '"')
   end
   local t = { action = action }
-  if action == 'folder' then
-    if not is_text(spec.folder, M.MAX_FOLDER_LEN) then return bad('folder needs a folder name') end
-    t.folder = spec.folder
-  elseif action == 'score' then
-    local n = spec.score
-    if type(n) ~= 'number' or n ~= n or n < -M.MAX_SCORE or n > M.MAX_SCORE then
-      return bad('score needs a number between -' .. M.MAX_SCORE .. ' and ' .. M.MAX_SCORE)
-    end
-    t.score = n
-  elseif action == 'tag' then
-    if spec.subject ~= nil then
-      if spec.header ~= nil then return bad('tag takes a header or a subject, not both') end
-      if not is_text(spec.subject, M.MAX_SUBJECT_TAG_LEN) then
-        return bad('tag subject must be short text')
-      end
-      t.subject = spec.subject
-    else
-      if type(spec.header) ~= 'string' or #spec.header > M.MAX_HEADER_NAME_LEN
-          or not spec.header:find('^[%w][%w-]*$') then
-        return bad('tag needs a header name (letters, digits, "-") or a subject')
-      end
-      if not is_text(spec.value, M.MAX_HEADER_VALUE_LEN) then return bad('tag header needs a value') end
-      t.header, t.value = spec.header, spec.value
-    end
-  elseif action == 'reject' or action == 'defer' then
-    local class = action == 'reject' and 5 or 4
-    if spec.code ~= nil then
-      if type(spec.code) ~= 'number' or spec.code % 1 ~= 0 or math.floor(spec.code / 100) ~= class then
-        return bad(action .. ' code must be ' .. class .. 'xx')
-      end
-      t.code = spec.code
-    end
-    if spec.message ~= nil then
-      if not is_text(spec.message, M.MAX_TEXT_LEN) then
-        return bad(action .. ' message must be one line of text')
-      end
-      -- [POL-3]: a reject done because of DMARC SHOULD say so in its text.
-      if action == 'reject' and not spec.message:find('DMARC', 1, true) then
-        return bad('reject message must contain "DMARC" (RFC 9989 7.4)')
-      end
-      t.message = spec.message
-    end
+  local fields = ACTION_FIELDS[action]
+  if fields then
+    local ok, ferr, fcode = fields(t, spec)
+    if not ok then return nil, ferr, fcode end
   end
   return t
 end
