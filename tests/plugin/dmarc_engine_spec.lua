@@ -541,11 +541,32 @@ describe('dmarc_engine report rows while Redis is down', function()
     assert.equal(0, #runs)
     redis.down = false
     scan(x, spoof('pass.test'))
+    -- The new message's row at once; the queue is the worker timer's, outside any task.
+    assert.equal(1, #runs)
+    env.start_worker()
+    env.tick()
     assert.equal(3, #runs)
-    -- Each row under its own id, in the order the messages came.
-    for i, r in ipairs(runs) do
-      assert.matches('^it:rpt:{pass%.test}:seen:%x+%.' .. i .. '$', r.keys[3])
+    assert.is_nil(runs[2].task)
+    -- Each row under its own id; the queued ones oldest first.
+    for i, n in ipairs({ 3, 1, 2 }) do
+      assert.matches('^it:rpt:{pass%.test}:seen:%x+%.' .. n .. '$', runs[i].keys[3])
     end
+    env.tick()
+    assert.equal(3, #runs)
+  end)
+
+  it('a worker that exits tries its queued rows once more, even while backing off', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379',
+                          reporting = { enabled = true, prefix = 'it:' } }, { redis = redis })
+    scan(x, spoof('pass.test'))
+    redis.down = false
+    env.start_worker()
+    env.tick()
+    local runs = env.redis.scripts[1].runs
+    assert.equal(0, #runs) -- backing off for redis_backoff
+    env.finish_worker(fake.task(spoof('pass.test', { dns = DNS })))
+    assert.equal(1, #runs)
   end)
 
   it('drops a row beyond reporting.max_pending with a log line, never silently', function()
@@ -557,8 +578,9 @@ describe('dmarc_engine report rows while Redis is down', function()
     scan(x, spoof('pass.test'))
     assert.matches('report row for pass.test dropped: 1 rows already wait', env.log_text('warn'))
     redis.down = false
-    scan(x, spoof('pass.test'))
-    assert.equal(2, #env.redis.scripts[1].runs)
+    env.start_worker()
+    env.tick()
+    assert.equal(1, #env.redis.scripts[1].runs)
   end)
 end)
 

@@ -117,7 +117,22 @@ function M.new(opts)
     register_dependency = function(_, from, to)
       env.deps[#env.deps + 1] = { from, to }
     end,
+    -- Worker start, timers and exit: kept, and run by env.start_worker, env.tick and
+    -- env.finish_worker.
+    add_on_load = function(_, f) env.on_load[#env.on_load + 1] = f end,
+    add_periodic = function(_, ev_base, _, f) env.periodic[#env.periodic + 1] = { f, ev_base } end,
+    register_finish_script = function(_, f) env.finish[#env.finish + 1] = f end,
   }
+  env.on_load, env.periodic, env.finish = {}, {}, {}
+  function env.start_worker()
+    for _, f in ipairs(env.on_load) do f(env.rspamd_config, 'ev_base', nil) end
+  end
+  function env.tick()
+    for _, p in ipairs(env.periodic) do p[1](env.rspamd_config, p[2]) end
+  end
+  function env.finish_worker(task)
+    for _, f in ipairs(env.finish) do f(task) end
+  end
 
   --- Load the plugin in this environment; returns its exports.
   function env.load()

@@ -9,7 +9,7 @@ costs no time per message. Report rows are the report module's own commands (the
 A report row is never dropped silently: rows of messages scanned while Redis is down or
 backing off, and rows whose write failed, wait in a bounded per-worker queue
 (reporting.max_pending) and are written first, oldest first, once Redis answers again: by the
-next messages, by a timer when no mail comes, and once more when the worker exits (reload).
+worker's timer (every second), and once more when the worker exits (reload).
 Every row carries an id (report.id_source), so the row script counts a retried write once
 even when the first attempt did reach Redis. Beyond the bound a row is dropped with a log line.
 
@@ -24,6 +24,7 @@ local lua_redis = require 'lua_redis'
 
 local N = P.N
 local settings = P.settings
+local rspamd_config = P.rspamd_config
 
 local M = {}
 
@@ -72,8 +73,8 @@ end
 
 local pending_rows, pending_first, pending_last = {}, 1, 0
 local next_row_id -- report.id_source(), made in the worker on first use
--- Queued rows written per scanned message, and per tick of the timer, once Redis is back:
--- the backlog drains at a bounded cost per step.
+-- Queued rows written per tick of the timer once Redis is back: the backlog drains at a
+-- bounded cost per step.
 local ROWS_FLUSHED_PER_STEP = 256
 -- Seconds between two ticks of the timer that drains the backlog when no mail comes.
 local PENDING_FLUSH_INTERVAL = 1.0
@@ -163,8 +164,9 @@ function M.store_rows(task, verdict, input, ctx, decision)
     for _, row in ipairs(rows) do queue_row(task, row) end
     return
   end
-  -- The backlog first, oldest rows first.
-  flush_pending(task, nil, ROWS_FLUSHED_PER_STEP)
+  -- The backlog is left to the timer: requests made here may run inside another Redis
+  -- reply's callback (the override lookup), and rspamd 3.4 crashed in its connection pool
+  -- when hundreds were opened from there after an outage (`make soak`).
   local opts = row_opts()
   for _, row in ipairs(rows) do write_row(task, nil, row, opts) end
 end
