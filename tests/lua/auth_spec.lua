@@ -357,6 +357,13 @@ describe('dmarc.receive.message', function()
     assert.equal('syntax', select(3, message.strip_comments('a (open')))
   end)
 
+  it('refuses a result that is not a keyword (RFC 8601 §2.2), found by the fuzzer', function()
+    local ar, _, code = auth.parse_ar('mx.example.net; arc=paemote-ip=192.0.2.1')
+    assert.is_nil(ar)
+    assert.equal('syntax', code)
+    assert.equal('pass', assert(auth.parse_ar('mx.example.net; arc=pass')).results[1].result)
+  end)
+
   it('trims a field with a long run of blanks inside in one pass (was quadratic)', function()
     local inner = 'a' .. string.rep(' \t', 30000) .. 'b'
     assert.equal(inner, message.unfold('  ' .. inner .. ' \t '))

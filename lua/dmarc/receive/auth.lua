@@ -117,6 +117,10 @@ function M.parse_ar(value, arc)
     else
       local method, result, k = read_pair(s, i)
       if not method then return fail('bad resinfo at "' .. s:sub(i, i + 30) .. '"', 'syntax') end
+      -- RFC 8601 §2.2: a result is a Keyword (letters, digits, hyphens), never a pvalue.
+      if not result:find('^[%w%-]+$') then
+        return fail('bad result at "' .. s:sub(i, i + 30) .. '"', 'syntax')
+      end
       local res = { method = method:lower():gsub('/.*$', ''), result = result:lower(), props = {} }
       i = skip_ws(s, k)
       local nprops = 0
