@@ -102,7 +102,9 @@ end
 
 -- One row: within a task (@task), or from the worker's timer (@ev_base: the row script only).
 -- A failed write puts the row back in the queue.
-local function write_row(task, ev_base, row, opts)
+local row_failures = 0 -- failed row writes so far (a forced flush stops at the first)
+
+local function write_row(task, ev_base, row, opts, force)
   local log = task or rspamd_config
   local cmds, cerr = P.report.commands(row, opts)
   if not cmds then
@@ -110,8 +112,13 @@ local function write_row(task, ev_base, row, opts)
     return
   end
   for _, cmd in ipairs(cmds) do
+    -- After a failure (this row's or another's) no further request is made with this task or
+    -- timer tick: a task whose session is being destroyed refuses the first one and crashed
+    -- rspamd 3.4 on the next (`make soak`). The row waits for the next try.
+    if not (force or M.redis_healthy()) then return queue_row(log, row) end
     local function done(err)
       if err then
+        row_failures = row_failures + 1
         M.redis_failed(log, 'report row', err)
         queue_row(log, row)
       end
@@ -136,11 +143,13 @@ end
 local function flush_pending(task, ev_base, max, force)
   if pending_count() == 0 or not (force or M.redis_healthy()) then return end
   local opts = row_opts()
+  local failures = row_failures
   for _ = 1, math.min(pending_count(), max) do
+    if row_failures > failures or not (force or M.redis_healthy()) then return end
     local row = pending_rows[pending_first]
     pending_rows[pending_first] = nil
     pending_first = pending_first + 1
-    write_row(task, ev_base, row, opts)
+    write_row(task, ev_base, row, opts, force)
   end
 end
 
