@@ -233,6 +233,26 @@ describe('report writer', function()
     return p
   end
 
+  it('keeps rows a restarting Redis answers -LOADING for as unreached, not refused', function()
+    local conn = fake_redis.new()
+    local real = conn.pipeline
+    conn.pipeline = function(self, cmds)
+      if self.loading then
+        local out = {}
+        for i = 1, #cmds do out[i] = { err = 'LOADING Redis is loading the dataset in memory' } end
+        return out
+      end
+      return real(self, cmds)
+    end
+    conn.loading = true
+    local res = report.write(conn, rows_for(1))
+    assert.equal(0, res.refused)
+    assert.equal(#rows_for(1), #res.unreached)
+    assert.matches('^LOADING', res.unreached_why)
+    conn.loading = false
+    assert.equal(#rows_for(1), report.write(conn, res.unreached).written)
+  end)
+
   it('report__identical_rows_aggregate_counts', function()
     local conn = fake_redis.new()
     for i = 1, 40 do assert.equal(1, report.write(conn, rows_for(i)).written) end
