@@ -380,10 +380,38 @@ local function count_hook(run, co, global_hook)
       recheck = now + limit / 4
     end
   end
-  if not global_hook then return on_count end
+  local function counted() return count end
+  if not global_hook then return on_count, counted end
   -- LuaJIT's hook also fires in the host's own code while it is set: count the call's only.
   local running = coroutine.running
-  return function() if running() == co then on_count() end end
+  return function() if running() == co then on_count() end end, counted
+end
+
+-- Lua 5.4 counts the instructions a Lua hook runs itself against the thread's count (LuaJIT
+-- does not): after a hook of h instructions the next call comes (count - h) instructions of
+-- site code later, so with a count of CHECK_EVERY the hook would run after nearly every
+-- instruction and charge each one CHECK_EVERY. The hook's own length on its common path is
+-- measured once, on a loop of known length, and added to the count given to sethook: site
+-- code is then checked every CHECK_EVERY of its own instructions, as documented. A longer
+-- path through the hook (a collection) only brings the next check closer.
+local HOOK_PROBE_COUNT = 64       -- sethook count while measuring (longer than the hook)
+local HOOK_PROBE_LOOPS = 100000   -- iterations of the measured loop (one FORLOOP each)
+local hook_own
+local function hook_length()
+  if hook_own then return hook_own end
+  hook_own = 0
+  if type(jit) == 'table' then return hook_own end
+  local co = coroutine.create(function() for _ = 1, HOOK_PROBE_LOOPS do end end)
+  local hook, counted = count_hook({ budget = math.huge, heap = gc('count') }, co, false)
+  debug.sethook(co, hook, '', HOOK_PROBE_COUNT)
+  local ok = coroutine.resume(co)
+  debug.sethook(co)
+  local calls = counted() / M.CHECK_EVERY
+  if ok and calls > 0 then
+    local h = floor(HOOK_PROBE_COUNT - HOOK_PROBE_LOOPS / calls + 0.5)
+    if h > 0 and h < HOOK_PROBE_COUNT - M.CHECK_EVERY then hook_own = h end
+  end
+  return hook_own
 end
 
 local MESSAGES = {
@@ -407,7 +435,7 @@ function M.call(env, budget, name, fn, ...)
   local outer, old_index = current, STRING_MT.__index
   current = run
   STRING_MT.__index = (env and string_libs[env]) or DEFAULT_STRING
-  debug.sethook(co, count_hook(run, co, global_hook), '', M.CHECK_EVERY)
+  debug.sethook(co, (count_hook(run, co, global_hook)), '', M.CHECK_EVERY + hook_length())
   local res = pack(coroutine.resume(co))
   if global_hook then
     if old[1] then debug.sethook(old[1], old[2], old[3]) else debug.sethook() end
