@@ -2,7 +2,7 @@
 -- loopback (started and stopped by PID here, on ports of its own): an
 -- override written through the cluster router (its MULTI ... EXEC and every
 -- key in the {ovr} slot) is honoured, report rows land in their domain's slot
--- and `dmarc report generate --cluster` turns them into a report valid
+-- and `dmarc report generate --redis-cluster` turns them into a report valid
 -- against the RFC 9990 schema [AGG-9], a failure report is queued in the
 -- cluster [FAIL-1], and a cluster that is down costs a warning, never the
 -- check.
@@ -120,17 +120,18 @@ describe('dmarc check with a Redis Cluster', function()
     local prefix = 'itcc3:'
     local base = SPOOF .. '--redis-cluster ' .. seeds .. ' --no-report-rows --redis-prefix ' .. prefix
     local status, out = h.run(h.BIN .. ' override add domain example.com --action accept'
-      .. ' --comment "cli cluster" --redis-cluster ' .. seeds .. ' --prefix ' .. prefix)
+      .. ' --comment "cli cluster" --redis-cluster ' .. seeds .. ' --redis-prefix ' .. prefix)
     assert.equal(0, status, out)
     local err
     status, out, err = check(base)
     assert.equal(0, status, err)
     assert.truthy(out:find('local_policy: cli cluster', 1, true), out)
-    status, out = h.run(h.BIN .. ' override list --json --redis-cluster ' .. seeds .. ' --prefix ' .. prefix)
+    status, out = h.run(h.BIN .. ' override list --json --redis-cluster ' .. seeds .. ' --redis-prefix '
+      .. prefix)
     assert.equal(0, status, out)
     assert.truthy(out:find('example.com', 1, true), out)
     status = h.run(h.BIN .. ' override del domain example.com --redis-cluster ' .. seeds
-      .. ' --prefix ' .. prefix)
+      .. ' --redis-prefix ' .. prefix)
     assert.equal(0, status)
     status, out = check(base)
     assert.equal(0, status)
@@ -157,8 +158,8 @@ describe('dmarc check with a Redis Cluster', function()
     assert.equal(4, total)
 
     local out = dir .. '/rows'
-    local status, text = h.run(h.BIN .. ' report generate --quiet --cluster ' .. started.addrs[2]
-                               .. ' --prefix ' .. prefix .. ' --date 2025-11-21' .. IDENTITY
+    local status, text = h.run(h.BIN .. ' report generate --quiet --redis-cluster ' .. started.addrs[2]
+                               .. ' --redis-prefix ' .. prefix .. ' --date 2025-11-21' .. IDENTITY
                                .. ' --out ' .. q(out) .. ' 2>&1')
     assert.equal(0, status, text)
     local gz = h.ls(out, '%.xml%.gz$')
@@ -208,7 +209,7 @@ describe('dmarc check with a Redis Cluster', function()
       "'" .. seeds .. "'",
     } do
       local conf = dir .. '/report' .. n .. '.conf'
-      assert(files.write(conf, 'return { cluster = ' .. nodes .. ", prefix = '" .. prefix
+      assert(files.write(conf, 'return { redis_cluster = ' .. nodes .. ", redis_prefix = '" .. prefix
                                   .. "', email = 'dmarc@receiver.example' }\n"))
       local status, out, err = check('--ip 203.0.113.230 --mail-from ceo@example.com'
                                      .. ' --report-config ' .. q(conf) .. ' --time ' .. (DAY + 800 + n)

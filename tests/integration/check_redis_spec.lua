@@ -77,7 +77,7 @@ describe('dmarc check with a real Redis', function()
     assert.equal(0, status)
     assert.truthy(out:find('\nDecision: folder "Junk"', 1, true), out)
     status, out = h.run(h.BIN .. ' override add domain example.com --comment "known sender" --redis '
-                        .. REDIS .. ' --prefix ' .. prefix .. ' 2>&1')
+                        .. REDIS .. ' --redis-prefix ' .. prefix .. ' 2>&1')
     assert.equal(0, status, out)
     status, out = check(SPOOF .. '--redis ' .. REDIS .. ' --redis-prefix ' .. prefix)
     assert.equal(0, status)
@@ -110,7 +110,7 @@ describe('dmarc check with a real Redis', function()
     assert.equal('quarantine', report.decode_row(all[1]).disposition)
 
     local out = dir .. '/rows'
-    local status, text = h.run(h.BIN .. ' report generate --quiet --redis ' .. REDIS .. ' --prefix '
+    local status, text = h.run(h.BIN .. ' report generate --quiet --redis ' .. REDIS .. ' --redis-prefix '
                                .. prefix .. ' --date ' .. DATE .. IDENTITY .. ' --out ' .. q(out)
                                .. ' 2>&1')
     assert.equal(0, status, text)
@@ -154,7 +154,7 @@ describe('dmarc check with a real Redis', function()
     assert(files.write(dns, '{}'))
     local send_out = dir .. '/send'
     local text
-    status, text = h.run(h.BIN .. ' report send --redis ' .. REDIS .. ' --prefix ' .. prefix
+    status, text = h.run(h.BIN .. ' report send --redis ' .. REDIS .. ' --redis-prefix ' .. prefix
                          .. IDENTITY .. ' --smtp 127.0.0.1:' .. SMTP_PORT .. ' --dns-json ' .. q(dns)
                          .. ' --out ' .. q(send_out) .. ' 2>&1')
     assert.equal(0, status, text)

@@ -1,4 +1,4 @@
--- `dmarc report ingest` and `dmarc report summary --cluster` against a real
+-- `dmarc report ingest` and `dmarc report summary --redis-cluster` against a real
 -- 3-master Redis Cluster on loopback (started and stopped by PID here, on
 -- ports of its own): reports of many domains land on every master, the
 -- staging hash of a report too large for one command stays in its domain's
@@ -20,10 +20,10 @@ local function q(s) return require('dmarc.util.text').shell_quote(s) end
 describe('ingest into a Redis Cluster', function()
   local dir, started, router, seeds
 
-  -- `dmarc ARGS --cluster <seeds>`: status, stdout, stderr.
+  -- `dmarc ARGS --redis-cluster <seeds>`: status, stdout, stderr.
   local function dmarc(args)
     local errfile = os.tmpname()
-    local status, out = h.run(h.BIN .. ' ' .. args .. ' --cluster ' .. seeds .. ' 2>' .. errfile)
+    local status, out = h.run(h.BIN .. ' ' .. args .. ' --redis-cluster ' .. seeds .. ' 2>' .. errfile)
     local f = io.open(errfile, 'rb')
     local err = f and f:read('*a') or ''
     if f then f:close() end
@@ -64,7 +64,7 @@ describe('ingest into a Redis Cluster', function()
       f:write((src:gsub('example%.com', 'd' .. n .. '.example'):gsub('a%-20251121%-0001', 'cl-' .. n)))
       f:close()
     end
-    local status, out, err = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' '
+    local status, out, err = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' '
                                    .. q(reports))
     assert.equal(0, status, err)
     local stats = cjson.decode(out)
@@ -80,7 +80,7 @@ describe('ingest into a Redis Cluster', function()
     for _, size in ipairs(ch.dbsizes(PORTS)) do assert.is_true(size > 0) end
 
     -- again: every report is a duplicate, no count moves
-    status, out, err = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. q(reports))
+    status, out, err = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' ' .. q(reports))
     assert.equal(0, status, err)
     stats = cjson.decode(out)
     assert.equal(0, stats.stored)
@@ -92,7 +92,7 @@ describe('ingest into a Redis Cluster', function()
 
   it('ingest_cluster__every_format_like_one_server [MAIL-1] [MAIL-6]', function()
     local prefix = 'itcl:ing2:'
-    local status, out = dmarc('report ingest --json --prefix ' .. prefix .. ' ' .. q(FIX))
+    local status, out = dmarc('report ingest --json --redis-prefix ' .. prefix .. ' ' .. q(FIX))
     assert.equal(1, status) -- the broken fixtures fail, the rest are stored
     local stats = cjson.decode(out)
     assert.equal(17, stats.errors)
@@ -118,14 +118,14 @@ describe('ingest into a Redis Cluster', function()
     local f = assert(io.open(path, 'wb'))
     f:write(table.concat(parts))
     f:close()
-    local status, out, err = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. q(path))
+    local status, out, err = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' ' .. q(path))
     assert.equal(0, status, err)
     assert.equal(15000, cjson.decode(out).messages)
     local sum, rows = total_messages(prefix, 'example.com', '20251121')
     assert.equal(15000, sum)
     assert.equal(5000, rows)
     assert.equal(0, #assert(cluster.scan(router, prefix .. 'ing:{example.com}:stage:*')))
-    status, out, err = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. q(path))
+    status, out, err = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' ' .. q(path))
     assert.equal(0, status, err)
     assert.equal(1, cjson.decode(out).duplicates)
     assert.equal(15000, (total_messages(prefix, 'example.com', '20251121')))
@@ -133,11 +133,11 @@ describe('ingest into a Redis Cluster', function()
 
   it('summary_cluster__numbers_of_the_ingested_reports', function()
     local prefix = 'itcl:ing4:'
-    local status, _, err = dmarc('report ingest --quiet --prefix ' .. prefix .. ' '
+    local status, _, err = dmarc('report ingest --quiet --redis-prefix ' .. prefix .. ' '
                                  .. q(FIX .. 'rfc9990.xml.gz') .. ' ' .. q(FIX .. 'report-qp.eml'))
     assert.equal(0, status, err)
     local out
-    status, out, err = dmarc('report summary --json --prefix ' .. prefix
+    status, out, err = dmarc('report summary --json --redis-prefix ' .. prefix
                              .. ' --domain example.com --until 2025-11-22 --days 7')
     assert.equal(0, status, err)
     local s = cjson.decode(out)
@@ -149,7 +149,7 @@ describe('ingest into a Redis Cluster', function()
     assert.equal('203.0.113.5', s.readiness.fix_first[1].ip)
     assert.equal('192.0.2.1', s.sources[1].ip)
     -- the text form too
-    status, out, err = dmarc('report summary --prefix ' .. prefix .. ' --domain example.com '
+    status, out, err = dmarc('report summary --redis-prefix ' .. prefix .. ' --domain example.com '
                              .. '--until 2025-11-22 --days 7')
     assert.equal(0, status, err)
     assert.truthy(out:find('readiness: p=none -> quarantine', 1, true))

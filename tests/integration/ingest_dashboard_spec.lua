@@ -40,14 +40,14 @@ describe('dashboard served over HTTP', function()
 
   setup(function()
     dir = h.tmpdir()
-    local status = h.run(h.BIN .. ' report ingest --quiet --redis ' .. REDIS .. ' --prefix ' .. PREFIX
+    local status = h.run(h.BIN .. ' report ingest --quiet --redis ' .. REDIS .. ' --redis-prefix ' .. PREFIX
                          .. ' ' .. FIX .. 'rfc9990.xml.gz ' .. FIX .. 'report-qp.eml ' .. FIX
                          .. 'rfc7489-ns.xml ' .. FIX .. 'hostile.xml')
     -- hostile.xml carries records with an invalid source_ip: stored without them, and the
     -- run fails so the loss is not silent.
     assert.equal(1, status)
     local out = dir .. '/serve.out'
-    pid = h.spawn('exec ' .. h.BIN .. ' report serve --quiet --redis ' .. REDIS .. ' --prefix '
+    pid = h.spawn('exec ' .. h.BIN .. ' report serve --quiet --redis ' .. REDIS .. ' --redis-prefix '
                   .. PREFIX .. ' --listen 127.0.0.1:0 --until ' .. UNTIL .. ' --days ' .. DAYS
                   .. ' >' .. out .. ' 2>' .. dir .. '/serve.err')
     for _ = 1, 100 do
@@ -93,7 +93,7 @@ describe('dashboard served over HTTP', function()
       pending('needs node, chromium and `npm ci` in tests/browser (playwright-core)')
       return
     end
-    local base = h.BIN .. ' report summary --json --redis ' .. REDIS .. ' --prefix ' .. PREFIX
+    local base = h.BIN .. ' report summary --json --redis ' .. REDIS .. ' --redis-prefix ' .. PREFIX
       .. ' --domain example.com --until ' .. UNTIL .. ' --days ' .. DAYS
     local st, out = h.run(base)
     assert.equal(0, st)

@@ -25,7 +25,7 @@ end
 describe('ingest: quirks and failures against Redis', function()
   it('ingest_quirks__every_fixture_stored_or_refused_with_a_reason', function()
     local p = prefix('all')
-    local status, out, err = dmarc('report ingest --json --prefix ' .. p .. ' ' .. FIX)
+    local status, out, err = dmarc('report ingest --json --redis-prefix ' .. p .. ' ' .. FIX)
     assert.equal(1, status) -- some fixtures must fail
     local stats = cjson.decode(out)
     -- 9 single reports (quirks, no-evaluated, dkim without domain), 10 attachments, the
@@ -49,13 +49,13 @@ describe('ingest: quirks and failures against Redis', function()
     assert.truthy(err:find('broken%-beside%-good%.eml attachment 2 %(broken%.xml%.gz%): truncated'))
     assert.truthy(err:find('dmarc%.mbox:3: no_report'))
     -- again: every report a duplicate, nothing counted twice
-    local status2, out2 = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. FIX)
+    local status2, out2 = dmarc('report ingest --json --quiet --redis-prefix ' .. p .. ' ' .. FIX)
     assert.equal(1, status2)
     local again = cjson.decode(out2)
     assert.equal(0, again.stored)
     assert.equal(stats.stored, again.duplicates)
     -- the summary counts every stored message and names the warnings
-    local s_status, s_out = dmarc('report summary --json --prefix ' .. p
+    local s_status, s_out = dmarc('report summary --json --redis-prefix ' .. p
                                   .. ' --domain example.org --until 2025-11-22 --days 7')
     assert.equal(0, s_status)
     local s = cjson.decode(s_out)
@@ -65,7 +65,7 @@ describe('ingest: quirks and failures against Redis', function()
 
   it('ingest_quirks__mbox_path', function()
     local p = prefix('mbox')
-    local status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. FIX
+    local status, out = dmarc('report ingest --json --quiet --redis-prefix ' .. p .. ' ' .. FIX
                               .. 'dmarc.mbox')
     assert.equal(1, status)
     local stats = cjson.decode(out)
@@ -82,7 +82,7 @@ describe('ingest: quirks and failures against Redis', function()
   end)
 
   it('ingest_quirks__missing_file_says_why', function()
-    local status, _, err = dmarc('report ingest --prefix ' .. prefix('missing') .. ' '
+    local status, _, err = dmarc('report ingest --redis-prefix ' .. prefix('missing') .. ' '
                                  .. FIX .. 'no-such.xml')
     assert.equal(1, status)
     assert.truthy(err:find('no%-such%.xml: io: cannot open: No such file or directory'))
@@ -113,11 +113,11 @@ describe('ingest: failure reports against Redis', function()
     f:write(list[1].message)
     f:close()
     local p = prefix('failure')
-    local status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. dir)
+    local status, out = dmarc('report ingest --json --quiet --redis-prefix ' .. p .. ' ' .. dir)
     assert.equal(0, status)
     local stats = cjson.decode(out)
     assert.equal(1, stats.failure_reports.stored)
-    status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' ' .. dir)
+    status, out = dmarc('report ingest --json --quiet --redis-prefix ' .. p .. ' ' .. dir)
     assert.equal(0, status)
     assert.equal(1, cjson.decode(out).failure_reports.duplicates)
     local host, port = REDIS:match('^(.+):(%d+)$')
@@ -130,7 +130,7 @@ describe('ingest: failure reports against Redis', function()
     assert.equal(2, #all)
     assert.is_nil(all[2]:find('someone', 1, true))
     assert.is_nil(all[2]:find('secret', 1, true))
-    local s_status, s_out = dmarc('report summary --json --prefix ' .. p
+    local s_status, s_out = dmarc('report summary --json --redis-prefix ' .. p
                                   .. ' --domain example.org --until 2025-11-22 --days 7')
     assert.equal(0, s_status)
     local s = cjson.decode(s_out)

@@ -34,7 +34,7 @@ local function dmarc(args)
 end
 
 local function summary_json(prefix, extra)
-  local status, out = dmarc('report summary --json --prefix ' .. prefix
+  local status, out = dmarc('report summary --json --redis-prefix ' .. prefix
                             .. ' --domain example.com --until 2025-11-22 --days 7 ' .. (extra or ''))
   assert.equal(0, status)
   return cjson.decode(out)
@@ -51,7 +51,7 @@ end
 describe('ingest into Redis', function()
   it('ingest__every_format_and_per_file_failures [MAIL-1] [MAIL-6]', function()
     local prefix = fresh_prefix()
-    local status, out, err = dmarc('report ingest --json --prefix ' .. prefix .. ' ' .. FIX)
+    local status, out, err = dmarc('report ingest --json --redis-prefix ' .. prefix .. ' ' .. FIX)
     assert.equal(1, status) -- the broken fixtures fail, the rest are stored
     local stats = cjson.decode(out)
     assert.equal(17, stats.errors)
@@ -82,10 +82,10 @@ describe('ingest into Redis', function()
   it('ingest__again_changes_nothing', function()
     local prefix = fresh_prefix()
     local files = FIX .. 'rfc9990.xml ' .. FIX .. 'rfc7489.zip'
-    assert.equal(0, (dmarc('report ingest --quiet --prefix ' .. prefix .. ' ' .. files)))
+    assert.equal(0, (dmarc('report ingest --quiet --redis-prefix ' .. prefix .. ' ' .. files)))
     local conn = connect()
     local before, rows = total_messages(conn, prefix, '20251121')
-    local status, out = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. files)
+    local status, out = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' ' .. files)
     assert.equal(0, status)
     local stats = cjson.decode(out)
     assert.equal(2, stats.duplicates)
@@ -106,7 +106,7 @@ describe('ingest into Redis', function()
       f:write((src:gsub('a%-20251121%-0001', 'par-' .. i)))
       f:close()
     end
-    local cmd = h.BIN .. ' report ingest --quiet --redis ' .. REDIS .. ' --prefix ' .. prefix
+    local cmd = h.BIN .. ' report ingest --quiet --redis ' .. REDIS .. ' --redis-prefix ' .. prefix
       .. ' ' .. dir
     local status = h.run('(' .. cmd .. ' & ' .. cmd .. ' & wait)')
     assert.equal(0, status)
@@ -134,7 +134,8 @@ describe('ingest into Redis', function()
     f:write(table.concat(parts))
     f:close()
     os.execute('gzip -n ' .. path)
-    local status, out = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. path .. '.gz')
+    local status, out = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' '
+      .. path .. '.gz')
     assert.equal(0, status)
     assert.equal(15000, cjson.decode(out).messages)
     local conn = connect()
@@ -144,7 +145,7 @@ describe('ingest into Redis', function()
     local stage = conn:command('KEYS', prefix .. 'ing:{example.com}:stage:*')
     assert.equal(0, #stage)
     -- and again: a duplicate, nothing added, no staging hash left behind
-    status, out = dmarc('report ingest --quiet --json --prefix ' .. prefix .. ' ' .. path .. '.gz')
+    status, out = dmarc('report ingest --quiet --json --redis-prefix ' .. prefix .. ' ' .. path .. '.gz')
     assert.equal(0, status)
     assert.equal(1, cjson.decode(out).duplicates)
     assert.equal(15000, (total_messages(conn, prefix, '20251121')))
@@ -155,7 +156,7 @@ describe('ingest into Redis', function()
   it('ingest__foreign_domains_counted_or_refused', function()
     local prefix = fresh_prefix()
     local status, out = dmarc('report ingest --quiet --json --own example.com --refuse-foreign '
-                              .. '--prefix ' .. prefix .. ' ' .. FIX .. 'foreign.xml ' .. FIX
+                              .. '--redis-prefix ' .. prefix .. ' ' .. FIX .. 'foreign.xml ' .. FIX
                               .. 'rfc9990.xml')
     assert.equal(0, status)
     local stats = cjson.decode(out)
@@ -170,7 +171,7 @@ describe('ingest into Redis', function()
   it('ingest__envelope_to_hashed_with_the_site_salt', function()
     local prefix = fresh_prefix()
     local status = h.run('DMARC_INGEST_SALT=0123456789abcdef-site ' .. h.BIN .. ' report ingest '
-                         .. '--quiet --hash-envelope-to --redis ' .. REDIS .. ' --prefix ' .. prefix
+                         .. '--quiet --hash-envelope-to --redis ' .. REDIS .. ' --redis-prefix ' .. prefix
                          .. ' ' .. FIX .. 'rfc9990.xml')
     assert.equal(0, status)
     local conn = connect()
@@ -187,7 +188,7 @@ describe('ingest into Redis', function()
 
   it('summary__numbers_of_the_ingested_reports', function()
     local prefix = fresh_prefix()
-    dmarc('report ingest --quiet --prefix ' .. prefix .. ' ' .. FIX .. 'rfc9990.xml.gz '
+    dmarc('report ingest --quiet --redis-prefix ' .. prefix .. ' ' .. FIX .. 'rfc9990.xml.gz '
           .. FIX .. 'report-qp.eml')
     local s = summary_json(prefix)
     assert.equal(235, s.messages)
@@ -199,7 +200,7 @@ describe('ingest into Redis', function()
     assert.equal('192.0.2.1', s.sources[1].ip)
     local drill = summary_json(prefix, '--source 203.0.113.5')
     assert.equal(2, #drill.drill.rows)
-    local status, text = dmarc('report summary --prefix ' .. prefix .. ' --domain example.com '
+    local status, text = dmarc('report summary --redis-prefix ' .. prefix .. ' --domain example.com '
                                .. '--until 2025-11-22 --days 7')
     assert.equal(0, status)
     assert.truthy(text:find('readiness: p=none -> quarantine', 1, true))

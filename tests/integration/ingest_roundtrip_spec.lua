@@ -83,7 +83,7 @@ describe('generate then ingest', function()
     for _, kind in ipairs({ 'xml.gz', 'eml' }) do
       it('roundtrip__' .. format .. '_' .. kind .. '_gives_the_same_counts', function()
         local out = h.tmpdir()
-        local status = run('report generate --quiet --force --prefix ' .. gen_prefix .. ' --date '
+        local status = run('report generate --quiet --force --redis-prefix ' .. gen_prefix .. ' --date '
                            .. DATE .. ' --format ' .. format .. ' --out ' .. out
                            .. ' --org-name "Round Trip Receiver" --email dmarc@receiver.example'
                            .. ' --submitter receiver.example')
@@ -93,12 +93,12 @@ describe('generate then ingest', function()
         local paths = {}
         for i, f in ipairs(files) do paths[i] = "'" .. out .. '/' .. f .. "'" end
         local ing_prefix = 'it:rting' .. format .. kind:gsub('%.', '') .. os.time() % 100000 .. ':'
-        local ist, iout = run('report ingest --quiet --json --prefix ' .. ing_prefix .. ' '
+        local ist, iout = run('report ingest --quiet --json --redis-prefix ' .. ing_prefix .. ' '
                               .. table.concat(paths, ' '))
         assert.equal(0, ist)
         assert.equal(2, cjson.decode(iout).stored)
         for dom, e in pairs(expect) do
-          local sst, sout = run('report summary --json --top 100 --prefix ' .. ing_prefix
+          local sst, sout = run('report summary --json --top 100 --redis-prefix ' .. ing_prefix
                                 .. ' --domain ' .. dom .. ' --until ' .. DATE .. ' --days 1')
           assert.equal(0, sst)
           local s = cjson.decode(sout)

@@ -22,7 +22,7 @@ local function sh(cmd)
 end
 
 local function cli(args, redis_addr)
-  local cmd = string.format('./bin/dmarc override %s --redis %s --prefix %s >/dev/null 2>&1',
+  local cmd = string.format('./bin/dmarc override %s --redis %s --redis-prefix %s >/dev/null 2>&1',
     args, redis_addr, PREFIX)
   return sh(cmd)
 end

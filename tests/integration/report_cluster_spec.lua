@@ -84,7 +84,7 @@ describe('report rows on a Redis Cluster', function()
 
   it('cluster__generate_and_send_through_the_cluster', function()
     local out = dir .. '/out'
-    local status, text = h.run(h.BIN .. ' report generate --quiet --cluster 127.0.0.1:' .. PORTS[1]
+    local status, text = h.run(h.BIN .. ' report generate --quiet --redis-cluster 127.0.0.1:' .. PORTS[1]
                                .. ' --date 2025-11-21 --org-name R --email dmarc@receiver.example'
                                .. ' --submitter receiver.example --out ' .. out .. ' 2>&1')
     assert.equal(0, status, text)
@@ -107,7 +107,7 @@ describe('report rows on a Redis Cluster', function()
     os.execute('chmod +x ' .. fake)
     local dns = dir .. '/dns.json'
     assert(util_files.write(dns, '{}'))
-    status, text = h.run(h.BIN .. ' report send --quiet --cluster 127.0.0.1:' .. PORTS[3]
+    status, text = h.run(h.BIN .. ' report send --quiet --redis-cluster 127.0.0.1:' .. PORTS[3]
                          .. ' --email dmarc@receiver.example --sendmail ' .. fake
                          .. ' --dns-json ' .. dns .. ' --out ' .. out .. ' 2>&1')
     assert.equal(0, status, text)

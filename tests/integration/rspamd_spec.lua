@@ -128,7 +128,7 @@ describe('dmarc_engine plugin (default site script)', function()
 
   setup(function()
     -- The CLI's override store, the same keys the plugin reads (docs/redis-keys.md).
-    local redis = ' --redis ' .. h.q(h.redis) .. ' --prefix it-engine:'
+    local redis = ' --redis ' .. h.q(h.redis) .. ' --redis-prefix it-engine:'
     dmarc_cli('override add rcpt carol@rcpt.test --set score-only' .. redis)
     dmarc_cli('override add domain override.test --reason local_policy --comment ' ..
       h.q('partner, never rejected') .. redis)
@@ -271,7 +271,7 @@ describe('dmarc_engine plugin (default site script)', function()
 
     local out = os.tmpname()
     os.remove(out)
-    dmarc_cli('report generate --quiet --force --redis ' .. h.q(h.redis) .. ' --prefix it-engine: ' ..
+    dmarc_cli('report generate --quiet --force --redis ' .. h.q(h.redis) .. ' --redis-prefix it-engine: ' ..
       '--date ' .. os.date('!%Y-%m-%d') .. ' --out ' .. h.q(out) .. ' --org-name Test ' ..
       '--email dmarc@rcpt.test --submitter rcpt.test')
     local files = h.run('ls ' .. h.q(out))
@@ -435,7 +435,7 @@ describe('dmarc_engine plugin: failure reports queued for dmarc report send', fu
     local f = assert(io.open(dns, 'w'))
     f:write('{}')
     f:close()
-    local out, ok = h.run(DMARC .. ' report send --redis ' .. h.q(h.redis) .. ' --prefix ' .. PREFIX ..
+    local out, ok = h.run(DMARC .. ' report send --redis ' .. h.q(h.redis) .. ' --redis-prefix ' .. PREFIX ..
       REPORTER .. ' --smtp 127.0.0.1:' .. SMTP_PORT .. ' --dns-json ' .. h.q(dns) .. ' --out ' ..
       h.q(dir .. '/out') .. ' 2>&1')
     assert.is_true(ok, out)

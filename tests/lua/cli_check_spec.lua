@@ -207,7 +207,8 @@ describe('dmarc check with Redis', function()
   it('cli_check__help_describes_the_redis_options', function()
     local out, _, status = dmarc('check --help')
     assert.equal(0, status)
-    for _, opt in ipairs({ '--redis HOST:PORT', '--redis-prefix', '--spool DIR', '--failure-reports',
+    for _, opt in ipairs({ '--redis ADDR', '--redis-prefix', '--redis-password-file', '--spool DIR',
+                           '--failure-reports',
                            '--report-config', '--no-report-rows' }) do
       assert.truthy(out:find(opt, 1, true), opt)
     end
@@ -296,7 +297,7 @@ describe('dmarc check with Redis', function()
   it('cli_check__report_config_supplies_redis_and_identity', function()
     local conf = env.tmpname()
     env.write_file(conf, "return { redis = '127.0.0.1:1', email = 'dmarc@receiver.example', "
-      .. "submitter = 'receiver.example', prefix = 'cfg:' }")
+      .. "submitter = 'receiver.example', redis_prefix = 'cfg:' }")
     local out, err, status = dmarc('check --json --failure-reports --report-config ' .. env.shell_quote(conf)
       .. ' ' .. SPOOF .. 'examples/spoofed.eml')
     os.remove(conf)

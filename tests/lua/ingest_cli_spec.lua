@@ -37,7 +37,7 @@ describe('dmarc report ingest (no server)', function()
     usage_error('report ingest --bogus x', 'unknown option')
     usage_error('report ingest --own "example.com,exa*mple.com" x', 'invalid domain')
     usage_error('report ingest --retention-days 0 x', 'retention')
-    usage_error('report ingest --prefix "a*b" x', 'prefix')
+    usage_error('report ingest --redis-prefix "a*b" x', 'prefix')
     usage_error('report ingest --hash-envelope-to x', 'salt')
   end)
 

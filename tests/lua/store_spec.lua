@@ -629,7 +629,8 @@ describe('dmarc override (over a memory store)', function()
 
   it('exits 1 when Redis cannot be reached', function()
     local out, err = sink(), sink()
-    local status = cli.run({ 'list', '--redis', 'unix:/nonexistent/dmarc-test.sock', '--timeout', '0.1' },
+    local status = cli.run({ 'list', '--redis', 'unix:/nonexistent/dmarc-test.sock',
+                             '--redis-timeout', '0.1' },
       { stdout = out, stderr = err, getenv = function() end })
     assert.equal(1, status)
   end)

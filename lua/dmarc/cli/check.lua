@@ -19,7 +19,6 @@ local policy = require 'dmarc.site.policy'
 local report = require 'dmarc.report.rows'
 local common = require 'dmarc.cli.common'
 local connect = require 'dmarc.redis.connect'
-local config = require 'dmarc.util.config'
 local json = require 'dmarc.util.json'
 local options = require 'dmarc.util.options'
 
@@ -55,18 +54,21 @@ Authentication-Results:
                              trusted (repeatable)
 Output:
   --json                     everything as one JSON object
-Redis (off unless --redis, --redis-cluster, the report config's redis or cluster, or
-$DMARC_REDIS gives a server):
-  --redis HOST:PORT          also [IPv6]:PORT or unix:PATH; password from
-                             $DMARC_REDIS_PASSWORD
+Redis (off unless --redis, --redis-cluster, the report config's redis or redis_cluster,
+or $DMARC_REDIS gives a server):
+  --redis ADDR               HOST:PORT, [IPv6]:PORT or unix:PATH (no default: without
+                             --redis, --redis-cluster, the report config or $DMARC_REDIS,
+                             Redis is not used)
   --redis-cluster H:P[,H:P]  a Redis Cluster instead: seed nodes (any masters; the rest
                              are found with CLUSTER SLOTS). Commands go to the master of
                              their key's slot; the overrides all live in the {TAG} slot,
                              a report row's keys in its domain's. No --redis-db.
   --redis-prefix P           key prefix of overrides and reports (default dmarc:)
   --redis-tag TAG            hash tag of the override store (default ovr)
-  --redis-db N               database number
-  --redis-timeout SECONDS    connect and reply timeout (default 0.5)
+  --redis-db N               database number (not with a cluster)
+  --redis-timeout SECONDS    connect and reply timeout (default 2)
+  --redis-password-file F    the password: the first line of F (default:
+                             $DMARC_REDIS_PASSWORD)
   With Redis, overrides and recipient sets come from the override store, and a report
   row is written for every evaluation whose applied record has rua (read by `dmarc
   report generate`). Redis down: the site defaults apply, the exit status and decision
@@ -85,7 +87,7 @@ $DMARC_REDIS gives a server):
                              report row, Arrival-Date of its failure reports
 Reporter identity (for --failure-reports; also skips rows about our own reports):
   --report-config FILE       the `dmarc report` config file (org_name, email,
-                             submitter, redis, prefix, failure_rate_limit,
+                             submitter, the redis_* settings, failure_rate_limit,
                              failure_rate_window, failure_queue_max)
   --org-name NAME --email ADDR --submitter DOMAIN   (win over the config file)
 ]]
@@ -95,7 +97,8 @@ local VALUE_OPTIONS = {
   site = true, mode = true, roll = true, zone = true, ['dns-server'] = true,
   ['dns-timeout'] = true, ['authserv-id'] = true, ['trusted-authserv-id'] = true,
   redis = true, ['redis-cluster'] = true, ['redis-prefix'] = true, ['redis-tag'] = true, ['redis-db'] = true,
-  ['redis-timeout'] = true, spool = true, time = true, ['report-config'] = true,
+  ['redis-timeout'] = true, ['redis-password-file'] = true, spool = true, time = true,
+  ['report-config'] = true,
   ['org-name'] = true, email = true, submitter = true,
 }
 local MULTI_OPTIONS = { rcpt = true, ['trusted-authserv-id'] = true }
@@ -164,7 +167,7 @@ local function check_redis_options(opts)
   end
   if opts['redis-timeout'] then
     local n = tonumber(opts['redis-timeout'])
-    if not n or n < 0.001 or n > 60 then return nil, '--redis-timeout must be 0.001-60 seconds' end
+    if not n or n < 0.001 or n > 3600 then return nil, '--redis-timeout must be 0.001 to 3600 seconds' end
     opts['redis-timeout'] = n
   end
   return true
@@ -290,29 +293,6 @@ local function valid_email(s)
   return type(s) == 'string' and #s <= 254 and s:find('^[^%s<>@"]+@[%w%.%-_]+$') ~= nil
 end
 
--- Where Redis is: a cluster (settings.cluster, settings.redis = { cluster }) or one server
--- (settings.redis = connect options), or none.
-local function redis_where(settings, opts, conf, getenv)
-  -- A cluster on the command line wins over any single server; a single server on the
-  -- command line wins over a cluster in the config file.
-  local cluster_nodes = opts['redis-cluster']
-  if not cluster_nodes and not opts.redis and conf.cluster ~= nil and conf.cluster ~= '' then
-    local nodes, nerr = M.parse_cluster_nodes(conf.cluster)
-    if not nodes then return nil, '--report-config cluster: ' .. nerr end
-    cluster_nodes = nodes
-  end
-  local addr = opts.redis or conf.redis or getenv('DMARC_REDIS')
-  if cluster_nodes then
-    settings.cluster = cluster_nodes
-    settings.redis = { cluster = cluster_nodes }
-  elseif addr ~= nil and addr ~= '' then
-    local where, err = connect.parse_address(tostring(addr))
-    if not where then return nil, err end
-    settings.redis = where
-  end
-  return true
-end
-
 -- The reporter of failure reports, checked.
 local function check_reporter(settings)
   local rep = settings.reporter
@@ -338,16 +318,20 @@ function M.redis_settings(opts, getenv)
   getenv = getenv or os.getenv
   local conf = {}
   if opts['report-config'] then
-    local c, err = config.load(opts['report-config'])
+    local c, err = common.load_config(opts['report-config'])
     if not c then return nil, '--report-config: ' .. tostring(err) end
     conf = c
   end
+  -- The Redis options every command shares (dmarc.redis.connect.settings); no default
+  -- server: without one, Redis is not used.
+  local rs, rerr = connect.settings(opts, conf, getenv)
+  if not rs then return nil, rerr end
   local settings = {
-    prefix = opts['redis-prefix'] or conf.prefix or report.defaults.prefix,
+    prefix = rs.prefix,
     tag = opts['redis-tag'],
-    db = opts['redis-db'],
-    timeout = opts['redis-timeout'] or 0.5,
-    password = getenv('DMARC_REDIS_PASSWORD'),
+    db = rs.db,
+    timeout = rs.timeout,
+    password = rs.password,
     spool = opts.spool,
     rows = not opts['no-report-rows'],
     failure_reports = opts['failure-reports'] or false,
@@ -362,12 +346,13 @@ function M.redis_settings(opts, getenv)
       queue_max = tonumber(conf.failure_queue_max),
     },
   }
-  if not report.valid_prefix(settings.prefix) then
-    return nil, 'the key prefix must be at most 64 letters, digits and ":_.-"'
+  if rs.cluster then
+    settings.cluster = rs.cluster
+    settings.redis = { cluster = rs.cluster }
+  elseif rs.host or rs.path then
+    settings.redis = { host = rs.host, port = rs.port, path = rs.path }
   end
-  local ok, err = redis_where(settings, opts, conf, getenv)
-  if not ok then return nil, err end
-  ok, err = check_reporter(settings)
+  local ok, err = check_reporter(settings)
   if not ok then return nil, err end
   -- Without a server (e.g. $DMARC_REDIS missing from an MTA's environment) the check still
   -- runs: a warning, never an exit status that would hold up mail.
@@ -650,9 +635,11 @@ end
 -- @return site, or nil, exit status (the input error told)
 local function load_site(opts)
   if not opts.policy then return assert(policy.new({}, { log = M.logger })) end
-  local site, err, code = policy.load(opts.policy, { log = M.logger })
+  local site, err = policy.load(opts.policy, { log = M.logger })
+  -- The message names the script and the cause; the code is for programs, not people.
   if not site then
-    return nil, input_error('site script: ' .. tostring(err) .. ' (' .. tostring(code) .. ')')
+    err = tostring(err)
+    return nil, input_error(err:find('site script', 1, true) and err or ('site script: ' .. err))
   end
   return site
 end

@@ -8,6 +8,7 @@
 -- @module dmarc.cli.common
 
 local config = require 'dmarc.util.config'
+local connect = require 'dmarc.redis.connect'
 local options = require 'dmarc.util.options'
 local text = require 'dmarc.util.text'
 local time = require 'dmarc.util.time'
@@ -39,6 +40,57 @@ function M.usage_fail(who, message, stream)
   local out = stream or io.stderr
   out:write(who, ': ', message, '\n', 'run "', who, ' --help" for usage\n')
   return 2
+end
+
+-- }==================================================================
+
+-- {==================================================================
+-- Redis options and config files (every command)
+-- ===================================================================
+
+--- The --help lines of the Redis options, the same in every command that talks to Redis
+-- (the options themselves: dmarc.redis.connect.OPTIONS and settings()).
+M.REDIS_HELP = '\n' .. [[
+Redis:
+  --redis ADDR               HOST:PORT, [IPv6]:PORT or unix:PATH (default
+                             $DMARC_REDIS, else 127.0.0.1:6379)
+  --redis-cluster H:P[,H:P]  seed nodes of a Redis Cluster, instead of --redis
+  --redis-prefix P           key prefix (default dmarc:)
+  --redis-db N               database number (not with a cluster)
+  --redis-timeout SECONDS    connect and reply timeout (default 2)
+  --redis-password-file F    the password: the first line of F (default:
+                             $DMARC_REDIS_PASSWORD)
+]]
+
+--- The keys a config file (--config, `dmarc check --report-config`) may hold: the options
+-- of the report commands with '_' for '-', and the failure report settings of `check`.
+M.CONFIG_KEYS = {}
+for _, k in ipairs({
+  'org_name', 'email', 'submitter', 'extra_contact_info', 'extra_contact',
+  'redis', 'redis_cluster', 'redis_prefix', 'redis_db', 'redis_timeout', 'redis_password_file',
+  'out', 'date', 'format', 'max_rows', 'smtp', 'starttls', 'smtp_user', 'smtp_password_file',
+  'smtp_timeout', 'sendmail', 'helo', 'envelope_from', 'dns_json', 'zone', 'dns_server',
+  'dns_timeout', 'size_limits', 'retry_base', 'max_attempts', 'own', 'own_domains', 'salt_file',
+  'retention_days', 'max_size', 'hash_envelope_to', 'refuse_foreign', 'listen',
+  'failure_rate_limit', 'failure_rate_window', 'failure_queue_max', 'tls_ca', 'tls_no_verify',
+  'failure_retention_days',
+}) do M.CONFIG_KEYS[k] = true end
+
+--- A config file, its keys checked: an unknown key is an error, as an unknown option is.
+-- @param path {string}
+-- @return {table} the options, or nil, message
+function M.load_config(path)
+  local conf, err = config.load(path)
+  if not conf then return nil, err end
+  local bad = {}
+  for k in pairs(conf) do
+    if not M.CONFIG_KEYS[k] then bad[#bad + 1] = text.shown(tostring(k)) end
+  end
+  if #bad > 0 then
+    table.sort(bad)
+    return nil, path .. ': unknown key' .. (#bad > 1 and 's ' or ' ') .. table.concat(bad, ', ')
+  end
+  return conf
 end
 
 -- }==================================================================
@@ -89,18 +141,24 @@ subcommands:
              queued
 ]]
 
-local USAGE = [[
-
-common options:
+local USAGE_COMMON = [[
   --config FILE          Lua file returning a table of options (see
-                         docs/report-keys.md, "Configuration")
-  --redis HOST:PORT      Redis server (default $DMARC_REDIS or 127.0.0.1:6379)
-  --cluster H:P[,H:P]    Redis Cluster seed nodes (instead of --redis)
-  --prefix P             key prefix (default dmarc:)
+                         docs/report-keys.md, "Configuration"); unknown keys
+                         are an error
   --out DIR              output directory (created if missing)
   --quiet                no progress lines on stderr
+Redis:
+  --redis ADDR               HOST:PORT, [IPv6]:PORT or unix:PATH (default
+                             $DMARC_REDIS, else 127.0.0.1:6379)
+  --redis-cluster H:P[,H:P]  seed nodes of a Redis Cluster, instead of --redis
+  --redis-prefix P           key prefix (default dmarc:)
+  --redis-db N               database number (not with a cluster)
+  --redis-timeout SECONDS    connect and reply timeout (default 2)
+  --redis-password-file F    the password: the first line of F (default:
+                             $DMARC_REDIS_PASSWORD)
+]]
 
-generate:
+local USAGE_GENERATE = [[
   --date YYYY-MM-DD      one UTC day (default: yesterday)
   --from T --to T        a period of whole UTC days: YYYY-MM-DD or epoch
                          seconds at 00:00 UTC; --to is exclusive
@@ -110,8 +168,9 @@ generate:
                          extra_contact_info in the config file)
   --max-rows N           rows read per policy domain (default 100000)
   --force                also periods that are not over yet, or already sent
+]]
 
-send (also without --date: retries, and the queued failure reports):
+local USAGE_SEND = [[
   --date D | --from T --to T   generate this period first (as above)
   --smtp HOST:PORT       relay (default 127.0.0.1:25), or
   --sendmail CMD         a sendmail-compatible command
@@ -134,11 +193,33 @@ send (also without --date: retries, and the queued failure reports):
   --size-limits          honour RFC 7489 !size limits (default: with rfc7489)
   --retry-base SEC       first retry delay (default 300), doubling
   --max-attempts N       then the destination is given up (default 8)
+]]
 
+local USAGE_EXIT = [[
 exit status: 0 done (deliveries may be deferred), 1 error (also: the relay's
 certificate was refused; its reports stay queued), 2 usage, 75 another sender
 holds the lock.
 ]]
+
+local USAGE = '\ncommon options:\n' .. USAGE_COMMON .. '\ngenerate:\n' .. USAGE_GENERATE
+  .. '\nsend (also without --date: retries, and the queued failure reports):\n' .. USAGE_SEND
+  .. '\n' .. USAGE_EXIT
+
+--- The --help of `dmarc report generate` and of `dmarc report send`.
+local SUB_USAGE = {
+  generate = 'usage: dmarc report generate [--date D | --from T --to T] --out DIR [options]\n\n'
+    .. 'Writes one aggregate report per policy domain and period from the rows in Redis\n'
+    .. '(XML, gzip, one RFC 5322 message per rua destination, a manifest for `send`).\n\n'
+    .. 'options:\n' .. USAGE_GENERATE .. '\ncommon options:\n' .. USAGE_COMMON .. '\n'
+    .. 'exit status: 0 done, 1 error, 2 usage.\n',
+  send = 'usage: dmarc report send --out DIR [--date D | --from T --to T] [options]\n\n'
+    .. 'Verifies the destinations, delivers the reports in DIR (generating the period\n'
+    .. 'first when one is given), retries, and deletes delivered data; also delivers the\n'
+    .. 'failure reports `dmarc check --failure-reports` queued.\n\n'
+    .. 'options:\n' .. USAGE_SEND .. '  --force                with a period: as for generate\n'
+    .. '\ncommon options:\n' .. USAGE_COMMON .. '\n' .. USAGE_EXIT,
+}
+
 
 -- The --help text: the built-in subcommands, then one line each for those
 -- loaded from modules (marked when the module is not installed).
@@ -165,13 +246,30 @@ local function die(msg, status)
   return M.fail('dmarc report', msg, status)
 end
 
-local FLAGS = { quiet = true, force = true, ['size-limits'] = true, help = true,
-                ['tls-no-verify'] = true }
+-- The options of generate and send: unknown ones are usage errors, as everywhere.
+local GENERATE_VALUES = {
+  date = true, from = true, to = true, format = true, ['org-name'] = true, email = true,
+  submitter = true, ['extra-contact'] = true, ['max-rows'] = true, out = true, config = true,
+  now = true, -- the current time, epoch seconds (tests)
+}
+local SEND_VALUES = {
+  smtp = true, sendmail = true, helo = true, starttls = true, ['smtp-user'] = true,
+  ['smtp-password-file'] = true, ['smtp-timeout'] = true, ['envelope-from'] = true,
+  ['dns-json'] = true, zone = true, ['dns-server'] = true, ['dns-timeout'] = true,
+  ['retry-base'] = true, ['max-attempts'] = true, ['tls-ca'] = true,
+}
+local SUB_FLAGS = {
+  generate = { quiet = true, force = true },
+  send = { quiet = true, force = true, ['size-limits'] = true, ['tls-no-verify'] = true },
+}
 
--- Lenient: every --name is taken (the subcommands read the ones they know), and a flag
--- given a value is just set.
-local function parse_args(args)
-  return options.parse(args, { style = 'report', lenient = true, flags = FLAGS })
+local function parse_args(sub, args)
+  local values = {}
+  for _, set in ipairs({ GENERATE_VALUES, connect.OPTIONS, sub == 'send' and SEND_VALUES or {} }) do
+    for name in pairs(set) do values[name] = true end
+  end
+  return options.parse(args, { style = 'report', values = values, flags = SUB_FLAGS[sub] or {},
+                               max_operands = 0, too_many_operands = 'unexpected argument' })
 end
 
 -- Option value: command line first, then config file (key with _), then default.
@@ -266,7 +364,7 @@ local function do_generate(o, conf, conn)
   local begin, finish, format = o._begin, o._finish, o._format
   local ok_core, core = pcall(require, 'dmarc.core')
   local summary, err, code = generate.run {
-    redis = conn, prefix = get(o, conf, 'prefix'), begin = begin, ['end'] = finish,
+    redis = conn, prefix = get(o, conf, 'redis-prefix'), begin = begin, ['end'] = finish,
     format = format, out = o.out, reporter = reporter(o, conf),
     max_rows = tonumber(get(o, conf, 'max-rows')), force = o.force,
     version = ok_core and core._VERSION or nil,
@@ -290,18 +388,21 @@ M.report_generate = do_generate
 -- @param fn {function} (opts, conf, conn) -> summary, or nil, message, exit status
 -- @return exit status
 function M.report_run(sub, rest, fn)
-  local o, perr = parse_args(rest)
-  if not o then return die(perr, 2) end
+  local who = 'dmarc report ' .. sub
+  local o, perr = parse_args(sub, rest)
+  if not o then return M.usage_fail(who, perr) end
   if o.help then
-    io.stdout:write(M.report_usage())
+    io.stdout:write(SUB_USAGE[sub] or M.report_usage())
     return 0
   end
   local conf = {}
   if o.config then
-    local c, cerr = config.load(o.config)
-    if not c then return die('config: ' .. tostring(cerr), 2) end
+    local c, cerr = M.load_config(o.config)
+    if not c then return M.fail(who, 'config: ' .. tostring(cerr), 2) end
     conf = c
   end
+  local rs, rerr = connect.settings(o, conf, nil, connect.DEFAULT_ADDRESS)
+  if not rs then return M.usage_fail(who, rerr) end
   o.out = o.out or conf.out
   if not o.out then return die('--out DIR is required', 2) end
   if sub == 'generate' or o.date or o.from or o.to then
@@ -309,8 +410,10 @@ function M.report_run(sub, rest, fn)
     if not ok then return die(cerr, 2) end
   end
   if not ensure_dir(o.out) then return die('cannot write to ' .. o.out, 1) end
-  local conn, cerr = require('dmarc.redis.connect').from_options(o, conf)
-  if not conn then return die('Redis: ' .. tostring(cerr), 1) end
+  local conn, cerr = connect.open(rs)
+  if not conn then
+    return M.fail(who, 'cannot connect to ' .. connect.describe(rs) .. ': ' .. tostring(cerr), 1)
+  end
   local ok, res, err, status = pcall(fn, o, conf, conn)
   if conn.close then pcall(conn.close, conn) end
   if not ok then error(res, 0) end
@@ -324,8 +427,8 @@ end
 -- dmarc report ingest, summary, serve: options, config file, key prefix
 -- ===================================================================
 
-M.REPORT_COMMON_VALUES = { config = true, redis = true, cluster = true, prefix = true,
-                    ['redis-timeout'] = true }
+M.REPORT_COMMON_VALUES = { config = true }
+for name in pairs(connect.OPTIONS) do M.REPORT_COMMON_VALUES[name] = true end
 
 --- Command-line options: `--name value`, `--name=value`, flags; the rest are
 -- operands. Unknown options are usage errors.
@@ -338,10 +441,10 @@ function M.report_parse_args(args, spec)
   return options.parse(args, { style = 'report', flags = spec.flags, values = values })
 end
 
---- The config file (a Lua chunk returning a table), or {} without --config.
+--- The config file (a Lua chunk returning a table, its keys checked), or {} without --config.
 function M.report_config(o)
   if not o.config then return {} end
-  return config.load(o.config)
+  return M.load_config(o.config)
 end
 
 --- The start every report subcommand shares: its options and the common ones, --help, and
@@ -364,6 +467,9 @@ function M.report_start(name, args, spec, usage)
   end
   local conf, cerr = M.report_config(o)
   if not conf then return nil, M.fail(who, 'config: ' .. tostring(cerr), 2) end
+  local rs, rerr = connect.settings(o, conf, nil, connect.DEFAULT_ADDRESS)
+  if not rs then return nil, M.usage_fail(who, rerr) end
+  o._redis = rs
   return o, rest, conf
 end
 
@@ -371,7 +477,7 @@ end
 function M.report_prefix(o, conf)
   local report = require 'dmarc.report.rows'
   local ingest = require 'dmarc.owner.ingest'
-  local p = options.setting(o, conf, 'prefix', ingest.defaults.prefix)
+  local p = options.setting(o, conf, 'redis-prefix', ingest.defaults.prefix)
   if not report.valid_prefix(p) then return nil end
   return p
 end

@@ -28,16 +28,18 @@ REASON   local_policy (default; mailing_list for KIND list), trusted_forwarder,
 --ttl    seconds (or with a unit: 90m, 12h, 30d); without it the entry never expires
 --set    add VALUE (KIND rcpt or rcpt_domain) to the named recipient set instead
 
-options: --redis HOST:PORT | [IPv6]:PORT | unix:PATH  (default $DMARC_REDIS, else
-         127.0.0.1:6379), or --redis-cluster H:P[,H:P] (seed nodes of a Redis Cluster),
-         --db N (not with a cluster), --prefix PREFIX (default dmarc:), --tag TAG (default
-         ovr), --timeout SECONDS (default 2); the password, if any, from $DMARC_REDIS_PASSWORD
+options:
+  --json                     list: one JSON object per entry
+  --redis-tag TAG            hash tag of the override store's keys (default ovr)
+]] .. common.REDIS_HELP .. [[
+exit status: 0 done, 1 the store failed (or the entry to delete is absent), 2 usage.
 ]]
 
 local VALUE_OPTIONS = {
   action = true, reason = true, comment = true, ttl = true, set = true,
-  redis = true, ['redis-cluster'] = true, prefix = true, tag = true, timeout = true, db = true,
+  ['redis-tag'] = true,
 }
+for name in pairs(connect.OPTIONS) do VALUE_OPTIONS[name] = true end
 local FLAG_OPTIONS = { json = true, help = true }
 
 local UNIT = { s = 1, m = 60, h = 3600, d = 86400 }
@@ -84,43 +86,24 @@ local function describe_entry(entry)
   return table.concat(parts, ' ')
 end
 
--- The store on a Redis Cluster: every key of the override store carries the one {TAG}
--- hash tag, so the router (dmarc.redis.cluster) sends each command to that slot's master.
-local function open_cluster_store(opts, sys, timeout)
-  if opts.redis then return nil, '--redis and --redis-cluster exclude each other', 2 end
-  if opts.db then return nil, '--db: a Redis Cluster has no databases', 2 end
-  local nodes, nerr = require('dmarc.redis.cluster').parse_nodes(opts['redis-cluster'])
-  if not nodes then return nil, '--redis-cluster: ' .. nerr, 2 end
-  local password = sys.getenv('DMARC_REDIS_PASSWORD')
-  local ok, st = pcall(store.redis, {
-    prefix = opts.prefix, tag = opts.tag, timeout = timeout, backoff = 0,
-    where = 'cluster ' .. table.concat(nodes, ','),
-    connect = function()
-      return connect.open { cluster = nodes, timeout = timeout, password = password }
-    end,
-  })
-  if not ok then return nil, (tostring(st):gsub('^[^:]*:%d+: ', '')), 2 end
-  return st
-end
-
+-- The override store where the Redis options point. On a Redis Cluster every key of the
+-- store carries the one {TAG} hash tag, so the router (dmarc.redis.cluster) sends each
+-- command to that slot's master.
 local function open_store(opts, sys)
   if sys.store then return sys.store end
-  local timeout = tonumber(opts.timeout or '2')
-  if not timeout or timeout <= 0 or timeout > 3600 then return nil, 'bad --timeout', 2 end
-  if opts.tag and not opts.tag:find('^[%w_.:-]+$') then return nil, 'bad --tag', 2 end
-  if opts.prefix and opts.prefix:find('[%c%s{}]') then return nil, 'bad --prefix', 2 end
-  if opts['redis-cluster'] then return open_cluster_store(opts, sys, timeout) end
-  local addr, err = connect.parse_address(opts.redis or sys.getenv('DMARC_REDIS') or '127.0.0.1:6379')
-  if not addr then return nil, err, 2 end
-  local db
-  if opts.db then
-    db = tonumber(opts.db)
-    if not db or db < 0 or db % 1 ~= 0 then return nil, 'bad --db', 2 end
+  local tag = opts['redis-tag']
+  if tag and not tag:find('^[%w_.:-]+$') then return nil, '--redis-tag: letters, digits and "_.:-"', 2 end
+  local s, err = connect.settings(opts, nil, sys.getenv, connect.DEFAULT_ADDRESS)
+  if not s then return nil, err, 2 end
+  local conf = { prefix = s.prefix, tag = tag, timeout = s.timeout, backoff = 0 }
+  if s.cluster then
+    conf.where = 'cluster ' .. table.concat(s.cluster, ',')
+    conf.connect = function() return connect.open(s) end
+  else
+    conf.host, conf.port, conf.path = s.host, s.port, s.path
+    conf.db, conf.password = s.db, s.password
   end
-  local ok, st = pcall(store.redis, {
-    host = addr.host, port = addr.port, path = addr.path, db = db, timeout = timeout,
-    password = sys.getenv('DMARC_REDIS_PASSWORD'), prefix = opts.prefix, tag = opts.tag, backoff = 0,
-  })
+  local ok, st = pcall(store.redis, conf)
   if not ok then return nil, (tostring(st):gsub('^[^:]*:%d+: ', '')), 2 end
   return st
 end

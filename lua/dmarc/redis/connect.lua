@@ -5,10 +5,9 @@
 --   local connect = require 'dmarc.redis.connect'
 --   local where = connect.parse_address('unix:/run/redis.sock')   --> { path = ... }
 --   local conn, err, code = connect.open { host = '127.0.0.1', port = 6379, timeout = 0.5 }
+--   local s = assert(connect.settings(opts, conf))               -- every command's options
 --   local conn, err, code = connect.from_options(opts, conf)      -- the report commands
 -- @module dmarc.redis.connect
-
-local options = require 'dmarc.util.options'
 
 local M = {}
 
@@ -50,29 +49,122 @@ function M.open(conf)
                          password = conf.password, db = conf.db }
 end
 
---- The Redis connection of the report commands: a dmarc.redis.cluster router with --cluster
--- (H:P,H:P or a list in the config file), otherwise a dmarc.redis connection to --redis,
--- $DMARC_REDIS or 127.0.0.1:6379; --redis-timeout seconds (default 5).
+-- {==================================================================
+-- The Redis options, the same in every command
+-- ===================================================================
+
+--- --redis, --redis-cluster, --redis-prefix, --redis-db, --redis-timeout and
+-- --redis-password-file; in a config file the same names with '_' (redis_prefix...).
+M.OPTIONS = {
+  redis = true, ['redis-cluster'] = true, ['redis-prefix'] = true, ['redis-db'] = true,
+  ['redis-timeout'] = true, ['redis-password-file'] = true,
+}
+M.DEFAULT_TIMEOUT = 2
+M.DEFAULT_PREFIX = 'dmarc:'
+M.DEFAULT_ADDRESS = '127.0.0.1:6379'
+
+-- The first line of a password file (a trailing CR dropped).
+local function read_password(path)
+  local f, err = io.open(path, 'r')
+  if not f then return nil, 'cannot read the Redis password file ' .. tostring(err) end
+  local line = f:read('*l')
+  f:close()
+  line = line and line:gsub('\r$', '')
+  if not line or line == '' then return nil, 'the Redis password file ' .. path .. ' is empty' end
+  return line
+end
+
+--- The Redis settings the options ask for: the command line first, then the config file,
+-- then $DMARC_REDIS and $DMARC_REDIS_PASSWORD, then @default.
+-- @param opts {table} parsed options
+-- @param conf {table|nil} the config file's table
+-- @param getenv {function|nil} os.getenv or a stand-in (tests)
+-- @param default {string|nil} the server when none is given (nil: none, e.g. `dmarc check`)
+-- @return settings for open(): cluster (seed nodes) or host, port or path (all nil: no
+--   server), and prefix, db, timeout, password; or nil, message (a usage error)
+function M.settings(opts, conf, getenv, default)
+  conf, getenv = conf or {}, getenv or os.getenv
+  local function get(name)
+    local v = opts[name]
+    if v == nil then v = conf[(name:gsub('%-', '_'))] end
+    if v == '' then return nil end
+    return v
+  end
+  local s = { prefix = get('redis-prefix') or M.DEFAULT_PREFIX, timeout = M.DEFAULT_TIMEOUT }
+  if type(s.prefix) ~= 'string' or #s.prefix > 64 or not s.prefix:find('^[%w:_.%-]*$') then
+    return nil, '--redis-prefix must be at most 64 letters, digits and ":_.-"'
+  end
+  local t = get('redis-timeout')
+  if t ~= nil then
+    s.timeout = tonumber(t)
+    if not s.timeout or s.timeout < 0.001 or s.timeout > 3600 then
+      return nil, '--redis-timeout must be 0.001 to 3600 seconds'
+    end
+  end
+  local db = get('redis-db')
+  if db ~= nil then
+    s.db = tonumber(db)
+    if not s.db or s.db % 1 ~= 0 or s.db < 0 or s.db > 2147483647 then
+      return nil, '--redis-db must be a database number'
+    end
+  end
+  local pfile = get('redis-password-file')
+  if pfile ~= nil then
+    local pw, err = read_password(tostring(pfile))
+    if not pw then return nil, err end
+    s.password = pw
+  else
+    local pw = getenv('DMARC_REDIS_PASSWORD')
+    if pw and pw ~= '' then s.password = pw end
+  end
+  -- The command line wins over the config file, the config file over $DMARC_REDIS.
+  local cluster, addr = opts['redis-cluster'], opts.redis
+  if cluster == nil and addr == nil then cluster, addr = conf.redis_cluster, conf.redis end
+  if cluster == '' then cluster = nil end
+  if addr == '' then addr = nil end
+  if cluster and addr then return nil, '--redis and --redis-cluster exclude each other' end
+  if cluster then
+    if s.db then return nil, '--redis-db: a Redis Cluster has only database 0' end
+    local nodes, err = require('dmarc.redis.cluster').parse_nodes(cluster)
+    if not nodes then return nil, '--redis-cluster: ' .. tostring(err) end
+    s.cluster = nodes
+    return s
+  end
+  addr = addr or getenv('DMARC_REDIS') or default
+  if addr ~= nil and addr ~= '' then
+    local where, err = M.parse_address(tostring(addr))
+    if not where then return nil, err end
+    s.host, s.port, s.path = where.host, where.port, where.path
+  end
+  return s
+end
+
+--- Where settings point, for messages: "127.0.0.1:6379", "unix:/run/redis.sock",
+-- "the Redis Cluster at h:p,h:p".
+function M.describe(s)
+  if s.cluster then return 'the Redis Cluster at ' .. table.concat(s.cluster, ',') end
+  if s.path then return 'Redis at unix:' .. s.path end
+  if s.host then
+    return 'Redis at ' .. (s.host:find(':', 1, true) and ('[' .. s.host .. ']') or s.host)
+      .. ':' .. tostring(s.port)
+  end
+  return 'no Redis server'
+end
+
+--- The Redis connection of the report commands: settings() with 127.0.0.1:6379 as the
+-- default server, then open(); a failure is a sentence naming the server.
 -- @param opts {table} parsed options
 -- @param conf {table} the config file's table
--- @return connection, or nil, message, code
+-- @return connection, or nil, message, code ('usage' for bad options)
 function M.from_options(opts, conf)
-  local timeout = tonumber(options.setting(opts, conf, 'redis-timeout', 5))
-  local cluster_nodes = options.setting(opts, conf, 'cluster')
-  if cluster_nodes then
-    local nodes = {}
-    if type(cluster_nodes) == 'table' then
-      nodes = cluster_nodes
-    else
-      for n in tostring(cluster_nodes):gmatch('[^,%s]+') do nodes[#nodes + 1] = n end
-    end
-    return M.open { cluster = nodes, timeout = timeout }
-  end
-  local addr = tostring(options.setting(opts, conf, 'redis', os.getenv('DMARC_REDIS') or '127.0.0.1:6379'))
-  local host, port = addr:match('^%[?([^%]]+)%]?:(%d+)$')
-  if not host then host, port = addr, 6379 end
-  return M.open { host = host, port = tonumber(port), timeout = timeout }
+  local s, err = M.settings(opts, conf, nil, M.DEFAULT_ADDRESS)
+  if not s then return nil, err, 'usage' end
+  local conn, cerr, code = M.open(s)
+  if not conn then return nil, 'cannot connect to ' .. M.describe(s) .. ': ' .. tostring(cerr), code end
+  return conn
 end
+
+-- }==================================================================
 
 -- Error replies that say "not now" rather than "never": the same command may succeed later
 -- (a server replaying its AOF or RDB, a script running, a replica without its master, a

@@ -649,14 +649,14 @@ function Redis:_connect()
   if self.conn then return self.conn, false end
   if self.down_until then
     if self.clock() < self.down_until then
-      return nil, 'redis ' .. self:_where() .. ' unavailable (' .. tostring(self.last_error) ..
-        '), retrying later', 'unavailable'
+      return nil, 'Redis at ' .. self:_where() .. ' is unavailable (' .. tostring(self.last_error) ..
+        '); retrying later', 'unavailable'
     end
   end
   local conn, err, code = self.connect(self.conf)
   if not conn then
     self:_mark_down(err)
-    return nil, 'redis ' .. self:_where() .. ': ' .. tostring(err), code or 'io'
+    return nil, 'cannot connect to Redis at ' .. self:_where() .. ': ' .. tostring(err), code or 'io'
   end
   if self.down_until and self.log then self.log:info('redis %s is back', self:_where()) end
   self.down_until, self.last_error = nil, nil

@@ -111,7 +111,7 @@ function M.defaults()
       email = nil,                  -- the reporter address (From of the reports); required
       submitter = nil,              -- the reporting domain (Reporting-MTA); required
       org_name = nil,               -- default: the submitter
-      prefix = 'dmarc:',            -- the key prefix `dmarc report send --prefix` reads
+      prefix = 'dmarc:',            -- the key prefix `dmarc report send --redis-prefix` reads
       rate_limit = 10,              -- reports per policy domain per window
       rate_window = 3600,           -- seconds
       queue_max = 100,              -- queued reports per policy domain

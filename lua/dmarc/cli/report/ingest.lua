@@ -36,9 +36,7 @@ options:
   --quiet                no progress or failure lines on stderr
 common options:
   --config FILE          Lua file returning a table of options
-  --redis HOST:PORT      Redis server (default $DMARC_REDIS or 127.0.0.1:6379)
-  --cluster H:P[,H:P]    Redis Cluster seed nodes (instead of --redis)
-  --prefix P             key prefix (default dmarc:)
+]] .. common.REDIS_HELP .. [[
 
 exit status: 0 every input ingested (duplicates included), 1 some input
 failed (the others are still stored) or a stored report had records that
@@ -119,7 +117,7 @@ local function ingest_options(o, conf)
   local ingest = require 'dmarc.owner.ingest'
   local failures = require 'dmarc.owner.failures'
   local prefix = common.report_prefix(o, conf)
-  if not prefix then return nil, 'invalid --prefix' end
+  if not prefix then return nil, 'invalid --redis-prefix' end
   local own, bad = domain_list(options.setting(o, conf, 'own', conf.own_domains))
   if not own then return nil, 'invalid domain in --own: ' .. text.shown(bad) end
   local retention = days_option(o, conf, 'retention-days', ingest.defaults.ttl / 86400)
@@ -174,7 +172,7 @@ function M.run(args)
   if not opts then return die(oerr, 2) end
   local files, missing = ingest.expand_paths(rest)
   local conn, err = connect.from_options(o, conf)
-  if not conn then return die('Redis: ' .. tostring(err), 1) end
+  if not conn then return die(tostring(err), 1) end
 
   local clock = common.clock()
   local started = clock()

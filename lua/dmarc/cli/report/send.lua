@@ -94,7 +94,7 @@ local function do_send(o, conf, conn)
   local format = get(o, conf, 'format', 'rfc9990')
   local size_limits = o['size-limits'] or conf.size_limits or format == 'rfc7489'
   local summary, err, code = report_send.send {
-    redis = conn, out = o.out, prefix = get(o, conf, 'prefix'), transport = transport,
+    redis = conn, out = o.out, prefix = get(o, conf, 'redis-prefix'), transport = transport,
     envelope_from = from, size_limits = size_limits, clock = clock,
     verify = report_send.verifier { resolve = resolve, clock = clock },
     retry_base = tonumber(get(o, conf, 'retry-base')),

@@ -23,7 +23,9 @@ charts, no script, nothing loaded from elsewhere).
   --until YYYY-MM-DD     default last day of the pages (today, UTC)
   --max-requests N       stop after N requests (tests)
   --quiet                no request log on stderr
-common options: --config FILE, --redis HOST:PORT, --cluster H:P[,H:P], --prefix P
+common options:
+  --config FILE          Lua file returning a table of options
+]] .. common.REDIS_HELP .. [[
 
 The first line on stdout is "serving http://HOST:PORT/" once the server listens.
 exit status: 0 stopped, 1 cannot listen or Redis unusable, 2 usage.
@@ -60,7 +62,7 @@ function M.run(args)
     return die('--max-requests must be a positive number', 2)
   end
   local prefix = common.report_prefix(o, conf)
-  if not prefix then return die('invalid --prefix', 2) end
+  if not prefix then return die('invalid --redis-prefix', 2) end
   local ok_socket = pcall(require, 'socket')
   if not ok_socket then return die('lua-socket is not installed', 1) end
   local source = dashboard.redis_source {

@@ -21,7 +21,9 @@ p=none -> quarantine -> reject with the sources to fix first.
 
   --source IP            also list the records of one source (drill-down)
   --json                 one JSON object on stdout (docs/ingest.md, "Summary")
-common options: --config FILE, --redis HOST:PORT, --cluster H:P[,H:P], --prefix P
+common options:
+  --config FILE          Lua file returning a table of options
+]] .. common.REDIS_HELP .. [[
 
 exit status: 0 done, 1 Redis error, 2 usage.
 ]]
@@ -82,9 +84,9 @@ function M.run(args)
     return die('--source needs an IP address', 2)
   end
   local prefix = common.report_prefix(o, conf)
-  if not prefix then return die('invalid --prefix', 2) end
+  if not prefix then return die('invalid --redis-prefix', 2) end
   local conn, err = connect.from_options(o, conf)
-  if not conn then return die('Redis: ' .. tostring(err), 1) end
+  if not conn then return die(tostring(err), 1) end
   local data, lerr, code = summary.load(conn, { domain = dom, days = days, ['until'] = until_time,
                                                 prefix = prefix })
   if conn.close then pcall(conn.close, conn) end
