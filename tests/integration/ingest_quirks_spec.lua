@@ -73,7 +73,7 @@ describe('ingest: quirks and failures against Redis', function()
     assert.equal(24, stats.messages)
     assert.equal(FIX .. 'dmarc.mbox:3', stats.failures[1].path)
     -- the same mbox on standard input: read a message at a time too, all duplicates now
-    status, out = dmarc('report ingest --json --quiet --prefix ' .. p .. ' - < ' .. FIX
+    status, out = dmarc('report ingest --json --quiet --redis-prefix ' .. p .. ' - < ' .. FIX
                         .. 'dmarc.mbox')
     assert.equal(1, status)
     stats = cjson.decode(out)
