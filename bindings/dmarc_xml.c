@@ -132,6 +132,7 @@ typedef struct arena_block {
 
 typedef struct arena {
     arena_block *head;
+    size_t block; /* block size; 0 for LDMARC_XML_ARENA_BLOCK */
 } arena;
 
 static void *arena_alloc(arena *a, size_t n)
@@ -140,7 +141,8 @@ static void *arena_alloc(arena *a, size_t n)
     void *p;
     n = (n + 7u) & ~(size_t)7u;
     if (b == NULL || b->cap - b->used < n) {
-        size_t cap = n > LDMARC_XML_ARENA_BLOCK ? n : LDMARC_XML_ARENA_BLOCK;
+        size_t block = a->block != 0 ? a->block : LDMARC_XML_ARENA_BLOCK;
+        size_t cap = n > block ? n : block;
         b = (arena_block *)malloc(sizeof(*b) + cap);
         if (b == NULL) {
             return NULL;
@@ -184,6 +186,14 @@ typedef struct xnode {
     size_t text_len;
 } xnode;
 
+/* One <record> of a streamed parse (xml.records): its nodes live in an arena of their own,
+** freed as soon as the record has been handed to Lua, so memory holds a batch, not a report. */
+typedef struct rec_box {
+    struct rec_box *next;
+    arena mem;
+    xnode *node;
+} rec_box;
+
 typedef struct array_pair {
     const xname *parent, *child;
 } array_pair;
@@ -206,6 +216,16 @@ typedef struct parse_state {
     char *root_ns; /* the root element's namespace URI, NULL for none */
     size_t elements, skipped, truncated, duplicates;
     size_t max_depth, max_elements, max_text, max_attributes;
+    /* Streaming (RFC 9990 §3: a report is a header and many records): 1 skips the root's
+    ** <record> children and counts them (deferred); 2 keeps only those, one arena each. */
+    int mode;
+    size_t deferred;
+    const xname *record_name;
+    rec_box *cur;                /* the record being built (mode 2) */
+    rec_box *done, *done_tail;   /* completed records not yet handed over */
+    size_t ndone;
+    size_t off, len, batch; /* xml.records: bytes fed so far, document size, batch size */
+    int finished;           /* the final xmlParseChunk has been made */
     const char *err_code; /* set once; the parse stops */
     char err_msg[LDMARC_XML_ERRMSG];
     int nomem;
@@ -228,6 +248,18 @@ static void state_nomem(parse_state *st)
 {
     st->nomem = 1;
     state_fail(st, "nomem", "out of memory");
+}
+
+/* Where the nodes and texts of the element being read go. */
+static arena *node_mem(parse_state *st)
+{
+    return st->cur != NULL ? &st->cur->mem : &st->mem;
+}
+
+static void rec_box_free(rec_box *b)
+{
+    arena_free(&b->mem);
+    free(b);
 }
 
 /* The interned name for s, created when new; NULL when the name table is full (a 'limit'
@@ -313,7 +345,25 @@ static void sax_start(void *ctx, const xmlChar *localname, const xmlChar *prefix
     if (name == NULL) {
         return;
     }
-    node = (xnode *)arena_alloc(&st->mem, sizeof(*node));
+    if (st->mode != 0 && st->raw_depth == 2 && (st->mode == 1) == (name == st->record_name)) {
+        /* Mode 1 skips the records (counted), mode 2 everything but the records. */
+        st->skip_depth = st->raw_depth;
+        if (st->mode == 1) {
+            st->deferred++;
+        }
+        return;
+    }
+    if (st->mode == 2 && st->raw_depth == 2) {
+        rec_box *b = (rec_box *)calloc(1, sizeof(*b));
+        if (b == NULL) {
+            state_nomem(st);
+            return;
+        }
+        /* A record is about 2 KB of nodes and text. */
+        b->mem.block = 4096;
+        st->cur = b;
+    }
+    node = (xnode *)arena_alloc(node_mem(st), sizeof(*node));
     if (node == NULL) {
         state_nomem(st);
         return;
@@ -331,6 +381,8 @@ static void sax_start(void *ctx, const xmlChar *localname, const xmlChar *prefix
             }
             memcpy(st->root_ns, uri, n + 1);
         }
+    } else if (st->cur != NULL && st->cur->node == NULL) {
+        st->cur->node = node; /* a streamed record: not linked under the root */
     } else {
         parent = st->stack[st->depth - 1];
         if (parent->last != NULL) {
@@ -380,7 +432,7 @@ static void sax_end(void *ctx, const xmlChar *localname, const xmlChar *prefix, 
         while (e > s && is_space(e[-1])) {
             e--;
         }
-        copy = (char *)arena_alloc(&st->mem, (size_t)(e - s) + 1);
+        copy = (char *)arena_alloc(node_mem(st), (size_t)(e - s) + 1);
         if (copy == NULL) {
             state_nomem(st);
             return;
@@ -392,6 +444,16 @@ static void sax_end(void *ctx, const xmlChar *localname, const xmlChar *prefix, 
     }
     /* Text after a child belongs to the parent's mixed content, which is ignored. */
     st->text_len = 0;
+    if (st->cur != NULL && st->cur->node == node) {
+        if (st->done_tail != NULL) {
+            st->done_tail->next = st->cur;
+        } else {
+            st->done = st->cur;
+        }
+        st->done_tail = st->cur;
+        st->ndone++;
+        st->cur = NULL;
+    }
 }
 
 static void sax_text(void *ctx, const xmlChar *ch, int len)
@@ -488,6 +550,17 @@ static int parse_state_gc(lua_State *L)
     if (st->ctxt != NULL) {
         xmlFreeParserCtxt(st->ctxt);
         st->ctxt = NULL;
+    }
+    while (st->done != NULL) {
+        rec_box *next = st->done->next;
+        rec_box_free(st->done);
+        st->done = next;
+    }
+    st->done_tail = NULL;
+    st->ndone = 0;
+    if (st->cur != NULL) {
+        rec_box_free(st->cur);
+        st->cur = NULL;
     }
     arena_free(&st->mem);
     free(st->text);
@@ -844,31 +917,24 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
 }
 /* }====================================================================== */
 
-/***
-** @function xml.parse(data [, opts])
-** Parses one XML document into a tree: an element with children is a table keyed by local
-** name (namespace prefixes ignored, elements of foreign namespaces skipped), a leaf is its
-** trimmed text. Attributes are ignored.
-** @param {string} data the document
-** @param {table} opts max_input (bytes), max_depth, max_elements, max_text (bytes per text),
-**   max_attributes (on one element, default 64),
-**   arrays ({"parent/child", ...}: those children go in arrays, in document order)
-** @return {table} tree, {table} info (root, ns, elements, skipped, truncated, duplicates);
-**   or nil, message, code ('xml' | 'dtd' | 'limit')
-*/
-static int ldmarc_xml_parse(lua_State *L)
+/* Bytes handed to libxml2 per step of xml.records: a step completes at most this much XML's
+** records, so the batch waiting in C stays small. */
+#define LDMARC_XML_STREAM_CHUNK 16384
+/* Records handed to Lua per call of a xml.records iterator (default and hard cap). */
+#define LDMARC_XML_DEFAULT_BATCH 1000
+#define LDMARC_XML_MAX_BATCH 100000
+
+/* The common start of xml.parse and xml.records: options read, the pre-scan made, the push
+** parser created with the first bytes. Leaves the state userdata on the stack and returns it;
+** on refused input pushes nil, message, code and returns NULL. */
+static parse_state *parse_begin(lua_State *L, const char *fname, const char *data, size_t len,
+                                const char *const *names, int mode)
 {
-    size_t len, off, max_input;
-    const char *data = luaL_checklstring(L, 1, &len);
+    size_t max_input, first;
     parse_state *st;
     xmlSAXHandler sax;
-    size_t first;
 
-    static const char *const names[] = {
-        "max_input", "max_depth", "max_elements", "max_text", "max_attributes", "arrays", NULL};
-
-    lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
-    ldmarc_check_options(L, 2, "dmarc.xml.parse", names);
+    ldmarc_check_options(L, 2, fname, names);
     max_input = opt_size(L, 2, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
     st = (parse_state *)lua_newuserdata(L, sizeof(*st));
     memset(st, 0, sizeof(*st));
@@ -881,17 +947,27 @@ static int ldmarc_xml_parse(lua_State *L)
     st->max_attributes = opt_size(L, 2, "max_attributes", LDMARC_XML_DEFAULT_MAX_ATTRIBUTES, 1,
                                   LDMARC_XML_HARD_MAX_ATTRIBUTES);
     read_array_pairs(L, 2, st);
+    st->mode = mode;
+    if (mode != 0) {
+        st->record_name = intern(st, "record", 6);
+        if (st->nomem) {
+            luaL_error(L, "%s: out of memory", fname);
+        }
+    }
     if (len > max_input) {
-        return ldmarc_fail(L, "document larger than max_input", "limit");
+        ldmarc_fail(L, "document larger than max_input", "limit");
+        return NULL;
     }
     {
         unit_reader r;
         char msg[LDMARC_XML_ERRMSG];
         if (!unit_layout((const unsigned char *)data, len, &r, msg, sizeof msg)) {
-            return ldmarc_fail(L, msg, "xml");
+            ldmarc_fail(L, msg, "xml");
+            return NULL;
         }
         if (!attribute_scan(&r, st->max_attributes, msg, sizeof msg)) {
-            return ldmarc_fail(L, msg, "limit");
+            ldmarc_fail(L, msg, "limit");
+            return NULL;
         }
     }
 
@@ -912,31 +988,95 @@ static int ldmarc_xml_parse(lua_State *L)
     first = len < 4 ? len : 4;
     st->ctxt = xmlCreatePushParserCtxt(&sax, st, data, (int)first, NULL);
     if (st->ctxt == NULL) {
-        return luaL_error(L, "dmarc.xml.parse: out of memory");
+        luaL_error(L, "%s: out of memory", fname);
     }
     xmlCtxtUseOptions(st->ctxt, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-    for (off = first; off < len && st->err_code == NULL; off += LDMARC_XML_CHUNK) {
-        size_t n = len - off < LDMARC_XML_CHUNK ? len - off : LDMARC_XML_CHUNK;
-        xmlParseChunk(st->ctxt, data + off, (int)n, 0);
+    st->off = first;
+    st->len = len;
+    return st;
+}
+
+/* Feeds at most @chunk more bytes (the end of the document after the last one). */
+static void parse_step(parse_state *st, const char *data, size_t chunk)
+{
+    if (st->err_code != NULL || st->finished) {
+        return;
     }
-    if (st->err_code == NULL) {
+    if (st->off < st->len) {
+        size_t n = st->len - st->off < chunk ? st->len - st->off : chunk;
+        xmlParseChunk(st->ctxt, data + st->off, (int)n, 0);
+        st->off += n;
+    } else {
         xmlParseChunk(st->ctxt, NULL, 0, 1);
+        st->finished = 1;
     }
+}
+
+/* After the last step: pushes nil, message, code and returns 1 when the document failed. */
+static int parse_failed(lua_State *L, parse_state *st, const char *fname)
+{
     if (st->nomem) {
-        return luaL_error(L, "dmarc.xml.parse: out of memory");
+        luaL_error(L, "%s: out of memory", fname);
     }
     if (st->err_code != NULL) {
-        return ldmarc_fail(L, st->err_msg, st->err_code);
+        ldmarc_fail(L, st->err_msg, st->err_code);
+        return 1;
     }
-    if (!st->ctxt->wellFormed || st->root == NULL) {
-        return ldmarc_fail(L, st->err_msg[0] ? st->err_msg : "not a well-formed document", "xml");
+    if (st->finished && (!st->ctxt->wellFormed || st->root == NULL)) {
+        ldmarc_fail(L, st->err_msg[0] ? st->err_msg : "not a well-formed document", "xml");
+        return 1;
+    }
+    return 0;
+}
+
+/***
+** @function xml.parse(data [, opts])
+** Parses one XML document into a tree: an element with children is a table keyed by local
+** name (namespace prefixes ignored, elements of foreign namespaces skipped), a leaf is its
+** trimmed text. Attributes are ignored.
+** @param {string} data the document
+** @param {table} opts max_input (bytes), max_depth, max_elements, max_text (bytes per text),
+**   max_attributes (on one element, default 64),
+**   arrays ({"parent/child", ...}: those children go in arrays, in document order),
+**   defer_records (true: the root's <record> children are left out of the tree and only
+**   counted, in info.deferred; xml.records reads them)
+** @return {table} tree, {table} info (root, ns, elements, skipped, truncated, duplicates,
+**   deferred); or nil, message, code ('xml' | 'dtd' | 'limit')
+*/
+static int ldmarc_xml_parse(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    parse_state *st;
+    int mode = 0;
+
+    static const char *const names[] = {"max_input",      "max_depth", "max_elements",
+                                        "max_text",       "max_attributes", "arrays",
+                                        "defer_records",  NULL};
+
+    lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
+    if (!lua_isnil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "defer_records");
+        mode = lua_toboolean(L, -1) ? 1 : 0;
+        lua_pop(L, 1);
+    }
+    st = parse_begin(L, "dmarc.xml.parse", data, len, names, mode);
+    if (st == NULL) {
+        return 3;
+    }
+    while (!st->finished && st->err_code == NULL) {
+        parse_step(st, data, LDMARC_XML_CHUNK);
+    }
+    if (parse_failed(L, st, "dmarc.xml.parse")) {
+        return 3;
     }
     push_node(L, st, st->root);
     if (!lua_istable(L, -1)) {
         lua_pop(L, 1);
         lua_newtable(L);
     }
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     ldmarc_set_string(L, "root", st->root->name->s, st->root->name->len);
     if (st->root_ns != NULL) {
         ldmarc_set_cstring(L, "ns", st->root_ns);
@@ -949,7 +1089,80 @@ static int ldmarc_xml_parse(lua_State *L)
     lua_setfield(L, -2, "truncated");
     lua_pushinteger(L, (lua_Integer)st->duplicates);
     lua_setfield(L, -2, "duplicates");
+    if (mode == 1) {
+        lua_pushinteger(L, (lua_Integer)st->deferred);
+        lua_setfield(L, -2, "deferred");
+    }
     return 2;
+}
+
+/* The iterator of xml.records: upvalue 1 the parse state, upvalue 2 the document. */
+static int records_next(lua_State *L)
+{
+    parse_state *st = (parse_state *)luaL_checkudata(L, lua_upvalueindex(1), LDMARC_XML_PARSE_MT);
+    const char *data = lua_tostring(L, lua_upvalueindex(2));
+    lua_Integer n = 0;
+
+    /* Whole steps until a batch is complete: a step reads a bounded number of bytes, so at
+    ** most a batch and one step's records wait in C. */
+    while (st->ndone < st->batch && !st->finished && st->err_code == NULL) {
+        parse_step(st, data, LDMARC_XML_STREAM_CHUNK);
+    }
+    if (parse_failed(L, st, "dmarc.xml.records")) {
+        return 3;
+    }
+    if (st->ndone == 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, (int)(st->ndone < st->batch ? st->ndone : st->batch), 0);
+    while (st->done != NULL && (size_t)n < st->batch) {
+        rec_box *b = st->done;
+        /* Pushed before the box is unlinked: a raise (out of memory) leaves it to __gc. */
+        push_node(L, st, b->node);
+        lua_rawseti(L, -2, (int)++n);
+        st->done = b->next;
+        if (st->done == NULL) {
+            st->done_tail = NULL;
+        }
+        st->ndone--;
+        rec_box_free(b);
+    }
+    return 1;
+}
+
+/***
+** @function xml.records(data [, opts])
+** The root's <record> children of a document, in batches: the document is parsed step by
+** step and each record's nodes are freed once handed over, so memory holds one batch, not
+** the report (a report's header is read by xml.parse with defer_records).
+** @param {string} data the document
+** @param {table} opts as xml.parse (max_input, max_depth, max_elements, max_text,
+**   max_attributes, arrays), and batch (records per call, default 1000)
+** @return {function} an iterator: each call returns an array of at most batch records
+**   (each converted as xml.parse would), nil at the end, or nil, message, code; or nil,
+**   message, code when the document is refused at once
+*/
+static int ldmarc_xml_records(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 1, &len);
+    parse_state *st;
+    size_t batch;
+
+    static const char *const names[] = {"max_input", "max_depth",      "max_elements", "max_text",
+                                        "max_attributes", "arrays", "batch",       NULL};
+
+    lua_settop(L, 2);
+    batch = opt_size(L, 2, "batch", LDMARC_XML_DEFAULT_BATCH, 1, LDMARC_XML_MAX_BATCH);
+    st = parse_begin(L, "dmarc.xml.records", data, len, names, 2);
+    if (st == NULL) {
+        return 3;
+    }
+    st->batch = batch;
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, records_next, 2);
+    return 1;
 }
 /* }====================================================================== */
 
@@ -1447,7 +1660,8 @@ static int ldmarc_xml_gzip(lua_State *L)
 /* }====================================================================== */
 
 static const luaL_Reg module_functions[] = {
-    {"parse", ldmarc_xml_parse}, {"inflate", ldmarc_xml_inflate},
+    {"parse", ldmarc_xml_parse}, {"records", ldmarc_xml_records},
+    {"inflate", ldmarc_xml_inflate},
     {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
     {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
 

@@ -268,6 +268,43 @@ describe('ingest: store', function()
     for key in pairs(conn.data) do assert.falsy(key:find(':stage:', 1, true)) end
   end)
 
+  it('streams records in batches: the same rows, counts and info as one batch', function()
+    local parts = { '<feedback><report_metadata><org_name>Receiver S</org_name>'
+                    .. '<email>r@example.net</email><report_id>s-1</report_id><date_range>'
+                    .. '<begin>1763683200</begin><end>1763769599</end></date_range>'
+                    .. '</report_metadata><policy_published><domain>example.com</domain>'
+                    .. '<p>reject</p></policy_published>' }
+    for i = 1, 50 do
+      -- 7 distinct rows repeated across batches, and one bad record.
+      parts[#parts + 1] = '<record><row><source_ip>192.0.2.' .. (i % 7) .. '</source_ip><count>'
+                          .. i .. '</count><policy_evaluated><disposition>none</disposition>'
+                          .. '<dkim>pass</dkim><spf>fail</spf></policy_evaluated></row>'
+                          .. '<identifiers><header_from>example.com</header_from></identifiers>'
+                          .. '<auth_results><dkim><domain>example.com</domain><result>pass'
+                          .. '</result></dkim></auth_results></record>'
+    end
+    parts[#parts + 1] = '<record><row><source_ip>bad</source_ip></row></record></feedback>'
+    local xml = table.concat(parts)
+    local whole, streamed = fake_redis(), fake_redis()
+    local r1 = ingest.ingest_data(whole, xml, { now = 1763800000 })
+    local r2 = ingest.ingest_data(streamed, xml, { now = 1763800000, batch = 3, max_args = 10 })
+    assert.equal('stored', r1[1].status)
+    assert.equal('stored', r2[1].status)
+    assert.equal(0, whole.pipelines)
+    assert.truthy(streamed.pipelines >= 2)
+    for _, key in ipairs({ 'records', 'bad_records', 'messages', 'rows' }) do
+      assert.equal(r1[1][key], r2[1][key])
+    end
+    assert.equal(50, r2[1].records)
+    assert.equal(7, r2[1].rows)
+    assert.same({ 'bad_records' }, r2[1].warnings)
+    for key in pairs(streamed.data) do assert.falsy(key:find(':stage:', 1, true)) end
+    assert.same(whole.data, streamed.data)
+    assert.equal('duplicate', ingest.ingest_data(streamed, xml, { batch = 3, max_args = 10 })[1]
+                 .status)
+    for key in pairs(streamed.data) do assert.falsy(key:find(':stage:', 1, true)) end
+  end)
+
   it('counts rows over max_rows per day as dropped, never silently', function()
     local conn = fake_redis()
     local rep = report_of('rfc9990.xml')

@@ -171,6 +171,61 @@ describe('dmarc.xml.parse', function()
   end)
 end)
 
+describe('dmarc.xml.records (streamed records)', function()
+  local function doc(n)
+    local parts = { '<feedback xmlns="' .. NS .. '"><report_metadata><org_name>o</org_name>'
+                    .. '</report_metadata>' }
+    for i = 1, n do
+      parts[#parts + 1] = '<record><row><count>' .. i .. '</count></row><auth_results>'
+                          .. '<dkim><domain>a</domain></dkim><dkim><domain>b</domain></dkim>'
+                          .. '</auth_results></record>'
+    end
+    parts[#parts + 1] = '<policy_published><domain>example.com</domain></policy_published>'
+                        .. '</feedback>'
+    return table.concat(parts)
+  end
+
+  it('hands over at most one batch at a time, every record once, in order', function()
+    local n, batch = 2500, 7
+    local nxt = assert(x.records(doc(n), { arrays = ARRAYS, batch = batch }))
+    local seen, calls = 0, 0
+    for _ = 1, n + 2 do
+      local b = nxt()
+      if not b then break end
+      calls = calls + 1
+      assert.is_true(#b >= 1 and #b <= batch, 'batch of ' .. #b)
+      for _, r in ipairs(b) do
+        seen = seen + 1
+        assert.equal(tostring(seen), r.row.count)
+        assert.equal(2, #r.auth_results.dkim)
+      end
+    end
+    assert.equal(n, seen)
+    assert.equal(math.ceil(n / batch), calls)
+    assert.is_nil(nxt())
+  end)
+
+  it('leaves the records out of the header parse and counts them', function()
+    local tree, info = assert(x.parse(doc(5), { arrays = ARRAYS, defer_records = true }))
+    assert.is_nil(tree.record)
+    assert.equal('example.com', tree.policy_published.domain)
+    assert.equal(5, info.deferred)
+  end)
+
+  it('reports a document that breaks after some records', function()
+    local nxt = assert(x.records(doc(3):sub(1, -20), { arrays = ARRAYS, batch = 2 }))
+    local b, msg, code
+    for _ = 1, 4 do
+      b, msg, code = nxt()
+      if not b then break end
+    end
+    assert.is_nil(b)
+    assert.equal('xml', code)
+    assert.truthy(msg)
+    assert.has_error(function() x.records(doc(1), { batch = 0 }) end)
+  end)
+end)
+
 describe('dmarc.xml.inflate', function()
   it('inflates gzip, zlib and raw deflate', function()
     local gz = gzip('hello report')

@@ -62,6 +62,7 @@ M.defaults = {
   max_rows = 200000,      -- distinct rows per policy domain and day
   stage_ttl = 3600,       -- a staged large report disappears if the run dies
   stage_pairs = 1000,     -- field/count pairs per staging command
+  batch = 1000,           -- records parsed, normalised and staged at a time
 }
 
 -- Known words; anything else is kept as 'unknown' (never as the raw text).
@@ -540,18 +541,30 @@ end
 -- ---------------------------------------------------------------------------
 -- Parsing and normalisation
 
+local function parse_options(opts)
+  return { max_input = opts.max_xml or M.limits.max_xml,
+           max_depth = opts.max_depth or M.limits.max_depth,
+           max_elements = opts.max_elements or M.limits.max_elements,
+           max_text = 4096, arrays = ARRAY_PAIRS }
+end
+
+-- A declaration after white space is not well-formed; senders do that.
+local function trim_start(xml_text)
+  if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
+  return xml_text
+end
+
 --- Parse one XML document into the libxml2 tree of dmarc.xml.
+-- @param defer {boolean|nil} leave the records out of the tree (only counted,
+--   info.deferred); M.record_batches reads them a batch at a time
 -- @return tree, info, or nil, msg, code ('xml', 'dtd', 'limit')
-function M.parse(xml_text, opts)
+function M.parse(xml_text, opts, defer)
   opts = opts or {}
   local x = xmlmod()
   if not x then return nil, 'the dmarc.xml module is not built', 'unavailable' end
-  -- A declaration after white space is not well-formed; senders do that.
-  if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
-  return x.parse(xml_text, { max_input = opts.max_xml or M.limits.max_xml,
-                             max_depth = opts.max_depth or M.limits.max_depth,
-                             max_elements = opts.max_elements or M.limits.max_elements,
-                             max_text = 4096, arrays = ARRAY_PAIRS })
+  local po = parse_options(opts)
+  po.defer_records = defer or nil
+  return x.parse(trim_start(xml_text), po)
 end
 
 local function first_text(v)
@@ -703,7 +716,7 @@ function M.normalize(tree, info)
     warnings = warnings,
   }
   local recs = list(tree.record)
-  if #recs > limits.max_records then
+  if #recs + (info.deferred or 0) > limits.max_records then
     return nil, 'more than ' .. limits.max_records .. ' records', 'limit'
   end
   for _, r in ipairs(recs) do
@@ -716,6 +729,41 @@ function M.normalize(tree, info)
   end
   if rep.bad_records > 0 then M.warn(warnings, 'bad_records') end
   return rep
+end
+
+--- The records of a document parsed with defer, normalised a batch at a
+-- time (RFC 9990 §3: a report is a header and many records; only one batch
+-- of them is ever in memory). Records that do not normalise are counted in
+-- rep.bad_records, those that do in rep.nrecords.
+-- @return an iterator: each call gives an array of normalised records, nil
+--   at the end, or nil, msg, code
+function M.record_batches(xml_text, rep, opts)
+  opts = opts or {}
+  local x = xmlmod()
+  if not x then error('ingest: the dmarc.xml module is not built', 2) end
+  local po = parse_options(opts)
+  po.batch = opts.batch or M.defaults.batch
+  local nxt, err, code = x.records(trim_start(xml_text), po)
+  rep.nrecords = rep.nrecords or 0
+  return function()
+    if not nxt then return nil, err, code end
+    local batch, berr, bcode = nxt()
+    if not batch then
+      nxt, err, code = nil, berr, bcode
+      return nil, berr, bcode
+    end
+    local out = {}
+    for _, r in ipairs(batch) do
+      local rec = normalize_record(r)
+      if rec then
+        out[#out + 1] = rec
+      else
+        rep.bad_records = rep.bad_records + 1
+      end
+    end
+    rep.nrecords = rep.nrecords + #out
+    return out
+  end
 end
 
 -- ---------------------------------------------------------------------------
@@ -943,9 +991,18 @@ end
 -- @return fields (array, in first-seen order), counts (field → count),
 --   messages, tally (tally_key → count)
 function M.fields_of(rep, opts)
+  local acc = { order = {}, counts = {}, messages = 0, tally = {} }
+  M.add_fields(acc, rep, rep.records, opts)
+  return acc.order, acc.counts, acc.messages, acc.tally
+end
+
+--- Adds records to an accumulator {order, counts, messages, tally} as
+-- fields_of makes it.
+function M.add_fields(acc, rep, records, opts)
   opts = opts or {}
-  local order, counts, messages, tally = {}, {}, 0, {}
-  for _, rec in ipairs(rep.records) do
+  local order, counts, tally = acc.order, acc.counts, acc.tally
+  local messages = 0
+  for _, rec in ipairs(records) do
     if rec.count > 0 then
       local key = M.tally_key((M.classify(rec, rep.domain)), rec)
       tally[key] = (tally[key] or 0) + rec.count
@@ -964,7 +1021,7 @@ function M.fields_of(rep, opts)
       messages = messages + rec.count
     end
   end
-  return order, counts, messages, tally
+  acc.messages = acc.messages + messages
 end
 
 local function report_info(rep, records, messages, tally, now)
@@ -991,66 +1048,119 @@ end
 
 local token_counter = 0
 
+-- Adds field/count pairs to a staging hash (HINCRBY: a row repeated in a
+-- later batch adds up). KEYS: stage; ARGV: field, count, ...
+M.STAGE_SCRIPT = [[
+for i = 1, #ARGV - 1, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+]]
+
 --- Store one normalised report.
 -- @param conn a dmarc.redis connection or dmarc.redis.cluster router
 -- @param rep {table} from normalize
 -- @param opts {table|nil} prefix, ttl, max_rows, hash_salt, now, max_args
 -- @return 'stored' | 'duplicate', {records, messages, day}; or nil, msg, code
 function M.store(conn, rep, opts)
+  local given = rep.records
+  return M.store_batches(conn, rep, function()
+    local b = given
+    given = nil
+    return b
+  end, opts)
+end
+
+--- Store a report whose records come in batches (M.record_batches): rows of
+-- a few batches go in one script call as before; more go to a staging hash
+-- batch by batch, and one script moves them in atomically at the end, so a
+-- report is still stored whole or not at all, and deduplicated.
+-- @param batches iterator of arrays of normalised records (nil at the end,
+--   or nil, msg, code)
+-- @param finish {function|nil} called once every record has been read,
+--   before the report's info is made
+function M.store_batches(conn, rep, batches, opts, finish)
   opts = opts or {}
   local prefix = opts.prefix or M.defaults.prefix
   if not keys.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
   if not keys.valid_domain(rep.domain) then return nil, 'invalid policy domain', 'bad_domain' end
   local day = M.report_day(rep)
   local k = M.keys(prefix, rep.domain, day)
-  local order, counts, messages, tally = M.fields_of(rep, opts)
   local ttl = fmt_int(opts.ttl or M.defaults.ttl)
   local max_rows = fmt_int(opts.max_rows or M.defaults.max_rows)
-  local info = report_info(rep, #order, messages, tally, opts.now or os.time())
   local rfield = M.report_field(rep.org_name, rep.report_id)
   local max_args = opts.max_args or 4000
+  local acc = { order = {}, counts = {}, messages = 0, tally = {} }
+  local stage, staged
+  -- Too many rows for one command: they go to a staging hash first (same
+  -- slot, short TTL), then one script moves them in atomically. A run that
+  -- dies in between leaves only the staging hash, which expires.
+  local function flush()
+    if not stage then
+      token_counter = token_counter + 1
+      local token = string.format('%d.%d.%d', opts.now or os.time(),
+                                  math.random(0, 2147483646), token_counter)
+      stage = M.stage_key(prefix, rep.domain, token)
+    end
+    local order, counts = acc.order, acc.counts
+    local step = M.defaults.stage_pairs
+    local cmds = {}
+    for i = 1, #order, step do
+      local cmd = { 'EVAL', M.STAGE_SCRIPT, '1', stage }
+      for j = i, math.min(i + step - 1, #order) do
+        cmd[#cmd + 1] = order[j]
+        cmd[#cmd + 1] = fmt_int(counts[order[j]])
+      end
+      cmds[#cmds + 1] = cmd
+    end
+    cmds[#cmds + 1] = { 'EXPIRE', stage, fmt_int(M.defaults.stage_ttl) }
+    local replies, perr, pcode = conn:pipeline(cmds)
+    if not replies then return nil, perr, pcode or 'io' end
+    for _, r in ipairs(replies) do
+      if is_error_reply(r) then return nil, 'staging failed: ' .. tostring(r.err), 'redis' end
+    end
+    acc.order, acc.counts = {}, {}
+    return true
+  end
+  for _ = 1, math.huge do
+    local batch, berr, bcode = batches()
+    if not batch then
+      if berr then return nil, berr, bcode or 'xml' end
+      break
+    end
+    M.add_fields(acc, rep, batch, opts)
+    if stage or 6 + 2 * #acc.order > max_args then
+      local ok, ferr, fcode = flush()
+      if not ok then return nil, ferr, fcode end
+    end
+  end
+  if finish then finish() end
   local reply, err, code
-  if 6 + 2 * #order <= max_args then
+  local records
+  if not stage then
+    records = #acc.order
+    local info = report_info(rep, records, acc.messages, acc.tally, opts.now or os.time())
     local cmd = { 'EVAL', M.STORE_SCRIPT, '2', k.rows, k.reports, rfield, info, ttl, max_rows }
-    for _, f in ipairs(order) do
+    for _, f in ipairs(acc.order) do
       cmd[#cmd + 1] = f
-      cmd[#cmd + 1] = fmt_int(counts[f])
+      cmd[#cmd + 1] = fmt_int(acc.counts[f])
     end
     reply, err, code = conn:command(unpack(cmd))
   else
-    -- Too many rows for one command: they go to a staging hash first (same
-    -- slot, short TTL), then one script moves them in atomically. A run that
-    -- dies in between leaves only the staging hash, which expires.
-    token_counter = token_counter + 1
-    local token = string.format('%d.%d.%d', opts.now or os.time(), math.random(0, 2147483646),
-                                token_counter)
-    local stage = M.stage_key(prefix, rep.domain, token)
-    local step = M.defaults.stage_pairs
-    local i = 1
-    while i <= #order do
-      local cmds = {}
-      for _ = 1, 64 do
-        if i > #order then break end
-        local cmd = { 'HSET', stage }
-        for j = i, math.min(i + step - 1, #order) do
-          cmd[#cmd + 1] = order[j]
-          cmd[#cmd + 1] = fmt_int(counts[order[j]])
-        end
-        i = i + step
-        cmds[#cmds + 1] = cmd
-      end
-      cmds[#cmds + 1] = { 'EXPIRE', stage, fmt_int(M.defaults.stage_ttl) }
-      local replies, perr, pcode = conn:pipeline(cmds)
-      if not replies then return nil, perr, pcode or 'io' end
-      for _, r in ipairs(replies) do
-        if is_error_reply(r) then return nil, 'staging failed: ' .. tostring(r.err), 'redis' end
-      end
+    if #acc.order > 0 then
+      local ok, ferr, fcode = flush()
+      if not ok then return nil, ferr, fcode end
     end
+    -- Distinct rows: identical rows of different batches were added up.
+    staged, err, code = conn:command('HLEN', stage)
+    if staged == nil or is_error_reply(staged) then
+      return nil, err or 'staging failed', code or 'redis'
+    end
+    records = tonumber(staged)
+    local info = report_info(rep, records, acc.messages, acc.tally, opts.now or os.time())
     reply, err, code = conn:command('EVAL', M.STORE_SCRIPT, '3', k.rows, k.reports, stage,
                                     rfield, info, ttl, max_rows)
   end
   if reply == nil then return nil, err or 'no reply', code or 'redis' end
-  local result = { records = #order, messages = messages, day = day }
+  local result = { records = records, messages = acc.messages, day = day }
   if tonumber(reply) == 0 then return 'duplicate', result end
   return 'stored', result
 end
@@ -1205,23 +1315,41 @@ function M.each_mbox_message(read, opts, fn)
 end
 
 -- One report document: parsed, normalised, checked for ownership, stored.
+-- The header is parsed first with the records left out (only counted, so
+-- the record bound is judged before anything is stored); the records are
+-- then parsed, normalised and staged a batch at a time.
 local function ingest_doc(conn, it, opts)
-  local tree, info, pcode = M.parse(it.xml, opts)
+  local tree, info, pcode = M.parse(it.xml, opts, true)
   if not tree then return { status = 'error', message = info, code = pcode, part = it.part } end
   local rep, nerr, ncode = M.normalize(tree, info)
   if not rep then return { status = 'error', message = nerr, code = ncode, part = it.part } end
-  for _, w in ipairs(it.warnings or {}) do M.warn(rep.warnings, w) end
+  local batches = M.record_batches(it.xml, rep, opts)
+  -- The warnings in the order a whole-report normalisation gives them.
+  local function finish()
+    if rep.bad_records > 0 then M.warn(rep.warnings, 'bad_records') end
+    for _, w in ipairs(it.warnings or {}) do M.warn(rep.warnings, w) end
+  end
   local res = { domain = rep.domain, org_name = rep.org_name, report_id = rep.report_id,
-                format = rep.format, records = #rep.records, bad_records = rep.bad_records,
+                format = rep.format, records = 0, bad_records = 0,
                 warnings = rep.warnings, part = it.part }
   res.foreign = not M.owned(rep.domain, opts.own)
   if res.foreign and opts.refuse_foreign then
+    for _ = 1, math.huge do
+      local b, berr, bcode = batches()
+      if not b then
+        if berr then return { status = 'error', message = berr, code = bcode, part = it.part } end
+        break
+      end
+    end
+    finish()
+    res.records, res.bad_records = rep.nrecords, rep.bad_records
     res.status = 'refused'
     res.code = 'foreign'
     res.message = 'report for a domain this site does not own'
     return res
   end
-  local status, r, scode = M.store(conn, rep, opts)
+  local status, r, scode = M.store_batches(conn, rep, batches, opts, finish)
+  res.records, res.bad_records = rep.nrecords, rep.bad_records
   if status then
     res.status = status
     res.messages = r.messages
