@@ -221,12 +221,12 @@ typedef struct parse_state {
     int mode;
     size_t deferred;
     const xname *record_name;
-    rec_box *cur;                /* the record being built (mode 2) */
-    rec_box *done, *done_tail;   /* completed records not yet handed over */
+    rec_box *cur;              /* the record being built (mode 2) */
+    rec_box *done, *done_tail; /* completed records not yet handed over */
     size_t ndone;
     size_t off, len, batch; /* xml.records: bytes fed so far, document size, batch size */
     int finished;           /* the final xmlParseChunk has been made */
-    const char *err_code; /* set once; the parse stops */
+    const char *err_code;   /* set once; the parse stops */
     char err_msg[LDMARC_XML_ERRMSG];
     int nomem;
 } parse_state;
@@ -1050,9 +1050,8 @@ static int ldmarc_xml_parse(lua_State *L)
     parse_state *st;
     int mode = 0;
 
-    static const char *const names[] = {"max_input",      "max_depth", "max_elements",
-                                        "max_text",       "max_attributes", "arrays",
-                                        "defer_records",  NULL};
+    static const char *const names[] = {"max_input",      "max_depth", "max_elements",  "max_text",
+                                        "max_attributes", "arrays",    "defer_records", NULL};
 
     lua_settop(L, 2); /* opts stays at index 2 while state is pushed above it */
     if (!lua_isnil(L, 2)) {
@@ -1150,8 +1149,8 @@ static int ldmarc_xml_records(lua_State *L)
     parse_state *st;
     size_t batch;
 
-    static const char *const names[] = {"max_input", "max_depth",      "max_elements", "max_text",
-                                        "max_attributes", "arrays", "batch",       NULL};
+    static const char *const names[] = {"max_input",      "max_depth", "max_elements", "max_text",
+                                        "max_attributes", "arrays",    "batch",        NULL};
 
     lua_settop(L, 2);
     batch = opt_size(L, 2, "batch", LDMARC_XML_DEFAULT_BATCH, 1, LDMARC_XML_MAX_BATCH);
@@ -1659,11 +1658,13 @@ static int ldmarc_xml_gzip(lua_State *L)
 }
 /* }====================================================================== */
 
-static const luaL_Reg module_functions[] = {
-    {"parse", ldmarc_xml_parse}, {"records", ldmarc_xml_records},
-    {"inflate", ldmarc_xml_inflate},
-    {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
-    {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
+static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
+                                            {"records", ldmarc_xml_records},
+                                            {"inflate", ldmarc_xml_inflate},
+                                            {"unzip", ldmarc_xml_unzip},
+                                            {"hmac_sha256", ldmarc_xml_hmac_sha256},
+                                            {"gzip", ldmarc_xml_gzip},
+                                            {NULL, NULL}};
 
 LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L);
 

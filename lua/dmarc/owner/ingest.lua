@@ -1123,7 +1123,12 @@ function M.store_batches(conn, rep, batches, opts, finish)
   for _ = 1, math.huge do
     local batch, berr, bcode = batches()
     if not batch then
-      if berr then return nil, berr, bcode or 'xml' end
+      if berr then
+        -- Refused part-way (a bound met in a later record): nothing was stored; the
+        -- staging hash goes now rather than at its TTL.
+        if stage then conn:command('DEL', stage) end
+        return nil, berr, bcode or 'xml'
+      end
       break
     end
     M.add_fields(acc, rep, batch, opts)
@@ -1131,6 +1136,12 @@ function M.store_batches(conn, rep, batches, opts, finish)
       local ok, ferr, fcode = flush()
       if not ok then return nil, ferr, fcode end
     end
+    batch = nil -- luacheck: ignore 311
+    -- The report's XML (up to max_xml) stays live while it is read, and Lua's
+    -- collector lets garbage grow to the live size before a cycle: a full
+    -- collection per batch (only a batch is garbage; the live heap is small)
+    -- keeps the peak near the XML's size.
+    collectgarbage()
   end
   if finish then finish() end
   local reply, err, code
