@@ -153,8 +153,10 @@ local function phase_ingest()
     local out = p:read('*a')
     p:close()
     dt = socket.gettime() - t0
-    local stored = tonumber(out:match('"stored":(%d+)')) or 0
-    local recs = tonumber(out:match('"records":(%d+)')) or 0
+    -- Decoded, not matched: failure_reports has a "stored" key of its own.
+    local stats = require('cjson.safe').decode(out) or {}
+    local stored = tonumber(stats.stored) or 0
+    local recs = tonumber(stats.records) or 0
     io.write(string.format('ingest %-40s %10.0f records/s %8.0f reports/s  (%d of %d stored, '
                            .. '%.2f s)\n', 'dmarc report ingest on .xml.gz files', recs / dt,
                            stored / dt, stored, gz_reports, dt))
