@@ -443,88 +443,76 @@ local function plural(n, word)
   return string.format('%d %s%s', n, word, n == 1 and '' or 's')
 end
 
--- Rows of this message (and of the spool) in one pipelined round trip. Redis down: the
--- rows go to the spool, or are lost and counted.
-local function write_rows(link, settings, rows, out)
-  local log = M.logger
-  local ropts = { prefix = settings.prefix }
-  local conn, err = link.get()
-  local spool
-  if settings.spool then
-    local serr
-    spool, serr = report.spool(settings.spool)
-    if not spool then log:warn('%s', tostring(serr)) end
-  end
-  if not conn then
-    if #rows == 0 then return end
-    if spool then
-      local ok, werr = spool:write(rows)
-      if ok then
-        out.rows_spooled = #rows
-        log:warn('Redis %s unavailable (%s): %s kept in %s', where_text(settings), tostring(err),
-                 plural(#rows, 'report row'), settings.spool)
-        return
-      end
-      err = tostring(err) .. '; ' .. tostring(werr)
+-- The spool named by --spool DIR, or nil (said once when it cannot be opened).
+local function open_spool(settings)
+  if not settings.spool then return nil end
+  local spool, serr = report.spool(settings.spool)
+  if not spool then M.logger:warn('%s', tostring(serr)) end
+  return spool
+end
+
+-- Redis could not be reached: this message's rows go to the spool, or are lost and counted.
+local function keep_rows_without_redis(settings, spool, rows, err, out)
+  if #rows == 0 then return end
+  if spool then
+    local ok, werr = spool:write(rows)
+    if ok then
+      out.rows_spooled = #rows
+      M.logger:warn('Redis %s unavailable (%s): %s kept in %s', where_text(settings),
+                    tostring(err), plural(#rows, 'report row'), settings.spool)
+      return
     end
-    out.rows_lost = #rows
-    log:warn('Redis %s unavailable (%s): %s of this message lost%s', where_text(settings),
-             tostring(err), plural(#rows, 'report row'),
-             spool and '' or ' (--spool DIR keeps them until Redis is back)')
-    return
+    err = tostring(err) .. '; ' .. tostring(werr)
   end
-  -- The spool first: older rows before this message's.
+  out.rows_lost = #rows
+  M.logger:warn('Redis %s unavailable (%s): %s of this message lost%s', where_text(settings),
+                tostring(err), plural(#rows, 'report row'),
+                spool and '' or ' (--spool DIR keeps them until Redis is back)')
+end
+
+-- The spool's rows first (older rows before this message's), then this message's.
+-- @return all rows, the claimed files, how many came from the spool, the set of spooled rows
+local function rows_with_spool(spool, rows)
   local all, claims, bad = {}, {}, 0
   if spool then all, claims, bad = spool:claim() end
-  if bad > 0 then log:warn('spool: %s dropped', plural(bad, 'malformed row')) end
+  if bad > 0 then M.logger:warn('spool: %s dropped', plural(bad, 'malformed row')) end
   local from_spool = #all
   local spooled = {} -- the rows that came from the spool
   for _, row in ipairs(all) do spooled[row] = true end
   for _, row in ipairs(rows) do all[#all + 1] = row end
-  if #all == 0 then
-    if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
-    return
-  end
-  local res = report.write(conn, all, ropts)
-  for _, skipped in ipairs(res.invalid) do
-    log:warn('report row for %s not stored: %s', tostring(skipped.row.policy_domain),
-             tostring(skipped.message))
-  end
-  if res.commands == 0 then
-    if spool then spool:finish(claims, true) end
-    return
-  end
-  if res.failed then
-    local perr = res.error
-    link.broken(perr)
-    if spool then
-      spool:finish(claims, false)
-      local ok = #rows == 0 or spool:write(rows)
-      if ok then
-        out.rows_spooled = #rows
-        log:warn('Redis %s failed (%s): %s kept in %s', where_text(settings), tostring(perr),
-                 #rows > 0 and plural(#rows, 'report row') or 'the spooled rows', settings.spool)
-        return
-      end
+  return all, claims, from_spool, spooled
+end
+
+-- The pipeline failed: the claimed files go back, this message's rows are spooled, or lost
+-- and counted.
+local function keep_rows_after_failure(link, settings, spool, claims, rows, perr, out)
+  link.broken(perr)
+  if spool then
+    spool:finish(claims, false)
+    local ok = #rows == 0 or spool:write(rows)
+    if ok then
+      out.rows_spooled = #rows
+      M.logger:warn('Redis %s failed (%s): %s kept in %s', where_text(settings), tostring(perr),
+                    #rows > 0 and plural(#rows, 'report row') or 'the spooled rows',
+                    settings.spool)
+      return
     end
-    out.rows_lost = #rows
-    log:warn('Redis %s failed (%s): %s of this message lost', where_text(settings),
-             tostring(perr), plural(#rows, 'report row'))
-    return
   end
-  -- A row refused for good (an error reply that writing again would get again) is lost,
-  -- and counted. Rows Redis was not ready for (LOADING while it replays its AOF, BUSY,
-  -- READONLY after a failover...; on a cluster, 'io: ...' replies for the rows of a master
-  -- that cannot be reached) are kept like rows of a Redis that is down: spooled, or lost and
-  -- counted.
-  local refused, why = res.refused, res.refused_why
-  local unreached, unreached_why, spool_unreached = res.unreached, res.unreached_why, 0
+  out.rows_lost = #rows
+  M.logger:warn('Redis %s failed (%s): %s of this message lost', where_text(settings),
+                tostring(perr), plural(#rows, 'report row'))
+end
+
+-- Settles the claimed spool files once the rows were written. When rows that came from the
+-- spool were not reached, the claimed files go back whole: their rows keep their ids, so the
+-- ones written now count once when the files are written again (report rows: "Retries").
+-- @return this message's unreached rows still to keep, how many spooled rows were unreached
+local function settle_spool(spool, claims, unreached, spooled)
+  local spool_unreached = 0
   for _, row in ipairs(unreached) do
     if spooled[row] then spool_unreached = spool_unreached + 1 end
   end
   if spool and spool_unreached > 0 then
-    -- The claimed files go back whole: their rows keep their ids, so the ones written now
-    -- count once when the files are written again (report rows: "Retries").
     spool:finish(claims, false)
     local mine = {}
     for _, row in ipairs(unreached) do
@@ -534,29 +522,67 @@ local function write_rows(link, settings, rows, out)
   elseif spool then
     spool:finish(claims, true)
   end
+  return unreached, spool_unreached
+end
+
+-- Rows Redis was not ready for: spooled, or lost and counted.
+local function keep_unreached_rows(settings, spool, unreached, why, out)
+  if #unreached == 0 then return end
+  if spool and spool:write(unreached) then
+    out.rows_spooled = #unreached
+    M.logger:warn('Redis %s not ready (%s): %s kept in %s', where_text(settings), tostring(why),
+                  plural(#unreached, 'report row'), settings.spool)
+  else
+    out.rows_lost = (out.rows_lost or 0) + #unreached
+    M.logger:warn('Redis %s not ready (%s): %s lost%s', where_text(settings), tostring(why),
+                  plural(#unreached, 'report row'),
+                  spool and '' or ' (--spool DIR keeps them until Redis is ready)')
+  end
+end
+
+-- Rows of this message (and of the spool) in one pipelined round trip. Redis down: the
+-- rows go to the spool, or are lost and counted.
+local function write_rows(link, settings, rows, out)
+  local log = M.logger
+  local conn, err = link.get()
+  local spool = open_spool(settings)
+  if not conn then return keep_rows_without_redis(settings, spool, rows, err, out) end
+  local all, claims, from_spool, spooled = rows_with_spool(spool, rows)
+  if #all == 0 then
+    if spool then spool:finish(claims, true) end -- claimed files with nothing usable in them
+    return
+  end
+  local res = report.write(conn, all, { prefix = settings.prefix })
+  for _, skipped in ipairs(res.invalid) do
+    log:warn('report row for %s not stored: %s', tostring(skipped.row.policy_domain),
+             tostring(skipped.message))
+  end
+  if res.commands == 0 then
+    if spool then spool:finish(claims, true) end
+    return
+  end
+  if res.failed then
+    return keep_rows_after_failure(link, settings, spool, claims, rows, res.error, out)
+  end
+  -- A row refused for good (an error reply that writing again would get again) is lost,
+  -- and counted. Rows Redis was not ready for (LOADING while it replays its AOF, BUSY,
+  -- READONLY after a failover...; on a cluster, 'io: ...' replies for the rows of a master
+  -- that cannot be reached) are kept like rows of a Redis that is down: spooled, or lost and
+  -- counted.
+  local unreached, spool_unreached = settle_spool(spool, claims, res.unreached, spooled)
   out.rows_written = res.written
   out.rows_from_spool = from_spool
-  if refused > 0 then
-    out.rows_lost = (out.rows_lost or 0) + refused
-    log:warn('Redis refused %s (%s): lost', plural(refused, 'report row'), tostring(why))
+  if res.refused > 0 then
+    out.rows_lost = (out.rows_lost or 0) + res.refused
+    log:warn('Redis refused %s (%s): lost', plural(res.refused, 'report row'),
+             tostring(res.refused_why))
   end
   if spool_unreached > 0 then
     log:warn('Redis %s not ready (%s): %s kept in %s', where_text(settings),
-             tostring(unreached_why), plural(spool_unreached, 'spooled report row'),
+             tostring(res.unreached_why), plural(spool_unreached, 'spooled report row'),
              settings.spool)
   end
-  if #unreached > 0 then
-    if spool and spool:write(unreached) then
-      out.rows_spooled = #unreached
-      log:warn('Redis %s not ready (%s): %s kept in %s', where_text(settings),
-               tostring(unreached_why), plural(#unreached, 'report row'), settings.spool)
-    else
-      out.rows_lost = (out.rows_lost or 0) + #unreached
-      log:warn('Redis %s not ready (%s): %s lost%s', where_text(settings),
-               tostring(unreached_why), plural(#unreached, 'report row'),
-               spool and '' or ' (--spool DIR keeps them until Redis is ready)')
-    end
-  end
+  keep_unreached_rows(settings, spool, unreached, res.unreached_why, out)
 end
 
 -- Failure reports [FAIL-1..7] of every author domain's evaluation, queued in Redis.

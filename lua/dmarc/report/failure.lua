@@ -217,6 +217,101 @@ local function header_safe(s)
   return (tostring(s or ''):gsub('[%c]', ' '))
 end
 
+-- The Delivery-Result of each local action [FAIL-6].
+local DELIVERY_RESULT = { reject = 'reject', defer = 'other', folder = 'spam', score = 'spam',
+                          tag = 'delivered', accept = 'delivered' }
+
+-- Adds "Name: value" to a list of header fields, the value made header-safe.
+local function add_field(fields, name, value)
+  fields[#fields + 1] = name .. ': ' .. header_safe(value)
+end
+
+-- An address made header-safe and, unless the report asks otherwise, redacted [FAIL-7].
+local function redacted(r, s)
+  if r.redact == false then return header_safe(s) end
+  return M.redact_address(header_safe(s), r.redact_key)
+end
+
+-- The envelope and arrival fields of the feedback report [FAIL-3..6].
+local function add_arrival_fields(fields, r, ctx, author, now)
+  local rep, v = r.reporter, r.verdict
+  if ctx.mail_from then
+    add_field(fields, 'Original-Mail-From', '<' .. redacted(r, ctx.mail_from) .. '>')
+  end
+  for i, rcpt in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or {}) do
+    if i > M.MAX_RCPT_FIELDS then break end
+    add_field(fields, 'Original-Rcpt-To', '<' .. redacted(r, rcpt) .. '>')
+  end
+  add_field(fields, 'Arrival-Date', mail.rfc5322_date(ctx.arrival or now))
+  if ctx.ip then add_field(fields, 'Source-IP', ctx.ip) end
+  add_field(fields, 'Reporting-MTA', 'dns; ' .. rep.submitter)
+  add_field(fields, 'Incidents', string.format('%d', r.incidents or 1))
+  add_field(fields, 'Reported-Domain', author)
+  add_field(fields, 'Authentication-Results', string.format('%s; dmarc=%s header.from=%s',
+                                                            rep.submitter, v.result or 'fail',
+                                                            author))
+end
+
+-- DKIM-* when an aligned DKIM identifier failed; SPF-DNS when an aligned
+-- SPF identifier failed [FAIL-6].
+local function add_identifier_fields(fields, r, input, author)
+  local org = r.verdict.org_domain or author
+  local function aligned(dom)
+    dom = (dom or ''):lower()
+    return dom == author or dom == org or dom:sub(-(#org + 1)) == '.' .. org
+  end
+  for i, d in ipairs(input.dkim or {}) do
+    if i > report.limits.max_dkim_input then break end
+    if d.result ~= 'pass' and aligned(d.domain) then
+      add_field(fields, 'DKIM-Domain', d.domain)
+      add_field(fields, 'DKIM-Identity', '@' .. d.domain)
+      add_field(fields, 'DKIM-Selector', d.selector or '')
+      break
+    end
+  end
+  -- SPF-DNS (RFC 6591 §3.2) carries the SPF record that was evaluated, as
+  -- the caller knows it (input.spf.record or r.spf_dns); it is never made up:
+  -- without the record only the type and domain are given.
+  if input.spf and input.spf.result ~= 'pass' and aligned(input.spf.domain) then
+    local record = r.spf_dns or input.spf.record
+    add_field(fields, 'SPF-DNS', 'txt : ' .. (input.spf.domain or '')
+              .. (type(record) == 'string' and record ~= '' and (' : ' .. record) or ''))
+  end
+end
+
+-- The machine-readable part (message/feedback-report) [FAIL-3..6].
+local function feedback_fields(r, input, ctx, author, now)
+  local fields = {
+    'Feedback-Type: auth-failure',
+    'User-Agent: lua-dmarc/' .. (r.version or '0'),
+    'Version: 1',
+  }
+  add_arrival_fields(fields, r, ctx, author, now)
+  -- [FAIL-6] the DMARC profile
+  add_field(fields, 'Auth-Failure', 'dmarc')
+  local ia = r.identity_alignment or {}
+  add_field(fields, 'Identity-Alignment', #ia > 0 and table.concat(ia, ', ') or 'none')
+  local action = r.decision and r.decision.action
+  local delivery = DELIVERY_RESULT[action or '']
+  if delivery then add_field(fields, 'Delivery-Result', delivery) end
+  add_identifier_fields(fields, r, input, author)
+  return fields
+end
+
+-- The failed message's header section (text/rfc822-headers), addresses redacted [FAIL-7].
+local function original_headers(r)
+  local hdrs = {}
+  for i, hd in ipairs(r.headers or {}) do
+    if i > M.MAX_HEADER_LINES then break end
+    local line = hd.raw or (hd[1] .. ': ' .. hd[2])
+    if ADDRESS_HEADERS[hd[1]:lower()] and r.redact ~= false then
+      line = M.redact_address(line, r.redact_key)
+    end
+    hdrs[#hdrs + 1] = line
+  end
+  return hdrs
+end
+
 --- The AFRF message [FAIL-3..6].
 -- @param r {table} reporter {org_name, email, submitter}, to, policy_domain,
 --   verdict, input, ctx, decision, headers (parsed), identity_alignment,
@@ -229,70 +324,8 @@ function M.build(r)
   local id = report_xml.hash64(table.concat({ author, tostring(ctx.ip), tostring(now),
                                               tostring(r.to), tostring(ctx.queue_id) }, '|'))
   local boundary = '=_afrf' .. id
-  local function redact(s)
-    if r.redact == false then return header_safe(s) end
-    return M.redact_address(header_safe(s), r.redact_key)
-  end
-  local fields = {
-    'Feedback-Type: auth-failure',
-    'User-Agent: lua-dmarc/' .. (r.version or '0'),
-    'Version: 1',
-  }
-  local function add(name, value) fields[#fields + 1] = name .. ': ' .. header_safe(value) end
-  if ctx.mail_from then add('Original-Mail-From', '<' .. redact(ctx.mail_from) .. '>') end
-  for i, rcpt in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or {}) do
-    if i > M.MAX_RCPT_FIELDS then break end
-    add('Original-Rcpt-To', '<' .. redact(rcpt) .. '>')
-  end
-  add('Arrival-Date', mail.rfc5322_date(ctx.arrival or now))
-  if ctx.ip then add('Source-IP', ctx.ip) end
-  add('Reporting-MTA', 'dns; ' .. rep.submitter)
-  add('Incidents', string.format('%d', r.incidents or 1))
-  add('Reported-Domain', author)
-  add('Authentication-Results', string.format('%s; dmarc=%s header.from=%s', rep.submitter,
-                                              v.result or 'fail', author))
-  -- [FAIL-6] the DMARC profile
-  add('Auth-Failure', 'dmarc')
-  local ia = r.identity_alignment or {}
-  add('Identity-Alignment', #ia > 0 and table.concat(ia, ', ') or 'none')
-  local action = r.decision and r.decision.action
-  local delivery = ({ reject = 'reject', defer = 'other', folder = 'spam', score = 'spam',
-                      tag = 'delivered', accept = 'delivered' })[action or '']
-  if delivery then add('Delivery-Result', delivery) end
-  -- DKIM-* when an aligned DKIM identifier failed; SPF-DNS when an aligned
-  -- SPF identifier failed [FAIL-6].
-  local org = v.org_domain or author
-  local function aligned(dom)
-    dom = (dom or ''):lower()
-    return dom == author or dom == org or dom:sub(-(#org + 1)) == '.' .. org
-  end
-  for i, d in ipairs(input.dkim or {}) do
-    if i > report.limits.max_dkim_input then break end
-    if d.result ~= 'pass' and aligned(d.domain) then
-      add('DKIM-Domain', d.domain)
-      add('DKIM-Identity', '@' .. d.domain)
-      add('DKIM-Selector', d.selector or '')
-      break
-    end
-  end
-  -- SPF-DNS (RFC 6591 §3.2) carries the SPF record that was evaluated, as
-  -- the caller knows it (input.spf.record or r.spf_dns); it is never made up:
-  -- without the record only the type and domain are given.
-  if input.spf and input.spf.result ~= 'pass' and aligned(input.spf.domain) then
-    local record = r.spf_dns or input.spf.record
-    add('SPF-DNS', 'txt : ' .. (input.spf.domain or '')
-        .. (type(record) == 'string' and record ~= '' and (' : ' .. record) or ''))
-  end
-
-  local hdrs = {}
-  for i, hd in ipairs(r.headers or {}) do
-    if i > M.MAX_HEADER_LINES then break end
-    local line = hd.raw or (hd[1] .. ': ' .. hd[2])
-    if ADDRESS_HEADERS[hd[1]:lower()] and r.redact ~= false then
-      line = M.redact_address(line, r.redact_key)
-    end
-    hdrs[#hdrs + 1] = line
-  end
+  local fields = feedback_fields(r, input, ctx, author, now)
+  local hdrs = original_headers(r)
 
   local subject = 'DMARC failure report for ' .. author .. ' from ' .. tostring(ctx.ip or '?')
   local lines = {

@@ -80,6 +80,43 @@ local function consent_rua(txt)
   return list, true
 end
 
+-- Asks DNS for the authorization record at @name [RUA-3].
+-- @return 'ok' | 'unauthorized' | 'temperror', the record's rua list (or nil), the answer's TTL
+local function consent_lookup(resolve, name)
+  local ok, rcode, txts, answer_ttl = pcall(resolve, name, 'TXT')
+  if not ok then rcode = 'servfail' end
+  local result, rua = 'unauthorized', nil
+  if rcode == 'servfail' or rcode == 'timeout' or rcode == nil then
+    result = 'temperror'
+  elseif rcode == 'noerror' then
+    for i, txt in ipairs(type(txts) == 'table' and txts or {}) do
+      if i > M.MAX_CONSENT_TXT then break end
+      if type(txt) == 'string' and is_dmarc_txt(txt) then
+        local list, has = consent_rua(txt)
+        result = 'ok'
+        if has then rua = list end
+        break
+      end
+    end
+  end
+  return result, rua, answer_ttl
+end
+
+-- The answer for @address once its host authorized reports (the cache entry @c).
+local function consented_address(c, host, address)
+  if c.result ~= 'ok' then return c.result end
+  if c.rua then
+    -- [RUA-3] step 6: the record's own rua replaces the URI only when it
+    -- names the same host; otherwise the report goes to neither.
+    for _, uri in ipairs(c.rua) do
+      local addr, dom = mail.mailto_address(uri)
+      if addr and dom == host then return 'ok', addr end
+    end
+    if #c.rua > 0 then return 'unauthorized' end
+  end
+  return 'ok', address
+end
+
 --- A verifier with a bounded TTL cache.
 -- @param opts {table} resolve (function(name, qtype) → rcode, txts, ttl),
 --   org_domain (function(d) → org), clock, ttl, max_entries
@@ -91,6 +128,22 @@ function M.verifier(opts)
   local ttl = opts.ttl or M.defaults.verify_ttl
   local max_entries = opts.max_entries or M.defaults.verify_cache_max
   local cache, size = {}, 0
+
+  -- The cache entry of @name, looked up again when missing or expired.
+  local function entry(name)
+    local now = clock()
+    local c = cache[name]
+    if c and c.expires > now then return c end
+    if not resolve then return nil end
+    local result, rua, answer_ttl = consent_lookup(resolve, name)
+    c = { result = result, rua = rua,
+          expires = now + math.min(ttl, tonumber(answer_ttl) or ttl) }
+    if result == 'temperror' then c.expires = now end -- never cached
+    if size >= max_entries then cache, size = {}, 0 end
+    if not cache[name] then size = size + 1 end
+    cache[name] = c
+    return c
+  end
 
   --- Is `address` allowed to receive reports about `policy_domain`?
   -- @return 'ok', address (possibly replaced [RUA-3] step 6) |
@@ -104,44 +157,9 @@ function M.verifier(opts)
     local name = policy_domain .. '._report._dmarc.' .. host
     -- [RUA-3] step 2: a name beyond DNS limits cannot be verified.
     if #name > 253 then return 'unauthorized' end
-    local now = clock()
-    local c = cache[name]
-    if not c or c.expires <= now then
-      if not resolve then return 'temperror' end
-      local ok, rcode, txts, answer_ttl = pcall(resolve, name, 'TXT')
-      if not ok then rcode = 'servfail' end
-      local result, rua = 'unauthorized', nil
-      if rcode == 'servfail' or rcode == 'timeout' or rcode == nil then
-        result = 'temperror'
-      elseif rcode == 'noerror' then
-        for i, txt in ipairs(type(txts) == 'table' and txts or {}) do
-          if i > M.MAX_CONSENT_TXT then break end
-          if type(txt) == 'string' and is_dmarc_txt(txt) then
-            local list, has = consent_rua(txt)
-            result = 'ok'
-            if has then rua = list end
-            break
-          end
-        end
-      end
-      c = { result = result, rua = rua,
-            expires = now + math.min(ttl, tonumber(answer_ttl) or ttl) }
-      if result == 'temperror' then c.expires = now end -- never cached
-      if size >= max_entries then cache, size = {}, 0 end
-      if not cache[name] then size = size + 1 end
-      cache[name] = c
-    end
-    if c.result ~= 'ok' then return c.result end
-    if c.rua then
-      -- [RUA-3] step 6: the record's own rua replaces the URI only when it
-      -- names the same host; otherwise the report goes to neither.
-      for _, uri in ipairs(c.rua) do
-        local addr, dom = mail.mailto_address(uri)
-        if addr and dom == host then return 'ok', addr end
-      end
-      if #c.rua > 0 then return 'unauthorized' end
-    end
-    return 'ok', address
+    local c = entry(name)
+    if not c then return 'temperror' end
+    return consented_address(c, host, address)
   end
 end
 
@@ -256,6 +274,120 @@ local function tls_params(opts, verify)
   return params
 end
 
+-- Ends a session that failed: a polite QUIT, but never a long wait for its answer.
+-- @return the transport's answer for that failure
+local function smtp_fail(s, code, reply, kind)
+  s.sock:settimeout(math.min(2, s.opts.timeout or M.defaults.smtp_timeout))
+  pcall(smtp_cmd, s.sock, 'QUIT')
+  s.sock:close()
+  if code == nil then return 'temp', nil, reply, kind end
+  if code >= 500 then return 'perm', code, reply end
+  return 'temp', code, reply
+end
+
+-- The greeting and EHLO; s.caps gets the relay's extensions. Nothing returned: done.
+local function smtp_hello(s)
+  local code, reply = smtp_read(s.sock)
+  if code ~= 220 then return smtp_fail(s, code, reply) end
+  code, reply = smtp_cmd(s.sock, 'EHLO ' .. s.helo)
+  if code ~= 250 then return smtp_fail(s, code, reply) end
+  s.caps = reply
+end
+
+-- The TLS handshake after a STARTTLS the relay took, the certificate checked when @s.verify,
+-- then EHLO again. Nothing returned: s.sock is the TLS socket.
+local function smtp_handshake(s)
+  local opts, host = s.opts, s.host
+  local ssl = require 'ssl'
+  local wrapped, werr = ssl.wrap(s.sock, tls_params(opts, s.verify))
+  if not wrapped then return smtp_fail(s, nil, 'tls: ' .. tostring(werr)) end
+  -- The TLS socket does not inherit the timeout.
+  wrapped:settimeout(opts.timeout or M.defaults.smtp_timeout)
+  -- RFC 6066 §3: no SNI for an address literal.
+  if wrapped.sni and not is_ip_literal(host) then wrapped:sni(host) end
+  local hs, herr = wrapped:dohandshake()
+  if not hs then
+    if s.verify then
+      return smtp_fail(s, nil, 'TLS: the certificate of ' .. host .. ' is not trusted ('
+                       .. tostring(herr) .. ')', 'untrusted')
+    end
+    return smtp_fail(s, nil, 'tls handshake: ' .. tostring(herr))
+  end
+  if s.verify then
+    local named, names = M.cert_matches_host(wrapped:getpeercertificate(), host)
+    if not named then
+      s.sock = wrapped
+      return smtp_fail(s, nil, 'TLS: the certificate of ' .. host .. ' is for another name ('
+                       .. tostring(names) .. ')', 'untrusted')
+    end
+  end
+  s.sock = wrapped
+  s.tls = true
+  local code, reply = smtp_cmd(s.sock, 'EHLO ' .. s.helo)
+  if code ~= 250 then return smtp_fail(s, code, reply) end
+  s.caps = reply
+end
+
+-- STARTTLS as opts.starttls asks. Nothing returned: go on (over TLS when s.tls).
+local function smtp_starttls(s)
+  local mode = s.opts.starttls or 'try'
+  if mode ~= 'never' and s.caps:upper():find('STARTTLS', 1, true) then
+    local code, reply = smtp_cmd(s.sock, 'STARTTLS')
+    if code ~= 220 then
+      if mode == 'require' then return smtp_fail(s, code, reply) end
+      return
+    end
+    return smtp_handshake(s)
+  elseif mode == 'require' then
+    return smtp_fail(s, nil, 'STARTTLS required but not offered')
+  end
+end
+
+-- AUTH PLAIN, or LOGIN when only that is offered; only over TLS unless allow_plain_auth.
+-- Nothing returned: logged in (or no credentials to give).
+local function smtp_auth(s)
+  local opts = s.opts
+  if not opts.user then return end
+  if not s.tls and not opts.allow_plain_auth then
+    return smtp_fail(s, nil, 'AUTH refused without TLS')
+  end
+  local upper = s.caps:upper()
+  local code, reply
+  if upper:find('AUTH[ =][^\n]*PLAIN') then
+    local plain = '\0' .. opts.user .. '\0' .. opts.password
+    code, reply = smtp_cmd(s.sock, 'AUTH PLAIN ' .. mail.base64_line(plain))
+  elseif upper:find('AUTH[ =][^\n]*LOGIN') then
+    code, reply = smtp_cmd(s.sock, 'AUTH LOGIN')
+    if code == 334 then code, reply = smtp_cmd(s.sock, mail.base64_line(opts.user)) end
+    if code == 334 then code, reply = smtp_cmd(s.sock, mail.base64_line(opts.password)) end
+  else
+    return smtp_fail(s, nil, 'no supported AUTH mechanism')
+  end
+  -- A refused login is our configuration, not the destination's
+  -- answer: retried (and given up after max_attempts), never final.
+  if code ~= 235 then
+    local _, _, t = smtp_fail(s, code, reply)
+    return 'temp', code, t
+  end
+end
+
+-- The envelope and the message, then QUIT.
+local function smtp_transaction(s, from, rcpt, message)
+  local code, reply = smtp_cmd(s.sock, 'MAIL FROM:<' .. from .. '>')
+  if code ~= 250 then return smtp_fail(s, code, reply) end
+  code, reply = smtp_cmd(s.sock, 'RCPT TO:<' .. rcpt .. '>')
+  if code ~= 250 and code ~= 251 then return smtp_fail(s, code, reply) end
+  code, reply = smtp_cmd(s.sock, 'DATA')
+  if code ~= 354 then return smtp_fail(s, code, reply) end
+  local sent, serr = s.sock:send(M.dot_stuff(message))
+  if not sent then return smtp_fail(s, nil, 'send: ' .. tostring(serr)) end
+  code, reply = smtp_read(s.sock)
+  if code ~= 250 then return smtp_fail(s, code, reply) end
+  pcall(smtp_cmd, s.sock, 'QUIT')
+  s.sock:close()
+  return 'accepted', code, reply
+end
+
 --- An SMTP transport to one relay.
 -- @param opts {table} host, port (25), helo (default 'localhost'),
 --   starttls ('never' | 'try' (default) | 'require'), tls (LuaSec params
@@ -275,99 +407,19 @@ function M.smtp_transport(opts)
     sock:settimeout(opts.timeout or M.defaults.smtp_timeout)
     local ok, err = sock:connect(opts.host or '127.0.0.1', opts.port or 25)
     if not ok then return 'temp', nil, 'connect: ' .. tostring(err) end
-    local function fail(code, reply, kind)
-      -- A polite QUIT, but never a long wait for its answer.
-      sock:settimeout(math.min(2, opts.timeout or M.defaults.smtp_timeout))
-      pcall(smtp_cmd, sock, 'QUIT')
-      sock:close()
-      if code == nil then return 'temp', nil, reply, kind end
-      if code >= 500 then return 'perm', code, reply end
-      return 'temp', code, reply
+    local s = {
+      sock = sock, opts = opts, helo = opts.helo or 'localhost', caps = nil, tls = false,
+      host = tostring(opts.host or '127.0.0.1'),
+      -- Credentials and a required TLS go only to the relay we meant; opportunistic TLS
+      -- without credentials takes any certificate (RFC 7435 §1.3).
+      verify = (opts.user ~= nil or (opts.starttls or 'try') == 'require')
+        and not opts.tls_no_verify,
+    }
+    for _, step in ipairs { smtp_hello, smtp_starttls, smtp_auth } do
+      local status, code, reply, kind = step(s)
+      if status then return status, code, reply, kind end
     end
-    local code, reply = smtp_read(sock)
-    if code ~= 220 then return fail(code, reply) end
-    local helo = opts.helo or 'localhost'
-    code, reply = smtp_cmd(sock, 'EHLO ' .. helo)
-    if code ~= 250 then return fail(code, reply) end
-    local caps = reply
-    local tls = false
-    local mode = opts.starttls or 'try'
-    local host = tostring(opts.host or '127.0.0.1')
-    -- Credentials and a required TLS go only to the relay we meant; opportunistic TLS
-    -- without credentials takes any certificate (RFC 7435 §1.3).
-    local verify = (opts.user ~= nil or mode == 'require') and not opts.tls_no_verify
-    if mode ~= 'never' and caps:upper():find('STARTTLS', 1, true) then
-      code, reply = smtp_cmd(sock, 'STARTTLS')
-      if code ~= 220 then
-        if mode == 'require' then return fail(code, reply) end
-      else
-        local ssl = require 'ssl'
-        local wrapped, werr = ssl.wrap(sock, tls_params(opts, verify))
-        if not wrapped then return fail(nil, 'tls: ' .. tostring(werr)) end
-        -- The TLS socket does not inherit the timeout.
-        wrapped:settimeout(opts.timeout or M.defaults.smtp_timeout)
-        -- RFC 6066 §3: no SNI for an address literal.
-        if wrapped.sni and not is_ip_literal(host) then wrapped:sni(host) end
-        local hs, herr = wrapped:dohandshake()
-        if not hs then
-          if verify then
-            return fail(nil, 'TLS: the certificate of ' .. host .. ' is not trusted ('
-                        .. tostring(herr) .. ')', 'untrusted')
-          end
-          return fail(nil, 'tls handshake: ' .. tostring(herr))
-        end
-        if verify then
-          local named, names = M.cert_matches_host(wrapped:getpeercertificate(), host)
-          if not named then
-            sock = wrapped
-            return fail(nil, 'TLS: the certificate of ' .. host .. ' is for another name ('
-                        .. tostring(names) .. ')', 'untrusted')
-          end
-        end
-        sock = wrapped
-        tls = true
-        code, reply = smtp_cmd(sock, 'EHLO ' .. helo)
-        if code ~= 250 then return fail(code, reply) end
-        caps = reply
-      end
-    elseif mode == 'require' then
-      return fail(nil, 'STARTTLS required but not offered')
-    end
-    if opts.user then
-      if not tls and not opts.allow_plain_auth then
-        return fail(nil, 'AUTH refused without TLS')
-      end
-      local upper = caps:upper()
-      if upper:find('AUTH[ =][^\n]*PLAIN') then
-        local plain = '\0' .. opts.user .. '\0' .. opts.password
-        code, reply = smtp_cmd(sock, 'AUTH PLAIN ' .. mail.base64_line(plain))
-      elseif upper:find('AUTH[ =][^\n]*LOGIN') then
-        code, reply = smtp_cmd(sock, 'AUTH LOGIN')
-        if code == 334 then code, reply = smtp_cmd(sock, mail.base64_line(opts.user)) end
-        if code == 334 then code, reply = smtp_cmd(sock, mail.base64_line(opts.password)) end
-      else
-        return fail(nil, 'no supported AUTH mechanism')
-      end
-      -- A refused login is our configuration, not the destination's
-      -- answer: retried (and given up after max_attempts), never final.
-      if code ~= 235 then
-        local _, _, t = fail(code, reply)
-        return 'temp', code, t
-      end
-    end
-    code, reply = smtp_cmd(sock, 'MAIL FROM:<' .. from .. '>')
-    if code ~= 250 then return fail(code, reply) end
-    code, reply = smtp_cmd(sock, 'RCPT TO:<' .. rcpt .. '>')
-    if code ~= 250 and code ~= 251 then return fail(code, reply) end
-    code, reply = smtp_cmd(sock, 'DATA')
-    if code ~= 354 then return fail(code, reply) end
-    local sent, serr = sock:send(M.dot_stuff(message))
-    if not sent then return fail(nil, 'send: ' .. tostring(serr)) end
-    code, reply = smtp_read(sock)
-    if code ~= 250 then return fail(code, reply) end
-    pcall(smtp_cmd, sock, 'QUIT')
-    sock:close()
-    return 'accepted', code, reply
+    return smtp_transaction(s, from, rcpt, message)
   end
 end
 
@@ -486,6 +538,82 @@ return 1
 ]]
 M.REQUEUE_SCRIPT = REQUEUE
 
+-- Sends one due queued failure report (after the destination check [RUA-5]) and counts it.
+-- @return the entry's next state: '' (gone), its re-encoded retry, or nil (kept as it is)
+local function send_failure_entry(o, e, domain, now, summary, log)
+  local vres, addr = 'ok', e.to
+  if o.verify then vres, addr = o.verify(domain, e.to) end
+  if vres == 'unauthorized' then
+    summary.failure_skipped = summary.failure_skipped + 1
+    log('info', string.format('failure report for %s to %s: destination not authorized',
+                              domain, e.to))
+    return ''
+  end
+  local status, scode, stext, kind
+  if vres == 'temperror' then
+    status, stext = 'temp', 'destination verification: DNS temporary error'
+  else
+    status, scode, stext, kind = o.transport(o.envelope_from, addr, e.message)
+  end
+  if kind == 'untrusted' then
+    -- Our relay is in question, not the destination: no attempt counted.
+    summary.failure_deferred = summary.failure_deferred + 1
+    log('warning', string.format('failure report for %s to %s kept: %s', domain,
+                                 tostring(addr), tostring(stext)))
+    return nil
+  elseif status == 'accepted' then
+    summary.failure_accepted = summary.failure_accepted + 1
+    log('info', string.format('failure report for %s sent to %s', domain, addr))
+    return ''
+  elseif status == 'perm' or e.attempts + 1 >= o.max_attempts then
+    summary.failure_failed = summary.failure_failed + 1
+    log('warning', string.format('failure report for %s to %s failed: %s', domain,
+                                 tostring(addr), tostring(stext or scode)))
+    return ''
+  end
+  e.attempts = e.attempts + 1
+  e.next_at = math.floor(now + math.min(o.retry_base * 2 ^ (e.attempts - 1), o.retry_max_delay))
+  local next_state = require('dmarc.report.failure').encode_entry(e)
+  summary.failure_deferred = summary.failure_deferred + 1
+  log('info', string.format('failure report for %s to %s deferred: %s', domain,
+                            tostring(addr), tostring(stext)))
+  return next_state
+end
+
+-- One queued entry: dropped when malformed, left while not due, otherwise sent.
+-- @return its next state ('' to remove it) or nil (kept as it is)
+local function handle_failure_entry(o, raw, domain, summary, log, clock)
+  local e = require('dmarc.report.failure').decode_entry(raw)
+  local now = clock()
+  if not e or e.domain ~= domain then
+    summary.failure_failed = summary.failure_failed + 1
+    log('warning', 'dropping a malformed queued failure report for ' .. domain)
+    return ''
+  elseif e.next_at > now then
+    summary.failure_pending = summary.failure_pending + 1
+    return nil
+  end
+  return send_failure_entry(o, e, domain, now, summary, log)
+end
+
+-- The queue of one policy domain, oldest entry first; each handled entry is replaced by its
+-- next state only if it is still there, and the sender lock is extended.
+local function deliver_failure_list(conn, o, prefix, t, key, domain, summary, log, clock)
+  -- The oldest entries sit at the tail (LPUSH adds at the head).
+  local list, lerr, lcode = conn:command('LRANGE', key, tostring(-M.MAX_FAILURE_PER_QUEUE), '-1')
+  if type(list) ~= 'table' then return nil, lerr or 'LRANGE failed', lcode or 'redis' end
+  for i = #list, 1, -1 do
+    local raw = list[i]
+    local next_state = handle_failure_entry(o, raw, domain, summary, log, clock)
+    if next_state then
+      local r, rerr, rcode = conn:command('EVAL', REQUEUE, '1', key, raw, next_state)
+      if r == nil and rerr then return nil, rerr, rcode end
+      M.extend_lock(conn, prefix, t, o.lock_ttl)
+    end
+  end
+  return true
+end
+
 -- Deliver the queued failure reports of every policy domain, under the
 -- sender lock: the same destination check [RUA-5], transports and retry
 -- rules as aggregate reports; an entry goes once accepted, failed for good,
@@ -500,66 +628,9 @@ local function deliver_failure_queue(conn, o, prefix, t, summary, log, clock)
   for _, key in ipairs(keys) do
     local domain = failure.domain_of_queue_key(prefix, key)
     if domain then
-      -- The oldest entries sit at the tail (LPUSH adds at the head).
-      local list, lerr, lcode = conn:command('LRANGE', key, tostring(-M.MAX_FAILURE_PER_QUEUE), '-1')
-      if type(list) ~= 'table' then return nil, lerr or 'LRANGE failed', lcode or 'redis' end
-      for i = #list, 1, -1 do
-        local raw = list[i]
-        local e = failure.decode_entry(raw)
-        local now = clock()
-        local next_state
-        if not e or e.domain ~= domain then
-          next_state = ''
-          summary.failure_failed = summary.failure_failed + 1
-          log('warning', 'dropping a malformed queued failure report for ' .. domain)
-        elseif e.next_at > now then
-          summary.failure_pending = summary.failure_pending + 1
-        else
-          local vres, addr = 'ok', e.to
-          if o.verify then vres, addr = o.verify(domain, e.to) end
-          local status, scode, stext, kind
-          if vres == 'unauthorized' then
-            next_state = ''
-            summary.failure_skipped = summary.failure_skipped + 1
-            log('info', string.format('failure report for %s to %s: destination not authorized',
-                                      domain, e.to))
-          else
-            if vres == 'temperror' then
-              status, stext = 'temp', 'destination verification: DNS temporary error'
-            else
-              status, scode, stext, kind = o.transport(o.envelope_from, addr, e.message)
-            end
-            if kind == 'untrusted' then
-              -- Our relay is in question, not the destination: no attempt counted.
-              summary.failure_deferred = summary.failure_deferred + 1
-              log('warning', string.format('failure report for %s to %s kept: %s', domain,
-                                           tostring(addr), tostring(stext)))
-            elseif status == 'accepted' then
-              next_state = ''
-              summary.failure_accepted = summary.failure_accepted + 1
-              log('info', string.format('failure report for %s sent to %s', domain, addr))
-            elseif status == 'perm' or e.attempts + 1 >= o.max_attempts then
-              next_state = ''
-              summary.failure_failed = summary.failure_failed + 1
-              log('warning', string.format('failure report for %s to %s failed: %s', domain,
-                                           tostring(addr), tostring(stext or scode)))
-            else
-              e.attempts = e.attempts + 1
-              e.next_at = math.floor(now + math.min(o.retry_base * 2 ^ (e.attempts - 1),
-                                                    o.retry_max_delay))
-              next_state = failure.encode_entry(e)
-              summary.failure_deferred = summary.failure_deferred + 1
-              log('info', string.format('failure report for %s to %s deferred: %s', domain,
-                                        tostring(addr), tostring(stext)))
-            end
-          end
-        end
-        if next_state then
-          local r, rerr, rcode = conn:command('EVAL', REQUEUE, '1', key, raw, next_state)
-          if r == nil and rerr then return nil, rerr, rcode end
-          M.extend_lock(conn, prefix, t, o.lock_ttl)
-        end
-      end
+      local ok, derr, dcode = deliver_failure_list(conn, o, prefix, t, key, domain, summary, log,
+                                                   clock)
+      if not ok then return nil, derr, dcode end
     end
   end
   return true
