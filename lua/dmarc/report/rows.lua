@@ -472,6 +472,71 @@ local function is_report_message(ctx, opts)
   return own ~= nil and mf == own:lower()
 end
 
+-- The verdict and input seen through dmarc.evaluate's details: its raw verdict (the applied
+-- record) under the given one, its per author domain verdicts, and each signature's
+-- alignment in the [AGG-6] order.
+local function with_details(verdict, input, details)
+  local v = {}
+  for k, x in pairs(details.verdict or {}) do v[k] = x end
+  for k, x in pairs(verdict) do if v[k] == nil then v[k] = x end end
+  v.domains = details.domains
+  if type(details.dkim_alignment) == 'table' and type(input.dkim) == 'table' then
+    local sigs = {}
+    for i, d in ipairs(input.dkim) do
+      local a = details.dkim_alignment[i]
+      sigs[i] = setmetatable({ aligned = a ~= 'none' and a or nil }, { __index = d })
+    end
+    input = setmetatable({ dkim = sigs }, { __index = input })
+  end
+  return v, input
+end
+
+-- The envelope recipients' domain when they all share one; false when they differ.
+local function envelope_to_of(ctx)
+  local rcpt_domain
+  for i, r in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or { ctx.rcpt }) do
+    if i > M.limits.max_rcpt then break end
+    local d = M.domain_of(r)
+    if rcpt_domain == nil then rcpt_domain = d
+    elseif d ~= rcpt_domain then rcpt_domain = false break end
+  end
+  return rcpt_domain
+end
+
+-- The row's SPF result, or nil when the input has none.
+local function spf_result_of(input)
+  if not (input.spf and input.spf.result) then return nil end
+  return { domain = lower_domain(input.spf.domain) or '',
+           scope = input.spf.scope == 'helo' and 'helo' or 'mfrom',
+           result = AUTH_WORDS[input.spf.result] and input.spf.result or 'none',
+           human_result = input.spf.human_result or input.spf.reason }
+end
+
+-- The row of one author domain's verdict @v under the record @rec (its policy domain @pd).
+-- @param m {table} what every row of the message shares: ip, envelope_from, envelope_to
+local function row_of(v, rec, pd, verdict, input, decision, opts, m)
+  local author = lower_domain(v.author_domain) or ''
+  local disposition = disposition_of(v, decision)
+  local spf = spf_result_of(input)
+  return {
+    policy_domain = pd,
+    time = opts.time or os.time(),
+    count = 1,
+    source_ip = m.ip,
+    header_from = author,
+    envelope_from = m.envelope_from,
+    envelope_to = m.envelope_to or nil,
+    policy = M.policy_of(rec, verdict.mode or rec.mode),
+    disposition = disposition,
+    dkim = v.dkim_aligned and 'pass' or 'fail',
+    spf = v.spf_aligned and 'pass' or 'fail',
+    reasons = reasons_of(v, decision, disposition),
+    dkim_results = M.order_dkim(input.dkim, author, v.org_domain),
+    spf_result = spf,
+    rua = rec.rua,
+  }
+end
+
 --- Build the report row(s) of one evaluated message.
 -- @param verdict {table} from dmarc.evaluate (record, mode, result, ...);
 --   verdict.domains (per author domain verdicts) gives one row each [AGG-2]
@@ -489,21 +554,8 @@ function M.build_rows(verdict, input, ctx, decision, opts)
   ctx = ctx or {}
   input = input or {}
   if type(verdict) ~= 'table' then error('build_rows: verdict table expected', 2) end
-  local details = opts.details
-  if type(details) == 'table' then
-    local v = {}
-    for k, x in pairs(details.verdict or {}) do v[k] = x end
-    for k, x in pairs(verdict) do if v[k] == nil then v[k] = x end end
-    v.domains = details.domains
-    verdict = v
-    if type(details.dkim_alignment) == 'table' and type(input.dkim) == 'table' then
-      local sigs = {}
-      for i, d in ipairs(input.dkim) do
-        local a = details.dkim_alignment[i]
-        sigs[i] = setmetatable({ aligned = a ~= 'none' and a or nil }, { __index = d })
-      end
-      input = setmetatable({ dkim = sigs }, { __index = input })
-    end
+  if type(opts.details) == 'table' then
+    verdict, input = with_details(verdict, input, opts.details)
   end
   -- Loop guard: our own reports coming back through this scanner are not
   -- reported on again (docs/report-keys.md, "Loops").
@@ -513,15 +565,9 @@ function M.build_rows(verdict, input, ctx, decision, opts)
   local list = verdict.domains
   if type(list) ~= 'table' or #list == 0 then list = { verdict } end
   local rows = {}
-  local rcpt_domain
-  for i, r in ipairs(type(ctx.rcpt) == 'table' and ctx.rcpt or { ctx.rcpt }) do
-    if i > M.limits.max_rcpt then break end
-    local d = M.domain_of(r)
-    if rcpt_domain == nil then rcpt_domain = d
-    elseif d ~= rcpt_domain then rcpt_domain = false break end
-  end
-  local envelope_from = M.domain_of(ctx.mail_from or (input.spf and input.spf.scope ~= 'helo'
-                                                      and input.spf.domain)) or ''
+  local m = { ip = ip, envelope_to = envelope_to_of(ctx) }
+  m.envelope_from = M.domain_of(ctx.mail_from or (input.spf and input.spf.scope ~= 'helo'
+                                                  and input.spf.domain)) or ''
   for i, v in ipairs(list) do
     if i > M.limits.max_domains then break end
     local rec = v.record or (i == 1 and verdict.record) or nil
@@ -530,32 +576,7 @@ function M.build_rows(verdict, input, ctx, decision, opts)
         and v.result ~= 'none' then
       local pd = lower_domain(v.policy_domain)
       if not M.valid_domain(pd) then return nil, 'invalid policy domain', 'bad_domain' end
-      local author = lower_domain(v.author_domain) or ''
-      local disposition = disposition_of(v, decision)
-      local spf
-      if input.spf and input.spf.result then
-        spf = { domain = lower_domain(input.spf.domain) or '',
-                scope = input.spf.scope == 'helo' and 'helo' or 'mfrom',
-                result = AUTH_WORDS[input.spf.result] and input.spf.result or 'none',
-                human_result = input.spf.human_result or input.spf.reason }
-      end
-      rows[#rows + 1] = {
-        policy_domain = pd,
-        time = opts.time or os.time(),
-        count = 1,
-        source_ip = ip,
-        header_from = author,
-        envelope_from = envelope_from,
-        envelope_to = rcpt_domain or nil,
-        policy = M.policy_of(rec, verdict.mode or rec.mode),
-        disposition = disposition,
-        dkim = v.dkim_aligned and 'pass' or 'fail',
-        spf = v.spf_aligned and 'pass' or 'fail',
-        reasons = reasons_of(v, decision, disposition),
-        dkim_results = M.order_dkim(input.dkim, author, v.org_domain),
-        spf_result = spf,
-        rua = rec.rua,
-      }
+      rows[#rows + 1] = row_of(v, rec, pd, verdict, input, decision, opts, m)
     end
   end
   return rows

@@ -36,6 +36,64 @@ local function make_resolver(o, conf)
   return function(name, qtype) return r:resolve(name, qtype) end
 end
 
+-- The relay of --smtp HOST:PORT (or [ADDRESS]:PORT, or a host alone on port 25).
+local function smtp_relay(o, conf)
+  local smtp = get(o, conf, 'smtp', '127.0.0.1:25')
+  if type(smtp) == 'table' then return smtp.host, smtp.port end
+  local host, port = tostring(smtp):match('^%[?([^%]]+)%]?:(%d+)$')
+  if not host then host, port = smtp, 25 end
+  return host, port
+end
+
+-- The SMTP transport of --smtp and its options. A relay whose certificate is refused is our
+-- configuration (or someone in the way), not the destination's answer: the reports stay
+-- queued and the run fails, saying why (@relay.untrusted). Once refused, the relay is not
+-- asked again in this run: the answer would be the same.
+-- @return the transport, or nil, message, exit status
+local function smtp_transport(o, conf, rep, relay)
+  local host, port = smtp_relay(o, conf)
+  local password = os.getenv('DMARC_SMTP_PASSWORD')
+  local pfile = get(o, conf, 'smtp-password-file')
+  if pfile then
+    password = (files.read(pfile) or ''):gsub('[\r\n]+$', '')
+  end
+  local user = get(o, conf, 'smtp-user')
+  if user and not password then return nil, 'AUTH needs a password', 2 end
+  local starttls = get(o, conf, 'starttls', 'try')
+  if starttls ~= 'never' and starttls ~= 'try' and starttls ~= 'require' then
+    return nil, '--starttls must be never, try or require', 2
+  end
+  local smtp_send = require('dmarc.report.send').smtp_transport {
+    host = host, port = tonumber(port), helo = get(o, conf, 'helo', rep.submitter),
+    starttls = starttls, user = user, password = password,
+    timeout = tonumber(get(o, conf, 'smtp-timeout', 30)),
+    tls_ca = get(o, conf, 'tls-ca'), tls_no_verify = get(o, conf, 'tls-no-verify') == true,
+  }
+  return function(...)
+    if relay.untrusted then return 'temp', nil, relay.untrusted, 'untrusted' end
+    local status, code, text, kind = smtp_send(...)
+    if kind == 'untrusted' then relay.untrusted = text end
+    return status, code, text, kind
+  end
+end
+
+-- The run's counts on stderr (unless --quiet).
+local function print_summary(o, summary)
+  if o.quiet then return end
+  io.stderr:write(string.format('send: %d accepted, %d deferred, %d failed, %d skipped, '
+                                .. '%d report sets complete\n', summary.accepted,
+                                summary.deferred, summary.failed, summary.skipped,
+                                summary.completed))
+  local f = summary.failure_accepted + summary.failure_deferred + summary.failure_failed
+    + summary.failure_skipped + summary.failure_pending
+  if f > 0 then
+    io.stderr:write(string.format('send: failure reports: %d accepted, %d deferred, %d failed, '
+                                  .. '%d skipped, %d waiting\n', summary.failure_accepted,
+                                  summary.failure_deferred, summary.failure_failed,
+                                  summary.failure_skipped, summary.failure_pending))
+  end
+end
+
 local function do_send(o, conf, conn)
   local report_send = require 'dmarc.report.send'
   if o.date or o.from or o.to then
@@ -47,45 +105,14 @@ local function do_send(o, conf, conn)
   if type(from) ~= 'string' or not from:match('^[^%s<>@]+@[%w%.%-_]+$') then
     return nil, 'an envelope sender is needed (--envelope-from or the reporter --email)', 2
   end
-  local transport, untrusted
+  local relay = { untrusted = nil }
+  local transport, terr, tst
   local sendmail = get(o, conf, 'sendmail')
   if sendmail then
     transport = report_send.sendmail_transport { command = sendmail }
   else
-    local smtp = get(o, conf, 'smtp', '127.0.0.1:25')
-    local host, port
-    if type(smtp) == 'table' then
-      host, port = smtp.host, smtp.port
-    else
-      host, port = tostring(smtp):match('^%[?([^%]]+)%]?:(%d+)$')
-      if not host then host, port = smtp, 25 end
-    end
-    local password = os.getenv('DMARC_SMTP_PASSWORD')
-    local pfile = get(o, conf, 'smtp-password-file')
-    if pfile then
-      password = (files.read(pfile) or ''):gsub('[\r\n]+$', '')
-    end
-    local user = get(o, conf, 'smtp-user')
-    if user and not password then return nil, 'AUTH needs a password', 2 end
-    local starttls = get(o, conf, 'starttls', 'try')
-    if starttls ~= 'never' and starttls ~= 'try' and starttls ~= 'require' then
-      return nil, '--starttls must be never, try or require', 2
-    end
-    local smtp_send = report_send.smtp_transport {
-      host = host, port = tonumber(port), helo = get(o, conf, 'helo', rep.submitter),
-      starttls = starttls, user = user, password = password,
-      timeout = tonumber(get(o, conf, 'smtp-timeout', 30)),
-      tls_ca = get(o, conf, 'tls-ca'), tls_no_verify = get(o, conf, 'tls-no-verify') == true,
-    }
-    -- A relay whose certificate is refused is our configuration (or someone in the way),
-    -- not the destination's answer: the reports stay queued and the run fails, saying why.
-    -- Once refused, the relay is not asked again in this run: the answer would be the same.
-    transport = function(...)
-      if untrusted then return 'temp', nil, untrusted, 'untrusted' end
-      local status, code, text, kind = smtp_send(...)
-      if kind == 'untrusted' then untrusted = text end
-      return status, code, text, kind
-    end
+    transport, terr, tst = smtp_transport(o, conf, rep, relay)
+    if not transport then return nil, terr, tst end
   end
   local resolve, rerr = make_resolver(o, conf)
   if not resolve then return nil, rerr, 2 end
@@ -104,22 +131,9 @@ local function do_send(o, conf, conn)
     end,
   }
   if not summary then return nil, err, code == 'locked' and 75 or 1 end
-  if not o.quiet then
-    io.stderr:write(string.format('send: %d accepted, %d deferred, %d failed, %d skipped, '
-                                  .. '%d report sets complete\n', summary.accepted,
-                                  summary.deferred, summary.failed, summary.skipped,
-                                  summary.completed))
-    local f = summary.failure_accepted + summary.failure_deferred + summary.failure_failed
-      + summary.failure_skipped + summary.failure_pending
-    if f > 0 then
-      io.stderr:write(string.format('send: failure reports: %d accepted, %d deferred, %d failed, '
-                                    .. '%d skipped, %d waiting\n', summary.failure_accepted,
-                                    summary.failure_deferred, summary.failure_failed,
-                                    summary.failure_skipped, summary.failure_pending))
-    end
-  end
-  if untrusted then
-    return nil, untrusted .. '; the reports stay queued (--tls-ca FILE names the trust'
+  print_summary(o, summary)
+  if relay.untrusted then
+    return nil, relay.untrusted .. '; the reports stay queued (--tls-ca FILE names the trust'
       .. ' anchors, --tls-no-verify turns verification off)', 1
   end
   return summary
