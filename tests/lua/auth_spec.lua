@@ -357,6 +357,13 @@ describe('dmarc.receive.message', function()
     assert.equal('syntax', select(3, message.strip_comments('a (open')))
   end)
 
+  it('refuses an ARC instance outside 1-50 (RFC 8617 §4.2.1), found by the fuzzer', function()
+    assert.equal('syntax', select(3, auth.parse_ar('i=' .. string.rep('9', 48) .. '; mx; arc=none', true)))
+    assert.equal('syntax', select(3, auth.parse_ar('i=0; mx; arc=none', true)))
+    assert.equal('syntax', select(3, auth.parse_ar('i=51; mx; arc=none', true)))
+    assert.equal(50, assert(auth.parse_ar('i=50; mx; arc=none', true)).instance)
+  end)
+
   it('refuses a result that is not a keyword (RFC 8601 §2.2), found by the fuzzer', function()
     local ar, _, code = auth.parse_ar('mx.example.net; arc=paemote-ip=192.0.2.1')
     assert.is_nil(ar)

@@ -93,6 +93,10 @@ function M.parse_ar(value, arc)
   if arc then
     local n, j = s:match('^i[%s]*=[%s]*(%d+)[%s]*;()', i)
     if not n then return fail('no ARC instance tag', 'syntax') end
+    -- RFC 8617 §4.2.1: instances run from 1 to 50 (a longer number is no instance at all).
+    if #n > 2 or tonumber(n) < 1 or tonumber(n) > M.MAX_ARC_SETS then
+      return fail('ARC instance out of range', 'syntax')
+    end
     out.instance = tonumber(n)
     i = skip_ws(s, j)
   end
