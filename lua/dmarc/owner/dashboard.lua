@@ -754,11 +754,61 @@ end
 -- ---------------------------------------------------------------------------
 -- Data from Redis
 
+-- Adds the domains of the stored aggregate reports to @by (domain -> entry): days stored,
+-- last day.
+local function add_report_domains(c, prefix, by)
+  local ingest = require 'dmarc.owner.ingest'
+  local cluster = require 'dmarc.redis.cluster'
+  local found, serr = cluster.scan(c, ingest.scan_pattern(prefix))
+  if not found then return nil, 'Redis: ' .. tostring(serr) end
+  for _, k in ipairs(found) do
+    local d, day = ingest.parse_key(prefix, k)
+    if d then
+      local e = by[d]
+      if not e then
+        e = { domain = d, days = 0, last_day = day }
+        by[d] = e
+      end
+      e.days = e.days + 1
+      if day > e.last_day then e.last_day = day end
+    end
+  end
+  return true
+end
+
+-- A domain with failure reports and no aggregate report is listed too.
+local function add_failure_domains(c, prefix, by)
+  local cluster = require 'dmarc.redis.cluster'
+  local failed, ferr = cluster.scan(c, keys.failure_scan_pattern(prefix))
+  if not failed then return nil, 'Redis: ' .. tostring(ferr) end
+  for _, k in ipairs(failed) do
+    local d, day = keys.parse_failure_key(prefix, k)
+    if d then
+      local e = by[d] or { domain = d, days = 0, last_day = day }
+      by[d] = e
+      if day > e.last_day then e.last_day = day end
+    end
+  end
+  return true
+end
+
+-- The entries of @by by domain name, at most M.limits.max_domains.
+-- @return the list, and whether it was cut
+local function domain_list(by)
+  local list = {}
+  for _, e in pairs(by) do list[#list + 1] = e end
+  table.sort(list, function(a, b) return a.domain < b.domain end)
+  local truncated = false
+  if #list > M.limits.max_domains then
+    for i = #list, M.limits.max_domains + 1, -1 do list[i] = nil end
+    truncated = true
+  end
+  return list, truncated
+end
+
 --- The data source of the pages: SCAN for the index, summary.load for a
 -- domain. One connection, reopened after an I/O failure.
 function M.redis_source(opts)
-  local ingest = require 'dmarc.owner.ingest'
-  local cluster = require 'dmarc.redis.cluster'
   local conn
   local function get()
     if conn and not (conn.is_broken and conn:is_broken()) then return conn end
@@ -771,41 +821,12 @@ function M.redis_source(opts)
   function src.domains()
     local c, err = get()
     if not c then return nil, 'Redis: ' .. tostring(err) end
-    local found, serr = cluster.scan(c, ingest.scan_pattern(opts.prefix))
-    if not found then return nil, 'Redis: ' .. tostring(serr) end
     local by = {}
-    for _, k in ipairs(found) do
-      local d, day = ingest.parse_key(opts.prefix, k)
-      if d then
-        local e = by[d]
-        if not e then
-          e = { domain = d, days = 0, last_day = day }
-          by[d] = e
-        end
-        e.days = e.days + 1
-        if day > e.last_day then e.last_day = day end
-      end
-    end
-    -- A domain with failure reports and no aggregate report is listed too.
-    local failed, ferr = cluster.scan(c, keys.failure_scan_pattern(opts.prefix))
-    if not failed then return nil, 'Redis: ' .. tostring(ferr) end
-    for _, k in ipairs(failed) do
-      local d, day = keys.parse_failure_key(opts.prefix, k)
-      if d then
-        local e = by[d] or { domain = d, days = 0, last_day = day }
-        by[d] = e
-        if day > e.last_day then e.last_day = day end
-      end
-    end
-    local list = {}
-    for _, e in pairs(by) do list[#list + 1] = e end
-    table.sort(list, function(a, b) return a.domain < b.domain end)
-    local truncated = false
-    if #list > M.limits.max_domains then
-      for i = #list, M.limits.max_domains + 1, -1 do list[i] = nil end
-      truncated = true
-    end
-    return list, truncated
+    local ok, serr = add_report_domains(c, opts.prefix, by)
+    if not ok then return nil, serr end
+    ok, serr = add_failure_domains(c, opts.prefix, by)
+    if not ok then return nil, serr end
+    return domain_list(by)
   end
   function src.load(dom, days, until_time)
     local c, err = get()

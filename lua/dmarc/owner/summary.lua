@@ -121,6 +121,57 @@ local function as_pairs(reply)
   return reply
 end
 
+-- The pipeline of one domain's days: per day its rows and its reports, then the failure
+-- reports' commands.
+-- @return the commands, how many of them read aggregate data
+local function load_commands(prefix, dom, days)
+  local cmds = {}
+  for _, day in ipairs(days) do
+    local k = ingest.keys(prefix, dom, day)
+    cmds[#cmds + 1] = { 'HGETALL', k.rows }
+    cmds[#cmds + 1] = { 'HGETALL', k.reports }
+  end
+  local nagg = #cmds
+  for _, c in ipairs(failures.load_commands(prefix, dom, days)) do cmds[#cmds + 1] = c end
+  return cmds, nagg
+end
+
+-- One day's stored rows (field: the encoded record, value: its count); a row that cannot
+-- be read is counted in data.bad_rows.
+local function add_day_rows(data, rows, day)
+  for j = 1, #rows - 1, 2 do
+    local rec = ingest.decode_record(rows[j])
+    local count = tonumber(rows[j + 1])
+    if rec and count then
+      rec.count = count
+      rec.day = day
+      data.rows[#data.rows + 1] = rec
+    else
+      data.bad_rows = data.bad_rows + 1
+    end
+  end
+end
+
+-- One day's stored reports (field: org and report id, value: its JSON metadata) and the
+-- messages dropped at the day's row cap.
+local function add_day_reports(data, reps, day)
+  local cjson = require 'cjson'
+  for j = 1, #reps - 1, 2 do
+    local field, value = reps[j], reps[j + 1]
+    if field == '#dropped_messages' then
+      data.dropped_messages = data.dropped_messages + (tonumber(value) or 0)
+      data.dropped_days[day] = true
+    elseif field:sub(1, 1) ~= '#' then
+      local org, rid = ingest.decode_report_field(field)
+      local ok, info = pcall(cjson.decode, value)
+      if org and ok and type(info) == 'table' then
+        data.reports[#data.reports + 1] = { org_name = org, report_id = rid, day = day,
+                                            info = info }
+      end
+    end
+  end
+end
+
 --- Read one policy domain's days from Redis.
 -- @param conn a dmarc.redis connection or dmarc.redis.cluster router
 -- @param opts {table} domain, days (number, default 30), ['until'] (epoch,
@@ -129,7 +180,6 @@ end
 --   report_id, day, info}, dropped_messages, dropped_days (set of days whose
 --   row cap was reached), bad_rows}, or nil, msg, code
 function M.load(conn, opts)
-  local cjson = require 'cjson'
   local dom = opts.domain
   if not keys.valid_domain(dom) then return nil, 'invalid domain', 'usage' end
   local n = tonumber(opts.days) or 30
@@ -139,14 +189,7 @@ function M.load(conn, opts)
   local prefix = opts.prefix or ingest.defaults.prefix
   if not keys.valid_prefix(prefix) then return nil, 'invalid key prefix', 'usage' end
   local days = M.day_list(opts['until'] or os.time(), n)
-  local cmds = {}
-  for _, day in ipairs(days) do
-    local k = ingest.keys(prefix, dom, day)
-    cmds[#cmds + 1] = { 'HGETALL', k.rows }
-    cmds[#cmds + 1] = { 'HGETALL', k.reports }
-  end
-  local nagg = #cmds
-  for _, c in ipairs(failures.load_commands(prefix, dom, days)) do cmds[#cmds + 1] = c end
+  local cmds, nagg = load_commands(prefix, dom, days)
   local replies, err, code = conn:pipeline(cmds)
   if not replies then return nil, err, code or 'io' end
   local data = { domain = dom, days = days, rows = {}, reports = {}, dropped_messages = 0,
@@ -156,32 +199,8 @@ function M.load(conn, opts)
     for _, r in ipairs({ rows, reps }) do
       if type(r) == 'table' and r.err then return nil, tostring(r.err), 'redis' end
     end
-    rows, reps = as_pairs(rows), as_pairs(reps)
-    for j = 1, #rows - 1, 2 do
-      local rec = ingest.decode_record(rows[j])
-      local count = tonumber(rows[j + 1])
-      if rec and count then
-        rec.count = count
-        rec.day = day
-        data.rows[#data.rows + 1] = rec
-      else
-        data.bad_rows = data.bad_rows + 1
-      end
-    end
-    for j = 1, #reps - 1, 2 do
-      local field, value = reps[j], reps[j + 1]
-      if field == '#dropped_messages' then
-        data.dropped_messages = data.dropped_messages + (tonumber(value) or 0)
-        data.dropped_days[day] = true
-      elseif field:sub(1, 1) ~= '#' then
-        local org, rid = ingest.decode_report_field(field)
-        local ok, info = pcall(cjson.decode, value)
-        if org and ok and type(info) == 'table' then
-          data.reports[#data.reports + 1] = { org_name = org, report_id = rid, day = day,
-                                              info = info }
-        end
-      end
-    end
+    add_day_rows(data, as_pairs(rows), day)
+    add_day_reports(data, as_pairs(reps), day)
   end
   local fail_replies = {}
   for i = nagg + 1, #cmds do fail_replies[#fail_replies + 1] = replies[i] end

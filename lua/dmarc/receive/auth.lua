@@ -289,6 +289,43 @@ end
 local EVAL_OPTS = { details = true }
 local EVAL_OPTS_LIGHT = { details = false }
 
+-- SPF [ALN-1]: the MAIL FROM identity, or HELO for the null reverse-path; the HELO identity
+-- too when both are known (RFC 7208 §2.3), for the record. Sets out.spf and out.helo.
+-- @return the evaluation's SPF input (nil: none), or false, msg, code
+local function check_spf(resolver, opts, out)
+  local ip, helo = opts.ip, opts.helo
+  if not ip then return nil end
+  local spf, serr, scode = resolver:spf{ ip = ip, helo = helo, mail_from = opts.mail_from }
+  if not spf then return false, serr, scode end
+  out.spf = spf
+  if helo and spf.scope == 'mfrom' then
+    out.helo = resolver:spf{ ip = ip, helo = helo, identity = 'helo' }
+  end
+  if spf.domain ~= '' then
+    return { result = spf.result, domain = spf.domain, scope = spf.scope }
+  end
+  return nil
+end
+
+-- The evaluation's DKIM input: every signature with a domain, up to the core's bound.
+local function dkim_input_of(signatures)
+  local dkim_input = {}
+  for i = 1, math.min(#signatures, dmarc.limits.max_dkim) do
+    local s = signatures[i]
+    if s.domain ~= '' then
+      dkim_input[#dkim_input + 1] = { result = s.result, domain = s.domain, selector = s.selector }
+    end
+  end
+  return dkim_input
+end
+
+-- DMARC on the engine the caller gave (or dmarc.evaluate's own).
+local function evaluate(input, opts)
+  local eval_opts = opts.details == false and EVAL_OPTS_LIGHT or EVAL_OPTS
+  if opts.engine then return opts.engine:evaluate(input, eval_opts) end
+  return dmarc.evaluate(input, eval_opts)
+end
+
 --- Authenticate a message and evaluate DMARC.
 -- @param resolver {dmarc.io.resolver}
 -- @param text {string} the message
@@ -308,54 +345,24 @@ function M.check(resolver, text, opts)
   local msg, err, code = message.parse(text)
   if not msg then return nil, err, code end
   local out = { message = msg, from = msg:get('from') }
-
-  -- SPF [ALN-1]: the MAIL FROM identity, or HELO for the null reverse-path; the HELO identity
-  -- too when both are known (RFC 7208 §2.3), for the record.
-  local ip, helo = opts.ip, opts.helo
   local spf_input
-  if ip then
-    local spf, serr, scode = resolver:spf{ ip = ip, helo = helo, mail_from = opts.mail_from }
-    if not spf then return nil, serr, scode end
-    out.spf = spf
-    if helo and spf.scope == 'mfrom' then
-      out.helo = resolver:spf{ ip = ip, helo = helo, identity = 'helo' }
-    end
-    if spf.domain ~= '' then
-      spf_input = { result = spf.result, domain = spf.domain, scope = spf.scope }
-    end
-  end
-
+  spf_input, err, code = check_spf(resolver, opts, out)
+  if spf_input == false then return nil, err, code end
   -- DKIM: every signature [EVAL-5].
   local dkim
   dkim, err, code = resolver:dkim(text)
   if not dkim then return nil, err, code end
   out.dkim = dkim
-
   out.arc, out.ignored_ar = M.arc_verdict(msg, opts)
-
-  local dkim_input = {}
-  local signatures = dkim.signatures
-  for i = 1, math.min(#signatures, dmarc.limits.max_dkim) do
-    local s = signatures[i]
-    if s.domain ~= '' then
-      dkim_input[#dkim_input + 1] = { result = s.result, domain = s.domain, selector = s.selector }
-    end
-  end
   local input = {
     mode = opts.mode,
     from = out.from,
     roll = opts.roll,
     resolve = resolve_fn(resolver),
     spf = spf_input,
-    dkim = dkim_input,
+    dkim = dkim_input_of(dkim.signatures),
   }
-  local result, details
-  local eval_opts = opts.details == false and EVAL_OPTS_LIGHT or EVAL_OPTS
-  if opts.engine then
-    result, details = opts.engine:evaluate(input, eval_opts)
-  else
-    result, details = dmarc.evaluate(input, eval_opts)
-  end
+  local result, details = evaluate(input, opts)
   if not result then return nil, details, 'invalid' end
   out.dmarc, out.details = result, details
   return out
