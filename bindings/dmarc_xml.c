@@ -27,12 +27,19 @@
 ** moment it is made, and its __gc frees it, so a Lua error raised while results are pushed
 ** (out of memory) never leaks. libxml2 and zlib callbacks never call Lua.
 */
+#define _DEFAULT_SOURCE /* madvise (Linux, the BSDs): xml.map gives pages back */
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <libxml/parser.h>
 #include <libxml/xmlerror.h>
@@ -43,6 +50,7 @@
 #include "binding.h"
 
 #define LDMARC_XML_PARSE_MT "dmarc.xml.parse"
+#define LDMARC_XML_MAP_MT "dmarc.xml.map"
 #define LDMARC_XML_INFLATE_MT "dmarc.xml.inflate"
 #define LDMARC_XML_DEFLATE_MT "dmarc.xml.deflate"
 
@@ -226,6 +234,7 @@ typedef struct parse_state {
     size_t ndone;
     size_t off, len, batch; /* xml.records: bytes fed so far, document size, batch size */
     int finished;           /* the final xmlParseChunk has been made */
+    int mapped;             /* the document is a file mapping (xml.map) */
     const char *err_code;   /* set once; the parse stops */
     char err_msg[LDMARC_XML_ERRMSG];
     int nomem;
@@ -678,7 +687,24 @@ typedef struct unit_reader {
     const unsigned char *p;
     size_t len, width;
     int big_endian;
+    int mapped; /* p is a file mapping (xml.map): pages read are given back as the scan goes */
 } unit_reader;
+
+/* Bytes of a mapped document read before its pages are given back. */
+#define LDMARC_XML_MAP_RELEASE (1024 * 1024)
+
+/* Gives back the resident pages of a file mapping wholly before @upto (the bytes stay in the
+** file; reading them again faults them back in): the scan and the parse only go forward, so
+** a mapped document costs a window of resident memory, not its size. */
+static void map_release(const char *base, const char *upto)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = (uintptr_t)base & ~(page - 1);
+    uintptr_t to = (uintptr_t)upto & ~(page - 1);
+    if (to > from) {
+        (void)madvise((void *)from, (size_t)(to - from), MADV_DONTNEED);
+    }
+}
 
 static uint32_t unit_at(const unit_reader *r, size_t i)
 {
@@ -841,6 +867,10 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
     int state = SCAN_TEXT;
     for (i = 0; i < r->len; i++) {
         uint32_t u = unit_at(r, i);
+        if (r->mapped && i > 0 && (i * r->width) % LDMARC_XML_MAP_RELEASE == 0) {
+            /* Look-ahead is at most 9 units: a page back is never read again. */
+            map_release((const char *)r->p, (const char *)r->p + i * r->width - 64);
+        }
         switch (state) {
         case SCAN_TEXT:
             if (u == '<') {
@@ -924,11 +954,102 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
 #define LDMARC_XML_DEFAULT_BATCH 1000
 #define LDMARC_XML_MAX_BATCH 100000
 
+/* A document mapped from a file (xml.map): the bytes after its leading white space. */
+typedef struct map_doc {
+    char *base; /* the mapping, NULL for an empty file */
+    size_t size;
+    size_t skip; /* leading white space, left out as a string's caller trims it */
+} map_doc;
+
+/* The document at @idx, a string or a map_doc; sets *@mapped when it is a mapping. */
+static const char *doc_arg(lua_State *L, int idx, size_t *len, int *mapped)
+{
+    map_doc *m = (map_doc *)luaL_testudata(L, idx, LDMARC_XML_MAP_MT);
+    if (m != NULL) {
+        *len = m->size - m->skip;
+        *mapped = m->base != NULL;
+        return m->base != NULL ? m->base + m->skip : "";
+    }
+    *mapped = 0;
+    return luaL_checklstring(L, idx, len);
+}
+
+static int map_doc_gc(lua_State *L)
+{
+    map_doc *m = (map_doc *)luaL_checkudata(L, 1, LDMARC_XML_MAP_MT);
+    if (m->base != NULL) {
+        munmap(m->base, m->size);
+        m->base = NULL;
+    }
+    return 0;
+}
+
+/***
+** @function xml.map(path [, opts])
+** A file's document for xml.parse and xml.records in place of a string: the file is mapped,
+** not read, and the pages the pre-scan and the parse have passed are given back, so a large
+** report costs a window of memory, not its size. Leading white space is left out (a sender's
+** declaration after white space). The file must not shrink while the document is in use.
+** @param {string} path
+** @param {table} opts max_input (bytes of the file; default xml.DEFAULT_MAX_INPUT)
+** @return the document (userdata) and the file's size; or nil, message, code ('io' | 'limit')
+*/
+static int ldmarc_xml_map(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    static const char *const names[] = {"max_input", NULL};
+    size_t max_input;
+    struct stat sb;
+    map_doc *m;
+    int fd;
+
+    lua_settop(L, 2);
+    ldmarc_check_options(L, 2, "dmarc.xml.map", names);
+    max_input = opt_size(L, 2, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
+    m = (map_doc *)lua_newuserdata(L, sizeof(*m));
+    memset(m, 0, sizeof(*m));
+    luaL_setmetatable(L, LDMARC_XML_MAP_MT);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ldmarc_fail(L, strerror(errno), "io");
+        return 3;
+    }
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        ldmarc_fail(L, "not a regular file", "io");
+        return 3;
+    }
+    if ((uintmax_t)sb.st_size > (uintmax_t)max_input) {
+        close(fd);
+        ldmarc_fail(L, "document larger than max_input", "limit");
+        return 3;
+    }
+    m->size = (size_t)sb.st_size;
+    if (m->size > 0) {
+        void *p = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            m->size = 0;
+            ldmarc_fail(L, strerror(e), "io");
+            return 3;
+        }
+        m->base = (char *)p;
+        while (m->skip < m->size && strchr(" \t\n\v\f\r", m->base[m->skip]) != NULL &&
+               m->base[m->skip] != '\0') {
+            m->skip++;
+        }
+    }
+    close(fd);
+    lua_pushinteger(L, (lua_Integer)m->size);
+    return 2;
+}
+
 /* The common start of xml.parse and xml.records: options read, the pre-scan made, the push
 ** parser created with the first bytes. Leaves the state userdata on the stack and returns it;
 ** on refused input pushes nil, message, code and returns NULL. */
 static parse_state *parse_begin(lua_State *L, const char *fname, const char *data, size_t len,
-                                const char *const *names, int mode)
+                                int mapped, const char *const *names, int mode)
 {
     size_t max_input, first;
     parse_state *st;
@@ -948,6 +1069,7 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
                                   LDMARC_XML_HARD_MAX_ATTRIBUTES);
     read_array_pairs(L, 2, st);
     st->mode = mode;
+    st->mapped = mapped;
     if (mode != 0) {
         st->record_name = intern(st, "record", 6);
         if (st->nomem) {
@@ -965,6 +1087,7 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
             ldmarc_fail(L, msg, "xml");
             return NULL;
         }
+        r.mapped = mapped;
         if (!attribute_scan(&r, st->max_attributes, msg, sizeof msg)) {
             ldmarc_fail(L, msg, "limit");
             return NULL;
@@ -1006,6 +1129,10 @@ static void parse_step(parse_state *st, const char *data, size_t chunk)
         size_t n = st->len - st->off < chunk ? st->len - st->off : chunk;
         xmlParseChunk(st->ctxt, data + st->off, (int)n, 0);
         st->off += n;
+        /* libxml2 has copied what it was fed: a mapping's pages behind it go back. */
+        if (st->mapped && st->off % LDMARC_XML_MAP_RELEASE < n) {
+            map_release(data, data + st->off);
+        }
     } else {
         xmlParseChunk(st->ctxt, NULL, 0, 1);
         st->finished = 1;
@@ -1034,7 +1161,7 @@ static int parse_failed(lua_State *L, parse_state *st, const char *fname)
 ** Parses one XML document into a tree: an element with children is a table keyed by local
 ** name (namespace prefixes ignored, elements of foreign namespaces skipped), a leaf is its
 ** trimmed text. Attributes are ignored.
-** @param {string} data the document
+** @param {string|userdata} data the document (a string, or a file's from xml.map)
 ** @param {table} opts max_input (bytes), max_depth, max_elements, max_text (bytes per text),
 **   max_attributes (on one element, default 64),
 **   arrays ({"parent/child", ...}: those children go in arrays, in document order),
@@ -1046,7 +1173,8 @@ static int parse_failed(lua_State *L, parse_state *st, const char *fname)
 static int ldmarc_xml_parse(lua_State *L)
 {
     size_t len;
-    const char *data = luaL_checklstring(L, 1, &len);
+    int mapped;
+    const char *data = doc_arg(L, 1, &len, &mapped);
     parse_state *st;
     int mode = 0;
 
@@ -1060,7 +1188,7 @@ static int ldmarc_xml_parse(lua_State *L)
         mode = lua_toboolean(L, -1) ? 1 : 0;
         lua_pop(L, 1);
     }
-    st = parse_begin(L, "dmarc.xml.parse", data, len, names, mode);
+    st = parse_begin(L, "dmarc.xml.parse", data, len, mapped, names, mode);
     if (st == NULL) {
         return 3;
     }
@@ -1099,7 +1227,9 @@ static int ldmarc_xml_parse(lua_State *L)
 static int records_next(lua_State *L)
 {
     parse_state *st = (parse_state *)luaL_checkudata(L, lua_upvalueindex(1), LDMARC_XML_PARSE_MT);
-    const char *data = lua_tostring(L, lua_upvalueindex(2));
+    size_t len;
+    int mapped;
+    const char *data = doc_arg(L, lua_upvalueindex(2), &len, &mapped);
     lua_Integer n = 0;
 
     /* Whole steps until a batch is complete: a step reads a bounded number of bytes, so at
@@ -1135,7 +1265,7 @@ static int records_next(lua_State *L)
 ** The root's <record> children of a document, in batches: the document is parsed step by
 ** step and each record's nodes are freed once handed over, so memory holds one batch, not
 ** the report (a report's header is read by xml.parse with defer_records).
-** @param {string} data the document
+** @param {string|userdata} data the document (a string, or a file's from xml.map)
 ** @param {table} opts as xml.parse (max_input, max_depth, max_elements, max_text,
 **   max_attributes, arrays), and batch (records per call, default 1000)
 ** @return {function} an iterator: each call returns an array of at most batch records
@@ -1145,7 +1275,8 @@ static int records_next(lua_State *L)
 static int ldmarc_xml_records(lua_State *L)
 {
     size_t len;
-    const char *data = luaL_checklstring(L, 1, &len);
+    int mapped;
+    const char *data = doc_arg(L, 1, &len, &mapped);
     parse_state *st;
     size_t batch;
 
@@ -1154,7 +1285,7 @@ static int ldmarc_xml_records(lua_State *L)
 
     lua_settop(L, 2);
     batch = opt_size(L, 2, "batch", LDMARC_XML_DEFAULT_BATCH, 1, LDMARC_XML_MAX_BATCH);
-    st = parse_begin(L, "dmarc.xml.records", data, len, names, 2);
+    st = parse_begin(L, "dmarc.xml.records", data, len, mapped, names, 2);
     if (st == NULL) {
         return 3;
     }
@@ -1658,13 +1789,11 @@ static int ldmarc_xml_gzip(lua_State *L)
 }
 /* }====================================================================== */
 
-static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
-                                            {"records", ldmarc_xml_records},
-                                            {"inflate", ldmarc_xml_inflate},
-                                            {"unzip", ldmarc_xml_unzip},
-                                            {"hmac_sha256", ldmarc_xml_hmac_sha256},
-                                            {"gzip", ldmarc_xml_gzip},
-                                            {NULL, NULL}};
+static const luaL_Reg module_functions[] = {
+    {"parse", ldmarc_xml_parse}, {"records", ldmarc_xml_records},
+    {"map", ldmarc_xml_map},     {"inflate", ldmarc_xml_inflate},
+    {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
+    {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
 
 LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L);
 
@@ -1675,6 +1804,10 @@ LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L)
 
     luaL_newmetatable(L, LDMARC_XML_PARSE_MT);
     lua_pushcfunction(L, parse_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_XML_MAP_MT);
+    lua_pushcfunction(L, map_doc_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     luaL_newmetatable(L, LDMARC_XML_INFLATE_MT);

@@ -305,6 +305,75 @@ describe('ingest: store', function()
     for key in pairs(streamed.data) do assert.falsy(key:find(':stage:', 1, true)) end
   end)
 
+  it('stores a plain XML file read from a mapping exactly as from a string', function()
+    -- Over 2 MiB, so pages are given back during the pre-scan and the parse; leading
+    -- white space, trimmed on both paths.
+    local parts = { '\n  <?xml version="1.0"?><feedback><report_metadata><org_name>Receiver M'
+                    .. '</org_name><email>r@example.net</email><report_id>m-1</report_id>'
+                    .. '<date_range><begin>1763683200</begin><end>1763769599</end></date_range>'
+                    .. '</report_metadata><policy_published><domain>example.com</domain>'
+                    .. '<p>reject</p></policy_published>' }
+    for i = 1, 12000 do
+      parts[#parts + 1] = '<record><row><source_ip>198.51.100.' .. (i % 97) .. '</source_ip>'
+                          .. '<count>' .. i .. '</count><policy_evaluated><disposition>none'
+                          .. '</disposition><dkim>pass</dkim><spf>fail</spf></policy_evaluated>'
+                          .. '</row><identifiers><header_from>example.com</header_from>'
+                          .. '</identifiers><auth_results><dkim><domain>example.com</domain>'
+                          .. '<result>pass</result></dkim><spf><domain>mail.example.net</domain>'
+                          .. '<result>fail</result></spf></auth_results></record>'
+    end
+    parts[#parts + 1] = '<record><row><source_ip>bad</source_ip></row></record></feedback>\n'
+    local xml = table.concat(parts)
+    assert.truthy(#xml > 2 * 1024 * 1024)
+    local path = os.tmpname()
+    local f = assert(io.open(path, 'wb'))
+    f:write(xml)
+    f:close()
+    local whole, mapped = fake_redis(), fake_redis()
+    local r1 = ingest.ingest_data(whole, xml, { now = 1763800000 })
+    local seen = {}
+    -- The file is mapped, never read into a string.
+    local xmod = require 'dmarc.xml'
+    local real_map, maps = xmod.map, 0
+    xmod.map = function(...)
+      maps = maps + 1
+      return real_map(...)
+    end
+    local ok, stats = pcall(ingest.ingest_files, mapped, { path }, {
+      now = 1763800000, on_result = function(_, r) seen[#seen + 1] = r end })
+    xmod.map = real_map
+    assert.is_true(ok, tostring(stats))
+    assert.equal(1, maps)
+    assert.equal('stored', r1[1].status)
+    assert.equal(1, #seen)
+    for _, key in ipairs({ 'status', 'records', 'bad_records', 'messages', 'rows', 'domain',
+                           'report_id', 'org_name' }) do
+      assert.equal(r1[1][key], seen[1][key])
+    end
+    assert.same(r1[1].warnings, seen[1].warnings)
+    assert.equal(12000, stats.records)
+    assert.same(whole.data, mapped.data)
+    assert.equal(1, ingest.ingest_files(mapped, { path }, {}).duplicates)
+    -- The size bounds hold on the mapped path, with the string path's messages.
+    local small = ingest.ingest_files(fake_redis(), { path }, { max_xml = #xml - 1 })
+    assert.equal(1, small.errors)
+    assert.equal('limit', small.failures[1].code)
+    assert.equal('XML over the size limit', small.failures[1].message)
+    small = ingest.ingest_files(fake_redis(), { path }, { max_input = #xml - 1 })
+    assert.equal('limit', small.failures[1].code)
+    assert.equal('file over the size limit (' .. (#xml - 1) .. ' bytes)', small.failures[1].message)
+    -- A broken document: the same failure either way.
+    f = assert(io.open(path, 'wb'))
+    f:write(xml:sub(1, -200))
+    f:close()
+    local e1 = ingest.ingest_data(fake_redis(), xml:sub(1, -200), {})[1]
+    local e2 = ingest.ingest_files(fake_redis(), { path }, {}).failures[1]
+    assert.equal('error', e1.status)
+    assert.equal(e1.code, e2.code)
+    assert.equal(e1.message, e2.message)
+    os.remove(path)
+  end)
+
   it('counts rows over max_rows per day as dropped, never silently', function()
     local conn = fake_redis()
     local rep = report_of('rfc9990.xml')

@@ -226,6 +226,67 @@ describe('dmarc.xml.records (streamed records)', function()
   end)
 end)
 
+describe('dmarc.xml.map (a file in place of a string)', function()
+  local function temp(data)
+    local path = os.tmpname()
+    local f = assert(io.open(path, 'wb'))
+    f:write(data)
+    f:close()
+    return path
+  end
+
+  it('parses and streams a mapped file as the same string', function()
+    local parts = { '<feedback xmlns="' .. NS .. '"><report_metadata><org_name>o</org_name>'
+                    .. '</report_metadata>' }
+    for i = 1, 30000 do
+      parts[#parts + 1] = '<record><row><count>' .. i .. '</count></row></record>'
+    end
+    parts[#parts + 1] = '</feedback>'
+    local data = table.concat(parts)
+    local path = temp(' \r\n\t' .. data)
+    local doc, size = assert(x.map(path))
+    assert.equal(#data + 4, size)
+    local t1, i1 = assert(x.parse(data, { arrays = ARRAYS, defer_records = true }))
+    local t2, i2 = assert(x.parse(doc, { arrays = ARRAYS, defer_records = true }))
+    assert.same(t1, t2)
+    assert.same(i1, i2)
+    local n1, n2 = assert(x.records(data, { arrays = ARRAYS, batch = 999 })),
+      assert(x.records(doc, { arrays = ARRAYS, batch = 999 }))
+    local seen = 0
+    for _ = 1, 100 do
+      local a, b = n1(), n2()
+      assert.same(a, b)
+      if not a then break end
+      seen = seen + #a
+    end
+    assert.equal(30000, seen)
+    os.remove(path)
+  end)
+
+  it('refuses a missing file, a directory and a file over max_input', function()
+    local d, msg, code, _ = x.map('/nonexistent/report.xml')
+    assert.is_nil(d)
+    assert.equal('io', code)
+    assert.truthy(msg)
+    d, _, code = x.map('/')
+    assert.is_nil(d)
+    assert.equal('io', code)
+    local path = temp('<a/>')
+    d, _, code = x.map(path, { max_input = 3 })
+    assert.is_nil(d)
+    assert.equal('limit', code)
+    local empty = temp('')
+    d = assert(x.map(empty))
+    local t, m, c = x.parse(d)
+    assert.is_nil(t)
+    assert.equal('xml', c)
+    assert.equal(select(2, x.parse('')), m)
+    assert.has_error(function() x.map(path, { bogus = 1 }) end)
+    os.remove(path)
+    os.remove(empty)
+  end)
+end)
+
 describe('dmarc.xml.inflate', function()
   it('inflates gzip, zlib and raw deflate', function()
     local gz = gzip('hello report')

@@ -549,12 +549,14 @@ local function parse_options(opts)
 end
 
 -- A declaration after white space is not well-formed; senders do that.
+-- (A document from dmarc.xml's map is trimmed there.)
 local function trim_start(xml_text)
-  if xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
+  if type(xml_text) == 'string' and xml_text:find('^%s') then xml_text = xml_text:gsub('^%s+', '') end
   return xml_text
 end
 
 --- Parse one XML document into the libxml2 tree of dmarc.xml.
+-- @param xml_text {string|userdata} the document, or a file's (dmarc.xml.map)
 -- @param defer {boolean|nil} leave the records out of the tree (only counted,
 --   info.deferred); M.record_batches reads them a batch at a time
 -- @return tree, info, or nil, msg, code ('xml', 'dtd', 'limit')
@@ -1137,7 +1139,8 @@ function M.store_batches(conn, rep, batches, opts, finish)
       if not ok then return nil, ferr, fcode end
     end
     batch = nil -- luacheck: ignore 311
-    -- The report's XML (up to max_xml) stays live while it is read, and Lua's
+    -- A report's XML given as a string (up to max_xml) stays live while it
+    -- is read (a plain XML file is mapped instead), and Lua's
     -- collector lets garbage grow to the live size before a cycle: a full
     -- collection per batch (only a batch is garbage; the live heap is small)
     -- keeps the peak near the XML's size.
@@ -1483,7 +1486,33 @@ local function ingest_mbox(conn, f, head, path, stats, opts)
   end)
 end
 
--- The results of one path: an mbox is streamed, anything else read whole.
+-- A plain XML file on disk: both passes read it from a mapping of the file
+-- (dmarc.xml.map), never as a string, so its size costs no memory. The
+-- bounds and their messages are those of M.read_input and M.unwrap.
+-- @return the results, or nil when the file is to be read whole
+local function ingest_xml_file(conn, f, kind, path, opts)
+  local x = xmlmod()
+  if not x or not x.map then return nil end
+  local max = opts.max_input or M.limits.max_input
+  local size = f:seek('end')
+  if not size then return nil end
+  if size > max then
+    return { { status = 'error', message = 'file over the size limit (' .. max .. ' bytes)',
+               code = 'limit' } }
+  end
+  if size > (opts.max_xml or M.limits.max_xml) then
+    return { { status = 'error', message = 'XML over the size limit', code = 'limit' } }
+  end
+  local doc, err, code = x.map(path, { max_input = max })
+  if not doc then
+    return { { status = 'error', message = 'cannot open: ' .. tostring(err), code = code } }
+  end
+  return { ingest_doc(conn, { xml = doc, warnings = kind == 'xml16' and { 'utf16' } or {} },
+                      opts) }
+end
+
+-- The results of one path: an mbox is streamed, plain XML mapped, anything
+-- else read whole.
 local function ingest_path(conn, path, stats, opts)
   local stdin = path == '-'
   local f = stdin and io.stdin or io.open(path, 'rb')
@@ -1493,6 +1522,15 @@ local function ingest_path(conn, path, stats, opts)
     ingest_mbox(conn, f, head, path, stats, opts)
     if not stdin then f:close() end
     return
+  end
+  local kind = head and M.sniff(head)
+  if not stdin and (kind == 'xml' or kind == 'xml16') then
+    local results = ingest_xml_file(conn, f, kind, path, opts)
+    if results then
+      f:close()
+      for _, r in ipairs(results) do M.account(stats, path, r, opts) end
+      return
+    end
   end
   local data, err, code
   if stdin then
