@@ -235,7 +235,19 @@ typedef struct parse_state {
     size_t off, len, batch; /* xml.records: bytes fed so far, document size, batch size */
     int finished;           /* the final xmlParseChunk has been made */
     int mapped;             /* the document is a file mapping (xml.map) */
-    const char *err_code;   /* set once; the parse stops */
+    /* An inflating document (xml.map with inflate): the window zbuf[zfp..zend) of inflated
+    ** bytes not yet fed; bytes before zsc are pre-scanned, zbase is the document offset of
+    ** zbuf[0], zout every byte inflated so far (leading white space too). */
+    const struct map_doc *z;
+    z_stream zs;
+    int zlive, zfinal, zlead;
+    unsigned zmembers;
+    unsigned char *zbuf;
+    size_t zfp, zsc, zend, zbase, zout, zskipped, zmax_input;
+    size_t zwidth;
+    int zbig_endian;
+    struct scan_state *zss;
+    const char *err_code; /* set once; the parse stops */
     char err_msg[LDMARC_XML_ERRMSG];
     int nomem;
 } parse_state;
@@ -560,6 +572,14 @@ static int parse_state_gc(lua_State *L)
         xmlFreeParserCtxt(st->ctxt);
         st->ctxt = NULL;
     }
+    if (st->zlive) {
+        inflateEnd(&st->zs);
+        st->zlive = 0;
+    }
+    free(st->zbuf);
+    st->zbuf = NULL;
+    free(st->zss);
+    st->zss = NULL;
     while (st->done != NULL) {
         rec_box *next = st->done->next;
         rec_box_free(st->done);
@@ -860,12 +880,22 @@ static int unit_match(const unit_reader *r, size_t i, const char *s)
 ** tag, skipping comments, PIs, CDATA sections and declarations as XML 1.0 §2.5-2.8 delimit
 ** them. Returns 1 when every element has at most @max, else 0 with @msg naming the bound and
 ** the byte where the scan stopped: the work is linear, and stops at the bound. */
-static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t msgsz)
+typedef struct scan_state {
+    int state;
+    size_t count;
+    uint32_t quote;
+} scan_state;
+
+/* The scan of units [*@pos, @end) of @r, resumed from and saved in @ss (an inflating
+** document is scanned a window at a time); @base is the document's byte offset of r->p. A
+** window that is not the last ends 16 units early, so look-ahead stays inside it. */
+static int attribute_scan_part(const unit_reader *r, scan_state *ss, size_t *pos, size_t end,
+                               size_t base, size_t max, char *msg, size_t msgsz)
 {
-    size_t i, count = 0;
-    uint32_t quote = 0;
-    int state = SCAN_TEXT;
-    for (i = 0; i < r->len; i++) {
+    size_t i, count = ss->count;
+    uint32_t quote = ss->quote;
+    int state = ss->state;
+    for (i = *pos; i < end; i++) {
         uint32_t u = unit_at(r, i);
         if (r->mapped && i > 0 && (i * r->width) % LDMARC_XML_MAP_RELEASE == 0) {
             /* Look-ahead is at most 9 units: a page back is never read again. */
@@ -904,7 +934,7 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
                     snprintf(msg, msgsz,
                              "more than %zu attributes on one element (max_attributes); "
                              "stopped at byte %zu",
-                             max, (i + 1) * r->width);
+                             max, base + (i + 1) * r->width);
                     return 0;
                 }
             } else if (u == '>') {
@@ -943,7 +973,18 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
             break;
         }
     }
+    ss->state = state;
+    ss->count = count;
+    ss->quote = quote;
+    *pos = i;
     return 1;
+}
+
+static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t msgsz)
+{
+    scan_state ss = {SCAN_TEXT, 0, 0};
+    size_t pos = 0;
+    return attribute_scan_part(r, &ss, &pos, r->len, 0, max, msg, msgsz);
 }
 /* }====================================================================== */
 
@@ -954,17 +995,42 @@ static int attribute_scan(const unit_reader *r, size_t max, char *msg, size_t ms
 #define LDMARC_XML_DEFAULT_BATCH 1000
 #define LDMARC_XML_MAX_BATCH 100000
 
+typedef struct inflate_limits {
+    size_t max_output;
+    size_t max_ratio;
+    int multi_member; /* gzip: go on with a following member */
+} inflate_limits;
+
+static void read_inflate_limits(lua_State *L, int opts, inflate_limits *lim)
+{
+    lim->max_output =
+        opt_size(L, opts, "max_output", LDMARC_XML_DEFAULT_MAX_OUTPUT, 1, (size_t)INT_MAX);
+    lim->max_ratio = opt_size(L, opts, "max_ratio", LDMARC_XML_DEFAULT_MAX_RATIO, 1, 1000000);
+    lim->multi_member = 0;
+}
+
 /* A document mapped from a file (xml.map): the bytes after its leading white space. */
 typedef struct map_doc {
     char *base; /* the mapping, NULL for an empty file */
     size_t size;
-    size_t skip; /* leading white space, left out as a string's caller trims it */
+    size_t skip;     /* leading white space, left out as a string's caller trims it */
+    int window_bits; /* 0, or the file is compressed: zlib's windowBits to inflate it */
+    int multi_member;
+    size_t max_output, max_ratio;
 } map_doc;
 
-/* The document at @idx, a string or a map_doc; sets *@mapped when it is a mapping. */
-static const char *doc_arg(lua_State *L, int idx, size_t *len, int *mapped)
+/* The document at @idx, a string or a map_doc; sets *@mapped when it is a mapping, *@z
+** when it is a compressed file's (inflated as it is parsed). */
+static const char *doc_arg(lua_State *L, int idx, size_t *len, int *mapped, const map_doc **z)
 {
     map_doc *m = (map_doc *)luaL_testudata(L, idx, LDMARC_XML_MAP_MT);
+    *z = NULL;
+    if (m != NULL && m->window_bits != 0) {
+        *z = m;
+        *len = 0;
+        *mapped = 0;
+        return "";
+    }
     if (m != NULL) {
         *len = m->size - m->skip;
         *mapped = m->base != NULL;
@@ -990,25 +1056,43 @@ static int map_doc_gc(lua_State *L)
 ** not read, and the pages the pre-scan and the parse have passed are given back, so a large
 ** report costs a window of memory, not its size. Leading white space is left out (a sender's
 ** declaration after white space). The file must not shrink while the document is in use.
+** With inflate ('gzip' or 'zlib') the file is a compressed document: each pass of xml.parse
+** and xml.records inflates it anew, 256 KiB at a time, under the caps of xml.inflate
+** (max_output, max_ratio: failures 'bomb', 'corrupt', 'truncated' come from the pass), and
+** the pre-scan reads each window before libxml2 does.
 ** @param {string} path
-** @param {table} opts max_input (bytes of the file; default xml.DEFAULT_MAX_INPUT)
-** @return the document (userdata) and the file's size; or nil, message, code ('io' | 'limit')
+** @param {table} opts max_input (bytes of the file; default xml.DEFAULT_MAX_INPUT),
+**   inflate ('gzip' | 'zlib'), max_output, max_ratio (as xml.inflate)
+** @return the document (userdata), the file's size and, with inflate, its first inflated
+**   bytes (at most 512; nil when they do not inflate); or nil, message, code ('io' | 'limit')
 */
 static int ldmarc_xml_map(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    static const char *const names[] = {"max_input", NULL};
+    static const char *const names[] = {"max_input", "inflate", "max_output", "max_ratio", NULL};
+    static const char *const formats[] = {"none", "gzip", "zlib", NULL};
     size_t max_input;
     struct stat sb;
     map_doc *m;
-    int fd;
+    int fd, format = 0;
+    inflate_limits lim;
 
     lua_settop(L, 2);
     ldmarc_check_options(L, 2, "dmarc.xml.map", names);
     max_input = opt_size(L, 2, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
+    if (!lua_isnil(L, 2)) {
+        lua_getfield(L, 2, "inflate");
+        format = luaL_checkoption(L, -1, "none", formats);
+        lua_pop(L, 1);
+    }
+    read_inflate_limits(L, 2, &lim);
     m = (map_doc *)lua_newuserdata(L, sizeof(*m));
     memset(m, 0, sizeof(*m));
     luaL_setmetatable(L, LDMARC_XML_MAP_MT);
+    m->window_bits = format == 1 ? 15 + 16 : format == 2 ? 15 : 0;
+    m->multi_member = format == 1;
+    m->max_output = lim.max_output;
+    m->max_ratio = lim.max_ratio;
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         ldmarc_fail(L, strerror(errno), "io");
@@ -1035,21 +1119,163 @@ static int ldmarc_xml_map(lua_State *L)
             return 3;
         }
         m->base = (char *)p;
-        while (m->skip < m->size && strchr(" \t\n\v\f\r", m->base[m->skip]) != NULL &&
-               m->base[m->skip] != '\0') {
+        while (m->window_bits == 0 && m->skip < m->size &&
+               strchr(" \t\n\v\f\r", m->base[m->skip]) != NULL && m->base[m->skip] != '\0') {
             m->skip++;
         }
     }
     close(fd);
     lua_pushinteger(L, (lua_Integer)m->size);
-    return 2;
+    if (m->window_bits == 0) {
+        return 2;
+    }
+    {
+        /* The first bytes, for the caller to see what the compressed file holds. */
+        unsigned char head[512];
+        z_stream zs;
+        int rc;
+        memset(&zs, 0, sizeof(zs));
+        if (inflateInit2(&zs, m->window_bits) != Z_OK) {
+            return luaL_error(L, "dmarc.xml.map: out of memory");
+        }
+        zs.next_in = (Bytef *)m->base;
+        zs.avail_in = (uInt)m->size;
+        zs.next_out = head;
+        zs.avail_out = sizeof(head);
+        rc = inflate(&zs, Z_NO_FLUSH);
+        if ((rc == Z_OK || rc == Z_STREAM_END || rc == Z_BUF_ERROR) && zs.total_out > 0) {
+            lua_pushlstring(L, (const char *)head, sizeof(head) - zs.avail_out);
+        } else {
+            lua_pushnil(L);
+        }
+        inflateEnd(&zs);
+    }
+    return 3;
 }
 
 /* The common start of xml.parse and xml.records: options read, the pre-scan made, the push
 ** parser created with the first bytes. Leaves the state userdata on the stack and returns it;
 ** on refused input pushes nil, message, code and returns NULL. */
+/* An inflating document's failure: the pass stops with xml.inflate's code and message. */
+static int zfail(parse_state *st, const char *code, const char *msg)
+{
+    if (strcmp(code, "nomem") == 0) {
+        state_nomem(st);
+    } else {
+        state_fail(st, code, msg);
+    }
+    return 0;
+}
+
+/* One more step of an inflating document into the window, under the caps of inflate_run
+** (the same 256 KiB steps, so the ratio is judged at the same points), then its pre-scan.
+** The fed bytes go; the unscanned tail (under 16 units and a partial one) moves to the
+** front. Returns 0 when the pass failed (st->err_code set). */
+static int zfill(parse_state *st)
+{
+    const map_doc *z = st->z;
+    size_t rem = st->zend - st->zfp, got = 0;
+    unit_reader r;
+    char msg[LDMARC_XML_ERRMSG];
+    size_t pos = 0, end;
+
+    memmove(st->zbuf, st->zbuf + st->zfp, rem);
+    st->zbase += st->zfp;
+    st->zfp = st->zsc = 0;
+    st->zend = rem;
+    /* Bound: each call fills a step, ends the stream, or fails (as inflate_run). */
+    while (got < LDMARC_XML_INFLATE_STEP && !st->zfinal) {
+        size_t step = LDMARC_XML_INFLATE_STEP - got, n;
+        int rc;
+        st->zs.next_out = st->zbuf + st->zend;
+        st->zs.avail_out = (uInt)step;
+        rc = inflate(&st->zs, Z_NO_FLUSH);
+        n = step - st->zs.avail_out;
+        st->zout += n;
+        got += n;
+        if (st->zout > z->max_output) {
+            return zfail(st, "bomb", "decompressed size over the limit");
+        }
+        /* A bomb, judged as inflate_run does: the ratio past LDMARC_XML_RATIO_FLOOR. */
+        if (st->zout > LDMARC_XML_RATIO_FLOOR &&
+            st->zout / z->max_ratio > (size_t)st->zs.total_in) {
+            return zfail(st, "bomb", "compression ratio over the limit");
+        }
+        if (st->zlead) {
+            /* Leading white space is left out, as of a string (a sender's declaration
+            ** after white space). */
+            size_t k = 0;
+            while (k < n && strchr(" \t\n\v\f\r", st->zbuf[st->zend + k]) != NULL &&
+                   st->zbuf[st->zend + k] != '\0') {
+                k++;
+            }
+            memmove(st->zbuf + st->zend, st->zbuf + st->zend + k, n - k);
+            st->zskipped += k;
+            n -= k;
+            st->zlead = n == 0;
+        }
+        st->zend += n;
+        if (st->zout - st->zskipped > st->zmax_input) {
+            return zfail(st, "limit", "document larger than max_input");
+        }
+        if (rc == Z_STREAM_END) {
+            if (z->multi_member && st->zs.avail_in >= 2 && st->zs.next_in[0] == 0x1f &&
+                st->zs.next_in[1] == 0x8b && st->zmembers < LDMARC_XML_MAX_GZIP_MEMBERS) {
+                uLong total_in = st->zs.total_in;
+                st->zmembers++;
+                if (inflateReset(&st->zs) != Z_OK) {
+                    return zfail(st, "corrupt", "corrupt gzip member");
+                }
+                st->zs.total_in = total_in;
+                continue; /* as inflate_run: the next member fills what is left of the step */
+            }
+            st->zfinal = 1;
+            break;
+        }
+        if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR) {
+            return zfail(st, "corrupt",
+                         st->zs.msg != NULL ? st->zs.msg : "corrupt compressed data");
+        }
+        if (rc == Z_MEM_ERROR) {
+            return zfail(st, "nomem", "out of memory");
+        }
+        if (rc == Z_BUF_ERROR || rc == Z_OK) {
+            if (st->zs.avail_in == 0 && st->zs.avail_out > 0) {
+                return zfail(st, "truncated", "compressed data ends early");
+            }
+            if (st->zs.avail_out == 0) {
+                break;
+            }
+            continue;
+        }
+        return zfail(st, "corrupt", "inflate failed");
+    }
+    if (st->zwidth == 0) {
+        return 1; /* the first window: parse_begin reads its encoding, then scans it */
+    }
+    /* The pre-scan of the new bytes before libxml2 reads them. */
+    memset(&r, 0, sizeof(r));
+    r.p = st->zbuf;
+    r.width = st->zwidth;
+    r.big_endian = st->zbig_endian;
+    r.len = st->zend / r.width;
+    end = st->zfinal ? r.len : (r.len > 16 ? r.len - 16 : 0);
+    if (!attribute_scan_part(&r, st->zss, &pos, end, st->zbase, st->max_attributes, msg,
+                             sizeof msg)) {
+        return zfail(st, "limit", msg);
+    }
+    st->zsc = pos * r.width;
+    return 1;
+}
+
+/* Bytes of an inflating document libxml2 may read now. */
+static size_t zready(const parse_state *st)
+{
+    return st->zfinal ? st->zend : st->zsc;
+}
+
 static parse_state *parse_begin(lua_State *L, const char *fname, const char *data, size_t len,
-                                int mapped, const char *const *names, int mode)
+                                int mapped, const map_doc *z, const char *const *names, int mode)
 {
     size_t max_input, first;
     parse_state *st;
@@ -1080,7 +1306,57 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
         ldmarc_fail(L, "document larger than max_input", "limit");
         return NULL;
     }
-    {
+    if (z != NULL) {
+        unit_reader r;
+        char msg[LDMARC_XML_ERRMSG];
+        st->z = z;
+        st->zmax_input = max_input;
+        st->zlead = 1;
+        st->zmembers = 1;
+        st->zbuf = (unsigned char *)malloc(LDMARC_XML_INFLATE_STEP + 128);
+        st->zss = (scan_state *)calloc(1, sizeof(scan_state));
+        if (st->zbuf == NULL || st->zss == NULL || inflateInit2(&st->zs, z->window_bits) != Z_OK) {
+            luaL_error(L, "%s: out of memory", fname);
+        }
+        st->zlive = 1;
+        st->zs.next_in = (Bytef *)z->base;
+        st->zs.avail_in = (uInt)z->size;
+        /* The first window: the encoding is read from it (a window is 256 KiB of text). */
+        while (!st->zfinal && st->zend == 0) {
+            if (!zfill(st)) {
+                break;
+            }
+        }
+        if (st->err_code == NULL) {
+            if (!unit_layout(st->zbuf, st->zend, &r, msg, sizeof msg)) {
+                ldmarc_fail(L, msg, "xml");
+                return NULL;
+            }
+            st->zwidth = r.width;
+            st->zbig_endian = r.big_endian;
+            {
+                size_t pos = 0, ulen = st->zend / r.width;
+                size_t end = st->zfinal ? ulen : (ulen > 16 ? ulen - 16 : 0);
+                r.mapped = 0;
+                r.len = ulen;
+                if (!attribute_scan_part(&r, st->zss, &pos, end, 0, st->max_attributes, msg,
+                                         sizeof msg)) {
+                    ldmarc_fail(L, msg, "limit");
+                    return NULL;
+                }
+                st->zsc = pos * r.width;
+            }
+        }
+        if (st->err_code != NULL) {
+            if (st->nomem) {
+                luaL_error(L, "%s: out of memory", fname);
+            }
+            ldmarc_fail(L, st->err_msg, st->err_code);
+            return NULL;
+        }
+        data = (const char *)st->zbuf;
+        len = zready(st);
+    } else {
         unit_reader r;
         char msg[LDMARC_XML_ERRMSG];
         if (!unit_layout((const unsigned char *)data, len, &r, msg, sizeof msg)) {
@@ -1116,13 +1392,43 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
     xmlCtxtUseOptions(st->ctxt, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     st->off = first;
     st->len = len;
+    st->zfp = z != NULL ? first : 0;
     return st;
+}
+
+/* A step of an inflating document: at most @chunk pre-scanned bytes, inflating more when
+** the window is fed (the end of the document after the last one). */
+static void zparse_step(parse_state *st, size_t chunk)
+{
+    size_t ready = zready(st);
+    /* Bound: each zfill adds a step of output or ends the stream (max_output caps them). */
+    while (st->zfp == ready && !st->zfinal && st->err_code == NULL) {
+        if (!zfill(st)) {
+            return;
+        }
+        ready = zready(st);
+    }
+    if (st->err_code != NULL) {
+        return;
+    }
+    if (st->zfp < ready) {
+        size_t n = ready - st->zfp < chunk ? ready - st->zfp : chunk;
+        xmlParseChunk(st->ctxt, (const char *)st->zbuf + st->zfp, (int)n, 0);
+        st->zfp += n;
+    } else {
+        xmlParseChunk(st->ctxt, NULL, 0, 1);
+        st->finished = 1;
+    }
 }
 
 /* Feeds at most @chunk more bytes (the end of the document after the last one). */
 static void parse_step(parse_state *st, const char *data, size_t chunk)
 {
     if (st->err_code != NULL || st->finished) {
+        return;
+    }
+    if (st->z != NULL) {
+        zparse_step(st, chunk);
         return;
     }
     if (st->off < st->len) {
@@ -1174,7 +1480,8 @@ static int ldmarc_xml_parse(lua_State *L)
 {
     size_t len;
     int mapped;
-    const char *data = doc_arg(L, 1, &len, &mapped);
+    const map_doc *z;
+    const char *data = doc_arg(L, 1, &len, &mapped, &z);
     parse_state *st;
     int mode = 0;
 
@@ -1188,7 +1495,7 @@ static int ldmarc_xml_parse(lua_State *L)
         mode = lua_toboolean(L, -1) ? 1 : 0;
         lua_pop(L, 1);
     }
-    st = parse_begin(L, "dmarc.xml.parse", data, len, mapped, names, mode);
+    st = parse_begin(L, "dmarc.xml.parse", data, len, mapped, z, names, mode);
     if (st == NULL) {
         return 3;
     }
@@ -1229,7 +1536,8 @@ static int records_next(lua_State *L)
     parse_state *st = (parse_state *)luaL_checkudata(L, lua_upvalueindex(1), LDMARC_XML_PARSE_MT);
     size_t len;
     int mapped;
-    const char *data = doc_arg(L, lua_upvalueindex(2), &len, &mapped);
+    const map_doc *z;
+    const char *data = doc_arg(L, lua_upvalueindex(2), &len, &mapped, &z);
     lua_Integer n = 0;
 
     /* Whole steps until a batch is complete: a step reads a bounded number of bytes, so at
@@ -1276,7 +1584,8 @@ static int ldmarc_xml_records(lua_State *L)
 {
     size_t len;
     int mapped;
-    const char *data = doc_arg(L, 1, &len, &mapped);
+    const map_doc *z;
+    const char *data = doc_arg(L, 1, &len, &mapped, &z);
     parse_state *st;
     size_t batch;
 
@@ -1285,7 +1594,7 @@ static int ldmarc_xml_records(lua_State *L)
 
     lua_settop(L, 2);
     batch = opt_size(L, 2, "batch", LDMARC_XML_DEFAULT_BATCH, 1, LDMARC_XML_MAX_BATCH);
-    st = parse_begin(L, "dmarc.xml.records", data, len, mapped, names, 2);
+    st = parse_begin(L, "dmarc.xml.records", data, len, mapped, z, names, 2);
     if (st == NULL) {
         return 3;
     }
@@ -1307,12 +1616,6 @@ typedef struct inflate_state {
     unsigned char *out;
     size_t out_len, out_cap;
 } inflate_state;
-
-typedef struct inflate_limits {
-    size_t max_output;
-    size_t max_ratio;
-    int multi_member; /* gzip: go on with a following member */
-} inflate_limits;
 
 static int inflate_state_gc(lua_State *L)
 {
@@ -1427,14 +1730,6 @@ static const char *inflate_run(inflate_state *st, const unsigned char *in, size_
         *msg = "inflate failed";
         return "corrupt";
     }
-}
-
-static void read_inflate_limits(lua_State *L, int opts, inflate_limits *lim)
-{
-    lim->max_output =
-        opt_size(L, opts, "max_output", LDMARC_XML_DEFAULT_MAX_OUTPUT, 1, (size_t)INT_MAX);
-    lim->max_ratio = opt_size(L, opts, "max_ratio", LDMARC_XML_DEFAULT_MAX_RATIO, 1, 1000000);
-    lim->multi_member = 0;
 }
 
 /***

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Ingest benchmark: starts a throwaway redis-server on a loopback port, runs
 # tests/bench/ingest_bench.lua (ingest throughput for 10,000 reports of 100
-# records; one large report of 200,000 and of 1,000,000 records, each with its
-# peak RSS; summary latency over 30 days of 1,000 domains), stops the server by
+# records; one large report of 200,000 and of 1,000,000 records, as XML and as
+# .xml.gz, each with its peak RSS; summary latency over 30 days of 1,000 domains), stops the server by
 # PID. Environment: INGEST_BENCH_PORT, INGEST_BENCH_REPORTS, INGEST_BENCH_RECORDS,
 # INGEST_BENCH_LARGE, INGEST_BENCH_DOMAINS, INGEST_BENCH_DAYS, LUA (lua5.4 or luajit).
 set -eu
@@ -38,7 +38,9 @@ done
 for n in ${INGEST_BENCH_LARGE:-200000 1000000}; do
     "$LUA" tests/bench/ingest_bench.lua "$PORT" write-large "$n" "$dir/large.xml"
     "$LUA" tests/bench/ingest_bench.lua "$PORT" large "$dir/large.xml" "$n"
-    rm -f "$dir/large.xml"
+    gzip -n -6 "$dir/large.xml"
+    "$LUA" tests/bench/ingest_bench.lua "$PORT" large "$dir/large.xml.gz" "$n"
+    rm -f "$dir/large.xml.gz"
 done
 "$LUA" tests/bench/ingest_bench.lua "$PORT" summary "${INGEST_BENCH_DOMAINS:-1000}" \
     "${INGEST_BENCH_DAYS:-30}" 100

@@ -374,6 +374,77 @@ describe('ingest: store', function()
     os.remove(path)
   end)
 
+  it('stores a gzip file inflated as it is parsed exactly as from a string', function()
+    local parts = { '\n <?xml version="1.0"?><feedback><report_metadata><org_name>Receiver Z'
+                    .. '</org_name><email>r@example.net</email><report_id>z-1</report_id>'
+                    .. '<date_range><begin>1763683200</begin><end>1763769599</end></date_range>'
+                    .. '</report_metadata><policy_published><domain>example.com</domain>'
+                    .. '<p>reject</p></policy_published>' }
+    for i = 1, 12000 do
+      parts[#parts + 1] = '<record><row><source_ip>198.51.100.' .. (i % 97) .. '</source_ip>'
+                          .. '<count>' .. i .. '</count><policy_evaluated><disposition>none'
+                          .. '</disposition><dkim>pass</dkim><spf>fail</spf></policy_evaluated>'
+                          .. '</row><identifiers><header_from>example.com</header_from>'
+                          .. '</identifiers></record>'
+    end
+    parts[#parts + 1] = '<record><row><source_ip>bad</source_ip></row></record></feedback>\n'
+    local xml = table.concat(parts)
+    assert.truthy(#xml > 1024 * 1024) -- several inflate windows
+    local function write(path, data)
+      local f = assert(io.open(path, 'wb'))
+      f:write(data)
+      f:close()
+    end
+    local path = os.tmpname()
+    write(path, xml)
+    local p = io.popen('gzip -n -c ' .. path)
+    local gz = p:read('a')
+    p:close()
+    write(path, gz)
+    local whole, streamed = fake_redis(), fake_redis()
+    local r1 = ingest.ingest_data(whole, gz, { now = 1763800000 })
+    local xmod = require 'dmarc.xml'
+    local real_map, maps = xmod.map, 0
+    xmod.map = function(file, o)
+      if o and o.inflate == 'gzip' then maps = maps + 1 end
+      return real_map(file, o)
+    end
+    local seen = {}
+    local ok, stats = pcall(ingest.ingest_files, streamed, { path }, {
+      now = 1763800000, on_result = function(_, r) seen[#seen + 1] = r end })
+    xmod.map = real_map
+    assert.is_true(ok, tostring(stats))
+    assert.equal(1, maps)
+    assert.equal('stored', r1[1].status)
+    for _, key in ipairs({ 'status', 'records', 'bad_records', 'messages', 'rows', 'domain',
+                           'report_id', 'org_name' }) do
+      assert.equal(r1[1][key], seen[1][key])
+    end
+    assert.same(r1[1].warnings, seen[1].warnings)
+    assert.equal(12000, stats.records)
+    assert.same(whole.data, streamed.data)
+    -- The caps hold with the string path's codes and messages: max_xml, a ratio bomb, a
+    -- truncated stream.
+    local function same_failure(data, opts)
+      write(path, data)
+      local e1 = ingest.ingest_data(fake_redis(), data, opts)[1]
+      local st = ingest.ingest_files(fake_redis(), { path }, opts)
+      assert.equal('error', e1.status)
+      assert.equal(1, st.errors)
+      assert.equal(e1.code, st.failures[1].code)
+      assert.equal(e1.message, st.failures[1].message)
+      return e1
+    end
+    assert.equal('gzip: decompressed size over the limit',
+                 same_failure(gz, { max_xml = #xml - 1 }).message)
+    local f = assert(io.open('tests/fixtures/reports/gzip-bomb.gz', 'rb'))
+    local bomb = f:read('a')
+    f:close()
+    assert.equal('bomb', same_failure(bomb, {}).code)
+    assert.equal('truncated', same_failure(gz:sub(1, -2000), {}).code)
+    os.remove(path)
+  end)
+
   it('counts rows over max_rows per day as dropped, never silently', function()
     local conn = fake_redis()
     local rep = report_of('rfc9990.xml')

@@ -263,6 +263,48 @@ describe('dmarc.xml.map (a file in place of a string)', function()
     os.remove(path)
   end)
 
+  it('inflates a gzip file window by window as the same string', function()
+    local parts = { '<feedback xmlns="' .. NS .. '"><report_metadata><org_name>o</org_name>'
+                    .. '</report_metadata>' }
+    for i = 1, 30000 do
+      parts[#parts + 1] = '<record><row><count>' .. i .. '</count></row></record>'
+    end
+    parts[#parts + 1] = '</feedback>'
+    local data = table.concat(parts)
+    local path = temp(gzip(' \n' .. data))
+    local doc, _, head = assert(x.map(path, { inflate = 'gzip' }))
+    assert.equal((' \n' .. data):sub(1, 512), head)
+    local t1, i1 = assert(x.parse(data, { arrays = ARRAYS, defer_records = true }))
+    local t2, i2 = assert(x.parse(doc, { arrays = ARRAYS, defer_records = true }))
+    assert.same(t1, t2)
+    assert.same(i1, i2)
+    local n1, n2 = assert(x.records(data, { arrays = ARRAYS, batch = 999 })),
+      assert(x.records(doc, { arrays = ARRAYS, batch = 999 }))
+    local seen = 0
+    for _ = 1, 100 do
+      local a, b = n1(), n2()
+      assert.same(a, b)
+      if not a then break end
+      seen = seen + #a
+    end
+    assert.equal(30000, seen)
+    -- The bounds: max_output, and the attribute pre-scan past the first window.
+    doc = assert(x.map(path, { inflate = 'gzip', max_output = #data }))
+    assert.same({ nil, 'decompressed size over the limit', 'bomb' }, { x.parse(doc) })
+    local attrs = {}
+    for i = 1, 100 do attrs[i] = 'a' .. i .. '="v"' end
+    local bomb = data:sub(1, 300000) .. '<x ' .. table.concat(attrs, ' ') .. '/>'
+      .. data:sub(300001)
+    local m1 = { x.parse(bomb) }
+    local write_file = assert(io.open(path, 'wb'))
+    write_file:write(gzip(bomb))
+    write_file:close()
+    doc = assert(x.map(path, { inflate = 'gzip' }))
+    assert.equal('limit', m1[3])
+    assert.same(m1, { x.parse(doc) })
+    os.remove(path)
+  end)
+
   it('refuses a missing file, a directory and a file over max_input', function()
     local d, msg, code, _ = x.map('/nonexistent/report.xml')
     assert.is_nil(d)

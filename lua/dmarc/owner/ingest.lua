@@ -1511,8 +1511,37 @@ local function ingest_xml_file(conn, f, kind, path, opts)
                       opts) }
 end
 
--- The results of one path: an mbox is streamed, plain XML mapped, anything
--- else read whole.
+-- A gzip or zlib file on disk holding XML: both passes inflate it from a
+-- mapping of the file as they parse (dmarc.xml.map with inflate), so the
+-- report is never held whole; the caps (max_xml, max_ratio) and the
+-- messages are those of M.unwrap. Anything else in it (gzip inside gzip, a
+-- zip, not XML) and an unreadable start take the whole-file path.
+-- @return the results, or nil when the file is to be read whole
+local function ingest_gz_file(conn, f, zlib, path, opts)
+  local x = xmlmod()
+  if not x or not x.map then return nil end
+  local max = opts.max_input or M.limits.max_input
+  local size = f:seek('end')
+  if not size or size > max then return nil end
+  local ok, doc, _, head = pcall(x.map, path, {
+    max_input = max, inflate = zlib and 'zlib' or 'gzip',
+    max_output = opts.max_xml or M.limits.max_xml, max_ratio = opts.max_ratio or M.limits.max_ratio,
+  })
+  if not ok or not doc or not head then return nil end
+  local kind = M.sniff(head)
+  if kind ~= 'xml' and kind ~= 'xml16' then return nil end
+  local warnings = {}
+  if zlib then warnings[#warnings + 1] = 'zlib' end
+  if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
+  local r = ingest_doc(conn, { xml = doc, warnings = warnings }, opts)
+  if r.status == 'error' and (r.code == 'bomb' or r.code == 'corrupt' or r.code == 'truncated') then
+    r.message = (zlib and 'zlib: ' or 'gzip: ') .. tostring(r.message)
+  end
+  return { r }
+end
+
+-- The results of one path: an mbox is streamed, plain XML mapped, gzip and
+-- zlib inflated from a mapping as they are parsed, anything else read whole.
 local function ingest_path(conn, path, stats, opts)
   local stdin = path == '-'
   local f = stdin and io.stdin or io.open(path, 'rb')
@@ -1524,8 +1553,17 @@ local function ingest_path(conn, path, stats, opts)
     return
   end
   local kind = head and M.sniff(head)
+  local results
+  if not stdin and kind == 'gzip' or not stdin and kind == nil and head and is_zlib(head) then
+    results = ingest_gz_file(conn, f, kind == nil, path, opts)
+  end
+  if results then
+    f:close()
+    for _, r in ipairs(results) do M.account(stats, path, r, opts) end
+    return
+  end
   if not stdin and (kind == 'xml' or kind == 'xml16') then
-    local results = ingest_xml_file(conn, f, kind, path, opts)
+    results = ingest_xml_file(conn, f, kind, path, opts)
     if results then
       f:close()
       for _, r in ipairs(results) do M.account(stats, path, r, opts) end
