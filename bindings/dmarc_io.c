@@ -379,7 +379,9 @@ static const char *lio_field_string(lua_State *L, int t, const char *name)
 **   reverse-path, checked as postmaster@HELO [ALN-1]), identity ('mfrom'
 **   default, or 'helo' for the HELO identity)
 ** @return {table} {result=, domain=, scope='mfrom'|'helo', reason=, dns_terms=,
-**   void_lookups=}; or nil, message, 'invalid' for an unusable ip
+**   void_lookups=, record=}; record: the domain's SPF record as evaluated (its TXT
+**   strings joined, RFC 7208 §3.3), absent when there was no single one; or nil,
+**   message, 'invalid' for an unusable ip
 */
 /* The fields of an spf{} / check{} argument table at @arg: ip, helo,
 ** mail_from, identity. Strings stay anchored on the stack. */
@@ -415,7 +417,7 @@ static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
         return ldmarc_fail(L, "spf: not an IP address", "invalid");
     if (st != DMARC_OK)
         return luaL_error(L, "dmarc.io: spf: %s", dmarc_strerror(st));
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 8);
     ldmarc_set_cstring(L, "result", dmarc_auth_name(res.result));
     ldmarc_set_cstring(L, "domain", res.domain);
     ldmarc_set_cstring(L, "scope", res.is_helo ? "helo" : "mfrom");
@@ -424,6 +426,8 @@ static int lio_spf_run(lua_State *L, dmarc_spf *spf, const lio_spf_args *a)
     lua_setfield(L, -2, "dns_terms");
     lua_pushinteger(L, (lua_Integer)res.void_lookups);
     lua_setfield(L, -2, "void_lookups");
+    if (dmarc_spf_record(spf) != NULL && !res.pending)
+        ldmarc_set_cstring(L, "record", dmarc_spf_record(spf));
     if (res.pending) {
         size_t i, n = dmarc_spf_question_count(spf);
         lua_createtable(L, (int)n, 0);

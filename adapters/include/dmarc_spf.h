@@ -80,6 +80,14 @@ DMARC_API void dmarc_spf_clear_answers(dmarc_spf *s);
 DMARC_API size_t dmarc_spf_question_count(const dmarc_spf *s);
 DMARC_API const dmarc_spf_question *dmarc_spf_question_at(const dmarc_spf *s, size_t i);
 
+/* The SPF record of the identity domain the last dmarc_spf_check evaluated:
+** the one "v=spf1" TXT record found there, its strings joined without a
+** separator (RFC 7208 §3.3), as reports quote it (SPF-DNS, RFC 6591 §3.2).
+** NULL when that check found no single record (none, several, a DNS
+** failure) or did not get as far. Owned by the checker, valid until its
+** next check or dmarc_spf_free. */
+DMARC_API const char *dmarc_spf_record(const dmarc_spf *s);
+
 typedef struct dmarc_spf_result {
     dmarc_auth result;                     /* RFC 8601 §2.7.2 word [AR-4] */
     char domain[DMARC_DOMAIN_MAX_LEN + 1]; /* the identity's domain checked, or "" */

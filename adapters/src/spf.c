@@ -67,6 +67,10 @@ struct dmarc_spf {
     abort_reason aborted;
     top_status top;
     char top_reason[256];
+    /* The identity domain's own record as fetched (its TXT strings joined,
+    ** RFC 7208 §3.3), for the reports that quote it (RFC 6591 §3.2); NULL
+    ** when there was not exactly one. Bounded by the DNS layer's answer size. */
+    char *top_record;
     /* Names an mx or ptr term just returned: their address lookups belong
     ** to that term and are not terms themselves (§4.6.4). */
     char secondary[DMARC_SPF_MAX_MX_NAMES][DMARC_DOMAIN_MAX_LEN + 1];
@@ -395,7 +399,12 @@ static SPF_errcode_t layer_get_spf(SPF_server_t *server, SPF_request_t *req, SPF
     text[a->rrs[idx].len] = '\0';
     dmarc_dns_answer_free(a);
     err = SPF_record_compile(server, resp, recordp, text);
-    free(text);
+    if (first) {
+        free(s->top_record);
+        s->top_record = text; /* kept whether or not it compiles: a permerror quotes it too */
+    } else {
+        free(text);
+    }
     if (err != SPF_E_SUCCESS) {
         if (first) {
             s->top = TOP_PERMERROR;
@@ -523,6 +532,7 @@ void dmarc_spf_free(dmarc_spf *s)
     if (s->server != NULL)
         SPF_server_free(s->server);
     free(s->layer);
+    free(s->top_record);
     dmarc_spf_clear_answers(s);
     free(s->answers);
     if (s->owns_dns)
@@ -586,6 +596,11 @@ void dmarc_spf_clear_answers(dmarc_spf *s)
         dmarc_dns_answer_free(s->answers[i].answer);
     s->nanswers = 0;
     s->nquestions = 0;
+}
+
+const char *dmarc_spf_record(const dmarc_spf *s)
+{
+    return s != NULL ? s->top_record : NULL;
 }
 
 size_t dmarc_spf_question_count(const dmarc_spf *s)
@@ -682,6 +697,8 @@ dmarc_status dmarc_spf_check(dmarc_spf *s, const char *ip, const char *helo, con
     if (inet_pton(AF_INET, ip, &v4) != 1 && inet_pton(AF_INET6, ip, &v6) != 1)
         return DMARC_ERR_INVAL;
     memset(out, 0, sizeof *out);
+    free(s->top_record);
+    s->top_record = NULL;
     mailfrom_domain(helo_identity ? NULL : mail_from, mfdom, sizeof mfdom);
     /* [ALN-1], RFC 7208 §2.4: a null reverse-path checks postmaster@HELO. */
     use_helo = helo_identity || mfdom[0] == '\0';

@@ -171,6 +171,51 @@ describe('dmarc check with a real Redis', function()
     clear(prefix)
   end)
 
+  -- The failure reports `dmarc check` queues carry the SPF record evaluated, whole (RFC 6591
+  -- §3.2): every TXT string of it joined without a separator (RFC 7208 §3.3), and read back
+  -- so by `dmarc report ingest`.
+  it('check_redis__failure_report_spf_dns_is_the_whole_record_and_round_trips', function()
+    local failures = require 'dmarc.owner.failures'
+    local records = {
+      { txt = '"v=spf1 -all"', want = 'v=spf1 -all' },
+      { txt = '"v=spf1 ip4:192.0.2.0/24" " ip4:198.51.100.0/24" " -all"',
+        want = 'v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 -all' },
+    }
+    for i, case in ipairs(records) do
+      local prefix = 'itck7' .. i .. ':'
+      clear(prefix)
+      local zone = dir .. '/spf' .. i .. '.zone'
+      local text = files.read('examples/example.zone')
+      text = text:gsub('\nexample%.com%.%s+TXT%s+"v=spf1 [^\n]*', function()
+        return '\nexample.com. TXT ' .. case.txt
+      end)
+      text = text:gsub('rua=mailto:dmarc%-reports@example%.com"',
+                       'rua=mailto:dmarc-reports@example.com; ruf=mailto:ruf@example.com"')
+      assert(files.write(zone, text))
+      local status, out, err = check(SPOOF .. '--redis ' .. REDIS .. ' --redis-prefix ' .. prefix
+                                     .. ' --failure-reports' .. IDENTITY .. ' --time ' .. (DAY + 300)
+                                     .. ' --json', zone)
+      assert.equal(0, status, err)
+      assert.equal(1, cjson.decode(out).reporting.failure_reports, out)
+      local queued = assert(conn:command('LRANGE', failure.queue_key(prefix, 'example.com'), '0', '-1'))
+      assert.equal(1, #queued)
+      local msg = assert(failure.decode_entry(queued[1])).message
+      assert.truthy(msg:find('\r\nSPF-DNS: txt : example.com : ' .. case.want .. '\r\n', 1, true), msg)
+      -- What was sent, read by the domain owner's ingest.
+      local eml = dir .. '/failure' .. i .. '.eml'
+      assert(files.write(eml, msg))
+      local text_out
+      status, text_out = h.run(h.BIN .. ' report ingest --redis ' .. REDIS .. ' --redis-prefix ' .. prefix
+                               .. 'owner: ' .. q(eml) .. ' 2>&1')
+      assert.equal(0, status, text_out)
+      local stored = assert(conn:command('HGETALL', failures.key(prefix .. 'owner:', 'example.com',
+                                                                   '20251121')))
+      assert.equal(2, #stored, text_out)
+      assert.equal(case.want, cjson.decode(stored[2]).spf_dns)
+      clear(prefix)
+    end
+  end)
+
   it('check_redis__a_retried_row_write_counts_once', function()
     local prefix = 'itck4:'
     clear(prefix)

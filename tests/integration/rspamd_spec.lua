@@ -751,6 +751,45 @@ describe('dmarc_engine plugin (rfc7489 mode, SPF and DKIM checked by the engine)
     assert.are_not.equal('reject', r.action)
   end)
 
+  -- RFC 6591 §3.2: SPF-DNS carries the record the engine's SPF check evaluated, whole: its
+  -- TXT strings joined without a separator (RFC 7208 §3.3), read so by the domain owner.
+  it('a failure report quotes the SPF record it evaluated, whole, and ingests so', function()
+    local failure = require 'dmarc.report.failure'
+    local failures = require 'dmarc.owner.failures'
+    local prefix = 'it-legacy:'
+    local host, port = h.redis:match('^(.*):(%d+)$')
+    local conn = assert(require('dmarc.redis').connect { host = host, port = tonumber(port) })
+    finally(function() conn:close() end)
+    local function clear()
+      for _, k in ipairs(assert(conn:command('KEYS', prefix .. '*'))) do conn:command('DEL', k) end
+    end
+    clear()
+    local r = h.scan(addr, { file = 'ruf-spoof.eml', ip = SPOOFER, from = 'bounce@split.ruf.test',
+                             rcpt = 'bob@rcpt.test' })
+    assert.is_nil(r.symbols.R_SPF_FAIL)
+    assert.same({ 'ruf.test : No valid SPF, No valid DKIM', 'quarantine' },
+      h.options(r, 'DMARC_POLICY_QUARANTINE'))
+    local list = assert(conn:command('LRANGE', failure.queue_key(prefix, 'ruf.test'), '0', '-1'))
+    assert.equal(1, #list)
+    local m = assert(failure.decode_entry(list[1])).message
+    local want = 'v=spf1 ip4:192.0.2.45 ip4:192.0.2.46 -all'
+    assert.truthy(m:find('\r\nSPF-DNS: txt : split.ruf.test : ' .. want .. '\r\n', 1, true), m)
+    local dir = h.run('mktemp -d'):gsub('%s+$', '')
+    finally(function() h.run('rm -rf ' .. h.q(dir)) end)
+    local f = assert(io.open(dir .. '/ruf.eml', 'wb'))
+    f:write(m)
+    f:close()
+    local out, ok = h.run(DMARC .. ' report ingest --redis ' .. h.q(h.redis) .. ' --redis-prefix '
+      .. prefix .. 'owner: ' .. h.q(dir .. '/ruf.eml') .. ' 2>&1')
+    assert.is_true(ok, out)
+    local keys = assert(conn:command('KEYS', failures.key(prefix .. 'owner:', 'ruf.test', '*')))
+    assert.equal(1, #keys, out)
+    local stored = assert(conn:command('HGETALL', keys[1]))
+    assert.equal(2, #stored)
+    assert.equal(want, require('cjson').decode(stored[2]).spf_dns)
+    clear()
+  end)
+
   it('a name without A, AAAA or MX does not exist for RFC 9091: np applies', function()
     local r = h.scan(addr, { file = 'np-txtonly.eml', ip = SPOOFER, from = 'x@txtonly.np.test' })
     assert.same({ 'np.test : No valid SPF, No valid DKIM', 'reject' },

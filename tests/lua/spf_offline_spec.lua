@@ -146,6 +146,28 @@ describe('SPF without a resolver: dio.spf_checker and auth.spf_async', function(
     end
   end)
 
+  -- The record quoted in failure reports' SPF-DNS (RFC 6591 §3.2): the identity domain's own,
+  -- whole, its TXT strings joined without a separator (RFC 7208 §3.3); never an include's.
+  it('gives the record evaluated, whole, and none when there is no single one', function()
+    local r = network()
+    local many = 'v=spf1 ' .. table.concat(terms, ' ') .. ' -all'
+    local function record(args)
+      local want = assert(r:spf(args))
+      assert.equal(want.record, offline(args, true).record)
+      return want.record
+    end
+    assert.equal(many, record({ ip = '10.0.0.11', mail_from = 'a@many.example.com' }))
+    assert.equal('v=spf1 ~all', record({ ip = '10.9.9.9', mail_from = 'a@soft.example.com' }))
+    assert.equal('v=spf1 include:d1.example.com -all',
+                 record({ ip = '10.1.1.1', mail_from = 'a@deep.example.com' }))
+    assert.equal('v=spf1 foo:bar -all', record({ ip = '10.9.9.9', mail_from = 'a@bad.example.com' }))
+    assert.is_nil(record({ ip = '10.9.9.9', mail_from = 'a@two.example.com' }))
+    assert.is_nil(record({ ip = '10.9.9.9', mail_from = 'a@nonexistent.example.com' }))
+    assert.is_nil(record({ ip = '10.9.9.9', mail_from = 'a@slow.example.com' }))
+    -- A check that found none after one that found one says none.
+    assert.is_nil(assert(r:spf{ ip = '10.9.9.9', mail_from = 'a@two.example.com' }).record)
+  end)
+
   it('asks only what the evaluation needs, and every address of an mx term in one round', function()
     local _, _, _, asked = offline({ ip = '203.0.113.7', mail_from = 'a@mxd.example.com' })
     table.sort(asked)

@@ -423,11 +423,13 @@ end
 
 -- The evaluation input (as auth.check built it) that report rows and failure reports
 -- describe: the same SPF result and DKIM signatures, in the same order, so the
--- evaluation's per-signature alignment matches [AGG-6].
+-- evaluation's per-signature alignment matches [AGG-6]. The SPF record evaluated (all its
+-- TXT strings, RFC 7208 §3.3) goes along for the failure reports' SPF-DNS (RFC 6591 §3.2).
 local function evaluation_input(res)
   local input = { dkim = {} }
   if res.spf and res.spf.domain ~= '' then
-    input.spf = { result = res.spf.result, domain = res.spf.domain, scope = res.spf.scope }
+    input.spf = { result = res.spf.result, domain = res.spf.domain, scope = res.spf.scope,
+                  record = res.spf.record }
   end
   local max = require('dmarc').limits.max_dkim
   for i, s in ipairs(res.dkim and res.dkim.signatures or {}) do

@@ -393,8 +393,10 @@ function M.spf_fallback(task, env, cb)
     end
     lua_util.debugm(N, task, 'SPF fallback: %s for %s (%s)', res.result, res.domain, res.reason)
     if res.domain == '' then return cb(nil) end
+    -- The record evaluated, whole (its TXT strings joined, RFC 7208 §3.3), for the failure
+    -- reports' SPF-DNS (RFC 6591 §3.2).
     cb({ result = res.result, domain = res.domain:lower(), scope = res.scope,
-         human_result = res.reason })
+         human_result = res.reason, record = res.record })
   end)
 end
 
