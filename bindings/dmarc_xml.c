@@ -4,6 +4,10 @@
 ** bombs, forged reports) and every loop has a named bound.
 **
 **   xml.parse(data [, opts])        libxml2 SAX2 push parse into a small element tree
+**   xml.records(data [, opts])      the same parse, the records handed over a batch at a time
+**   xml.map(path [, opts])          a file's document for both, read with pread a window at a
+**                                   time (inflated as it is read when compressed); the
+**                                   name is historical: the file is never mapped
 **   xml.inflate(data [, opts])      gzip / zlib / raw deflate, output and ratio capped
 **   xml.unzip(data [, opts])        the report entry of a zip archive (stored or deflate)
 **   xml.hmac_sha256(key, message)   keyed hash (RFC 2104, FIPS 180-4; libcrypto) for the
@@ -27,7 +31,7 @@
 ** moment it is made, and its __gc frees it, so a Lua error raised while results are pushed
 ** (out of memory) never leaks. libxml2 and zlib callbacks never call Lua.
 */
-#define _DEFAULT_SOURCE /* madvise (Linux, the BSDs): xml.map gives pages back */
+#define _DEFAULT_SOURCE /* pread */
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -37,7 +41,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,7 +53,7 @@
 #include "binding.h"
 
 #define LDMARC_XML_PARSE_MT "dmarc.xml.parse"
-#define LDMARC_XML_MAP_MT "dmarc.xml.map"
+#define LDMARC_XML_FILE_MT "dmarc.xml.map"
 #define LDMARC_XML_INFLATE_MT "dmarc.xml.inflate"
 #define LDMARC_XML_DEFLATE_MT "dmarc.xml.deflate"
 
@@ -234,16 +237,16 @@ typedef struct parse_state {
     size_t ndone;
     size_t off, len, batch; /* xml.records: bytes fed so far, document size, batch size */
     int finished;           /* the final xmlParseChunk has been made */
-    int mapped;             /* the document is a file mapping (xml.map) */
-    /* An inflating document (xml.map with inflate): the window zbuf[zfp..zend) of inflated
-    ** bytes not yet fed; bytes before zsc are pre-scanned, zbase is the document offset of
-    ** zbuf[0], zout every byte inflated so far (leading white space too). */
-    const struct map_doc *z;
+    /* A file's document (xml.map): the window zbuf[zfp..zend) of bytes read (inflated, for
+    ** a compressed file) not yet fed; bytes before zsc are pre-scanned, zbase is the document
+    ** offset of zbuf[0], zout every byte produced so far (leading white space too). zin holds
+    ** compressed input read from the file; zpos is the file offset read next. */
+    const struct file_doc *z;
     z_stream zs;
     int zlive, zfinal, zlead;
     unsigned zmembers;
-    unsigned char *zbuf;
-    size_t zfp, zsc, zend, zbase, zout, zskipped, zmax_input;
+    unsigned char *zbuf, *zin;
+    size_t zfp, zsc, zend, zbase, zout, zskipped, zmax_input, zpos;
     size_t zwidth;
     int zbig_endian;
     struct scan_state *zss;
@@ -578,6 +581,8 @@ static int parse_state_gc(lua_State *L)
     }
     free(st->zbuf);
     st->zbuf = NULL;
+    free(st->zin);
+    st->zin = NULL;
     free(st->zss);
     st->zss = NULL;
     while (st->done != NULL) {
@@ -707,24 +712,7 @@ typedef struct unit_reader {
     const unsigned char *p;
     size_t len, width;
     int big_endian;
-    int mapped; /* p is a file mapping (xml.map): pages read are given back as the scan goes */
 } unit_reader;
-
-/* Bytes of a mapped document read before its pages are given back. */
-#define LDMARC_XML_MAP_RELEASE (1024 * 1024)
-
-/* Gives back the resident pages of a file mapping wholly before @upto (the bytes stay in the
-** file; reading them again faults them back in): the scan and the parse only go forward, so
-** a mapped document costs a window of resident memory, not its size. */
-static void map_release(const char *base, const char *upto)
-{
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t from = (uintptr_t)base & ~(page - 1);
-    uintptr_t to = (uintptr_t)upto & ~(page - 1);
-    if (to > from) {
-        (void)madvise((void *)from, (size_t)(to - from), MADV_DONTNEED);
-    }
-}
 
 static uint32_t unit_at(const unit_reader *r, size_t i)
 {
@@ -897,10 +885,6 @@ static int attribute_scan_part(const unit_reader *r, scan_state *ss, size_t *pos
     int state = ss->state;
     for (i = *pos; i < end; i++) {
         uint32_t u = unit_at(r, i);
-        if (r->mapped && i > 0 && (i * r->width) % LDMARC_XML_MAP_RELEASE == 0) {
-            /* Look-ahead is at most 9 units: a page back is never read again. */
-            map_release((const char *)r->p, (const char *)r->p + i * r->width - 64);
-        }
         switch (state) {
         case SCAN_TEXT:
             if (u == '<') {
@@ -1009,73 +993,173 @@ static void read_inflate_limits(lua_State *L, int opts, inflate_limits *lim)
     lim->multi_member = 0;
 }
 
-/* A document mapped from a file (xml.map): the bytes after its leading white space. */
-typedef struct map_doc {
-    char *base; /* the mapping, NULL for an empty file */
-    size_t size;
+/* Bytes of compressed input read from a file per pread (xml.map with inflate). */
+#define LDMARC_XML_READ_STEP ((size_t)64 << 10)
+
+/* A file's document (xml.map): the file stays open and every pass of xml.parse and
+** xml.records reads it with pread, a window at a time. It is never mapped: a file cut short
+** by another process while it is read gives a failure ('io'), where a mapping's pages past
+** the new end would kill the process with SIGBUS. */
+typedef struct file_doc {
+    int fd;          /* -1 once closed */
+    size_t size;     /* the file's size when opened: a pass reads exactly this much */
     size_t skip;     /* leading white space, left out as a string's caller trims it */
     int window_bits; /* 0, or the file is compressed: zlib's windowBits to inflate it */
     int multi_member;
     size_t max_output, max_ratio;
-} map_doc;
+} file_doc;
 
-/* The document at @idx, a string or a map_doc; sets *@mapped when it is a mapping, *@z
-** when it is a compressed file's (inflated as it is parsed). */
-static const char *doc_arg(lua_State *L, int idx, size_t *len, int *mapped, const map_doc **z)
+/* The document at @idx, a string (its bytes, *@z NULL) or a file's (*@z set, "" returned). */
+static const char *doc_arg(lua_State *L, int idx, size_t *len, const file_doc **z)
 {
-    map_doc *m = (map_doc *)luaL_testudata(L, idx, LDMARC_XML_MAP_MT);
-    *z = NULL;
-    if (m != NULL && m->window_bits != 0) {
-        *z = m;
+    file_doc *m = (file_doc *)luaL_testudata(L, idx, LDMARC_XML_FILE_MT);
+    *z = m;
+    if (m != NULL) {
         *len = 0;
-        *mapped = 0;
         return "";
     }
-    if (m != NULL) {
-        *len = m->size - m->skip;
-        *mapped = m->base != NULL;
-        return m->base != NULL ? m->base + m->skip : "";
-    }
-    *mapped = 0;
     return luaL_checklstring(L, idx, len);
 }
 
-static int map_doc_gc(lua_State *L)
+/* Reads exactly @n bytes at file offset @off. Returns NULL, or why not: a read error, or
+** the file ending early (shrunk since it was opened). */
+static const char *read_at(int fd, unsigned char *buf, size_t n, size_t off)
 {
-    map_doc *m = (map_doc *)luaL_checkudata(L, 1, LDMARC_XML_MAP_MT);
-    if (m->base != NULL) {
-        munmap(m->base, m->size);
-        m->base = NULL;
+    size_t got = 0;
+    if (fd < 0) {
+        return "document closed";
     }
+    /* Bound: each pass reads at least one byte, or fails. */
+    while (got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return strerror(errno);
+        }
+        if (r == 0) {
+            return "file cut short while it was read";
+        }
+        got += (size_t)r;
+    }
+    return NULL;
+}
+
+static void file_doc_close(file_doc *m)
+{
+    if (m->fd >= 0) {
+        close(m->fd);
+        m->fd = -1;
+    }
+}
+
+static int file_doc_gc(lua_State *L)
+{
+    file_doc_close((file_doc *)luaL_checkudata(L, 1, LDMARC_XML_FILE_MT));
     return 0;
 }
 
 /***
+** @function doc:close()
+** Closes the file of a document from xml.map now rather than when it is collected (a run
+** over many files would otherwise hold a descriptor each). A pass over it afterwards fails
+** ('io').
+*/
+static int file_doc_close_method(lua_State *L)
+{
+    file_doc_close((file_doc *)luaL_checkudata(L, 1, LDMARC_XML_FILE_MT));
+    return 0;
+}
+
+/* Leading white space of a plain file (a sender's declaration after white space), read a
+** block at a time; bounded by the file's size. */
+static const char *file_skip_space(file_doc *m)
+{
+    unsigned char buf[4096];
+    while (m->skip < m->size) {
+        size_t n = m->size - m->skip < sizeof buf ? m->size - m->skip : sizeof buf, k;
+        const char *err = read_at(m->fd, buf, n, m->skip);
+        if (err != NULL) {
+            return err;
+        }
+        for (k = 0; k < n; k++) {
+            if (buf[k] == '\0' || strchr(" \t\n\v\f\r", buf[k]) == NULL) {
+                m->skip += k;
+                return NULL;
+            }
+        }
+        m->skip += n;
+    }
+    return NULL;
+}
+
+/* Pushes the first inflated bytes of a compressed file (at most 512), or nil when they do not
+** inflate: the caller sees what the file holds. */
+static void push_inflated_head(lua_State *L, const file_doc *m)
+{
+    unsigned char head[512];
+    size_t n = m->size < LDMARC_XML_READ_STEP ? m->size : LDMARC_XML_READ_STEP;
+    unsigned char *in = (unsigned char *)malloc(n > 0 ? n : 1);
+    z_stream zs;
+    int rc;
+    if (in == NULL) {
+        luaL_error(L, "dmarc.xml.map: out of memory");
+        return;
+    }
+    if (read_at(m->fd, in, n, 0) != NULL) {
+        free(in);
+        lua_pushnil(L);
+        return;
+    }
+    memset(&zs, 0, sizeof(zs));
+    if (inflateInit2(&zs, m->window_bits) != Z_OK) {
+        free(in);
+        luaL_error(L, "dmarc.xml.map: out of memory");
+        return;
+    }
+    zs.next_in = in;
+    zs.avail_in = (uInt)n;
+    zs.next_out = head;
+    zs.avail_out = sizeof(head);
+    rc = inflate(&zs, Z_NO_FLUSH);
+    if ((rc == Z_OK || rc == Z_STREAM_END || rc == Z_BUF_ERROR) && zs.total_out > 0) {
+        lua_pushlstring(L, (const char *)head, sizeof(head) - zs.avail_out);
+    } else {
+        lua_pushnil(L);
+    }
+    inflateEnd(&zs);
+    free(in);
+}
+
+/***
 ** @function xml.map(path [, opts])
-** A file's document for xml.parse and xml.records in place of a string: the file is mapped,
-** not read, and the pages the pre-scan and the parse have passed are given back, so a large
-** report costs a window of memory, not its size. Leading white space is left out (a sender's
-** declaration after white space). The file must not shrink while the document is in use.
-** With inflate ('gzip' or 'zlib') the file is a compressed document: each pass of xml.parse
-** and xml.records inflates it anew, 256 KiB at a time, under the caps of xml.inflate
-** (max_output, max_ratio: failures 'bomb', 'corrupt', 'truncated' come from the pass), and
-** the pre-scan reads each window before libxml2 does.
+** A file's document for xml.parse and xml.records in place of a string (the name is
+** historical: the file is not mapped): the file is opened, not read, and each pass reads it with
+** pread a window at a time, so a large report costs a window of memory, not its size.
+** Leading white space is left out (a sender's declaration after white space). A file cut
+** short by another process while a pass reads it fails that pass ('io'). With inflate
+** ('gzip' or 'zlib') the file is a compressed document: each pass inflates it anew, 256 KiB
+** at a time, under the caps of xml.inflate (max_output, max_ratio: failures 'bomb',
+** 'corrupt', 'truncated' come from the pass), and the pre-scan reads each window before
+** libxml2 does. doc:close() closes the file.
 ** @param {string} path
 ** @param {table} opts max_input (bytes of the file; default xml.DEFAULT_MAX_INPUT),
 **   inflate ('gzip' | 'zlib'), max_output, max_ratio (as xml.inflate)
 ** @return the document (userdata), the file's size and, with inflate, its first inflated
 **   bytes (at most 512; nil when they do not inflate); or nil, message, code ('io' | 'limit')
 */
-static int ldmarc_xml_map(lua_State *L)
+static int ldmarc_xml_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     static const char *const names[] = {"max_input", "inflate", "max_output", "max_ratio", NULL};
     static const char *const formats[] = {"none", "gzip", "zlib", NULL};
     size_t max_input;
     struct stat sb;
-    map_doc *m;
-    int fd, format = 0;
+    file_doc *m;
+    int format = 0;
     inflate_limits lim;
+    const char *err;
 
     lua_settop(L, 2);
     ldmarc_check_options(L, 2, "dmarc.xml.map", names);
@@ -1086,77 +1170,48 @@ static int ldmarc_xml_map(lua_State *L)
         lua_pop(L, 1);
     }
     read_inflate_limits(L, 2, &lim);
-    m = (map_doc *)lua_newuserdata(L, sizeof(*m));
+    m = (file_doc *)lua_newuserdata(L, sizeof(*m));
     memset(m, 0, sizeof(*m));
-    luaL_setmetatable(L, LDMARC_XML_MAP_MT);
+    m->fd = -1;
+    luaL_setmetatable(L, LDMARC_XML_FILE_MT);
     m->window_bits = format == 1 ? 15 + 16 : format == 2 ? 15 : 0;
     m->multi_member = format == 1;
     m->max_output = lim.max_output;
     m->max_ratio = lim.max_ratio;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    m->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (m->fd < 0) {
         ldmarc_fail(L, strerror(errno), "io");
         return 3;
     }
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
+    if (fstat(m->fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        file_doc_close(m);
         ldmarc_fail(L, "not a regular file", "io");
         return 3;
     }
     if ((uintmax_t)sb.st_size > (uintmax_t)max_input) {
-        close(fd);
+        file_doc_close(m);
         ldmarc_fail(L, "document larger than max_input", "limit");
         return 3;
     }
     m->size = (size_t)sb.st_size;
-    if (m->size > 0) {
-        void *p = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            m->size = 0;
-            ldmarc_fail(L, strerror(e), "io");
-            return 3;
-        }
-        m->base = (char *)p;
-        while (m->window_bits == 0 && m->skip < m->size &&
-               strchr(" \t\n\v\f\r", m->base[m->skip]) != NULL && m->base[m->skip] != '\0') {
-            m->skip++;
-        }
+    err = m->window_bits == 0 ? file_skip_space(m) : NULL;
+    if (err != NULL) {
+        file_doc_close(m);
+        ldmarc_fail(L, err, "io");
+        return 3;
     }
-    close(fd);
     lua_pushinteger(L, (lua_Integer)m->size);
     if (m->window_bits == 0) {
         return 2;
     }
-    {
-        /* The first bytes, for the caller to see what the compressed file holds. */
-        unsigned char head[512];
-        z_stream zs;
-        int rc;
-        memset(&zs, 0, sizeof(zs));
-        if (inflateInit2(&zs, m->window_bits) != Z_OK) {
-            return luaL_error(L, "dmarc.xml.map: out of memory");
-        }
-        zs.next_in = (Bytef *)m->base;
-        zs.avail_in = (uInt)m->size;
-        zs.next_out = head;
-        zs.avail_out = sizeof(head);
-        rc = inflate(&zs, Z_NO_FLUSH);
-        if ((rc == Z_OK || rc == Z_STREAM_END || rc == Z_BUF_ERROR) && zs.total_out > 0) {
-            lua_pushlstring(L, (const char *)head, sizeof(head) - zs.avail_out);
-        } else {
-            lua_pushnil(L);
-        }
-        inflateEnd(&zs);
-    }
+    push_inflated_head(L, m);
     return 3;
 }
 
 /* The common start of xml.parse and xml.records: options read, the pre-scan made, the push
 ** parser created with the first bytes. Leaves the state userdata on the stack and returns it;
 ** on refused input pushes nil, message, code and returns NULL. */
-/* An inflating document's failure: the pass stops with xml.inflate's code and message. */
+/* A file document's failure: the pass stops with its code and message (xml.inflate's). */
 static int zfail(parse_state *st, const char *code, const char *msg)
 {
     if (strcmp(code, "nomem") == 0) {
@@ -1167,26 +1222,69 @@ static int zfail(parse_state *st, const char *code, const char *msg)
     return 0;
 }
 
-/* One more step of an inflating document into the window, under the caps of inflate_run
-** (the same 256 KiB steps, so the ratio is judged at the same points), then its pre-scan.
-** The fed bytes go; the unscanned tail (under 16 units and a partial one) moves to the
-** front. Returns 0 when the pass failed (st->err_code set). */
-static int zfill(parse_state *st)
+/* Compressed input for zlib: when fewer than @want bytes wait, the rest moves to the front of
+** zin and more of the file is read (LDMARC_XML_READ_STEP at most). Returns 0 when the pass
+** failed (st->err_code set). */
+static int zinput(parse_state *st, size_t want)
 {
-    const map_doc *z = st->z;
-    size_t rem = st->zend - st->zfp, got = 0;
-    unit_reader r;
-    char msg[LDMARC_XML_ERRMSG];
-    size_t pos = 0, end;
+    const file_doc *z = st->z;
+    size_t have = st->zs.avail_in, n;
+    const char *err;
+    if (have >= want || st->zpos >= z->size) {
+        return 1;
+    }
+    if (have > 0) {
+        memmove(st->zin, st->zs.next_in, have);
+    }
+    n = LDMARC_XML_READ_STEP - have;
+    if (n > z->size - st->zpos) {
+        n = z->size - st->zpos;
+    }
+    err = read_at(z->fd, st->zin + have, n, st->zpos);
+    if (err != NULL) {
+        return zfail(st, "io", err);
+    }
+    st->zpos += n;
+    st->zs.next_in = st->zin;
+    st->zs.avail_in = (uInt)(have + n);
+    return 1;
+}
 
-    memmove(st->zbuf, st->zbuf + st->zfp, rem);
-    st->zbase += st->zfp;
-    st->zfp = st->zsc = 0;
-    st->zend = rem;
+/* A plain file's next step: read into the window, to the file's size (leading white space
+** was left out when it was opened). Returns 0 when the pass failed. */
+static int zread_plain(parse_state *st)
+{
+    const file_doc *z = st->z;
+    size_t n = LDMARC_XML_INFLATE_STEP;
+    const char *err;
+    if (n > z->size - st->zpos) {
+        n = z->size - st->zpos;
+    }
+    err = read_at(z->fd, st->zbuf + st->zend, n, st->zpos);
+    if (err != NULL) {
+        return zfail(st, "io", err);
+    }
+    st->zpos += n;
+    st->zend += n;
+    st->zout += n;
+    st->zfinal = st->zpos == z->size;
+    return 1;
+}
+
+/* A compressed file's next step of output into the window, under the caps of inflate_run (the
+** same 256 KiB steps, so the ratio is judged at the same points). Returns 0 when the pass
+** failed (st->err_code set). */
+static int zinflate_step(parse_state *st)
+{
+    const file_doc *z = st->z;
+    size_t got = 0;
     /* Bound: each call fills a step, ends the stream, or fails (as inflate_run). */
     while (got < LDMARC_XML_INFLATE_STEP && !st->zfinal) {
         size_t step = LDMARC_XML_INFLATE_STEP - got, n;
         int rc;
+        if (!zinput(st, 1)) {
+            return 0;
+        }
         st->zs.next_out = st->zbuf + st->zend;
         st->zs.avail_out = (uInt)step;
         rc = inflate(&st->zs, Z_NO_FLUSH);
@@ -1219,6 +1317,9 @@ static int zfill(parse_state *st)
             return zfail(st, "limit", "document larger than max_input");
         }
         if (rc == Z_STREAM_END) {
+            if (z->multi_member && !zinput(st, 2)) {
+                return 0;
+            }
             if (z->multi_member && st->zs.avail_in >= 2 && st->zs.next_in[0] == 0x1f &&
                 st->zs.next_in[1] == 0x8b && st->zmembers < LDMARC_XML_MAX_GZIP_MEMBERS) {
                 uLong total_in = st->zs.total_in;
@@ -1240,7 +1341,8 @@ static int zfill(parse_state *st)
             return zfail(st, "nomem", "out of memory");
         }
         if (rc == Z_BUF_ERROR || rc == Z_OK) {
-            if (st->zs.avail_in == 0 && st->zs.avail_out > 0) {
+            /* Input used up with room left: the stream ends early, unless the file has more. */
+            if (st->zs.avail_in == 0 && st->zs.avail_out > 0 && st->zpos >= z->size) {
                 return zfail(st, "truncated", "compressed data ends early");
             }
             if (st->zs.avail_out == 0) {
@@ -1249,6 +1351,26 @@ static int zfill(parse_state *st)
             continue;
         }
         return zfail(st, "corrupt", "inflate failed");
+    }
+    return 1;
+}
+
+/* One more step of a file's document into the window, then its pre-scan. The fed bytes go;
+** the unscanned tail (under 16 units and a partial one) moves to the front. Returns 0 when
+** the pass failed (st->err_code set). */
+static int zfill(parse_state *st)
+{
+    size_t rem = st->zend - st->zfp;
+    unit_reader r;
+    char msg[LDMARC_XML_ERRMSG];
+    size_t pos = 0, end;
+
+    memmove(st->zbuf, st->zbuf + st->zfp, rem);
+    st->zbase += st->zfp;
+    st->zfp = st->zsc = 0;
+    st->zend = rem;
+    if (!(st->z->window_bits == 0 ? zread_plain(st) : zinflate_step(st))) {
+        return 0;
     }
     if (st->zwidth == 0) {
         return 1; /* the first window: parse_begin reads its encoding, then scans it */
@@ -1268,14 +1390,14 @@ static int zfill(parse_state *st)
     return 1;
 }
 
-/* Bytes of an inflating document libxml2 may read now. */
+/* Bytes of a file's document libxml2 may read now. */
 static size_t zready(const parse_state *st)
 {
     return st->zfinal ? st->zend : st->zsc;
 }
 
 static parse_state *parse_begin(lua_State *L, const char *fname, const char *data, size_t len,
-                                int mapped, const map_doc *z, const char *const *names, int mode)
+                                const file_doc *z, const char *const *names, int mode)
 {
     size_t max_input, first;
     parse_state *st;
@@ -1295,12 +1417,14 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
                                   LDMARC_XML_HARD_MAX_ATTRIBUTES);
     read_array_pairs(L, 2, st);
     st->mode = mode;
-    st->mapped = mapped;
     if (mode != 0) {
         st->record_name = intern(st, "record", 6);
         if (st->nomem) {
             luaL_error(L, "%s: out of memory", fname);
         }
+    }
+    if (z != NULL && z->window_bits == 0) {
+        len = z->size - z->skip; /* a plain file: judged on its size, as a string */
     }
     if (len > max_input) {
         ldmarc_fail(L, "document larger than max_input", "limit");
@@ -1311,16 +1435,21 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
         char msg[LDMARC_XML_ERRMSG];
         st->z = z;
         st->zmax_input = max_input;
-        st->zlead = 1;
+        st->zlead = z->window_bits != 0;
+        st->zpos = z->window_bits != 0 ? 0 : z->skip;
         st->zmembers = 1;
         st->zbuf = (unsigned char *)malloc(LDMARC_XML_INFLATE_STEP + 128);
         st->zss = (scan_state *)calloc(1, sizeof(scan_state));
-        if (st->zbuf == NULL || st->zss == NULL || inflateInit2(&st->zs, z->window_bits) != Z_OK) {
+        if (st->zbuf == NULL || st->zss == NULL) {
             luaL_error(L, "%s: out of memory", fname);
         }
-        st->zlive = 1;
-        st->zs.next_in = (Bytef *)z->base;
-        st->zs.avail_in = (uInt)z->size;
+        if (z->window_bits != 0) {
+            st->zin = (unsigned char *)malloc(LDMARC_XML_READ_STEP);
+            if (st->zin == NULL || inflateInit2(&st->zs, z->window_bits) != Z_OK) {
+                luaL_error(L, "%s: out of memory", fname);
+            }
+            st->zlive = 1;
+        }
         /* The first window: the encoding is read from it (a window is 256 KiB of text). */
         while (!st->zfinal && st->zend == 0) {
             if (!zfill(st)) {
@@ -1337,7 +1466,6 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
             {
                 size_t pos = 0, ulen = st->zend / r.width;
                 size_t end = st->zfinal ? ulen : (ulen > 16 ? ulen - 16 : 0);
-                r.mapped = 0;
                 r.len = ulen;
                 if (!attribute_scan_part(&r, st->zss, &pos, end, 0, st->max_attributes, msg,
                                          sizeof msg)) {
@@ -1363,7 +1491,6 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
             ldmarc_fail(L, msg, "xml");
             return NULL;
         }
-        r.mapped = mapped;
         if (!attribute_scan(&r, st->max_attributes, msg, sizeof msg)) {
             ldmarc_fail(L, msg, "limit");
             return NULL;
@@ -1396,7 +1523,7 @@ static parse_state *parse_begin(lua_State *L, const char *fname, const char *dat
     return st;
 }
 
-/* A step of an inflating document: at most @chunk pre-scanned bytes, inflating more when
+/* A step of a file's document: at most @chunk pre-scanned bytes, reading more when
 ** the window is fed (the end of the document after the last one). */
 static void zparse_step(parse_state *st, size_t chunk)
 {
@@ -1435,10 +1562,6 @@ static void parse_step(parse_state *st, const char *data, size_t chunk)
         size_t n = st->len - st->off < chunk ? st->len - st->off : chunk;
         xmlParseChunk(st->ctxt, data + st->off, (int)n, 0);
         st->off += n;
-        /* libxml2 has copied what it was fed: a mapping's pages behind it go back. */
-        if (st->mapped && st->off % LDMARC_XML_MAP_RELEASE < n) {
-            map_release(data, data + st->off);
-        }
     } else {
         xmlParseChunk(st->ctxt, NULL, 0, 1);
         st->finished = 1;
@@ -1479,9 +1602,8 @@ static int parse_failed(lua_State *L, parse_state *st, const char *fname)
 static int ldmarc_xml_parse(lua_State *L)
 {
     size_t len;
-    int mapped;
-    const map_doc *z;
-    const char *data = doc_arg(L, 1, &len, &mapped, &z);
+    const file_doc *z;
+    const char *data = doc_arg(L, 1, &len, &z);
     parse_state *st;
     int mode = 0;
 
@@ -1495,7 +1617,7 @@ static int ldmarc_xml_parse(lua_State *L)
         mode = lua_toboolean(L, -1) ? 1 : 0;
         lua_pop(L, 1);
     }
-    st = parse_begin(L, "dmarc.xml.parse", data, len, mapped, z, names, mode);
+    st = parse_begin(L, "dmarc.xml.parse", data, len, z, names, mode);
     if (st == NULL) {
         return 3;
     }
@@ -1535,9 +1657,8 @@ static int records_next(lua_State *L)
 {
     parse_state *st = (parse_state *)luaL_checkudata(L, lua_upvalueindex(1), LDMARC_XML_PARSE_MT);
     size_t len;
-    int mapped;
-    const map_doc *z;
-    const char *data = doc_arg(L, lua_upvalueindex(2), &len, &mapped, &z);
+    const file_doc *z;
+    const char *data = doc_arg(L, lua_upvalueindex(2), &len, &z);
     lua_Integer n = 0;
 
     /* Whole steps until a batch is complete: a step reads a bounded number of bytes, so at
@@ -1583,9 +1704,8 @@ static int records_next(lua_State *L)
 static int ldmarc_xml_records(lua_State *L)
 {
     size_t len;
-    int mapped;
-    const map_doc *z;
-    const char *data = doc_arg(L, 1, &len, &mapped, &z);
+    const file_doc *z;
+    const char *data = doc_arg(L, 1, &len, &z);
     parse_state *st;
     size_t batch;
 
@@ -1594,7 +1714,7 @@ static int ldmarc_xml_records(lua_State *L)
 
     lua_settop(L, 2);
     batch = opt_size(L, 2, "batch", LDMARC_XML_DEFAULT_BATCH, 1, LDMARC_XML_MAX_BATCH);
-    st = parse_begin(L, "dmarc.xml.records", data, len, mapped, z, names, 2);
+    st = parse_begin(L, "dmarc.xml.records", data, len, z, names, 2);
     if (st == NULL) {
         return 3;
     }
@@ -2086,7 +2206,7 @@ static int ldmarc_xml_gzip(lua_State *L)
 
 static const luaL_Reg module_functions[] = {
     {"parse", ldmarc_xml_parse}, {"records", ldmarc_xml_records},
-    {"map", ldmarc_xml_map},     {"inflate", ldmarc_xml_inflate},
+    {"map", ldmarc_xml_file},    {"inflate", ldmarc_xml_inflate},
     {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
     {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
 
@@ -2101,9 +2221,13 @@ LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L)
     lua_pushcfunction(L, parse_state_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    luaL_newmetatable(L, LDMARC_XML_MAP_MT);
-    lua_pushcfunction(L, map_doc_gc);
+    luaL_newmetatable(L, LDMARC_XML_FILE_MT);
+    lua_pushcfunction(L, file_doc_gc);
     lua_setfield(L, -2, "__gc");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, file_doc_close_method);
+    lua_setfield(L, -2, "close");
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, LDMARC_XML_INFLATE_MT);
     lua_pushcfunction(L, inflate_state_gc);

@@ -1140,7 +1140,7 @@ function M.store_batches(conn, rep, batches, opts, finish)
     end
     batch = nil -- luacheck: ignore 311
     -- A report's XML given as a string (up to max_xml) stays live while it
-    -- is read (a plain XML file is mapped instead), and Lua's
+    -- is read (a file is read a window at a time instead), and Lua's
     -- collector lets garbage grow to the live size before a cycle: a full
     -- collection per batch (only a batch is garbage; the live heap is small)
     -- keeps the peak near the XML's size.
@@ -1486,9 +1486,11 @@ local function ingest_mbox(conn, f, head, path, stats, opts)
   end)
 end
 
--- A plain XML file on disk: both passes read it from a mapping of the file
--- (dmarc.xml.map), never as a string, so its size costs no memory. The
--- bounds and their messages are those of M.read_input and M.unwrap.
+-- A plain XML file on disk: both passes read it a window at a time
+-- (dmarc.xml.map: pread, never a mapping, so a file cut short by another
+-- process while it is read fails with 'io' instead of killing the run), never
+-- as a string, so its size costs no memory. The bounds and their messages
+-- are those of M.read_input and M.unwrap.
 -- @return the results, or nil when the file is to be read whole
 local function ingest_xml_file(conn, f, kind, path, opts)
   local x = xmlmod()
@@ -1507,12 +1509,13 @@ local function ingest_xml_file(conn, f, kind, path, opts)
   if not doc then
     return { { status = 'error', message = 'cannot open: ' .. tostring(err), code = code } }
   end
-  return { ingest_doc(conn, { xml = doc, warnings = kind == 'xml16' and { 'utf16' } or {} },
-                      opts) }
+  local r = ingest_doc(conn, { xml = doc, warnings = kind == 'xml16' and { 'utf16' } or {} }, opts)
+  doc:close()
+  return { r }
 end
 
--- A gzip or zlib file on disk holding XML: both passes inflate it from a
--- mapping of the file as they parse (dmarc.xml.map with inflate), so the
+-- A gzip or zlib file on disk holding XML: both passes inflate it from the
+-- file as they parse (dmarc.xml.map with inflate), so the
 -- report is never held whole; the caps (max_xml, max_ratio) and the
 -- messages are those of M.unwrap. Anything else in it (gzip inside gzip, a
 -- zip, not XML) and an unreadable start take the whole-file path.
@@ -1527,21 +1530,25 @@ local function ingest_gz_file(conn, f, zlib, path, opts)
     max_input = max, inflate = zlib and 'zlib' or 'gzip',
     max_output = opts.max_xml or M.limits.max_xml, max_ratio = opts.max_ratio or M.limits.max_ratio,
   })
-  if not ok or not doc or not head then return nil end
-  local kind = M.sniff(head)
-  if kind ~= 'xml' and kind ~= 'xml16' then return nil end
+  if not ok or not doc then return nil end
+  local kind = head and M.sniff(head)
+  if kind ~= 'xml' and kind ~= 'xml16' then
+    doc:close()
+    return nil
+  end
   local warnings = {}
   if zlib then warnings[#warnings + 1] = 'zlib' end
   if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
   local r = ingest_doc(conn, { xml = doc, warnings = warnings }, opts)
+  doc:close()
   if r.status == 'error' and (r.code == 'bomb' or r.code == 'corrupt' or r.code == 'truncated') then
     r.message = (zlib and 'zlib: ' or 'gzip: ') .. tostring(r.message)
   end
   return { r }
 end
 
--- The results of one path: an mbox is streamed, plain XML mapped, gzip and
--- zlib inflated from a mapping as they are parsed, anything else read whole.
+-- The results of one path: an mbox is streamed, plain XML read a window at a
+-- time, gzip and zlib inflated as they are parsed, anything else read whole.
 local function ingest_path(conn, path, stats, opts)
   local stdin = path == '-'
   local f = stdin and io.stdin or io.open(path, 'rb')

@@ -20,6 +20,7 @@ local function streamed(data, fmt, cap, out)
   local t, i, pcode = x.parse(doc, { defer_records = true })
   if not out then
     c.check(t == nil and type(pcode) == 'string', 'streamed parse of a failed inflate fails')
+    doc:close()
     return
   end
   local t2, i2, pcode2 = x.parse((out:gsub('^[ \t\n\v\f\r]+', '')), { defer_records = true })
@@ -29,6 +30,7 @@ local function streamed(data, fmt, cap, out)
           tostring(pcode2))
   c.check(t == nil or (i.elements == i2.elements and i.deferred == i2.deferred),
           'streamed parse counts as the string')
+  doc:close()
 end
 
 return function(data)

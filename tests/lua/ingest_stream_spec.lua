@@ -1,0 +1,136 @@
+-- Streamed ingest: a report file is read a window at a time (dmarc.xml.map reads with
+-- pread, never a mapping), so a file cut short by another process while it is parsed fails
+-- that input ('io', a failure line, a non-zero exit) where a mapping's pages past the new
+-- end would have killed the process with SIGBUS. Each case runs in a child process, so a
+-- signal fails the case instead of the suite.
+local env = require 'test_env'
+
+local NS = 'urn:ietf:params:xml:ns:dmarc-2.0'
+
+-- A report of n records whose rows differ (pseudo-random addresses and counts), so that
+-- it compresses like a real one, not to nothing.
+local function report(n)
+  local parts = { '<?xml version="1.0"?><feedback xmlns="' .. NS .. '"><report_metadata>'
+                  .. '<org_name>Receiver T</org_name><email>r@example.net</email>'
+                  .. '<report_id>t-1</report_id><date_range><begin>1763683200</begin>'
+                  .. '<end>1763769599</end></date_range></report_metadata><policy_published>'
+                  .. '<domain>example.com</domain><p>reject</p></policy_published>' }
+  local seed = 12345
+  local function rand(m)
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return seed % m
+  end
+  for _ = 1, n do
+    parts[#parts + 1] = string.format(
+      '<record><row><source_ip>10.%d.%d.%d</source_ip><count>%d</count><policy_evaluated>'
+      .. '<disposition>none</disposition><dkim>pass</dkim><spf>fail</spf></policy_evaluated>'
+      .. '</row><identifiers><header_from>example.com</header_from></identifiers>'
+      .. '<auth_results><dkim><domain>example.com</domain><result>pass</result></dkim>'
+      .. '<spf><domain>mail.example.net</domain><result>fail</result></spf></auth_results>'
+      .. '</record>', rand(256), rand(256), rand(256), rand(100000) + 1)
+  end
+  parts[#parts + 1] = '</feedback>\n'
+  return table.concat(parts)
+end
+
+-- Runs a Lua chunk in a child process of this runtime and build; returns its output and
+-- exit status (a signal shows as 128 + its number).
+local function child(code, ...)
+  local script = env.tmpname()
+  env.write_file(script, code)
+  local args = {}
+  for i, a in ipairs({ ... }) do args[i] = env.shell_quote(a) end
+  local out, status = env.run(string.format(
+    'cd %s && LUA_PATH=%s LUA_CPATH=%s %s %s %s 2>&1', env.shell_quote(env.root),
+    env.shell_quote('./lua/?.lua;./tests/lua/helpers/?.lua;;'),
+    env.shell_quote(env.build .. '/?.so;;'), env.runtime, env.shell_quote(script),
+    table.concat(args, ' ')))
+  os.remove(script)
+  return out, status
+end
+
+local function gzip_file(src, dst)
+  assert(os.execute('gzip -n -c ' .. env.shell_quote(src) .. ' > ' .. env.shell_quote(dst)))
+end
+
+describe('dmarc.xml.map: a file cut short while it is read', function()
+  local xml_path, gz_path
+  setup(function()
+    xml_path = env.tmpname()
+    env.write_file(xml_path, report(100000))
+    gz_path = env.tmpname()
+    gzip_file(xml_path, gz_path)
+  end)
+  teardown(function()
+    os.remove(xml_path)
+    os.remove(gz_path)
+  end)
+
+  -- Reads one batch of records, truncates the file, reads on: the pass must end in a
+  -- failure, and the process must live to say so.
+  local CUT = [[
+    local x = require 'dmarc.xml'
+    local path, inflate = arg[1], arg[2] ~= 'plain' and arg[2] or nil
+    local doc = assert(x.map(path, { inflate = inflate }))
+    local nxt = assert(x.records(doc, { batch = 10 }))
+    assert(#assert(nxt()) == 10)
+    assert(io.open(path, 'wb')):close()
+    for _ = 1, 1e6 do
+      local batch, msg, code = nxt()
+      if not batch then
+        io.write(tostring(code), '|', tostring(msg), '\n')
+        break
+      end
+    end
+    -- A pass begun after the cut reads the file's new end as a short read too.
+    io.write(tostring(select(3, x.parse(doc))), '\n')
+    doc:close()
+    io.write(tostring(select(3, x.parse(doc))), '|', tostring(select(2, x.parse(doc))), '\n')
+  ]]
+
+  for _, case in ipairs({ { 'plain XML', 'plain' }, { 'gzip', 'gzip' } }) do
+    it('fails the pass with io for ' .. case[1] .. ', never the process (SIGBUS)', function()
+      local copy = env.tmpname()
+      assert(os.execute('cp ' .. env.shell_quote(case[2] == 'gzip' and gz_path or xml_path)
+                        .. ' ' .. env.shell_quote(copy)))
+      local out, status = child(CUT, copy, case[2])
+      os.remove(copy)
+      assert.equal(0, status, out)
+      assert.equal('io|file cut short while it was read\nio\nio|document closed\n', out)
+    end)
+  end
+end)
+
+describe('ingest: a report file cut short while it is ingested', function()
+  it('is a failure line of its own (io), nothing stored, and the run goes on', function()
+    local path = env.tmpname()
+    env.write_file(path, report(30000))
+    local other = env.tmpname()
+    env.write_file(other, report(5))
+    -- The first staging command (max_args = 1 stages every batch) cuts the file short.
+    local out, status = child([[
+      local ingest = require 'dmarc.owner.ingest'
+      local conn = require 'ingest_fake_redis'()
+      local path, other = arg[1], arg[2]
+      local pipeline, cut = conn.pipeline, false
+      conn.pipeline = function(self, cmds)
+        if not cut then
+          cut = true
+          assert(io.open(path, 'wb')):close()
+        end
+        return pipeline(self, cmds)
+      end
+      local stats = ingest.ingest_files(conn, { path, other }, { max_args = 1 })
+      local f = stats.failures[1] or {}
+      io.write(stats.errors, ' ', stats.stored, ' ', tostring(f.path == path), ' ',
+               tostring(f.code), '|', tostring(f.message), '\n')
+      local rows = 0
+      for k in pairs(conn.data) do if k:find(':stage:', 1, true) then rows = rows + 1 end end
+      io.write('staged ', rows, '\n')
+    ]], path, other)
+    os.remove(path)
+    os.remove(other)
+    assert.equal(0, status, out)
+    assert.equal('1 1 true io|file cut short while it was read\nstaged 0\n', out)
+  end)
+end)
