@@ -555,6 +555,24 @@ describe('dmarc_engine report rows while Redis is down', function()
     assert.equal(3, #runs)
   end)
 
+  it('a queued row waits in its stored form and is written as a direct write would be', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', redis_backoff = 0,
+                          reporting = { enabled = true, prefix = 'it:' } }, { redis = redis })
+    scan(x, spoof('pass.test'))
+    redis.down = false
+    scan(x, spoof('pass.test'))
+    env.start_worker()
+    env.tick()
+    local runs = env.redis.scripts[1].runs
+    assert.equal(2, #runs)
+    -- The direct write (row 2) and the queued one (row 1): same keys, same arguments.
+    assert.same({ runs[1].keys[1], runs[1].keys[2] }, { runs[2].keys[1], runs[2].keys[2] })
+    assert.same(runs[1].args, runs[2].args)
+    local row = assert(require('dmarc.report.rows').decode_row(runs[1].args[1]))
+    assert.equal('quarantine', row.disposition)
+  end)
+
   it('a worker that exits tries its queued rows once more, even while backing off', function()
     local redis = { data = {}, down = true }
     local env, x = load({ servers = '127.0.0.1:6379',
