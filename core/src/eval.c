@@ -535,6 +535,18 @@ static void count_unevaluated_as_failing(dmarc_eval *e)
     e->decider = e->ndom;
 }
 
+/* The first domain whose result is `result`, or `otherwise` when none is. */
+static size_t first_with_result(const dmarc_eval *e, dmarc_result result, size_t otherwise)
+{
+    size_t i;
+
+    for (i = 0; i < e->ndom; i++) {
+        if (e->dom[i].result == result)
+            return i;
+    }
+    return otherwise;
+}
+
 /* [OPEN-5] [FROM-5] [FROM-6] [POL-7]: one verdict for the message. */
 static void decide_message(dmarc_eval *e)
 {
@@ -558,6 +570,12 @@ static void decide_message(dmarc_eval *e)
             (pick == e->ndom || e->dom[i].applied > e->dom[pick].applied))
             pick = i;
     }
+    /* A failure that applies no policy (p=none, t=y, pct) does not outrank
+    ** a temperror: the domain that could not be evaluated may ask for reject
+    ** (RFC 9989 §5.3.6), and a site that defers on temperror must not accept
+    ** because an attacker added a monitoring-only domain to the From. */
+    if (pick < e->ndom && e->dom[pick].applied == DMARC_POLICY_NONE)
+        pick = first_with_result(e, DMARC_RESULT_TEMPERROR, pick);
     for (i = 0; i < e->ndom && pick == e->ndom; i++) {
         if (e->dom[i].result == DMARC_RESULT_TEMPERROR)
             pick = i;

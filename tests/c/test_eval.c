@@ -1403,6 +1403,7 @@ static const fake_rr zone_two[] = {
     {"_dmarc.b.com", TXT, NOERR, {"v=DMARC1; p=reject"}},
     {"_dmarc.c.com", TXT, NOERR, {"v=DMARC1; p=reject; t=y"}},
     {"_dmarc.d.com", 0, DMARC_RCODE_SERVFAIL, {NULL}},
+    {"_dmarc.e.com", TXT, NOERR, {"v=DMARC1; p=none"}},
     {NULL, 0, NOERR, {NULL}},
 };
 
@@ -1435,7 +1436,8 @@ static void eval__multi_domain_strictest_failure(void **state)
     expect_str(t->v.author_domain, "c.com");
 }
 
-/* A failure beats a pass and a temperror; temperror beats pass. */
+/* A failure beats a pass, and a temperror when it applies a policy;
+** temperror beats pass. */
 static void eval__multi_domain_precedence(void **state)
 {
     T *t = *state;
@@ -1451,6 +1453,22 @@ static void eval__multi_domain_precedence(void **state)
     run(t, zone_two);
     assert_int_equal(t->v.result, DMARC_RESULT_TEMPERROR);
     expect_str(t->v.author_domain, "d.com");
+
+    /* A failure that applies nothing (p=none) does not outrank a temperror:
+    ** d.com's policy is unknown, and a site deferring on temperror must not
+    ** accept because a monitoring-only domain was added to the From. */
+    dmarc_eval_reset(t->e);
+    from(t, "x@e.com, y@d.com");
+    run(t, zone_two);
+    assert_int_equal(t->v.result, DMARC_RESULT_TEMPERROR);
+    expect_str(t->v.author_domain, "d.com");
+
+    /* A failure that applies quarantine still does. */
+    dmarc_eval_reset(t->e);
+    from(t, "x@d.com, y@e.com, z@a.com");
+    run(t, zone_two);
+    assert_int_equal(t->v.result, DMARC_RESULT_FAIL);
+    expect_str(t->v.author_domain, "a.com");
 
     /* A pass and a none: not all passed: none. */
     dmarc_eval_reset(t->e);
