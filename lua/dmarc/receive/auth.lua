@@ -78,6 +78,57 @@ local function read_pair(s, i)
   return key, value, j
 end
 
+-- The ARC instance tag `i=N;` at s[i..] (RFC 8617 §4.1.1): instance, next i; or nil, msg.
+local function read_arc_instance(s, i)
+  local n, j = s:match('^i[%s]*=[%s]*(%d+)[%s]*;()', i)
+  if not n then return nil, 'no ARC instance tag' end
+  -- RFC 8617 §4.2.1: instances run from 1 to 50 (a longer number is no instance at all).
+  if #n > 2 or tonumber(n) < 1 or tonumber(n) > M.MAX_ARC_SETS then
+    return nil, 'ARC instance out of range'
+  end
+  return tonumber(n), skip_ws(s, j)
+end
+
+-- The properties of one resinfo at s[i..], up to the next ";" (RFC 8601 §2.2:
+-- ptype "." property "=" pvalue; `reason` is kept apart): next i, or nil, msg.
+local function read_props(s, i, res)
+  local nprops = 0
+  while i <= #s and s:sub(i, i) ~= ';' do
+    local key, v, n = read_pair(s, i)
+    if not key then return nil, 'bad property at "' .. s:sub(i, i + 30) .. '"' end
+    key = key:lower()
+    if key == 'reason' then
+      res.reason = v
+    else
+      nprops = nprops + 1
+      if nprops > M.MAX_PROPS then return nil, 'too many properties' end
+      if res.props[key] == nil then res.props[key] = v end
+    end
+    i = skip_ws(s, n)
+  end
+  return i
+end
+
+-- One resinfo (method "=" result, then properties) at s[i..]: res, next i; or nil, msg.
+local function read_resinfo(s, i)
+  local method, result, k = read_pair(s, i)
+  if not method then return nil, 'bad resinfo at "' .. s:sub(i, i + 30) .. '"' end
+  -- RFC 8601 §2.2: a result is a Keyword (letters, digits, hyphens), never a pvalue.
+  if not result:find('^[%w%-]+$') then
+    return nil, 'bad result at "' .. s:sub(i, i + 30) .. '"'
+  end
+  local res = { method = method:lower():gsub('/.*$', ''), result = result:lower(), props = {} }
+  local next_i, err = read_props(s, skip_ws(s, k), res)
+  if not next_i then return nil, err end
+  return res, next_i
+end
+
+-- The no-result "none" (RFC 8601 §2.2) at s[i..], allowed only before any result.
+local function is_no_result(s, i, nresults)
+  return nresults == 0 and s:match('^none', i) ~= nil
+      and (i + 4 > #s or s:sub(i + 4, i + 4):find('[%s;]') ~= nil)
+end
+
 --- Parse the value of one Authentication-Results (or, with @arc, ARC-Authentication-Results)
 -- field.
 -- @param value {string} the raw field value
@@ -91,14 +142,8 @@ function M.parse_ar(value, arc)
   local out = { results = {} }
   local i = skip_ws(s, 1)
   if arc then
-    local n, j = s:match('^i[%s]*=[%s]*(%d+)[%s]*;()', i)
-    if not n then return fail('no ARC instance tag', 'syntax') end
-    -- RFC 8617 §4.2.1: instances run from 1 to 50 (a longer number is no instance at all).
-    if #n > 2 or tonumber(n) < 1 or tonumber(n) > M.MAX_ARC_SETS then
-      return fail('ARC instance out of range', 'syntax')
-    end
-    out.instance = tonumber(n)
-    i = skip_ws(s, j)
+    out.instance, i = read_arc_instance(s, i)
+    if not out.instance then return fail(i, 'syntax') end
   end
   local id, j = read_value(s, i)
   if not id or id == '' then return fail('no authserv-id', 'syntax') end
@@ -109,39 +154,19 @@ function M.parse_ar(value, arc)
     out.version = tonumber(version)
     i = skip_ws(s, i + #version)
   end
+  -- Bounded by M.MAX_RESULTS results of at most M.MAX_PROPS properties each.
   while i <= #s do
     if s:sub(i, i) ~= ';' then return fail('expected ";" after ' .. s:sub(1, i - 1), 'syntax') end
     i = skip_ws(s, i + 1)
     if i > #s then break end -- a trailing ";" is tolerated
     if #out.results >= M.MAX_RESULTS then return fail('too many results', 'syntax') end
-    local word = s:match('^none', i)
-    if word and (i + 4 > #s or s:sub(i + 4, i + 4):find('[%s;]')) and #out.results == 0 then
-      -- no-result: "none" (RFC 8601 §2.2)
+    if is_no_result(s, i, #out.results) then
       i = skip_ws(s, i + 4)
     else
-      local method, result, k = read_pair(s, i)
-      if not method then return fail('bad resinfo at "' .. s:sub(i, i + 30) .. '"', 'syntax') end
-      -- RFC 8601 §2.2: a result is a Keyword (letters, digits, hyphens), never a pvalue.
-      if not result:find('^[%w%-]+$') then
-        return fail('bad result at "' .. s:sub(i, i + 30) .. '"', 'syntax')
-      end
-      local res = { method = method:lower():gsub('/.*$', ''), result = result:lower(), props = {} }
-      i = skip_ws(s, k)
-      local nprops = 0
-      while i <= #s and s:sub(i, i) ~= ';' do
-        local key, v, n = read_pair(s, i)
-        if not key then return fail('bad property at "' .. s:sub(i, i + 30) .. '"', 'syntax') end
-        key = key:lower()
-        if key == 'reason' then
-          res.reason = v
-        else
-          nprops = nprops + 1
-          if nprops > M.MAX_PROPS then return fail('too many properties', 'syntax') end
-          if res.props[key] == nil then res.props[key] = v end
-        end
-        i = skip_ws(s, n)
-      end
+      local res, k = read_resinfo(s, i)
+      if not res then return fail(k, 'syntax') end
       out.results[#out.results + 1] = res
+      i = k
     end
   end
   return out
