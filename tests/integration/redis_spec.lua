@@ -185,13 +185,19 @@ describe('override store when Redis dies and comes back', function()
       own_port, dir, dir, dir)
     assert(sh(cmd))
     local c = assert(connect_retry(own_port), 'redis-server did not come up')
-    -- Accepting connections is not serving: wait until the append-only file is loaded.
-    for _ = 1, 50 do
+    -- Accepting connections is not serving: wait until the append-only file is loaded
+    -- (a loaded machine took seconds; going on while loading made MGET fail -LOADING).
+    local loaded = false
+    for _ = 1, 300 do
       local info = c:command('INFO', 'persistence')
-      if type(info) == 'string' and info:find('loading:0', 1, true) then break end
+      if type(info) == 'string' and info:find('loading:0', 1, true) then
+        loaded = true
+        break
+      end
       sleep(0.1)
     end
     c:close()
+    assert(loaded, 'redis-server still loading its append-only file after 30 s')
     -- The daemon may accept connections before its pid file is written.
     for _ = 1, 50 do
       local f = io.open(dir .. '/redis.pid')
