@@ -10,6 +10,8 @@
 **                                   name is historical: the file is never mapped
 **   xml.inflate(data [, opts])      gzip / zlib / raw deflate, output and ratio capped
 **   xml.unzip(data [, opts])        the report entry of a zip archive (stored or deflate)
+**   xml.unpack(src, dst [, opts])   one layer (gzip, zlib, zip) from a file into a file, a
+**                                   window at a time, with the checks of the two above
 **   xml.hmac_sha256(key, message)   keyed hash (RFC 2104, FIPS 180-4; libcrypto) for the
 **                                   envelope_to privacy option
 **   xml.gzip(data [, opts])         one gzip member (zlib), for the reports we send
@@ -56,6 +58,7 @@
 #define LDMARC_XML_FILE_MT "dmarc.xml.map"
 #define LDMARC_XML_INFLATE_MT "dmarc.xml.inflate"
 #define LDMARC_XML_DEFLATE_MT "dmarc.xml.deflate"
+#define LDMARC_XML_UNPACK_MT "dmarc.xml.unpack"
 
 /* Input accepted by xml.parse: RFC 7489 §8 asks receivers to accept reports of 10 MB; a
 ** large receiver's uncompressed XML is several times that. */
@@ -1959,62 +1962,121 @@ static const unsigned char *find_eocd(const unsigned char *d, size_t len)
     return NULL;
 }
 
-/***
-** @function xml.unzip(data [, opts])
-** The report inside a zip archive: the only file entry, or the only one whose name ends in
-** .xml. Stored and deflate entries; the CRC-32 is checked.
-** @param {string} data
-** @param {table} opts max_output, max_ratio (as xml.inflate), max_entries (default 16)
-** @return {string} content, {string} entry name; or nil, message, code ('zip' |
-**   'zip_entries' | 'unsupported' | 'bomb' | 'corrupt' | 'truncated' | 'limit')
-*/
-static int ldmarc_xml_unzip(lua_State *L)
+/* Where an archive or a compressed stream is read from: a string in memory, or a file read
+** with pread (xml.unpack). */
+typedef struct byte_source {
+    const unsigned char *mem; /* the string; NULL for a file */
+    int fd;
+    size_t len;
+} byte_source;
+
+/* Bytes [@off, @off + @n) of @src (the caller has checked they lie inside it): a pointer into
+** the string, or @buf (at least @n bytes) filled from the file. NULL with *@err set when the
+** file cannot be read (or was cut short while it was read). */
+static const unsigned char *src_at(const byte_source *src, size_t off, size_t n, unsigned char *buf,
+                                   const char **err)
 {
-    size_t len, max_entries, nfiles = 0, nxml = 0, i, p, cd_end;
-    const unsigned char *d = (const unsigned char *)luaL_checklstring(L, 1, &len);
-    const unsigned char *eocd;
-    inflate_limits lim;
-    zip_entry chosen, only_file, only_xml;
+    if (src->mem != NULL) {
+        return src->mem + off;
+    }
+    *err = read_at(src->fd, buf, n, off);
+    return *err == NULL ? buf : NULL;
+}
+
+/* Zip: what the central directory and the local header say of the one report entry. */
+typedef struct zip_found {
+    zip_entry chosen;
+    size_t data_off;
+    unsigned char *tail, *cdir; /* a file's end and central directory, read (malloc'd) */
+} zip_found;
+
+static void zip_found_free(zip_found *zf)
+{
+    free(zf->tail);
+    free(zf->cdir);
+    zf->tail = zf->cdir = NULL;
+}
+
+/* Central directory bytes read of a file: max_entries entries at their largest (a name, an
+** extra field and a comment of 65535 bytes each); a longer directory is never walked past
+** that anyway. */
+#define LDMARC_XML_ZIP_MAX_CDIR_ENTRY (LDMARC_XML_ZIP_CDIR_SIZE + 3 * (size_t)65535)
+
+/* Finds the one report entry of the archive in @src (APPNOTE.TXT 4.3.16, 4.3.12, 4.3.7): the
+** only file entry, or the only one whose name ends in .xml, its declared sizes judged against
+** the caps before anything is inflated. Returns NULL, or a failure code with *@msg set
+** ("nomem": the caller raises). */
+static const char *zip_locate(const byte_source *src, size_t max_entries, const inflate_limits *lim,
+                              zip_found *zf, const char **msg)
+{
+    size_t len = src->len, nfiles = 0, nxml = 0, i, p, cd_end, tail_len, eocd_off, cd_read;
+    const unsigned char *tail, *eocd, *d, *lh;
+    unsigned char local[LDMARC_XML_ZIP_LOCAL_SIZE];
+    zip_entry only_file, only_xml;
     uint32_t cd_off, cd_size;
     uint16_t total;
-    size_t data_off;
 
-    static const char *const names[] = {"max_entries", "max_output", "max_ratio", NULL};
-
-    lua_settop(L, 2);
-    ldmarc_check_options(L, 2, "dmarc.xml.unzip", names);
-    read_inflate_limits(L, 2, &lim);
-    max_entries = opt_size(L, 2, "max_entries", LDMARC_XML_DEFAULT_MAX_ENTRIES, 1,
-                           LDMARC_XML_HARD_MAX_ENTRIES);
     memset(&only_file, 0, sizeof(only_file));
     memset(&only_xml, 0, sizeof(only_xml));
-
-    eocd = find_eocd(d, len);
-    if (eocd == NULL) {
-        return ldmarc_fail(L, "no zip end of central directory", "zip");
+    /* The EOCD lies in the last 22 + 65535 bytes. */
+    tail_len = len < LDMARC_XML_ZIP_EOCD_SIZE + LDMARC_XML_ZIP_MAX_COMMENT
+                   ? len
+                   : LDMARC_XML_ZIP_EOCD_SIZE + LDMARC_XML_ZIP_MAX_COMMENT;
+    if (src->mem == NULL && (zf->tail = (unsigned char *)malloc(tail_len + 1)) == NULL) {
+        *msg = "out of memory";
+        return "nomem";
     }
+    tail = src_at(src, len - tail_len, tail_len, zf->tail, msg);
+    if (tail == NULL) {
+        return "io";
+    }
+    eocd = find_eocd(tail, tail_len);
+    if (eocd == NULL) {
+        *msg = "no zip end of central directory";
+        return "zip";
+    }
+    eocd_off = len - tail_len + (size_t)(eocd - tail);
     if (rd16(eocd + 4) != 0 || rd16(eocd + 6) != 0) {
-        return ldmarc_fail(L, "multi-part zip archives are not supported", "unsupported");
+        *msg = "multi-part zip archives are not supported";
+        return "unsupported";
     }
     total = rd16(eocd + 10);
     cd_size = rd32(eocd + 12);
     cd_off = rd32(eocd + 16);
     if (total == 0xffff || cd_size == 0xffffffffu || cd_off == 0xffffffffu) {
-        return ldmarc_fail(L, "zip64 archives are not supported", "unsupported");
+        *msg = "zip64 archives are not supported";
+        return "unsupported";
     }
     if (total > max_entries) {
-        return ldmarc_fail(L, "too many zip entries", "zip_entries");
+        *msg = "too many zip entries";
+        return "zip_entries";
     }
-    if ((size_t)cd_off > (size_t)(eocd - d) || (size_t)cd_size > (size_t)(eocd - d) - cd_off) {
-        return ldmarc_fail(L, "central directory out of bounds", "zip");
+    if ((size_t)cd_off > eocd_off || (size_t)cd_size > eocd_off - cd_off) {
+        *msg = "central directory out of bounds";
+        return "zip";
     }
+    cd_read = cd_size;
+    if (cd_read > max_entries * LDMARC_XML_ZIP_MAX_CDIR_ENTRY) {
+        cd_read = max_entries * LDMARC_XML_ZIP_MAX_CDIR_ENTRY;
+    }
+    if (src->mem == NULL && (zf->cdir = (unsigned char *)malloc(cd_read + 1)) == NULL) {
+        *msg = "out of memory";
+        return "nomem";
+    }
+    /* d + q is the archive's byte q (q from cd_off on): the directory read. */
+    d = src_at(src, cd_off, cd_read, zf->cdir, msg);
+    if (d == NULL) {
+        return "io";
+    }
+    d -= cd_off;
     cd_end = (size_t)cd_off + cd_size;
     p = cd_off;
     for (i = 0; i < total; i++) {
         zip_entry e;
         size_t nlen, xlen, clen;
         if (cd_end - p < LDMARC_XML_ZIP_CDIR_SIZE || rd32(d + p) != 0x02014b50u) {
-            return ldmarc_fail(L, "bad central directory entry", "zip");
+            *msg = "bad central directory entry";
+            return "zip";
         }
         e.flags = rd16(d + p + 8);
         e.method = rd16(d + p + 10);
@@ -2026,7 +2088,8 @@ static int ldmarc_xml_unzip(lua_State *L)
         clen = rd16(d + p + 32);
         e.local_off = rd32(d + p + 42);
         if (cd_end - p - LDMARC_XML_ZIP_CDIR_SIZE < nlen + xlen + clen) {
-            return ldmarc_fail(L, "central directory entry out of bounds", "zip");
+            *msg = "central directory entry out of bounds";
+            return "zip";
         }
         e.name = d + p + LDMARC_XML_ZIP_CDIR_SIZE;
         e.name_len = nlen;
@@ -2042,71 +2105,433 @@ static int ldmarc_xml_unzip(lua_State *L)
         }
     }
     if (nfiles == 1) {
-        chosen = only_file;
+        zf->chosen = only_file;
     } else if (nxml == 1) {
-        chosen = only_xml;
+        zf->chosen = only_xml;
     } else {
-        return ldmarc_fail(L, nfiles == 0 ? "empty zip archive" : "no single report in the zip",
-                           "zip_entries");
+        *msg = nfiles == 0 ? "empty zip archive" : "no single report in the zip";
+        return "zip_entries";
     }
-    if (chosen.flags & 1u) {
-        return ldmarc_fail(L, "encrypted zip entry", "unsupported");
+    if (zf->chosen.flags & 1u) {
+        *msg = "encrypted zip entry";
+        return "unsupported";
     }
-    if (chosen.method != 0 && chosen.method != 8) {
-        return ldmarc_fail(L, "zip compression method not supported", "unsupported");
+    if (zf->chosen.method != 0 && zf->chosen.method != 8) {
+        *msg = "zip compression method not supported";
+        return "unsupported";
     }
-    if (chosen.csize == 0xffffffffu || chosen.usize == 0xffffffffu) {
-        return ldmarc_fail(L, "zip64 entries are not supported", "unsupported");
+    if (zf->chosen.csize == 0xffffffffu || zf->chosen.usize == 0xffffffffu) {
+        *msg = "zip64 entries are not supported";
+        return "unsupported";
     }
     /* The sizes the archive declares are checked before anything is inflated. */
-    if ((size_t)chosen.usize > lim.max_output) {
-        return ldmarc_fail(L, "declared size over the limit", "bomb");
+    if ((size_t)zf->chosen.usize > lim->max_output) {
+        *msg = "declared size over the limit";
+        return "bomb";
     }
-    if ((size_t)chosen.usize > LDMARC_XML_RATIO_FLOOR &&
-        (size_t)chosen.usize / lim.max_ratio > (size_t)chosen.csize) {
-        return ldmarc_fail(L, "declared compression ratio over the limit", "bomb");
+    if ((size_t)zf->chosen.usize > LDMARC_XML_RATIO_FLOOR &&
+        (size_t)zf->chosen.usize / lim->max_ratio > (size_t)zf->chosen.csize) {
+        *msg = "declared compression ratio over the limit";
+        return "bomb";
     }
-    if ((size_t)chosen.local_off > len || len - chosen.local_off < LDMARC_XML_ZIP_LOCAL_SIZE ||
-        rd32(d + chosen.local_off) != 0x04034b50u) {
-        return ldmarc_fail(L, "bad local header", "zip");
+    if ((size_t)zf->chosen.local_off > len ||
+        len - zf->chosen.local_off < LDMARC_XML_ZIP_LOCAL_SIZE) {
+        *msg = "bad local header";
+        return "zip";
     }
-    data_off = (size_t)chosen.local_off + LDMARC_XML_ZIP_LOCAL_SIZE +
-               rd16(d + chosen.local_off + 26) + rd16(d + chosen.local_off + 28);
-    if (data_off > len || len - data_off < chosen.csize) {
-        return ldmarc_fail(L, "entry data out of bounds", "zip");
+    lh = src_at(src, zf->chosen.local_off, LDMARC_XML_ZIP_LOCAL_SIZE, local, msg);
+    if (lh == NULL) {
+        return "io";
     }
-    if (chosen.method == 0) {
-        if (chosen.csize != chosen.usize) {
-            return ldmarc_fail(L, "stored entry sizes differ", "zip");
-        }
-        if (crc32(0L, d + data_off, (uInt)chosen.usize) != chosen.crc) {
+    if (rd32(lh) != 0x04034b50u) {
+        *msg = "bad local header";
+        return "zip";
+    }
+    zf->data_off =
+        (size_t)zf->chosen.local_off + LDMARC_XML_ZIP_LOCAL_SIZE + rd16(lh + 26) + rd16(lh + 28);
+    if (zf->data_off > len || len - zf->data_off < zf->chosen.csize) {
+        *msg = "entry data out of bounds";
+        return "zip";
+    }
+    if (zf->chosen.method == 0 && zf->chosen.csize != zf->chosen.usize) {
+        *msg = "stored entry sizes differ";
+        return "zip";
+    }
+    return NULL;
+}
+
+/***
+** @function xml.unzip(data [, opts])
+** The report inside a zip archive: the only file entry, or the only one whose name ends in
+** .xml. Stored and deflate entries; the CRC-32 is checked.
+** @param {string} data
+** @param {table} opts max_output, max_ratio (as xml.inflate), max_entries (default 16)
+** @return {string} content, {string} entry name; or nil, message, code ('zip' |
+**   'zip_entries' | 'unsupported' | 'bomb' | 'corrupt' | 'truncated' | 'limit')
+*/
+static int ldmarc_xml_unzip(lua_State *L)
+{
+    size_t len, max_entries;
+    const unsigned char *d = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    inflate_limits lim;
+    zip_found zf;
+    byte_source src;
+    const char *code, *msg = NULL;
+
+    static const char *const names[] = {"max_entries", "max_output", "max_ratio", NULL};
+
+    lua_settop(L, 2);
+    ldmarc_check_options(L, 2, "dmarc.xml.unzip", names);
+    read_inflate_limits(L, 2, &lim);
+    max_entries = opt_size(L, 2, "max_entries", LDMARC_XML_DEFAULT_MAX_ENTRIES, 1,
+                           LDMARC_XML_HARD_MAX_ENTRIES);
+    memset(&zf, 0, sizeof(zf));
+    src.mem = d;
+    src.fd = -1;
+    src.len = len;
+    code = zip_locate(&src, max_entries, &lim, &zf, &msg);
+    if (code != NULL) {
+        return ldmarc_fail(L, msg, code); /* a string source allocates nothing */
+    }
+    if (zf.chosen.method == 0) {
+        if (crc32(0L, d + zf.data_off, (uInt)zf.chosen.usize) != zf.chosen.crc) {
             return ldmarc_fail(L, "CRC-32 mismatch", "corrupt");
         }
-        lua_pushlstring(L, (const char *)(d + data_off), chosen.usize);
+        lua_pushlstring(L, (const char *)(d + zf.data_off), zf.chosen.usize);
     } else {
         inflate_state *st = new_inflate_state(L);
-        const char *code, *msg = NULL;
         inflate_limits exact = lim;
         /* Never more than the entry declares: a lying header cannot get past it. */
-        exact.max_output = chosen.usize;
-        code = inflate_run(st, d + data_off, chosen.csize, -15, &exact, &msg);
+        exact.max_output = zf.chosen.usize;
+        code = inflate_run(st, d + zf.data_off, zf.chosen.csize, -15, &exact, &msg);
         if (code != NULL && strcmp(code, "nomem") == 0) {
             return luaL_error(L, "dmarc.xml.unzip: out of memory");
         }
         if (code != NULL) {
             /* More output than the directory declares is a lying archive, not a bomb. */
-            return ldmarc_fail(L, msg, st->out_len > chosen.usize ? "zip" : code);
+            return ldmarc_fail(L, msg, st->out_len > zf.chosen.usize ? "zip" : code);
         }
-        if (st->out_len != chosen.usize) {
+        if (st->out_len != zf.chosen.usize) {
             return ldmarc_fail(L, "entry size differs from the directory", "zip");
         }
-        if (crc32(0L, st->out, (uInt)st->out_len) != chosen.crc) {
+        if (crc32(0L, st->out, (uInt)st->out_len) != zf.chosen.crc) {
             return ldmarc_fail(L, "CRC-32 mismatch", "corrupt");
         }
         lua_pushlstring(L, (const char *)st->out, st->out_len);
     }
-    lua_pushlstring(L, (const char *)chosen.name, chosen.name_len);
+    lua_pushlstring(L, (const char *)zf.chosen.name, zf.chosen.name_len);
     return 2;
+}
+
+/* Writes all of @buf to @fd. NULL, or why not. */
+static const char *write_all(int fd, const unsigned char *buf, size_t n)
+{
+    /* Bound: each pass writes at least one byte, or fails. */
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return w < 0 ? strerror(errno) : "short write";
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return NULL;
+}
+
+/* A streamed unpack: its descriptors and buffers, a userdata's (unpack_job_gc frees them). */
+typedef struct unpack_job {
+    byte_source src;
+    int out_fd;
+    zip_found zf;
+    z_stream zs;
+    int zlive;
+    unsigned char *in, *out;
+    size_t in_pos, in_end; /* file bytes [in_pos, in_end) are still to be read */
+    size_t out_len;        /* bytes written */
+    uLong crc;
+} unpack_job;
+
+static int unpack_job_gc(lua_State *L)
+{
+    unpack_job *j = (unpack_job *)luaL_checkudata(L, 1, LDMARC_XML_UNPACK_MT);
+    if (j->zlive) {
+        inflateEnd(&j->zs);
+        j->zlive = 0;
+    }
+    free(j->in);
+    free(j->out);
+    j->in = j->out = NULL;
+    zip_found_free(&j->zf);
+    if (j->src.fd >= 0) {
+        close(j->src.fd);
+        j->src.fd = -1;
+    }
+    if (j->out_fd >= 0) {
+        close(j->out_fd);
+        j->out_fd = -1;
+    }
+    return 0;
+}
+
+/* More compressed input when fewer than @want bytes wait (as zinput). NULL, or "io" with
+** *@msg set. */
+static const char *unpack_input(unpack_job *j, size_t want, const char **msg)
+{
+    size_t have = j->zs.avail_in, n;
+    if (have >= want || j->in_pos >= j->in_end) {
+        return NULL;
+    }
+    if (have > 0) {
+        memmove(j->in, j->zs.next_in, have);
+    }
+    n = LDMARC_XML_READ_STEP - have;
+    if (n > j->in_end - j->in_pos) {
+        n = j->in_end - j->in_pos;
+    }
+    *msg = read_at(j->src.fd, j->in + have, n, j->in_pos);
+    if (*msg != NULL) {
+        return "io";
+    }
+    j->in_pos += n;
+    j->zs.next_in = j->in;
+    j->zs.avail_in = (uInt)(have + n);
+    return NULL;
+}
+
+/* Inflates file bytes [in_pos, in_end) into out_fd, under the caps and with the failures of
+** inflate_run: output is made in the same steps (inflate_run's buffer doubling from 64 KiB,
+** at most 256 KiB a step) and the caps are judged at the end of each, so a file and a string
+** give the same verdict. Input is read LDMARC_XML_READ_STEP at a time; the CRC-32 of the
+** output is kept. Returns NULL, or a failure code with *@msg set ("nomem": the caller
+** raises). */
+static const char *unpack_inflate(unpack_job *j, int window_bits, const inflate_limits *lim,
+                                  const char **msg)
+{
+    unsigned members = 1;
+    size_t cap = 0, hard_cap = lim->max_output + 1;
+    const char *code;
+    if (inflateInit2(&j->zs, window_bits) != Z_OK) {
+        *msg = "out of memory";
+        return "nomem";
+    }
+    j->zlive = 1;
+    /* Bound: each step makes output up to max_output + 1, ends the stream, or fails. */
+    for (;;) {
+        size_t step, made;
+        int rc;
+        if (j->out_len == cap) {
+            cap = cap ? cap * 2 : 65536;
+            if (cap > hard_cap) {
+                cap = hard_cap;
+            }
+            if (cap <= j->out_len) {
+                *msg = "decompressed size over the limit";
+                return "bomb";
+            }
+        }
+        step = cap - j->out_len;
+        if (step > LDMARC_XML_INFLATE_STEP) {
+            step = LDMARC_XML_INFLATE_STEP;
+        }
+        j->zs.next_out = j->out;
+        j->zs.avail_out = (uInt)step;
+        /* One step: input read as zlib asks for it, until the step is full or the stream
+        ** ends, fails, or runs out of input. */
+        do {
+            if ((code = unpack_input(j, 1, msg)) != NULL) {
+                return code;
+            }
+            rc = inflate(&j->zs, Z_NO_FLUSH);
+        } while ((rc == Z_OK || rc == Z_BUF_ERROR) && j->zs.avail_out > 0 &&
+                 (j->zs.avail_in > 0 || j->in_pos < j->in_end));
+        made = step - j->zs.avail_out;
+        j->crc = crc32(j->crc, j->out, (uInt)made);
+        if ((*msg = write_all(j->out_fd, j->out, made)) != NULL) {
+            return "io";
+        }
+        j->out_len += made;
+        if (j->out_len > lim->max_output) {
+            *msg = "decompressed size over the limit";
+            return "bomb";
+        }
+        if (j->out_len > LDMARC_XML_RATIO_FLOOR &&
+            j->out_len / lim->max_ratio > (size_t)j->zs.total_in) {
+            *msg = "compression ratio over the limit";
+            return "bomb";
+        }
+        if (rc == Z_STREAM_END) {
+            if (lim->multi_member && (code = unpack_input(j, 2, msg)) != NULL) {
+                return code;
+            }
+            if (lim->multi_member && j->zs.avail_in >= 2 && j->zs.next_in[0] == 0x1f &&
+                j->zs.next_in[1] == 0x8b && members < LDMARC_XML_MAX_GZIP_MEMBERS) {
+                uLong total_in = j->zs.total_in;
+                members++;
+                if (inflateReset(&j->zs) != Z_OK) {
+                    *msg = "corrupt gzip member";
+                    return "corrupt";
+                }
+                j->zs.total_in = total_in;
+                continue;
+            }
+            return NULL;
+        }
+        if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR) {
+            *msg = j->zs.msg != NULL ? j->zs.msg : "corrupt compressed data";
+            return "corrupt";
+        }
+        if (rc == Z_MEM_ERROR) {
+            *msg = "out of memory";
+            return "nomem";
+        }
+        if (rc == Z_BUF_ERROR || rc == Z_OK) {
+            if (j->zs.avail_in == 0 && j->in_pos >= j->in_end && j->zs.avail_out > 0) {
+                *msg = "compressed data ends early";
+                return "truncated";
+            }
+            continue;
+        }
+        *msg = "inflate failed";
+        return "corrupt";
+    }
+}
+
+/* A zip archive's report entry into out_fd, checked as xml.unzip checks it. */
+static const char *unpack_zip(unpack_job *j, size_t max_entries, const inflate_limits *lim,
+                              zip_found *zf, const char **msg)
+{
+    const char *code = zip_locate(&j->src, max_entries, lim, zf, msg);
+    if (code != NULL) {
+        return code;
+    }
+    j->in_pos = zf->data_off;
+    j->in_end = zf->data_off + zf->chosen.csize;
+    if (zf->chosen.method == 0) {
+        /* Stored: copied a read at a time. */
+        while (j->in_pos < j->in_end) {
+            size_t n = j->in_end - j->in_pos;
+            if (n > LDMARC_XML_READ_STEP) {
+                n = LDMARC_XML_READ_STEP;
+            }
+            if ((*msg = read_at(j->src.fd, j->in, n, j->in_pos)) != NULL ||
+                (*msg = write_all(j->out_fd, j->in, n)) != NULL) {
+                return "io";
+            }
+            j->crc = crc32(j->crc, j->in, (uInt)n);
+            j->in_pos += n;
+            j->out_len += n;
+        }
+    } else {
+        inflate_limits exact = *lim;
+        /* Never more than the entry declares: a lying header cannot get past it. */
+        exact.max_output = zf->chosen.usize;
+        exact.multi_member = 0;
+        code = unpack_inflate(j, -15, &exact, msg);
+        if (code != NULL) {
+            /* More output than the directory declares is a lying archive, not a bomb. */
+            return strcmp(code, "bomb") == 0 && j->out_len > zf->chosen.usize ? "zip" : code;
+        }
+        if (j->out_len != zf->chosen.usize) {
+            *msg = "entry size differs from the directory";
+            return "zip";
+        }
+    }
+    if (j->crc != zf->chosen.crc) {
+        *msg = "CRC-32 mismatch";
+        return "corrupt";
+    }
+    return NULL;
+}
+
+/***
+** @function xml.unpack(src, dst [, opts])
+** One layer of a compressed file into another file, a window at a time, never whole in
+** memory: gzip (several members), zlib, or the report entry of a zip archive. The caps,
+** checks and failures are those of xml.inflate and xml.unzip; a file that cannot be read or
+** written (or is cut short while it is read) gives 'io'.
+** @param {string} src the compressed file's path
+** @param {string} dst the output file's path (an existing file is truncated; one that does
+**   not exist is made with mode 0600)
+** @param {table} opts format ('gzip' | 'zlib' | 'zip'), max_output, max_ratio,
+**   max_entries (as xml.unzip), max_input (bytes of src, default xml.DEFAULT_MAX_INPUT)
+** @return true, the bytes written and, for a zip, the entry's name; or nil, message, code
+*/
+static int ldmarc_xml_unpack(lua_State *L)
+{
+    const char *src_path = luaL_checkstring(L, 1), *dst_path = luaL_checkstring(L, 2);
+    static const char *const names[] = {"format",      "max_output", "max_ratio",
+                                        "max_entries", "max_input",  NULL};
+    static const char *const formats[] = {"gzip", "zlib", "zip", NULL};
+    static const int window_bits[] = {15 + 16, 15, 0};
+    size_t max_entries, max_input;
+    int format = 0;
+    inflate_limits lim;
+    unpack_job *j;
+    struct stat sb;
+    const char *code = NULL, *msg = NULL;
+
+    lua_settop(L, 3);
+    ldmarc_check_options(L, 3, "dmarc.xml.unpack", names);
+    if (!lua_isnil(L, 3)) {
+        lua_getfield(L, 3, "format");
+        format = luaL_checkoption(L, -1, "gzip", formats);
+        lua_pop(L, 1);
+    }
+    read_inflate_limits(L, 3, &lim);
+    lim.multi_member = format == 0;
+    max_entries = opt_size(L, 3, "max_entries", LDMARC_XML_DEFAULT_MAX_ENTRIES, 1,
+                           LDMARC_XML_HARD_MAX_ENTRIES);
+    max_input = opt_size(L, 3, "max_input", LDMARC_XML_DEFAULT_MAX_INPUT, 1, (size_t)INT_MAX);
+    /* Every buffer and descriptor belongs to the userdata: its __gc frees them on a raise. */
+    j = (unpack_job *)lua_newuserdata(L, sizeof(*j));
+    memset(j, 0, sizeof(*j));
+    j->src.fd = j->out_fd = -1;
+    luaL_setmetatable(L, LDMARC_XML_UNPACK_MT);
+    j->src.fd = open(src_path, O_RDONLY | O_CLOEXEC);
+    if (j->src.fd < 0) {
+        return ldmarc_fail(L, strerror(errno), "io");
+    }
+    if (fstat(j->src.fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        return ldmarc_fail(L, "not a regular file", "io");
+    }
+    if ((uintmax_t)sb.st_size > (uintmax_t)max_input) {
+        return ldmarc_fail(L, "document larger than max_input", "limit");
+    }
+    j->src.len = (size_t)sb.st_size;
+    j->in_end = j->src.len;
+    j->crc = crc32(0L, Z_NULL, 0);
+    j->out_fd = open(dst_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (j->out_fd < 0) {
+        return ldmarc_fail(L, strerror(errno), "io");
+    }
+    j->in = (unsigned char *)malloc(LDMARC_XML_READ_STEP);
+    j->out = (unsigned char *)malloc(LDMARC_XML_INFLATE_STEP);
+    if (j->in == NULL || j->out == NULL) {
+        return luaL_error(L, "dmarc.xml.unpack: out of memory");
+    }
+    code = format == 2 ? unpack_zip(j, max_entries, &lim, &j->zf, &msg)
+                       : unpack_inflate(j, window_bits[format], &lim, &msg);
+    if (code == NULL && close(j->out_fd) != 0) {
+        msg = strerror(errno);
+        code = "io";
+    }
+    j->out_fd = -1;
+    if (code != NULL && strcmp(code, "nomem") == 0) {
+        return luaL_error(L, "dmarc.xml.unpack: out of memory");
+    }
+    if (code != NULL) {
+        return ldmarc_fail(L, msg, code);
+    }
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, (lua_Integer)j->out_len);
+    if (format != 2) {
+        return 2;
+    }
+    lua_pushlstring(L, (const char *)j->zf.chosen.name, j->zf.chosen.name_len);
+    return 3;
 }
 /* }====================================================================== */
 
@@ -2204,11 +2629,15 @@ static int ldmarc_xml_gzip(lua_State *L)
 }
 /* }====================================================================== */
 
-static const luaL_Reg module_functions[] = {
-    {"parse", ldmarc_xml_parse}, {"records", ldmarc_xml_records},
-    {"map", ldmarc_xml_file},    {"inflate", ldmarc_xml_inflate},
-    {"unzip", ldmarc_xml_unzip}, {"hmac_sha256", ldmarc_xml_hmac_sha256},
-    {"gzip", ldmarc_xml_gzip},   {NULL, NULL}};
+static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
+                                            {"records", ldmarc_xml_records},
+                                            {"map", ldmarc_xml_file},
+                                            {"inflate", ldmarc_xml_inflate},
+                                            {"unzip", ldmarc_xml_unzip},
+                                            {"unpack", ldmarc_xml_unpack},
+                                            {"hmac_sha256", ldmarc_xml_hmac_sha256},
+                                            {"gzip", ldmarc_xml_gzip},
+                                            {NULL, NULL}};
 
 LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L);
 
@@ -2231,6 +2660,10 @@ LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L)
     lua_pop(L, 1);
     luaL_newmetatable(L, LDMARC_XML_INFLATE_MT);
     lua_pushcfunction(L, inflate_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LDMARC_XML_UNPACK_MT);
+    lua_pushcfunction(L, unpack_job_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     luaL_newmetatable(L, LDMARC_XML_DEFLATE_MT);

@@ -134,3 +134,120 @@ describe('ingest: a report file cut short while it is ingested', function()
     assert.equal('1 1 true io|file cut short while it was read\nstaged 0\n', out)
   end)
 end)
+
+-- Every fixture, ingested from its file (a layer at a time, through temporary files),
+-- gives exactly the results of its bytes ingested whole; the temporary files are gone after.
+describe('ingest: a file read a layer at a time, as its bytes', function()
+  local ingest = require 'dmarc.owner.ingest'
+  local fake_redis = require 'ingest_fake_redis'
+  local x = require 'dmarc.xml'
+
+  local function fixtures()
+    local names = {}
+    for _, dir in ipairs({ 'tests/fixtures/reports/', 'tests/fixtures/ingest/' }) do
+      local p = assert(io.popen('ls ' .. dir))
+      for n in p:lines() do
+        if n ~= 'make-fixtures' and not n:match('%.mbox$') then names[#names + 1] = dir .. n end
+      end
+      p:close()
+    end
+    return names
+  end
+
+  -- os.tmpname watched: the names made during fn.
+  local function watching_temps(fn)
+    local real, made = os.tmpname, {}
+    os.tmpname = function() -- luacheck: ignore 122
+      local n = real()
+      made[#made + 1] = n
+      return n
+    end
+    local ok, err = pcall(fn)
+    os.tmpname = real -- luacheck: ignore 122
+    assert(ok, err)
+    return made
+  end
+
+  it('stores and refuses every fixture with the same results, messages and codes', function()
+    local opts = { now = 1763800000, own = { 'example.com' } }
+    local seen = 0
+    for _, path in ipairs(fixtures()) do
+      local data = env.read_file(path)
+      local whole = ingest.ingest_data(fake_redis(), data, opts, path)
+      local streamed
+      local made = watching_temps(function()
+        streamed = ingest.ingest_file(fake_redis(), path, opts, path)
+      end)
+      assert.same(whole, streamed, path)
+      for _, n in ipairs(made) do assert.is_nil(io.open(n, 'rb'), n .. ' left behind') end
+      seen = seen + 1
+    end
+    assert.truthy(seen > 30)
+  end)
+
+  it('unpacks zip, gzip (gzip inside gzip too) and zlib into a file as unzip and inflate', function()
+    local out = env.tmpname()
+    local cases = {
+      { 'reports/rfc7489.zip', 'zip' }, { 'reports/rfc7489-stored.zip', 'zip' },
+      { 'reports/zip-bomb.zip', 'zip' }, { 'reports/zip-liar.zip', 'zip' },
+      { 'reports/two-reports.zip', 'zip' }, { 'ingest/corrupt.zip', 'zip' },
+      { 'ingest/not-zip.zip', 'zip' }, { 'reports/rfc9990.xml', 'zip' },
+      { 'reports/rfc9990.xml.gz', 'gzip' }, { 'reports/gzip-bomb.gz', 'gzip' },
+      { 'reports/truncated.xml.gz', 'gzip' }, { 'ingest/gzip-in-gzip.xml.gz', 'gzip' },
+      { 'ingest/zlib.xml.gz', 'zlib' }, { 'reports/rfc9990.xml', 'gzip' },
+    }
+    for _, c in ipairs(cases) do
+      c[1] = 'tests/fixtures/' .. c[1]
+      local data = env.read_file(c[1])
+      local want
+      if c[2] == 'zip' then
+        want = { x.unzip(data, { max_output = 1024 * 1024 }) }
+      else
+        want = { x.inflate(data, { format = c[2], max_output = 1024 * 1024 }) }
+      end
+      local got = { x.unpack(c[1], out, { format = c[2], max_output = 1024 * 1024 }) }
+      if want[1] then
+        assert.is_true(got[1], c[1])
+        assert.equal(#want[1], got[2], c[1])
+        assert.equal(want[1], env.read_file(out), c[1])
+        if c[2] == 'zip' then assert.equal(want[2], got[3], c[1]) end
+      else
+        assert.same(want, got, c[1])
+      end
+    end
+    -- A source that cannot be read, a destination that cannot be written, a source over max_input.
+    assert.equal('io', select(3, x.unpack('/nonexistent', out)))
+    assert.equal('io', select(3, x.unpack('tests/fixtures/reports/rfc9990.xml.gz', '/nonexistent/out')))
+    assert.equal('limit', select(3, x.unpack('tests/fixtures/reports/rfc9990.xml.gz', out,
+                                              { max_input = 10 })))
+    assert.has_error(function() x.unpack(out, out, { format = 'rar' }) end)
+    os.remove(out)
+  end)
+
+  it('reads standard input through a temporary file, with the same bound', function()
+    local path = 'tests/fixtures/reports/rfc7489.zip'
+    local cmd = 'cat ' .. env.shell_quote(path) .. ' | '
+    local function via_stdin(max)
+      local script = env.tmpname()
+      env.write_file(script, [[
+        local ingest = require 'dmarc.owner.ingest'
+        local stats = ingest.ingest_files(require 'ingest_fake_redis'(), { '-' },
+                                          { now = 1763800000, max_input = tonumber(arg[1]) })
+        io.write(stats.stored, ' ', stats.records, ' ', stats.errors, ' ',
+                 tostring((stats.failures[1] or {}).message), '\n')
+      ]])
+      local o, s = env.run(string.format('cd %s && %s LUA_PATH=%s LUA_CPATH=%s %s %s %d 2>&1',
+        env.shell_quote(env.root), cmd, env.shell_quote('./lua/?.lua;./tests/lua/helpers/?.lua;;'),
+        env.shell_quote(env.build .. '/?.so;;'), env.runtime, env.shell_quote(script), max))
+      os.remove(script)
+      return o, s
+    end
+    local size = #env.read_file(path)
+    local out, status = via_stdin(size)
+    assert.equal(0, status, out)
+    assert.equal('1 2 0 nil\n', out)
+    out, status = via_stdin(size - 1)
+    assert.equal(0, status, out)
+    assert.equal('0 0 1 input over the size limit (' .. (size - 1) .. ' bytes)\n', out)
+  end)
+end)

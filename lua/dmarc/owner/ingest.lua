@@ -481,6 +481,113 @@ local function unwrap_item(z, bytes, part, file_name)
   return { error = err, code = code, part = part }
 end
 
+-- ---------------------------------------------------------------------------
+-- Unwrapping a file on disk a layer at a time: the checks, messages and
+-- warnings of decompress and unwrap_item, with nothing held whole. A gzip or
+-- zlib layer whose content is XML is parsed as it is inflated; any other
+-- layer (a zip's report entry, gzip inside gzip) is unpacked into a
+-- temporary file (dmarc.xml.unpack) and read from there.
+
+-- Temporary files: os.tmpname makes each with mkstemp (mode 0600, a name
+-- no other process holds); the caller removes them once the input is read.
+local function temp_file(temps)
+  local name = os.tmpname()
+  temps[#temps + 1] = name
+  return name
+end
+
+local function remove_temps(temps)
+  for i = #temps, 1, -1 do
+    os.remove(temps[i])
+    temps[i] = nil
+  end
+end
+
+-- The first bytes (at most 512) and the size of a file; nil, message when it
+-- cannot be opened.
+local function file_head(path)
+  local f, err = io.open(path, 'rb')
+  if not f then return nil, err end
+  local head = f:read(512) or ''
+  local size = f:seek('end')
+  f:close()
+  return head, size
+end
+
+-- decompress on a file: a document to read ({path = file of XML} or {doc =
+-- dmarc.xml.map inflating, prefix = 'gzip: ' | 'zlib: '}), or nil, message,
+-- code (nil, nil, 'format' for a file that is no archive at layer 1).
+local function decompress_file(z, path, layer, warnings, temps)
+  local head, size = file_head(path)
+  if not head then return nil, 'cannot open: ' .. tostring(size), 'io' end
+  local kind = M.sniff(head)
+  if kind == 'xml' or kind == 'xml16' then
+    if size > z.max_output then return nil, 'XML over the size limit', 'limit' end
+    if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
+    return { path = path, size = size }
+  end
+  local zlib = kind == nil and is_zlib(head)
+  if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
+    if layer > 1 then return nil, 'compressed content is not XML', 'format' end
+    return nil, nil, 'format'
+  end
+  if layer > M.limits.max_layers then
+    return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
+  end
+  local prefix = zlib and 'zlib: ' or 'gzip: '
+  if kind ~= 'zip' then
+    local ok, doc, _, ihead = pcall(z.x.map, path, {
+      max_input = math.max(size, 1), inflate = zlib and 'zlib' or 'gzip',
+      max_output = z.max_output, max_ratio = z.max_ratio })
+    local ikind = ok and doc and ihead and M.sniff(ihead)
+    if ikind == 'xml' or ikind == 'xml16' then
+      if zlib then warnings[#warnings + 1] = 'zlib' end
+      if layer > 1 then warnings[#warnings + 1] = 'nested_compression' end
+      if ikind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
+      return { doc = doc, prefix = prefix }
+    end
+    if ok and doc then doc:close() end
+  end
+  local out = temp_file(temps)
+  local done, err, code = z.x.unpack(path, out, {
+    format = kind == 'zip' and 'zip' or zlib and 'zlib' or 'gzip', max_input = math.max(size, 1),
+    max_output = z.max_output, max_ratio = z.max_ratio })
+  if not done then
+    if kind == 'zip' then
+      local broken = code == 'zip' or code == 'corrupt' or code == 'truncated' or code == 'crc'
+      return nil, (broken and 'corrupt zip: ' or 'zip: ') .. err, code
+    end
+    return nil, prefix .. err, code
+  end
+  if zlib then warnings[#warnings + 1] = 'zlib' end
+  if layer > 1 then warnings[#warnings + 1] = 'nested_compression' end
+  local got, e, c = decompress_file(z, out, layer + 1, warnings, temps)
+  if not got and not e then
+    return nil, (kind or 'zlib') .. ' content is not XML', 'format'
+  end
+  return got, e, c
+end
+
+-- unwrap_item on a file: {xml_file = what decompress_file found, warnings,
+-- part} or {error, code, part}.
+local function unwrap_item_file(z, path, part, file_name, temps)
+  local warnings = {}
+  local got, err, code = decompress_file(z, path, 1, warnings, temps)
+  if got then return { xml_file = got, warnings = warnings, part = part } end
+  if not err then
+    local lname = (file_name or ''):lower()
+    if (file_head(path) or ''):sub(1, 2) == 'PK' or lname:match('%.zip$') then
+      err, code = 'corrupt zip: no zip signature', 'corrupt'
+    elseif lname:match('%.gz$') or lname:match('%.gzip$') then
+      err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
+    else
+      err = part and 'attachment is not a report (XML, gzip or zip)'
+        or 'not a report (XML, gzip, zip, e-mail or mbox)'
+    end
+  end
+  return { error = err, code = code, part = part }
+end
+
 --- The report documents in some bytes: plain XML, gzip (also gzip inside
 -- gzip), a zlib stream, zip, or an e-mail carrying any of those (and
 -- failure reports). Every attachment gives one item, read or failed: a
@@ -1387,24 +1494,92 @@ end
 -- @return array of per-report results {status = 'stored' | 'duplicate' |
 --   'refused' | 'error', domain, org_name, report_id, records, messages,
 --   foreign, warnings, part, message, code}
+-- A report document found in a file (decompress_file): read from the file
+-- a window at a time, or inflated as it is parsed; closed once ingested.
+local function ingest_doc_file(conn, it, opts)
+  local spec, doc = it.xml_file, it.xml_file.doc
+  if not doc then
+    local err, code
+    doc, err, code = xmlmod().map(spec.path, { max_input = math.max(spec.size, 1) })
+    if not doc then
+      return { status = 'error', message = 'cannot open: ' .. tostring(err), code = code,
+               part = it.part }
+    end
+  end
+  local r = ingest_doc(conn, { xml = doc, warnings = it.warnings, part = it.part }, opts)
+  doc:close()
+  if spec.prefix and r.status == 'error'
+      and (r.code == 'bomb' or r.code == 'corrupt' or r.code == 'truncated') then
+    r.message = spec.prefix .. tostring(r.message)
+  end
+  return r
+end
+
+-- The result of one item of M.unwrap (or of a file's unwrapping).
+local function ingest_item(conn, it, opts)
+  if it.xml then return ingest_doc(conn, it, opts) end
+  if it.xml_file then return ingest_doc_file(conn, it, opts) end
+  if it.failure then
+    local r = failures.ingest(conn, it.failure, {
+      prefix = opts.prefix, failure_ttl = opts.failure_ttl, refuse_foreign = opts.refuse_foreign,
+    }, opts.own and function(d) return M.owned(d, opts.own) end or nil)
+    r.part = it.part
+    return r
+  end
+  return { status = 'error', message = it.error, code = it.code, part = it.part }
+end
+
 function M.ingest_data(conn, data, opts, name)
   opts = opts or {}
   local results = {}
   for _, it in ipairs(M.unwrap(data, opts, name)) do
-    if it.xml then
-      results[#results + 1] = ingest_doc(conn, it, opts)
-    elseif it.failure then
-      local r = failures.ingest(conn, it.failure, {
-        prefix = opts.prefix, failure_ttl = opts.failure_ttl, refuse_foreign = opts.refuse_foreign,
-      }, opts.own and function(d) return M.owned(d, opts.own) end or nil)
-      r.part = it.part
-      results[#results + 1] = r
-    else
-      results[#results + 1] = { status = 'error', message = it.error, code = it.code,
-                                part = it.part }
-    end
+    results[#results + 1] = ingest_item(conn, it, opts)
   end
   return results
+end
+
+-- The reading bounds of unwrap, from the run's options.
+local function unwrap_bounds(opts)
+  return { x = xmlmod(), max_output = opts.max_xml or M.limits.max_xml,
+           max_ratio = opts.max_ratio or M.limits.max_ratio }
+end
+
+--- Ingest one file on disk as M.ingest_data ingests its bytes, with the same
+-- results, messages and codes, without holding it whole: plain XML is read
+-- a window at a time, gzip and zlib inflated as they are parsed, a zip's
+-- report entry and each further layer unpacked into a temporary file
+-- (removed once read).
+-- @param name {string|nil} the name shown for it (a .zip that is no zip: corrupt)
+-- @return array of per-report results, as M.ingest_data
+function M.ingest_file(conn, path, opts, name)
+  opts = opts or {}
+  local max = opts.max_input or M.limits.max_input
+  local head, size = file_head(path)
+  if not head then return { { status = 'error', message = 'cannot open: ' .. tostring(size),
+                              code = 'io' } } end
+  if size > max then
+    return { { status = 'error', message = 'file over the size limit (' .. max .. ' bytes)',
+               code = 'limit' } }
+  end
+  local z = unwrap_bounds(opts)
+  local kind = M.sniff(head)
+  if not z.x then kind = 'mime' end -- (unwrap says the module is not built)
+  if kind == 'mbox' then
+    return { { status = 'error', message = 'an mbox file: give its path (or use ingest_mbox)',
+               code = 'format' } }
+  end
+  if kind == 'mime' then
+    local data, err, code = M.read_input(path, opts)
+    if not data then return { { status = 'error', message = err, code = code } } end
+    return M.ingest_data(conn, data, opts, name)
+  end
+  local temps = {}
+  local ok, r = pcall(function()
+    return ingest_item(conn, unwrap_item_file(z, path, nil, name, temps), opts)
+  end)
+  remove_temps(temps)
+  if not ok then error(r, 0) end
+  return { r }
 end
 
 --- New run statistics (the --json object of docs/ingest.md).
@@ -1486,69 +1661,28 @@ local function ingest_mbox(conn, f, head, path, stats, opts)
   end)
 end
 
--- A plain XML file on disk: both passes read it a window at a time
--- (dmarc.xml.map: pread, never a mapping, so a file cut short by another
--- process while it is read fails with 'io' instead of killing the run), never
--- as a string, so its size costs no memory. The bounds and their messages
--- are those of M.read_input and M.unwrap.
--- @return the results, or nil when the file is to be read whole
-local function ingest_xml_file(conn, f, kind, path, opts)
-  local x = xmlmod()
-  if not x or not x.map then return nil end
+-- Standard input (not an mbox) copied into a temporary file a chunk at a
+-- time, at most max_input bytes, so it is read as a file is.
+-- @return the file's path, or nil, message, code
+local function spool_stdin(head, opts, temps)
   local max = opts.max_input or M.limits.max_input
-  local size = f:seek('end')
-  if not size then return nil end
-  if size > max then
-    return { { status = 'error', message = 'file over the size limit (' .. max .. ' bytes)',
-               code = 'limit' } }
+  local path = temp_file(temps)
+  local out = assert(io.open(path, 'wb'))
+  local size = #(head or '')
+  out:write(head or '')
+  while head and size <= max do
+    local chunk = io.stdin:read(math.min(MBOX_CHUNK, max + 1 - size))
+    if not chunk or chunk == '' then break end
+    size = size + #chunk
+    out:write(chunk)
   end
-  if size > (opts.max_xml or M.limits.max_xml) then
-    return { { status = 'error', message = 'XML over the size limit', code = 'limit' } }
-  end
-  local doc, err, code = x.map(path, { max_input = max })
-  if not doc then
-    return { { status = 'error', message = 'cannot open: ' .. tostring(err), code = code } }
-  end
-  local r = ingest_doc(conn, { xml = doc, warnings = kind == 'xml16' and { 'utf16' } or {} }, opts)
-  doc:close()
-  return { r }
+  out:close()
+  if size > max then return nil, 'input over the size limit (' .. max .. ' bytes)', 'limit' end
+  return path
 end
 
--- A gzip or zlib file on disk holding XML: both passes inflate it from the
--- file as they parse (dmarc.xml.map with inflate), so the
--- report is never held whole; the caps (max_xml, max_ratio) and the
--- messages are those of M.unwrap. Anything else in it (gzip inside gzip, a
--- zip, not XML) and an unreadable start take the whole-file path.
--- @return the results, or nil when the file is to be read whole
-local function ingest_gz_file(conn, f, zlib, path, opts)
-  local x = xmlmod()
-  if not x or not x.map then return nil end
-  local max = opts.max_input or M.limits.max_input
-  local size = f:seek('end')
-  if not size or size > max then return nil end
-  local ok, doc, _, head = pcall(x.map, path, {
-    max_input = max, inflate = zlib and 'zlib' or 'gzip',
-    max_output = opts.max_xml or M.limits.max_xml, max_ratio = opts.max_ratio or M.limits.max_ratio,
-  })
-  if not ok or not doc then return nil end
-  local kind = head and M.sniff(head)
-  if kind ~= 'xml' and kind ~= 'xml16' then
-    doc:close()
-    return nil
-  end
-  local warnings = {}
-  if zlib then warnings[#warnings + 1] = 'zlib' end
-  if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
-  local r = ingest_doc(conn, { xml = doc, warnings = warnings }, opts)
-  doc:close()
-  if r.status == 'error' and (r.code == 'bomb' or r.code == 'corrupt' or r.code == 'truncated') then
-    r.message = (zlib and 'zlib: ' or 'gzip: ') .. tostring(r.message)
-  end
-  return { r }
-end
-
--- The results of one path: an mbox is streamed, plain XML read a window at a
--- time, gzip and zlib inflated as they are parsed, anything else read whole.
+-- The results of one path: an mbox is read a message at a time, any other
+-- file (standard input copied to a temporary file first) by M.ingest_file.
 local function ingest_path(conn, path, stats, opts)
   local stdin = path == '-'
   local f = stdin and io.stdin or io.open(path, 'rb')
@@ -1559,40 +1693,22 @@ local function ingest_path(conn, path, stats, opts)
     if not stdin then f:close() end
     return
   end
-  local kind = head and M.sniff(head)
   local results
-  if not stdin and kind == 'gzip' or not stdin and kind == nil and head and is_zlib(head) then
-    results = ingest_gz_file(conn, f, kind == nil, path, opts)
-  end
-  if results then
-    f:close()
-    for _, r in ipairs(results) do M.account(stats, path, r, opts) end
-    return
-  end
-  if not stdin and (kind == 'xml' or kind == 'xml16') then
-    results = ingest_xml_file(conn, f, kind, path, opts)
-    if results then
-      f:close()
-      for _, r in ipairs(results) do M.account(stats, path, r, opts) end
-      return
-    end
-  end
-  local data, err, code
   if stdin then
-    local max = opts.max_input or M.limits.max_input
-    data = (head or '') .. (head and f:read(math.max(0, max + 1 - #head)) or '')
-    if #data > max then
-      data, err, code = nil, 'input over the size limit (' .. max .. ' bytes)', 'limit'
-    end
+    local temps = {}
+    local ok, r = pcall(function()
+      local file, err, code = spool_stdin(head, opts, temps)
+      if not file then return { { status = 'error', message = err, code = code } } end
+      return M.ingest_file(conn, file, opts, path)
+    end)
+    remove_temps(temps)
+    if not ok then error(r, 0) end
+    results = r
   else
     if f then f:close() end
-    data, err, code = M.read_input(path, opts)
+    results = M.ingest_file(conn, path, opts, path)
   end
-  if not data then
-    M.account(stats, path, { status = 'error', message = err, code = code }, opts)
-    return
-  end
-  for _, r in ipairs(M.ingest_data(conn, data, opts, path)) do M.account(stats, path, r, opts) end
+  for _, r in ipairs(results) do M.account(stats, path, r, opts) end
 end
 
 --- Ingest files. Each file's failure is its own: the rest of the batch is
