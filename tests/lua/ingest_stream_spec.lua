@@ -251,3 +251,62 @@ describe('ingest: a file read a layer at a time, as its bytes', function()
     assert.equal('0 0 1 input over the size limit (' .. (size - 1) .. ' bytes)\n', out)
   end)
 end)
+
+-- The MIME walk reads bodies a window (64 KiB) at a time and decodes them a chunk at a time:
+-- the bytes must be those of the whole-body decoders, whatever falls on a window's edge.
+describe('ingest: attachments decoded a chunk at a time', function()
+  local ingest = require 'dmarc.owner.ingest'
+
+  local function random_text(seed, n, alphabet)
+    local out = {}
+    for i = 1, n do
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      local k = seed % #alphabet + 1
+      out[i] = alphabet:sub(k, k)
+    end
+    return table.concat(out)
+  end
+
+  local function message(cte, body)
+    return 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+      .. 'Content-Type: application/gzip\r\nContent-Transfer-Encoding: ' .. cte .. '\r\n\r\n'
+      .. body .. '\r\n--b--\r\n'
+  end
+
+  it('gives the bytes of base64_decode and qp_decode on the whole body', function()
+    for seed = 1, 6 do
+      -- base64 text with line breaks, stray characters and (from seed 4 on) padding inside.
+      local b64 = random_text(seed, 200000, 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij0123456789+/\r\n \t*'
+                                            .. (seed >= 4 and '=' or ''))
+      local parts = assert(ingest.mime_attachments(message('base64', b64)))
+      assert.equal(ingest.base64_decode(b64), parts[1].data)
+      -- quoted-printable with soft breaks, =XX, lone '=' and CRs at every position.
+      local qp = random_text(seed, 200000, '=\r\n=\r\nA3f=0Dx=Fz-\t ')
+      parts = assert(ingest.mime_attachments(message('quoted-printable', qp)))
+      assert.equal(ingest.qp_decode(qp), parts[1].data)
+    end
+  end)
+
+  it('decodes the same whatever the chunks: every edge of base64 and quoted-printable', function()
+    local function chunked(cte, text, seed)
+      local out = {}
+      local feed = ingest.body_decoder(cte, function(p) out[#out + 1] = p end)
+      local pos = 1
+      while pos <= #text do
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        local n = seed % 7 + 1 -- chunks of 1 to 7 bytes: every split of '=\r\n' and '=XX'
+        feed(text:sub(pos, pos + n - 1))
+        pos = pos + n
+      end
+      feed(nil)
+      return table.concat(out)
+    end
+    for seed = 1, 20 do
+      local b64 = random_text(seed, 3000, 'QUJDRA0K+/\r\n *' .. (seed % 2 == 0 and '=' or ''))
+      assert.equal(ingest.base64_decode(b64), chunked('base64', b64, seed))
+      local qp = random_text(seed, 3000, '==\r\n\r\nA3f0x=F-')
+      assert.equal(ingest.qp_decode(qp), chunked('quoted-printable', qp, seed))
+      assert.equal(qp, chunked('7bit', qp, seed))
+    end
+  end)
+end)

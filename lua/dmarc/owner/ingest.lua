@@ -251,10 +251,59 @@ local REPORT_TYPES = {
   ['text/xml'] = true, ['application/xml'] = true, ['application/octet-stream'] = true,
 }
 
-local function split_entity(data)
-  local s, e = data:find('\r?\n\r?\n')
-  if not s then return data, '' end
-  return data:sub(1, s - 1), data:sub(e + 1)
+-- The MIME walk reads a message from a source: a string, or a file read a
+-- window at a time, so a message of any size within max_input costs a window
+-- of memory. An entity is a range [a, b] of the source (1-based, inclusive);
+-- bodies stay ranges until an attachment is decoded, a chunk at a time.
+local SCAN = 65536
+
+local function string_source(str)
+  local src = { len = #str }
+  function src.sub(_, i, j)
+    if j < i then return '' end
+    return str:sub(i, j)
+  end
+  -- needle (plain) at or after init, wholly inside [init, last]
+  function src.find(_, needle, init, last)
+    local s, e = str:find(needle, init, true)
+    if s and e <= last then return s, e end
+    return nil
+  end
+  return src
+end
+
+local function file_source(f, size)
+  local src = { len = size }
+  function src.sub(_, i, j)
+    if i < 1 then i = 1 end
+    if j > size then j = size end
+    if j < i then return '' end
+    f:seek('set', i - 1)
+    return f:read(j - i + 1) or ''
+  end
+  function src.find(self, needle, init, last)
+    local n = #needle
+    -- Bound: each window moves SCAN bytes on, to the end of the range.
+    for pos = init, last - n + 1, SCAN do
+      local chunk = self:sub(pos, math.min(last, pos + SCAN + n - 2))
+      local s = chunk:find(needle, 1, true)
+      if s then return pos + s - 1, pos + s + n - 2 end
+    end
+    return nil
+  end
+  return src
+end
+
+-- An entity's header block and body (RFC 5322 §2.1: the first empty line).
+-- A header block is only read up to max_header: when no empty line ends it
+-- there, the head is the whole range (over the bound either way; a caller
+-- that takes its first max_header bytes gets the same bytes).
+-- @return ha, hb, ba, bb
+local function split_entity(src, a, b)
+  local chunk = src:sub(a, math.min(b, a + M.limits.max_header + 8))
+  local s, e = chunk:find('\r?\n\r?\n')
+  if not s then return a, b, b + 1, b end
+  return a, a + s - 2, a + e, b
 end
 
 -- The MIME walk of one message: `w` holds what it found, the parts and
@@ -267,13 +316,24 @@ local function over(w, key, message)
   w.found[#w.found + 1] = { error = message, code = 'limit' }
 end
 
--- The body parts of a multipart entity (RFC 2046 §5.1), at most max_mime_parts.
-local function split_parts(w, body, cparams)
+-- The body parts of a multipart entity (RFC 2046 §5.1), at most
+-- max_mime_parts: ranges of src. The body is read as if a line end came
+-- before it (a delimiter may open the body), in positions p of that text:
+-- p = 1 is the line end, p > 1 the source's a + p - 2.
+local function split_parts(w, src, a, b, cparams)
   local limits = M.limits
   local boundary = cparams.boundary
   if not boundary or boundary == '' or #boundary > 200 then return {} end
   local delim = '--' .. boundary
-  body = '\n' .. body
+  local blen = b - a + 2
+  local function find(needle, init)
+    if init == 1 and src:sub(a, math.min(b, a + #needle - 2)) == needle:sub(2) then
+      return 1, #needle
+    end
+    local s, e = src:find(needle, a + math.max(init, 2) - 2, b)
+    if s then return s - a + 2, e - a + 2 end
+    return nil
+  end
   local pos = 1
   local starts = {}
   while true do
@@ -281,11 +341,11 @@ local function split_parts(w, body, cparams)
       over(w, 'parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
       break
     end
-    local s, e = body:find('\n' .. delim, pos, true)
+    local s, e = find('\n' .. delim, pos)
     if not s then break end
-    local closing = body:sub(e + 1, e + 2) == '--'
-    local line_end = body:find('\n', e + 1, true)
-    starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or #body + 1,
+    local closing = src:sub(a + e - 1, math.min(b, a + e)) == '--'
+    local line_end = find('\n', e + 1)
+    starts[#starts + 1] = { s = s, after = line_end and line_end + 1 or blen + 1,
                             closing = closing }
     if closing or not line_end then break end
     pos = line_end
@@ -293,16 +353,111 @@ local function split_parts(w, body, cparams)
   local parts = {}
   for i = 1, #starts - 1 do
     if starts[i].closing then break end
-    parts[#parts + 1] = (body:sub(starts[i].after, starts[i + 1].s - 1):gsub('\r$', ''))
+    local pa, pb = a + starts[i].after - 2, a + starts[i + 1].s - 3
+    if pb >= pa and src:sub(pb, pb) == '\r' then pb = pb - 1 end
+    parts[#parts + 1] = { pa, pb }
   end
   return parts
 end
 
-local function decode_body(h, body)
+-- Decoders fed a chunk at a time (nil: the end), giving the bytes of
+-- M.base64_decode and M.qp_decode on the whole text to out(piece).
+local function base64_decoder(out)
+  local carry, stopped = '', false
+  return function(chunk)
+    if chunk == nil then
+      local rest = #carry % 4
+      if rest == 1 then
+        carry = carry:sub(1, -2)
+      elseif rest > 1 then
+        carry = carry .. ('='):rep(4 - rest)
+      end
+      if carry ~= '' then out((mime.unb64(carry)) or '') end
+      return
+    end
+    if stopped then return end
+    local buf = carry .. chunk:gsub('[^%w%+/=]', '')
+    local pad = buf:find('=', 1, true)
+    if pad then
+      buf = buf:sub(1, pad - 1)
+      stopped = true
+    end
+    local whole = #buf - #buf % 4
+    if whole > 0 then out((mime.unb64(buf:sub(1, whole))) or '') end
+    carry = buf:sub(whole + 1)
+  end
+end
+
+local function qp_unhex(h) return string.char(tonumber(h, 16)) end
+
+local function qp_decoder(out)
+  -- Soft line breaks go first, then =XX (as M.qp_decode): each pass holds back
+  -- the end of its buf that may begin a match with the next chunk.
+  local soft, pending = '', ''
+  local function decode_hex(buf, last)
+    buf = pending .. buf
+    local keep = 0
+    if not last then
+      if buf:sub(-1) == '=' then
+        keep = 1
+      elseif buf:sub(-2, -2) == '=' and buf:sub(-1):match('%x') then
+        keep = 2
+      end
+    end
+    pending = buf:sub(#buf - keep + 1)
+    out((buf:sub(1, #buf - keep):gsub('=(%x%x)', qp_unhex)))
+  end
+  return function(chunk)
+    local buf = soft .. (chunk or '')
+    local keep = 0
+    if chunk then
+      if buf:sub(-1) == '=' then
+        keep = 1
+      elseif buf:sub(-2) == '=\r' then
+        keep = 2
+      end
+    end
+    soft = buf:sub(#buf - keep + 1)
+    decode_hex((buf:sub(1, #buf - keep):gsub('=\r?\n', '')), chunk == nil)
+  end
+end
+
+-- The decoded body [a, b] of src (Content-Transfer-Encoding, RFC 2045 §6)
+-- to out(piece), a window at a time; stop() true ends the reading early.
+--- A body decoder fed a chunk at a time (Content-Transfer-Encoding, RFC
+-- 2045 §6): feed(chunk) gives the decoded bytes to out(piece) as they are
+-- known, feed(nil) the rest at the end; the bytes are those of
+-- M.base64_decode / M.qp_decode on the whole text (7bit, 8bit, binary: as is).
+-- @param cte {string} the encoding's name, lowercase
+-- @param out function(piece)
+-- @return feed
+function M.body_decoder(cte, out)
+  if cte == 'base64' then return base64_decoder(out) end
+  if cte == 'quoted-printable' then return qp_decoder(out) end
+  return function(chunk) if chunk then out(chunk) end end
+end
+
+local function decode_body(h, src, a, b, out, stop)
   local cte = (h['content-transfer-encoding'] or '7bit'):lower():gsub('%s', '')
-  if cte == 'base64' then return M.base64_decode(body) end
-  if cte == 'quoted-printable' then return M.qp_decode(body) end
-  return body
+  local feed = M.body_decoder(cte, out)
+  -- Bound: SCAN bytes a step, to the end of the body.
+  for pos = a, b, SCAN do
+    feed(src:sub(pos, math.min(b, pos + SCAN - 1)))
+    if stop and stop() then return end
+  end
+  feed(nil)
+end
+
+-- The first max bytes of a decoded body, as a string.
+local function decode_prefix(h, src, a, b, max)
+  local parts, size = {}, 0
+  decode_body(h, src, a, b, function(piece)
+    if size < max and piece ~= '' then
+      parts[#parts + 1] = piece:sub(1, max - size)
+      size = size + #parts[#parts]
+    end
+  end, function() return size >= max end)
+  return table.concat(parts)
 end
 
 -- Counts one report found; false (and a failure entry) past max_attachments.
@@ -317,21 +472,22 @@ end
 -- A failure report (RFC 6591: multipart/report; report-type=
 -- feedback-report): its feedback fields and the original message's header
 -- block; the original body is never taken.
-local function take_feedback(w, outer, body, cparams)
+local function take_feedback(w, outer, src, a, b, cparams)
   local limits = M.limits
   local fb = { outer = outer }
-  for _, part in ipairs(split_parts(w, body, cparams)) do
-    local ph, pb = split_entity(part)
-    if #ph <= limits.max_header then
-      local h = parse_headers(ph)
+  for _, part in ipairs(split_parts(w, src, a, b, cparams)) do
+    local ha, hb, pa, pb = split_entity(src, part[1], part[2])
+    if hb - ha + 1 <= limits.max_header then
+      local h = parse_headers(src:sub(ha, hb))
       local ctype = header_params(h['content-type'] or 'text/plain')
       if ctype == 'message/feedback-report' and not fb.feedback then
-        fb.feedback = decode_body(h, pb):sub(1, limits.max_header)
+        fb.feedback = decode_prefix(h, src, pa, pb, limits.max_header)
       elseif ctype == 'text/rfc822-headers' and not fb.headers then
-        fb.headers = decode_body(h, pb):sub(1, limits.max_header)
+        fb.headers = decode_prefix(h, src, pa, pb, limits.max_header)
       elseif (ctype == 'message/rfc822' or ctype == 'message/rfc822-headers')
           and not fb.headers then
-        fb.headers = (split_entity(pb)):sub(1, limits.max_header)
+        local xa, xb = split_entity(src, pa, pb)
+        fb.headers = src:sub(xa, math.min(xb, xa + limits.max_header - 1))
       end
     end
   end
@@ -344,8 +500,9 @@ local function take_feedback(w, outer, body, cparams)
   w.found[#w.found + 1] = { failure = fb }
 end
 
--- A leaf part: taken when it is gzip, zip or XML by media type or file name.
-local function take_leaf(w, h, ctype, cparams, body)
+-- A leaf part: taken when it is gzip, zip or XML by media type or file name;
+-- its body stays a range (body = {a, b}, headers h) until it is decoded.
+local function take_leaf(w, h, ctype, cparams, a, b)
   local limits = M.limits
   local _, dparams = header_params(h['content-disposition'])
   local filename = dparams.filename or cparams.name or ''
@@ -354,15 +511,15 @@ local function take_leaf(w, h, ctype, cparams, body)
   if not REPORT_TYPES[ctype] and not by_name then return end
   if not count_attachment(w) then return end
   local name = clip(filename, limits.max_text)
-  if #body > limits.max_input * 4 / 3 + 4096 then
+  if b - a + 1 > limits.max_input * 4 / 3 + 4096 then
     w.found[#w.found + 1] = { error = 'attachment ' .. text_util.shown(name)
                               .. ' over the size limit', code = 'limit' }
     return
   end
-  w.found[#w.found + 1] = { content_type = ctype, filename = name, data = decode_body(h, body) }
+  w.found[#w.found + 1] = { content_type = ctype, filename = name, body = { a, b, h = h } }
 end
 
-local function walk(w, entity, depth)
+local function walk(w, src, a, b, depth)
   local limits = M.limits
   if depth > limits.max_mime_depth then
     over(w, 'depth', 'a part nested deeper than ' .. limits.max_mime_depth
@@ -374,22 +531,34 @@ local function walk(w, entity, depth)
     over(w, 'parts', 'more than ' .. limits.max_mime_parts .. ' MIME parts in one message')
     return
   end
-  local head, body = split_entity(entity)
-  if #head > limits.max_header then
+  local ha, hb, ba, bb = split_entity(src, a, b)
+  if hb - ha + 1 > limits.max_header then
     over(w, 'header', 'a MIME header block over ' .. limits.max_header .. ' bytes; part not read')
     return
   end
+  local head = src:sub(ha, hb)
   local h = parse_headers(head)
   local ctype, cparams = header_params(h['content-type'] or 'text/plain')
   if ctype == 'multipart/report' and (cparams['report-type'] or ''):lower() == 'feedback-report' then
-    return take_feedback(w, head, body, cparams)
+    return take_feedback(w, head, src, ba, bb, cparams)
   end
   if ctype:match('^multipart/') then
-    for _, part in ipairs(split_parts(w, body, cparams)) do walk(w, part, depth + 1) end
+    for _, part in ipairs(split_parts(w, src, ba, bb, cparams)) do
+      walk(w, src, part[1], part[2], depth + 1)
+    end
     return
   end
-  if ctype == 'message/rfc822' then return walk(w, body, depth + 1) end
-  take_leaf(w, h, ctype, cparams, body)
+  if ctype == 'message/rfc822' then return walk(w, src, ba, bb, depth + 1) end
+  take_leaf(w, h, ctype, cparams, ba, bb)
+end
+
+-- The walk of a message in src: mime_attachments' entries, a report
+-- attachment's body left as a range; or nil, message, code.
+local function mime_walk(src)
+  local w = { found = {}, parts_seen = 0, attachments = 0, told = {} }
+  walk(w, src, 1, src.len, 1)
+  if #w.found == 0 then return nil, 'no report attachment in the message', 'no_report' end
+  return w.found
 end
 
 --- Report attachments of an e-mail (RFC 5322 + MIME): the decoded content
@@ -405,10 +574,19 @@ end
 --   carries nothing to read
 function M.mime_attachments(msg)
   if type(msg) ~= 'string' then error('mime_attachments: string expected', 2) end
-  local w = { found = {}, parts_seen = 0, attachments = 0, told = {} }
-  walk(w, msg, 1)
-  if #w.found == 0 then return nil, 'no report attachment in the message', 'no_report' end
-  return w.found
+  local src = string_source(msg)
+  local found, err, code = mime_walk(src)
+  if not found then return nil, err, code end
+  for _, p in ipairs(found) do
+    if p.body then
+      local pieces = {}
+      decode_body(p.body.h, src, p.body[1], p.body[2], function(piece)
+        pieces[#pieces + 1] = piece
+      end)
+      p.data, p.body = table.concat(pieces), nil
+    end
+  end
+  return found
 end
 
 -- Whether bytes are a zlib stream (RFC 1950 §2.2: CM 8, the check bits).
@@ -588,6 +766,11 @@ local function unwrap_item_file(z, path, part, file_name, temps)
   return { error = err, code = code, part = part }
 end
 
+-- The label unwrap gives the i-th part of a message.
+local function part_label(i, p)
+  return 'attachment ' .. i .. (p.filename and p.filename ~= '' and (' (' .. p.filename .. ')') or '')
+end
+
 --- The report documents in some bytes: plain XML, gzip (also gzip inside
 -- gzip), a zlib stream, zip, or an e-mail carrying any of those (and
 -- failure reports). Every attachment gives one item, read or failed: a
@@ -614,8 +797,7 @@ function M.unwrap(data, opts, name)
   if not parts then return { { error = err, code = code } } end
   local items = {}
   for i, p in ipairs(parts) do
-    local label = 'attachment ' .. i .. (p.filename and p.filename ~= ''
-                                          and (' (' .. p.filename .. ')') or '')
+    local label = part_label(i, p)
     if p.failure then
       items[#items + 1] = { failure = p.failure, part = #parts > 1 and ('report ' .. i) or nil }
     elseif p.error then
@@ -1544,6 +1726,40 @@ local function unwrap_bounds(opts)
            max_ratio = opts.max_ratio or M.limits.max_ratio }
 end
 
+-- A report e-mail on disk, as M.ingest_data ingests its bytes: the MIME walk
+-- reads the file a window at a time (only header blocks are held), and each
+-- report attachment is decoded a chunk at a time into a temporary file, read
+-- from there and removed before the next one is decoded.
+local function ingest_mime_file(conn, f, size, opts, z)
+  local src = file_source(f, size)
+  local parts, err, code = mime_walk(src)
+  if not parts then return { { status = 'error', message = err, code = code } } end
+  local results = {}
+  for i, p in ipairs(parts) do
+    local label = part_label(i, p)
+    if p.failure then
+      results[#results + 1] = ingest_item(conn, { failure = p.failure,
+                                                  part = #parts > 1 and ('report ' .. i) or nil }, opts)
+    elseif p.error then
+      results[#results + 1] = ingest_item(conn, { error = p.error, code = p.code,
+                                                  part = p.filename and label or nil }, opts)
+    else
+      local temps = {}
+      local ok, r = pcall(function()
+        local path = temp_file(temps)
+        local out = assert(io.open(path, 'wb'))
+        decode_body(p.body.h, src, p.body[1], p.body[2], function(piece) out:write(piece) end)
+        out:close()
+        return ingest_item(conn, unwrap_item_file(z, path, label, p.filename, temps), opts)
+      end)
+      remove_temps(temps)
+      if not ok then error(r, 0) end
+      results[#results + 1] = r
+    end
+  end
+  return results
+end
+
 --- Ingest one file on disk as M.ingest_data ingests its bytes, with the same
 -- results, messages and codes, without holding it whole: plain XML is read
 -- a window at a time, gzip and zlib inflated as they are parsed, a zip's
@@ -1563,15 +1779,24 @@ function M.ingest_file(conn, path, opts, name)
   end
   local z = unwrap_bounds(opts)
   local kind = M.sniff(head)
-  if not z.x then kind = 'mime' end -- (unwrap says the module is not built)
+  if not z.x then kind = 'mime' end -- (read whole: unwrap says the module is not built)
   if kind == 'mbox' then
     return { { status = 'error', message = 'an mbox file: give its path (or use ingest_mbox)',
                code = 'format' } }
   end
-  if kind == 'mime' then
+  if kind == 'mime' and not z.x then
     local data, err, code = M.read_input(path, opts)
     if not data then return { { status = 'error', message = err, code = code } } end
     return M.ingest_data(conn, data, opts, name)
+  end
+  if kind == 'mime' then
+    local f, err = io.open(path, 'rb')
+    if not f then return { { status = 'error', message = 'cannot open: ' .. tostring(err),
+                             code = 'io' } } end
+    local ok, r = pcall(ingest_mime_file, conn, f, size, opts, z)
+    f:close()
+    if not ok then error(r, 0) end
+    return r
   end
   local temps = {}
   local ok, r = pcall(function()
