@@ -13,11 +13,12 @@
 --   write-large / large  one report of RECORDS records written to FILE, then
 --            ingested from it by a fresh process: records/s beside that
 --            process's peak RSS (the largest report the defaults allow, and
---            1,000,000 records under raised limits); FILE may be gzip'd
+--            1,000,000 records under raised limits); FILE is the report in
+--            any form (gzip'd, zipped, in an e-mail, an mbox; '-': stdin)
 --
 -- usage: lua5.4 tests/bench/ingest_bench.lua PORT ingest [REPORTS] [RECORDS] [GZ_REPORTS]
 --        lua5.4 tests/bench/ingest_bench.lua PORT write-large RECORDS FILE
---        lua5.4 tests/bench/ingest_bench.lua PORT large FILE RECORDS
+--        lua5.4 tests/bench/ingest_bench.lua PORT large FILE RECORDS XML_BYTES FORM
 --        lua5.4 tests/bench/ingest_bench.lua PORT summary [DOMAINS] [DAYS] [SAMPLES]
 package.path = './lua/?.lua;' .. package.path
 package.cpath = './build/' .. (type(jit) == 'table' and 'luajit' or 'lua5.4') .. '/?.so;'
@@ -251,22 +252,14 @@ local function phase_write_large()
   f:close()
 end
 
--- Ingest FILE (one large report) in this fresh process: records/s and the
--- process's peak RSS. RECORDS above the default record limit raise it (and
--- the size limits with it).
+-- Ingest FILE (one large report, in any form; '-': standard input) in this
+-- fresh process: records/s and the process's peak RSS. RECORDS above the
+-- default record limit raise it, and XML_BYTES (the report's XML) the size
+-- limits with it.
 local function phase_large()
-  local file, records = arg[3], tonumber(arg[4]) -- at most RECORDS (write-large may fit fewer)
-  local f = assert(io.open(file, 'rb'))
-  local size = f:seek('end')
-  local gz = file:match('%.gz$') ~= nil
-  if gz then
-    -- The XML's size: a gzip member's last 4 bytes (RFC 1952 §2.3.1 ISIZE).
-    f:seek('end', -4)
-    size = string.unpack('<I4', f:read(4))
-  end
-  f:close()
-  local opts = { max_input = math.max(size + 1, ingest.limits.max_input),
-                 max_xml = math.max(size + 1, ingest.limits.max_xml), max_rows = records + 1,
+  local file, records, bytes, form = arg[3], tonumber(arg[4]), tonumber(arg[5]), arg[6]
+  local opts = { max_input = math.max(bytes + 1, ingest.limits.max_input),
+                 max_xml = math.max(bytes + 1, ingest.limits.max_xml), max_rows = records + 1,
                  max_elements = math.max(ingest.limits.max_elements, records * 20 + 100) }
   if records > ingest.limits.max_records then ingest.limits.max_records = records end
   conn:command('FLUSHALL')
@@ -274,12 +267,12 @@ local function phase_large()
   local stats = ingest.ingest_files(conn, { file }, opts)
   local dt = socket.gettime() - t0
   if stats.stored ~= 1 then
-    error('large report not stored: ' .. tostring(stats.failures[1] and stats.failures[1].message))
+    error(form .. ': large report not stored: '
+          .. tostring(stats.failures[1] and stats.failures[1].message))
   end
-  io.write(string.format('ingest %-40s %10.0f records/s  (%d records, %.1f MB XML, %.2f s, '
-                         .. 'peak RSS %.0f MB)\n', gz and 'one large .xml.gz report from a file'
-                         or 'one large report from a file', stats.records / dt,
-                         stats.records, size / 1e6, dt, rss_peak_mb()))
+  io.write(string.format('ingest one large report, %-26s %9.0f records/s  peak RSS %4.0f MB  '
+                         .. '(%d records, %.1f MB XML, %.2f s)\n', form, stats.records / dt,
+                         rss_peak_mb(), stats.records, bytes / 1e6, dt))
 end
 
 if PHASE == 'ingest' then

@@ -310,3 +310,49 @@ describe('ingest: attachments decoded a chunk at a time', function()
     end
   end)
 end)
+
+-- Each message of an mbox is spooled into a temporary file and unquoted there a chunk
+-- (1 MiB) at a time: the bytes must be those of the message held in memory, whatever line
+-- falls on a chunk's edge.
+describe('ingest: mbox messages spooled to temporary files', function()
+  local ingest = require 'dmarc.owner.ingest'
+
+  local function messages(text, sink)
+    local pos, got = 1, {}
+    local function read(n)
+      if pos > #text then return nil end
+      local s = text:sub(pos, pos + n - 1)
+      pos = pos + n
+      return s
+    end
+    ingest.each_mbox_message(read, {}, function(i, msg, err)
+      if sink and msg then msg = env.read_file(msg) end
+      got[i] = msg or err
+    end, sink)
+    return got
+  end
+
+  it('gives the messages of the in-memory reader, every edge of a quoted "From " line', function()
+    local MiB = 1024 * 1024
+    local parts = {}
+    -- The From line is 21 bytes; each message puts a quoted separator (or a false one) across
+    -- the first 1 MiB edge of its text at another offset.
+    local lines = { '\n>From a\n', '\n>>>From b\n', '\n>Fro\n', '\n>From', '\n\n>From c\n' }
+    for k = 0, 11 do
+      local line = lines[k % #lines + 1]
+      parts[#parts + 1] = 'From x@example.net 1\n' .. ('a'):rep(MiB - 1 - k) .. line
+                          .. '>From at the start of no line\nend ' .. k .. '\n'
+    end
+    -- A message without a line end after its From line, last.
+    parts[#parts + 1] = 'From only-a-separator'
+    local text = table.concat(parts)
+    local temps = {}
+    local sink = ingest.mbox_file_sink(temps)
+    local want, got = messages(text), messages(text, sink)
+    sink.close()
+    for _, n in ipairs(temps) do os.remove(n) end
+    assert.equal(#parts, #want)
+    assert.equal(#want, #got)
+    for i = 1, #want do assert.equal(want[i], got[i], 'message ' .. i) end
+  end)
+end)

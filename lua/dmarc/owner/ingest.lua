@@ -1562,16 +1562,28 @@ local MBOX_CHUNK = 1024 * 1024
 -- @param opts {table|nil} max_input, max_messages, max_mbox
 -- @param fn function(index, message) or function(index, nil, msg, code) for
 --   a message over a bound; a bound that stops the file is reported last
-function M.each_mbox_message(read, opts, fn)
+-- @param sink {table|nil} where a message is held while it is read (the
+--   default holds it in memory; ingest spools it into a temporary file):
+--   add(piece), drop() (over max_input), message() → what fn is given
+function M.each_mbox_message(read, opts, fn, sink)
   opts = opts or {}
   local max_msg = opts.max_input or M.limits.max_input
   local max_messages = opts.max_messages or M.limits.max_messages
   local max_total = opts.max_mbox or M.limits.max_mbox
-  local parts, size, index, total, carry = {}, 0, 0, 0, ''
+  local size, index, total, carry = 0, 0, 0, ''
+  local parts = {}
+  sink = sink or {
+    add = function(piece) parts[#parts + 1] = piece end,
+    drop = function() parts = {} end,
+    message = function()
+      local msg = table.concat(parts):gsub('^From [^\n]*\n', '', 1)
+      return (msg:gsub('\n>(>*From )', '\n%1'))
+    end,
+  }
 
   local function add(piece)
     size = size + #piece
-    if size <= max_msg then parts[#parts + 1] = piece else parts = {} end
+    if size <= max_msg then sink.add(piece) else sink.drop() end
   end
   local function deliver()
     if size == 0 then return true end
@@ -1584,10 +1596,10 @@ function M.each_mbox_message(read, opts, fn)
     if size > max_msg then
       fn(index, nil, 'message over the size limit (' .. max_msg .. ' bytes)', 'limit')
     else
-      local msg = table.concat(parts):gsub('^From [^\n]*\n', '', 1)
-      fn(index, (msg:gsub('\n>(>*From )', '\n%1')))
+      fn(index, sink.message())
     end
-    parts, size = {}, 0
+    sink.drop()
+    size = 0
     return true
   end
 
@@ -1865,8 +1877,68 @@ function M.account(stats, path, r, opts)
   if opts and opts.on_result then opts.on_result(path, r) end
 end
 
+-- A message of an mbox as each_mbox_message gives it (the "From " line
+-- dropped, ">From " lines unquoted), from the raw message in file raw into
+-- file out, a chunk at a time.
+local function unquote_mbox_message(raw, out)
+  local start = 0
+  if raw:read(5) == 'From ' then
+    -- The line goes with its line end; without one, nothing goes.
+    local off = 5
+    for _ = 1, math.huge do
+      local chunk = raw:read(MBOX_CHUNK)
+      if not chunk then break end
+      local nl = chunk:find('\n', 1, true)
+      if nl then
+        start = off + nl
+        break
+      end
+      off = off + #chunk
+    end
+  end
+  raw:seek('set', start)
+  local carry = ''
+  -- Bound: MBOX_CHUNK bytes a step, to the end of the message (max_input).
+  for _ = 1, math.huge do
+    local chunk = raw:read(MBOX_CHUNK)
+    if not chunk then break end
+    local buf = carry .. chunk
+    -- A line end at the very end may start a quoted separator the next chunk ends.
+    local cut, last = #buf, buf:match('.*()\n')
+    if last and buf:sub(last):match('^\n>*F?r?o?m?$') then cut = last - 1 end
+    out:write((buf:sub(1, cut):gsub('\n>(>*From )', '\n%1')))
+    carry = buf:sub(cut + 1)
+  end
+  out:write((carry:gsub('\n>(>*From )', '\n%1')))
+end
+
+--- A sink for M.each_mbox_message that holds the message being read in a
+-- temporary file, and gives fn the path of another holding it unquoted.
+-- @param temps {table} the temporary files' names are added to it (the
+--   caller removes them); sink.close() closes the first
+function M.mbox_file_sink(temps)
+  local raw_path, msg_path = temp_file(temps), temp_file(temps)
+  local raw = assert(io.open(raw_path, 'w+b'))
+  local sink = { raw_path = raw_path }
+  function sink.add(piece) raw:write(piece) end
+  function sink.drop()
+    raw:close()
+    raw = assert(io.open(raw_path, 'w+b'))
+  end
+  function sink.message()
+    raw:flush()
+    raw:seek('set', 0)
+    local out = assert(io.open(msg_path, 'wb'))
+    unquote_mbox_message(raw, out)
+    out:close()
+    return msg_path
+  end
+  function sink.close() raw:close() end
+  return sink
+end
+
 -- One mbox file: every message ingested as an input of its own, named
--- PATH:N (its place in the file).
+-- PATH:N (its place in the file), from a temporary file.
 local function ingest_mbox(conn, f, head, path, stats, opts)
   local first = true
   local function read(n)
@@ -1876,14 +1948,21 @@ local function ingest_mbox(conn, f, head, path, stats, opts)
     end
     return f:read(n)
   end
-  M.each_mbox_message(read, opts, function(index, msg, err, code)
-    local name = path .. ':' .. index
-    if not msg then
-      M.account(stats, name, { status = 'error', message = err, code = code }, opts)
-      return
-    end
-    for _, r in ipairs(M.ingest_data(conn, msg, opts)) do M.account(stats, name, r, opts) end
+  local temps = {}
+  local ok, err = pcall(function()
+    local sink = M.mbox_file_sink(temps)
+    M.each_mbox_message(read, opts, function(index, msg, merr, code)
+      local name = path .. ':' .. index
+      if not msg then
+        M.account(stats, name, { status = 'error', message = merr, code = code }, opts)
+        return
+      end
+      for _, r in ipairs(M.ingest_file(conn, msg, opts)) do M.account(stats, name, r, opts) end
+    end, sink)
+    sink.close()
   end)
+  remove_temps(temps)
+  if not ok then error(err, 0) end
 end
 
 -- Standard input (not an mbox) copied into a temporary file a chunk at a
