@@ -516,7 +516,7 @@ static int lio_dkim(lua_State *L)
 /* }==================================================================== */
 
 /* ** {====================================================================
-** dmarc.io.header_fields(text, pos, max_fields, max_field_bytes)
+** dmarc.io.header_fields(text, pos, max_fields, max_field_bytes[, lenient])
 ** ===================================================================== */
 
 /* The end of the header section (RFC 5322 §2.1: the first empty line) from 0-based @pos:
@@ -612,37 +612,158 @@ static int lio_add_field(lua_State *L, int t, lua_Integer *n, const char *text, 
 
 /***
 ** @function dmarc.io.header_fields
-** The header section of a message walked once in C, for dmarc.message.parse (which keeps
-** the rules and the messages of its errors identical to its own walk).
+** The header section of a message walked once in C, for dmarc.receive.message (which keeps
+** the rules and the messages of its errors identical to its own walk, its Lua mirror).
 ** @param {string} text the whole message
 ** @param {integer} pos where the section starts (1-based: past an mbox "From " line)
 ** @param {integer} max_fields at most this many fields
 ** @param {integer} max_field_bytes one field's value at most this long (CRLF-joined)
+** @param {boolean} lenient (optional) take what can be read, for report mail received from
+**   anyone: a line that is no field (no "name:", or a continuation line with no field before
+**   it) is skipped, a field over max_field_bytes or past max_fields is dropped, a NUL byte is
+**   kept as data; nothing is refused.
 ** @return {table} {name, lower-case name, value, ...} (values after the colon, lines joined
-**   by CRLF), {integer} the body's offset; or nil, message, code ('syntax' | 'limit')
+**   by CRLF), {integer} the body's offset; lenient: also {integer} the lines and fields
+**   skipped or dropped. Strict: or nil, message, code ('syntax' | 'limit')
 */
+/* The walk's state: the field being read and what was kept or skipped. */
+typedef struct lio_walk {
+    const char *text;
+    int t;                           /* stack index of the fields table */
+    lua_Integer n, nfields, skipped; /* table items, fields kept, lines/fields left out */
+    lua_Integer max_fields, max_bytes;
+    size_t name_at, name_len, start, end;
+    int have, bare_lf, drop, lenient;
+} lio_walk;
+
+/* Ends the field being read: appended, or (lenient) counted as dropped. 0: the limit message
+** is pushed (strict only). */
+static int lio_walk_end_field(lua_State *L, lio_walk *w)
+{
+    if (!w->have)
+        return 1;
+    w->have = 0;
+    if (w->drop) {
+        w->skipped++;
+        return 1;
+    }
+    if (!lio_add_field(L, w->t, &w->n, w->text, w->name_at, w->name_len, w->start, w->end,
+                       w->bare_lf, w->max_bytes)) {
+        if (!w->lenient)
+            return 0;
+        lua_pop(L, 2); /* its name and the limit message: the field is dropped */
+        w->skipped++;
+        return 1;
+    }
+    w->nfields++;
+    return 1;
+}
+
+/* What one line of the walk gave: go on, or stop with the message pushed. */
+enum { LIO_WALK_OK, LIO_WALK_SYNTAX, LIO_WALK_LIMIT };
+
+/* A continuation line (RFC 5322 §2.2.3, folding) ending at @last: part of the field being
+** read. */
+static int lio_walk_continuation(lua_State *L, lio_walk *w, size_t line, size_t last,
+                                 lua_Integer lineno)
+{
+    if (!w->have) {
+        if (w->lenient) {
+            w->skipped++;
+            return LIO_WALK_OK;
+        }
+        lua_pushfstring(L, "line %d: continuation line without a header field", (int)lineno);
+        return LIO_WALK_SYNTAX;
+    }
+    if (w->text[line - 2] != '\r')
+        w->bare_lf = 1;
+    w->end = last;
+    if ((lua_Integer)(w->end - w->start) > w->max_bytes && !w->drop) {
+        if (!w->lenient) {
+            lua_pushlstring(L, w->text + w->name_at, w->name_len);
+            lua_pushfstring(L, "header field %s longer than %d bytes", lua_tostring(L, -1),
+                            (int)w->max_bytes);
+            return LIO_WALK_LIMIT;
+        }
+        w->drop = 1; /* its further lines are read past, and it is left out */
+    }
+    return LIO_WALK_OK;
+}
+
+/* A line that starts a field (the one before it ends): a name of printable ASCII but the
+** colon (RFC 5322 §2.2), optional WSP (the obsolete syntax, §4.5) and the colon. */
+static int lio_walk_field_line(lua_State *L, lio_walk *w, size_t line, size_t last,
+                               lua_Integer lineno)
+{
+    const char *text = w->text;
+    size_t i = line;
+    if (!lio_walk_end_field(L, w))
+        return LIO_WALK_LIMIT;
+    while (i < last && lio_is_ftext((unsigned char)text[i]))
+        i++;
+    w->name_at = line;
+    w->name_len = i - line;
+    while (i < last && (text[i] == ' ' || text[i] == '\t'))
+        i++;
+    if (w->name_len == 0 || i >= last || text[i] != ':') {
+        if (w->lenient) {
+            w->skipped++;
+            return LIO_WALK_OK;
+        }
+        lua_pushfstring(L, "line %d: not a header field (no \"name:\")", (int)lineno);
+        return LIO_WALK_SYNTAX;
+    }
+    w->drop = 0;
+    if (w->nfields >= w->max_fields) {
+        if (!w->lenient) {
+            lua_pushfstring(L, "more than %d header fields", (int)w->max_fields);
+            return LIO_WALK_LIMIT;
+        }
+        w->drop = 1;
+    }
+    w->have = 1;
+    w->bare_lf = 0;
+    w->start = i + 1;
+    w->end = last;
+    return LIO_WALK_OK;
+}
+
+/* nil, the message on top, the code. */
+static int lio_walk_fail(lua_State *L, int status)
+{
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    lua_pushstring(L, status == LIO_WALK_SYNTAX ? "syntax" : "limit");
+    return 3;
+}
+
 static int lio_header_fields(lua_State *L)
 {
     size_t len;
     const char *text = luaL_checklstring(L, 1, &len);
     lua_Integer pos1 = luaL_checkinteger(L, 2);
-    lua_Integer max_fields = luaL_checkinteger(L, 3);
-    lua_Integer max_bytes = luaL_checkinteger(L, 4);
-    size_t pos, line, body = len, name_at = 0, name_len = 0, start = 0, end = 0;
-    lua_Integer n = 0, nfields = 0, lineno = 0;
-    int have = 0, bare_lf = 0, t;
-    const char *nul;
+    size_t pos, line, body = len;
+    lua_Integer lineno = 0;
+    lio_walk w;
+    memset(&w, 0, sizeof w);
+    w.text = text;
+    w.max_fields = luaL_checkinteger(L, 3);
+    w.max_bytes = luaL_checkinteger(L, 4);
+    w.lenient = lua_toboolean(L, 5);
     luaL_argcheck(L, pos1 >= 1 && (lua_Integer)len + 1 >= pos1, 2, "out of range");
     pos = (size_t)pos1 - 1;
-    nul = memchr(text + pos, '\0', len - pos);
-    if (nul != NULL && (size_t)(nul - text) < lio_section_end(text, len, pos))
-        return ldmarc_fail(L, "NUL byte in the header section", "syntax");
+    if (!w.lenient) {
+        const char *nul = memchr(text + pos, '\0', len - pos);
+        if (nul != NULL && (size_t)(nul - text) < lio_section_end(text, len, pos))
+            return ldmarc_fail(L, "NUL byte in the header section", "syntax");
+    }
     lua_createtable(L, 48, 0);
-    t = lua_gettop(L);
+    w.t = lua_gettop(L);
     /* Each line once: every step moves past a LF, so the walk is bounded by the length. */
     for (line = pos; line < len;) {
         const char *nl;
         size_t next, last;
+        int status;
         unsigned char first = (unsigned char)text[line];
         if (first == '\n') {
             body = line + 1;
@@ -658,67 +779,22 @@ static int lio_header_fields(lua_State *L)
         last = next; /* the line is text[line, last): no LF, and one CR before it dropped */
         if (last > line && text[last - 1] == '\r')
             last--;
-        if (first == ' ' || first == '\t') {
-            if (!have) {
-                lua_pushfstring(L, "line %d: continuation line without a header field",
-                                (int)lineno);
-                goto syntax;
-            }
-            if (text[line - 2] != '\r')
-                bare_lf = 1;
-            end = last;
-            if ((lua_Integer)(end - start) > max_bytes) {
-                lua_pushlstring(L, text + name_at, name_len);
-                lua_pushfstring(L, "header field %s longer than %d bytes", lua_tostring(L, -1),
-                                (int)max_bytes);
-                goto limit;
-            }
-        } else {
-            size_t i = line;
-            if (have) {
-                if (!lio_add_field(L, t, &n, text, name_at, name_len, start, end, bare_lf,
-                                   max_bytes))
-                    goto limit;
-                nfields++;
-            }
-            while (i < last && lio_is_ftext((unsigned char)text[i]))
-                i++;
-            name_at = line;
-            name_len = i - line;
-            while (i < last && (text[i] == ' ' || text[i] == '\t'))
-                i++;
-            if (name_len == 0 || i >= last || text[i] != ':') {
-                lua_pushfstring(L, "line %d: not a header field (no \"name:\")", (int)lineno);
-                goto syntax;
-            }
-            if (nfields >= max_fields) {
-                lua_pushfstring(L, "more than %d header fields", (int)max_fields);
-                goto limit;
-            }
-            have = 1;
-            bare_lf = 0;
-            start = i + 1;
-            end = last;
-        }
+        status = (first == ' ' || first == '\t') ? lio_walk_continuation(L, &w, line, last, lineno)
+                                                 : lio_walk_field_line(L, &w, line, last, lineno);
+        if (status != LIO_WALK_OK)
+            return lio_walk_fail(L, status);
         line = next + 1;
     }
-    if (lineno == 0) {
+    if (lineno == 0 && !w.lenient) {
         lua_pushliteral(L, "line 1: not a header field (no \"name:\")");
-        goto syntax;
+        return lio_walk_fail(L, LIO_WALK_SYNTAX);
     }
-    if (have && !lio_add_field(L, t, &n, text, name_at, name_len, start, end, bare_lf, max_bytes))
-        goto limit;
+    if (!lio_walk_end_field(L, &w))
+        return lio_walk_fail(L, LIO_WALK_LIMIT);
     lua_pushinteger(L, (lua_Integer)body + 1);
-    return 2;
-syntax:
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    lua_pushliteral(L, "syntax");
-    return 3;
-limit:
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    lua_pushliteral(L, "limit");
+    if (!w.lenient)
+        return 2;
+    lua_pushinteger(L, w.skipped);
     return 3;
 }
 

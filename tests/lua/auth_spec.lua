@@ -349,6 +349,58 @@ describe('dmarc.receive.message', function()
     end
   end)
 
+  -- Report mail from anyone: what can be read is read, one bad line costs nothing else.
+  it('reads a malformed header block leniently, the same in C and in Lua', function()
+    local text = ' folded first\r\nFrom: a@example.com\r\nno colon here\n  its continuation\n'
+      .. 'Subject : obs\tsyntax\nX-8bit: caf\195\169\nBare: lf\n\tfolded\r\nNul: a\0b\r\n'
+      .. 'Long: ' .. ('x'):rep(40) .. '\r\n\r\nBody: not a field\r\n'
+    for _, walker in ipairs({ 'c', 'lua' }) do
+      message.walker = walker
+      local fields, skipped = message.read_fields(text, { max_field_bytes = 32 })
+      message.walker = 'c'
+      assert.same({ 'From', 'from', ' a@example.com', 'Subject', 'subject', ' obs\tsyntax',
+                    'X-8bit', 'x-8bit', ' caf\195\169', 'Bare', 'bare', ' lf\r\n\tfolded',
+                    'Nul', 'nul', ' a\0b' }, fields, walker)
+      -- the folded first line, the line without a colon and its continuation; Long dropped
+      assert.equal(4, skipped, walker)
+    end
+    -- Past max_fields: dropped and counted, never an error.
+    local fields, skipped = message.read_fields(('X: 1\n'):rep(5), { max_fields = 3 })
+    assert.equal(9, #fields)
+    assert.equal(2, skipped)
+    assert.same({}, (message.read_fields('')))
+  end)
+
+  it('maps header fields by name: first value and all, unfolded; past empty lines on request', function()
+    local first, all = message.header_map('Content-Type: multipart/report;\r\n\treport-type=x\r\n'
+      .. 'X: 1 \r\nx:\r\n   2\r\n\r\nY: after\r\n')
+    assert.equal('multipart/report; report-type=x', first['content-type'])
+    assert.equal('1', first.x)
+    assert.same({ '1', '2' }, all.x)
+    assert.is_nil(first.y)
+    first = message.header_map('\nA: 1\n\n\nB: 2\n', { all_blocks = true })
+    assert.same({ a = '1', b = '2' }, first)
+    local _, many = message.header_map(('A: 1\n\n'):rep(10), { all_blocks = true, max_fields = 4 })
+    assert.equal(4, #many.a)
+  end)
+
+  it('reads MIME parameters: quoted-pairs, RFC 2231 values and continuations, junk passed over', function()
+    local main, p = message.mime_params('Multipart/Report ; report-type=feedback-report;'
+      .. ' boundary="a \\"b\\" c"; junk; name*0*=utf-8\'\'r%C3%A9; name*1=".xml"; size = 12 ;'
+      .. ' filename*=iso-8859-1\'en\'a%20b.gz; filename="second"; open="to the end')
+    assert.equal('multipart/report', main)
+    assert.same({ ['report-type'] = 'feedback-report', boundary = 'a "b" c', name = 'r\195\169.xml',
+                  size = '12', filename = 'a b.gz', open = 'to the end' }, p)
+    main, p = message.mime_params(nil)
+    assert.equal('', main)
+    assert.same({}, p)
+    local many = {}
+    for i = 1, 40 do many[#many + 1] = 'p' .. i .. '=' .. i end
+    p = select(2, message.mime_params('a/b; ' .. table.concat(many, '; '), 5))
+    assert.equal('5', p.p5)
+    assert.is_nil(p.p6)
+  end)
+
   it('parses tag-lists and strips comments', function()
     local tags = assert(message.parse_tags(' i=2; d=lists.example.net;\r\n s=arc ; b=abc\r\n def'))
     assert.same({ i = '2', d = 'lists.example.net', s = 'arc', b = 'abcdef' }, tags)

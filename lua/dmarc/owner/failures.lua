@@ -10,6 +10,7 @@
 -- the headers only what docs/ingest.md lists: domains, never local parts;
 -- no Subject, no recipients; the Message-ID only inside the hashed id.
 local keys = require 'dmarc.redis.keys'
+local header_fields = require 'dmarc.receive.message'
 
 local M = {}
 
@@ -40,22 +41,15 @@ local function clip(s, n)
   return (s:gsub('[%z\1-\31\127]', '?'))
 end
 
--- Header fields of a block: lowercased name → array of unfolded values, in
--- order; at most max_fields.
+-- Header fields of a block: lowercased name → array of unfolded values, in order; at most
+-- max_fields. Read by the one lenient header walker (dmarc.receive.message), past empty
+-- lines too: a feedback part may hold several blocks of fields. The block is cut to
+-- max_block, so no field is dropped for its length (bare LFs made CRLF: at most twice).
 local function fields_of(block)
-  local out, n = {}, 0
-  block = block:sub(1, M.limits.max_block):gsub('\r?\n[ \t]+', ' ')
-  for line in block:gmatch('[^\r\n]+') do
-    n = n + 1
-    if n > M.limits.max_fields then break end
-    local name, value = line:match('^([!-9;-~]+):%s*(.-)%s*$')
-    if name then
-      name = name:lower()
-      out[name] = out[name] or {}
-      table.insert(out[name], value)
-    end
-  end
-  return out
+  local _, all = header_fields.header_map(block:sub(1, M.limits.max_block),
+                                          { max_fields = M.limits.max_fields, all_blocks = true,
+                                            max_field_bytes = 2 * M.limits.max_block })
+  return all
 end
 
 local function first(f, name)

@@ -17,6 +17,7 @@ local mime = require 'mime.core' -- LuaSocket's codec (mime.lua only adds filter
 local keys = require 'dmarc.redis.keys'
 local text_util = require 'dmarc.util.text'
 local failures = require 'dmarc.owner.failures'
+local header_fields = require 'dmarc.receive.message'
 
 local unpack = table.unpack or unpack -- luacheck: ignore 143 (LuaJIT)
 
@@ -199,50 +200,18 @@ function M.qp_decode(s)
   return (s:gsub('=(%x%x)', function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- Header fields of one MIME entity: lowercased name → first value, unfolded.
+-- Header fields of one MIME entity: lowercased name → first value, unfolded; read by the one
+-- lenient header walker (dmarc.receive.message.header_map: a bad line is skipped, never the
+-- report). The block is within max_header, so no field is dropped for its length.
 local function parse_headers(block)
-  local h = {}
-  local lines = 0
-  block = block:gsub('\r?\n[ \t]+', ' ')
-  for line in block:gmatch('[^\r\n]+') do
-    lines = lines + 1
-    if lines > M.limits.max_header_lines then break end
-    -- '(.-)%s*$' would be quadratic in a long run of blanks inside the value: the value is
-    -- taken whole, then cut after its last non-blank by one anchored greedy match.
-    local name, value = line:match('^([!-9;-~]+):%s*(.*)$')
-    if name then
-      value = value:match('^.*%S') or ''
-      name = name:lower()
-      if h[name] == nil then h[name] = value end
-    end
-  end
-  return h
+  return (header_fields.header_map(block, { max_fields = M.limits.max_header_lines,
+                                            max_field_bytes = 2 * M.limits.max_header }))
 end
 
--- The value and parameters of a structured header field (RFC 2045 §5.1,
--- RFC 2183; a simple RFC 2231 `name*=charset''value` is understood too).
+-- The value and parameters of a structured header field (RFC 2045 §5.1, RFC 2183, RFC 2231):
+-- dmarc.receive.message.mime_params.
 local function header_params(value)
-  value = value or ''
-  local main = value:match('^([^;]*)') or ''
-  local params = {}
-  local rest = value:sub(#main + 1)
-  local seen = 0
-  while rest ~= '' and seen < M.limits.max_header_params do
-    seen = seen + 1
-    local name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*"([^"]*)"%s*(.*)$')
-    if not name then name, v, after = rest:match('^;%s*([%w%-%*_%.]+)%s*=%s*([^;%s]*)%s*(.*)$') end
-    if not name then break end
-    name = name:lower()
-    if name:sub(-1) == '*' then
-      name = name:sub(1, -2)
-      v = v:gsub("^[^']*'[^']*'", ''):gsub('%%(%x%x)', function(x)
-        return string.char(tonumber(x, 16))
-      end)
-    end
-    if params[name] == nil then params[name] = v end
-    rest = after
-  end
-  return main:lower():gsub('%s', ''), params
+  return header_fields.mime_params(value, M.limits.max_header_params)
 end
 
 local REPORT_TYPES = {

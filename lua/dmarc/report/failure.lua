@@ -22,6 +22,7 @@
 local report = require 'dmarc.report.rows'
 local mail = require 'dmarc.report.mail'
 local report_xml = require 'dmarc.report.xml'
+local header_fields = require 'dmarc.receive.message'
 
 local M = {}
 
@@ -176,27 +177,19 @@ end
 -- ---------------------------------------------------------------------------
 -- Building the report
 
---- Split a raw header block into {name, value} pairs (unfolded), bounded.
+--- Split a raw header block into {name, value, raw=} fields, bounded: value after the colon
+-- and its blanks, folded lines joined by LF; raw the field's lines as received, CRLF-joined.
+-- Read by the one lenient header walker (dmarc.receive.message.read_fields).
 function M.parse_headers(raw)
   local out = {}
   if type(raw) ~= 'string' then return out end
-  raw = raw:sub(1, M.defaults.max_header_bytes)
-  local cur
-  local n = 0
-  for line in (raw:gsub('\r\n', '\n') .. '\n'):gmatch('([^\n]*)\n') do
-    if line == '' then break end
-    n = n + 1
-    if n > M.MAX_HEADER_LINES then break end
-    if line:match('^[ \t]') and cur then
-      cur[2] = cur[2] .. '\n' .. line
-      cur.raw = cur.raw .. '\r\n' .. line
-    else
-      local name, value = line:match('^([!-9;-~]+):[ \t]*(.*)$')
-      if name then
-        cur = { name, value, raw = line }
-        out[#out + 1] = cur
-      end
-    end
+  -- Cut to max_header_bytes first: no field is then dropped for its length.
+  local fields = header_fields.read_fields(raw:sub(1, M.defaults.max_header_bytes),
+                                           { max_fields = M.MAX_HEADER_LINES,
+                                             max_field_bytes = 2 * M.defaults.max_header_bytes })
+  for i = 1, #fields, 3 do
+    local name, value = fields[i], fields[i + 2]
+    out[#out + 1] = { name, (value:gsub('^[ \t]+', ''):gsub('\r\n', '\n')), raw = name .. ':' .. value }
   end
   return out
 end
