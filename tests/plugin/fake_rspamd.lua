@@ -36,6 +36,29 @@ end
 -- keys, args) -> reply (a script's reply; default 1) }).
 -- Returns env with .log (entries {level=, msg=}), .symbols (registered), .deps, .disabled,
 -- .redis, and env:load() -> the plugin's exports.
+--- An EVAL (args: script, numkeys, keys..., arguments...) on the fake server: each script
+-- is listed once in redis.scripts, in the order first run, with its runs (keys, arguments,
+-- the routing key, the task or nil from a timer). Redis down: not sent (false).
+function M.eval(redis, task, key, is_write, cb, args)
+  if redis.down then return false end
+  local script
+  for _, s in ipairs(redis.scripts) do
+    if s.script == args[1] then script = s end
+  end
+  if not script then
+    script = { script = args[1], runs = {} }
+    redis.scripts[#redis.scripts + 1] = script
+  end
+  local nkeys = tonumber(args[2])
+  local keys, argv = {}, {}
+  for i = 3, 2 + nkeys do keys[#keys + 1] = args[i] end
+  for i = 3 + nkeys, #args do argv[#argv + 1] = args[i] end
+  script.runs[#script.runs + 1] = { keys = keys, args = argv, key = key, write = is_write,
+                                    task = task }
+  cb(nil, redis.eval and redis.eval(script.script, keys, argv) or 1)
+  return true
+end
+
 function M.new(opts)
   opts = opts or {}
   local env = {
@@ -77,7 +100,8 @@ function M.new(opts)
       if not servers then return nil end
       return { servers = servers }
     end,
-    redis_make_request = function(_, params, key, is_write, cb, cmd, args)
+    redis_make_request = function(task, params, key, is_write, cb, cmd, args)
+      if cmd == 'EVAL' then return M.eval(redis, task, key, is_write, cb, args) end
       redis.requests[#redis.requests + 1] = { cmd = cmd, args = args, key = key, write = is_write }
       if redis.down then return false end
       if cmd == 'MGET' then
@@ -89,16 +113,10 @@ function M.new(opts)
       end
       return true, {}, params
     end,
-    add_redis_script = function(script)
-      redis.scripts[#redis.scripts + 1] = { script = script, runs = {} }
-      return #redis.scripts
-    end,
-    exec_redis_script = function(id, params, cb, keys, args)
-      if redis.down then return cb('connection refused') end
-      local script = redis.scripts[id]
-      script.runs[#script.runs + 1] = { keys = keys, args = args, key = params.key,
-                                        write = params.is_write }
-      cb(nil, redis.eval and redis.eval(script.script, keys, args) or 1)
+    -- From a worker's timer: no task.
+    redis_make_request_taskless = function(_, _, _, key, is_write, cb, cmd, args)
+      if cmd == 'EVAL' then return M.eval(redis, nil, key, is_write, cb, args) end
+      error('fake lua_redis: taskless ' .. tostring(cmd) .. ' is not modelled')
     end,
   }
   libs.rspamd_util = {
@@ -106,6 +124,14 @@ function M.new(opts)
     mime_header_encode = function(s) return '=?UTF-8?B?' .. s .. '?=' end,
   }
   env.libs = libs
+  -- The runs of @script on the fake server, listed before it first runs if need be.
+  env.script_runs = function(script)
+    for _, s in ipairs(redis.scripts) do
+      if s.script == script then return s.runs end
+    end
+    redis.scripts[#redis.scripts + 1] = { script = script, runs = {} }
+    return redis.scripts[#redis.scripts].runs
+  end
 
   env.rspamd_config = {
     get_all_opt = function(_, name) return env.config[name] end,

@@ -329,7 +329,6 @@ local function setup_reporting(P)
     return fail('reporting is enabled but no redis servers are configured')
   end
   P.reporting_redis.timeout = r.timeout
-  P.row_script_id = lua_redis.add_redis_script(report.ROW_SCRIPT, P.reporting_redis)
   return true
 end
 
@@ -376,7 +375,6 @@ local function setup_failure_reports(P)
     return fail('failure_reports is enabled but no redis servers are configured')
   end
   P.failure_redis.timeout = fs.timeout
-  P.queue_script_id = lua_redis.add_redis_script(failure.QUEUE_SCRIPT, P.failure_redis)
   local ok_new, reporter = pcall(failure.new, {
     enabled = true,
     reporter = { org_name = fs.org_name or fs.submitter, email = fs.email, submitter = fs.submitter },

@@ -16,7 +16,6 @@ local P, reporting = ...
 
 local rspamd_logger = require 'rspamd_logger'
 local lua_util = require 'lua_util'
-local lua_redis = require 'lua_redis'
 
 local N = P.N
 local E = {}
@@ -76,13 +75,13 @@ local function mark_spent(domain)
   spent_windows[domain] = rate_window_now()
 end
 
--- One queue command through lua_redis (EVALSHA of the queue script, callback style): the
--- rate limit is counted and the reports added in one atomic step on the server. The queue's
--- key picks the server among several (lua_redis hashes it): it stays the same while the
--- counter's changes with every window, so a domain's queue and counters always meet on one
--- server.
+-- One queue command (EVAL of the queue script through lua_redis, callback style: see
+-- reporting.send_command): the rate limit is counted and the reports added in one atomic
+-- step on the server. The queue's key picks the server among several (lua_redis hashes it):
+-- it stays the same while the counter's changes with every window, so a domain's queue and
+-- counters always meet on one server.
 local function send_queue_command(task, cmd, domain)
-  local keys, args = reporting.script_parts(cmd)
+  local keys = reporting.script_parts(cmd)
   local function done(err, data)
     if err then return reporting.redis_failed(task, 'failure report', err) end
     local n, why = P.failure.queue_result(data)
@@ -95,9 +94,7 @@ local function send_queue_command(task, cmd, domain)
       rspamd_logger.infox(task, '%s: no failure report about %s: %s', N, domain, why)
     end
   end
-  local ok, perr = pcall(lua_redis.exec_redis_script, P.queue_script_id,
-    { task = task, is_write = true, key = keys[2] }, done, keys, args)
-  if not ok then done(tostring(perr)) end
+  reporting.send_command(task, nil, P.failure_redis, keys[2], cmd, done)
 end
 
 --- What the failure module needs to know about the message besides its verdict.

@@ -4,7 +4,7 @@ dmarc_engine/reporting.lua: Redis for the plugin, and the aggregate report rows.
 Every Redis request goes through rspamd's asynchronous lua_redis (callbacks only), never
 raises, and after a failure Redis is left alone for redis_backoff seconds, so a dead Redis
 costs no time per message. Report rows are the report module's own commands (the rows
-`dmarc report generate` reads, docs/report-keys.md), its row script run with EVALSHA.
+`dmarc report generate` reads, docs/report-keys.md), its row script sent with EVAL.
 
 A report row is never dropped silently: rows of messages scanned while Redis is down or
 backing off, and rows whose write failed, wait in a bounded per-worker queue
@@ -56,14 +56,40 @@ function M.redis_request(task, params, key, is_write, cmd, args, cb)
   if not ok or not ret then done(ok and 'cannot connect' or tostring(ret)) end
 end
 
---- The keys and arguments of an `EVAL script numkeys key... arg...` command, for
--- lua_redis.exec_redis_script (which sends EVALSHA of the same script).
+--- The keys and arguments of an `EVAL script numkeys key... arg...` command.
 function M.script_parts(cmd)
   local nkeys = tonumber(cmd[3]) or 0
   local keys, args = {}, {}
   for i = 4, 3 + nkeys do keys[#keys + 1] = cmd[i] end
   for i = 4 + nkeys, #cmd do args[#args + 1] = cmd[i] end
   return keys, args
+end
+
+--- One Redis command (@cmd: its name, then its arguments), within a task (@task) or from a
+-- worker's timer (@ev_base); @key picks the server. cb(err, data) exactly once, never raises.
+-- Scripts go as EVAL with their text (~700 bytes), never through
+-- lua_redis.exec_redis_script: after Redis restarted under load, rspamd 3.4 answered its
+-- EVALSHA's NOSCRIPT by parking each request in a wait queue for a reload of the script
+-- that never completed, and never called back (`make soak`: report rows neither written nor
+-- queued again, and the workers' Lua heap growing by 30 MB per 10,000 messages). EVAL needs
+-- no state here and puts the script back in Redis's cache itself.
+function M.send_command(task, ev_base, params, key, cmd, cb)
+  local args = {}
+  for i = 2, #cmd do args[#args + 1] = cmd[i] end
+  local called = false
+  local function once(err, data)
+    if called then return end
+    called = true
+    cb(err, data)
+  end
+  local ok, sent
+  if task then
+    ok, sent = pcall(lua_redis.redis_make_request, task, params, key, true, once, cmd[1], args)
+  else
+    ok, sent = pcall(lua_redis.redis_make_request_taskless, ev_base, rspamd_config, params, key,
+      true, once, cmd[1], args)
+  end
+  if not ok or not sent then once(ok and 'cannot make redis request' or tostring(sent)) end
 end
 
 --- The time the message arrived (rspamd's connection time), whole seconds.
@@ -128,18 +154,9 @@ local function write_row(task, ev_base, row, opts, force)
         queue_row(log, row)
       end
     end
-    if cmd[1] == 'EVAL' and cmd[2] == P.report.ROW_SCRIPT and P.row_script_id then
-      local keys, args = M.script_parts(cmd)
-      local ok, perr = pcall(lua_redis.exec_redis_script, P.row_script_id,
-        { task = task, ev_base = ev_base, is_write = true, key = keys[1] }, done, keys, args)
-      if not ok then done(tostring(perr)) end
-    elseif task then
-      local args = {}
-      for i = 2, #cmd do args[#args + 1] = cmd[i] end
-      M.redis_request(task, P.reporting_redis, cmd[2], true, cmd[1], args, done)
-    else
-      queue_row(log, row)
-    end
+    -- The rows hash (the EVAL's first key, or the command's) picks the server.
+    local key = cmd[1] == 'EVAL' and cmd[4] or cmd[2]
+    M.send_command(task, ev_base, P.reporting_redis, key, cmd, done)
   end
 end
 
@@ -187,7 +204,7 @@ end
 
 -- Rows queued while Redis was away are written by a timer when no mail comes, and by the
 -- worker's finish script when it exits (reload, shutdown).
-if P.row_script_id and rspamd_config then
+if P.reporting_redis and rspamd_config then
   if rspamd_config.add_on_load and rspamd_config.add_periodic then
     rspamd_config:add_on_load(function(_, ev_base, worker)
       if worker and worker.is_scanner and not worker:is_scanner() then return end
