@@ -1,6 +1,6 @@
 -- The plugin's failure reports (RFC 9991) under busted with a fake rspamd
 -- (tests/plugin/fake_rspamd.lua): off by default, the settings that refuse to start, the
--- queue command sent through lua_redis (EVALSHA of failure.QUEUE_SCRIPT, callback style)
+-- queue command sent through lua_redis (EVAL of failure.QUEUE_SCRIPT, callback style)
 -- with the report it carries, when a report is due [FAIL-2], the loop guard, the shared
 -- rate limit [FAIL-7] and Redis failures. The real rspamd and `dmarc report send` run in
 -- tests/integration/rspamd_spec.lua.
