@@ -57,6 +57,18 @@ describe('failure reports: the ones we send', function()
     assert.is_nil(m:find('v=spf1', 1, true))
   end)
 
+  it('fold an SPF record too long for one line (RFC 5322 §2.1.1), and read it back whole', function()
+    local terms = {}
+    for i = 1, 150 do terms[i] = 'ip4:198.51.' .. (i % 256) .. '.0/24' end
+    local record = 'v=spf1 ' .. table.concat(terms, ' ') .. ' -all'
+    assert.is_true(#record > 2 * 998)
+    local m = sent_report('192.0.2.66', record)
+    for line in m:gmatch('[^\r\n]*') do assert.is_true(#line <= 998, #line) end
+    local block = m:match('\r\n(Feedback%-Type:.-)\r\n\r\n')
+    local first = require('dmarc.receive.message').header_map(block)
+    assert.equal('txt : example.com : ' .. record, first['spf-dns'])
+  end)
+
   it('round-trip through the ingest: stored redacted, once', function()
     local conn = fake_redis()
     local stats = ingest_text(conn, sent_report('192.0.2.66', 'v=spf1 -all'))

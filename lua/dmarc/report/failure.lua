@@ -219,6 +219,23 @@ local function add_field(fields, name, value)
   fields[#fields + 1] = name .. ': ' .. header_safe(value)
 end
 
+-- A field line over RFC 5322's 998 characters (§2.1.1; a long SPF record can make one),
+-- folded before spaces (§2.2.3), which its unfolding gives back as they were. Each round
+-- moves on by at least one character.
+local MAX_LINE = 998
+local function fold_long(line)
+  if #line <= MAX_LINE then return line end
+  local out, rest = {}, line
+  while #rest > MAX_LINE do
+    local cut = rest:sub(1, MAX_LINE + 1):match('^.*() ')
+    if not cut or cut <= 1 then break end
+    out[#out + 1] = rest:sub(1, cut - 1)
+    rest = rest:sub(cut)
+  end
+  out[#out + 1] = rest
+  return table.concat(out, '\r\n')
+end
+
 -- An address made header-safe and, unless the report asks otherwise, redacted [FAIL-7].
 local function redacted(r, s)
   if r.redact == false then return header_safe(s) end
@@ -269,6 +286,7 @@ local function add_identifier_fields(fields, r, input, author)
     local record = r.spf_dns or input.spf.record
     add_field(fields, 'SPF-DNS', 'txt : ' .. (input.spf.domain or '')
               .. (type(record) == 'string' and record ~= '' and (' : ' .. record) or ''))
+    fields[#fields] = fold_long(fields[#fields])
   end
 end
 
