@@ -575,6 +575,23 @@ describe('dmarc_engine report rows while Redis is down', function()
     assert.equal('quarantine', row.disposition)
   end)
 
+  it('the timer has at most 32 queued rows in flight: the rest wait for their replies', function()
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', redis_backoff = 0,
+                          reporting = { enabled = true, prefix = 'it:' } }, { redis = redis })
+    for _ = 1, 40 do scan(x, spoof('pass.test')) end
+    redis.down, redis.defer = false, true
+    env.start_worker()
+    env.tick()
+    local runs = env.script_runs(ROW_SCRIPT)
+    assert.equal(32, #runs)
+    env.tick()
+    assert.equal(32, #runs) -- none answered yet
+    for _, reply in ipairs(redis.unanswered) do reply() end
+    env.tick()
+    assert.equal(40, #runs)
+  end)
+
   it('a worker that exits tries its queued rows once more, even while backing off', function()
     local redis = { data = {}, down = true }
     local env, x = load({ servers = '127.0.0.1:6379',

@@ -55,7 +55,14 @@ function M.eval(redis, task, key, is_write, cb, args)
   for i = 3 + nkeys, #args do argv[#argv + 1] = args[i] end
   script.runs[#script.runs + 1] = { keys = keys, args = argv, key = key, write = is_write,
                                     task = task }
-  cb(nil, redis.eval and redis.eval(script.script, keys, argv) or 1)
+  local function reply() cb(nil, redis.eval and redis.eval(script.script, keys, argv) or 1) end
+  -- redis.defer: replies wait in redis.unanswered until the test answers them.
+  if redis.defer then
+    redis.unanswered = redis.unanswered or {}
+    redis.unanswered[#redis.unanswered + 1] = reply
+  else
+    reply()
+  end
   return true
 end
 

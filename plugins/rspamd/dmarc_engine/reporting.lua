@@ -9,7 +9,8 @@ costs no time per message. Report rows are the report module's own commands (the
 A report row is never dropped silently: rows of messages scanned while Redis is down or
 backing off, and rows whose write failed, wait in a bounded per-worker queue
 (reporting.max_pending) and are written first, oldest first, once Redis answers again: by the
-worker's timer (every second), and once more when the worker exits (reload).
+worker's timer (every 0.1 s, at most ROWS_IN_FLIGHT at a time), and once more when the
+worker exits (reload).
 Every row carries an id (report.id_source), so the row script counts a retried write once
 even when the first attempt did reach Redis. Beyond the bound a row is dropped with a log line.
 
@@ -99,11 +100,15 @@ end
 
 local pending_rows, pending_first, pending_last = {}, 1, 0
 local next_row_id -- report.id_source(), made in the worker on first use
--- Queued rows written per tick of the timer once Redis is back: the backlog drains at a
--- bounded cost per step.
-local ROWS_FLUSHED_PER_STEP = 256
--- Seconds between two ticks of the timer that drains the backlog when no mail comes.
-local PENDING_FLUSH_INTERVAL = 1.0
+-- Queued rows the timer has in flight at most once Redis is back. Each write in flight holds
+-- a connection of rspamd's Redis pool with its buffers (a new one when none is idle), and
+-- what a burst of them took stays in the worker's RSS: `make soak` saw some 10 MB per worker
+-- with 256 a tick.
+local ROWS_IN_FLIGHT = 32
+-- Seconds between two ticks of the timer that drains the backlog (also when no mail comes):
+-- up to ROWS_IN_FLIGHT rows a tick, some 300 a second per worker.
+local PENDING_FLUSH_INTERVAL = 0.1
+local timer_in_flight = 0 -- the timer's row writes not answered yet
 
 local function pending_count() return pending_last - pending_first + 1 end
 
@@ -148,6 +153,7 @@ local function write_row(task, ev_base, row, opts, force)
     -- rspamd 3.4 on the next (`make soak`). The row waits for the next try.
     if not (force or M.redis_healthy()) then return queue_row(log, row) end
     local function done(err)
+      if not task then timer_in_flight = timer_in_flight - 1 end
       if err then
         row_failures = row_failures + 1
         M.redis_failed(log, 'report row', err)
@@ -156,6 +162,7 @@ local function write_row(task, ev_base, row, opts, force)
     end
     -- The rows hash (the EVAL's first key, or the command's) picks the server.
     local key = cmd[1] == 'EVAL' and cmd[4] or cmd[2]
+    if not task then timer_in_flight = timer_in_flight + 1 end
     M.send_command(task, ev_base, P.reporting_redis, key, cmd, done)
   end
 end
@@ -209,7 +216,7 @@ if P.reporting_redis and rspamd_config then
     rspamd_config:add_on_load(function(_, ev_base, worker)
       if worker and worker.is_scanner and not worker:is_scanner() then return end
       rspamd_config:add_periodic(ev_base, PENDING_FLUSH_INTERVAL, function(_, base)
-        flush_pending(nil, base, ROWS_FLUSHED_PER_STEP)
+        flush_pending(nil, base, ROWS_IN_FLIGHT - timer_in_flight)
         return true
       end, true)
     end)
