@@ -356,3 +356,44 @@ describe('ingest: mbox messages spooled to temporary files', function()
     for i = 1, #want do assert.equal(want[i], got[i], 'message ' .. i) end
   end)
 end)
+
+-- The walk of an e-mail on disk reads it where it lies: when another process cuts it short,
+-- each attachment read afterwards fails with io (a failure line each), never a partial
+-- attachment taken for the whole one, and the run goes on.
+describe('ingest: an e-mail cut short while its attachments are decoded', function()
+  local ingest = require 'dmarc.owner.ingest'
+  local fake_redis = require 'ingest_fake_redis'
+
+  it('fails each attachment not yet read with io, and says which', function()
+    local xml = env.read_file('tests/fixtures/reports/rfc9990.xml')
+    local mime = require 'mime'
+    local b64 = (mime.b64(xml)):gsub(('.'):rep(76), '%0\r\n')
+    local msg = 'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    for i = 1, 2 do
+      msg = msg .. '--b\r\nContent-Type: text/xml; name="r' .. i .. '.xml"\r\n'
+        .. 'Content-Transfer-Encoding: base64\r\n\r\n' .. b64 .. '\r\n'
+    end
+    msg = msg .. '--b--\r\n'
+    local path = env.tmpname()
+    env.write_file(path, msg)
+    local whole = ingest.ingest_data(fake_redis(), msg, { now = 1763800000 })
+    assert.equal(2, #whole)
+    -- The first temporary file (the first attachment's) is made after the walk: the cut.
+    local real = os.tmpname
+    os.tmpname = function() -- luacheck: ignore 122
+      assert(io.open(path, 'wb')):close()
+      return real()
+    end
+    local ok, results = pcall(ingest.ingest_file, fake_redis(), path, { now = 1763800000 })
+    os.tmpname = real -- luacheck: ignore 122
+    os.remove(path)
+    assert.is_true(ok, tostring(results))
+    assert.equal(2, #results)
+    for i = 1, 2 do
+      assert.equal('error', results[i].status)
+      assert.equal('io', results[i].code)
+      assert.equal('file cut short while it was read', results[i].message)
+      assert.equal('attachment ' .. i .. ' (r' .. i .. '.xml)', results[i].part)
+    end
+  end)
+end)

@@ -226,6 +226,36 @@ local REPORT_TYPES = {
 -- bodies stay ranges until an attachment is decoded, a chunk at a time.
 local SCAN = 65536
 
+-- A failure of a file the run reads or writes itself (a file cut short
+-- under the MIME walk, a temporary file that cannot be made or written): a
+-- table raised through the walk and caught where the input is read, so that
+-- input fails with 'io' and the run goes on.
+local IO_FAILURE = {}
+
+local function io_fail(message)
+  error(setmetatable({ message = message }, IO_FAILURE), 0)
+end
+
+-- The result for an error caught from reading one input: its 'io' failure;
+-- anything else is raised again (a bug is never turned into a result).
+local function io_result(err)
+  if getmetatable(err) == IO_FAILURE then
+    return { status = 'error', message = err.message, code = 'io' }
+  end
+  error(err, 0)
+end
+
+local function checked_write(f, piece)
+  local ok, err = f:write(piece)
+  if not ok then io_fail('temporary file not written: ' .. tostring(err)) end
+end
+
+local function open_temp(path, mode)
+  local f, err = io.open(path, mode)
+  if not f then io_fail('temporary file not opened: ' .. tostring(err)) end
+  return f
+end
+
 local function string_source(str)
   local src = { len = #str }
   function src.sub(_, i, j)
@@ -247,8 +277,9 @@ local function file_source(f, size)
     if i < 1 then i = 1 end
     if j > size then j = size end
     if j < i then return '' end
-    f:seek('set', i - 1)
-    return f:read(j - i + 1) or ''
+    local d = f:seek('set', i - 1) and f:read(j - i + 1)
+    if not d or #d < j - i + 1 then io_fail('file cut short while it was read') end
+    return d
   end
   function src.find(self, needle, init, last)
     local n = #needle
@@ -638,7 +669,8 @@ end
 -- Temporary files: os.tmpname makes each with mkstemp (mode 0600, a name
 -- no other process holds); the caller removes them once the input is read.
 local function temp_file(temps)
-  local name = os.tmpname()
+  local ok, name = pcall(os.tmpname)
+  if not ok then io_fail('no temporary file: ' .. tostring(name)) end
   temps[#temps + 1] = name
   return name
 end
@@ -1728,13 +1760,18 @@ local function ingest_mime_file(conn, f, size, opts, z)
       local temps = {}
       local ok, r = pcall(function()
         local path = temp_file(temps)
-        local out = assert(io.open(path, 'wb'))
-        decode_body(p.body.h, src, p.body[1], p.body[2], function(piece) out:write(piece) end)
+        local out = open_temp(path, 'wb')
+        decode_body(p.body.h, src, p.body[1], p.body[2], function(piece)
+          checked_write(out, piece)
+        end)
         out:close()
         return ingest_item(conn, unwrap_item_file(z, path, label, p.filename, temps), opts)
       end)
       remove_temps(temps)
-      if not ok then error(r, 0) end
+      if not ok then
+        r = io_result(r)
+        r.part = label
+      end
       results[#results + 1] = r
     end
   end
@@ -1776,7 +1813,7 @@ function M.ingest_file(conn, path, opts, name)
                              code = 'io' } } end
     local ok, r = pcall(ingest_mime_file, conn, f, size, opts, z)
     f:close()
-    if not ok then error(r, 0) end
+    if not ok then return { io_result(r) } end
     return r
   end
   local temps = {}
@@ -1784,7 +1821,7 @@ function M.ingest_file(conn, path, opts, name)
     return ingest_item(conn, unwrap_item_file(z, path, nil, name, temps), opts)
   end)
   remove_temps(temps)
-  if not ok then error(r, 0) end
+  if not ok then r = io_result(r) end
   return { r }
 end
 
@@ -1875,10 +1912,10 @@ local function unquote_mbox_message(raw, out)
     -- A line end at the very end may start a quoted separator the next chunk ends.
     local cut, last = #buf, buf:match('.*()\n')
     if last and buf:sub(last):match('^\n>*F?r?o?m?$') then cut = last - 1 end
-    out:write((buf:sub(1, cut):gsub('\n>(>*From )', '\n%1')))
+    checked_write(out, (buf:sub(1, cut):gsub('\n>(>*From )', '\n%1')))
     carry = buf:sub(cut + 1)
   end
-  out:write((carry:gsub('\n>(>*From )', '\n%1')))
+  checked_write(out, (carry:gsub('\n>(>*From )', '\n%1')))
 end
 
 --- A sink for M.each_mbox_message that holds the message being read in a
@@ -1887,17 +1924,17 @@ end
 --   caller removes them); sink.close() closes the first
 function M.mbox_file_sink(temps)
   local raw_path, msg_path = temp_file(temps), temp_file(temps)
-  local raw = assert(io.open(raw_path, 'w+b'))
+  local raw = open_temp(raw_path, 'w+b')
   local sink = { raw_path = raw_path }
-  function sink.add(piece) raw:write(piece) end
+  function sink.add(piece) checked_write(raw, piece) end
   function sink.drop()
     raw:close()
-    raw = assert(io.open(raw_path, 'w+b'))
+    raw = open_temp(raw_path, 'w+b')
   end
   function sink.message()
     raw:flush()
     raw:seek('set', 0)
-    local out = assert(io.open(msg_path, 'wb'))
+    local out = open_temp(msg_path, 'wb')
     unquote_mbox_message(raw, out)
     out:close()
     return msg_path
@@ -1931,7 +1968,8 @@ local function ingest_mbox(conn, f, head, path, stats, opts)
     sink.close()
   end)
   remove_temps(temps)
-  if not ok then error(err, 0) end
+  -- A temporary file that failed ends the file, with its reason.
+  if not ok then M.account(stats, path, io_result(err), opts) end
 end
 
 -- Standard input (not an mbox) copied into a temporary file a chunk at a
@@ -1940,14 +1978,14 @@ end
 local function spool_stdin(head, opts, temps)
   local max = opts.max_input or M.limits.max_input
   local path = temp_file(temps)
-  local out = assert(io.open(path, 'wb'))
+  local out = open_temp(path, 'wb')
   local size = #(head or '')
-  out:write(head or '')
+  checked_write(out, head or '')
   while head and size <= max do
     local chunk = io.stdin:read(math.min(MBOX_CHUNK, max + 1 - size))
     if not chunk or chunk == '' then break end
     size = size + #chunk
-    out:write(chunk)
+    checked_write(out, chunk)
   end
   out:close()
   if size > max then return nil, 'input over the size limit (' .. max .. ' bytes)', 'limit' end
@@ -1975,8 +2013,7 @@ local function ingest_path(conn, path, stats, opts)
       return M.ingest_file(conn, file, opts, path)
     end)
     remove_temps(temps)
-    if not ok then error(r, 0) end
-    results = r
+    results = ok and r or { io_result(r) }
   else
     if f then f:close() end
     results = M.ingest_file(conn, path, opts, path)
