@@ -2,7 +2,9 @@
 -- owner's side of RFC 9990 (and RFC 7489 Appendix C reports).
 --
 -- A report arrives as XML, .xml.gz, .zip, or a whole report e-mail. It is
--- unwrapped (`extract`), parsed by libxml2 through `dmarc.xml` (`parse`),
+-- unwrapped (`extract`; a file on disk by `ingest_file`, where it lies: read
+-- a window at a time, layers and attachments through temporary files, so no
+-- form is held whole), parsed by libxml2 through `dmarc.xml` (`parse`),
 -- checked and normalised (`normalize`), and stored in Redis whole or not at
 -- all (`store`): one server-side script per report, every key of the policy
 -- domain in one Cluster slot ({DOMAIN} hash tag), deduplicated by
