@@ -592,6 +592,29 @@ describe('dmarc_engine report rows while Redis is down', function()
     assert.equal(40, #runs)
   end)
 
+  it('a queued row whose write raises is tried again, then dropped with a line; the timer goes on', function()
+    local report = require 'dmarc.report.rows'
+    local redis = { data = {}, down = true }
+    local env, x = load({ servers = '127.0.0.1:6379', redis_backoff = 0,
+                          reporting = { enabled = true, prefix = 'it:' } }, { redis = redis })
+    scan(x, spoof('pass.test'))
+    redis.down = false
+    local commands = report.commands
+    report.commands = function() error('commands raised') end
+    finally(function() report.commands = commands end)
+    env.start_worker()
+    env.tick()
+    assert.matches('report row for pass.test: its write failed: .*commands raised; tried again',
+      env.log_text('error'))
+    env.tick()
+    env.tick()
+    assert.matches('report row for pass.test dropped: its write failed 3 times', env.log_text('error'))
+    report.commands = commands
+    scan(x, spoof('pass.test'))
+    scan(x, spoof('pass.test'))
+    assert.equal(2, #env.script_runs(ROW_SCRIPT))
+  end)
+
   it('a worker that exits tries its queued rows once more, even while backing off', function()
     local redis = { data = {}, down = true }
     local env, x = load({ servers = '127.0.0.1:6379',
