@@ -2254,9 +2254,11 @@ typedef struct unpack_job {
     uLong crc;
 } unpack_job;
 
-static int unpack_job_gc(lua_State *L)
+/* Frees the buffers and closes the descriptors of @j (again: a no-op). Called before
+** xml.unpack returns, so a run over many files holds no descriptor until the collector
+** comes (it would run out of them); __gc is for a raise in between. */
+static void unpack_job_release(unpack_job *j)
 {
-    unpack_job *j = (unpack_job *)luaL_checkudata(L, 1, LDMARC_XML_UNPACK_MT);
     if (j->zlive) {
         inflateEnd(&j->zs);
         j->zlive = 0;
@@ -2273,7 +2275,20 @@ static int unpack_job_gc(lua_State *L)
         close(j->out_fd);
         j->out_fd = -1;
     }
+}
+
+static int unpack_job_gc(lua_State *L)
+{
+    unpack_job_release((unpack_job *)luaL_checkudata(L, 1, LDMARC_XML_UNPACK_MT));
     return 0;
+}
+
+/* Releases @j, then pushes nil, @msg, @code (a string of zlib's, strerror's or a literal:
+** none lives in @j). */
+static int unpack_fail(lua_State *L, unpack_job *j, const char *msg, const char *code)
+{
+    unpack_job_release(j);
+    return ldmarc_fail(L, msg, code);
 }
 
 /* More compressed input when fewer than @want bytes wait (as zinput). NULL, or "io" with
@@ -2492,46 +2507,52 @@ static int ldmarc_xml_unpack(lua_State *L)
     luaL_setmetatable(L, LDMARC_XML_UNPACK_MT);
     j->src.fd = open(src_path, O_RDONLY | O_CLOEXEC);
     if (j->src.fd < 0) {
-        return ldmarc_fail(L, strerror(errno), "io");
+        return unpack_fail(L, j, strerror(errno), "io");
     }
     if (fstat(j->src.fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        return ldmarc_fail(L, "not a regular file", "io");
+        return unpack_fail(L, j, "not a regular file", "io");
     }
     if ((uintmax_t)sb.st_size > (uintmax_t)max_input) {
-        return ldmarc_fail(L, "document larger than max_input", "limit");
+        return unpack_fail(L, j, "document larger than max_input", "limit");
     }
     j->src.len = (size_t)sb.st_size;
     j->in_end = j->src.len;
     j->crc = crc32(0L, Z_NULL, 0);
     j->out_fd = open(dst_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (j->out_fd < 0) {
-        return ldmarc_fail(L, strerror(errno), "io");
+        return unpack_fail(L, j, strerror(errno), "io");
     }
     j->in = (unsigned char *)malloc(LDMARC_XML_READ_STEP);
     j->out = (unsigned char *)malloc(LDMARC_XML_INFLATE_STEP);
     if (j->in == NULL || j->out == NULL) {
+        unpack_job_release(j);
         return luaL_error(L, "dmarc.xml.unpack: out of memory");
     }
     code = format == 2 ? unpack_zip(j, max_entries, &lim, &j->zf, &msg)
                        : unpack_inflate(j, window_bits[format], &lim, &msg);
-    if (code == NULL && close(j->out_fd) != 0) {
-        msg = strerror(errno);
-        code = "io";
+    if (code == NULL) {
+        /* Closed here, not in unpack_job_release: a failed close (a full disk) is a failure. */
+        int rc = close(j->out_fd);
+        j->out_fd = -1;
+        if (rc != 0) {
+            msg = strerror(errno);
+            code = "io";
+        }
     }
-    j->out_fd = -1;
     if (code != NULL && strcmp(code, "nomem") == 0) {
+        unpack_job_release(j);
         return luaL_error(L, "dmarc.xml.unpack: out of memory");
     }
     if (code != NULL) {
-        return ldmarc_fail(L, msg, code);
+        return unpack_fail(L, j, msg, code);
     }
     lua_pushboolean(L, 1);
     lua_pushinteger(L, (lua_Integer)j->out_len);
-    if (format != 2) {
-        return 2;
+    if (format == 2) {
+        lua_pushlstring(L, (const char *)j->zf.chosen.name, j->zf.chosen.name_len);
     }
-    lua_pushlstring(L, (const char *)j->zf.chosen.name, j->zf.chosen.name_len);
-    return 3;
+    unpack_job_release(j);
+    return format == 2 ? 3 : 2;
 }
 /* }====================================================================== */
 
