@@ -187,10 +187,13 @@ describe('override store when Redis dies and comes back', function()
     local c = assert(connect_retry(own_port), 'redis-server did not come up')
     -- Accepting connections is not serving: wait until the append-only file is loaded
     -- (a loaded machine took seconds; going on while loading made MGET fail -LOADING).
+    -- INFO's loading:0 was seen before a data command stopped meeting -LOADING: wait
+    -- for a data command to be answered.
     local loaded = false
     for _ = 1, 300 do
       local info = c:command('INFO', 'persistence')
-      if type(info) == 'string' and info:find('loading:0', 1, true) then
+      if type(info) == 'string' and info:find('loading:0', 1, true)
+          and type(c:command('DBSIZE')) == 'number' then
         loaded = true
         break
       end
