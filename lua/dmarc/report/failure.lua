@@ -500,7 +500,7 @@ end
 -- message against the policy domain's rate limit [FAIL-7] and adding the
 -- entries are one atomic step (QUEUE_SCRIPT). Pure: it builds the command,
 -- and a scanner sends it with its own Redis client (the rspamd plugin
--- through lua_redis, as EVALSHA of the same script).
+-- as EVAL with the script's text, never through lua_redis's script cache).
 -- @param o {table} prefix, rate_limit, rate_window, queue_max, queue_ttl
 --   (M.defaults for those absent)
 -- @param domain {string} the policy domain (report.valid_domain)
