@@ -2648,6 +2648,41 @@ static int ldmarc_xml_gzip(lua_State *L)
     b->live = 0;
     return 1;
 }
+
+/* A directory name longer than this is refused: the template must fit a path. */
+#define LDMARC_XML_TEMP_DIR_MAX 3900
+
+/***
+** @function xml.temp_file(dir)
+** A new empty file in @dir (ingest's temporary files: unpacked layers, decoded attachments,
+** spooled input), made with mkstemp: mode 0600, a name no other process holds. Lua's
+** os.tmpname always uses /tmp; this follows $TMPDIR or the operator's choice.
+** @param {string} dir an existing directory
+** @return {string} the path, or nil, message, 'io'
+*/
+static int ldmarc_xml_temp_file(lua_State *L)
+{
+    size_t dir_len;
+    const char *dir = luaL_checklstring(L, 1, &dir_len);
+    static const char suffix[] = "/dmarc-ingest-XXXXXX";
+    char path[LDMARC_XML_TEMP_DIR_MAX + sizeof suffix];
+    int fd;
+
+    if (dir_len == 0 || dir_len > LDMARC_XML_TEMP_DIR_MAX || memchr(dir, 0, dir_len) != NULL)
+        return ldmarc_fail(L, "temporary directory name unusable", "io");
+    memcpy(path, dir, dir_len);
+    memcpy(path + dir_len, suffix, sizeof suffix);
+    fd = mkstemp(path);
+    if (fd < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", dir, strerror(errno));
+        lua_pushliteral(L, "io");
+        return 3;
+    }
+    close(fd);
+    lua_pushstring(L, path);
+    return 1;
+}
 /* }====================================================================== */
 
 static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
@@ -2658,6 +2693,7 @@ static const luaL_Reg module_functions[] = {{"parse", ldmarc_xml_parse},
                                             {"unpack", ldmarc_xml_unpack},
                                             {"hmac_sha256", ldmarc_xml_hmac_sha256},
                                             {"gzip", ldmarc_xml_gzip},
+                                            {"temp_file", ldmarc_xml_temp_file},
                                             {NULL, NULL}};
 
 LDMARC_EXPORT int luaopen_dmarc_xml(lua_State *L);

@@ -250,6 +250,44 @@ describe('ingest: a file read a layer at a time, as its bytes', function()
     assert.equal(0, status, out)
     assert.equal('0 0 1 input over the size limit (' .. (size - 1) .. ' bytes)\n', out)
   end)
+
+  it('makes its temporary files in $TMPDIR when it is set, mode 0600', function()
+    local dir = env.tmpname()
+    os.remove(dir)
+    assert.equal(0, select(2, env.run('mkdir ' .. env.shell_quote(dir))))
+    local made = assert(x.temp_file(dir))
+    assert.equal(dir .. '/dmarc-ingest-', made:sub(1, #dir + 14))
+    assert.equal('', env.read_file(made))
+    local mode = env.run('stat -c %a ' .. env.shell_quote(made))
+    assert.equal('600', (mode:gsub('%s+$', '')))
+    os.remove(made)
+    assert.equal('io', select(3, x.temp_file(dir .. '/missing')))
+    assert.equal('io', select(3, x.temp_file('')))
+
+    -- A zip is unpacked into a temporary file: in $TMPDIR, removed once read; a $TMPDIR that
+    -- does not exist fails that input (io), with the reason.
+    local function ingest_zip(tmpdir)
+      local script = env.tmpname()
+      env.write_file(script, [[
+        local ingest = require 'dmarc.owner.ingest'
+        local stats = ingest.ingest_files(require 'ingest_fake_redis'(),
+          { 'tests/fixtures/reports/rfc7489.zip' }, { now = 1763800000 })
+        io.write(stats.stored, ' ', stats.errors, ' ', tostring((stats.failures[1] or {}).message))
+      ]])
+      local o, st = env.run(string.format('cd %s && TMPDIR=%s LUA_PATH=%s LUA_CPATH=%s %s %s 2>&1',
+        env.shell_quote(env.root), env.shell_quote(tmpdir),
+        env.shell_quote('./lua/?.lua;./tests/lua/helpers/?.lua;;'),
+        env.shell_quote(env.build .. '/?.so;;'), env.runtime, env.shell_quote(script)))
+      os.remove(script)
+      assert.equal(0, st, o)
+      return o
+    end
+    assert.equal('1 0 nil', ingest_zip(dir))
+    assert.equal('', (env.run('ls -A ' .. env.shell_quote(dir))))
+    local out = ingest_zip(dir .. '/missing')
+    assert.matches('^0 1 .*no temporary file: .*/missing: No such file or directory', out)
+    assert.equal(0, select(2, env.run('rmdir ' .. env.shell_quote(dir))))
+  end)
 end)
 
 -- The MIME walk reads bodies a window (64 KiB) at a time and decodes them a chunk at a time:

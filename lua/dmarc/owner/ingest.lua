@@ -668,11 +668,19 @@ end
 -- layer (a zip's report entry, gzip inside gzip) is unpacked into a
 -- temporary file (dmarc.xml.unpack) and read from there.
 
--- Temporary files: os.tmpname makes each with mkstemp (mode 0600, a name
--- no other process holds); the caller removes them once the input is read.
+-- Temporary files, each made with mkstemp (mode 0600, a name no other
+-- process holds) in $TMPDIR when it is set (dmarc.xml.temp_file), else by
+-- os.tmpname in /tmp; the caller removes them once the input is read.
 local function temp_file(temps)
-  local ok, name = pcall(os.tmpname)
-  if not ok then io_fail('no temporary file: ' .. tostring(name)) end
+  local dir = os.getenv('TMPDIR')
+  local name, err
+  if dir and dir ~= '' then
+    name, err = xmlmod().temp_file(dir)
+  else
+    local ok, made = pcall(os.tmpname)
+    name, err = ok and made or nil, made
+  end
+  if not name then io_fail('no temporary file: ' .. tostring(err)) end
   temps[#temps + 1] = name
   return name
 end
