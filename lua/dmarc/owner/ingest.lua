@@ -643,20 +643,29 @@ end
 
 -- One document or attachment as an item. A name that says zip or gzip for
 -- bytes that are neither is a broken archive, not "not a report".
+-- Why an input that is no archive at its first layer is refused: its first
+-- bytes (`head`) or its name say zip or gzip (a broken archive: message and
+-- code 'corrupt'), or it is not a report at all (message only: the caller's
+-- code stands). Shared by the string and the file paths.
+local function not_archive_reason(head, file_name, part)
+  local lname = (file_name or ''):lower()
+  if head:sub(1, 2) == 'PK' or lname:match('%.zip$') then
+    return 'corrupt zip: no zip signature', 'corrupt'
+  elseif lname:match('%.gz$') or lname:match('%.gzip$') then
+    return 'corrupt gzip: no gzip or zlib header', 'corrupt'
+  end
+  return part and 'attachment is not a report (XML, gzip or zip)'
+    or 'not a report (XML, gzip, zip, e-mail or mbox)', nil
+end
+
 local function unwrap_item(z, bytes, part, file_name)
   local warnings = {}
   local xml, err, code = decompress(z, bytes, 1, warnings)
   if xml then return { xml = xml, warnings = warnings, part = part } end
   if not err then
-    local lname = (file_name or ''):lower()
-    if bytes:sub(1, 2) == 'PK' or lname:match('%.zip$') then
-      err, code = 'corrupt zip: no zip signature', 'corrupt'
-    elseif lname:match('%.gz$') or lname:match('%.gzip$') then
-      err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
-    else
-      err = part and 'attachment is not a report (XML, gzip or zip)'
-        or 'not a report (XML, gzip, zip, e-mail or mbox)'
-    end
+    local corrupt
+    err, corrupt = not_archive_reason(bytes, file_name, part)
+    code = corrupt or code
   end
   return { error = err, code = code, part = part }
 end
@@ -764,15 +773,9 @@ local function unwrap_item_file(z, path, part, file_name, temps)
   local got, err, code = decompress_file(z, path, 1, warnings, temps)
   if got then return { xml_file = got, warnings = warnings, part = part } end
   if not err then
-    local lname = (file_name or ''):lower()
-    if (file_head(path) or ''):sub(1, 2) == 'PK' or lname:match('%.zip$') then
-      err, code = 'corrupt zip: no zip signature', 'corrupt'
-    elseif lname:match('%.gz$') or lname:match('%.gzip$') then
-      err, code = 'corrupt gzip: no gzip or zlib header', 'corrupt'
-    else
-      err = part and 'attachment is not a report (XML, gzip or zip)'
-        or 'not a report (XML, gzip, zip, e-mail or mbox)'
-    end
+    local corrupt
+    err, corrupt = not_archive_reason(file_head(path) or '', file_name, part)
+    code = corrupt or code
   end
   return { error = err, code = code, part = part }
 end
