@@ -601,18 +601,18 @@ local function is_zlib(data)
     and math.floor(flg / 32) % 2 == 0
 end
 
--- Bytes to XML through up to max_layers of compression (z: the dmarc.xml
--- module and the output bounds); warnings collect the quirks met.
--- @return xml, or nil, message, code (nil, nil, 'format' for bytes that are
---   no archive at the first layer)
-local function decompress(z, bytes, layer, warnings)
-  local kind = M.sniff(bytes)
+-- What one layer is, from its first bytes (`head`) and its size: 'xml'
+-- (UTF-16 noted in warnings), or 'archive' with kind and zlib; or nil,
+-- message, code when it is over a bound or no archive (nil, nil, 'format' at
+-- the first layer). Shared by the string and the file paths.
+local function layer_kind(z, head, size, layer, warnings)
+  local kind = M.sniff(head)
   if kind == 'xml' or kind == 'xml16' then
-    if #bytes > z.max_output then return nil, 'XML over the size limit', 'limit' end
+    if size > z.max_output then return nil, 'XML over the size limit', 'limit' end
     if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
-    return bytes
+    return 'xml'
   end
-  local zlib = kind == nil and is_zlib(bytes)
+  local zlib = kind == nil and is_zlib(head)
   if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
     if layer > 1 then return nil, 'compressed content is not XML', 'format' end
     return nil, nil, 'format'
@@ -620,6 +620,17 @@ local function decompress(z, bytes, layer, warnings)
   if layer > M.limits.max_layers then
     return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
   end
+  return 'archive', kind, zlib
+end
+
+-- Bytes to XML through up to max_layers of compression (z: the dmarc.xml
+-- module and the output bounds); warnings collect the quirks met.
+-- @return xml, or nil, message, code (nil, nil, 'format' for bytes that are
+--   no archive at the first layer)
+local function decompress(z, bytes, layer, warnings)
+  local what, kind, zlib = layer_kind(z, bytes, #bytes, layer, warnings)
+  if what == 'xml' then return bytes end
+  if not what then return nil, kind, zlib end
   local out, err, code
   if kind == 'zip' then
     out, err, code = z.x.unzip(bytes, { max_output = z.max_output, max_ratio = z.max_ratio })
@@ -718,20 +729,9 @@ end
 local function decompress_file(z, path, layer, warnings, temps)
   local head, size = file_head(path)
   if not head then return nil, 'cannot open: ' .. tostring(size), 'io' end
-  local kind = M.sniff(head)
-  if kind == 'xml' or kind == 'xml16' then
-    if size > z.max_output then return nil, 'XML over the size limit', 'limit' end
-    if kind == 'xml16' then warnings[#warnings + 1] = 'utf16' end
-    return { path = path, size = size }
-  end
-  local zlib = kind == nil and is_zlib(head)
-  if kind ~= 'gzip' and kind ~= 'zip' and not zlib then
-    if layer > 1 then return nil, 'compressed content is not XML', 'format' end
-    return nil, nil, 'format'
-  end
-  if layer > M.limits.max_layers then
-    return nil, 'more than ' .. M.limits.max_layers .. ' layers of compression', 'limit'
-  end
+  local what, kind, zlib = layer_kind(z, head, size, layer, warnings)
+  if what == 'xml' then return { path = path, size = size } end
+  if not what then return nil, kind, zlib end
   local prefix = zlib and 'zlib: ' or 'gzip: '
   if kind ~= 'zip' then
     local ok, doc, _, ihead = pcall(z.x.map, path, {
